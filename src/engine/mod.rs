@@ -1,0 +1,291 @@
+//! Deciding a `tools/call`: the order of DESIGN §2, with counters that keep their promise.
+//!
+//! The engine never sees Kubernetes or HTTP types: a [`Call`] is a tool name, its arguments,
+//! the caller's grant key and session, and `now` comes from the caller, so tests drive time.
+
+pub mod counters;
+
+use crate::policy::{Counter, Default, Policy, Rule, Scope};
+use counters::Family;
+use serde_json::Value;
+use std::borrow::Cow;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+/// Most counters one call can take: `all_tools.limits` plus the tool's own.
+const MAX_COUNTERS_PER_CALL: usize = 2 * crate::policy::bounds::LIMITS;
+
+/// Options that are not part of a policy.
+#[derive(Debug, Clone, Copy)]
+pub struct EngineOptions {
+    /// Live keys kept per counter before new keys share the overflow counter.
+    pub max_keys_per_counter: usize,
+}
+
+impl std::default::Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions {
+            max_keys_per_counter: 10_000,
+        }
+    }
+}
+
+/// One `tools/call` as the engine sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct Call<'a> {
+    pub tool: &'a str,
+    /// `params.arguments`, or `Value::Null` when absent.
+    pub args: &'a Value,
+    /// The caller's identity key (a token hash, a header value, or `anonymous`).
+    pub grant: &'a str,
+    /// `Mcp-Session-Id`, when the transport has one.
+    pub session: Option<&'a str>,
+}
+
+/// The kind of a decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Allow,
+    Deny,
+    RateLimited,
+}
+
+impl Outcome {
+    /// The metric label value (`decision` in `decisions_total`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Allow => "allow",
+            Outcome::Deny => "deny",
+            Outcome::RateLimited => "rate_limited",
+        }
+    }
+}
+
+/// A full counter that refused a call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LimitHit<'p> {
+    pub counter: &'p Counter,
+    /// Where the limit is declared, e.g. `tools.run_cell.limits[0]`.
+    pub rule: &'p str,
+    pub retry_after: Duration,
+}
+
+/// What the engine decided, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision<'p> {
+    pub outcome: Outcome,
+    /// The rule that decided: `tools.clear_session.deny_if[0]`, `hide[0]`, `default`, ….
+    pub rule: &'p str,
+    /// The text the agent sees on a denial; empty when allowed.
+    pub reason: Cow<'p, str>,
+    /// Bounded label for metrics: the rule key that matched, or `_other`.
+    pub tool_label: &'p str,
+    pub limit: Option<LimitHit<'p>>,
+    /// Whether any counter of this call was the shared overflow counter.
+    pub overflow: bool,
+}
+
+/// A compiled policy with its counters.
+#[derive(Debug)]
+pub struct Engine {
+    policy: Policy,
+    families: Vec<Arc<Family>>,
+}
+
+/// Nanoseconds on a process-wide monotonic clock: what the sidecar passes as `now`.
+pub fn monotonic_now() -> u64 {
+    static ORIGIN: OnceLock<Instant> = OnceLock::new();
+    ORIGIN.get_or_init(Instant::now).elapsed().as_nanos() as u64
+}
+
+impl Engine {
+    /// Builds an engine. Counters of `previous` whose name, window and scope are unchanged are
+    /// shared, not copied, so a reload loses no counts even for calls in flight.
+    pub fn new(policy: Policy, previous: Option<&Engine>, opts: EngineOptions) -> Engine {
+        let families = policy
+            .counters
+            .iter()
+            .map(|c| {
+                previous
+                    .and_then(|p| {
+                        p.families.iter().find(|f| {
+                            f.name == c.name && f.window == c.window.length && f.scope == c.scope
+                        })
+                    })
+                    .cloned()
+                    .unwrap_or_else(|| {
+                        Arc::new(Family::new(
+                            &c.name,
+                            c.window.length,
+                            c.scope,
+                            opts.max_keys_per_counter,
+                        ))
+                    })
+            })
+            .collect();
+        Engine { policy, families }
+    }
+
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// Live counter keys across all counters (the `counter_keys` gauge).
+    pub fn counter_keys(&self) -> usize {
+        self.families.iter().map(|f| f.key_count()).sum()
+    }
+
+    /// Decides one call at `now` (nanoseconds on a monotonic clock), taking counters when it
+    /// allows. The order is DESIGN §2: rule, hide/deny/default, require, deny_if, limits.
+    pub fn decide(&self, call: &Call, now: u64) -> Decision<'_> {
+        let p = &self.policy;
+        let rule = p.find_rule(call.tool);
+        let tool_label = rule.map_or("_other", |r| r.key.as_str());
+        let denied = if let Some(hide) = p.hidden_by(call.tool) {
+            Some((
+                Outcome::Deny,
+                hide,
+                format!("Unknown tool: {}", call.tool).into(),
+            ))
+        } else {
+            match rule {
+                None if p.default == Default::Deny => Some((
+                    Outcome::Deny,
+                    "default",
+                    format!("Tool {:?} is not allowed by this policy", call.tool).into(),
+                )),
+                None => None,
+                Some(r) => self.check_rule(r, call.args),
+            }
+        };
+        if let Some((outcome, rule, reason)) = denied {
+            return Decision {
+                outcome,
+                rule,
+                reason,
+                tool_label,
+                limit: None,
+                overflow: false,
+            };
+        }
+        let rule = rule.unwrap_or(&p.default_rule);
+        let (limit, overflow) = self.take(rule, call, now);
+        match limit {
+            None => Decision {
+                outcome: Outcome::Allow,
+                rule: &rule.path,
+                reason: Cow::Borrowed(""),
+                tool_label,
+                limit: None,
+                overflow,
+            },
+            Some(hit) => Decision {
+                outcome: Outcome::RateLimited,
+                rule: hit.rule,
+                reason: format!(
+                    "Rate limit exceeded: {} allows {} calls per {} ({}); retry in {} s",
+                    hit.counter.name,
+                    hit.counter.max,
+                    hit.counter.window.text,
+                    hit.counter.scope.as_str(),
+                    hit.retry_after.as_secs_f64().ceil() as u64
+                )
+                .into(),
+                tool_label,
+                limit: Some(hit),
+                overflow,
+            },
+        }
+    }
+
+    /// `action: deny`, `require`, `deny_if`, in that order.
+    fn check_rule<'p>(
+        &'p self,
+        r: &'p Rule,
+        args: &Value,
+    ) -> Option<(Outcome, &'p str, Cow<'p, str>)> {
+        if let Some(reason) = &r.deny {
+            return Some((Outcome::Deny, &r.path, reason.as_str().into()));
+        }
+        for req in &r.require {
+            if !req.condition.satisfied(args) {
+                return Some((Outcome::Deny, &req.rule, req.reason.as_str().into()));
+            }
+        }
+        for d in &r.deny_if {
+            if d.conditions.iter().all(|c| c.holds_for_deny(args)) {
+                return Some((Outcome::Deny, &d.rule, d.on_deny.as_str().into()));
+            }
+        }
+        None
+    }
+
+    /// Takes every counter of the rule, or none: all are locked (in index order, so two calls
+    /// never wait on each other in a cycle), checked, and only then counted.
+    fn take<'p>(&'p self, rule: &'p Rule, call: &Call, now: u64) -> (Option<LimitHit<'p>>, bool) {
+        let order = &rule.counter_order;
+        if order.is_empty() {
+            return (None, false);
+        }
+        debug_assert!(order.len() <= MAX_COUNTERS_PER_CALL);
+        let mut guards: [Option<std::sync::MutexGuard<'_, counters::FamilyState>>;
+            MAX_COUNTERS_PER_CALL] = std::default::Default::default();
+        for (g, &ci) in guards.iter_mut().zip(order) {
+            *g = Some(self.families[ci].lock());
+        }
+        let mut hit: Option<(usize, Duration)> = None;
+        let mut added = [false; MAX_COUNTERS_PER_CALL];
+        let mut overflow = false;
+        for (i, &ci) in order.iter().enumerate() {
+            let fam = &self.families[ci];
+            let max = self.policy.counters[ci].max.get();
+            let st = guards[i].as_mut().expect("locked above");
+            let mut slot = fam.slot(st, key_for(fam.scope, call), fam.bucket(now));
+            overflow |= slot.overflow;
+            if slot.full(max) {
+                let wait = slot.retry_after(max, fam.width(), now);
+                if hit.is_none_or(|(_, w)| wait > w) {
+                    hit = Some((ci, wait));
+                }
+            } else if hit.is_none() {
+                slot.add();
+                added[i] = true;
+            }
+        }
+        let Some((ci, retry_after)) = hit else {
+            return (None, overflow);
+        };
+        for (i, &cj) in order.iter().enumerate() {
+            if added[i] {
+                let fam = &self.families[cj];
+                let st = guards[i].as_mut().expect("locked above");
+                fam.slot(st, key_for(fam.scope, call), fam.bucket(now))
+                    .remove();
+            }
+        }
+        let declared = rule
+            .limits
+            .iter()
+            .find(|l| l.counter == ci)
+            .map_or("", |l| l.rule.as_str());
+        (
+            Some(LimitHit {
+                counter: &self.policy.counters[ci],
+                rule: declared,
+                retry_after,
+            }),
+            overflow,
+        )
+    }
+}
+
+fn key_for<'a>(scope: Scope, call: &Call<'a>) -> &'a str {
+    match scope {
+        Scope::Pod => "",
+        Scope::Grant => call.grant,
+        Scope::Session => call.session.unwrap_or(call.grant),
+    }
+}
+
+#[cfg(test)]
+mod tests;
