@@ -160,6 +160,18 @@ pub fn resolve<'v>(steps: &[Step], v: &'v Value, out: &mut Vec<&'v Value>) {
     }
 }
 
+/// The one value a path without `[*]` reaches, if any (`null` counts as absent).
+pub fn resolve_one<'v>(steps: &[Step], mut v: &'v Value) -> Option<&'v Value> {
+    for step in steps {
+        v = match (step, v) {
+            (Step::Key(k), Value::Object(m)) => m.get(k)?,
+            (Step::Index(i), Value::Array(a)) => a.get(*i)?,
+            _ => return None,
+        };
+    }
+    (!v.is_null()).then_some(v)
+}
+
 /// A compiled operator with its operand.
 #[derive(Debug, Clone)]
 pub enum Matcher {
@@ -230,7 +242,7 @@ impl Matcher {
                 let re = regex::RegexBuilder::new(&src)
                     .size_limit(REGEX_SIZE_LIMIT)
                     .build()
-                    .map_err(|e| format!("invalid regex: {}", one_line(&e.to_string())))?;
+                    .map_err(|e| format!("invalid regex: {}", regex_error(&e)))?;
                 Matcher::Regex(re)
             }
             ("gt", Some(v)) => Matcher::Compare(Ordering::Greater, false, number(v)?),
@@ -295,9 +307,13 @@ impl Matcher {
             Matcher::Exists | Matcher::NotExists => self.test_presence(1),
             Matcher::PathWithin(dir) => match actual {
                 Value::String(p) if !p.contains('\0') && p.starts_with('/') => {
-                    match normalize_path(p) {
-                        Some(n) => Truth::from_bool(is_within(&n, dir)),
-                        None => Truth::Unknown,
+                    if is_normal(p) {
+                        Truth::from_bool(is_within(p, dir))
+                    } else {
+                        match normalize_path(p) {
+                            Some(n) => Truth::from_bool(is_within(&n, dir)),
+                            None => Truth::Unknown,
+                        }
                     }
                 }
                 _ => Truth::Unknown,
@@ -338,8 +354,13 @@ impl Matcher {
     }
 }
 
-fn one_line(s: &str) -> String {
-    s.split_whitespace().collect::<Vec<_>>().join(" ")
+/// The regex crate's syntax errors draw a caret diagram over several lines; keep the message.
+fn regex_error(e: &regex::Error) -> String {
+    let text = e.to_string();
+    match text.lines().find_map(|l| l.strip_prefix("error: ")) {
+        Some(msg) => msg.to_owned(),
+        None => text.split_whitespace().collect::<Vec<_>>().join(" "),
+    }
 }
 
 fn any_of(results: impl Iterator<Item = Truth>) -> Truth {
@@ -533,6 +554,11 @@ pub fn normalize_path(p: &str) -> Option<String> {
     })
 }
 
+/// Already normal: no empty, `.` or `..` segment after the leading `/`, no trailing `/`.
+fn is_normal(p: &str) -> bool {
+    p == "/" || p[1..].split('/').all(|seg| !matches!(seg, "" | "." | ".."))
+}
+
 fn is_within(path: &str, dir: &str) -> bool {
     if dir == "/" {
         return true;
@@ -707,6 +733,16 @@ mod tests {
         assert_eq!(Matcher::NotExists.test_presence(0), Truth::True);
         assert!(Matcher::compile("exists", Some(&json!(1))).is_err());
         assert!(Matcher::compile("eq", None).is_err());
+    }
+
+    #[test]
+    fn the_fast_path_agrees_with_normalisation() {
+        for p in [
+            "/", "/a", "/a/b", "/a//b", "/a/./b", "/a/../b", "/a/", "/a/.", "/..", "/a/.b",
+            "/a/..b",
+        ] {
+            assert_eq!(is_normal(p), normalize_path(p).as_deref() == Some(p), "{p}");
+        }
     }
 
     #[test]

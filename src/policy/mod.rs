@@ -115,6 +115,15 @@ impl Condition {
     /// Evaluates against the call's arguments. `Unknown` results are returned as they are;
     /// the caller decides which side is unsafe.
     fn eval(&self, args: &Value, q: Quantifier) -> Truth {
+        if !self.steps.contains(&Step::Each) {
+            // One value at most: no list to build.
+            let found = condition::resolve_one(&self.steps, args);
+            return match (found, self.matcher.is_presence()) {
+                (f, true) => self.matcher.test_presence(usize::from(f.is_some())),
+                (None, false) => Truth::False,
+                (Some(v), false) => self.matcher.test(v),
+            };
+        }
         let mut found: Vec<&Value> = Vec::new();
         condition::resolve(&self.steps, args, &mut found);
         if self.matcher.is_presence() {

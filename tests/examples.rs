@@ -1,0 +1,139 @@
+//! Every example policy loads, and decides as its `# expect:` comments say.
+
+use mcp_warden::engine::{Call, Engine, EngineOptions, Outcome};
+use mcp_warden::policy;
+use serde_json::Value;
+use std::path::Path;
+
+struct Expect {
+    tool: String,
+    args: Value,
+    calls: u32,
+    outcome: Outcome,
+    detail: Option<String>,
+}
+
+fn parse_expect(line: &str) -> Expect {
+    let (left, right) = line
+        .rsplit_once(" -> ")
+        .expect("`-> outcome` in an expect line");
+    let (tool, mut rest) = left.split_once(' ').expect("tool and arguments");
+    let mut calls = 1;
+    if let Some((json, n)) = rest.rsplit_once(" x") {
+        if let Ok(n) = n.parse() {
+            calls = n;
+            rest = json;
+        }
+    }
+    let (outcome, detail) = match right.split_once(' ') {
+        Some((o, d)) => (o, Some(d.trim_matches('"').to_owned())),
+        None => (right, None),
+    };
+    let outcome = match outcome {
+        "allow" => Outcome::Allow,
+        "deny" => Outcome::Deny,
+        "rate_limited" => Outcome::RateLimited,
+        other => panic!("unknown outcome {other:?}"),
+    };
+    Expect {
+        tool: tool.into(),
+        args: serde_json::from_str(rest).expect("arguments JSON"),
+        calls,
+        outcome,
+        detail,
+    }
+}
+
+fn names(list: &str) -> impl Iterator<Item = &str> {
+    list.split(',').map(str::trim).filter(|s| !s.is_empty())
+}
+
+fn check_example(path: &Path) -> usize {
+    let text = std::fs::read_to_string(path).unwrap();
+    let policy = policy::load_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut checked = 0;
+    for line in text.lines() {
+        if let Some(x) = line.strip_prefix("# expect: ") {
+            let x = parse_expect(x);
+            // A fresh engine per line: `xN` counts only this line's calls.
+            let engine = Engine::new(policy.clone(), None, EngineOptions::default());
+            let call = Call {
+                tool: &x.tool,
+                args: &x.args,
+                grant: "agent-1",
+                session: None,
+            };
+            for i in 1..x.calls {
+                let d = engine.decide(&call, u64::from(i));
+                assert_eq!(
+                    d.outcome,
+                    Outcome::Allow,
+                    "{}: call {i} of `{line}`",
+                    path.display()
+                );
+            }
+            let d = engine.decide(&call, u64::from(x.calls));
+            assert_eq!(
+                d.outcome,
+                x.outcome,
+                "{}: `{line}` (rule {}, reason {})",
+                path.display(),
+                d.rule,
+                d.reason
+            );
+            match (x.outcome, &x.detail) {
+                (Outcome::Deny, Some(reason)) => assert_eq!(&d.reason, reason, "{line}"),
+                (Outcome::RateLimited, Some(counter)) => {
+                    assert_eq!(&d.limit.as_ref().unwrap().counter.name, counter, "{line}")
+                }
+                _ => {}
+            }
+            checked += 1;
+        } else if let Some(list) = line.strip_prefix("# listed: ") {
+            for t in names(list) {
+                assert!(
+                    policy.listable(t),
+                    "{}: {t} should be listed",
+                    path.display()
+                );
+                checked += 1;
+            }
+        } else if let Some(list) = line.strip_prefix("# not listed: ") {
+            for t in names(list) {
+                assert!(
+                    !policy.listable(t),
+                    "{}: {t} should not be listed",
+                    path.display()
+                );
+                checked += 1;
+            }
+        }
+    }
+    checked
+}
+
+#[test]
+fn example_policies_decide_as_their_comments_say() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/policies");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    let seeds = [
+        "claude-code-notebook-mcp.yaml",
+        "jupyter-mcp.yaml",
+        "mcp-python-interpreter.yaml",
+    ];
+    for s in seeds {
+        assert!(files.iter().any(|f| f.ends_with(s)), "missing example {s}");
+    }
+    for f in &files {
+        let n = check_example(f);
+        assert!(
+            n >= 5,
+            "{}: only {n} expectations; every example documents its behaviour",
+            f.display()
+        );
+    }
+}
