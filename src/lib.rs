@@ -9,4 +9,5 @@
 pub mod check;
 pub mod cli;
 pub mod engine;
+pub mod mcp;
 pub mod policy;

@@ -1,0 +1,395 @@
+//! MCP's JSON-RPC envelope: only what a decision needs (`jsonrpc`, `id`, `method`,
+//! `params.name`, `params.arguments`), read with borrowed serde types after [`scan::validate`].
+//! Also the bodies the sidecar writes itself: denials, refusals and filtered `tools/list` results.
+
+pub mod scan;
+pub mod sse;
+
+use crate::engine::{Decision, Outcome};
+use crate::policy::DenyAs;
+use http::StatusCode;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{json, Value};
+use std::borrow::Cow;
+
+/// Deepest JSON nesting accepted in a gated body.
+pub const MAX_DEPTH: usize = 64;
+
+/// JSON-RPC error codes the sidecar answers with.
+pub mod code {
+    pub const PARSE_ERROR: i64 = -32700;
+    pub const INVALID_REQUEST: i64 = -32600;
+    pub const INVALID_PARAMS: i64 = -32602;
+    pub const INTERNAL_ERROR: i64 = -32603;
+    /// A `Mcp-Method`/`Mcp-Name` header disagrees with the body.
+    pub const HEADER_MISMATCH: i64 = -32020;
+    /// `denyAs: error`: denied by policy (outside the ranges JSON-RPC and MCP reserve).
+    pub const DENIED: i64 = 403;
+    /// `denyAs: error`: rate limited.
+    pub const RATE_LIMITED: i64 = 429;
+}
+
+/// Key of the decision in a denial's `_meta`.
+pub const DECISION_META: &str = "dev.mcpwarden/decision";
+
+/// What a message is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Request,
+    Notification,
+    Response,
+}
+
+/// One JSON-RPC message, borrowed from the body.
+#[derive(Debug)]
+pub struct Message<'a> {
+    pub kind: Kind,
+    pub id: Option<&'a RawValue>,
+    pub method: Option<Cow<'a, str>>,
+    pub params: Option<&'a RawValue>,
+    /// The message's own bytes (for batches: the item).
+    pub raw: &'a RawValue,
+}
+
+/// A body: one message or a batch.
+#[derive(Debug)]
+pub enum Body<'a> {
+    Single(Message<'a>),
+    Batch(Vec<Message<'a>>),
+}
+
+impl<'a> Body<'a> {
+    pub fn messages(&self) -> &[Message<'a>] {
+        match self {
+            Body::Single(m) => std::slice::from_ref(m),
+            Body::Batch(v) => v,
+        }
+    }
+}
+
+/// A request the sidecar refuses to forward: HTTP status plus a JSON-RPC error.
+#[derive(Debug, Clone)]
+pub struct Refusal {
+    pub status: StatusCode,
+    pub code: i64,
+    pub message: String,
+    /// The request id, when one could be read.
+    pub id: Option<Box<RawValue>>,
+}
+
+impl Refusal {
+    pub fn new(status: StatusCode, code: i64, message: impl Into<String>) -> Refusal {
+        Refusal {
+            status,
+            code,
+            message: message.into(),
+            id: None,
+        }
+    }
+
+    pub fn with_id(mut self, id: Option<&RawValue>) -> Refusal {
+        self.id = id.map(ToOwned::to_owned);
+        self
+    }
+
+    /// The JSON-RPC error body.
+    pub fn body(&self) -> Vec<u8> {
+        let id = self.id.as_deref().map_or(Value::Null, raw_to_value);
+        serde_json::to_vec(&json!({
+            "jsonrpc": "2.0",
+            "id": id,
+            "error": {"code": self.code, "message": self.message}
+        }))
+        .unwrap_or_default()
+    }
+}
+
+fn raw_to_value(r: &RawValue) -> Value {
+    serde_json::from_str(r.get()).unwrap_or(Value::Null)
+}
+
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(borrow, default)]
+    jsonrpc: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    id: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    method: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    params: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    result: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    error: Option<&'a RawValue>,
+}
+
+fn invalid(msg: impl Into<String>) -> Refusal {
+    Refusal::new(StatusCode::BAD_REQUEST, code::INVALID_REQUEST, msg)
+}
+
+/// Parses a gated body: the validating scan, then the envelope of each message.
+pub fn parse(body: &[u8]) -> Result<Body<'_>, Refusal> {
+    scan::validate(body, MAX_DEPTH).map_err(|e| {
+        Refusal::new(
+            StatusCode::BAD_REQUEST,
+            code::PARSE_ERROR,
+            format!("parse error: {e}"),
+        )
+    })?;
+    let text = std::str::from_utf8(body).map_err(|_| invalid("not UTF-8"))?;
+    let trimmed = text.trim_start();
+    if trimmed.starts_with('[') {
+        let items: Vec<&RawValue> =
+            serde_json::from_str(text).map_err(|e| invalid(format!("invalid batch: {e}")))?;
+        if items.is_empty() {
+            return Err(invalid("an empty batch is not a valid request"));
+        }
+        let msgs = items
+            .into_iter()
+            .map(message)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Body::Batch(msgs))
+    } else {
+        let raw: &RawValue = serde_json::from_str(text).map_err(|e| invalid(e.to_string()))?;
+        Ok(Body::Single(message(raw)?))
+    }
+}
+
+fn message(raw: &RawValue) -> Result<Message<'_>, Refusal> {
+    if !raw.get().starts_with('{') {
+        return Err(invalid("a JSON-RPC message must be an object"));
+    }
+    let e: Envelope = serde_json::from_str(raw.get())
+        .map_err(|err| invalid(format!("invalid JSON-RPC message: {err}")))?;
+    if e.jsonrpc.as_deref() != Some("2.0") {
+        return Err(invalid("\"jsonrpc\" must be \"2.0\"").with_id(e.id));
+    }
+    if let Some(id) = e.id {
+        let t = id.get();
+        let integer = t
+            .bytes()
+            .enumerate()
+            .all(|(i, b)| b.is_ascii_digit() || (i == 0 && b == b'-'))
+            && t != "-";
+        if !(t.starts_with('"') || integer) {
+            return Err(invalid("\"id\" must be a string or an integer"));
+        }
+    }
+    let kind = match (&e.method, e.result.is_some(), e.error.is_some()) {
+        (Some(_), false, false) => {
+            if e.id.is_some() {
+                Kind::Request
+            } else {
+                Kind::Notification
+            }
+        }
+        (Some(_), _, _) => {
+            return Err(
+                invalid("a message cannot have both \"method\" and \"result\"/\"error\"")
+                    .with_id(e.id),
+            )
+        }
+        (None, true, false) | (None, false, true) if e.id.is_some() => Kind::Response,
+        (None, true, true) => {
+            return Err(
+                invalid("a response cannot have both \"result\" and \"error\"").with_id(e.id),
+            )
+        }
+        _ => return Err(invalid("not a request, notification or response").with_id(e.id)),
+    };
+    Ok(Message {
+        kind,
+        id: e.id,
+        method: e.method,
+        params: e.params,
+        raw,
+    })
+}
+
+#[derive(Deserialize)]
+struct CallParams<'a> {
+    #[serde(borrow)]
+    name: Cow<'a, str>,
+    #[serde(borrow, default)]
+    arguments: Option<&'a RawValue>,
+}
+
+/// The parts of a `tools/call` the engine reads.
+#[derive(Debug)]
+pub struct ToolCall<'a> {
+    pub name: Cow<'a, str>,
+    pub arguments: Option<&'a RawValue>,
+}
+
+impl<'a> Message<'a> {
+    pub fn is_method(&self, m: &str) -> bool {
+        self.method.as_deref() == Some(m)
+    }
+
+    /// Reads `params.name` and `params.arguments` of a `tools/call`.
+    pub fn tool_call(&self) -> Result<ToolCall<'a>, Refusal> {
+        let bad = |msg: &str| {
+            Refusal::new(StatusCode::BAD_REQUEST, code::INVALID_PARAMS, msg).with_id(self.id)
+        };
+        let params = self.params.ok_or_else(|| bad("tools/call needs params"))?;
+        let p: CallParams = serde_json::from_str(params.get())
+            .map_err(|_| bad("tools/call params need a string \"name\""))?;
+        let arguments = match p.arguments {
+            Some(a) if a.get() == "null" => None,
+            Some(a) if !a.get().starts_with('{') => {
+                return Err(bad("tools/call \"arguments\" must be an object"))
+            }
+            other => other,
+        };
+        Ok(ToolCall {
+            name: p.name,
+            arguments,
+        })
+    }
+}
+
+/// The `_meta` decision record of a denial.
+fn decision_record(d: &Decision, tool: &str, policy: &str) -> Value {
+    let mut rec = json!({
+        "decision": d.outcome.as_str(),
+        "tool": tool,
+        "rule": d.rule,
+        "policy": policy,
+    });
+    if let Some(hit) = &d.limit {
+        rec["counter"] = json!(hit.counter.name);
+        rec["window"] = json!(hit.counter.window.text);
+        rec["max"] = json!(hit.counter.max.get());
+        rec["retryAfterSeconds"] = json!(retry_after_secs(d));
+    }
+    rec
+}
+
+/// Whole seconds to wait before retrying a rate-limited call (at least 1).
+pub fn retry_after_secs(d: &Decision) -> u64 {
+    d.limit
+        .as_ref()
+        .map_or(0, |h| (h.retry_after.as_secs_f64().ceil() as u64).max(1))
+}
+
+/// The JSON-RPC answer to a denied `tools/call` (as a JSON value, for batches).
+pub fn denial(id: &RawValue, d: &Decision, tool: &str, policy: &str, deny_as: DenyAs) -> Value {
+    let rec = decision_record(d, tool, policy);
+    let id = raw_to_value(id);
+    match deny_as {
+        DenyAs::Result => json!({
+            "jsonrpc": "2.0",
+            "id": id,
+            "result": {
+                "content": [{"type": "text", "text": d.reason}],
+                "isError": true,
+                "_meta": {DECISION_META: rec}
+            }
+        }),
+        DenyAs::Error => json!({
+            "jsonrpc": "2.0",
+            "id": id,
+            "error": {
+                "code": if d.outcome == Outcome::RateLimited { code::RATE_LIMITED } else { code::DENIED },
+                "message": d.reason,
+                "data": {DECISION_META: rec}
+            }
+        }),
+    }
+}
+
+/// The answer to an allowed item of a batch that was not run because another item was denied.
+pub fn not_run(id: &RawValue) -> Value {
+    json!({
+        "jsonrpc": "2.0",
+        "id": raw_to_value(id),
+        "error": {
+            "code": code::INVALID_REQUEST,
+            "message": "not run: this batch holds a call the policy denies, so none of it was forwarded"
+        }
+    })
+}
+
+/// Filters the `tools` of every `tools/list` result in a JSON response body (one message or a
+/// batch) whose id is one of `ids`. `Ok(None)`: nothing to change. `Err`: the body could not be
+/// read, so hidden tools cannot be removed with certainty.
+pub fn filter_tools_list(
+    body: &[u8],
+    ids: &[Value],
+    listable: &dyn Fn(&str) -> bool,
+) -> Result<Option<Vec<u8>>, String> {
+    let mut v: Value = serde_json::from_slice(body)
+        .map_err(|e| format!("tools/list response is not JSON: {e}"))?;
+    let changed = match &mut v {
+        Value::Array(items) => {
+            let mut any = false;
+            for item in items {
+                any |= filter_tools_result(item, ids, listable)?;
+            }
+            any
+        }
+        item => filter_tools_result(item, ids, listable)?,
+    };
+    Ok(if changed {
+        Some(serde_json::to_vec(&v).map_err(|e| e.to_string())?)
+    } else {
+        None
+    })
+}
+
+/// Filters one message if it is the response to one of `ids`; `Ok(true)` when tools were removed.
+pub fn filter_tools_result(
+    msg: &mut Value,
+    ids: &[Value],
+    listable: &dyn Fn(&str) -> bool,
+) -> Result<bool, String> {
+    let Some(id) = msg.get("id") else {
+        return Ok(false);
+    };
+    if !ids.contains(id) {
+        return Ok(false);
+    }
+    let Some(result) = msg.get_mut("result") else {
+        return Ok(false);
+    };
+    let Some(tools) = result.get_mut("tools").and_then(Value::as_array_mut) else {
+        return Err("tools/list result has no \"tools\" list".into());
+    };
+    let before = tools.len();
+    tools.retain(|t| t.get("name").and_then(Value::as_str).is_some_and(listable));
+    Ok(tools.len() != before)
+}
+
+/// Bounded label for `requests_total{method}`.
+pub fn method_label(method: &str) -> &'static str {
+    const KNOWN: &[&str] = &[
+        "initialize",
+        "ping",
+        "server/discover",
+        "tools/list",
+        "tools/call",
+        "resources/list",
+        "resources/templates/list",
+        "resources/read",
+        "resources/subscribe",
+        "resources/unsubscribe",
+        "prompts/list",
+        "prompts/get",
+        "completion/complete",
+        "logging/setLevel",
+        "notifications/initialized",
+        "notifications/cancelled",
+        "notifications/progress",
+        "notifications/roots/list_changed",
+    ];
+    KNOWN
+        .iter()
+        .find(|k| **k == method)
+        .copied()
+        .unwrap_or("_other")
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,226 @@
+use super::*;
+use crate::engine::{Call, Engine, EngineOptions};
+use crate::policy::{compile, Flavor};
+
+fn kind_of(s: &str) -> Result<Kind, i64> {
+    match parse(s.as_bytes()).map_err(|r| r.code)? {
+        Body::Single(m) => Ok(m.kind),
+        Body::Batch(_) => panic!("batch"),
+    }
+}
+
+#[test]
+fn messages_are_classified() {
+    assert_eq!(
+        kind_of(r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#),
+        Ok(Kind::Request)
+    );
+    assert_eq!(
+        kind_of(r#"{"jsonrpc":"2.0","id":"a","method":"ping"}"#),
+        Ok(Kind::Request)
+    );
+    assert_eq!(
+        kind_of(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#),
+        Ok(Kind::Notification)
+    );
+    assert_eq!(
+        kind_of(r#"{"jsonrpc":"2.0","id":3,"result":{}}"#),
+        Ok(Kind::Response)
+    );
+    assert_eq!(
+        kind_of(r#"{"jsonrpc":"2.0","id":3,"error":{"code":1,"message":"x"}}"#),
+        Ok(Kind::Response)
+    );
+    // `id: null` is no id: a tools/call carrying it is caught by the proxy as id-less.
+    assert_eq!(
+        kind_of(r#"{"jsonrpc":"2.0","id":null,"method":"tools/call"}"#),
+        Ok(Kind::Notification)
+    );
+}
+
+#[test]
+fn ambiguous_or_malformed_messages_are_refused() {
+    let cases = [
+        (
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","result":{}}"#,
+            code::INVALID_REQUEST,
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":1,"result":{},"error":{}}"#,
+            code::INVALID_REQUEST,
+        ),
+        (r#"{"jsonrpc":"2.0","id":1}"#, code::INVALID_REQUEST),
+        (
+            r#"{"jsonrpc":"1.0","id":1,"method":"x"}"#,
+            code::INVALID_REQUEST,
+        ),
+        (r#"{"id":1,"method":"x"}"#, code::INVALID_REQUEST),
+        (
+            r#"{"jsonrpc":"2.0","id":1.5,"method":"x"}"#,
+            code::INVALID_REQUEST,
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":{},"method":"x"}"#,
+            code::INVALID_REQUEST,
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":1,"method":7}"#,
+            code::INVALID_REQUEST,
+        ),
+        (r#"[]"#, code::INVALID_REQUEST),
+        (r#"[1]"#, code::INVALID_REQUEST),
+        (r#""x""#, code::INVALID_REQUEST),
+        (
+            r#"{"jsonrpc":"2.0","id":1,"method":"x","Method":"y"}"#,
+            code::PARSE_ERROR,
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":1,"method":"x",}"#,
+            code::PARSE_ERROR,
+        ),
+    ];
+    for (body, want) in cases {
+        let r = parse(body.as_bytes()).unwrap_err();
+        assert_eq!(
+            (r.code, r.status),
+            (want, StatusCode::BAD_REQUEST),
+            "{body}: {}",
+            r.message
+        );
+        let v: Value = serde_json::from_slice(&r.body()).unwrap();
+        assert_eq!(v["error"]["code"], want);
+    }
+}
+
+#[test]
+fn tool_calls_read_name_and_arguments() {
+    let body = br#"{"jsonrpc":"2.0","id":9,"method":"tools/call","params":{"name":"run_cell","arguments":{"code":"1"},"_meta":{}}}"#;
+    let b = parse(body).unwrap();
+    let m = &b.messages()[0];
+    let c = m.tool_call().unwrap();
+    assert_eq!(c.name, "run_cell");
+    assert_eq!(c.arguments.unwrap().get(), r#"{"code":"1"}"#);
+    let bad = [
+        r#"{"jsonrpc":"2.0","id":9,"method":"tools/call"}"#,
+        r#"{"jsonrpc":"2.0","id":9,"method":"tools/call","params":{"name":5}}"#,
+        r#"{"jsonrpc":"2.0","id":9,"method":"tools/call","params":{"name":"a","arguments":[1]}}"#,
+    ];
+    for s in bad {
+        let b = parse(s.as_bytes()).unwrap();
+        let r = b.messages()[0].tool_call().unwrap_err();
+        assert_eq!(r.code, code::INVALID_PARAMS, "{s}");
+        assert_eq!(r.id.as_deref().map(RawValue::get), Some("9"));
+    }
+}
+
+#[test]
+fn batches_hold_each_message() {
+    let b = parse(br#"[{"jsonrpc":"2.0","id":1,"method":"a"},{"jsonrpc":"2.0","method":"b"}]"#)
+        .unwrap();
+    let kinds: Vec<Kind> = b.messages().iter().map(|m| m.kind).collect();
+    assert_eq!(kinds, vec![Kind::Request, Kind::Notification]);
+    assert_eq!(
+        b.messages()[1].raw.get(),
+        r#"{"jsonrpc":"2.0","method":"b"}"#
+    );
+}
+
+#[test]
+fn denials_carry_the_reason_and_the_decision() {
+    let p = compile(
+        &json!({"tools": {"t": {"limits": [{"counter": "c", "window": "minute", "max": 1}]},
+                           "x": {"action": "deny", "reason": "No."}}}),
+        Flavor::File,
+        "",
+    )
+    .unwrap();
+    let e = Engine::new(p, None, EngineOptions::default());
+    let args = Value::Null;
+    let id = RawValue::from_string("\"req-1\"".into()).unwrap();
+    let d = e.decide(
+        &Call {
+            tool: "x",
+            args: &args,
+            grant: "g",
+            session: None,
+        },
+        0,
+    );
+    let v = denial(&id, &d, "x", "ns/p", DenyAs::Result);
+    assert_eq!(v["id"], "req-1");
+    assert_eq!(v["result"]["isError"], true);
+    assert_eq!(v["result"]["content"][0]["text"], "No.");
+    assert_eq!(
+        v["result"]["_meta"][DECISION_META],
+        json!({"decision": "deny", "tool": "x", "rule": "tools.x", "policy": "ns/p"})
+    );
+    e.decide(
+        &Call {
+            tool: "t",
+            args: &args,
+            grant: "g",
+            session: None,
+        },
+        0,
+    );
+    let d = e.decide(
+        &Call {
+            tool: "t",
+            args: &args,
+            grant: "g",
+            session: None,
+        },
+        0,
+    );
+    let v = denial(&id, &d, "t", "ns/p", DenyAs::Error);
+    assert_eq!(v["error"]["code"], 429);
+    let rec = &v["error"]["data"][DECISION_META];
+    assert_eq!(
+        (
+            rec["decision"].as_str(),
+            rec["counter"].as_str(),
+            rec["max"].as_u64()
+        ),
+        (Some("rate_limited"), Some("c"), Some(1))
+    );
+    assert_eq!(
+        rec["retryAfterSeconds"], 63,
+        "the call at 0 leaves the window at 63 s (one 3 s sub-bucket late)"
+    );
+}
+
+#[test]
+fn tools_list_results_are_filtered_by_id() {
+    let body = br#"{"jsonrpc":"2.0","id":4,"result":{"tools":[{"name":"a"},{"name":"debug_x"},{"name":"b"}],"nextCursor":"c2"}}"#;
+    let keep = |n: &str| !n.starts_with("debug_");
+    let out = filter_tools_list(body, &[json!(4)], &keep)
+        .unwrap()
+        .unwrap();
+    let v: Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(v["result"]["tools"], json!([{"name": "a"}, {"name": "b"}]));
+    assert_eq!(v["result"]["nextCursor"], "c2", "pagination is kept");
+    assert_eq!(
+        filter_tools_list(body, &[json!(5)], &keep).unwrap(),
+        None,
+        "other ids are untouched"
+    );
+    assert!(filter_tools_list(b"not json", &[json!(4)], &keep).is_err());
+    assert!(filter_tools_list(
+        br#"{"jsonrpc":"2.0","id":4,"result":{}}"#,
+        &[json!(4)],
+        &keep
+    )
+    .is_err());
+    let batch = br#"[{"jsonrpc":"2.0","id":1,"result":{}},{"jsonrpc":"2.0","id":2,"result":{"tools":[{"name":"debug_y"}]}}]"#;
+    let out = filter_tools_list(batch, &[json!(2)], &keep)
+        .unwrap()
+        .unwrap();
+    let v: Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(v[1]["result"]["tools"], json!([]));
+}
+
+#[test]
+fn method_labels_are_bounded() {
+    assert_eq!(method_label("tools/call"), "tools/call");
+    assert_eq!(method_label("x/y/z"), "_other");
+}
