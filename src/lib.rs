@@ -10,4 +10,6 @@ pub mod check;
 pub mod cli;
 pub mod engine;
 pub mod mcp;
+pub mod metrics;
 pub mod policy;
+pub mod sidecar;

@@ -223,9 +223,28 @@ pub struct ToolCall<'a> {
     pub arguments: Option<&'a RawValue>,
 }
 
+#[derive(Deserialize)]
+struct NameParams<'a> {
+    #[serde(borrow, default)]
+    name: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    uri: Option<Cow<'a, str>>,
+}
+
 impl<'a> Message<'a> {
     pub fn is_method(&self, m: &str) -> bool {
         self.method.as_deref() == Some(m)
+    }
+
+    /// What the 2026-07-28 `Mcp-Name` header must equal: `params.name` of `tools/call` and
+    /// `prompts/get`, `params.uri` of `resources/read`.
+    pub fn routing_name(&self) -> Option<Cow<'a, str>> {
+        let p: NameParams = serde_json::from_str(self.params?.get()).ok()?;
+        match self.method.as_deref()? {
+            "tools/call" | "prompts/get" => p.name,
+            "resources/read" | "resources/subscribe" | "resources/unsubscribe" => p.uri,
+            _ => None,
+        }
     }
 
     /// Reads `params.name` and `params.arguments` of a `tools/call`.

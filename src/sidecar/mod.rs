@@ -1,0 +1,288 @@
+//! The sidecar: a reverse proxy in front of one MCP server that decides every `tools/call`.
+//!
+//! It serves MCP on `listen` and `/metrics`, `/livez`, `/readyz` on `admin_listen`. Until a valid
+//! policy is loaded it is not ready and forwards nothing. The policy file is re-read when it
+//! changes (a ConfigMap volume swaps a `..data` symlink); a bad file keeps the last good policy.
+
+mod legacy;
+mod proxy;
+mod reload;
+
+pub use reload::{load_policy, LoadedPolicy};
+
+use crate::engine::EngineOptions;
+use crate::metrics::SidecarMetrics;
+use arc_swap::ArcSwapOption;
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::graceful::GracefulShutdown;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
+
+/// Everything the sidecar is told at start.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    /// The MCP server, e.g. `http://127.0.0.1:8888/mcp`. Its path is the gated MCP path.
+    pub upstream: http::Uri,
+    pub policy_path: PathBuf,
+    /// Paths besides the MCP path where POSTs are forwarded ungated (e.g. an OAuth endpoint).
+    pub passthrough_paths: Vec<String>,
+    /// Largest gated body accepted.
+    pub max_body_bytes: usize,
+    /// Gated body bytes held in memory at once across all requests; beyond it, 503.
+    pub inflight_body_bytes: usize,
+    /// How long to keep serving after SIGTERM while endpoints update.
+    pub drain_delay: Duration,
+    /// How long in-flight requests may take to finish after the drain delay.
+    pub shutdown_timeout: Duration,
+    /// How often the policy file is checked for changes.
+    pub reload_interval: Duration,
+    pub engine: EngineOptions,
+}
+
+impl Config {
+    pub fn new(upstream: http::Uri, policy_path: PathBuf) -> Config {
+        Config {
+            listen: ([0, 0, 0, 0], 9480).into(),
+            admin_listen: ([0, 0, 0, 0], 9481).into(),
+            upstream,
+            policy_path,
+            passthrough_paths: Vec::new(),
+            max_body_bytes: 4 << 20,
+            inflight_body_bytes: 64 << 20,
+            drain_delay: Duration::from_secs(5),
+            shutdown_timeout: Duration::from_secs(30),
+            reload_interval: Duration::from_secs(1),
+            engine: EngineOptions::default(),
+        }
+    }
+
+    /// The gated MCP path: the upstream URL's path (`/mcp` when it has none).
+    pub fn mcp_path(&self) -> &str {
+        match self.upstream.path() {
+            "" | "/" => "/mcp",
+            p => p,
+        }
+    }
+}
+
+/// State shared by every request.
+pub struct State {
+    pub cfg: Config,
+    pub policy: ArcSwapOption<LoadedPolicy>,
+    pub metrics: SidecarMetrics,
+    client: Client<HttpConnector, ProxyBody>,
+    budget: Semaphore,
+    draining: AtomicBool,
+    upstream_authority: http::uri::Authority,
+    legacy: legacy::LegacySessions,
+}
+
+impl State {
+    pub fn new(cfg: Config, metrics: SidecarMetrics) -> anyhow::Result<Arc<State>> {
+        let authority = cfg.upstream.authority().cloned().ok_or_else(|| {
+            anyhow::anyhow!("--upstream needs a host and port, like http://127.0.0.1:8888/mcp")
+        })?;
+        if cfg.upstream.scheme_str() != Some("http") {
+            anyhow::bail!("--upstream must be an http:// URL (the MCP server in the same pod)");
+        }
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_secs(5)));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(256)
+            .build(connector);
+        let budget = Semaphore::new(cfg.inflight_body_bytes.min(Semaphore::MAX_PERMITS));
+        Ok(Arc::new(State {
+            cfg,
+            policy: ArcSwapOption::empty(),
+            metrics,
+            client,
+            budget,
+            draining: AtomicBool::new(false),
+            upstream_authority: authority,
+            legacy: legacy::LegacySessions::default(),
+        }))
+    }
+
+    /// Ready: a valid policy is loaded and the sidecar is not draining.
+    pub fn ready(&self) -> bool {
+        self.policy.load().is_some() && !self.draining.load(Ordering::Relaxed)
+    }
+}
+
+/// Listeners bound ahead of time, so callers (tests, the demo) can learn the ports.
+pub struct Listeners {
+    pub proxy: TcpListener,
+    pub admin: TcpListener,
+}
+
+impl Listeners {
+    pub async fn bind(cfg: &Config) -> anyhow::Result<Listeners> {
+        let proxy = TcpListener::bind(cfg.listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", cfg.listen))?;
+        let admin = TcpListener::bind(cfg.admin_listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", cfg.admin_listen))?;
+        Ok(Listeners { proxy, admin })
+    }
+}
+
+/// Runs until `shutdown` resolves, then drains per DESIGN §5: not ready, keep serving for the
+/// drain delay, stop accepting, finish in-flight requests (bounded by the shutdown timeout).
+pub async fn run(
+    state: Arc<State>,
+    listeners: Listeners,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    reload::initial_load(&state);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let watcher = tokio::spawn(reload::watch(state.clone(), stop_rx.clone()));
+    let graceful = Arc::new(GracefulShutdown::new());
+    let proxy_state = state.clone();
+    let proxy_loop = tokio::spawn(accept_loop(
+        listeners.proxy,
+        stop_rx.clone(),
+        graceful.clone(),
+        move |req| {
+            let st = proxy_state.clone();
+            async move { Ok::<_, std::convert::Infallible>(proxy::handle(st, req).await) }
+        },
+    ));
+    let admin_state = state.clone();
+    let admin_loop = tokio::spawn(accept_loop(
+        listeners.admin,
+        stop_rx.clone(),
+        graceful.clone(),
+        move |req| {
+            let st = admin_state.clone();
+            async move { Ok::<_, std::convert::Infallible>(admin(&st, &req)) }
+        },
+    ));
+
+    shutdown.await;
+    state.draining.store(true, Ordering::Relaxed);
+    tracing::info!(
+        delay_ms = state.cfg.drain_delay.as_millis() as u64,
+        "draining: /readyz is false"
+    );
+    tokio::time::sleep(state.cfg.drain_delay).await;
+    let _ = stop_tx.send(true);
+    let _ = proxy_loop.await;
+    let _ = admin_loop.await;
+    watcher.abort();
+    let graceful = Arc::try_unwrap(graceful)
+        .map_err(|_| anyhow::anyhow!("accept loops still hold the shutdown handle"))?;
+    match tokio::time::timeout(state.cfg.shutdown_timeout, graceful.shutdown()).await {
+        Ok(()) => tracing::info!("all connections finished"),
+        Err(_) => tracing::warn!("shutdown timeout reached with connections still open"),
+    }
+    Ok(())
+}
+
+async fn accept_loop<F, Fut>(
+    listener: TcpListener,
+    mut stop: watch::Receiver<bool>,
+    graceful: Arc<GracefulShutdown>,
+    handler: F,
+) where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<Response<ProxyBody>, std::convert::Infallible>>
+        + Send
+        + 'static,
+{
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                let _ = stream.set_nodelay(true);
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service_fn(handler.clone()));
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+            }
+            _ = stop.changed() => break,
+        }
+    }
+}
+
+/// `/metrics`, `/livez`, `/readyz`.
+fn admin(state: &State, req: &Request<Incoming>) -> Response<ProxyBody> {
+    match req.uri().path() {
+        "/metrics" => {
+            if let Some(p) = state.policy.load_full() {
+                state
+                    .metrics
+                    .counter_keys
+                    .with_label_values(&[&p.label])
+                    .set(p.engine.counter_keys() as i64);
+            }
+            let mut r = text(StatusCode::OK, state.metrics.render());
+            r.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            r
+        }
+        "/livez" => text(StatusCode::OK, b"ok\n".to_vec()),
+        "/readyz" if state.ready() => text(StatusCode::OK, b"ready\n".to_vec()),
+        "/readyz" if state.policy.load().is_none() => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            b"not ready: no valid policy loaded\n".to_vec(),
+        ),
+        "/readyz" => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            b"not ready: draining\n".to_vec(),
+        ),
+        _ => text(StatusCode::NOT_FOUND, b"not found\n".to_vec()),
+    }
+}
+
+fn text(status: StatusCode, body: Vec<u8>) -> Response<ProxyBody> {
+    let mut r = Response::new(full(body));
+    *r.status_mut() = status;
+    r
+}
+
+pub(crate) fn full(body: impl Into<Bytes>) -> ProxyBody {
+    Full::new(body.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

@@ -1,0 +1,365 @@
+//! Shared harness: a real rmcp (official Rust SDK) MCP server, the sidecar in front of it in
+//! this process, and a raw HTTP helper for what SDK clients would never send.
+#![allow(dead_code)]
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::service::TowerToHyperService;
+use mcp_warden::metrics::SidecarMetrics;
+use mcp_warden::sidecar::{self, Config, Listeners, State};
+use rmcp::model::*;
+use rmcp::service::RequestContext;
+use rmcp::transport::streamable_http_server::{
+    session::local::LocalSessionManager, StreamableHttpServerConfig, StreamableHttpService,
+};
+use rmcp::{ErrorData, RoleServer, ServerHandler};
+use serde_json::{json, Value};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{oneshot, Notify};
+
+/// The test policy, in the seed's style.
+pub const POLICY: &str = r#"
+version: "1"
+default: deny
+hide: ["debug_*"]
+tools:
+  run_cell:
+    limits:
+      - {counter: run_cell_rate, window: minute, max: 5, scope: grant}
+  notebook_read: {}
+  slow_report: {}
+  clear_session:
+    deny_if:
+      - conditions: []
+        on_deny: "Blocked by default. Requires approval."
+  write_file:
+    require:
+      - {path: args.path, op: path_within, value: /workspace}
+    deny_if:
+      - conditions:
+          - {path: args.size, op: gt, value: 1000}
+        on_deny: "Files over 1000 bytes need approval"
+  debug_dump: {}
+  "delete_*":
+    action: deny
+    reason: "Destructive tools are disabled in this namespace"
+"#;
+
+/// Every tool the server offers, in page order (two pages).
+pub const SERVER_TOOLS: &[&str] = &[
+    "run_cell",
+    "notebook_read",
+    "clear_session",
+    "debug_dump",
+    "write_file",
+    "delete_all",
+    "slow_report",
+    "unlisted_tool",
+];
+
+/// A notebook-like MCP server. `slow_report` sends a progress event and then waits for
+/// `release` before finishing, so tests can see streaming without timing.
+#[derive(Clone)]
+pub struct Notebook {
+    pub release: Arc<Notify>,
+    pub calls: Arc<AtomicUsize>,
+}
+
+fn tool(name: &'static str) -> Tool {
+    let schema = json!({"type": "object", "properties": {}, "additionalProperties": true});
+    Tool::new(
+        name,
+        format!("the {name} tool"),
+        Arc::new(schema.as_object().unwrap().clone()),
+    )
+}
+
+impl ServerHandler for Notebook {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+    }
+
+    async fn list_tools(
+        &self,
+        request: Option<PaginatedRequestParams>,
+        _: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, ErrorData> {
+        let second = request.and_then(|r| r.cursor).as_deref() == Some("page-2");
+        let (page, next) = if second {
+            (&SERVER_TOOLS[4..], None)
+        } else {
+            (&SERVER_TOOLS[..4], Some("page-2".to_string()))
+        };
+        let mut r = ListToolsResult::default();
+        r.tools = page.iter().map(|n| tool(n)).collect();
+        r.next_cursor = next;
+        Ok(r)
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        if request.name == "slow_report" {
+            if let Some(token) = context.meta.get_progress_token() {
+                let _ = context
+                    .peer
+                    .notify_progress(
+                        ProgressNotificationParam::new(token, 1.0).with_message("started"),
+                    )
+                    .await;
+            }
+            self.release.notified().await;
+        }
+        let args = serde_json::to_string(&request.arguments.unwrap_or_default()).unwrap();
+        Ok(CallToolResult::success(vec![ContentBlock::text(format!(
+            "{} ran with {args}",
+            request.name
+        ))])
+        .into())
+    }
+}
+
+/// A running upstream server.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub server: Notebook,
+    /// Every HTTP request the server received.
+    pub requests: Arc<AtomicUsize>,
+}
+
+impl Upstream {
+    pub fn url(&self) -> String {
+        format!("http://{}/mcp", self.addr)
+    }
+    pub fn requests(&self) -> usize {
+        self.requests.load(Ordering::SeqCst)
+    }
+}
+
+/// Starts the rmcp server: `stateful` keeps sessions; `json` prefers JSON replies over SSE.
+pub async fn upstream(stateful: bool, json: bool) -> Upstream {
+    let server = Notebook {
+        release: Arc::new(Notify::new()),
+        calls: Arc::new(AtomicUsize::new(0)),
+    };
+    let config = StreamableHttpServerConfig::default()
+        .with_legacy_session_mode(stateful)
+        .with_json_response(json)
+        .with_sse_keep_alive(None);
+    let s = server.clone();
+    let service: StreamableHttpService<Notebook, LocalSessionManager> =
+        StreamableHttpService::new(move || Ok(s.clone()), Default::default(), config);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let requests = Arc::new(AtomicUsize::new(0));
+    let counted = requests.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let svc = service.clone();
+            let counted = counted.clone();
+            tokio::spawn(async move {
+                let svc = tower::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    counted.fetch_add(1, Ordering::SeqCst);
+                    let mut svc = svc.clone();
+                    async move { tower::Service::call(&mut svc, req).await }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), TowerToHyperService::new(svc))
+                    .await;
+            });
+        }
+    });
+    Upstream {
+        addr,
+        server,
+        requests,
+    }
+}
+
+/// The sidecar running in this process.
+pub struct Sidecar {
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub state: Arc<State>,
+    pub dir: PathBuf,
+    stop: Option<oneshot::Sender<()>>,
+    pub done: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Sidecar {
+    pub fn url(&self) -> String {
+        format!("http://{}/mcp", self.addr)
+    }
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin)
+    }
+    /// Starts the drain (as SIGTERM would).
+    pub fn terminate(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
+pub fn temp_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!(
+        "mcp-warden-{name}-{}-{}",
+        std::process::id(),
+        rand_suffix()
+    ));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn rand_suffix() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(0);
+    h.finish()
+}
+
+/// Starts a sidecar for `upstream_url` with `policy_path`, adjusting the config with `tune`.
+pub async fn sidecar_at(
+    upstream_url: &str,
+    policy_path: &Path,
+    tune: impl FnOnce(&mut Config),
+) -> Sidecar {
+    let mut cfg = Config::new(upstream_url.parse().unwrap(), policy_path.to_path_buf());
+    cfg.listen = "127.0.0.1:0".parse().unwrap();
+    cfg.admin_listen = "127.0.0.1:0".parse().unwrap();
+    cfg.drain_delay = Duration::from_millis(0);
+    cfg.reload_interval = Duration::from_millis(50);
+    tune(&mut cfg);
+    let listeners = Listeners::bind(&cfg).await.unwrap();
+    let addr = listeners.proxy.local_addr().unwrap();
+    let admin = listeners.admin.local_addr().unwrap();
+    let state = State::new(cfg, SidecarMetrics::new()).unwrap();
+    let (tx, rx) = oneshot::channel::<()>();
+    let st = state.clone();
+    let done = tokio::spawn(sidecar::run(st, listeners, async move {
+        let _ = rx.await;
+    }));
+    let dir = policy_path.parent().unwrap().to_path_buf();
+    let sc = Sidecar {
+        addr,
+        admin,
+        state,
+        dir,
+        stop: Some(tx),
+        done: Some(done),
+    };
+    // Wait until the first load has happened (ready, or known to be unready).
+    for _ in 0..100 {
+        if get(&sc.admin_url("/livez")).await.0 == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    sc
+}
+
+/// A sidecar with the test policy written to a fresh directory.
+pub async fn sidecar(upstream: &Upstream, policy: &str) -> Sidecar {
+    let dir = temp_dir("sidecar");
+    let path = dir.join("policy.yaml");
+    std::fs::write(&path, policy).unwrap();
+    sidecar_at(&upstream.url(), &path, |_| {}).await
+}
+
+pub type Raw = (u16, http::HeaderMap, Bytes);
+
+fn client() -> Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// A raw HTTP request; the whole response body is read.
+pub async fn request(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<Bytes>,
+) -> Raw {
+    let mut b = http::Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    let resp = client()
+        .request(b.body(Full::new(body.into())).unwrap())
+        .await
+        .unwrap();
+    let (parts, body) = resp.into_parts();
+    let bytes = tokio::time::timeout(Duration::from_secs(10), body.collect())
+        .await
+        .unwrap()
+        .unwrap()
+        .to_bytes();
+    (parts.status.as_u16(), parts.headers, bytes)
+}
+
+pub async fn get(url: &str) -> Raw {
+    request("GET", url, &[], Bytes::new()).await
+}
+
+/// A JSON POST with the headers a streamable-HTTP client sends.
+pub async fn post_json(url: &str, extra: &[(&str, &str)], body: &str) -> Raw {
+    let mut h = vec![
+        ("content-type", "application/json"),
+        ("accept", "application/json, text/event-stream"),
+    ];
+    h.extend_from_slice(extra);
+    request("POST", url, &h, body.to_owned()).await
+}
+
+/// The JSON-RPC messages in a response body, whether JSON or SSE.
+pub fn messages(raw: &Raw) -> Vec<Value> {
+    let ct = raw
+        .1
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if ct.starts_with("text/event-stream") {
+        let text = String::from_utf8_lossy(&raw.2);
+        text.split("\n\n")
+            .filter_map(|ev| {
+                let data: Vec<&str> = ev
+                    .lines()
+                    .filter_map(|l| l.strip_prefix("data:"))
+                    .map(str::trim_start)
+                    .collect();
+                serde_json::from_str(&data.join("\n")).ok()
+            })
+            .collect()
+    } else {
+        match serde_json::from_slice(&raw.2) {
+            Ok(Value::Array(items)) => items,
+            Ok(v) => vec![v],
+            Err(_) => vec![],
+        }
+    }
+}
+
+/// The value of one metric series from `/metrics`, matched by name and label substrings.
+pub async fn metric(sc: &Sidecar, name: &str, labels: &[&str]) -> Option<f64> {
+    let (_, _, body) = get(&sc.admin_url("/metrics")).await;
+    let text = String::from_utf8(body.to_vec()).unwrap();
+    text.lines()
+        .filter(|l| {
+            l.starts_with(name)
+                && (l.as_bytes().get(name.len()) == Some(&b'{')
+                    || l.as_bytes().get(name.len()) == Some(&b' '))
+        })
+        .find(|l| labels.iter().all(|want| l.contains(want)))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
