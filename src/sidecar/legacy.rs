@@ -130,7 +130,9 @@ impl LegacyStream {
         pending.swap_remove(at);
         let policy = self.state.policy.load_full()?;
         let pol = policy.engine.policy();
-        if let Err(e) = mcp::filter_tools_result(&mut v, std::slice::from_ref(&id), &|n| pol.listable(n)) {
+        if let Err(e) =
+            mcp::filter_tools_result(&mut v, std::slice::from_ref(&id), &|n| pol.listable(n))
+        {
             v = serde_json::json!({"jsonrpc": "2.0", "id": id, "error": {"code": mcp::code::INTERNAL_ERROR,
                 "message": format!("mcp-warden could not filter the server's tool list: {e}")}});
         }

@@ -96,10 +96,11 @@ impl ServerHandler for Notebook {
         } else {
             (&SERVER_TOOLS[..4], Some("page-2".to_string()))
         };
-        let mut r = ListToolsResult::default();
-        r.tools = page.iter().map(|n| tool(n)).collect();
-        r.next_cursor = next;
-        Ok(r)
+        Ok(ListToolsResult {
+            tools: page.iter().map(|n| tool(n)).collect(),
+            next_cursor: next,
+            ..Default::default()
+        })
     }
 
     async fn call_tool(
