@@ -1,0 +1,312 @@
+//! The wire, with raw HTTP: what SDK clients never send must be refused, and refused requests
+//! must never reach the server. Also batches, routing headers, streaming and Host rewriting.
+
+mod common;
+
+use bytes::Bytes;
+use common::*;
+use http_body_util::{BodyExt, StreamBody};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::{json, Value};
+use std::time::Duration;
+
+/// A `tools/call` as a 2026-07-28 client sends it (sessionless, metadata in `_meta`).
+fn call_body(id: u64, name: &str, args: Value) -> String {
+    json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": {
+        "name": name, "arguments": args,
+        "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                  "io.modelcontextprotocol/clientInfo": {"name": "raw", "version": "1"},
+                  "io.modelcontextprotocol/clientCapabilities": {}}}})
+    .to_string()
+}
+
+fn v26(name: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("mcp-protocol-version", "2026-07-28".into()),
+        ("mcp-method", "tools/call".into()),
+        ("mcp-name", name.into()),
+    ]
+}
+
+async fn post(url: &str, headers: &[(&str, String)], body: &str) -> Raw {
+    let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    post_json(url, &h, body).await
+}
+
+fn error_code(raw: &Raw) -> i64 {
+    let v: Value = serde_json::from_slice(&raw.2).unwrap_or(Value::Null);
+    v["error"]["code"].as_i64().unwrap_or(0)
+}
+
+#[tokio::test]
+async fn what_cannot_be_read_with_certainty_is_refused_and_never_forwarded() {
+    let up = upstream(false, true).await;
+    let sc = sidecar(&up, POLICY).await;
+    let url = sc.url();
+    let deep = "[".repeat(70) + &"]".repeat(70);
+    let json_ct = ("content-type", "application/json");
+    let cases: Vec<(&str, Vec<(&str, &str)>, String, u16, i64)> = vec![
+        ("invalid JSON", vec![json_ct], "{\"jsonrpc\":\"2.0\",".into(), 400, -32700),
+        ("duplicate key", vec![json_ct], r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"run_cell","name":"clear_session"}}"#.into(), 400, -32700),
+        ("case-folded duplicate", vec![json_ct], r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"run_cell","Name":"clear_session"}}"#.into(), 400, -32700),
+        ("NUL-stripped duplicate", vec![json_ct], r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"run_cell","name\u0000":"clear_session"}}"#.into(), 400, -32700),
+        ("too deep", vec![json_ct], format!(r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"run_cell","arguments":{{"x":{deep}}}}}}}"#), 400, -32700),
+        ("not UTF-8 JSON content type", vec![("content-type", "text/plain")], call_body(1, "run_cell", json!({})), 415, -32700),
+        ("no content type", vec![], call_body(1, "run_cell", json!({})), 415, -32700),
+        ("latin-1 charset", vec![("content-type", "application/json; charset=iso-8859-1")], call_body(1, "run_cell", json!({})), 415, -32700),
+        ("compressed", vec![json_ct, ("content-encoding", "gzip")], call_body(1, "run_cell", json!({})), 415, -32700),
+        ("tools/call without id", vec![json_ct], r#"{"jsonrpc":"2.0","method":"tools/call","params":{"name":"run_cell"}}"#.into(), 400, -32600),
+        ("tools/call with id null", vec![json_ct], r#"{"jsonrpc":"2.0","id":null,"method":"tools/call","params":{"name":"run_cell"}}"#.into(), 400, -32600),
+        ("method and result", vec![json_ct], r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","result":{},"params":{"name":"run_cell"}}"#.into(), 400, -32600),
+        ("arguments not an object", vec![json_ct], r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"run_cell","arguments":"x"}}"#.into(), 400, -32602),
+        ("name not a string", vec![json_ct], r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":["run_cell"]}}"#.into(), 400, -32602),
+        ("Mcp-Method disagrees", vec![json_ct, ("mcp-method", "tools/list")], call_body(1, "run_cell", json!({})), 400, -32020),
+        ("Mcp-Name disagrees", vec![json_ct, ("mcp-method", "tools/call"), ("mcp-name", "notebook_read")], call_body(1, "clear_session", json!({})), 400, -32020),
+        ("batch under 2025-06-18", vec![json_ct, ("mcp-protocol-version", "2025-06-18")], format!("[{}]", call_body(1, "run_cell", json!({}))), 400, -32600),
+    ];
+    for (what, headers, body, status, code) in cases {
+        let raw = request("POST", &url, &headers, body).await;
+        assert_eq!(raw.0, status, "{what}: {}", String::from_utf8_lossy(&raw.2));
+        assert_eq!(
+            error_code(&raw),
+            code,
+            "{what}: {}",
+            String::from_utf8_lossy(&raw.2)
+        );
+    }
+    assert_eq!(up.requests(), 0, "no refused request reached the server");
+    // Calls refused as malformed count as `invalid` decisions.
+    assert_eq!(
+        metric(&sc, "mcp_warden_decisions_total", &["decision=\"invalid\""]).await,
+        Some(4.0)
+    );
+}
+
+#[tokio::test]
+async fn bodies_over_the_limit_and_the_global_budget_are_refused() {
+    let up = upstream(false, true).await;
+    let dir = temp_dir("limits");
+    let path = dir.join("p.yaml");
+    std::fs::write(&path, POLICY).unwrap();
+    let sc = sidecar_at(&up.url(), &path, |c| {
+        c.max_body_bytes = 1024;
+        c.inflight_body_bytes = 1024;
+    })
+    .await;
+    let big = call_body(1, "run_cell", json!({"code": "x".repeat(2000)}));
+    let raw = post(&sc.url(), &[], &big).await;
+    assert_eq!((raw.0, error_code(&raw)), (413, -32600));
+
+    // Hold 1000 bytes of the budget with a slow upload, then ask for more.
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let slow_body = StreamBody::new(Box::pin(futures_util::stream::unfold(
+        (Some(rx), 0),
+        |(rx, n)| async move {
+            match (n, rx) {
+                (0, rx) => Some((
+                    Ok::<_, std::convert::Infallible>(http_body::Frame::data(Bytes::from_static(
+                        b"{\"jsonrpc\"",
+                    ))),
+                    (rx, 1),
+                )),
+                (_, Some(rx)) => {
+                    let _ = rx.await;
+                    None
+                }
+                _ => None,
+            }
+        },
+    )));
+    let client = Client::builder(TokioExecutor::new()).build_http();
+    let req = http::Request::post(sc.url())
+        .header("content-type", "application/json")
+        .header("content-length", "1000")
+        .body(slow_body)
+        .unwrap();
+    let held = tokio::spawn(async move { client.request(req).await.map(|r| r.status().as_u16()) });
+    let mut refused = 0;
+    for _ in 0..50 {
+        let raw = post(
+            &sc.url(),
+            &v26("notebook_read"),
+            &call_body(2, "notebook_read", json!({})),
+        )
+        .await;
+        if raw.0 == 503 {
+            refused += 1;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(refused, 1, "a request beyond the in-flight budget gets 503");
+    drop(tx);
+    let _ = held.await;
+    let raw = post(
+        &sc.url(),
+        &v26("notebook_read"),
+        &call_body(3, "notebook_read", json!({})),
+    )
+    .await;
+    assert_eq!(
+        raw.0, 200,
+        "the budget is released when the held request ends"
+    );
+}
+
+#[tokio::test]
+async fn a_batch_holding_a_denied_call_runs_nothing_and_answers_every_request() {
+    let up = upstream(false, true).await;
+    let sc = sidecar(&up, POLICY).await;
+    let batch = format!(
+        "[{},{},{}]",
+        r#"{"jsonrpc":"2.0","id":"a","method":"tools/call","params":{"name":"notebook_read","arguments":{}}}"#,
+        r#"{"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":1,"progress":1}}"#,
+        r#"{"jsonrpc":"2.0","id":"b","method":"tools/call","params":{"name":"clear_session","arguments":{}}}"#
+    );
+    let raw = post(&sc.url(), &[], &batch).await;
+    assert_eq!(raw.0, 200);
+    let answers: Vec<Value> = serde_json::from_slice(&raw.2).unwrap();
+    assert_eq!(answers.len(), 2, "notifications get no answer");
+    assert_eq!(answers[0]["id"], "a");
+    assert_eq!(answers[0]["error"]["code"], -32600);
+    assert!(answers[0]["error"]["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("not run"));
+    assert_eq!(answers[1]["id"], "b");
+    assert_eq!(
+        answers[1]["result"]["content"][0]["text"],
+        "Blocked by default. Requires approval."
+    );
+    assert_eq!(up.requests(), 0);
+    // An all-allowed batch is forwarded unchanged (what the server makes of it is its own business).
+    let ok = format!(
+        "[{}]",
+        r#"{"jsonrpc":"2.0","id":"c","method":"tools/call","params":{"name":"notebook_read","arguments":{}}}"#
+    );
+    post(&sc.url(), &[], &ok).await;
+    assert_eq!(up.requests(), 1);
+}
+
+#[tokio::test]
+async fn limits_answer_retry_after_and_deny_as_error_uses_403_and_429() {
+    let up = upstream(false, true).await;
+    let policy = POLICY.replacen("default: deny", "default: deny\ndeny_as: error", 1);
+    let sc = sidecar(&up, &policy).await;
+    let auth = ("authorization", "Bearer t1".to_string());
+    let mut h = v26("run_cell");
+    h.push(auth);
+    for i in 0..5 {
+        let raw = post(&sc.url(), &h, &call_body(i, "run_cell", json!({}))).await;
+        assert_eq!(raw.0, 200);
+        assert_eq!(
+            messages(&raw)[0]["result"]["content"][0]["text"],
+            "run_cell ran with {}"
+        );
+    }
+    let raw = post(&sc.url(), &h, &call_body(9, "run_cell", json!({}))).await;
+    let retry: u64 = raw
+        .1
+        .get("retry-after")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((60..=63).contains(&retry), "{retry}");
+    let v = &messages(&raw)[0];
+    assert_eq!(v["error"]["code"], 429);
+    assert_eq!(
+        v["error"]["data"]["dev.mcpwarden/decision"]["retryAfterSeconds"],
+        retry
+    );
+    let raw = post(
+        &sc.url(),
+        &v26("clear_session"),
+        &call_body(10, "clear_session", json!({})),
+    )
+    .await;
+    assert_eq!(messages(&raw)[0]["error"]["code"], 403);
+    assert!(raw.1.get("retry-after").is_none());
+}
+
+#[tokio::test]
+async fn responses_stream_through_event_by_event() {
+    let up = upstream(false, false).await;
+    let sc = sidecar(&up, POLICY).await;
+    let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {
+        "name": "slow_report", "arguments": {},
+        "_meta": {"progressToken": "p1", "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                  "io.modelcontextprotocol/clientInfo": {"name": "raw", "version": "1"},
+                  "io.modelcontextprotocol/clientCapabilities": {}}}});
+    let client = Client::builder(TokioExecutor::new()).build_http();
+    let mut req = http::Request::post(sc.url())
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream");
+    for (k, v) in v26("slow_report") {
+        req = req.header(k, v);
+    }
+    let resp = client
+        .request(
+            req.body(http_body_util::Full::new(Bytes::from(body.to_string())))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert!(resp.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/event-stream"));
+    let mut body = resp.into_body();
+    // The server is blocked until released: the progress event must arrive before that.
+    let mut seen = String::new();
+    while !seen.contains("notifications/progress") {
+        let frame = tokio::time::timeout(Duration::from_secs(10), body.frame())
+            .await
+            .expect("the first event arrived while the server was still working")
+            .unwrap()
+            .unwrap();
+        if let Ok(d) = frame.into_data() {
+            seen.push_str(&String::from_utf8_lossy(&d));
+        }
+    }
+    assert!(
+        !seen.contains("slow_report ran"),
+        "the result is not produced yet"
+    );
+    up.server.release.notify_one();
+    let rest = body.collect().await.unwrap().to_bytes();
+    assert!(String::from_utf8_lossy(&rest).contains("slow_report ran with {}"));
+}
+
+#[tokio::test]
+async fn host_is_rewritten_and_other_paths_are_refused_unless_passthrough() {
+    let up = upstream(false, true).await;
+    let dir = temp_dir("paths");
+    let path = dir.join("p.yaml");
+    std::fs::write(&path, POLICY).unwrap();
+    let sc = sidecar_at(&up.url(), &path, |c| {
+        c.passthrough_paths = vec!["/oauth/token".into()]
+    })
+    .await;
+    let mut h: Vec<(&str, String)> = v26("notebook_read");
+    h.push(("host", "agents.example.com".into()));
+    // Directly, the server refuses a foreign Host (DNS-rebinding protection)...
+    let direct = post(&up.url(), &h, &call_body(1, "notebook_read", json!({}))).await;
+    assert_ne!(direct.0, 200);
+    // ...through the sidecar, Host is the upstream's authority.
+    let via = post(&sc.url(), &h, &call_body(1, "notebook_read", json!({}))).await;
+    assert_eq!(via.0, 200, "{}", String::from_utf8_lossy(&via.2));
+    let before = up.requests();
+    let raw = post(&format!("http://{}/other", sc.addr), &[], "{}").await;
+    assert_eq!((raw.0, error_code(&raw)), (404, -32600));
+    assert_eq!(up.requests(), before);
+    post(
+        &format!("http://{}/oauth/token", sc.addr),
+        &[],
+        "grant_type=x",
+    )
+    .await;
+    assert_eq!(up.requests(), before + 1, "a passthrough path is forwarded");
+}
