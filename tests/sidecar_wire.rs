@@ -39,6 +39,9 @@ fn error_code(raw: &Raw) -> i64 {
     v["error"]["code"].as_i64().unwrap_or(0)
 }
 
+/// What is sent (name, headers, body) and the expected HTTP status and JSON-RPC code.
+type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, String, u16, i64);
+
 #[tokio::test]
 async fn what_cannot_be_read_with_certainty_is_refused_and_never_forwarded() {
     let up = upstream(false, true).await;
@@ -46,7 +49,7 @@ async fn what_cannot_be_read_with_certainty_is_refused_and_never_forwarded() {
     let url = sc.url();
     let deep = "[".repeat(70) + &"]".repeat(70);
     let json_ct = ("content-type", "application/json");
-    let cases: Vec<(&str, Vec<(&str, &str)>, String, u16, i64)> = vec![
+    let cases: Vec<Case> = vec![
         ("invalid JSON", vec![json_ct], "{\"jsonrpc\":\"2.0\",".into(), 400, -32700),
         ("duplicate key", vec![json_ct], r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"run_cell","name":"clear_session"}}"#.into(), 400, -32700),
         ("case-folded duplicate", vec![json_ct], r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"run_cell","Name":"clear_session"}}"#.into(), 400, -32700),
