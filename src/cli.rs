@@ -11,9 +11,9 @@ use std::path::PathBuf;
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
-    /// Log filter (tracing's EnvFilter syntax).
-    #[arg(long, env = "MCP_WARDEN_LOG", default_value = "info", global = true)]
-    pub log: String,
+    /// Log filter (tracing's EnvFilter syntax); default `info` (`warn` for the demo).
+    #[arg(long, env = "MCP_WARDEN_LOG", global = true)]
+    pub log: Option<String>,
     /// Log format: json (one object per line, for log pipelines) or text.
     #[arg(long, env = "MCP_WARDEN_LOG_FORMAT", default_value = "json", global = true, value_parser = ["json", "text"])]
     pub log_format: String,
@@ -25,6 +25,25 @@ pub enum Command {
     Check(CheckArgs),
     /// Run the enforcing proxy in front of an MCP server.
     Sidecar(SidecarArgs),
+    /// Show the main job with no cluster: a sample MCP server behind the sidecar, driven by a script.
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Enforce this policy instead of the built-in example (MCP Python Interpreter's).
+    #[arg(long, value_name = "FILE")]
+    pub policy: Option<PathBuf>,
+}
+
+/// Runs the demo and prints its report.
+pub fn run_demo(a: &DemoArgs) -> anyhow::Result<bool> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let report = rt.block_on(crate::demo::run(a.policy.clone()))?;
+    print!("{report}");
+    Ok(true)
 }
 
 #[derive(Debug, Args)]
@@ -100,7 +119,13 @@ pub fn run_sidecar(a: &SidecarArgs) -> anyhow::Result<bool> {
         .build()?;
     rt.block_on(async {
         let listeners = crate::sidecar::Listeners::bind(&cfg).await?;
-        tracing::info!(listen = %cfg.listen, admin = %cfg.admin_listen, upstream = %cfg.upstream, "mcp-warden sidecar starting");
+        tracing::info!(
+            listen = %listeners.proxy.local_addr()?,
+            admin = %listeners.admin.local_addr()?,
+            upstream = %cfg.upstream,
+            version = env!("CARGO_PKG_VERSION"),
+            "mcp-warden sidecar listening"
+        );
         let state = crate::sidecar::State::new(cfg, crate::metrics::SidecarMetrics::new())?;
         crate::sidecar::run(state, listeners, crate::sidecar::shutdown_signal()).await?;
         Ok(true)

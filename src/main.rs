@@ -6,7 +6,12 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::new(&cli.log);
+    let default_level = if matches!(cli.command, Command::Demo(_)) {
+        "warn"
+    } else {
+        "info"
+    };
+    let filter = tracing_subscriber::EnvFilter::new(cli.log.as_deref().unwrap_or(default_level));
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -21,6 +26,7 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Check(a) => cli::run_check(a),
         Command::Sidecar(a) => cli::run_sidecar(a),
+        Command::Demo(a) => cli::run_demo(a),
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

@@ -8,7 +8,7 @@ mod legacy;
 mod proxy;
 mod reload;
 
-pub use reload::{load_policy, LoadedPolicy};
+pub use reload::{load_policy, sha256_hex, LoadedPolicy};
 
 use crate::engine::EngineOptions;
 use crate::metrics::SidecarMetrics;

@@ -1,0 +1,313 @@
+//! `mcp-warden demo`: the main job on one machine, no cluster. A small built-in MCP server
+//! shaped like MCP Python Interpreter, the sidecar in front of it with the example policy, and a
+//! scripted client showing an allowed call, denials with their reasons, a rate-limit hit, a
+//! filtered `tools/list`, and the metrics that resulted.
+
+use crate::metrics::SidecarMetrics;
+use crate::sidecar::{self, Config, Listeners, State};
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::{json, Value};
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The policy the demo enforces (also `examples/policies/mcp-python-interpreter.yaml`).
+pub const POLICY: &str = include_str!("../examples/policies/mcp-python-interpreter.yaml");
+
+/// The sample server's tools: those of MCP Python Interpreter, plus one that should stay hidden.
+const TOOLS: &[&str] = &[
+    "run_python_code",
+    "run_python_file",
+    "read_file",
+    "write_file",
+    "list_directory",
+    "list_sessions",
+    "list_python_environments",
+    "list_installed_packages",
+    "install_package",
+    "clear_session",
+];
+
+/// Answers one MCP request the way a simple stateless server would.
+async fn sample_server(
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
+    let reply = |status: StatusCode, body: Value| {
+        let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
+        *r.status_mut() = status;
+        r.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        );
+        Ok(r)
+    };
+    if req.method() != http::Method::POST {
+        return reply(StatusCode::METHOD_NOT_ALLOWED, json!({}));
+    }
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let msg: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let id = msg["id"].clone();
+    let result = match msg["method"].as_str() {
+        Some("initialize") => json!({
+            "protocolVersion": msg["params"]["protocolVersion"].as_str().unwrap_or("2025-06-18"),
+            "capabilities": {"tools": {}},
+            "serverInfo": {"name": "sample-python-interpreter", "version": "1.0.0"}
+        }),
+        Some("tools/list") => json!({"tools": TOOLS.iter().map(|t| json!({
+            "name": t, "description": format!("{t} (sample)"), "inputSchema": {"type": "object"}
+        })).collect::<Vec<_>>()}),
+        Some("tools/call") => {
+            let name = msg["params"]["name"].as_str().unwrap_or("?");
+            let text = match name {
+                "run_python_code" => "2".to_owned(),
+                "list_directory" => "notes.txt\nanalysis.py".to_owned(),
+                other => format!("{other} done"),
+            };
+            json!({"content": [{"type": "text", "text": text}], "isError": false})
+        }
+        Some(_) if id.is_null() => {
+            let mut r = Response::new(Full::new(Bytes::new()));
+            *r.status_mut() = StatusCode::ACCEPTED;
+            return Ok(r);
+        }
+        _ => {
+            return reply(
+                StatusCode::OK,
+                json!({"jsonrpc": "2.0", "id": id, "error": {"code": -32601, "message": "method not found"}}),
+            )
+        }
+    };
+    reply(
+        StatusCode::OK,
+        json!({"jsonrpc": "2.0", "id": id, "result": result}),
+    )
+}
+
+async fn start_sample_server() -> anyhow::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(
+                        TokioIo::new(stream),
+                        hyper::service::service_fn(sample_server),
+                    )
+                    .await;
+            });
+        }
+    });
+    Ok(addr)
+}
+
+struct DemoClient {
+    http: Client<HttpConnector, Full<Bytes>>,
+    url: String,
+    next_id: u64,
+}
+
+impl DemoClient {
+    async fn send(
+        &mut self,
+        method: &str,
+        params: Value,
+    ) -> anyhow::Result<(StatusCode, http::HeaderMap, Value)> {
+        self.next_id += 1;
+        let body =
+            json!({"jsonrpc": "2.0", "id": self.next_id, "method": method, "params": params});
+        let req = Request::post(&self.url)
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-protocol-version", "2025-06-18")
+            .header("authorization", "Bearer demo-agent-token")
+            .body(Full::new(Bytes::from(body.to_string())))?;
+        let resp = self.http.request(req).await?;
+        let (parts, body) = resp.into_parts();
+        let bytes = body.collect().await?.to_bytes();
+        Ok((
+            parts.status,
+            parts.headers,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        ))
+    }
+
+    async fn call(&mut self, tool: &str, args: Value) -> anyhow::Result<(http::HeaderMap, Value)> {
+        let (_, h, v) = self
+            .send("tools/call", json!({"name": tool, "arguments": args}))
+            .await?;
+        Ok((h, v))
+    }
+}
+
+fn describe(v: &Value) -> String {
+    let r = &v["result"];
+    let text = r["content"][0]["text"].as_str().unwrap_or("");
+    if r["isError"] == true {
+        let d = &r["_meta"]["dev.mcpwarden/decision"];
+        format!(
+            "DENIED ({}, rule {}): {text}",
+            d["decision"].as_str().unwrap_or("?"),
+            d["rule"].as_str().unwrap_or("?")
+        )
+    } else {
+        format!("allowed, server answered {text:?}")
+    }
+}
+
+/// Runs the demo and returns its report.
+pub async fn run(policy_file: Option<PathBuf>) -> anyhow::Result<String> {
+    let mut out = String::new();
+    let upstream = start_sample_server().await?;
+    let dir = std::env::temp_dir().join(format!("mcp-warden-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let policy_path = match policy_file {
+        Some(p) => p,
+        None => {
+            let p = dir.join("mcp-python-interpreter.yaml");
+            std::fs::write(&p, POLICY)?;
+            p
+        }
+    };
+    let mut cfg = Config::new(
+        format!("http://{upstream}/mcp").parse()?,
+        policy_path.clone(),
+    );
+    cfg.listen = "127.0.0.1:0".parse()?;
+    cfg.admin_listen = "127.0.0.1:0".parse()?;
+    cfg.drain_delay = Duration::ZERO;
+    let listeners = Listeners::bind(&cfg).await?;
+    let proxy = listeners.proxy.local_addr()?;
+    let admin = listeners.admin.local_addr()?;
+    let state = State::new(cfg, SidecarMetrics::new())?;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(sidecar::run(state.clone(), listeners, async move {
+        let _ = stop_rx.await;
+    }));
+    let http = Client::builder(TokioExecutor::new()).build_http();
+    for _ in 0..100 {
+        if state.ready() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    anyhow::ensure!(
+        state.ready(),
+        "the sidecar did not load {}",
+        policy_path.display()
+    );
+
+    let _ = writeln!(out, "sample MCP server   http://{upstream}/mcp");
+    let _ = writeln!(
+        out,
+        "mcp-warden sidecar  http://{proxy}/mcp   (metrics on http://{admin}/metrics)"
+    );
+    let _ = writeln!(out, "policy              {}\n", policy_path.display());
+    let mut c = DemoClient {
+        http,
+        url: format!("http://{proxy}/mcp"),
+        next_id: 0,
+    };
+    c.send("initialize", json!({"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "demo", "version": "1"}})).await?;
+
+    let (_, _, listed) = c.send("tools/list", json!({})).await?;
+    let names: Vec<&str> = listed["result"]["tools"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|t| t["name"].as_str())
+        .collect();
+    let _ = writeln!(
+        out,
+        "1. tools/list: the server offers {} tools; the agent sees {}:",
+        TOOLS.len(),
+        names.len()
+    );
+    let _ = writeln!(out, "   {}", names.join(", "));
+    let hidden: Vec<&str> = TOOLS
+        .iter()
+        .copied()
+        .filter(|t| !names.contains(t))
+        .collect();
+    let _ = writeln!(out, "   removed (never callable): {}\n", hidden.join(", "));
+
+    let (_, v) = c
+        .call("run_python_code", json!({"code": "print(1 + 1)"}))
+        .await?;
+    let _ = writeln!(
+        out,
+        "2. run_python_code {{\"code\": \"print(1 + 1)\"}}\n   {}\n",
+        describe(&v)
+    );
+    let (_, v) = c
+        .call("clear_session", json!({"session_id": "default"}))
+        .await?;
+    let _ = writeln!(out, "3. clear_session\n   {}\n", describe(&v));
+    let (_, v) = c
+        .call(
+            "run_python_code",
+            json!({"code": "import shutil; shutil.rmtree('/data')"}),
+        )
+        .await?;
+    let _ = writeln!(
+        out,
+        "4. run_python_code {{\"code\": \"import shutil; shutil.rmtree('/data')\"}}\n   {}\n",
+        describe(&v)
+    );
+    let mut allowed = 0;
+    let mut last = (http::HeaderMap::new(), Value::Null);
+    for _ in 0..61 {
+        last = c
+            .call("list_directory", json!({"directory_path": "."}))
+            .await?;
+        if last.1["result"]["isError"] != true {
+            allowed += 1;
+        }
+    }
+    let retry = last
+        .0
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-")
+        .to_owned();
+    let _ = writeln!(
+        out,
+        "5. list_directory, 61 times: {allowed} allowed, then\n   {}\n   Retry-After: {retry}\n",
+        describe(&last.1)
+    );
+
+    let metrics = c
+        .http
+        .request(Request::get(format!("http://{admin}/metrics")).body(Full::new(Bytes::new()))?)
+        .await?;
+    let text = String::from_utf8(metrics.into_body().collect().await?.to_bytes().to_vec())?;
+    let _ = writeln!(out, "6. metrics that changed (http://{admin}/metrics):");
+    for line in text.lines() {
+        let interesting = [
+            "mcp_warden_decisions_total{",
+            "mcp_warden_limit_hits_total{",
+            "mcp_warden_policy_info{",
+        ];
+        if interesting.iter().any(|p| line.starts_with(p)) && !line.ends_with(" 0") {
+            let _ = writeln!(out, "   {line}");
+        }
+    }
+    let _ = stop_tx.send(());
+    let _ = running.await;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(out)
+}
