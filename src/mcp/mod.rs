@@ -214,6 +214,15 @@ struct CallParams<'a> {
     name: Cow<'a, str>,
     #[serde(borrow, default)]
     arguments: Option<&'a RawValue>,
+    #[serde(borrow, default, rename = "_meta")]
+    meta: Option<RequestMeta<'a>>,
+}
+
+/// The part of `params._meta` the sidecar reads: the 2026-07-28 per-request protocol version.
+#[derive(Deserialize)]
+struct RequestMeta<'a> {
+    #[serde(borrow, default, rename = "io.modelcontextprotocol/protocolVersion")]
+    protocol_version: Option<Cow<'a, str>>,
 }
 
 /// The parts of a `tools/call` the engine reads.
@@ -221,6 +230,16 @@ struct CallParams<'a> {
 pub struct ToolCall<'a> {
     pub name: Cow<'a, str>,
     pub arguments: Option<&'a RawValue>,
+    /// `params._meta["io.modelcontextprotocol/protocolVersion"]`, sent by 2026-07-28 clients.
+    pub protocol_version: Option<Cow<'a, str>>,
+}
+
+/// The first protocol revision whose results carry `resultType`.
+pub const RESULT_TYPE_SINCE: &str = "2026-07-28";
+
+/// Whether a protocol version (`YYYY-MM-DD`) is at least `since`.
+pub fn version_at_least(version: &str, since: &str) -> bool {
+    version.len() == since.len() && version >= since
 }
 
 #[derive(Deserialize)]
@@ -262,10 +281,8 @@ impl<'a> Message<'a> {
             }
             other => other,
         };
-        Ok(ToolCall {
-            name: p.name,
-            arguments,
-        })
+        let protocol_version = p.meta.and_then(|m| m.protocol_version);
+        Ok(ToolCall { name: p.name, arguments, protocol_version })
     }
 }
 
@@ -293,20 +310,23 @@ pub fn retry_after_secs(d: &Decision) -> u64 {
         .map_or(0, |h| (h.retry_after.as_secs_f64().ceil() as u64).max(1))
 }
 
-/// The JSON-RPC answer to a denied `tools/call` (as a JSON value, for batches).
-pub fn denial(id: &RawValue, d: &Decision, tool: &str, policy: &str, deny_as: DenyAs) -> Value {
+/// The JSON-RPC answer to a denied `tools/call` (as a JSON value, for batches). `version` is
+/// the call's protocol version: from 2026-07-28 on, a result states its `resultType`.
+pub fn denial(id: &RawValue, d: &Decision, tool: &str, policy: &str, deny_as: DenyAs, version: &str) -> Value {
     let rec = decision_record(d, tool, policy);
     let id = raw_to_value(id);
     match deny_as {
-        DenyAs::Result => json!({
-            "jsonrpc": "2.0",
-            "id": id,
-            "result": {
+        DenyAs::Result => {
+            let mut result = json!({
                 "content": [{"type": "text", "text": d.reason}],
                 "isError": true,
                 "_meta": {DECISION_META: rec}
+            });
+            if version_at_least(version, RESULT_TYPE_SINCE) {
+                result["resultType"] = json!("complete");
             }
-        }),
+            json!({"jsonrpc": "2.0", "id": id, "result": result})
+        }
         DenyAs::Error => json!({
             "jsonrpc": "2.0",
             "id": id,

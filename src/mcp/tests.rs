@@ -100,6 +100,10 @@ fn tool_calls_read_name_and_arguments() {
     let c = m.tool_call().unwrap();
     assert_eq!(c.name, "run_cell");
     assert_eq!(c.arguments.unwrap().get(), r#"{"code":"1"}"#);
+    assert_eq!(c.protocol_version, None);
+    let modern = br#"{"jsonrpc":"2.0","id":9,"method":"tools/call","params":{"name":"a","_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28"}}}"#;
+    let b = parse(modern).unwrap();
+    assert_eq!(b.messages()[0].tool_call().unwrap().protocol_version.as_deref(), Some("2026-07-28"));
     let bad = [
         r#"{"jsonrpc":"2.0","id":9,"method":"tools/call"}"#,
         r#"{"jsonrpc":"2.0","id":9,"method":"tools/call","params":{"name":5}}"#,
@@ -146,8 +150,11 @@ fn denials_carry_the_reason_and_the_decision() {
         },
         0,
     );
-    let v = denial(&id, &d, "x", "ns/p", DenyAs::Result);
+    let v = denial(&id, &d, "x", "ns/p", DenyAs::Result, "2025-06-18");
     assert_eq!(v["id"], "req-1");
+    assert!(v["result"].get("resultType").is_none(), "older revisions have no resultType");
+    let modern = denial(&id, &d, "x", "ns/p", DenyAs::Result, "2026-07-28");
+    assert_eq!(modern["result"]["resultType"], "complete");
     assert_eq!(v["result"]["isError"], true);
     assert_eq!(v["result"]["content"][0]["text"], "No.");
     assert_eq!(
@@ -172,7 +179,7 @@ fn denials_carry_the_reason_and_the_decision() {
         },
         0,
     );
-    let v = denial(&id, &d, "t", "ns/p", DenyAs::Error);
+    let v = denial(&id, &d, "t", "ns/p", DenyAs::Error, "2026-07-28");
     assert_eq!(v["error"]["code"], 429);
     let rec = &v["error"]["data"][DECISION_META];
     assert_eq!(
@@ -217,6 +224,14 @@ fn tools_list_results_are_filtered_by_id() {
         .unwrap();
     let v: Value = serde_json::from_slice(&out).unwrap();
     assert_eq!(v[1]["result"]["tools"], json!([]));
+}
+
+#[test]
+fn versions_compare_as_dates() {
+    assert!(version_at_least("2026-07-28", RESULT_TYPE_SINCE));
+    assert!(version_at_least("2027-01-01", RESULT_TYPE_SINCE));
+    assert!(!version_at_least("2025-11-25", RESULT_TYPE_SINCE));
+    assert!(!version_at_least("draft", RESULT_TYPE_SINCE));
 }
 
 #[test]

@@ -361,7 +361,8 @@ fn decide_body(
             answers.push(None);
         } else {
             denied_any = true;
-            answers.push(Some(mcp::denial(id, &d, &call.name, label, pol.deny_as)));
+            let v = call.protocol_version.as_deref().unwrap_or(version);
+            answers.push(Some(mcp::denial(id, &d, &call.name, label, pol.deny_as, v)));
         }
     }
     if !denied_any {

@@ -23,33 +23,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{oneshot, Notify};
 
-/// The test policy, in the seed's style.
-pub const POLICY: &str = r#"
-version: "1"
-default: deny
-hide: ["debug_*"]
-tools:
-  run_cell:
-    limits:
-      - {counter: run_cell_rate, window: minute, max: 5, scope: grant}
-  notebook_read: {}
-  slow_report: {}
-  clear_session:
-    deny_if:
-      - conditions: []
-        on_deny: "Blocked by default. Requires approval."
-  write_file:
-    require:
-      - {path: args.path, op: path_within, value: /workspace}
-    deny_if:
-      - conditions:
-          - {path: args.size, op: gt, value: 1000}
-        on_deny: "Files over 1000 bytes need approval"
-  debug_dump: {}
-  "delete_*":
-    action: deny
-    reason: "Destructive tools are disabled in this namespace"
-"#;
+/// The test policy, in the seed's style (shared with the Python peer tests).
+pub const POLICY: &str = include_str!("../fixtures/notebook-policy.yaml");
 
 /// Every tool the server offers, in page order (two pages).
 pub const SERVER_TOOLS: &[&str] = &[
