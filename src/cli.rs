@@ -90,6 +90,10 @@ pub struct SidecarArgs {
         default_value_t = 10_000
     )]
     pub max_keys_per_counter: usize,
+    /// Threads serving requests. One suits a sidecar's usual CPU limit and avoids cross-thread
+    /// wake-ups; raise it for a server with many cores to itself.
+    #[arg(long, env = "MCP_WARDEN_WORKER_THREADS", default_value_t = 1)]
+    pub worker_threads: usize,
 }
 
 impl SidecarArgs {
@@ -114,9 +118,16 @@ impl SidecarArgs {
 /// Runs the sidecar until SIGTERM.
 pub fn run_sidecar(a: &SidecarArgs) -> anyhow::Result<bool> {
     let cfg = a.config()?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let rt = if a.worker_threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(a.worker_threads)
+            .enable_all()
+            .build()?
+    };
     rt.block_on(async {
         let listeners = crate::sidecar::Listeners::bind(&cfg).await?;
         tracing::info!(

@@ -282,7 +282,11 @@ impl<'a> Message<'a> {
             other => other,
         };
         let protocol_version = p.meta.and_then(|m| m.protocol_version);
-        Ok(ToolCall { name: p.name, arguments, protocol_version })
+        Ok(ToolCall {
+            name: p.name,
+            arguments,
+            protocol_version,
+        })
     }
 }
 
@@ -312,7 +316,14 @@ pub fn retry_after_secs(d: &Decision) -> u64 {
 
 /// The JSON-RPC answer to a denied `tools/call` (as a JSON value, for batches). `version` is
 /// the call's protocol version: from 2026-07-28 on, a result states its `resultType`.
-pub fn denial(id: &RawValue, d: &Decision, tool: &str, policy: &str, deny_as: DenyAs, version: &str) -> Value {
+pub fn denial(
+    id: &RawValue,
+    d: &Decision,
+    tool: &str,
+    policy: &str,
+    deny_as: DenyAs,
+    version: &str,
+) -> Value {
     let rec = decision_record(d, tool, policy);
     let id = raw_to_value(id);
     match deny_as {

@@ -6,6 +6,7 @@
 //! object holding two keys that some server could read as the same key: keys are compared after
 //! unescaping, after removing U+0000 and after case-folding.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 
 /// Why a body is not JSON the sidecar can read with certainty.
@@ -33,6 +34,7 @@ pub fn validate(body: &[u8], max_depth: usize) -> Result<(), ScanError> {
         b: body,
         i: 0,
         max_depth,
+        keys: Vec::new(),
     };
     s.ws();
     s.value(0)?;
@@ -47,9 +49,11 @@ struct Scanner<'a> {
     b: &'a [u8],
     i: usize,
     max_depth: usize,
+    /// Folded keys of the objects being scanned, innermost last (one stack, reused).
+    keys: Vec<Cow<'a, str>>,
 }
 
-impl Scanner<'_> {
+impl<'a> Scanner<'a> {
     fn err(&self, what: &'static str) -> ScanError {
         ScanError::Syntax {
             offset: self.i,
@@ -132,6 +136,34 @@ impl Scanner<'_> {
         while matches!(self.peek(), Some(b'0'..=b'9')) {
             self.i += 1;
         }
+    }
+
+    /// Scans an object key and returns its folded form. Most keys are plain lowercase ASCII with
+    /// no escape: those are borrowed from the body as they are.
+    fn key(&mut self) -> Result<Cow<'a, str>, ScanError> {
+        let start = self.i + 1;
+        let mut j = start;
+        while let Some(&c) = self.b.get(j) {
+            if c == b'"' {
+                let raw = &self.b[start..j];
+                if raw
+                    .iter()
+                    .all(|c| c.is_ascii() && !c.is_ascii_uppercase() && *c >= 0x20)
+                {
+                    self.i = j + 1;
+                    // ASCII checked above, so this cannot fail.
+                    return Ok(Cow::Borrowed(std::str::from_utf8(raw).unwrap_or_default()));
+                }
+                break;
+            }
+            if c == b'\\' || c < 0x20 || !c.is_ascii() || c.is_ascii_uppercase() {
+                break;
+            }
+            j += 1;
+        }
+        let mut folded = String::new();
+        self.string(Some(&mut folded))?;
+        Ok(Cow::Owned(folded))
     }
 
     /// Scans a string; with `key`, also writes its folded form there for duplicate checks.
@@ -252,29 +284,30 @@ impl Scanner<'_> {
             self.i += 1;
             return Ok(());
         }
-        // Small objects (the usual case) are checked with a list, larger ones with a set.
-        let mut seen: Vec<String> = Vec::new();
-        let mut set: Option<HashSet<String>> = None;
+        // Keys of this object sit on the shared stack from `base`; a large object also gets a set.
+        let base = self.keys.len();
+        let mut set: Option<HashSet<Cow<'a, str>>> = None;
         loop {
             self.ws();
             if self.peek() != Some(b'"') {
                 return Err(self.err("expected a string key"));
             }
-            let mut key = String::new();
-            self.string(Some(&mut key))?;
+            let key = self.key()?;
             let dup = match &mut set {
                 Some(set) => !set.insert(key.clone()),
                 None => {
-                    let dup = seen.contains(&key);
-                    seen.push(key.clone());
-                    if seen.len() > 16 {
-                        set = Some(seen.drain(..).collect());
+                    let dup = self.keys[base..].contains(&key);
+                    self.keys.push(key.clone());
+                    if self.keys.len() - base > 16 {
+                        set = Some(self.keys[base..].iter().cloned().collect());
                     }
                     dup
                 }
             };
             if dup {
-                return Err(ScanError::DuplicateKey { key });
+                return Err(ScanError::DuplicateKey {
+                    key: key.into_owned(),
+                });
             }
             self.ws();
             self.expect(b':', "expected ':'")?;
@@ -285,6 +318,7 @@ impl Scanner<'_> {
                 Some(b',') => self.i += 1,
                 Some(b'}') => {
                     self.i += 1;
+                    self.keys.truncate(base);
                     return Ok(());
                 }
                 _ => return Err(self.err("expected ',' or '}'")),

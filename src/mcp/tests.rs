@@ -103,7 +103,14 @@ fn tool_calls_read_name_and_arguments() {
     assert_eq!(c.protocol_version, None);
     let modern = br#"{"jsonrpc":"2.0","id":9,"method":"tools/call","params":{"name":"a","_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28"}}}"#;
     let b = parse(modern).unwrap();
-    assert_eq!(b.messages()[0].tool_call().unwrap().protocol_version.as_deref(), Some("2026-07-28"));
+    assert_eq!(
+        b.messages()[0]
+            .tool_call()
+            .unwrap()
+            .protocol_version
+            .as_deref(),
+        Some("2026-07-28")
+    );
     let bad = [
         r#"{"jsonrpc":"2.0","id":9,"method":"tools/call"}"#,
         r#"{"jsonrpc":"2.0","id":9,"method":"tools/call","params":{"name":5}}"#,
@@ -152,7 +159,10 @@ fn denials_carry_the_reason_and_the_decision() {
     );
     let v = denial(&id, &d, "x", "ns/p", DenyAs::Result, "2025-06-18");
     assert_eq!(v["id"], "req-1");
-    assert!(v["result"].get("resultType").is_none(), "older revisions have no resultType");
+    assert!(
+        v["result"].get("resultType").is_none(),
+        "older revisions have no resultType"
+    );
     let modern = denial(&id, &d, "x", "ns/p", DenyAs::Result, "2026-07-28");
     assert_eq!(modern["result"]["resultType"], "complete");
     assert_eq!(v["result"]["isError"], true);

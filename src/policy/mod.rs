@@ -976,6 +976,15 @@ impl Policy {
             .map(|(_, i)| &self.rules[*i])
     }
 
+    /// Whether deciding a call to this tool reads its arguments (a `require` or a conditional
+    /// `deny_if`), so callers can skip parsing them otherwise.
+    pub fn reads_arguments(&self, tool: &str) -> bool {
+        self.find_rule(tool).is_some_and(|r| {
+            r.deny.is_none()
+                && (!r.require.is_empty() || r.deny_if.iter().any(|d| !d.conditions.is_empty()))
+        })
+    }
+
     /// The `hide` entry that hides this tool, if any.
     pub fn hidden_by(&self, tool: &str) -> Option<&str> {
         self.hide

@@ -129,12 +129,11 @@ async fn gate(
             ))
         }
     };
-    let verdict = match decide_body(st, policy, &parts.headers, &bytes) {
+    let (verdict, method) = match decide_body(st, policy, &parts.headers, &bytes) {
         Ok(v) => v,
         Err(r) => return refusal(&r),
     };
     let label = policy.label.as_str();
-    let method = single_method_label(&bytes);
     let response = match verdict {
         Verdict::Answer { body, retry_after } => match &session {
             // Legacy transport: answers travel on the session's event stream.
@@ -164,19 +163,6 @@ async fn gate(
         .with_label_values(&[label, method])
         .observe(started.elapsed().as_secs_f64());
     response
-}
-
-fn single_method_label(body: &[u8]) -> &'static str {
-    // Cheap re-read of only the method, for the duration metric; batches count as `_other`.
-    #[derive(serde::Deserialize)]
-    struct M<'a> {
-        #[serde(borrow)]
-        method: Option<std::borrow::Cow<'a, str>>,
-    }
-    match serde_json::from_slice::<M>(body) {
-        Ok(M { method: Some(m) }) => mcp::method_label(&m),
-        _ => "_other",
-    }
 }
 
 /// Content type, encoding and declared length: refused before a byte of the body is read.
@@ -239,9 +225,14 @@ fn decide_body(
     policy: &LoadedPolicy,
     h: &HeaderMap,
     bytes: &[u8],
-) -> Result<Verdict, Refusal> {
+) -> Result<(Verdict, &'static str), Refusal> {
     let label = policy.label.as_str();
     let body = mcp::parse(bytes)?;
+    // For the duration metric: the method of a single message; batches count as `_other`.
+    let method = match &body {
+        Body::Single(m) => m.method.as_deref().map_or("_other", mcp::method_label),
+        Body::Batch(_) => "_other",
+    };
     let version = h
         .get("mcp-protocol-version")
         .and_then(|v| v.to_str().ok())
@@ -300,15 +291,16 @@ fn decide_body(
                 .inc();
         })?;
         let args: Value = match call.arguments {
-            Some(raw) => serde_json::from_str(raw.get()).map_err(|_| {
-                Refusal::new(
-                    StatusCode::BAD_REQUEST,
-                    code::INVALID_PARAMS,
-                    "unreadable arguments",
-                )
-                .with_id(Some(id))
-            })?,
-            None => Value::Null,
+            Some(raw) if pol.reads_arguments(&call.name) => serde_json::from_str(raw.get())
+                .map_err(|_| {
+                    Refusal::new(
+                        StatusCode::BAD_REQUEST,
+                        code::INVALID_PARAMS,
+                        "unreadable arguments",
+                    )
+                    .with_id(Some(id))
+                })?,
+            _ => Value::Null,
         };
         let grant = grant.get_or_insert_with(|| grant_key(&pol.identity, h));
         let t0 = Instant::now();
@@ -366,7 +358,7 @@ fn decide_body(
         }
     }
     if !denied_any {
-        return Ok(Verdict::Forward { list_ids });
+        return Ok((Verdict::Forward { list_ids }, method));
     }
     let body = match &body {
         Body::Single(_) => serde_json::to_vec(&answers[0]).unwrap_or_default(),
@@ -384,7 +376,7 @@ fn decide_body(
             serde_json::to_vec(&out).unwrap_or_default()
         }
     };
-    Ok(Verdict::Answer { body, retry_after })
+    Ok((Verdict::Answer { body, retry_after }, method))
 }
 
 /// `Mcp-Method` and `Mcp-Name` (2026-07-28) must say what the body says.

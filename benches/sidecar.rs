@@ -1,0 +1,326 @@
+//! Sidecar benchmark: `cargo bench --bench sidecar` (add `-- --quick` for a short run).
+//!
+//! A fast hyper upstream answers every `tools/call` with a fixed MCP result. The real
+//! `mcp-warden sidecar` binary runs as its own process in front of it (so its CPU time and RSS
+//! can be read from /proc), enforcing a 100-tool policy whose called tool has a `require`, a
+//! `deny_if` and two limits. Load comes from keep-alive connections, one per concurrent client;
+//! direct and through-sidecar phases are interleaved in one run, and every figure of the
+//! performance budget is printed beside its budget.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Map};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const RESULT: &str = r#"{"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text","text":"ok"}],"isError":false}}"#;
+
+async fn upstream() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(|req: http::Request<Incoming>| async move {
+                    let _ = req.into_body().collect().await;
+                    let mut r =
+                        http::Response::new(Full::new(Bytes::from_static(RESULT.as_bytes())));
+                    r.headers_mut().insert(
+                        "content-type",
+                        http::HeaderValue::from_static("application/json"),
+                    );
+                    Ok::<_, std::convert::Infallible>(r)
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+fn policy_file(dir: &std::path::Path) -> std::path::PathBuf {
+    let mut tools = Map::new();
+    for i in 0..100 {
+        let name = format!("tool_{i:03}");
+        tools.insert(name.clone(), json!({
+            "require": [{"path": "args.path", "op": "path_within", "value": "/workspace"}],
+            "deny_if": [{"conditions": [{"path": "args.content", "op": "contains", "value": "rm -rf"}], "on_deny": "no"}],
+            "limits": [
+                {"counter": format!("{name}_burst"), "window": "minute", "max": 1_000_000_000u32, "scope": "grant"},
+                {"counter": format!("{name}_hourly"), "window": "hour", "max": 1_000_000_000u32, "scope": "pod"}
+            ]
+        }));
+    }
+    let path = dir.join("bench-policy.json");
+    std::fs::write(
+        &path,
+        json!({"version": "1", "name": "bench/policy", "default": "deny", "tools": tools})
+            .to_string(),
+    )
+    .unwrap();
+    path
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Sidecar {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Sidecar {
+    fn start(upstream: SocketAddr, policy: &std::path::Path) -> Sidecar {
+        let (port, admin) = (free_port(), free_port());
+        let child = Command::new(env!("CARGO_BIN_EXE_mcp-warden"))
+            .args([
+                "sidecar",
+                "--policy",
+                policy.to_str().unwrap(),
+                "--upstream",
+                &format!("http://{upstream}/mcp"),
+            ])
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--admin-listen",
+                &format!("127.0.0.1:{admin}"),
+            ])
+            .args(["--log", "off"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("the sidecar binary starts");
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(addr).is_ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Sidecar { child, addr }
+    }
+
+    /// User + system CPU time of the process so far.
+    fn cpu(&self) -> Duration {
+        process_cpu(&self.child.id().to_string())
+    }
+
+    fn status_kib(&self, field: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        status
+            .lines()
+            .find(|l| l.starts_with(field))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// User + system CPU time of a process (`self` for this one).
+fn process_cpu(pid: &str) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = after.split(' ').collect();
+    // stat fields 14 and 15 (utime, stime), counted from the state field (field 3).
+    let ticks: u64 = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
+    Duration::from_secs_f64(ticks as f64 / clock_ticks() as f64)
+}
+
+/// Busy and total CPU time of the whole machine (all cores), from /proc/stat.
+fn machine_cpu() -> (f64, f64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap();
+    let v: Vec<f64> = stat
+        .lines()
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let total: f64 = v.iter().sum();
+    let idle = v[3] + v.get(4).copied().unwrap_or(0.0);
+    (
+        (total - idle) / clock_ticks() as f64,
+        total / clock_ticks() as f64,
+    )
+}
+
+fn clock_ticks() -> u64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok()?.trim().parse().ok())
+        .unwrap_or(100)
+}
+
+/// One load phase: `conns` clients, each on its own keep-alive connection, for `secs`.
+/// Returns per-request latencies (ns) and the request count.
+async fn load(target: SocketAddr, conns: usize, secs: f64) -> Vec<u64> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for c in 0..conns {
+        let stop = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            let stream = tokio::net::TcpStream::connect(target).await.unwrap();
+            stream.set_nodelay(true).unwrap();
+            let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            let body = json!({"jsonrpc": "2.0", "id": c, "method": "tools/call", "params": {
+                "name": format!("tool_{:03}", c % 100),
+                "arguments": {"path": "/workspace/notes/a.txt", "content": "hello", "size": 12}}})
+            .to_string();
+            let body = Bytes::from(body);
+            let mut lat = Vec::with_capacity(100_000);
+            while !stop.load(Ordering::Relaxed) {
+                let req = http::Request::post("/mcp")
+                    .header("host", target.to_string())
+                    .header("content-type", "application/json")
+                    .header("accept", "application/json, text/event-stream")
+                    .header("mcp-protocol-version", "2025-06-18")
+                    .header("authorization", format!("Bearer agent-{}", c % 8))
+                    .body(Full::new(body.clone()))
+                    .unwrap();
+                let t = Instant::now();
+                let resp = send.send_request(req).await.unwrap();
+                let status = resp.status();
+                let _ = resp.into_body().collect().await.unwrap();
+                lat.push(t.elapsed().as_nanos() as u64);
+                assert_eq!(status, 200);
+            }
+            lat
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    all
+}
+
+fn pct(sorted: &[u64], p: f64) -> f64 {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize] as f64
+}
+
+fn row(name: &str, measured: String, budget: &str, ok: Option<bool>) -> bool {
+    let verdict = match ok {
+        Some(true) => "ok",
+        Some(false) => "OVER BUDGET",
+        None => "",
+    };
+    println!("{name:<52} {measured:>22}   {budget:<12} {verdict}");
+    ok.unwrap_or(true)
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let (rounds, secs) = if quick { (2, 0.5) } else { (5, 2.0) };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let dir = std::env::temp_dir().join(format!("mcp-warden-bench-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let up = upstream().await;
+        let sc = Sidecar::start(up, &policy_file(&dir));
+        // Sanity: the call is allowed through the sidecar (a denial would be a much cheaper path).
+        let warm = load(sc.addr, 1, 0.2).await;
+        assert!(!warm.is_empty());
+        let idle_rss = sc.status_kib("VmRSS:");
+        println!("mcp-warden sidecar benchmark: {rounds} interleaved rounds of {secs} s per phase, 2 shared cores");
+        println!("{:<52} {:>22}   {:<12}", "figure", "measured", "budget");
+        let mut all_ok = true;
+
+        // Concurrency 1: latency, direct and through, interleaved.
+        let (mut direct, mut via) = (Vec::new(), Vec::new());
+        for _ in 0..rounds {
+            direct.extend(load(up, 1, secs).await);
+            via.extend(load(sc.addr, 1, secs).await);
+        }
+        direct.sort_unstable();
+        via.sort_unstable();
+        for (p, name, budget_ms) in [(0.5, "p50", 0.10), (0.99, "p99", 0.30)] {
+            let added = (pct(&via, p) - pct(&direct, p)) / 1e6;
+            all_ok &= row(
+                &format!("c=1 added latency {name} ({:.3} -> {:.3} ms)", pct(&direct, p) / 1e6, pct(&via, p) / 1e6),
+                format!("{added:.3} ms"),
+                &format!("<= {budget_ms:.2} ms"),
+                Some(added <= budget_ms),
+            );
+        }
+
+        for conns in [16usize, 64] {
+            let (mut nd, mut nv) = (0usize, 0usize);
+            let mut cpu = Duration::ZERO;
+            let (mut bench_d, mut bench_v, mut busy_d, mut busy_v, mut all_d, mut all_v) = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
+            for _ in 0..rounds {
+                let (b0, m0) = (process_cpu("self"), machine_cpu());
+                nd += load(up, conns, secs).await.len();
+                let (b1, m1) = (process_cpu("self"), machine_cpu());
+                let before = sc.cpu();
+                nv += load(sc.addr, conns, secs).await.len();
+                cpu += sc.cpu() - before;
+                let (b2, m2) = (process_cpu("self"), machine_cpu());
+                bench_d += (b1 - b0).as_secs_f64();
+                bench_v += (b2 - b1).as_secs_f64();
+                busy_d += m1.0 - m0.0;
+                busy_v += m2.0 - m1.0;
+                all_d += m1.1 - m0.1;
+                all_v += m2.1 - m1.1;
+            }
+            println!(
+                "  (c={conns}: machine busy {:.0}% direct, {:.0}% through; load generator + upstream {:.1} µs/req direct, {:.1} µs/req through)",
+                100.0 * busy_d / all_d,
+                100.0 * busy_v / all_v,
+                bench_d * 1e6 / nd as f64,
+                bench_v * 1e6 / nv as f64
+            );
+            let total = secs * rounds as f64;
+            let (rd, rv) = (nd as f64 / total, nv as f64 / total);
+            let ratio = rv / rd;
+            all_ok &= row(
+                &format!("c={conns} throughput through/direct ({rv:.0}/{rd:.0} req/s)"),
+                format!("{ratio:.2}"),
+                ">= 0.60",
+                Some(ratio >= 0.6),
+            );
+            let per = cpu.as_secs_f64() * 1e6 / nv as f64;
+            all_ok &= row(&format!("c={conns} sidecar CPU per request"), format!("{per:.1} µs"), "<= 30 µs", Some(per <= 30.0));
+        }
+        let peak = sc.status_kib("VmHWM:") as f64 / 1024.0;
+        all_ok &= row("peak RSS under load", format!("{peak:.1} MiB"), "<= 20 MiB", Some(peak <= 20.0));
+        let idle = idle_rss as f64 / 1024.0;
+        all_ok &= row("idle RSS (policy loaded, after warm-up)", format!("{idle:.1} MiB"), "<= 8 MiB", Some(idle <= 8.0));
+        println!("{}", if all_ok { "all budgets met" } else { "SOME BUDGETS MISSED" });
+        let _ = std::fs::remove_dir_all(&dir);
+    });
+}
