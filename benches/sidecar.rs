@@ -88,7 +88,7 @@ struct Sidecar {
 impl Sidecar {
     fn start(upstream: SocketAddr, policy: &std::path::Path) -> Sidecar {
         let (port, admin) = (free_port(), free_port());
-        let child = Command::new(env!("CARGO_BIN_EXE_mcp-warden"))
+        let mut child = Command::new(env!("CARGO_BIN_EXE_mcp-warden"))
             .args([
                 "sidecar",
                 "--policy",
@@ -102,11 +102,24 @@ impl Sidecar {
                 "--admin-listen",
                 &format!("127.0.0.1:{admin}"),
             ])
-            .args(["--log", "off"])
+            // Extra sidecar flags, e.g. MCP_WARDEN_BENCH_ARGS="--worker-threads 2".
+            .args(
+                std::env::var("MCP_WARDEN_BENCH_ARGS")
+                    .unwrap_or_default()
+                    .split_whitespace(),
+            )
+            // The production default: one JSON audit line per decision on stderr.
+            .env(
+                "MCP_WARDEN_LOG",
+                std::env::var("MCP_WARDEN_BENCH_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("the sidecar binary starts");
+        // Drain the log pipe as a container runtime would.
+        let mut logs = child.stderr.take().expect("piped");
+        std::thread::spawn(move || std::io::copy(&mut logs, &mut std::io::sink()));
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         for _ in 0..200 {
             if std::net::TcpStream::connect(addr).is_ok() {

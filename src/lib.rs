@@ -13,6 +13,7 @@ pub mod check;
 pub mod cli;
 pub mod demo;
 pub mod engine;
+pub mod logging;
 pub mod mcp;
 pub mod metrics;
 pub mod policy;

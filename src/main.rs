@@ -2,6 +2,7 @@
 
 use clap::Parser;
 use mcp_warden::cli::{self, Cli, Command};
+use mcp_warden::logging;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
@@ -11,23 +12,16 @@ fn main() -> ExitCode {
     } else {
         "info"
     };
-    let filter = tracing_subscriber::EnvFilter::new(cli.log.as_deref().unwrap_or(default_level));
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if cli.log_format == "json" {
-        logs.json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .init();
-    } else {
-        logs.init();
-    }
+    logging::init(
+        cli.log.as_deref().unwrap_or(default_level),
+        cli.log_format == "json",
+    );
     let result = match &cli.command {
         Command::Check(a) => cli::run_check(a),
         Command::Sidecar(a) => cli::run_sidecar(a),
         Command::Demo(a) => cli::run_demo(a),
     };
+    logging::flush();
     match result {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),
