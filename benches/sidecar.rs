@@ -86,6 +86,24 @@ struct Sidecar {
 }
 
 impl Sidecar {
+    fn start_bare(upstream: SocketAddr) -> Sidecar {
+        let port = free_port();
+        let child = Command::new(std::env::current_exe().unwrap())
+            .args(["--bare-proxy", &port.to_string(), &upstream.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(addr).is_ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Sidecar { child, addr }
+    }
+
     fn start(upstream: SocketAddr, policy: &std::path::Path) -> Sidecar {
         let (port, admin) = (free_port(), free_port());
         let mut child = Command::new(env!("CARGO_BIN_EXE_mcp-warden"))
@@ -252,7 +270,54 @@ fn row(name: &str, measured: String, budget: &str, ok: Option<bool>) -> bool {
     ok.unwrap_or(true)
 }
 
+/// The reference point: a bare hyper forwarder (no parsing, no policy, no metrics) with the
+/// sidecar's runtime and pooled client. Run as `<bench> --bare-proxy PORT UPSTREAM`.
+fn bare_proxy(port: u16, upstream: SocketAddr) {
+    use hyper_util::client::legacy::Client;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let client: Client<_, Incoming> = Client::builder(hyper_util::rt::TokioExecutor::new())
+            .pool_max_idle_per_host(256)
+            .build_http();
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .unwrap();
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            let client = client.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req: http::Request<Incoming>| {
+                    let client = client.clone();
+                    async move {
+                        let (mut parts, body) = req.into_parts();
+                        let pq = parts
+                            .uri
+                            .path_and_query()
+                            .map_or("/", |p| p.as_str())
+                            .to_owned();
+                        parts.uri = format!("http://{upstream}{pq}").parse().unwrap();
+                        client.request(http::Request::from_parts(parts, body)).await
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+}
+
 fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--bare-proxy") {
+        return bare_proxy(args[i + 1].parse().unwrap(), args[i + 2].parse().unwrap());
+    }
     let quick = std::env::args().any(|a| a == "--quick");
     let (rounds, secs) = if quick { (2, 0.5) } else { (5, 2.0) };
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -333,6 +398,23 @@ fn main() {
         all_ok &= row("peak RSS under load", format!("{peak:.1} MiB"), "<= 20 MiB", Some(peak <= 20.0));
         let idle = idle_rss as f64 / 1024.0;
         all_ok &= row("idle RSS (policy loaded, after warm-up)", format!("{idle:.1} MiB"), "<= 8 MiB", Some(idle <= 8.0));
+        // Reference: the same measurement for a bare forwarder, to show what the hop itself costs.
+        drop(sc);
+        let bare = Sidecar::start_bare(up);
+        let _ = load(bare.addr, 1, 0.2).await;
+        let (mut nd, mut nb) = (0usize, 0usize);
+        let mut cpu = Duration::ZERO;
+        for _ in 0..rounds {
+            nd += load(up, 16, secs).await.len();
+            let before = bare.cpu();
+            nb += load(bare.addr, 16, secs).await.len();
+            cpu += bare.cpu() - before;
+        }
+        println!(
+            "reference, bare hyper forwarder (no policy) at c=16: throughput through/direct {:.2}, {:.1} µs CPU per request",
+            nb as f64 / nd as f64,
+            cpu.as_secs_f64() * 1e6 / nb as f64
+        );
         println!("{}", if all_ok { "all budgets met" } else { "SOME BUDGETS MISSED" });
         let _ = std::fs::remove_dir_all(&dir);
     });

@@ -4,6 +4,7 @@
 //! policy is loaded it is not ready and forwards nothing. The policy file is re-read when it
 //! changes (a ConfigMap volume swaps a `..data` symlink); a bad file keeps the last good policy.
 
+mod audit;
 mod legacy;
 mod proxy;
 mod reload;
@@ -90,6 +91,8 @@ pub struct State {
     budget: Semaphore,
     draining: AtomicBool,
     upstream_authority: http::uri::Authority,
+    /// `Host` for upstream requests: the upstream's authority.
+    upstream_host: http::HeaderValue,
     legacy: legacy::LegacySessions,
 }
 
@@ -116,6 +119,7 @@ impl State {
             client,
             budget,
             draining: AtomicBool::new(false),
+            upstream_host: http::HeaderValue::from_str(authority.as_str())?,
             upstream_authority: authority,
             legacy: legacy::LegacySessions::default(),
         }))

@@ -4,6 +4,7 @@
 //! Everything else streams through untouched, so a client that disconnects closes its upstream
 //! stream too. Anything that cannot be read with certainty is refused, never forwarded.
 
+use super::audit;
 use super::legacy::{self, LegacySession};
 use super::{full, ProxyBody, State};
 use crate::engine::{monotonic_now, Call, Outcome};
@@ -336,19 +337,22 @@ fn decide_body(
                 .inc();
             retry_after = Some(mcp::retry_after_secs(&d));
         }
-        tracing::info!(
-            target: "mcp_warden::audit",
-            policy = label,
-            tool = %call.name,
-            decision = d.outcome.as_str(),
-            rule = d.rule,
-            identity = %grant,
-            session = session.unwrap_or(""),
-            counter = d.limit.as_ref().map_or("", |h| h.counter.name.as_str()),
-            latency_ns = took.as_nanos() as u64,
-            args_sha256 = %call.arguments.map_or_else(String::new, |a| sha256_hex(a.get().as_bytes())),
-            "decision"
-        );
+        if audit::enabled() {
+            let args_sha256 = call
+                .arguments
+                .map_or_else(String::new, |a| sha256_hex(a.get().as_bytes()));
+            audit::write(&audit::AuditLine {
+                policy: label,
+                tool: &call.name,
+                decision: d.outcome.as_str(),
+                rule: d.rule,
+                identity: grant,
+                session: session.unwrap_or(""),
+                counter: d.limit.as_ref().map_or("", |h| h.counter.name.as_str()),
+                latency_ns: took.as_nanos() as u64,
+                args_sha256: &args_sha256,
+            });
+        }
         if d.outcome == Outcome::Allow {
             answers.push(None);
         } else {
@@ -420,7 +424,7 @@ fn grant_key(identity: &Identity, h: &HeaderMap) -> String {
 /// The upstream request for `parts`, with `Host` rewritten and hop-by-hop headers dropped.
 fn upstream_request(
     st: &State,
-    parts: &http::request::Parts,
+    parts: http::request::Parts,
     body: ProxyBody,
     drop_accept_encoding: bool,
 ) -> Request<ProxyBody> {
@@ -432,33 +436,16 @@ fn upstream_request(
         .build()
         .unwrap_or_else(|_| st.cfg.upstream.clone());
     let mut req = Request::new(body);
-    *req.method_mut() = parts.method.clone();
+    *req.method_mut() = parts.method;
     *req.uri_mut() = uri;
     let headers = req.headers_mut();
-    copy_end_to_end(&parts.headers, headers);
+    *headers = parts.headers;
+    strip_hop_by_hop(headers);
     if drop_accept_encoding {
         headers.remove(header::ACCEPT_ENCODING);
     }
-    if let Ok(host) = HeaderValue::from_str(st.upstream_authority.as_str()) {
-        headers.insert(header::HOST, host);
-    }
+    headers.insert(header::HOST, st.upstream_host.clone());
     req
-}
-
-fn copy_end_to_end(from: &HeaderMap, to: &mut HeaderMap) {
-    let listed: Vec<HeaderName> = from
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
-    for (name, value) in from {
-        if HOP_BY_HOP.contains(&name.as_str()) || listed.contains(name) {
-            continue;
-        }
-        to.append(name.clone(), value.clone());
-    }
 }
 
 async fn forward_gated(
@@ -468,7 +455,7 @@ async fn forward_gated(
     bytes: Bytes,
     filter: Option<Vec<Value>>,
 ) -> Response<ProxyBody> {
-    let req = upstream_request(st, &parts, full(bytes), filter.is_some());
+    let req = upstream_request(st, parts, full(bytes), filter.is_some());
     let resp = match st.client.request(req).await {
         Ok(r) => r,
         Err(e) => return bad_gateway(&e),
@@ -482,7 +469,7 @@ async fn forward_gated(
 async fn forward_streaming(st: &Arc<State>, req: Request<Incoming>) -> Response<ProxyBody> {
     let (parts, body) = req.into_parts();
     let is_get = parts.method == Method::GET;
-    let up = upstream_request(st, &parts, body.map_err(Into::into).boxed_unsync(), is_get);
+    let up = upstream_request(st, parts, body.map_err(Into::into).boxed_unsync(), is_get);
     let resp = match st.client.request(up).await {
         Ok(r) => r,
         Err(e) => return bad_gateway(&e),
@@ -507,10 +494,21 @@ fn is_event_stream(h: &HeaderMap) -> bool {
         })
 }
 
+/// Removes hop-by-hop headers, and those the `Connection` header names, in place.
 fn strip_hop_by_hop(h: &mut HeaderMap) {
-    let mut kept = HeaderMap::with_capacity(h.len());
-    copy_end_to_end(h, &mut kept);
-    *h = kept;
+    let listed: Vec<HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for name in HOP_BY_HOP {
+        h.remove(*name);
+    }
+    for name in listed {
+        h.remove(name);
+    }
 }
 
 fn passthrough(resp: Response<Incoming>) -> Response<ProxyBody> {

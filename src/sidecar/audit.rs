@@ -1,0 +1,133 @@
+//! The audit line: one JSON object per decision, on stderr with the logs.
+//!
+//! Written directly (not through tracing's generic JSON formatter) because it is on every call's
+//! path. It is emitted when the log filter enables target `mcp_warden::audit` at `info`, so
+//! `MCP_WARDEN_LOG=info,mcp_warden::audit=off` silences it. Arguments never appear, only their
+//! SHA-256; the caller appears only as the hash of its token or identity header.
+
+use crate::logging::BatchedStderr;
+use std::io::Write;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Everything an audit line says.
+pub struct AuditLine<'a> {
+    pub policy: &'a str,
+    pub tool: &'a str,
+    pub decision: &'a str,
+    pub rule: &'a str,
+    pub identity: &'a str,
+    pub session: &'a str,
+    pub counter: &'a str,
+    pub latency_ns: u64,
+    pub args_sha256: &'a str,
+}
+
+/// Whether audit lines are enabled by the log filter.
+pub fn enabled() -> bool {
+    tracing::enabled!(target: "mcp_warden::audit", tracing::Level::INFO)
+}
+
+/// Writes one audit line.
+pub fn write(line: &AuditLine) {
+    let mut out = Vec::with_capacity(384);
+    encode(line, SystemTime::now(), &mut out);
+    let _ = BatchedStderr::global().write_all(&out);
+}
+
+fn encode(l: &AuditLine, now: SystemTime, out: &mut Vec<u8>) {
+    let field = |out: &mut Vec<u8>, name: &str, value: &str| {
+        out.extend_from_slice(b",\"");
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b"\":");
+        let _ = serde_json::to_writer(&mut *out, value);
+    };
+    out.extend_from_slice(b"{\"timestamp\":\"");
+    rfc3339(now, out);
+    out.extend_from_slice(
+        b"\",\"level\":\"INFO\",\"target\":\"mcp_warden::audit\",\"message\":\"decision\"",
+    );
+    field(out, "policy", l.policy);
+    field(out, "tool", l.tool);
+    field(out, "decision", l.decision);
+    field(out, "rule", l.rule);
+    field(out, "identity", l.identity);
+    field(out, "session", l.session);
+    field(out, "counter", l.counter);
+    let _ = write!(out, ",\"latency_ns\":{}", l.latency_ns);
+    field(out, "args_sha256", l.args_sha256);
+    out.extend_from_slice(b"}\n");
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.ffffffZ` (UTC).
+fn rfc3339(t: SystemTime, out: &mut Vec<u8>) {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let _ = write!(
+        out,
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        d.subsec_micros()
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn a_line_is_one_json_object_with_every_field_escaped() {
+        let line = AuditLine {
+            policy: "ns/p",
+            tool: "evil\"tool\n",
+            decision: "deny",
+            rule: "default",
+            identity: "anonymous",
+            session: "",
+            counter: "",
+            latency_ns: 412,
+            args_sha256: "ab",
+        };
+        let mut out = Vec::new();
+        encode(
+            &line,
+            UNIX_EPOCH + Duration::from_micros(1_795_312_496_123_456),
+            &mut out,
+        );
+        assert_eq!(*out.last().unwrap(), b'\n');
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["tool"], "evil\"tool\n");
+        assert_eq!(v["latency_ns"], 412);
+        assert_eq!(v["target"], "mcp_warden::audit");
+        assert_eq!(v["timestamp"], "2026-11-22T01:54:56.123456Z");
+    }
+
+    #[test]
+    fn dates_are_right_across_leap_years() {
+        let mut out = Vec::new();
+        rfc3339(UNIX_EPOCH + Duration::from_secs(951_782_400), &mut out); // 2000-02-29
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "2000-02-29T00:00:00.000000Z"
+        );
+        let mut out = Vec::new();
+        rfc3339(UNIX_EPOCH, &mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "1970-01-01T00:00:00.000000Z"
+        );
+    }
+}
