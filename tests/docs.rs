@@ -1,0 +1,57 @@
+//! The README is checked against the code: metric names and sidecar flags cannot drift.
+
+use std::collections::BTreeSet;
+use std::process::Command;
+
+fn readme() -> String {
+    std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap()
+}
+
+#[test]
+fn the_readme_names_exactly_the_metrics_the_sidecar_exports() {
+    let text = readme();
+    let mentioned: BTreeSet<&str> = text
+        .match_indices("mcp_warden_")
+        .map(|(i, _)| {
+            let rest = &text[i..];
+            let end = rest
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(rest.len());
+            &rest[..end]
+        })
+        .filter(|name| !name.ends_with("_"))
+        .collect();
+    let exported: BTreeSet<&str> = mcp_warden::metrics::SIDECAR_METRICS
+        .iter()
+        .copied()
+        .collect();
+    let unknown: Vec<_> = mentioned.difference(&exported).collect();
+    assert!(
+        unknown.is_empty(),
+        "README names metrics the code does not export: {unknown:?}"
+    );
+    let missing: Vec<_> = exported.difference(&mentioned).collect();
+    assert!(missing.is_empty(), "README does not document: {missing:?}");
+}
+
+#[test]
+fn the_readme_documents_every_sidecar_flag() {
+    let help = Command::new(env!("CARGO_BIN_EXE_mcp-warden"))
+        .args(["sidecar", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8(help.stdout).unwrap();
+    let text = readme();
+    let flags: Vec<&str> = help
+        .split_whitespace()
+        .filter(|w| w.starts_with("--") && *w != "--help")
+        .map(|w| w.trim_end_matches(','))
+        .collect();
+    assert!(flags.len() >= 10, "{help}");
+    for flag in flags {
+        assert!(
+            text.contains(&format!("`{flag}")),
+            "README does not document {flag}"
+        );
+    }
+}
