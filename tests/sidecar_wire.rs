@@ -284,6 +284,64 @@ async fn responses_stream_through_event_by_event() {
 }
 
 #[tokio::test]
+async fn a_client_that_disconnects_closes_its_upstream_stream() {
+    let up = upstream(false, false).await;
+    let sc = sidecar(&up, POLICY).await;
+    let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {
+        "name": "slow_report", "arguments": {},
+        "_meta": {"progressToken": "p1", "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                  "io.modelcontextprotocol/clientInfo": {"name": "raw", "version": "1"},
+                  "io.modelcontextprotocol/clientCapabilities": {}}}});
+    // A raw connection, so dropping it really closes the socket.
+    let stream = tokio::net::TcpStream::connect(sc.addr).await.unwrap();
+    let (mut send, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    let conn = tokio::spawn(conn);
+    let mut req = http::Request::post("/mcp")
+        .header("host", sc.addr.to_string())
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream");
+    for (k, v) in v26("slow_report") {
+        req = req.header(k, v);
+    }
+    let resp = send
+        .send_request(
+            req.body(http_body_util::Full::new(Bytes::from(body.to_string())))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let mut body = resp.into_body();
+    let first = tokio::time::timeout(Duration::from_secs(10), body.frame())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(String::from_utf8_lossy(first.data_ref().unwrap()).contains("notifications/progress"));
+    assert!(!up
+        .server
+        .cancelled
+        .load(std::sync::atomic::Ordering::SeqCst));
+    // The agent goes away mid-call.
+    drop(body);
+    drop(send);
+    conn.abort();
+    for _ in 0..200 {
+        if up
+            .server
+            .cancelled
+            .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("the server never saw the client go away: the upstream stream was kept open");
+}
+
+#[tokio::test]
 async fn host_is_rewritten_and_other_paths_are_refused_unless_passthrough() {
     let up = upstream(false, true).await;
     let dir = temp_dir("paths");

@@ -44,6 +44,8 @@ pub const SERVER_TOOLS: &[&str] = &[
 pub struct Notebook {
     pub release: Arc<Notify>,
     pub calls: Arc<AtomicUsize>,
+    /// Set when a `slow_report` call was cancelled because its client went away.
+    pub cancelled: Arc<std::sync::atomic::AtomicBool>,
 }
 
 fn tool(name: &'static str) -> Tool {
@@ -93,7 +95,13 @@ impl ServerHandler for Notebook {
                     )
                     .await;
             }
-            self.release.notified().await;
+            tokio::select! {
+                _ = self.release.notified() => {}
+                _ = context.ct.cancelled() => {
+                    self.cancelled.store(true, Ordering::SeqCst);
+                    return Err(ErrorData::internal_error("cancelled", None));
+                }
+            }
         }
         let args = serde_json::to_string(&request.arguments.unwrap_or_default()).unwrap();
         Ok(CallToolResult::success(vec![ContentBlock::text(format!(
@@ -126,6 +134,7 @@ pub async fn upstream(stateful: bool, json: bool) -> Upstream {
     let server = Notebook {
         release: Arc::new(Notify::new()),
         calls: Arc::new(AtomicUsize::new(0)),
+        cancelled: Arc::new(std::sync::atomic::AtomicBool::new(false)),
     };
     let config = StreamableHttpServerConfig::default()
         .with_legacy_session_mode(stateful)
