@@ -140,6 +140,8 @@ pub struct Obj<'a> {
     map: &'a Map<String, Value>,
     pub path: FieldPath,
     allowed: &'static [Field],
+    /// More allowed fields (an McpPolicy spec's placement fields beside the policy's own).
+    extra: &'static [Field],
 }
 
 impl<'a> Obj<'a> {
@@ -151,6 +153,17 @@ impl<'a> Obj<'a> {
         allowed: &'static [Field],
         errs: &mut Errors,
     ) -> Option<Obj<'a>> {
+        Obj::with_extra(v, path, allowed, &[], errs)
+    }
+
+    /// Like [`Obj::new`], allowing the fields of `extra` too.
+    pub fn with_extra(
+        v: &'a Value,
+        path: FieldPath,
+        allowed: &'static [Field],
+        extra: &'static [Field],
+        errs: &mut Errors,
+    ) -> Option<Obj<'a>> {
         static EMPTY: std::sync::OnceLock<Map<String, Value>> = std::sync::OnceLock::new();
         let map = match v {
             Value::Object(m) => m,
@@ -160,15 +173,21 @@ impl<'a> Obj<'a> {
                 return None;
             }
         };
-        let obj = Obj { map, path, allowed };
+        let obj = Obj {
+            map,
+            path,
+            allowed,
+            extra,
+        };
         obj.check_unknown(errs);
         Some(obj)
     }
 
     fn check_unknown(&self, errs: &mut Errors) {
         for key in self.map.keys() {
-            if !self.allowed.iter().any(|f| f.names.contains(&key.as_str())) {
-                let expected: Vec<&str> = self.allowed.iter().map(|f| f.canonical()).collect();
+            let known = self.allowed.iter().chain(self.extra);
+            if !known.clone().any(|f| f.names.contains(&key.as_str())) {
+                let expected: Vec<&str> = known.map(|f| f.canonical()).collect();
                 errs.push(
                     &self.path.key(key),
                     format!("unknown field (expected one of: {})", expected.join(", ")),

@@ -1,0 +1,572 @@
+//! Compiling a policy document: every field read, checked and turned into the engine's form,
+//! with every error reported at once with its field path.
+
+use super::condition::{self, Matcher};
+use super::glob::Glob;
+use super::reader::{
+    self, bounded_string, choice, list, Errors, Field, FieldError, FieldPath, Obj, PolicyErrors,
+};
+use super::window::Window;
+use super::{
+    bounds, normalize, source, spec, Condition, Counter, Default, DenyAs, DenyIf, Flavor, Identity,
+    LimitRef, Policy, Requirement, Rule, Scope,
+};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+
+const F_VERSION: Field = Field::new(&["version"]);
+const F_NAME: Field = Field::new(&["name"]);
+const F_DEFAULT: Field = Field::new(&["default"]);
+const F_IDENTITY: Field = Field::new(&["identity"]);
+const F_HIDE: Field = Field::new(&["hide"]);
+const F_ALL_TOOLS: Field = Field::new(&["all_tools", "allTools"]);
+const F_TOOLS: Field = Field::new(&["tools"]);
+const F_DENY_AS: Field = Field::new(&["deny_as", "denyAs"]);
+const F_HEADER: Field = Field::new(&["header"]);
+const F_LIMITS: Field = Field::new(&["limits"]);
+const F_ACTION: Field = Field::new(&["action"]);
+const F_REASON: Field = Field::new(&["reason"]);
+const F_REQUIRE: Field = Field::new(&["require"]);
+const F_DENY_IF: Field = Field::new(&["deny_if", "denyIf"]);
+const F_CONDITIONS: Field = Field::new(&["conditions"]);
+const F_ON_DENY: Field = Field::new(&["on_deny", "onDeny"]);
+const F_PATH: Field = Field::new(&["path"]);
+const F_OP: Field = Field::new(&["op"]);
+const F_VALUE: Field = Field::new(&["value"]);
+const F_COUNTER: Field = Field::new(&["counter"]);
+const F_WINDOW: Field = Field::new(&["window"]);
+const F_MAX: Field = Field::new(&["max"]);
+const F_SCOPE: Field = Field::new(&["scope"]);
+
+/// Top-level fields of a policy file; an McpPolicy spec has all but `name`, plus
+/// [`spec::SPEC_ONLY_FIELDS`].
+const POLICY_FIELDS: &[Field] = &[
+    F_VERSION,
+    F_DEFAULT,
+    F_IDENTITY,
+    F_HIDE,
+    F_ALL_TOOLS,
+    F_TOOLS,
+    F_DENY_AS,
+    F_NAME,
+];
+const SPEC_FIELDS: &[Field] = POLICY_FIELDS.split_at(POLICY_FIELDS.len() - 1).0;
+const IDENTITY_FIELDS: &[Field] = &[F_HEADER];
+const ALL_TOOLS_FIELDS: &[Field] = &[F_LIMITS];
+const RULE_FIELDS: &[Field] = &[F_ACTION, F_REASON, F_LIMITS, F_REQUIRE, F_DENY_IF];
+const REQUIRE_FIELDS: &[Field] = &[F_PATH, F_OP, F_VALUE, F_REASON];
+const DENY_IF_FIELDS: &[Field] = &[F_CONDITIONS, F_ON_DENY];
+const CONDITION_FIELDS: &[Field] = &[F_PATH, F_OP, F_VALUE];
+const LIMIT_FIELDS: &[Field] = &[F_COUNTER, F_WINDOW, F_MAX, F_SCOPE];
+
+/// Reason shown when a `deny_if` entry has no `on_deny`.
+pub const DEFAULT_ON_DENY: &str = "Denied by policy";
+
+/// Compiles a policy document (already parsed from JSON or YAML). `prefix` is prepended to every
+/// error path (`spec` for McpPolicies).
+pub fn compile(doc: &Value, flavor: Flavor, prefix: &str) -> Result<Policy, PolicyErrors> {
+    let mut errs = Errors::default();
+    let root = FieldPath::root(prefix);
+    let (fields, extra) = match flavor {
+        Flavor::File => (POLICY_FIELDS, &[][..]),
+        Flavor::Spec => (SPEC_FIELDS, spec::SPEC_ONLY_FIELDS),
+    };
+    let Some(top) = Obj::with_extra(doc, root.clone(), fields, extra, &mut errs) else {
+        return Err(errs.into_result(()).unwrap_err());
+    };
+    let mut c = Compiler {
+        errs,
+        counters: Vec::new(),
+        counter_paths: Vec::new(),
+    };
+
+    if let Some((v, p)) = top.get(F_VERSION, &mut c.errs) {
+        if !(v == "1" || v == 1) {
+            c.errs
+                .push(&p, format!("unsupported version {v} (expected \"1\")"));
+        }
+    }
+    let name = top
+        .get(F_NAME, &mut c.errs)
+        .and_then(|(v, p)| bounded_string(v, &p, bounds::NAME, &mut c.errs))
+        .map(str::to_owned);
+    let default = match top.get(F_DEFAULT, &mut c.errs) {
+        Some((v, p)) => match choice(v, &p, &["allow", "deny"], &mut c.errs) {
+            Some("allow") => Default::Allow,
+            _ => Default::Deny,
+        },
+        None => Default::Deny,
+    };
+    let deny_as = match top.get(F_DENY_AS, &mut c.errs) {
+        Some((v, p)) => match choice(v, &p, &["result", "error"], &mut c.errs) {
+            Some("error") => DenyAs::Error,
+            _ => DenyAs::Result,
+        },
+        None => DenyAs::Result,
+    };
+    let identity = c.identity(&top);
+    let hide = c.hide(&top);
+
+    let all_tools_limits = match top.get(F_ALL_TOOLS, &mut c.errs) {
+        Some((v, p)) => match Obj::new(v, p, ALL_TOOLS_FIELDS, &mut c.errs) {
+            Some(o) => c.limits(&o),
+            None => Vec::new(),
+        },
+        None => Vec::new(),
+    };
+
+    let mut rules = Vec::new();
+    if let Some((v, p)) = top.get(F_TOOLS, &mut c.errs) {
+        match v {
+            Value::Object(m) if m.len() > bounds::TOOLS => c.errs.push(
+                &p,
+                format!(
+                    "at most {} tools are allowed, found {}",
+                    bounds::TOOLS,
+                    m.len()
+                ),
+            ),
+            Value::Object(m) => {
+                for (key, rule) in m {
+                    if let Some(r) = c.rule(key, rule, &p, &all_tools_limits) {
+                        rules.push(r);
+                    }
+                }
+            }
+            Value::Null => {}
+            other => c.errs.push(
+                &p,
+                format!("expected a mapping, found {}", reader::kind(other)),
+            ),
+        }
+    }
+    if flavor == Flavor::Spec {
+        spec::check_placement(&top, &mut c.errs);
+    }
+    let default_rule = Rule {
+        key: String::new(),
+        path: "default".into(),
+        deny: None,
+        require: Vec::new(),
+        deny_if: Vec::new(),
+        counter_order: sorted_counters(&all_tools_limits),
+        limits: all_tools_limits,
+    };
+
+    let mut exact = HashMap::new();
+    let mut globs = Vec::new();
+    for (i, r) in rules.iter().enumerate() {
+        if Glob::is_glob(&r.key) {
+            globs.push((Glob::new(&r.key), i));
+        } else {
+            exact.insert(r.key.clone(), i);
+        }
+    }
+    // Longest glob first; among equal lengths, the lexically smaller pattern, so the order is
+    // fixed whatever order the document lists them in.
+    globs.sort_by(|(a, _), (b, _)| {
+        b.pattern()
+            .chars()
+            .count()
+            .cmp(&a.pattern().chars().count())
+            .then(a.pattern().cmp(b.pattern()))
+    });
+
+    let Compiler { errs, counters, .. } = c;
+    let document = if errs.is_empty() {
+        normalize::normalize(doc, flavor, name.as_deref())
+    } else {
+        Value::Null
+    };
+    errs.into_result(Policy {
+        name,
+        default,
+        identity,
+        deny_as,
+        hide,
+        rules,
+        exact,
+        globs,
+        counters,
+        default_rule,
+        document,
+    })
+}
+
+/// Parses and compiles a policy file's text (JSON or YAML, one document).
+pub fn load_str(text: &str) -> Result<Policy, PolicyErrors> {
+    let doc = source::parse_one(text).map_err(|e| {
+        PolicyErrors(vec![FieldError {
+            path: String::new(),
+            message: e.message,
+        }])
+    })?;
+    compile(&doc, Flavor::File, "")
+}
+
+struct Compiler {
+    errs: Errors,
+    counters: Vec<Counter>,
+    /// Where each counter was first declared, for "differs from" messages.
+    counter_paths: Vec<String>,
+}
+
+impl Compiler {
+    fn identity(&mut self, top: &Obj) -> Identity {
+        let Some((v, p)) = top.get(F_IDENTITY, &mut self.errs) else {
+            return Identity::Bearer;
+        };
+        let Some(o) = Obj::new(v, p, IDENTITY_FIELDS, &mut self.errs) else {
+            return Identity::Bearer;
+        };
+        let Some((hv, hp)) = o.require(F_HEADER, &mut self.errs) else {
+            return Identity::Bearer;
+        };
+        match bounded_string(hv, &hp, bounds::HEADER, &mut self.errs) {
+            Some(h) if is_header_name(h) => Identity::Header(h.to_ascii_lowercase()),
+            Some(h) => {
+                self.errs
+                    .push(&hp, format!("{h:?} is not a valid HTTP header name"));
+                Identity::Bearer
+            }
+            None => Identity::Bearer,
+        }
+    }
+
+    fn hide(&mut self, top: &Obj) -> Vec<(Glob, String)> {
+        let Some((v, p)) = top.get(F_HIDE, &mut self.errs) else {
+            return Vec::new();
+        };
+        let Some(items) = list(v, &p, bounds::HIDE, &mut self.errs) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            let ip = p.index(i);
+            if let Some(s) = bounded_string(item, &ip, bounds::TOOL_NAME, &mut self.errs) {
+                if check_tool_key(s, &ip, &mut self.errs) {
+                    out.push((Glob::new(s), format!("hide[{i}]")));
+                }
+            }
+        }
+        out
+    }
+
+    fn rule(
+        &mut self,
+        key: &str,
+        v: &Value,
+        tools: &FieldPath,
+        all_tools: &[LimitRef],
+    ) -> Option<Rule> {
+        let p = tools.key(key);
+        let key_ok = if key.chars().count() > bounds::TOOL_NAME {
+            self.errs.push(
+                &p,
+                format!("a tool name is at most {} characters", bounds::TOOL_NAME),
+            );
+            false
+        } else {
+            check_tool_key(key, &p, &mut self.errs)
+        };
+        let o = Obj::new(v, p.clone(), RULE_FIELDS, &mut self.errs)?;
+        let action = o
+            .get(F_ACTION, &mut self.errs)
+            .and_then(|(v, ap)| choice(v, &ap, &["allow", "deny"], &mut self.errs));
+        let reason = o
+            .get(F_REASON, &mut self.errs)
+            .and_then(|(v, rp)| bounded_string(v, &rp, bounds::REASON, &mut self.errs));
+        let deny = match (action, reason) {
+            (Some("deny"), r) => Some(r.unwrap_or(DEFAULT_ON_DENY).to_owned()),
+            (_, Some(_)) => {
+                self.errs
+                    .push(&p.key("reason"), "reason is only used with action: deny");
+                None
+            }
+            _ => None,
+        };
+        let mut limits: Vec<LimitRef> = all_tools.to_vec();
+        for l in self.limits(&o) {
+            if !limits.iter().any(|x| x.counter == l.counter) {
+                limits.push(l);
+            }
+        }
+        let require = self.require(&o);
+        let deny_if = self.deny_if(&o);
+        if !key_ok {
+            return None;
+        }
+        Some(Rule {
+            key: key.to_owned(),
+            path: p.as_str().to_owned(),
+            deny,
+            require,
+            deny_if,
+            counter_order: sorted_counters(&limits),
+            limits,
+        })
+    }
+
+    fn limits(&mut self, o: &Obj) -> Vec<LimitRef> {
+        let Some((v, p)) = o.get(F_LIMITS, &mut self.errs) else {
+            return Vec::new();
+        };
+        let Some(items) = list(v, &p, bounds::LIMITS, &mut self.errs) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            if let Some(l) = self.limit(item, p.index(i)) {
+                if !out.iter().any(|x: &LimitRef| x.counter == l.counter) {
+                    out.push(l);
+                }
+            }
+        }
+        out
+    }
+
+    fn limit(&mut self, v: &Value, p: FieldPath) -> Option<LimitRef> {
+        let o = Obj::new(v, p.clone(), LIMIT_FIELDS, &mut self.errs)?;
+        let name = o.require(F_COUNTER, &mut self.errs).and_then(|(v, cp)| {
+            let s = bounded_string(v, &cp, bounds::COUNTER, &mut self.errs)?;
+            if is_counter_name(s) {
+                Some(s.to_owned())
+            } else {
+                self.errs.push(
+                    &cp,
+                    format!("counter name {s:?} must be letters, digits, '_', '-' or '.'"),
+                );
+                None
+            }
+        });
+        let window = o.require(F_WINDOW, &mut self.errs).and_then(|(v, wp)| {
+            let s = reader::string(v, &wp, &mut self.errs)?;
+            Window::parse(s).map_err(|e| self.errs.push(&wp, e)).ok()
+        });
+        let max = o.require(F_MAX, &mut self.errs).and_then(|(v, mp)| {
+            match v.as_u64().map(u32::try_from) {
+                Some(Ok(n)) if n >= 1 => NonZeroU32::new(n),
+                _ => {
+                    self.errs.push(
+                        &mp,
+                        format!(
+                            "max must be a whole number from 1 to {}, found {v}",
+                            u32::MAX
+                        ),
+                    );
+                    None
+                }
+            }
+        });
+        let scope = match o.get(F_SCOPE, &mut self.errs) {
+            Some((v, sp)) => match choice(
+                v,
+                &sp,
+                &["pod", "grant", "identity", "session"],
+                &mut self.errs,
+            )? {
+                "pod" => Scope::Pod,
+                "session" => Scope::Session,
+                _ => Scope::Grant,
+            },
+            None => Scope::Pod,
+        };
+        let counter = Counter {
+            name: name?,
+            window: window?,
+            scope,
+            max: max?,
+        };
+        let rule = p.as_str().to_owned();
+        if let Some(i) = self.counters.iter().position(|c| c.name == counter.name) {
+            let first = &self.counters[i];
+            let same = first.window.length == counter.window.length
+                && first.scope == counter.scope
+                && first.max == counter.max;
+            if !same {
+                self.errs.push(
+                    &p,
+                    format!(
+                        "counter {:?} is declared at {} with window {}, scope {}, max {}; \
+                         here with window {}, scope {}, max {} (one counter, one definition)",
+                        counter.name,
+                        self.counter_paths[i],
+                        first.window.text,
+                        first.scope.as_str(),
+                        first.max,
+                        counter.window.text,
+                        counter.scope.as_str(),
+                        counter.max
+                    ),
+                );
+                return None;
+            }
+            return Some(LimitRef { counter: i, rule });
+        }
+        self.counters.push(counter);
+        self.counter_paths.push(rule.clone());
+        Some(LimitRef {
+            counter: self.counters.len() - 1,
+            rule,
+        })
+    }
+
+    fn condition(&mut self, o: &Obj) -> Option<Condition> {
+        let path = o.require(F_PATH, &mut self.errs).and_then(|(v, pp)| {
+            let s = bounded_string(v, &pp, bounds::PATH, &mut self.errs)?;
+            match condition::parse_path(s) {
+                Ok(steps) => Some((s.to_owned(), steps)),
+                Err(e) => {
+                    self.errs.push(&pp, e);
+                    None
+                }
+            }
+        });
+        let op = o
+            .require(F_OP, &mut self.errs)
+            .and_then(|(v, op)| reader::string(v, &op, &mut self.errs).map(|s| (s, op)));
+        let value = o.get(F_VALUE, &mut self.errs);
+        if let Some((Value::Array(items), vp)) = &value {
+            if items.len() > bounds::IN_VALUES {
+                self.errs.push(
+                    vp,
+                    format!("at most {} values are allowed", bounds::IN_VALUES),
+                );
+                return None;
+            }
+        }
+        let (op, op_path) = op?;
+        let matcher = match Matcher::compile(op, value.as_ref().map(|(v, _)| *v)) {
+            Ok(m) => m,
+            Err(e) => {
+                // Blame `value` when the operator is known and its operand is wrong.
+                let at = match (&value, condition::OPS.contains(&op)) {
+                    (Some((_, vp)), true) => vp.clone(),
+                    _ => op_path,
+                };
+                self.errs.push(&at, e);
+                return None;
+            }
+        };
+        let (path, steps) = path?;
+        Some(Condition {
+            path,
+            steps,
+            matcher,
+        })
+    }
+
+    fn require(&mut self, o: &Obj) -> Vec<Requirement> {
+        let Some((v, p)) = o.get(F_REQUIRE, &mut self.errs) else {
+            return Vec::new();
+        };
+        let Some(items) = list(v, &p, bounds::REQUIRE, &mut self.errs) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            let ip = p.index(i);
+            let Some(co) = Obj::new(item, ip.clone(), REQUIRE_FIELDS, &mut self.errs) else {
+                continue;
+            };
+            let custom = co
+                .get(F_REASON, &mut self.errs)
+                .and_then(|(v, rp)| bounded_string(v, &rp, bounds::REASON, &mut self.errs))
+                .map(str::to_owned);
+            if let Some(condition) = self.condition(&co) {
+                let reason = custom.unwrap_or_else(|| {
+                    format!(
+                        "argument validation failed: {}",
+                        condition.matcher.describe(&condition.path)
+                    )
+                });
+                out.push(Requirement {
+                    rule: ip.as_str().to_owned(),
+                    condition,
+                    reason,
+                });
+            }
+        }
+        out
+    }
+
+    fn deny_if(&mut self, o: &Obj) -> Vec<DenyIf> {
+        let Some((v, p)) = o.get(F_DENY_IF, &mut self.errs) else {
+            return Vec::new();
+        };
+        let Some(items) = list(v, &p, bounds::DENY_IF, &mut self.errs) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            let ip = p.index(i);
+            let Some(eo) = Obj::new(item, ip.clone(), DENY_IF_FIELDS, &mut self.errs) else {
+                continue;
+            };
+            let on_deny = eo
+                .get(F_ON_DENY, &mut self.errs)
+                .and_then(|(v, dp)| bounded_string(v, &dp, bounds::REASON, &mut self.errs))
+                .unwrap_or(DEFAULT_ON_DENY)
+                .to_owned();
+            let conds = match eo.require(F_CONDITIONS, &mut self.errs) {
+                Some((cv, cp)) => {
+                    list(cv, &cp, bounds::CONDITIONS, &mut self.errs).map(|l| (l, cp))
+                }
+                None => None,
+            };
+            let Some((conds, cp)) = conds else { continue };
+            let mut conditions = Vec::new();
+            let mut ok = true;
+            for (j, cond) in conds.iter().enumerate() {
+                let Some(co) = Obj::new(cond, cp.index(j), CONDITION_FIELDS, &mut self.errs) else {
+                    ok = false;
+                    continue;
+                };
+                match self.condition(&co) {
+                    Some(c) => conditions.push(c),
+                    None => ok = false,
+                }
+            }
+            if ok {
+                out.push(DenyIf {
+                    rule: ip.as_str().to_owned(),
+                    conditions,
+                    on_deny,
+                });
+            }
+        }
+        out
+    }
+}
+
+fn sorted_counters(limits: &[LimitRef]) -> Vec<usize> {
+    let mut v: Vec<usize> = limits.iter().map(|l| l.counter).collect();
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
+/// A tool key is a name or a glob: printable, no whitespace, not empty.
+fn check_tool_key(key: &str, p: &FieldPath, errs: &mut Errors) -> bool {
+    if key.is_empty() || key.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        errs.push(
+            p,
+            "a tool name must be non-empty with no spaces or control characters",
+        );
+        return false;
+    }
+    true
+}
+
+fn is_counter_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+}
+
+fn is_header_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
