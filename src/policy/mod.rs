@@ -6,6 +6,8 @@
 //! webhook and `check` — so they always agree on what is valid. It reports every error at once,
 //! each with its field path.
 
+pub mod argpath;
+pub mod compare;
 mod compile;
 pub mod condition;
 pub mod glob;
