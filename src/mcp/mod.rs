@@ -412,6 +412,18 @@ pub fn filter_tools_result(
     Ok(tools.len() != before)
 }
 
+/// The answer to a `tools/list` whose result could not be filtered with certainty.
+pub fn list_error(id: Value, why: &str) -> Value {
+    json!({
+        "jsonrpc": "2.0",
+        "id": id,
+        "error": {
+            "code": code::INTERNAL_ERROR,
+            "message": format!("mcp-warden could not filter the server's tool list: {why}")
+        }
+    })
+}
+
 /// Bounded label for `requests_total{method}`.
 pub fn method_label(method: &str) -> &'static str {
     const KNOWN: &[&str] = &[

@@ -133,8 +133,7 @@ impl LegacyStream {
         if let Err(e) =
             mcp::filter_tools_result(&mut v, std::slice::from_ref(&id), &|n| pol.listable(n))
         {
-            v = serde_json::json!({"jsonrpc": "2.0", "id": id, "error": {"code": mcp::code::INTERNAL_ERROR,
-                "message": format!("mcp-warden could not filter the server's tool list: {e}")}});
+            v = mcp::list_error(id, &e);
         }
         let mut out = b"event: message\ndata: ".to_vec();
         out.extend_from_slice(&serde_json::to_vec(&v).unwrap_or_default());

@@ -5,6 +5,7 @@
 //! changes (a ConfigMap volume swaps a `..data` symlink); a bad file keeps the last good policy.
 
 mod audit;
+mod gate;
 mod legacy;
 mod proxy;
 mod reload;

@@ -4,13 +4,11 @@
 //! Everything else streams through untouched, so a client that disconnects closes its upstream
 //! stream too. Anything that cannot be read with certainty is refused, never forwarded.
 
-use super::audit;
+use super::gate::{check_headers, decide_body, too_large, Verdict};
 use super::legacy::{self, LegacySession};
 use super::{full, ProxyBody, State};
-use crate::engine::{monotonic_now, Call, Outcome};
-use crate::mcp::{self, code, sse, Body, Kind, Refusal};
-use crate::policy::Identity;
-use crate::sidecar::reload::{sha256_hex, LoadedPolicy};
+use crate::mcp::{self, code, sse, Refusal};
+use crate::sidecar::reload::LoadedPolicy;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
@@ -76,17 +74,6 @@ pub(super) async fn handle(st: Arc<State>, req: Request<Incoming>) -> Response<P
             format!("{} is not an MCP method on {path}", req.method()),
         )),
     }
-}
-
-/// What the gate concluded about a body.
-enum Verdict {
-    /// Forward unchanged; filter the answers to these `tools/list` ids.
-    Forward { list_ids: Vec<Value> },
-    /// Answer the client ourselves (denials), with an optional `Retry-After`.
-    Answer {
-        body: Vec<u8>,
-        retry_after: Option<u64>,
-    },
 }
 
 async fn gate(
@@ -164,261 +151,6 @@ async fn gate(
         .with_label_values(&[label, method])
         .observe(started.elapsed().as_secs_f64());
     response
-}
-
-/// Content type, encoding and declared length: refused before a byte of the body is read.
-fn check_headers(h: &HeaderMap, max: usize) -> Result<(), Refusal> {
-    let unsupported =
-        |msg: String| Refusal::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, code::PARSE_ERROR, msg);
-    let ct = h
-        .get(header::CONTENT_TYPE)
-        .ok_or_else(|| unsupported("Content-Type application/json is required".into()))?
-        .to_str()
-        .map_err(|_| unsupported("unreadable Content-Type".into()))?;
-    let mut params = ct.split(';');
-    let essence = params.next().unwrap_or("").trim();
-    if !essence.eq_ignore_ascii_case("application/json") {
-        return Err(unsupported(format!(
-            "Content-Type {essence:?} is not application/json"
-        )));
-    }
-    for p in params {
-        let (k, v) = p.split_once('=').unwrap_or((p, ""));
-        if k.trim().eq_ignore_ascii_case("charset") {
-            let v = v.trim().trim_matches('"');
-            if !v.eq_ignore_ascii_case("utf-8") && !v.eq_ignore_ascii_case("utf8") {
-                return Err(unsupported(format!(
-                    "charset {v:?} is not supported; send UTF-8"
-                )));
-            }
-        }
-    }
-    for ce in h.get_all(header::CONTENT_ENCODING) {
-        let v = ce.to_str().unwrap_or("?").trim();
-        if !v.eq_ignore_ascii_case("identity") {
-            return Err(unsupported(format!(
-                "Content-Encoding {v:?} is not decoded by the sidecar; send the body uncompressed"
-            )));
-        }
-    }
-    if let Some(len) = h
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
-    {
-        if len > max as u64 {
-            return Err(too_large(max));
-        }
-    }
-    Ok(())
-}
-
-fn too_large(max: usize) -> Refusal {
-    Refusal::new(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        code::INVALID_REQUEST,
-        format!("the request body is over the {max}-byte limit"),
-    )
-}
-
-/// Parses, checks headers against the body, and decides every `tools/call`.
-fn decide_body(
-    st: &State,
-    policy: &LoadedPolicy,
-    h: &HeaderMap,
-    bytes: &[u8],
-) -> Result<(Verdict, &'static str), Refusal> {
-    let label = policy.label.as_str();
-    let body = mcp::parse(bytes)?;
-    // For the duration metric: the method of a single message; batches count as `_other`.
-    let method = match &body {
-        Body::Single(m) => m.method.as_deref().map_or("_other", mcp::method_label),
-        Body::Batch(_) => "_other",
-    };
-    let version = h
-        .get("mcp-protocol-version")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("2025-03-26");
-    if let Body::Batch(_) = body {
-        if version != "2025-03-26" {
-            return Err(Refusal::new(
-                StatusCode::BAD_REQUEST,
-                code::INVALID_REQUEST,
-                format!("JSON-RPC batches are not allowed under protocol version {version}"),
-            ));
-        }
-    }
-    if let Body::Single(m) = &body {
-        check_routing_headers(h, m)?;
-    }
-    let engine = &policy.engine;
-    let pol = engine.policy();
-    let mut grant: Option<String> = None;
-    let session = h.get("mcp-session-id").and_then(|v| v.to_str().ok());
-    let mut list_ids = Vec::new();
-    let mut answers: Vec<Option<Value>> = Vec::new();
-    let mut denied_any = false;
-    let mut retry_after = None;
-    for m in body.messages() {
-        if let Some(method) = &m.method {
-            st.metrics
-                .requests
-                .with_label_values(&[label, mcp::method_label(method)])
-                .inc();
-        }
-        if m.is_method("tools/list") && m.kind == Kind::Request {
-            list_ids.push(
-                serde_json::from_str(m.id.map_or("null", |i| i.get())).unwrap_or(Value::Null),
-            );
-        }
-        if !m.is_method("tools/call") {
-            answers.push(None);
-            continue;
-        }
-        let Some(id) = m.id else {
-            st.metrics
-                .decisions
-                .with_label_values(&[label, "_other", "invalid"])
-                .inc();
-            return Err(Refusal::new(
-                StatusCode::BAD_REQUEST,
-                code::INVALID_REQUEST,
-                "tools/call needs an id",
-            ));
-        };
-        let call = m.tool_call().inspect_err(|_| {
-            st.metrics
-                .decisions
-                .with_label_values(&[label, "_other", "invalid"])
-                .inc();
-        })?;
-        let args: Value = match call.arguments {
-            Some(raw) if pol.reads_arguments(&call.name) => serde_json::from_str(raw.get())
-                .map_err(|_| {
-                    Refusal::new(
-                        StatusCode::BAD_REQUEST,
-                        code::INVALID_PARAMS,
-                        "unreadable arguments",
-                    )
-                    .with_id(Some(id))
-                })?,
-            _ => Value::Null,
-        };
-        let grant = grant.get_or_insert_with(|| grant_key(&pol.identity, h));
-        let t0 = Instant::now();
-        let d = engine.decide(
-            &Call {
-                tool: &call.name,
-                args: &args,
-                grant,
-                session,
-            },
-            monotonic_now(),
-        );
-        let took = t0.elapsed();
-        st.metrics
-            .decision_duration
-            .with_label_values(&[label])
-            .observe(took.as_secs_f64());
-        st.metrics
-            .decisions
-            .with_label_values(&[label, d.tool_label, d.outcome.as_str()])
-            .inc();
-        if d.overflow {
-            st.metrics
-                .counter_overflow
-                .with_label_values(&[label])
-                .inc();
-        }
-        if let Some(hit) = &d.limit {
-            let c = hit.counter;
-            st.metrics
-                .limit_hits
-                .with_label_values(&[label, &c.name, &c.window.text, c.scope.as_str()])
-                .inc();
-            retry_after = Some(mcp::retry_after_secs(&d));
-        }
-        if audit::enabled() {
-            let args_sha256 = call
-                .arguments
-                .map_or_else(String::new, |a| sha256_hex(a.get().as_bytes()));
-            audit::write(&audit::AuditLine {
-                policy: label,
-                tool: &call.name,
-                decision: d.outcome.as_str(),
-                rule: d.rule,
-                identity: grant,
-                session: session.unwrap_or(""),
-                counter: d.limit.as_ref().map_or("", |h| h.counter.name.as_str()),
-                latency_ns: took.as_nanos() as u64,
-                args_sha256: &args_sha256,
-            });
-        }
-        if d.outcome == Outcome::Allow {
-            answers.push(None);
-        } else {
-            denied_any = true;
-            let v = call.protocol_version.as_deref().unwrap_or(version);
-            answers.push(Some(mcp::denial(id, &d, &call.name, label, pol.deny_as, v)));
-        }
-    }
-    if !denied_any {
-        return Ok((Verdict::Forward { list_ids }, method));
-    }
-    let body = match &body {
-        Body::Single(_) => serde_json::to_vec(&answers[0]).unwrap_or_default(),
-        Body::Batch(msgs) => {
-            // Nothing of a batch with a denied call runs: every request gets an answer.
-            let out: Vec<Value> = msgs
-                .iter()
-                .zip(answers)
-                .filter_map(|(m, a)| match (a, m.kind, m.id) {
-                    (Some(a), _, _) => Some(a),
-                    (None, Kind::Request, Some(id)) => Some(mcp::not_run(id)),
-                    _ => None,
-                })
-                .collect();
-            serde_json::to_vec(&out).unwrap_or_default()
-        }
-    };
-    Ok((Verdict::Answer { body, retry_after }, method))
-}
-
-/// `Mcp-Method` and `Mcp-Name` (2026-07-28) must say what the body says.
-fn check_routing_headers(h: &HeaderMap, m: &mcp::Message) -> Result<(), Refusal> {
-    let mismatch = |what: &str| {
-        Refusal::new(
-            StatusCode::BAD_REQUEST,
-            code::HEADER_MISMATCH,
-            format!("the {what} header does not match the body"),
-        )
-        .with_id(m.id)
-    };
-    if let Some(hm) = h.get("mcp-method") {
-        if m.method.as_deref().map(str::as_bytes) != Some(hm.as_bytes()) {
-            return Err(mismatch("Mcp-Method"));
-        }
-    }
-    if let Some(hn) = h.get("mcp-name") {
-        if m.routing_name().as_deref().map(str::as_bytes) != Some(hn.as_bytes()) {
-            return Err(mismatch("Mcp-Name"));
-        }
-    }
-    Ok(())
-}
-
-/// The counter key of the caller: SHA-256 of its bearer token or identity header, or `anonymous`.
-fn grant_key(identity: &Identity, h: &HeaderMap) -> String {
-    let value = match identity {
-        Identity::Bearer => h.get(header::AUTHORIZATION).and_then(|v| {
-            let v = v.as_bytes();
-            (v.len() > 7 && v[..7].eq_ignore_ascii_case(b"bearer ")).then(|| &v[7..])
-        }),
-        Identity::Header(name) => h.get(name.as_str()).map(HeaderValue::as_bytes),
-    };
-    match value {
-        Some(v) if !v.is_empty() => sha256_hex(v),
-        _ => "anonymous".to_owned(),
-    }
 }
 
 /// The upstream request for `parts`, with `Host` rewritten and hop-by-hop headers dropped.
@@ -535,7 +267,7 @@ async fn filter_response(
             match mcp::filter_tools_result(v, &ids, &|name| pol.listable(name)) {
                 Ok(changed) => changed,
                 Err(e) => {
-                    *v = list_error(v.get("id").cloned().unwrap_or(Value::Null), &e);
+                    *v = mcp::list_error(v.get("id").cloned().unwrap_or(Value::Null), &e);
                     true
                 }
             }
@@ -559,7 +291,7 @@ async fn filter_response(
     if encoded {
         return json_response(
             StatusCode::BAD_GATEWAY,
-            serde_json::to_vec(&list_error(id, "compressed tools/list response"))
+            serde_json::to_vec(&mcp::list_error(id, "compressed tools/list response"))
                 .unwrap_or_default(),
         );
     }
@@ -568,7 +300,7 @@ async fn filter_response(
         Err(_) => {
             return json_response(
                 StatusCode::BAD_GATEWAY,
-                serde_json::to_vec(&list_error(
+                serde_json::to_vec(&mcp::list_error(
                     id,
                     "tools/list response unreadable or too large",
                 ))
@@ -585,17 +317,9 @@ async fn filter_response(
         }
         Err(e) => json_response(
             StatusCode::BAD_GATEWAY,
-            serde_json::to_vec(&list_error(id, &e)).unwrap_or_default(),
+            serde_json::to_vec(&mcp::list_error(id, &e)).unwrap_or_default(),
         ),
     }
-}
-
-fn list_error(id: Value, why: &str) -> Value {
-    serde_json::json!({
-        "jsonrpc": "2.0",
-        "id": id,
-        "error": {"code": code::INTERNAL_ERROR, "message": format!("mcp-warden could not filter the server's tool list: {why}")}
-    })
 }
 
 fn bad_gateway(e: &dyn std::fmt::Display) -> Response<ProxyBody> {
