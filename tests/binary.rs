@@ -87,13 +87,7 @@ async fn the_sidecar_binary_audits_every_decision_and_exits_cleanly_on_sigterm()
     };
     let url = format!("http://{listen}/mcp");
     let secret = "Bearer s3cret-token-value";
-    let body = |id: u64, name: &str, args: Value| {
-        json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": {"name": name, "arguments": args,
-            "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
-                      "io.modelcontextprotocol/clientInfo": {"name": "raw", "version": "1"},
-                      "io.modelcontextprotocol/clientCapabilities": {}}}})
-        .to_string()
-    };
+    let body = |id: u64, name: &str, args: Value| call_v26(id, name, args, json!({}));
     let h = |name: &'static str| {
         vec![
             ("authorization", secret),

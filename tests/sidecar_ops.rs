@@ -11,25 +11,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-fn call(id: u64, name: &str) -> String {
-    json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": {"name": name, "arguments": {},
-        "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
-                  "io.modelcontextprotocol/clientInfo": {"name": "raw", "version": "1"},
-                  "io.modelcontextprotocol/clientCapabilities": {}}}})
-    .to_string()
-}
-
 async fn call_tool(url: &str, id: u64, name: &str) -> (u16, Value) {
-    let raw = post_json(
-        url,
-        &[
-            ("mcp-protocol-version", "2026-07-28"),
-            ("mcp-method", "tools/call"),
-            ("mcp-name", name),
-        ],
-        &call(id, name),
-    )
-    .await;
+    let headers = v26_headers(name);
+    let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let raw = post_json(url, &h, &call_v26(id, name, json!({}), json!({}))).await;
     (
         raw.0,
         messages(&raw).into_iter().next().unwrap_or(Value::Null),
@@ -54,16 +39,6 @@ fn configmap_write(dir: &Path, generation: u32, policy: &str) {
     if std::fs::symlink_metadata(&link).is_err() {
         symlink("..data/policy.json", &link).unwrap();
     }
-}
-
-async fn wait_for(what: &str, mut f: impl AsyncFnMut() -> bool) {
-    for _ in 0..200 {
-        if f().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("timed out waiting for {what}");
 }
 
 #[tokio::test]
@@ -103,7 +78,7 @@ async fn reload_through_a_configmap_symlink_swap_under_traffic_fails_no_request(
             }
         })
     };
-    wait_for("traffic", async || sent.load(Ordering::Relaxed) > 20).await;
+    wait_until("traffic", async || sent.load(Ordering::Relaxed) > 20).await;
     let (_, v) = call_tool(&sc.url(), 1, "run_cell").await;
     assert!(!denied(&v));
 
@@ -113,7 +88,7 @@ async fn reload_through_a_configmap_symlink_swap_under_traffic_fails_no_request(
                   "other": {"limits": [{"counter": "cells", "window": "hour", "max": 1000}]}}});
     configmap_write(&dir, 2, &deny.to_string());
     let url = sc.url();
-    wait_for("the new policy", async || {
+    wait_until("the new policy", async || {
         denied(&call_tool(&url, 2, "run_cell").await.1)
     })
     .await;
@@ -123,7 +98,7 @@ async fn reload_through_a_configmap_symlink_swap_under_traffic_fails_no_request(
     // Generation 3 is invalid: the last good policy stays, and the error is counted.
     configmap_write(&dir, 3, r#"{"version": "1", "default": "sometimes"}"#);
     let sc_ref = &sc;
-    wait_for("the reload error", async || {
+    wait_until("the reload error", async || {
         metric(
             sc_ref,
             "mcp_warden_policy_reloads_total",
@@ -194,7 +169,7 @@ async fn without_a_valid_policy_nothing_is_forwarded_until_one_appears() {
     assert_eq!(get(&sc.admin_url("/readyz")).await.0, 503);
     std::fs::write(&path, POLICY).unwrap();
     let admin = sc.admin_url("/readyz");
-    wait_for("readiness", async || get(&admin).await.0 == 200).await;
+    wait_until("readiness", async || get(&admin).await.0 == 200).await;
     let (status, v) = call_tool(&sc.url(), 2, "notebook_read").await;
     assert_eq!((status, denied(&v)), (200, false));
 }
@@ -212,13 +187,13 @@ async fn sigterm_drains_then_finishes_in_flight_requests() {
     // A long call in flight: the server holds it until released.
     let url = sc.url();
     let in_flight = tokio::spawn(async move { call_tool(&url, 1, "slow_report").await });
-    wait_for("the call to reach the server", async || {
+    wait_until("the call to reach the server", async || {
         up.server.calls.load(Ordering::SeqCst) == 1
     })
     .await;
     sc.terminate();
     let admin = sc.admin_url("/readyz");
-    wait_for("unready", async || get(&admin).await.0 == 503).await;
+    wait_until("unready", async || get(&admin).await.0 == 503).await;
     assert_eq!(
         String::from_utf8_lossy(&get(&admin).await.2),
         "not ready: draining\n"

@@ -11,24 +11,6 @@ use hyper_util::rt::TokioExecutor;
 use serde_json::{json, Value};
 use std::time::Duration;
 
-/// A `tools/call` as a 2026-07-28 client sends it (sessionless, metadata in `_meta`).
-fn call_body(id: u64, name: &str, args: Value) -> String {
-    json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": {
-        "name": name, "arguments": args,
-        "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
-                  "io.modelcontextprotocol/clientInfo": {"name": "raw", "version": "1"},
-                  "io.modelcontextprotocol/clientCapabilities": {}}}})
-    .to_string()
-}
-
-fn v26(name: &str) -> Vec<(&'static str, String)> {
-    vec![
-        ("mcp-protocol-version", "2026-07-28".into()),
-        ("mcp-method", "tools/call".into()),
-        ("mcp-name", name.into()),
-    ]
-}
-
 async fn post(url: &str, headers: &[(&str, String)], body: &str) -> Raw {
     let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
     post_json(url, &h, body).await
@@ -55,18 +37,18 @@ async fn what_cannot_be_read_with_certainty_is_refused_and_never_forwarded() {
         ("case-folded duplicate", vec![json_ct], r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"run_cell","Name":"clear_session"}}"#.into(), 400, -32700),
         ("NUL-stripped duplicate", vec![json_ct], r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"run_cell","name\u0000":"clear_session"}}"#.into(), 400, -32700),
         ("too deep", vec![json_ct], format!(r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"run_cell","arguments":{{"x":{deep}}}}}}}"#), 400, -32700),
-        ("not UTF-8 JSON content type", vec![("content-type", "text/plain")], call_body(1, "run_cell", json!({})), 415, -32700),
-        ("no content type", vec![], call_body(1, "run_cell", json!({})), 415, -32700),
-        ("latin-1 charset", vec![("content-type", "application/json; charset=iso-8859-1")], call_body(1, "run_cell", json!({})), 415, -32700),
-        ("compressed", vec![json_ct, ("content-encoding", "gzip")], call_body(1, "run_cell", json!({})), 415, -32700),
+        ("not UTF-8 JSON content type", vec![("content-type", "text/plain")], call_v26(1, "run_cell", json!({}), json!({})), 415, -32700),
+        ("no content type", vec![], call_v26(1, "run_cell", json!({}), json!({})), 415, -32700),
+        ("latin-1 charset", vec![("content-type", "application/json; charset=iso-8859-1")], call_v26(1, "run_cell", json!({}), json!({})), 415, -32700),
+        ("compressed", vec![json_ct, ("content-encoding", "gzip")], call_v26(1, "run_cell", json!({}), json!({})), 415, -32700),
         ("tools/call without id", vec![json_ct], r#"{"jsonrpc":"2.0","method":"tools/call","params":{"name":"run_cell"}}"#.into(), 400, -32600),
         ("tools/call with id null", vec![json_ct], r#"{"jsonrpc":"2.0","id":null,"method":"tools/call","params":{"name":"run_cell"}}"#.into(), 400, -32600),
         ("method and result", vec![json_ct], r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","result":{},"params":{"name":"run_cell"}}"#.into(), 400, -32600),
         ("arguments not an object", vec![json_ct], r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"run_cell","arguments":"x"}}"#.into(), 400, -32602),
         ("name not a string", vec![json_ct], r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":["run_cell"]}}"#.into(), 400, -32602),
-        ("Mcp-Method disagrees", vec![json_ct, ("mcp-method", "tools/list")], call_body(1, "run_cell", json!({})), 400, -32020),
-        ("Mcp-Name disagrees", vec![json_ct, ("mcp-method", "tools/call"), ("mcp-name", "notebook_read")], call_body(1, "clear_session", json!({})), 400, -32020),
-        ("batch under 2025-06-18", vec![json_ct, ("mcp-protocol-version", "2025-06-18")], format!("[{}]", call_body(1, "run_cell", json!({}))), 400, -32600),
+        ("Mcp-Method disagrees", vec![json_ct, ("mcp-method", "tools/list")], call_v26(1, "run_cell", json!({}), json!({})), 400, -32020),
+        ("Mcp-Name disagrees", vec![json_ct, ("mcp-method", "tools/call"), ("mcp-name", "notebook_read")], call_v26(1, "clear_session", json!({}), json!({})), 400, -32020),
+        ("batch under 2025-06-18", vec![json_ct, ("mcp-protocol-version", "2025-06-18")], format!("[{}]", call_v26(1, "run_cell", json!({}), json!({}))), 400, -32600),
     ];
     for (what, headers, body, status, code) in cases {
         let raw = request("POST", &url, &headers, body).await;
@@ -97,7 +79,7 @@ async fn bodies_over_the_limit_and_the_global_budget_are_refused() {
         c.inflight_body_bytes = 1024;
     })
     .await;
-    let big = call_body(1, "run_cell", json!({"code": "x".repeat(2000)}));
+    let big = call_v26(1, "run_cell", json!({"code": "x".repeat(2000)}), json!({}));
     let raw = post(&sc.url(), &[], &big).await;
     assert_eq!((raw.0, error_code(&raw)), (413, -32600));
 
@@ -132,8 +114,8 @@ async fn bodies_over_the_limit_and_the_global_budget_are_refused() {
     for _ in 0..50 {
         let raw = post(
             &sc.url(),
-            &v26("notebook_read"),
-            &call_body(2, "notebook_read", json!({})),
+            &v26_headers("notebook_read"),
+            &call_v26(2, "notebook_read", json!({}), json!({})),
         )
         .await;
         if raw.0 == 503 {
@@ -147,8 +129,8 @@ async fn bodies_over_the_limit_and_the_global_budget_are_refused() {
     let _ = held.await;
     let raw = post(
         &sc.url(),
-        &v26("notebook_read"),
-        &call_body(3, "notebook_read", json!({})),
+        &v26_headers("notebook_read"),
+        &call_v26(3, "notebook_read", json!({}), json!({})),
     )
     .await;
     assert_eq!(
@@ -198,17 +180,27 @@ async fn limits_answer_retry_after_and_deny_as_error_uses_403_and_429() {
     let policy = POLICY.replacen("default: deny", "default: deny\ndeny_as: error", 1);
     let sc = sidecar(&up, &policy).await;
     let auth = ("authorization", "Bearer t1".to_string());
-    let mut h = v26("run_cell");
+    let mut h = v26_headers("run_cell");
     h.push(auth);
     for i in 0..5 {
-        let raw = post(&sc.url(), &h, &call_body(i, "run_cell", json!({}))).await;
+        let raw = post(
+            &sc.url(),
+            &h,
+            &call_v26(i, "run_cell", json!({}), json!({})),
+        )
+        .await;
         assert_eq!(raw.0, 200);
         assert_eq!(
             messages(&raw)[0]["result"]["content"][0]["text"],
             "run_cell ran with {}"
         );
     }
-    let raw = post(&sc.url(), &h, &call_body(9, "run_cell", json!({}))).await;
+    let raw = post(
+        &sc.url(),
+        &h,
+        &call_v26(9, "run_cell", json!({}), json!({})),
+    )
+    .await;
     let retry: u64 = raw
         .1
         .get("retry-after")
@@ -226,8 +218,8 @@ async fn limits_answer_retry_after_and_deny_as_error_uses_403_and_429() {
     );
     let raw = post(
         &sc.url(),
-        &v26("clear_session"),
-        &call_body(10, "clear_session", json!({})),
+        &v26_headers("clear_session"),
+        &call_v26(10, "clear_session", json!({}), json!({})),
     )
     .await;
     assert_eq!(messages(&raw)[0]["error"]["code"], 403);
@@ -238,42 +230,8 @@ async fn limits_answer_retry_after_and_deny_as_error_uses_403_and_429() {
 async fn responses_stream_through_event_by_event() {
     let up = upstream(false, false).await;
     let sc = sidecar(&up, POLICY).await;
-    let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {
-        "name": "slow_report", "arguments": {},
-        "_meta": {"progressToken": "p1", "io.modelcontextprotocol/protocolVersion": "2026-07-28",
-                  "io.modelcontextprotocol/clientInfo": {"name": "raw", "version": "1"},
-                  "io.modelcontextprotocol/clientCapabilities": {}}}});
-    let client = Client::builder(TokioExecutor::new()).build_http();
-    let mut req = http::Request::post(sc.url())
-        .header("content-type", "application/json")
-        .header("accept", "application/json, text/event-stream");
-    for (k, v) in v26("slow_report") {
-        req = req.header(k, v);
-    }
-    let resp = client
-        .request(
-            req.body(http_body_util::Full::new(Bytes::from(body.to_string())))
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    assert!(resp.headers()["content-type"]
-        .to_str()
-        .unwrap()
-        .starts_with("text/event-stream"));
-    let mut body = resp.into_body();
-    // The server is blocked until released: the progress event must arrive before that.
-    let mut seen = String::new();
-    while !seen.contains("notifications/progress") {
-        let frame = tokio::time::timeout(Duration::from_secs(10), body.frame())
-            .await
-            .expect("the first event arrived while the server was still working")
-            .unwrap()
-            .unwrap();
-        if let Ok(d) = frame.into_data() {
-            seen.push_str(&String::from_utf8_lossy(&d));
-        }
-    }
+    // The server blocks until released: the progress event must arrive before that.
+    let (body, _conn, seen) = start_slow_report(sc.addr).await;
     assert!(
         !seen.contains("slow_report ran"),
         "the result is not produced yet"
@@ -287,58 +245,20 @@ async fn responses_stream_through_event_by_event() {
 async fn a_client_that_disconnects_closes_its_upstream_stream() {
     let up = upstream(false, false).await;
     let sc = sidecar(&up, POLICY).await;
-    let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {
-        "name": "slow_report", "arguments": {},
-        "_meta": {"progressToken": "p1", "io.modelcontextprotocol/protocolVersion": "2026-07-28",
-                  "io.modelcontextprotocol/clientInfo": {"name": "raw", "version": "1"},
-                  "io.modelcontextprotocol/clientCapabilities": {}}}});
-    // A raw connection, so dropping it really closes the socket.
-    let stream = tokio::net::TcpStream::connect(sc.addr).await.unwrap();
-    let (mut send, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .unwrap();
-    let conn = tokio::spawn(conn);
-    let mut req = http::Request::post("/mcp")
-        .header("host", sc.addr.to_string())
-        .header("content-type", "application/json")
-        .header("accept", "application/json, text/event-stream");
-    for (k, v) in v26("slow_report") {
-        req = req.header(k, v);
-    }
-    let resp = send
-        .send_request(
-            req.body(http_body_util::Full::new(Bytes::from(body.to_string())))
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    let mut body = resp.into_body();
-    let first = tokio::time::timeout(Duration::from_secs(10), body.frame())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    assert!(String::from_utf8_lossy(first.data_ref().unwrap()).contains("notifications/progress"));
+    let (body, conn, _) = start_slow_report(sc.addr).await;
     assert!(!up
         .server
         .cancelled
         .load(std::sync::atomic::Ordering::SeqCst));
     // The agent goes away mid-call.
     drop(body);
-    drop(send);
     conn.abort();
-    for _ in 0..200 {
-        if up
-            .server
-            .cancelled
-            .load(std::sync::atomic::Ordering::SeqCst)
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("the server never saw the client go away: the upstream stream was kept open");
+    let cancelled = up.server.cancelled.clone();
+    wait_until(
+        "the server to see the client go away (the upstream stream must be closed)",
+        async || cancelled.load(std::sync::atomic::Ordering::SeqCst),
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -351,13 +271,23 @@ async fn host_is_rewritten_and_other_paths_are_refused_unless_passthrough() {
         c.passthrough_paths = vec!["/oauth/token".into()]
     })
     .await;
-    let mut h: Vec<(&str, String)> = v26("notebook_read");
+    let mut h: Vec<(&str, String)> = v26_headers("notebook_read");
     h.push(("host", "agents.example.com".into()));
     // Directly, the server refuses a foreign Host (DNS-rebinding protection)...
-    let direct = post(&up.url(), &h, &call_body(1, "notebook_read", json!({}))).await;
+    let direct = post(
+        &up.url(),
+        &h,
+        &call_v26(1, "notebook_read", json!({}), json!({})),
+    )
+    .await;
     assert_ne!(direct.0, 200);
     // ...through the sidecar, Host is the upstream's authority.
-    let via = post(&sc.url(), &h, &call_body(1, "notebook_read", json!({}))).await;
+    let via = post(
+        &sc.url(),
+        &h,
+        &call_v26(1, "notebook_read", json!({}), json!({})),
+    )
+    .await;
     assert_eq!(via.0, 200, "{}", String::from_utf8_lossy(&via.2));
     let before = up.requests();
     let raw = post(&format!("http://{}/other", sc.addr), &[], "{}").await;

@@ -307,6 +307,84 @@ pub async fn post_json(url: &str, extra: &[(&str, &str)], body: &str) -> Raw {
     request("POST", url, &h, body.to_owned()).await
 }
 
+/// A `tools/call` body as a 2026-07-28 client sends it (sessionless, metadata in `_meta`), with
+/// `extra_meta` merged into `_meta` (e.g. a progress token).
+pub fn call_v26(id: u64, name: &str, args: Value, extra_meta: Value) -> String {
+    let mut meta = json!({"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientInfo": {"name": "raw", "version": "1"},
+        "io.modelcontextprotocol/clientCapabilities": {}});
+    if let (Some(m), Value::Object(extra)) = (meta.as_object_mut(), extra_meta) {
+        m.extend(extra);
+    }
+    json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+           "params": {"name": name, "arguments": args, "_meta": meta}})
+    .to_string()
+}
+
+/// The headers a 2026-07-28 client sends with a `tools/call`.
+pub fn v26_headers(name: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("mcp-protocol-version", "2026-07-28".into()),
+        ("mcp-method", "tools/call".into()),
+        ("mcp-name", name.into()),
+    ]
+}
+
+/// Polls `f` until it holds (at most 5 s).
+pub async fn wait_until(what: &str, mut f: impl AsyncFnMut() -> bool) {
+    for _ in 0..200 {
+        if f().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+/// Starts the blocking `slow_report` call on its own connection and returns the open response
+/// body once the first event (the progress notification) has arrived, with the connection task.
+pub async fn start_slow_report(
+    addr: SocketAddr,
+) -> (hyper::body::Incoming, tokio::task::JoinHandle<()>, String) {
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    let conn = tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let mut req = http::Request::post("/mcp")
+        .header("host", addr.to_string())
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream");
+    for (k, v) in v26_headers("slow_report") {
+        req = req.header(k, v);
+    }
+    let body = call_v26(1, "slow_report", json!({}), json!({"progressToken": "p1"}));
+    let resp = send
+        .send_request(req.body(Full::new(Bytes::from(body))).unwrap())
+        .await
+        .unwrap();
+    assert!(resp.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/event-stream"));
+    let mut body = resp.into_body();
+    let mut seen = String::new();
+    while !seen.contains("notifications/progress") {
+        let frame = tokio::time::timeout(Duration::from_secs(10), body.frame())
+            .await
+            .expect("the first event arrived while the server was still working")
+            .unwrap()
+            .unwrap();
+        if let Ok(d) = frame.into_data() {
+            seen.push_str(&String::from_utf8_lossy(&d));
+        }
+    }
+    std::mem::forget(send);
+    (body, conn, seen)
+}
+
 /// The JSON-RPC messages in a response body, whether JSON or SSE.
 pub fn messages(raw: &Raw) -> Vec<Value> {
     let ct = raw
