@@ -301,3 +301,36 @@ async fn host_is_rewritten_and_other_paths_are_refused_unless_passthrough() {
     .await;
     assert_eq!(up.requests(), before + 1, "a passthrough path is forwarded");
 }
+
+#[tokio::test]
+async fn a_limit_resets_after_its_window_and_header_identities_count_separately() {
+    let up = upstream(false, true).await;
+    let policy = r#"
+version: "1"
+default: deny
+identity: {header: x-agent-id}
+tools:
+  run_cell:
+    limits: [{counter: burst, window: 2s, max: 2, scope: grant}]
+"#;
+    let sc = sidecar(&up, policy).await;
+    let call = |agent: &'static str, id: u64| {
+        let url = sc.url();
+        async move {
+            let mut h = v26_headers("run_cell");
+            h.push(("x-agent-id", agent.to_string()));
+            let raw = post(&url, &h, &call_v26(id, "run_cell", json!({}), json!({}))).await;
+            messages(&raw).remove(0)
+        }
+    };
+    assert_eq!(call("alice", 1).await["result"]["isError"], false);
+    assert_eq!(call("alice", 2).await["result"]["isError"], false);
+    let limited = call("alice", 3).await;
+    assert_eq!(limited["result"]["isError"], true);
+    assert_eq!(call("bob", 4).await["result"]["isError"], false, "another identity, another counter");
+    // Wait as long as the denial says, then the window has moved on.
+    let wait = limited["result"]["_meta"]["dev.mcpwarden/decision"]["retryAfterSeconds"].as_u64().unwrap();
+    assert!((1..=3).contains(&wait), "{wait}");
+    tokio::time::sleep(Duration::from_secs(wait)).await;
+    assert_eq!(call("alice", 5).await["result"]["isError"], false, "the limit reset");
+}

@@ -31,10 +31,12 @@ if a.kind == "interpreter":
     sys.exit(0)
 
 try:
+    from mcp.server.mcpserver import Context
     from mcp.server.mcpserver import MCPServer as Server
 
     LINE = 2
 except ImportError:
+    from mcp.server.fastmcp import Context
     from mcp.server.fastmcp import FastMCP as Server
 
     LINE = 1
@@ -76,6 +78,13 @@ def write_file(path: str, size: int = 0) -> str:
 def delete_all() -> str:
     """Destructive."""
     return "deleted"
+
+
+@server.tool()
+async def ask_roots(ctx: Context) -> str:
+    """Asks the client for its roots: a server-to-client request travelling through the sidecar."""
+    result = await ctx.session.list_roots()
+    return ",".join(str(r.uri) for r in result.roots)
 
 
 @server.tool()

@@ -17,9 +17,19 @@ MODES = [
 ]
 
 
+ROOT_URI = "file:///workspace/project"
+
+
+async def list_roots(_context):
+    from mcp import types
+
+    return types.ListRootsResult(roots=[types.Root(uri=ROOT_URI, name="project")])
+
+
 @contextlib.asynccontextmanager
 async def connect(url, transport):
-    """A connected client with `names()` and `call()`, on either SDK line."""
+    """A connected client with `names()` and `call()`, on either SDK line. It answers the
+    server's roots/list requests."""
     if SDK_MAJOR >= 2:
         from mcp import Client
 
@@ -28,7 +38,7 @@ async def connect(url, transport):
             from mcp.client.sse import sse_client
 
             server = sse_client(url)
-        async with Client(server) as c:
+        async with Client(server, list_roots_callback=list_roots) as c:
             yield Adapter(c)
     else:
         from mcp import ClientSession
@@ -42,7 +52,7 @@ async def connect(url, transport):
 
             cm = streamable_http_client(url)
         async with cm as streams:
-            async with ClientSession(streams[0], streams[1]) as s:
+            async with ClientSession(streams[0], streams[1], list_roots_callback=list_roots) as s:
                 await s.initialize()
                 yield Adapter(s)
 
@@ -79,7 +89,7 @@ async def test_every_rule_acts_through_the_sidecar(mode):
     transport, json, stateless = mode
     with stack(transport=transport, json=json, stateless=stateless) as s:
         async with connect(s.url, transport) as c:
-            assert sorted(await c.names()) == ["notebook_read", "run_cell", "write_file"]
+            assert sorted(await c.names()) == ["ask_roots", "notebook_read", "run_cell", "write_file"]
 
             err, text, _ = await c.call("notebook_read", {"path": "/workspace/a.ipynb"})
             assert (err, text) == (False, "read /workspace/a.ipynb")
@@ -111,3 +121,18 @@ async def test_every_rule_acts_through_the_sidecar(mode):
         assert re.search(r'mcp_warden_decisions_total\{decision="allow",policy="notebook-policy",tool="run_cell"\} 5', metrics)
         assert re.search(r'mcp_warden_decisions_total\{decision="rate_limited",policy="notebook-policy",tool="run_cell"\} 1', metrics)
         assert re.search(r'mcp_warden_limit_hits_total\{counter="run_cell_rate",policy="notebook-policy",scope="grant",window="minute"\} 1', metrics)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("mode", [m for m in MODES if not m.values[0][2]])
+async def test_server_to_client_requests_pass_through(mode):
+    """The server asks the client for its roots mid-call; the question and the answer both
+    cross the sidecar (on the POST's event stream, or the legacy session stream)."""
+    if SDK_MAJOR >= 2:
+        pytest.skip("the 2.x line speaks 2026-07-28, which has no server-initiated requests "
+                    "(servers ask through input_required results, ordinary responses)")
+    transport, json, stateless = mode
+    with stack(transport=transport, json=json, stateless=stateless) as s:
+        async with connect(s.url, transport) as c:
+            err, text, _ = await c.call("ask_roots")
+            assert (err, text) == (False, ROOT_URI)
