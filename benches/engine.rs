@@ -167,70 +167,44 @@ fn main() {
         None,
         EngineOptions::default(),
     );
-    let args = Value::Null;
-    let n = if quick { 200_000 } else { 2_000_000 };
-    let start = Instant::now();
-    for i in 0..n {
-        black_box(counters.decide(
-            &Call {
-                tool: "t",
-                args: &args,
-                grant: "one",
-                session: None,
-            },
-            i,
-        ));
-    }
-    let one_key = n as f64 / start.elapsed().as_secs_f64();
-    row(
-        "counter throughput, 1 thread, 1 key",
-        format!("{:.1} M/s", one_key / 1e6),
-        "-",
-        None,
-    );
+    let n: u64 = if quick { 200_000 } else { 2_000_000 };
     let keys: Vec<String> = (0..5000).map(|i| format!("{i:064x}")).collect();
-    let start = Instant::now();
-    for i in 0..n {
-        let grant = &keys[(i % 5000) as usize];
-        black_box(counters.decide(
-            &Call {
-                tool: "t",
-                args: &args,
-                grant,
-                session: None,
-            },
-            i,
-        ));
-    }
-    let many = n as f64 / start.elapsed().as_secs_f64();
-    row(
-        "counter throughput, 1 thread, 5000 keys",
-        format!("{:.1} M/s", many / 1e6),
-        "-",
-        None,
-    );
-    let start = Instant::now();
-    std::thread::scope(|s| {
-        for _ in 0..2 {
-            s.spawn(|| {
-                for i in 0..n / 2 {
-                    black_box(counters.decide(
-                        &Call {
+    let one = vec!["one".to_string()];
+    let rate = |threads: u64, grants: &[String]| {
+        let args = Value::Null;
+        let start = Instant::now();
+        std::thread::scope(|s| {
+            for _ in 0..threads {
+                s.spawn(|| {
+                    for i in 0..n / threads {
+                        let call = Call {
                             tool: "t",
                             args: &args,
-                            grant: "one",
+                            grant: &grants[i as usize % grants.len()],
                             session: None,
-                        },
-                        i,
-                    ));
-                }
-            });
-        }
-    });
-    let contended = n as f64 / start.elapsed().as_secs_f64();
+                        };
+                        black_box(counters.decide(&call, i));
+                    }
+                });
+            }
+        });
+        format!("{:.1} M/s", n as f64 / start.elapsed().as_secs_f64() / 1e6)
+    };
+    row(
+        "counter throughput, 1 thread, 1 key",
+        rate(1, &one),
+        "-",
+        None,
+    );
+    row(
+        "counter throughput, 1 thread, 5000 keys",
+        rate(1, &keys),
+        "-",
+        None,
+    );
     row(
         "counter throughput, 2 threads, 1 shared key",
-        format!("{:.1} M/s", contended / 1e6),
+        rate(2, &one),
         "-",
         None,
     );

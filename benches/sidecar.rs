@@ -94,13 +94,7 @@ impl Sidecar {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        for _ in 0..200 {
-            if std::net::TcpStream::connect(addr).is_ok() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        let addr = wait_listening(port);
         Sidecar { child, addr }
     }
 
@@ -138,13 +132,7 @@ impl Sidecar {
         // Drain the log pipe as a container runtime would.
         let mut logs = child.stderr.take().expect("piped");
         std::thread::spawn(move || std::io::copy(&mut logs, &mut std::io::sink()));
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        for _ in 0..200 {
-            if std::net::TcpStream::connect(addr).is_ok() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        let addr = wait_listening(port);
         Sidecar { child, addr }
     }
 
@@ -161,6 +149,18 @@ impl Sidecar {
             .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
             .unwrap_or(0)
     }
+}
+
+/// Waits until something listens on the loopback port.
+fn wait_listening(port: u16) -> SocketAddr {
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    for _ in 0..200 {
+        if std::net::TcpStream::connect(addr).is_ok() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    addr
 }
 
 impl Drop for Sidecar {

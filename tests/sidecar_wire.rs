@@ -327,10 +327,20 @@ tools:
     assert_eq!(call("alice", 2).await["result"]["isError"], false);
     let limited = call("alice", 3).await;
     assert_eq!(limited["result"]["isError"], true);
-    assert_eq!(call("bob", 4).await["result"]["isError"], false, "another identity, another counter");
+    assert_eq!(
+        call("bob", 4).await["result"]["isError"],
+        false,
+        "another identity, another counter"
+    );
     // Wait as long as the denial says, then the window has moved on.
-    let wait = limited["result"]["_meta"]["dev.mcpwarden/decision"]["retryAfterSeconds"].as_u64().unwrap();
+    let wait = limited["result"]["_meta"]["dev.mcpwarden/decision"]["retryAfterSeconds"]
+        .as_u64()
+        .unwrap();
     assert!((1..=3).contains(&wait), "{wait}");
     tokio::time::sleep(Duration::from_secs(wait)).await;
-    assert_eq!(call("alice", 5).await["result"]["isError"], false, "the limit reset");
+    assert_eq!(
+        call("alice", 5).await["result"]["isError"],
+        false,
+        "the limit reset"
+    );
 }
