@@ -1,6 +1,7 @@
 //! `mcp-warden check FILE…`: validates policy files and McpPolicy manifests offline, and with
 //! `--explain` shows what a policy would decide for one call and why.
 
+use crate::crd;
 use crate::engine::{Call, Engine, EngineOptions, Outcome};
 use crate::policy::{self, source, Flavor, Policy, PolicyErrors};
 use serde_json::Value;
@@ -77,20 +78,33 @@ pub fn check_document(doc: &Value) -> DocResult {
         .and_then(Value::as_str)
         .unwrap_or("default");
     let label = format!("{ns}/{}", name.unwrap_or("?"));
-    match doc.get("spec") {
-        None => errs.push(field("spec", "required field is missing".into())),
+    let compiled = match doc.get("spec") {
+        None => {
+            errs.push(field("spec", "required field is missing".into()));
+            None
+        }
         Some(spec) => match policy::compile(spec, Flavor::Spec, "spec") {
-            Ok(p) if errs.is_empty() => {
-                return DocResult::Policy {
-                    label,
-                    policy: Box::new(p),
-                }
+            Ok(p) => Some(p),
+            Err(PolicyErrors(e)) => {
+                errs.extend(e);
+                None
             }
-            Ok(_) => {}
-            Err(PolicyErrors(e)) => errs.extend(e),
         },
+    };
+    // The CRD's CEL rules, as the API server would apply them; the compiler reports most of the
+    // same problems, so only what it did not say at that path is added.
+    for e in crd::cel_errors(doc) {
+        if !errs.iter().any(|have| have.path == e.path) {
+            errs.push(e);
+        }
     }
-    DocResult::Invalid(PolicyErrors(errs))
+    match compiled {
+        Some(p) if errs.is_empty() => DocResult::Policy {
+            label,
+            policy: Box::new(p),
+        },
+        _ => DocResult::Invalid(PolicyErrors(errs)),
+    }
 }
 
 /// Checks every file, writing a report to `out`. Returns whether everything was valid.
@@ -257,6 +271,27 @@ mod tests {
             panic!()
         };
         assert_eq!(e.0[0].path, "apiVersion");
+    }
+
+    #[test]
+    fn the_crds_cel_rules_are_applied_to_manifests() {
+        // A selector requirement the compiler accepts loosely but the API server refuses.
+        let doc = json!({"apiVersion": API_VERSION, "kind": KIND, "metadata": {"name": "p"},
+                         "spec": {"podSelector": {"matchExpressions": [{"key": "a", "operator": "Exists", "values": ["x"]}]},
+                                  "upstream": {"port": 1}, "tools": {"bad name": {}}}});
+        let DocResult::Invalid(e) = check_document(&doc) else {
+            panic!()
+        };
+        let paths: Vec<&str> = e.0.iter().map(|e| e.path.as_str()).collect();
+        assert!(
+            paths.contains(&"spec.podSelector.matchExpressions[0].values"),
+            "{paths:?}"
+        );
+        assert!(
+            e.0.iter()
+                .any(|e| e.message.contains("tool names are 1 to 128 characters")),
+            "{e}"
+        );
     }
 
     #[test]

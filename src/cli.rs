@@ -27,6 +27,8 @@ pub enum Command {
     Sidecar(SidecarArgs),
     /// Show the main job with no cluster: a sample MCP server behind the sidecar, driven by a script.
     Demo(DemoArgs),
+    /// Print the McpPolicy CustomResourceDefinition (YAML), generated from the Rust types.
+    Crd,
 }
 
 #[derive(Debug, Args)]

@@ -20,6 +20,10 @@ fn main() -> ExitCode {
         Command::Check(a) => cli::run_check(a),
         Command::Sidecar(a) => cli::run_sidecar(a),
         Command::Demo(a) => cli::run_demo(a),
+        Command::Crd => {
+            print!("{}", mcp_warden::crd::crd_yaml());
+            Ok(true)
+        }
     };
     logging::flush();
     match result {
