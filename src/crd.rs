@@ -17,6 +17,8 @@ use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 
 /// Where a policy applies, and the policy itself.
+// Each printcolumn(...) repeats `type_ =`; clippy reads that as one attribute given twice.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "mcpwarden.dev",
