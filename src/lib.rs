@@ -19,3 +19,4 @@ pub mod mcp;
 pub mod metrics;
 pub mod policy;
 pub mod sidecar;
+pub mod webhook;

@@ -1,0 +1,407 @@
+use super::inject::*;
+use crate::crd::McpPolicy;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Container, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use serde_json::{json, Value};
+
+fn fixture_pod(file: &str) -> Pod {
+    let path = format!(
+        "{}/tests/fixtures/deployments/{file}",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let d: Deployment = serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let template = d.spec.unwrap().template;
+    let mut meta = template.metadata.unwrap_or_default();
+    meta.namespace = d.metadata.namespace;
+    Pod {
+        metadata: meta,
+        spec: template.spec,
+        status: None,
+    }
+}
+
+fn policy(ns: &str, name: &str, labels: Value, created_secs: i64) -> McpPolicy {
+    let mut p: McpPolicy = serde_json::from_value(json!({
+        "apiVersion": "mcpwarden.dev/v1alpha1", "kind": "McpPolicy",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {"podSelector": {"matchLabels": labels}, "upstream": {"port": 8888, "path": "/mcp"}, "default": "deny"}
+    }))
+    .unwrap();
+    let t = chrono_time(created_secs);
+    p.metadata.creation_timestamp = Some(t);
+    p
+}
+
+fn chrono_time(secs: i64) -> Time {
+    serde_json::from_value(json!(format!(
+        "2026-01-01T00:{:02}:{:02}Z",
+        secs / 60,
+        secs % 60
+    )))
+    .unwrap()
+}
+
+fn cfg() -> InjectConfig {
+    InjectConfig::new("ghcr.io/mcp-warden/mcp-warden:0.1.0", "0.1.0")
+}
+
+/// Applies the mutation's patch and returns the patched pod.
+fn injected(pod: &Pod, m: &Mutation) -> Pod {
+    let Mutation::Inject { patch, .. } = m else {
+        panic!("expected an injection, got {m:?}")
+    };
+    let mut v = serde_json::to_value(pod).unwrap();
+    json_patch::patch(&mut v, patch).unwrap();
+    serde_json::from_value(v).unwrap()
+}
+
+fn container<'a>(pod: &'a Pod, name: &str) -> &'a Container {
+    let s = pod.spec.as_ref().unwrap();
+    s.containers
+        .iter()
+        .chain(s.init_containers.iter().flatten())
+        .find(|c| c.name == name)
+        .unwrap()
+}
+
+#[test]
+fn a_selected_pod_gets_the_sidecar_and_its_mcp_port() {
+    let pod = fixture_pod("jupyter-mcp.yaml");
+    let m = mutate(
+        &pod,
+        &[policy(
+            "notebooks",
+            "jupyter",
+            json!({"app": "jupyter-mcp"}),
+            0,
+        )],
+        &cfg(),
+    );
+    let out = injected(&pod, &m);
+    let Mutation::Inject { policy, .. } = &m else {
+        unreachable!()
+    };
+    assert_eq!(policy, "notebooks/jupyter");
+
+    let app = container(&out, "jupyter-mcp");
+    let app_ports: Vec<&str> = app
+        .ports
+        .iter()
+        .flatten()
+        .filter_map(|p| p.name.as_deref())
+        .collect();
+    assert_eq!(
+        app_ports,
+        vec!["metrics"],
+        "the mcp port moved away from the app"
+    );
+    assert_eq!(
+        app.readiness_probe
+            .as_ref()
+            .unwrap()
+            .http_get
+            .as_ref()
+            .unwrap()
+            .port,
+        IntOrString::Int(8888)
+    );
+    assert_eq!(
+        app.liveness_probe
+            .as_ref()
+            .unwrap()
+            .tcp_socket
+            .as_ref()
+            .unwrap()
+            .port,
+        IntOrString::Int(8888)
+    );
+
+    let side = container(&out, CONTAINER);
+    assert_eq!(
+        out.spec.as_ref().unwrap().containers.last().unwrap().name,
+        CONTAINER,
+        "a regular container by default"
+    );
+    let ports: Vec<(Option<&str>, i32)> = side
+        .ports
+        .iter()
+        .flatten()
+        .map(|p| (p.name.as_deref(), p.container_port))
+        .collect();
+    assert_eq!(
+        ports,
+        vec![(Some("mcp"), 9480), (Some("mcp-warden-adm"), 9481)]
+    );
+    let args = side.args.clone().unwrap();
+    assert_eq!(
+        args,
+        [
+            "sidecar",
+            "--policy",
+            "/etc/mcp-warden/policy.json",
+            "--upstream",
+            "http://127.0.0.1:8888/mcp",
+            "--listen",
+            "0.0.0.0:9480",
+            "--admin-listen",
+            "0.0.0.0:9481"
+        ]
+    );
+    assert_eq!(
+        side.readiness_probe
+            .as_ref()
+            .unwrap()
+            .http_get
+            .as_ref()
+            .unwrap()
+            .path
+            .as_deref(),
+        Some("/readyz")
+    );
+    assert_eq!(
+        side.liveness_probe
+            .as_ref()
+            .unwrap()
+            .http_get
+            .as_ref()
+            .unwrap()
+            .path
+            .as_deref(),
+        Some("/livez")
+    );
+    let mount = &side.volume_mounts.as_ref().unwrap()[0];
+    assert_eq!(
+        (mount.mount_path.as_str(), mount.read_only),
+        (MOUNT_PATH, Some(true))
+    );
+
+    let vol = out
+        .spec
+        .as_ref()
+        .unwrap()
+        .volumes
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|v| v.name == VOLUME)
+        .unwrap();
+    let cm = vol.config_map.as_ref().unwrap();
+    assert_eq!(
+        (cm.name.as_str(), cm.optional),
+        ("jupyter-mcp-warden", Some(true))
+    );
+
+    let ann = out.metadata.annotations.as_ref().unwrap();
+    assert_eq!(ann[POLICY_ANNOTATION], "notebooks/jupyter");
+    assert_eq!(ann[VERSION_ANNOTATION], "0.1.0");
+    assert_eq!(ann["prometheus.io/port"], "9481");
+}
+
+#[test]
+fn the_sidecar_passes_podsecurity_restricted() {
+    let pod = fixture_pod("mcp-python-interpreter.yaml");
+    let m = mutate(
+        &pod,
+        &[policy(
+            "sandbox",
+            "interp",
+            json!({"app": "python-interpreter"}),
+            0,
+        )],
+        &cfg(),
+    );
+    let sc = container(&injected(&pod, &m), CONTAINER)
+        .security_context
+        .clone()
+        .unwrap();
+    assert_eq!(sc.run_as_non_root, Some(true));
+    assert!(sc.run_as_user.is_some_and(|u| u > 0));
+    assert_eq!(sc.allow_privilege_escalation, Some(false));
+    assert_eq!(sc.read_only_root_filesystem, Some(true));
+    assert_eq!(sc.capabilities.unwrap().drop, Some(vec!["ALL".to_string()]));
+    assert_eq!(sc.seccomp_profile.unwrap().type_, "RuntimeDefault");
+}
+
+#[test]
+fn injection_is_idempotent() {
+    let pod = fixture_pod("mcp-python-interpreter.yaml");
+    let policies = [policy(
+        "sandbox",
+        "interp",
+        json!({"app": "python-interpreter"}),
+        0,
+    )];
+    let once = injected(&pod, &mutate(&pod, &policies, &cfg()));
+    assert_eq!(
+        mutate(&once, &policies, &cfg()),
+        Mutation::Skip("the sidecar is already injected".into())
+    );
+}
+
+#[test]
+fn native_sidecars_are_init_containers_that_keep_running() {
+    let pod = fixture_pod("claude-code-notebook-mcp.yaml");
+    let mut c = cfg();
+    c.native_sidecar = true;
+    let m = mutate(
+        &pod,
+        &[policy("notebooks", "nb", json!({"tier": "tools"}), 0)],
+        &c,
+    );
+    let out = injected(&pod, &m);
+    let spec = out.spec.as_ref().unwrap();
+    assert!(spec.containers.iter().all(|c| c.name != CONTAINER));
+    let init: Vec<&str> = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .map(|c| c.name.as_str())
+        .collect();
+    assert_eq!(
+        init,
+        vec!["fetch-notebooks", CONTAINER],
+        "after the pod's own init containers"
+    );
+    assert_eq!(
+        container(&out, CONTAINER).restart_policy.as_deref(),
+        Some("Always")
+    );
+    // Numeric probes are left as they were; the app's own scrape port is kept.
+    let probe = container(&out, "notebook-mcp")
+        .startup_probe
+        .clone()
+        .unwrap();
+    assert_eq!(probe.http_get.unwrap().port, IntOrString::Int(3000));
+    assert_eq!(
+        out.metadata.annotations.as_ref().unwrap()["prometheus.io/port"],
+        "9100"
+    );
+}
+
+#[test]
+fn opted_out_and_unselected_pods_are_skipped() {
+    let mut pod = fixture_pod("jupyter-mcp.yaml");
+    let policies = [policy(
+        "notebooks",
+        "jupyter",
+        json!({"app": "jupyter-mcp"}),
+        0,
+    )];
+    pod.metadata
+        .labels
+        .as_mut()
+        .unwrap()
+        .insert(INJECT_LABEL.into(), "false".into());
+    assert!(
+        matches!(mutate(&pod, &policies, &cfg()), Mutation::Skip(r) if r.contains("inject=false"))
+    );
+    let other = fixture_pod("mcp-python-interpreter.yaml");
+    assert!(
+        matches!(mutate(&other, &policies, &cfg()), Mutation::Skip(r) if r.contains("no McpPolicy"))
+    );
+    // A policy of another namespace never applies.
+    let elsewhere = [policy("other-ns", "p", json!({"app": "jupyter-mcp"}), 0)];
+    assert!(matches!(
+        mutate(&fixture_pod("jupyter-mcp.yaml"), &elsewhere, &cfg()),
+        Mutation::Skip(_)
+    ));
+}
+
+#[test]
+fn of_two_matching_policies_the_oldest_wins() {
+    let pod = fixture_pod("claude-code-notebook-mcp.yaml");
+    let newer = policy("notebooks", "a-newer", json!({"app": "notebook-mcp"}), 30);
+    let older = policy("notebooks", "z-older", json!({"tier": "tools"}), 10);
+    for order in [
+        vec![newer.clone(), older.clone()],
+        vec![older.clone(), newer.clone()],
+    ] {
+        let Mutation::Inject { policy, .. } = mutate(&pod, &order, &cfg()) else {
+            panic!()
+        };
+        assert_eq!(policy, "notebooks/z-older");
+    }
+    let mut deleting = older.clone();
+    deleting.metadata.deletion_timestamp = Some(chrono_time(50));
+    let Mutation::Inject { policy, .. } = mutate(&pod, &[deleting, newer], &cfg()) else {
+        panic!()
+    };
+    assert_eq!(
+        policy, "notebooks/a-newer",
+        "a policy being deleted no longer injects"
+    );
+}
+
+#[test]
+fn a_selected_pod_without_an_mcp_port_is_refused_with_the_fix() {
+    let mut pod = fixture_pod("mcp-python-interpreter.yaml");
+    pod.spec.as_mut().unwrap().containers[0]
+        .ports
+        .as_mut()
+        .unwrap()[0]
+        .name = Some("http".into());
+    let m = mutate(
+        &pod,
+        &[policy(
+            "sandbox",
+            "interp",
+            json!({"app": "python-interpreter"}),
+            0,
+        )],
+        &cfg(),
+    );
+    let Mutation::Refuse(msg) = m else {
+        panic!("{m:?}")
+    };
+    assert!(
+        msg.contains("sandbox/interp")
+            && msg.contains("named \"mcp\"")
+            && msg.contains("targetPort: mcp"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn selectors_follow_kubernetes_semantics() {
+    use crate::crd::PodSelector;
+    let labels: std::collections::BTreeMap<String, String> = [
+        ("app".to_string(), "a".to_string()),
+        ("tier".to_string(), "tools".to_string()),
+    ]
+    .into();
+    let sel = |v: Value| serde_json::from_value::<PodSelector>(v).unwrap();
+    assert!(
+        selector_matches(&sel(json!({})), &labels),
+        "empty matches all"
+    );
+    assert!(selector_matches(
+        &sel(json!({"matchLabels": {"app": "a"}})),
+        &labels
+    ));
+    assert!(!selector_matches(
+        &sel(json!({"matchLabels": {"app": "b"}})),
+        &labels
+    ));
+    let expr = |op: &str, values: Value| {
+        sel(json!({"matchExpressions": [{"key": "tier", "operator": op, "values": values}]}))
+    };
+    assert!(selector_matches(
+        &expr("In", json!(["tools", "x"])),
+        &labels
+    ));
+    assert!(!selector_matches(&expr("NotIn", json!(["tools"])), &labels));
+    assert!(selector_matches(
+        &sel(json!({"matchExpressions": [{"key": "tier", "operator": "Exists"}]})),
+        &labels
+    ));
+    assert!(selector_matches(
+        &sel(json!({"matchExpressions": [{"key": "zone", "operator": "DoesNotExist"}]})),
+        &labels
+    ));
+    assert!(selector_matches(
+        &sel(json!({"matchExpressions": [{"key": "zone", "operator": "NotIn", "values": ["a"]}]})),
+        &labels
+    ));
+}
