@@ -2,8 +2,10 @@
 //! decision is the pure [`inject::mutate`]; the HTTPS layer around it stays thin.
 
 pub mod inject;
+pub mod review;
 
 pub use inject::{mutate, InjectConfig, Mutation};
+pub use review::{review_pod, Outcome};
 
 #[cfg(test)]
 mod tests;

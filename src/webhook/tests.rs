@@ -405,3 +405,112 @@ fn selectors_follow_kubernetes_semantics() {
         &labels
     ));
 }
+
+mod reviews {
+    use super::*;
+    use crate::webhook::{review_pod, Outcome};
+    use base64::Engine as _;
+
+    fn fixture() -> Value {
+        let path = format!(
+            "{}/tests/fixtures/admission/pod-create.json",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    }
+
+    fn answer(review: &Value, policies: &[McpPolicy]) -> (Value, Outcome, bool) {
+        let (out, outcome, dry) =
+            review_pod(&serde_json::to_vec(review).unwrap(), policies, &cfg());
+        (serde_json::to_value(out).unwrap(), outcome, dry)
+    }
+
+    #[test]
+    fn a_pod_review_is_answered_with_a_json_patch_for_its_uid() {
+        let review = fixture();
+        let (resp, outcome, dry) = answer(
+            &review,
+            &[policy(
+                "notebooks",
+                "jupyter",
+                json!({"app": "jupyter-mcp"}),
+                0,
+            )],
+        );
+        assert_eq!(
+            outcome,
+            Outcome::Injected {
+                policy: "notebooks/jupyter".into()
+            }
+        );
+        assert!(!dry);
+        let r = &resp["response"];
+        assert_eq!(resp["apiVersion"], "admission.k8s.io/v1");
+        assert_eq!(r["uid"], review["request"]["uid"]);
+        assert_eq!(r["allowed"], true);
+        assert_eq!(r["patchType"], "JSONPatch");
+        // The patch, applied to the object the API server sent, injects the sidecar.
+        // Go's decoder takes []byte as base64 text or as an array of numbers; kube writes the latter.
+        let patch_json: Vec<u8> = match &r["patch"] {
+            Value::String(b64) => base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .unwrap(),
+            Value::Array(bytes) => bytes.iter().map(|b| b.as_u64().unwrap() as u8).collect(),
+            other => panic!("patch is {other}"),
+        };
+        let patch: json_patch::Patch = serde_json::from_slice(&patch_json).unwrap();
+        let mut obj = review["request"]["object"].clone();
+        json_patch::patch(&mut obj, &patch).unwrap();
+        let names: Vec<&str> = obj["spec"]["containers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|c| c["name"].as_str())
+            .collect();
+        assert_eq!(names, vec!["jupyter-mcp", CONTAINER]);
+        assert_eq!(
+            obj["spec"]["containers"][0]["readinessProbe"]["httpGet"]["port"],
+            8888
+        );
+        assert_eq!(
+            obj["metadata"]["annotations"][POLICY_ANNOTATION],
+            "notebooks/jupyter"
+        );
+    }
+
+    #[test]
+    fn skips_are_allowed_unchanged_and_refusals_denied_with_the_reason() {
+        let mut review = fixture();
+        let (resp, outcome, _) = answer(&review, &[]);
+        assert!(matches!(outcome, Outcome::Skipped { .. }));
+        assert_eq!(resp["response"]["allowed"], true);
+        assert!(resp["response"].get("patch").is_none());
+
+        review["request"]["object"]["spec"]["containers"][0]["ports"][0]["name"] = json!("http");
+        review["request"]["dryRun"] = json!(true);
+        let (resp, outcome, dry) = answer(
+            &review,
+            &[policy(
+                "notebooks",
+                "jupyter",
+                json!({"app": "jupyter-mcp"}),
+                0,
+            )],
+        );
+        assert!(matches!(outcome, Outcome::Refused { .. }));
+        assert!(dry, "dry runs are reported so no Event is recorded");
+        assert_eq!(resp["response"]["allowed"], false);
+        assert!(resp["response"]["status"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("named \"mcp\""));
+    }
+
+    #[test]
+    fn an_unreadable_review_is_an_error_not_a_silent_allow() {
+        let (out, outcome, _) = review_pod(b"{\"kind\": \"AdmissionReview\"", &[], &cfg());
+        assert_eq!(outcome.label(), "error");
+        let v = serde_json::to_value(out).unwrap();
+        assert_eq!(v["response"]["allowed"], false);
+    }
+}
