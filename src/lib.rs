@@ -11,6 +11,7 @@
 
 pub mod check;
 pub mod cli;
+pub mod controller;
 pub mod crd;
 pub mod demo;
 pub mod engine;

@@ -92,3 +92,39 @@ pub fn review_pod(
     };
     (response.into_review(), outcome, dry_run)
 }
+
+/// Answers an McpPolicy AdmissionReview (CREATE/UPDATE): refuses what the schema cannot express
+/// (a bad regex, an argument path that does not parse, a counter defined twice), every problem
+/// with its field path, using the same compile step as the sidecar.
+pub fn review_policy(body: &[u8]) -> AdmissionReview<DynamicObject> {
+    let req: AdmissionRequest<DynamicObject> =
+        match serde_json::from_slice::<AdmissionReview<DynamicObject>>(body)
+            .map_err(|e| e.to_string())
+            .and_then(|r| {
+                r.try_into()
+                    .map_err(|e: kube::core::admission::ConvertAdmissionReviewError| e.to_string())
+            }) {
+            Ok(r) => r,
+            Err(e) => {
+                return AdmissionResponse::invalid(format!("unreadable AdmissionReview: {e}"))
+                    .into_review()
+            }
+        };
+    let response = AdmissionResponse::from(&req);
+    let Some(obj) = req.object.as_ref() else {
+        // DELETE carries no object: nothing to validate.
+        return response.into_review();
+    };
+    let object = serde_json::to_value(obj).unwrap_or_default();
+    match crate::check::check_document(&object) {
+        crate::check::DocResult::Policy { .. } | crate::check::DocResult::Skipped { .. } => {
+            response.into_review()
+        }
+        crate::check::DocResult::Invalid(errs) => {
+            let lines: Vec<String> = errs.0.iter().map(ToString::to_string).collect();
+            response
+                .deny(format!("invalid McpPolicy: {}", lines.join("; ")))
+                .into_review()
+        }
+    }
+}

@@ -514,3 +514,51 @@ mod reviews {
         assert_eq!(v["response"]["allowed"], false);
     }
 }
+
+mod policy_reviews {
+    use super::*;
+    use crate::webhook::review::review_policy;
+
+    fn review(spec: Value) -> Value {
+        let body = json!({
+            "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+            "request": {
+                "uid": "u-1", "kind": {"group": "mcpwarden.dev", "version": "v1alpha1", "kind": "McpPolicy"},
+                "resource": {"group": "mcpwarden.dev", "version": "v1alpha1", "resource": "mcppolicies"},
+                "namespace": "ns", "operation": "CREATE", "userInfo": {"username": "alice"},
+                "object": {"apiVersion": "mcpwarden.dev/v1alpha1", "kind": "McpPolicy",
+                           "metadata": {"name": "p", "namespace": "ns"}, "spec": spec},
+                "dryRun": false
+            }
+        });
+        serde_json::to_value(review_policy(&serde_json::to_vec(&body).unwrap())).unwrap()
+    }
+
+    #[test]
+    fn a_valid_policy_is_allowed() {
+        let r = review(json!({"podSelector": {}, "upstream": {"port": 8888}, "tools": {"a": {}}}));
+        assert_eq!(r["response"]["allowed"], true, "{r}");
+        assert_eq!(r["response"]["uid"], "u-1");
+    }
+
+    #[test]
+    fn what_the_schema_cannot_express_is_refused_with_field_paths() {
+        let r = review(
+            json!({"podSelector": {}, "upstream": {"port": 8888}, "tools": {
+                "a": {"denyIf": [{"conditions": [{"path": "args.x", "op": "regex", "value": "(unclosed"}]}]},
+                "b": {"require": [{"path": "args..x", "op": "exists"}]},
+                "c": {"limits": [{"counter": "shared", "window": "minute", "max": 1}]},
+                "d": {"limits": [{"counter": "shared", "window": "hour", "max": 1}]}
+            }}),
+        );
+        assert_eq!(r["response"]["allowed"], false);
+        let msg = r["response"]["status"]["message"].as_str().unwrap();
+        for part in [
+            "spec.tools.a.denyIf[0].conditions[0].value: invalid regex",
+            "spec.tools.b.require[0].path:",
+            "spec.tools.d.limits[0]: counter \"shared\" is declared at spec.tools.c.limits[0]",
+        ] {
+            assert!(msg.contains(part), "missing {part:?} in {msg}");
+        }
+    }
+}

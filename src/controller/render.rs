@@ -1,0 +1,248 @@
+//! What the controller writes, as pure functions of what it read: the policy ConfigMap, the
+//! isolating NetworkPolicy, the status conditions, and the warnings about bypasses.
+
+use crate::crd::{render, McpPolicy, Rendered};
+use crate::webhook::inject::{configmap_name, selector_matches, CONTAINER, VERSION_ANNOTATION};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
+use k8s_openapi::api::networking::v1::{
+    NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPort, NetworkPolicySpec,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
+    Condition, LabelSelector, LabelSelectorRequirement, ObjectMeta, Time,
+};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::Resource;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// The key of the rendered policy in its ConfigMap.
+pub const POLICY_KEY: &str = "policy.json";
+/// Labels on everything the controller creates.
+pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "mcp-warden");
+pub const POLICY_LABEL: &str = "mcpwarden.dev/policy";
+
+/// Condition types and reasons.
+pub mod cond {
+    pub const READY: &str = "Ready";
+    pub const SERVICE_BYPASS: &str = "ServiceBypass";
+    pub const RENDERED: &str = "Rendered";
+    pub const INVALID_POLICY: &str = "InvalidPolicy";
+    pub const CONFLICT: &str = "Conflict";
+    pub const NO_BYPASS: &str = "NoBypass";
+    pub const BYPASS_FOUND: &str = "TargetsUpstreamPort";
+}
+
+fn labels(policy_name: &str) -> BTreeMap<String, String> {
+    [
+        (MANAGED_BY.0.to_string(), MANAGED_BY.1.to_string()),
+        (POLICY_LABEL.to_string(), policy_name.to_string()),
+    ]
+    .into()
+}
+
+fn owned_meta(policy: &McpPolicy, name: String) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name),
+        namespace: policy.metadata.namespace.clone(),
+        labels: Some(labels(policy.metadata.name.as_deref().unwrap_or_default())),
+        owner_references: policy.controller_owner_ref(&()).map(|r| vec![r]),
+        ..Default::default()
+    }
+}
+
+/// Renders the policy; the ConfigMap holding it is [`configmap`].
+pub fn rendered(policy: &McpPolicy) -> Result<Rendered, crate::policy::PolicyErrors> {
+    let ns = policy.metadata.namespace.as_deref().unwrap_or("default");
+    render(
+        ns,
+        policy.metadata.name.as_deref().unwrap_or_default(),
+        &policy.spec,
+    )
+}
+
+/// The ConfigMap `<name>-mcp-warden` sidecars mount, owned by the policy (so deleting the policy
+/// deletes it).
+pub fn configmap(policy: &McpPolicy, r: &Rendered) -> ConfigMap {
+    let name = configmap_name(policy.metadata.name.as_deref().unwrap_or_default());
+    ConfigMap {
+        metadata: owned_meta(policy, name),
+        data: Some(
+            [(
+                POLICY_KEY.to_string(),
+                String::from_utf8_lossy(&r.json).into_owned(),
+            )]
+            .into(),
+        ),
+        ..Default::default()
+    }
+}
+
+/// The NetworkPolicy for `isolation: NetworkPolicy`: the selected pods accept traffic on the
+/// sidecar's ports and every other port their containers declare, never on `upstream.port`
+/// (so nothing reaches the MCP server around the sidecar).
+pub fn network_policy(policy: &McpPolicy, pods: &[Pod], sidecar_ports: &[u16]) -> NetworkPolicy {
+    let upstream = i32::from(policy.spec.upstream.port);
+    let mut ports: BTreeSet<i32> = sidecar_ports.iter().map(|p| i32::from(*p)).collect();
+    for pod in pods {
+        for c in pod.spec.iter().flat_map(|s| {
+            s.containers
+                .iter()
+                .chain(s.init_containers.iter().flatten())
+        }) {
+            ports.extend(c.ports.iter().flatten().map(|p| p.container_port));
+        }
+    }
+    ports.remove(&upstream);
+    let sel = &policy.spec.pod_selector;
+    let pod_selector = LabelSelector {
+        match_labels: sel.match_labels.clone(),
+        match_expressions: sel.match_expressions.as_ref().map(|exprs| {
+            exprs
+                .iter()
+                .map(|e| LabelSelectorRequirement {
+                    key: e.key.clone(),
+                    operator: format!("{:?}", e.operator),
+                    values: e.values.clone(),
+                })
+                .collect()
+        }),
+    };
+    NetworkPolicy {
+        metadata: owned_meta(
+            policy,
+            configmap_name(policy.metadata.name.as_deref().unwrap_or_default()),
+        ),
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(pod_selector),
+            policy_types: Some(vec!["Ingress".into()]),
+            ingress: Some(vec![NetworkPolicyIngressRule {
+                from: None,
+                ports: Some(
+                    ports
+                        .into_iter()
+                        .map(|p| NetworkPolicyPort {
+                            port: Some(IntOrString::Int(p)),
+                            protocol: Some("TCP".into()),
+                            end_port: None,
+                        })
+                        .collect(),
+                ),
+            }]),
+            egress: None,
+        }),
+    }
+}
+
+/// Services that would reach the MCP server directly: they select a matched pod and send to the
+/// upstream port by number (a `targetPort: mcp` goes to the sidecar).
+pub fn bypassing_services(policy: &McpPolicy, services: &[Service], pods: &[Pod]) -> Vec<String> {
+    let upstream = i32::from(policy.spec.upstream.port);
+    let mut out: Vec<String> = services
+        .iter()
+        .filter(|svc| {
+            let Some(spec) = &svc.spec else { return false };
+            let Some(sel) = spec.selector.as_ref().filter(|s| !s.is_empty()) else {
+                return false;
+            };
+            let selects = pods.iter().any(|p| {
+                let labels = p.metadata.labels.clone().unwrap_or_default();
+                sel.iter().all(|(k, v)| labels.get(k) == Some(v))
+            });
+            selects
+                && spec
+                    .ports
+                    .iter()
+                    .flatten()
+                    .any(|port| match &port.target_port {
+                        Some(IntOrString::Int(n)) => *n == upstream,
+                        Some(IntOrString::String(_)) => false,
+                        None => port.port == upstream,
+                    })
+        })
+        .filter_map(|svc| svc.metadata.name.clone())
+        .collect();
+    out.sort();
+    out
+}
+
+/// Pods the policy's selector matches, and how many of those run the sidecar, and how many run
+/// one older than `version`.
+pub fn pod_counts(policy: &McpPolicy, pods: &[Pod], version: &str) -> (i32, i32, i32) {
+    let matched: Vec<&Pod> = pods
+        .iter()
+        .filter(|p| {
+            selector_matches(
+                &policy.spec.pod_selector,
+                &p.metadata.labels.clone().unwrap_or_default(),
+            )
+        })
+        .collect();
+    let injected: Vec<&&Pod> = matched
+        .iter()
+        .filter(|p| {
+            p.spec.as_ref().is_some_and(|s| {
+                s.containers
+                    .iter()
+                    .chain(s.init_containers.iter().flatten())
+                    .any(|c| c.name == CONTAINER)
+            })
+        })
+        .collect();
+    let outdated = injected
+        .iter()
+        .filter(|p| {
+            let v = p
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(VERSION_ANNOTATION));
+            v.is_none_or(|v| older(v, version))
+        })
+        .count();
+    (matched.len() as i32, injected.len() as i32, outdated as i32)
+}
+
+/// Whether dotted version `a` is older than `b` (numeric components; anything after `-` ignored).
+pub fn older(a: &str, b: &str) -> bool {
+    let parts = |v: &str| -> Vec<u64> {
+        v.split('-')
+            .next()
+            .unwrap_or("")
+            .split('.')
+            .map(|x| x.parse().unwrap_or(0))
+            .collect()
+    };
+    parts(a) < parts(b)
+}
+
+/// Sets a condition: `lastTransitionTime` moves only when the status changes; reason, message
+/// and observedGeneration always follow the latest observation.
+pub fn set_condition(
+    conditions: &mut Vec<Condition>,
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+    now: Time,
+) {
+    let status = if status { "True" } else { "False" }.to_string();
+    match conditions.iter_mut().find(|c| c.type_ == type_) {
+        Some(c) => {
+            if c.status != status {
+                c.last_transition_time = now;
+            }
+            c.status = status;
+            c.reason = reason.into();
+            c.message = message;
+            c.observed_generation = generation;
+        }
+        None => conditions.push(Condition {
+            type_: type_.into(),
+            status,
+            reason: reason.into(),
+            message,
+            observed_generation: generation,
+            last_transition_time: now,
+        }),
+    }
+}

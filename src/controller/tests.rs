@@ -1,0 +1,217 @@
+use super::render::*;
+use crate::crd::McpPolicy;
+use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use serde_json::{json, Value};
+
+fn policy(spec_extra: Value) -> McpPolicy {
+    let mut spec = json!({"podSelector": {"matchLabels": {"app": "jupyter-mcp"}}, "upstream": {"port": 8888}, "default": "deny",
+                          "tools": {"run_cell": {}}});
+    if let (Some(s), Value::Object(extra)) = (spec.as_object_mut(), spec_extra) {
+        s.extend(extra);
+    }
+    serde_json::from_value(json!({"apiVersion": "mcpwarden.dev/v1alpha1", "kind": "McpPolicy",
+        "metadata": {"name": "jupyter", "namespace": "notebooks", "uid": "11111111-2222-3333-4444-555555555555"},
+        "spec": spec}))
+    .unwrap()
+}
+
+fn pod(name: &str, labels: Value, containers: Value, annotations: Value) -> Pod {
+    serde_json::from_value(json!({"metadata": {"name": name, "namespace": "notebooks", "labels": labels, "annotations": annotations},
+                                  "spec": {"containers": containers}}))
+    .unwrap()
+}
+
+fn injected_pod(name: &str, version: &str) -> Pod {
+    pod(
+        name,
+        json!({"app": "jupyter-mcp"}),
+        json!([{"name": "jupyter-mcp", "ports": [{"name": "metrics", "containerPort": 9090}]},
+               {"name": "mcp-warden", "ports": [{"name": "mcp", "containerPort": 9480}, {"name": "mcp-warden-adm", "containerPort": 9481}]}]),
+        json!({"mcpwarden.dev/sidecar-version": version}),
+    )
+}
+
+fn time(s: &str) -> Time {
+    serde_json::from_value(json!(s)).unwrap()
+}
+
+#[test]
+fn the_configmap_holds_the_render_and_is_owned_by_the_policy() {
+    let p = policy(json!({}));
+    let r = rendered(&p).unwrap();
+    let cm = configmap(&p, &r);
+    assert_eq!(cm.metadata.name.as_deref(), Some("jupyter-mcp-warden"));
+    assert_eq!(cm.metadata.namespace.as_deref(), Some("notebooks"));
+    let owner = &cm.metadata.owner_references.as_ref().unwrap()[0];
+    assert_eq!(
+        (owner.kind.as_str(), owner.name.as_str(), owner.controller),
+        ("McpPolicy", "jupyter", Some(true))
+    );
+    assert_eq!(owner.uid, "11111111-2222-3333-4444-555555555555");
+    let data = &cm.data.as_ref().unwrap()[POLICY_KEY];
+    assert_eq!(data.as_bytes(), r.json.as_slice());
+    let doc: Value = serde_json::from_str(data).unwrap();
+    assert_eq!(doc["name"], "notebooks/jupyter");
+    assert_eq!(
+        cm.metadata.labels.as_ref().unwrap()[POLICY_LABEL],
+        "jupyter"
+    );
+}
+
+#[test]
+fn the_network_policy_admits_every_declared_port_but_the_upstream() {
+    let p = policy(json!({}));
+    let uninjected = pod(
+        "old",
+        json!({"app": "jupyter-mcp"}),
+        json!([{"name": "app", "ports": [{"name": "mcp", "containerPort": 8888}, {"containerPort": 7000}]}]),
+        json!({}),
+    );
+    let np = network_policy(&p, &[injected_pod("a", "0.1.0"), uninjected], &[9480, 9481]);
+    let spec = np.spec.unwrap();
+    let ports: Vec<Value> = spec.ingress.unwrap()[0]
+        .ports
+        .clone()
+        .unwrap()
+        .into_iter()
+        .map(|p| serde_json::to_value(p.port).unwrap())
+        .collect();
+    assert_eq!(
+        ports,
+        vec![json!(7000), json!(9090), json!(9480), json!(9481)],
+        "8888 is never admitted"
+    );
+    assert_eq!(spec.policy_types, Some(vec!["Ingress".to_string()]));
+    assert_eq!(
+        spec.pod_selector.unwrap().match_labels.unwrap()["app"],
+        "jupyter-mcp"
+    );
+    assert_eq!(np.metadata.owner_references.unwrap()[0].name, "jupyter");
+}
+
+#[test]
+fn services_targeting_the_upstream_port_are_reported() {
+    let p = policy(json!({}));
+    let svc = |name: &str, selector: Value, ports: Value| -> Service {
+        serde_json::from_value(
+            json!({"metadata": {"name": name}, "spec": {"selector": selector, "ports": ports}}),
+        )
+        .unwrap()
+    };
+    let services = [
+        svc(
+            "via-sidecar",
+            json!({"app": "jupyter-mcp"}),
+            json!([{"port": 80, "targetPort": "mcp"}]),
+        ),
+        svc(
+            "numeric",
+            json!({"app": "jupyter-mcp"}),
+            json!([{"port": 80, "targetPort": 8888}]),
+        ),
+        svc(
+            "implicit",
+            json!({"app": "jupyter-mcp"}),
+            json!([{"port": 8888}]),
+        ),
+        svc(
+            "other-pods",
+            json!({"app": "other"}),
+            json!([{"port": 80, "targetPort": 8888}]),
+        ),
+        svc("headless-no-selector", json!({}), json!([{"port": 8888}])),
+    ];
+    assert_eq!(
+        bypassing_services(&p, &services, &[injected_pod("a", "0.1.0")]),
+        vec!["implicit", "numeric"]
+    );
+}
+
+#[test]
+fn pods_are_counted_matched_injected_and_outdated() {
+    let p = policy(json!({}));
+    let plain = pod(
+        "plain",
+        json!({"app": "jupyter-mcp"}),
+        json!([{"name": "app"}]),
+        json!({}),
+    );
+    let unrelated = pod(
+        "x",
+        json!({"app": "other"}),
+        json!([{"name": "app"}]),
+        json!({}),
+    );
+    let pods = [
+        injected_pod("a", "0.1.0"),
+        injected_pod("b", "0.2.0"),
+        plain,
+        unrelated,
+    ];
+    assert_eq!(pod_counts(&p, &pods, "0.2.0"), (3, 2, 1));
+    assert!(older("0.9.1", "0.10.0") && !older("0.10.0", "0.9.1") && !older("1.2.3", "1.2.3"));
+    assert!(older("0.1.0-rc1", "0.2.0"));
+}
+
+#[test]
+fn last_transition_time_moves_only_when_the_status_changes() {
+    let mut conds: Vec<Condition> = Vec::new();
+    set_condition(
+        &mut conds,
+        cond::READY,
+        true,
+        cond::RENDERED,
+        "rendered".into(),
+        Some(1),
+        time("2026-01-01T00:00:00Z"),
+    );
+    set_condition(
+        &mut conds,
+        cond::READY,
+        true,
+        cond::RENDERED,
+        "rendered again".into(),
+        Some(2),
+        time("2026-01-01T00:05:00Z"),
+    );
+    assert_eq!(conds.len(), 1);
+    assert_eq!(conds[0].last_transition_time, time("2026-01-01T00:00:00Z"));
+    assert_eq!(
+        (conds[0].message.as_str(), conds[0].observed_generation),
+        ("rendered again", Some(2))
+    );
+    set_condition(
+        &mut conds,
+        cond::READY,
+        false,
+        cond::INVALID_POLICY,
+        "bad regex".into(),
+        Some(3),
+        time("2026-01-01T00:09:00Z"),
+    );
+    assert_eq!(conds[0].last_transition_time, time("2026-01-01T00:09:00Z"));
+    assert_eq!(
+        (conds[0].status.as_str(), conds[0].reason.as_str()),
+        ("False", cond::INVALID_POLICY)
+    );
+    set_condition(
+        &mut conds,
+        cond::SERVICE_BYPASS,
+        false,
+        cond::NO_BYPASS,
+        String::new(),
+        Some(3),
+        time("2026-01-01T00:09:00Z"),
+    );
+    assert_eq!(conds.len(), 2);
+}
+
+#[test]
+fn an_invalid_policy_does_not_render() {
+    let p = policy(
+        json!({"tools": {"a": {"denyIf": [{"conditions": [{"path": "args.x", "op": "regex", "value": "("}]}]}}}),
+    );
+    let e = rendered(&p).unwrap_err();
+    assert_eq!(e.0[0].path, "spec.tools.a.denyIf[0].conditions[0].value");
+}
