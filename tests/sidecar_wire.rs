@@ -48,6 +48,7 @@ async fn what_cannot_be_read_with_certainty_is_refused_and_never_forwarded() {
         ("name not a string", vec![json_ct], r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":["run_cell"]}}"#.into(), 400, -32602),
         ("Mcp-Method disagrees", vec![json_ct, ("mcp-method", "tools/list")], call_v26(1, "run_cell", json!({}), json!({})), 400, -32020),
         ("Mcp-Name disagrees", vec![json_ct, ("mcp-method", "tools/call"), ("mcp-name", "notebook_read")], call_v26(1, "clear_session", json!({}), json!({})), 400, -32020),
+        ("routing headers on a batch", vec![json_ct, ("mcp-method", "tools/call")], format!("[{}]", call_v26(1, "notebook_read", json!({}), json!({}))), 400, -32020),
         ("batch under 2025-06-18", vec![json_ct, ("mcp-protocol-version", "2025-06-18")], format!("[{}]", call_v26(1, "run_cell", json!({}), json!({}))), 400, -32600),
     ];
     for (what, headers, body, status, code) in cases {

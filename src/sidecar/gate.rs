@@ -103,8 +103,18 @@ pub(super) fn decide_body(
             ));
         }
     }
-    if let Body::Single(m) = &body {
-        check_routing_headers(h, m)?;
+    match &body {
+        Body::Single(m) => check_routing_headers(h, m)?,
+        // One header cannot describe several messages: a server routing on it would act on a
+        // message the sidecar did not decide.
+        Body::Batch(_) if h.contains_key("mcp-method") || h.contains_key("mcp-name") => {
+            return Err(Refusal::new(
+                StatusCode::BAD_REQUEST,
+                code::HEADER_MISMATCH,
+                "Mcp-Method and Mcp-Name headers cannot describe a batch",
+            ))
+        }
+        Body::Batch(_) => {}
     }
     let engine = &policy.engine;
     let pol = engine.policy();

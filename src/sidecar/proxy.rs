@@ -92,7 +92,8 @@ async fn gate(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
         .unwrap_or(st.cfg.max_body_bytes)
-        .clamp(1, st.cfg.max_body_bytes) as u32;
+        .clamp(1, st.cfg.max_body_bytes)
+        .min(u32::MAX as usize) as u32;
     let Ok(_permit) = st.budget.try_acquire_many(want) else {
         return refusal(&Refusal::new(
             StatusCode::SERVICE_UNAVAILABLE,
