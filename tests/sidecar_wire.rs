@@ -345,3 +345,43 @@ tools:
         "the limit reset"
     );
 }
+
+#[tokio::test]
+async fn the_get_stream_forwards_last_event_id_and_rewrites_host() {
+    let up = upstream(true, false).await;
+    let sc = sidecar(&up, POLICY).await;
+    // Open a session, then resume its GET stream from an event id.
+    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}}});
+    let raw = post(&sc.url(), &[], &init.to_string()).await;
+    let session = raw.1["mcp-session-id"].to_str().unwrap().to_owned();
+    let stream = tokio::net::TcpStream::connect(sc.addr).await.unwrap();
+    let (mut send, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::get("/mcp")
+        .header("host", "agents.example.com")
+        .header("accept", "text/event-stream")
+        .header("mcp-session-id", &session)
+        .header("mcp-protocol-version", "2025-06-18")
+        .header("last-event-id", "0/7")
+        .body(http_body_util::Empty::<Bytes>::new())
+        .unwrap();
+    let _resp = tokio::time::timeout(Duration::from_secs(10), send.send_request(req))
+        .await
+        .unwrap()
+        .unwrap();
+    let seen = up.last_headers.lock().unwrap().clone();
+    assert_eq!(
+        seen["last-event-id"], "0/7",
+        "Last-Event-ID reaches the server"
+    );
+    assert_eq!(seen["mcp-session-id"], session.as_str());
+    assert_eq!(
+        seen["host"],
+        up.addr.to_string().as_str(),
+        "Host is the upstream's authority"
+    );
+}

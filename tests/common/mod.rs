@@ -118,6 +118,8 @@ pub struct Upstream {
     pub server: Notebook,
     /// Every HTTP request the server received.
     pub requests: Arc<AtomicUsize>,
+    /// The headers of the last request the server received.
+    pub last_headers: Arc<std::sync::Mutex<http::HeaderMap>>,
 }
 
 impl Upstream {
@@ -146,7 +148,9 @@ pub async fn upstream(stateful: bool, json: bool) -> Upstream {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let requests = Arc::new(AtomicUsize::new(0));
+    let last_headers = Arc::new(std::sync::Mutex::new(http::HeaderMap::new()));
     let counted = requests.clone();
+    let seen = last_headers.clone();
     tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
@@ -154,9 +158,11 @@ pub async fn upstream(stateful: bool, json: bool) -> Upstream {
             };
             let svc = service.clone();
             let counted = counted.clone();
+            let seen = seen.clone();
             tokio::spawn(async move {
                 let svc = tower::service_fn(move |req: http::Request<hyper::body::Incoming>| {
                     counted.fetch_add(1, Ordering::SeqCst);
+                    *seen.lock().unwrap() = req.headers().clone();
                     let mut svc = svc.clone();
                     async move { tower::Service::call(&mut svc, req).await }
                 });
@@ -170,6 +176,7 @@ pub async fn upstream(stateful: bool, json: bool) -> Upstream {
         addr,
         server,
         requests,
+        last_headers,
     }
 }
 
