@@ -13,7 +13,6 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 
 /// Where a policy applies, and the policy itself.
@@ -406,10 +405,7 @@ pub fn render(namespace: &str, name: &str, spec: &McpPolicySpec) -> Result<Rende
     let v = serde_json::to_value(spec).unwrap_or(Value::Null);
     let doc = policy::normalize(&v, Flavor::Spec, Some(&format!("{namespace}/{name}")));
     let json = serde_json::to_vec_pretty(&doc).unwrap_or_default();
-    let hash = Sha256::digest(&json)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let hash = policy::sha256_hex(&json);
     Ok(Rendered {
         json,
         hash,

@@ -243,7 +243,7 @@ fn render_produces_the_policy_file_the_sidecar_loads() {
         "Blocked by default. Requires approval."
     );
     assert_eq!(r.tool_count, 2);
-    assert_eq!(r.hash, crate::sidecar::sha256_hex(&r.json));
+    assert_eq!(r.hash, crate::policy::sha256_hex(&r.json));
     // The sidecar's strict parser accepts it, and decides the same way.
     let p = crate::policy::load_str(std::str::from_utf8(&r.json).unwrap()).unwrap();
     assert_eq!(p.name.as_deref(), Some("ml/interpreter"));

@@ -27,6 +27,19 @@ use std::collections::HashMap;
 use std::num::NonZeroU32;
 use window::Window;
 
+/// SHA-256 as lower-case hex: the policy hash (`policyHash`, `policy_info{hash}`), and how
+/// tokens and arguments appear in audit lines.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(64);
+    for b in Sha256::digest(bytes) {
+        s.push(HEX[usize::from(b >> 4)] as char);
+        s.push(HEX[usize::from(b & 15)] as char);
+    }
+    s
+}
+
 /// Bounds on a policy's size. The CRD schema uses the same numbers, so the API server and the
 /// compiler refuse the same documents.
 pub mod bounds {

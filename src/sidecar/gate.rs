@@ -1,10 +1,11 @@
 //! The gate: what is read from a gated request and decided before anything is forwarded.
 
 use super::audit;
-use super::reload::{sha256_hex, LoadedPolicy};
+use super::reload::LoadedPolicy;
 use super::State;
 use crate::engine::{monotonic_now, Call, Outcome};
 use crate::mcp::{self, code, Body, Kind, Refusal};
+use crate::policy::sha256_hex;
 use crate::policy::Identity;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::StatusCode;

@@ -10,7 +10,8 @@ mod legacy;
 mod proxy;
 mod reload;
 
-pub use reload::{load_policy, sha256_hex, LoadedPolicy};
+pub use crate::policy::sha256_hex;
+pub use reload::{load_policy, LoadedPolicy};
 
 use crate::engine::EngineOptions;
 use crate::metrics::SidecarMetrics;

@@ -8,8 +8,7 @@
 
 use super::State;
 use crate::engine::{Engine, EngineOptions};
-use crate::policy;
-use sha2::{Digest, Sha256};
+use crate::policy::{self, sha256_hex};
 use std::path::Path;
 use std::sync::Arc;
 use tokio::sync::watch;
@@ -21,17 +20,6 @@ pub struct LoadedPolicy {
     pub label: String,
     /// SHA-256 (hex) of the file's bytes, as the controller computes `policyHash`.
     pub hash: String,
-}
-
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let digest = Sha256::digest(bytes);
-    let mut s = String::with_capacity(64);
-    for b in digest {
-        s.push(HEX[usize::from(b >> 4)] as char);
-        s.push(HEX[usize::from(b & 15)] as char);
-    }
-    s
 }
 
 /// Reads and compiles the policy at `path`, keeping counters of `previous` where they match.

@@ -37,32 +37,32 @@ impl Outcome {
     }
 }
 
+/// The request of an AdmissionReview body, or why there is none.
+fn read_request<T>(body: &[u8]) -> Result<AdmissionRequest<T>, String>
+where
+    T: kube::Resource + serde::de::DeserializeOwned,
+{
+    let review: AdmissionReview<T> =
+        serde_json::from_slice(body).map_err(|e| format!("unreadable AdmissionReview: {e}"))?;
+    review
+        .try_into()
+        .map_err(|e| format!("AdmissionReview without a request: {e}"))
+}
+
 /// Answers a pod AdmissionReview. `dry_run` tells the caller not to record Events.
 pub fn review_pod(
     body: &[u8],
     policies: &[McpPolicy],
     cfg: &InjectConfig,
 ) -> (AdmissionReview<DynamicObject>, Outcome, bool) {
-    let review: AdmissionReview<Pod> = match serde_json::from_slice(body) {
+    let req: AdmissionRequest<Pod> = match read_request(body) {
         Ok(r) => r,
-        Err(e) => {
-            let reason = format!("unreadable AdmissionReview: {e}");
+        Err(reason) => {
             return (
                 AdmissionResponse::invalid(&reason).into_review(),
                 Outcome::Error { reason },
                 false,
-            );
-        }
-    };
-    let req: AdmissionRequest<Pod> = match review.try_into() {
-        Ok(r) => r,
-        Err(e) => {
-            let reason = format!("AdmissionReview without a request: {e}");
-            return (
-                AdmissionResponse::invalid(&reason).into_review(),
-                Outcome::Error { reason },
-                false,
-            );
+            )
         }
     };
     let dry_run = req.dry_run;
@@ -97,19 +97,10 @@ pub fn review_pod(
 /// (a bad regex, an argument path that does not parse, a counter defined twice), every problem
 /// with its field path, using the same compile step as the sidecar.
 pub fn review_policy(body: &[u8]) -> AdmissionReview<DynamicObject> {
-    let req: AdmissionRequest<DynamicObject> =
-        match serde_json::from_slice::<AdmissionReview<DynamicObject>>(body)
-            .map_err(|e| e.to_string())
-            .and_then(|r| {
-                r.try_into()
-                    .map_err(|e: kube::core::admission::ConvertAdmissionReviewError| e.to_string())
-            }) {
-            Ok(r) => r,
-            Err(e) => {
-                return AdmissionResponse::invalid(format!("unreadable AdmissionReview: {e}"))
-                    .into_review()
-            }
-        };
+    let req: AdmissionRequest<DynamicObject> = match read_request(body) {
+        Ok(r) => r,
+        Err(reason) => return AdmissionResponse::invalid(reason).into_review(),
+    };
     let response = AdmissionResponse::from(&req);
     let Some(obj) = req.object.as_ref() else {
         // DELETE carries no object: nothing to validate.

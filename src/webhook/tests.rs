@@ -47,6 +47,19 @@ fn cfg() -> InjectConfig {
     InjectConfig::new("ghcr.io/mcp-warden/mcp-warden:0.1.0", "0.1.0")
 }
 
+/// Mutates a fixture's pod with one policy selecting `labels`; returns the pod and the answer.
+fn mutate_fixture(
+    file: &str,
+    ns: &str,
+    name: &str,
+    labels: Value,
+    cfg: &InjectConfig,
+) -> (Pod, Mutation) {
+    let pod = fixture_pod(file);
+    let m = mutate(&pod, &[policy(ns, name, labels, 0)], cfg);
+    (pod, m)
+}
+
 /// Applies the mutation's patch and returns the patched pod.
 fn injected(pod: &Pod, m: &Mutation) -> Pod {
     let Mutation::Inject { patch, .. } = m else {
@@ -68,15 +81,11 @@ fn container<'a>(pod: &'a Pod, name: &str) -> &'a Container {
 
 #[test]
 fn a_selected_pod_gets_the_sidecar_and_its_mcp_port() {
-    let pod = fixture_pod("jupyter-mcp.yaml");
-    let m = mutate(
-        &pod,
-        &[policy(
-            "notebooks",
-            "jupyter",
-            json!({"app": "jupyter-mcp"}),
-            0,
-        )],
+    let (pod, m) = mutate_fixture(
+        "jupyter-mcp.yaml",
+        "notebooks",
+        "jupyter",
+        json!({"app": "jupyter-mcp"}),
         &cfg(),
     );
     let out = injected(&pod, &m);
@@ -201,15 +210,11 @@ fn a_selected_pod_gets_the_sidecar_and_its_mcp_port() {
 
 #[test]
 fn the_sidecar_passes_podsecurity_restricted() {
-    let pod = fixture_pod("mcp-python-interpreter.yaml");
-    let m = mutate(
-        &pod,
-        &[policy(
-            "sandbox",
-            "interp",
-            json!({"app": "python-interpreter"}),
-            0,
-        )],
+    let (pod, m) = mutate_fixture(
+        "mcp-python-interpreter.yaml",
+        "sandbox",
+        "interp",
+        json!({"app": "python-interpreter"}),
         &cfg(),
     );
     let sc = container(&injected(&pod, &m), CONTAINER)
@@ -242,12 +247,13 @@ fn injection_is_idempotent() {
 
 #[test]
 fn native_sidecars_are_init_containers_that_keep_running() {
-    let pod = fixture_pod("claude-code-notebook-mcp.yaml");
     let mut c = cfg();
     c.native_sidecar = true;
-    let m = mutate(
-        &pod,
-        &[policy("notebooks", "nb", json!({"tier": "tools"}), 0)],
+    let (pod, m) = mutate_fixture(
+        "claude-code-notebook-mcp.yaml",
+        "notebooks",
+        "nb",
+        json!({"tier": "tools"}),
         &c,
     );
     let out = injected(&pod, &m);
