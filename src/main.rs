@@ -20,6 +20,7 @@ fn main() -> ExitCode {
         Command::Check(a) => cli::run_check(a),
         Command::Sidecar(a) => cli::run_sidecar(a),
         Command::Demo(a) => cli::run_demo(a),
+        Command::Controller(a) => cli::run_controller(a),
         Command::Crd => {
             print!("{}", mcp_warden::crd::crd_yaml());
             Ok(true)

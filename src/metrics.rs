@@ -3,7 +3,8 @@
 //! `_other`), and every sidecar series carries `policy="<namespace>/<name>"`.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 /// Every sidecar metric of the design, by name, for docs and the dashboard test.
@@ -38,36 +39,63 @@ fn opts(name: &str, help: &str) -> Opts {
     Opts::new(name, help).namespace("mcp_warden")
 }
 
+/// Registers metrics on one registry; every metric is `mcp_warden_`-prefixed.
+struct Builder {
+    registry: Registry,
+}
+
+impl Builder {
+    fn new() -> Builder {
+        Builder {
+            registry: Registry::new(),
+        }
+    }
+
+    fn register<M: prometheus::core::Collector + Clone + 'static>(&self, m: M) -> M {
+        self.registry
+            .register(Box::new(m.clone()))
+            .expect("registered once");
+        m
+    }
+
+    fn counter(&self, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+        self.register(IntCounterVec::new(opts(name, help), labels).expect("valid metric"))
+    }
+
+    fn gauge(&self, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+        self.register(IntGaugeVec::new(opts(name, help), labels).expect("valid metric"))
+    }
+
+    fn float_gauge(&self, name: &str, help: &str, labels: &[&str]) -> GaugeVec {
+        self.register(GaugeVec::new(opts(name, help), labels).expect("valid metric"))
+    }
+
+    fn histogram(
+        &self,
+        name: &str,
+        help: &str,
+        labels: &[&str],
+        buckets: Vec<f64>,
+    ) -> HistogramVec {
+        let o = HistogramOpts::new(name, help)
+            .namespace("mcp_warden")
+            .buckets(buckets);
+        self.register(HistogramVec::new(o, labels).expect("valid metric"))
+    }
+}
+
+fn render(registry: &Registry) -> Vec<u8> {
+    let mut out = Vec::new();
+    let _ = TextEncoder::new().encode(&registry.gather(), &mut out);
+    out
+}
+
 impl SidecarMetrics {
     pub fn new() -> SidecarMetrics {
-        let registry = Registry::new();
-        let counter = |name: &str, help: &str, labels: &[&str]| {
-            let c = IntCounterVec::new(opts(name, help), labels).expect("valid metric");
-            registry
-                .register(Box::new(c.clone()))
-                .expect("registered once");
-            c
-        };
-        let gauge = |name: &str, help: &str, labels: &[&str]| {
-            let g = IntGaugeVec::new(opts(name, help), labels).expect("valid metric");
-            registry
-                .register(Box::new(g.clone()))
-                .expect("registered once");
-            g
-        };
-        let histogram = |name: &str, help: &str, labels: &[&str], buckets: Vec<f64>| {
-            let h = HistogramVec::new(
-                HistogramOpts::new(name, help)
-                    .namespace("mcp_warden")
-                    .buckets(buckets),
-                labels,
-            )
-            .expect("valid metric");
-            registry
-                .register(Box::new(h.clone()))
-                .expect("registered once");
-            h
-        };
+        let b = Builder::new();
+        let counter = |n: &str, h: &str, l: &[&str]| b.counter(n, h, l);
+        let gauge = |n: &str, h: &str, l: &[&str]| b.gauge(n, h, l);
+        let histogram = |n: &str, h: &str, l: &[&str], bk: Vec<f64>| b.histogram(n, h, l, bk);
         SidecarMetrics {
             decisions: counter(
                 "decisions_total",
@@ -100,15 +128,90 @@ impl SidecarMetrics {
                 "Calls counted in a shared overflow counter because the key cap was full of live keys",
                 &["policy"],
             ),
-            registry,
+            registry: b.registry.clone(),
         }
     }
 
     /// The text exposition of every metric.
     pub fn render(&self) -> Vec<u8> {
-        let mut out = Vec::new();
-        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
-        out
+        render(&self.registry)
+    }
+}
+
+/// Every controller metric of the design, by name, for docs and the dashboard test.
+pub const CONTROLLER_METRICS: &[&str] = &[
+    "mcp_warden_reconciliations_total",
+    "mcp_warden_reconcile_duration_seconds",
+    "mcp_warden_injections_total",
+    "mcp_warden_admission_duration_seconds",
+    "mcp_warden_policy_rendered_info",
+    "mcp_warden_webhook_certificate_expiry_timestamp_seconds",
+];
+
+/// The controller's metrics (every replica serves the webhook ones; the leader the rest).
+#[derive(Clone)]
+pub struct ControllerMetrics {
+    pub registry: Registry,
+    pub reconciliations: IntCounterVec,
+    pub reconcile_duration: HistogramVec,
+    pub injections: IntCounterVec,
+    pub admission_duration: HistogramVec,
+    pub rendered: IntGaugeVec,
+    pub cert_expiry: GaugeVec,
+}
+
+impl ControllerMetrics {
+    pub fn new() -> ControllerMetrics {
+        let b = Builder::new();
+        let latency = vec![
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+        ];
+        ControllerMetrics {
+            reconciliations: b.counter(
+                "reconciliations_total",
+                "McpPolicy reconciliations, by result (ok, invalid, error)",
+                &["result"],
+            ),
+            reconcile_duration: b.histogram(
+                "reconcile_duration_seconds",
+                "Time to reconcile one McpPolicy",
+                &[],
+                latency.clone(),
+            ),
+            injections: b.counter(
+                "injections_total",
+                "Pod admissions, by result (injected, skipped, refused, error)",
+                &["result"],
+            ),
+            admission_duration: b.histogram(
+                "admission_duration_seconds",
+                "Time to answer one AdmissionReview, by webhook (mutate, validate)",
+                &["webhook"],
+                latency,
+            ),
+            rendered: b.gauge(
+                "policy_rendered_info",
+                "The policy hash the controller rendered (value 1), by policy",
+                &["policy", "hash"],
+            ),
+            cert_expiry: b.float_gauge(
+                "webhook_certificate_expiry_timestamp_seconds",
+                "When the serving certificate this replica presents expires (Unix seconds)",
+                &[],
+            ),
+            registry: b.registry.clone(),
+        }
+    }
+
+    /// The text exposition of every metric.
+    pub fn render(&self) -> Vec<u8> {
+        render(&self.registry)
+    }
+}
+
+impl Default for ControllerMetrics {
+    fn default() -> Self {
+        Self::new()
     }
 }
 
@@ -142,5 +245,25 @@ mod tests {
         for name in SIDECAR_METRICS {
             assert!(text.contains(&format!("# TYPE {name} ")), "{name} missing");
         }
+    }
+
+    #[test]
+    fn every_listed_controller_metric_is_exported() {
+        let m = ControllerMetrics::new();
+        m.reconciliations.with_label_values(&["ok"]).inc();
+        m.reconcile_duration
+            .with_label_values(&[] as &[&str])
+            .observe(0.01);
+        m.injections.with_label_values(&["injected"]).inc();
+        m.admission_duration
+            .with_label_values(&["mutate"])
+            .observe(0.001);
+        m.rendered.with_label_values(&["ns/p", "abc"]).set(1);
+        m.cert_expiry.with_label_values(&[] as &[&str]).set(1.0e9);
+        let text = String::from_utf8(m.render()).unwrap();
+        for name in CONTROLLER_METRICS {
+            assert!(text.contains(&format!("# TYPE {name} ")), "{name} missing");
+        }
+        assert_eq!(text.matches("# TYPE ").count(), CONTROLLER_METRICS.len());
     }
 }

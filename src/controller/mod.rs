@@ -1,8 +1,437 @@
 //! The controller: reconciles each McpPolicy into the ConfigMap its sidecars read, an isolating
-//! NetworkPolicy, and a status. What it writes is computed by the pure functions of [`render`];
-//! the Kubernetes I/O around them stays thin.
+//! NetworkPolicy, and a status; serves the admission webhooks on every replica; and, on the
+//! replica holding the Lease, manages the webhook certificates. What it writes is computed by
+//! the pure functions of [`render`] and [`reconcile::desired`]; the I/O around them stays thin.
 
+pub mod certs;
+pub mod leader;
+pub mod rbac;
+pub mod reconcile;
 pub mod render;
+
+use crate::crd::McpPolicy;
+use crate::metrics::ControllerMetrics;
+use crate::webhook::server::WebhookState;
+use crate::webhook::InjectConfig;
+use futures_util::StreamExt;
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use kube::api::Api;
+use kube::runtime::controller::{self, Controller};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::ResourceExt;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// The field manager of everything the controller applies.
+pub const MANAGER: &str = "mcp-warden";
+
+/// How the sidecar is injected: always native, never, or native when the cluster supports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NativeSidecar {
+    Auto,
+    Always,
+    Never,
+}
+
+/// The controller's settings (from its flags).
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub namespace: String,
+    pub identity: String,
+    pub webhook_listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub certs: certs::CertConfig,
+    pub lease_name: String,
+    pub lease_duration: Duration,
+    pub inject: InjectConfig,
+    pub native_sidecar: NativeSidecar,
+    pub drain_delay: Duration,
+    /// How often every replica re-reads the serving certificate and the leader re-checks the
+    /// Secret and `caBundle`.
+    pub cert_interval: Duration,
+}
+
+/// Whether native sidecars can be used: API server and every kubelet at 1.32 or newer (older
+/// ones do not resolve named ports on native sidecars, or never finish the init container).
+pub fn native_supported(api_server: (u32, u32), kubelets: &[String]) -> bool {
+    let ok = |(major, minor): (u32, u32)| major > 1 || (major == 1 && minor >= 32);
+    ok(api_server) && kubelets.iter().all(|v| parse_version(v).is_some_and(ok))
+}
+
+/// `v1.33.2` or `1.33+` → (1, 33).
+pub fn parse_version(v: &str) -> Option<(u32, u32)> {
+    let v = v.trim_start_matches('v');
+    let mut it = v.split('.');
+    let major = it.next()?.parse().ok()?;
+    let minor: String = it
+        .next()?
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    Some((major, minor.parse().ok()?))
+}
+
+async fn detect_native(client: &kube::Client) -> anyhow::Result<bool> {
+    let info = client.apiserver_version().await?;
+    let api = parse_version(&format!("{}.{}", info.major, info.minor)).ok_or_else(|| {
+        anyhow::anyhow!(
+            "unreadable API server version {}.{}",
+            info.major,
+            info.minor
+        )
+    })?;
+    let nodes: Api<Node> = Api::all(client.clone());
+    let kubelets: Vec<String> = nodes
+        .list(&Default::default())
+        .await?
+        .items
+        .into_iter()
+        .filter_map(|n| {
+            n.status
+                .and_then(|s| s.node_info)
+                .map(|i| i.kubelet_version)
+        })
+        .collect();
+    Ok(native_supported(api, &kubelets))
+}
+
+/// Runs the controller until `shutdown` resolves.
+pub async fn run(
+    cfg: Config,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let client = kube::Client::try_default().await?;
+    let metrics = ControllerMetrics::new();
+    let reporter = Reporter {
+        controller: "mcp-warden".into(),
+        instance: Some(cfg.identity.clone()),
+    };
+    let recorder = Recorder::new(client.clone(), reporter);
+
+    // Every replica: the McpPolicy cache the webhook reads.
+    let (policies, writer) = reflector::store::<McpPolicy>();
+    let policy_watch = watcher(
+        Api::<McpPolicy>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .reflect(writer)
+    .for_each(|_| std::future::ready(()));
+    let policy_watch = tokio::spawn(policy_watch);
+
+    let mut inject = cfg.inject.clone();
+    inject.native_sidecar = match cfg.native_sidecar {
+        NativeSidecar::Always => true,
+        NativeSidecar::Never => false,
+        NativeSidecar::Auto => detect_native(&client).await.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot tell whether the cluster supports native sidecars; injecting regular containers");
+            false
+        }),
+    };
+    tracing::info!(native_sidecar = inject.native_sidecar, "injection settings");
+    let state = WebhookState::new(
+        policies.clone(),
+        inject,
+        metrics.clone(),
+        Some(recorder.clone()),
+    );
+    {
+        let st = state.clone();
+        let store = policies.clone();
+        tokio::spawn(async move {
+            if store.wait_until_ready().await.is_ok() {
+                st.synced.store(true, Ordering::Release);
+                tracing::info!("McpPolicy cache synced");
+            }
+        });
+    }
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let draining = Arc::new(AtomicBool::new(false));
+    let webhook = TcpListener::bind(cfg.webhook_listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", cfg.webhook_listen))?;
+    let admin = TcpListener::bind(cfg.admin_listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", cfg.admin_listen))?;
+    tracing::info!(webhook = %cfg.webhook_listen, admin = %cfg.admin_listen, identity = %cfg.identity, "mcp-warden controller starting");
+    let webhook_task = tokio::spawn(crate::webhook::server::serve(
+        webhook,
+        state.clone(),
+        stop_rx.clone(),
+    ));
+    let admin_task = tokio::spawn(serve_admin(
+        admin,
+        state.clone(),
+        draining.clone(),
+        stop_rx.clone(),
+    ));
+
+    // Every replica: the serving certificate from the Secret.
+    let cert_task = {
+        let (client, cfg, state, metrics, mut stop) = (
+            client.clone(),
+            cfg.clone(),
+            state.clone(),
+            metrics.clone(),
+            stop_rx.clone(),
+        );
+        tokio::spawn(async move {
+            let mut last = None;
+            loop {
+                if let Err(e) = certs::load_serving_cert(
+                    &client,
+                    &cfg.namespace,
+                    &cfg.certs.secret,
+                    &state.certs,
+                    &mut last,
+                    &metrics,
+                )
+                .await
+                {
+                    tracing::warn!(error = %e, "cannot load the serving certificate");
+                }
+                let wait = if state.certs.loaded() {
+                    cfg.cert_interval
+                } else {
+                    Duration::from_secs(1)
+                };
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = stop.changed() => break,
+                }
+            }
+        })
+    };
+
+    // Leader election; the leader reconciles and manages certificates.
+    let (leader_tx, mut leader_rx) = watch::channel(false);
+    let election = leader::Election {
+        namespace: cfg.namespace.clone(),
+        name: cfg.lease_name.clone(),
+        identity: cfg.identity.clone(),
+        duration: cfg.lease_duration,
+    };
+    let campaign = tokio::spawn(leader::campaign(
+        client.clone(),
+        election,
+        leader_tx,
+        stop_rx.clone(),
+    ));
+    let leading = {
+        let (client, cfg, metrics, recorder) = (
+            client.clone(),
+            cfg.clone(),
+            metrics.clone(),
+            recorder.clone(),
+        );
+        tokio::spawn(async move {
+            let mut work: Option<tokio::task::JoinHandle<()>> = None;
+            loop {
+                let is_leader = *leader_rx.borrow_and_update();
+                match (is_leader, work.is_some()) {
+                    (true, false) => {
+                        tracing::info!(
+                            "leading: reconciling McpPolicies and managing certificates"
+                        );
+                        work = Some(tokio::spawn(lead(
+                            client.clone(),
+                            cfg.clone(),
+                            metrics.clone(),
+                            recorder.clone(),
+                        )));
+                    }
+                    (false, true) => {
+                        tracing::info!("no longer leading");
+                        if let Some(w) = work.take() {
+                            w.abort();
+                        }
+                    }
+                    _ => {}
+                }
+                if leader_rx.changed().await.is_err() {
+                    break;
+                }
+            }
+            if let Some(w) = work.take() {
+                w.abort();
+            }
+        })
+    };
+
+    shutdown.await;
+    draining.store(true, Ordering::Release);
+    tracing::info!(
+        delay_ms = cfg.drain_delay.as_millis() as u64,
+        "draining: /readyz is false"
+    );
+    tokio::time::sleep(cfg.drain_delay).await;
+    let _ = stop_tx.send(true);
+    let _ = campaign.await;
+    let _ = leading.await;
+    let _ = webhook_task.await;
+    let _ = admin_task.await;
+    cert_task.abort();
+    policy_watch.abort();
+    tracing::info!("controller stopped");
+    Ok(())
+}
+
+/// The leader's work: the certificate loop and the reconciler, until aborted.
+async fn lead(client: kube::Client, cfg: Config, metrics: ControllerMetrics, recorder: Recorder) {
+    let certs_loop = {
+        let (client, cfg) = (client.clone(), cfg.clone());
+        async move {
+            loop {
+                if let Err(e) = certs::reconcile_certs(&client, &cfg.certs).await {
+                    tracing::warn!(error = %e, "webhook certificate work failed; retrying");
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    continue;
+                }
+                tokio::time::sleep(cfg.cert_interval).await;
+            }
+        }
+    };
+    let managed = watcher::Config::default().labels(&format!(
+        "{}={}",
+        render::MANAGED_BY.0,
+        render::MANAGED_BY.1
+    ));
+    let (pods, pods_w) = reflector::store::<Pod>();
+    let (services, services_w) = reflector::store::<Service>();
+    let (configmaps, configmaps_w) = reflector::store::<ConfigMap>();
+    let (nps, nps_w) = reflector::store::<NetworkPolicy>();
+    let pod_stream = watcher(Api::<Pod>::all(client.clone()), watcher::Config::default())
+        .default_backoff()
+        .modify(|p| {
+            // Keep what counts and warnings need; drop the rest to bound memory.
+            p.managed_fields_mut().clear();
+            p.status = None;
+        })
+        .reflect(pods_w)
+        .touched_objects();
+    let svc_stream = watcher(
+        Api::<Service>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .modify(|s| s.managed_fields_mut().clear())
+    .reflect(services_w)
+    .touched_objects();
+    let cm_stream = watcher(Api::<ConfigMap>::all(client.clone()), managed.clone())
+        .default_backoff()
+        .reflect(configmaps_w)
+        .touched_objects();
+    let np_stream = watcher(Api::<NetworkPolicy>::all(client.clone()), managed)
+        .default_backoff()
+        .reflect(nps_w)
+        .touched_objects();
+    let controller = Controller::new(
+        Api::<McpPolicy>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .with_config(controller::Config::default().debounce(Duration::from_millis(500)));
+    let store = controller.store();
+    let in_namespace = move |ns: Option<String>| {
+        store
+            .state_filter(|p| p.metadata.namespace == ns)
+            .into_iter()
+            .map(|p| ObjectRef::from_obj(&*p))
+            .collect::<Vec<_>>()
+    };
+    let by_ns = in_namespace.clone();
+    let by_ns2 = in_namespace.clone();
+    let ctx = Arc::new(reconcile::Ctx {
+        client: client.clone(),
+        metrics,
+        recorder,
+        policies: controller.store(),
+        pods: pods.clone(),
+        services: services.clone(),
+        configmaps,
+        network_policies: nps,
+        version: cfg.inject.version.clone(),
+        sidecar_ports: vec![cfg.inject.proxy_port, cfg.inject.admin_port],
+        failures: Mutex::default(),
+        exported: Mutex::default(),
+    });
+    let run = controller
+        .owns_stream(cm_stream)
+        .owns_stream(np_stream)
+        .watches_stream(pod_stream, move |p: Pod| by_ns(p.namespace()))
+        .watches_stream(svc_stream, move |s: Service| by_ns2(s.namespace()))
+        .run(
+            |p, ctx: Arc<reconcile::Ctx>| async move {
+                // Counts and warnings need the pod and service caches.
+                let _ = ctx.pods.wait_until_ready().await;
+                let _ = ctx.services.wait_until_ready().await;
+                reconcile::reconcile(p, ctx).await
+            },
+            reconcile::error_policy,
+            ctx,
+        )
+        .for_each(|_| std::future::ready(()));
+    tokio::join!(certs_loop, run);
+}
+
+/// `/metrics`, `/livez`, `/readyz` (ready once the webhook can answer).
+async fn serve_admin(
+    listener: TcpListener,
+    state: Arc<WebhookState>,
+    draining: Arc<AtomicBool>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((tcp, _)) = accepted else { continue };
+                let (st, dr) = (state.clone(), draining.clone());
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                        let r = admin(&st, &dr, req.uri().path());
+                        async move { Ok::<_, std::convert::Infallible>(r) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
+                        .await;
+                });
+            }
+            _ = stop.changed() => break,
+        }
+    }
+}
+
+fn admin(state: &WebhookState, draining: &AtomicBool, path: &str) -> Response<Full<bytes::Bytes>> {
+    let (status, body): (StatusCode, Vec<u8>) = match path {
+        "/metrics" => (StatusCode::OK, state.metrics.render()),
+        "/livez" => (StatusCode::OK, b"ok\n".to_vec()),
+        "/readyz" => match state.unready_reason() {
+            _ if draining.load(Ordering::Acquire) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                b"not ready: draining\n".to_vec(),
+            ),
+            Some(why) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("not ready: {why}\n").into_bytes(),
+            ),
+            None => (StatusCode::OK, b"ready\n".to_vec()),
+        },
+        _ => (StatusCode::NOT_FOUND, b"not found\n".to_vec()),
+    };
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r
+}
 
 #[cfg(test)]
 mod tests;

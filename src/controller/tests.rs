@@ -215,3 +215,217 @@ fn an_invalid_policy_does_not_render() {
     let e = rendered(&p).unwrap_err();
     assert_eq!(e.0[0].path, "spec.tools.a.denyIf[0].conditions[0].value");
 }
+
+mod desired_state {
+    use super::*;
+    use crate::controller::reconcile::desired;
+    use crate::controller::{native_supported, parse_version};
+
+    fn at(s: &str) -> Time {
+        time(s)
+    }
+
+    fn svc(name: &str, target: Value) -> Service {
+        serde_json::from_value(json!({"metadata": {"name": name, "namespace": "notebooks"},
+            "spec": {"selector": {"app": "jupyter-mcp"}, "ports": [{"port": 80, "targetPort": target}]}}))
+        .unwrap()
+    }
+
+    fn cond<'a>(d: &'a super::super::reconcile::Desired, t: &str) -> &'a Condition {
+        d.status.conditions.iter().find(|c| c.type_ == t).unwrap()
+    }
+
+    #[test]
+    fn a_valid_policy_is_ready_with_its_render_counts_and_hash() {
+        let mut p = policy(json!({}));
+        p.metadata.generation = Some(3);
+        let pods = [injected_pod("a", "0.1.0"), injected_pod("b", "0.0.9")];
+        let d = desired(
+            &p,
+            std::slice::from_ref(&p),
+            &pods,
+            &[],
+            "0.1.0",
+            &[9480, 9481],
+            at("2026-01-01T00:00:00Z"),
+        );
+        let r = rendered(&p).unwrap();
+        assert_eq!(d.status.policy_hash.as_deref(), Some(r.hash.as_str()));
+        assert_eq!(d.status.observed_generation, Some(3));
+        assert_eq!(
+            (
+                d.status.matched_pods,
+                d.status.injected_pods,
+                d.status.outdated_pods
+            ),
+            (Some(2), Some(2), Some(1))
+        );
+        assert_eq!(d.status.tool_count, Some(1));
+        let ready = cond(&d, cond::READY);
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("True", cond::RENDERED)
+        );
+        assert_eq!(ready.observed_generation, Some(3));
+        assert_eq!(cond(&d, cond::CONFLICT).status, "False");
+        assert_eq!(cond(&d, cond::SERVICE_BYPASS).status, "False");
+        assert_eq!(
+            d.configmap.as_ref().unwrap().data.as_ref().unwrap()[POLICY_KEY].as_bytes(),
+            r.json.as_slice()
+        );
+        assert!(d.network_policy.is_none());
+        assert_eq!(
+            d.events.iter().map(|e| e.1).collect::<Vec<_>>(),
+            vec!["Rendered"]
+        );
+    }
+
+    #[test]
+    fn an_invalid_edit_keeps_the_last_render_and_says_why() {
+        let good = policy(json!({}));
+        let first = desired(
+            &good,
+            std::slice::from_ref(&good),
+            &[],
+            &[],
+            "0.1.0",
+            &[],
+            at("2026-01-01T00:00:00Z"),
+        );
+        let mut bad = policy(
+            json!({"tools": {"run_cell": {"denyIf": [{"conditions": [{"path": "args.code", "op": "regex", "value": "(oops"}]}]}}}),
+        );
+        bad.status = Some(first.status.clone());
+        bad.metadata.generation = Some(2);
+        let d = desired(
+            &bad,
+            &[bad.clone()],
+            &[],
+            &[],
+            "0.1.0",
+            &[],
+            at("2026-01-02T00:00:00Z"),
+        );
+        assert!(
+            d.configmap.is_none(),
+            "an invalid policy must not overwrite the render"
+        );
+        assert_eq!(
+            d.status.policy_hash, first.status.policy_hash,
+            "the hash of the last valid render stays"
+        );
+        let ready = cond(&d, cond::READY);
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", cond::INVALID_POLICY)
+        );
+        assert!(
+            ready
+                .message
+                .contains("spec.tools.run_cell.denyIf[0].conditions[0].value"),
+            "{}",
+            ready.message
+        );
+        assert_eq!(ready.last_transition_time, at("2026-01-02T00:00:00Z"));
+        assert_eq!(d.events.len(), 1);
+        assert!(d.events[0].0, "InvalidPolicy is a warning");
+        // Reconciling the same invalid policy again records no new Event and keeps the time.
+        bad.status = Some(d.status.clone());
+        let again = desired(
+            &bad,
+            &[bad.clone()],
+            &[],
+            &[],
+            "0.1.0",
+            &[],
+            at("2026-01-03T00:00:00Z"),
+        );
+        assert!(again.events.is_empty());
+        assert_eq!(
+            cond(&again, cond::READY).last_transition_time,
+            at("2026-01-02T00:00:00Z")
+        );
+        assert_eq!(again.status, d.status);
+    }
+
+    #[test]
+    fn the_younger_of_two_overlapping_policies_reports_conflict() {
+        let mut old = policy(json!({}));
+        old.metadata.name = Some("old".into());
+        old.metadata.uid = Some("u-old".into());
+        old.metadata.creation_timestamp = Some(at("2025-01-01T00:00:00Z"));
+        let mut young = policy(json!({}));
+        young.metadata.creation_timestamp = Some(at("2026-01-01T00:00:00Z"));
+        let all = [old.clone(), young.clone()];
+        let pods = [injected_pod("a", "0.1.0")];
+        let d = desired(
+            &young,
+            &all,
+            &pods,
+            &[],
+            "0.1.0",
+            &[],
+            at("2026-02-01T00:00:00Z"),
+        );
+        let c = cond(&d, cond::CONFLICT);
+        assert_eq!(c.status, "True");
+        assert!(c.message.contains("old"), "{}", c.message);
+        assert!(d.events.iter().any(|e| e.1 == cond::CONFLICT));
+        let d_old = desired(
+            &old,
+            &all,
+            &pods,
+            &[],
+            "0.1.0",
+            &[],
+            at("2026-02-01T00:00:00Z"),
+        );
+        assert_eq!(cond(&d_old, cond::CONFLICT).status, "False");
+    }
+
+    #[test]
+    fn a_service_around_the_sidecar_is_a_warning_and_isolation_renders_a_network_policy() {
+        let p = policy(json!({"isolation": "NetworkPolicy"}));
+        let pods = [injected_pod("a", "0.1.0")];
+        let services = [svc("direct", json!(8888)), svc("good", json!("mcp"))];
+        let d = desired(
+            &p,
+            std::slice::from_ref(&p),
+            &pods,
+            &services,
+            "0.1.0",
+            &[9480, 9481],
+            at("2026-01-01T00:00:00Z"),
+        );
+        let c = cond(&d, cond::SERVICE_BYPASS);
+        assert_eq!(c.status, "True");
+        assert!(
+            c.message.contains("direct") && !c.message.contains("good"),
+            "{}",
+            c.message
+        );
+        let np = d.network_policy.expect("isolation renders a NetworkPolicy");
+        assert_eq!(np.metadata.name.as_deref(), Some("jupyter-mcp-warden"));
+    }
+
+    #[test]
+    fn native_sidecars_need_1_32_everywhere() {
+        assert_eq!(parse_version("v1.33.2"), Some((1, 33)));
+        assert_eq!(parse_version("1.32+"), Some((1, 32)));
+        assert_eq!(parse_version("garbage"), None);
+        assert!(native_supported(
+            (1, 33),
+            &["v1.32.0".into(), "v1.34.1".into()]
+        ));
+        assert!(!native_supported((1, 31), &[]));
+        assert!(!native_supported(
+            (1, 33),
+            &["v1.32.0".into(), "v1.31.9".into()]
+        ));
+        assert!(!native_supported((1, 33), &["unknown".into()]));
+        assert!(
+            native_supported((1, 32), &[]),
+            "no nodes yet: the API server decides"
+        );
+    }
+}

@@ -3,9 +3,11 @@
 
 pub mod inject;
 pub mod review;
+pub mod server;
+pub mod tls;
 
 pub use inject::{mutate, InjectConfig, Mutation};
-pub use review::{review_pod, Outcome};
+pub use review::{review_pod, Outcome, PodReview};
 
 #[cfg(test)]
 mod tests;

@@ -3,7 +3,7 @@
 
 use super::inject::{mutate, InjectConfig, Mutation};
 use crate::crd::McpPolicy;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{ObjectReference, Pod};
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview};
 use kube::core::DynamicObject;
 
@@ -49,37 +49,64 @@ where
         .map_err(|e| format!("AdmissionReview without a request: {e}"))
 }
 
-/// Answers a pod AdmissionReview. `dry_run` tells the caller not to record Events.
+/// The answer to one pod AdmissionReview.
+#[derive(Debug)]
+pub struct PodReview {
+    pub review: AdmissionReview<DynamicObject>,
+    pub outcome: Outcome,
+    /// A dry run: record no Events.
+    pub dry_run: bool,
+    /// The pod, for Events (its name may still be only a `generateName` prefix).
+    pub pod: Option<ObjectReference>,
+}
+
+/// Answers a pod AdmissionReview; `policies(namespace)` gives the McpPolicies of the pod's
+/// namespace.
 pub fn review_pod(
     body: &[u8],
-    policies: &[McpPolicy],
+    policies: impl FnOnce(&str) -> Vec<McpPolicy>,
     cfg: &InjectConfig,
-) -> (AdmissionReview<DynamicObject>, Outcome, bool) {
+) -> PodReview {
     let req: AdmissionRequest<Pod> = match read_request(body) {
         Ok(r) => r,
         Err(reason) => {
-            return (
-                AdmissionResponse::invalid(&reason).into_review(),
-                Outcome::Error { reason },
-                false,
-            )
+            return PodReview {
+                review: AdmissionResponse::invalid(&reason).into_review(),
+                outcome: Outcome::Error { reason },
+                dry_run: false,
+                pod: None,
+            }
         }
     };
     let dry_run = req.dry_run;
     let response = AdmissionResponse::from(&req);
     let Some(mut pod) = req.object.clone() else {
         let reason = "the request carries no pod".to_string();
-        return (
-            response.deny(&reason).into_review(),
-            Outcome::Error { reason },
+        return PodReview {
+            review: response.deny(&reason).into_review(),
+            outcome: Outcome::Error { reason },
             dry_run,
-        );
+            pod: None,
+        };
     };
     // Pods created by a controller often have no namespace in the object yet.
     if pod.metadata.namespace.is_none() {
         pod.metadata.namespace = req.namespace.clone();
     }
-    let (response, outcome) = match mutate(&pod, policies, cfg) {
+    let ns = pod.metadata.namespace.clone().unwrap_or_default();
+    let reference = ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("Pod".into()),
+        namespace: Some(ns.clone()),
+        name: pod
+            .metadata
+            .name
+            .clone()
+            .or_else(|| pod.metadata.generate_name.clone()),
+        uid: pod.metadata.uid.clone(),
+        ..Default::default()
+    };
+    let (response, outcome) = match mutate(&pod, &policies(&ns), cfg) {
         Mutation::Inject { patch, policy } => match response.clone().with_patch(patch) {
             Ok(r) => (r, Outcome::Injected { policy }),
             Err(e) => {
@@ -90,7 +117,12 @@ pub fn review_pod(
         Mutation::Skip(reason) => (response, Outcome::Skipped { reason }),
         Mutation::Refuse(reason) => (response.deny(&reason), Outcome::Refused { reason }),
     };
-    (response.into_review(), outcome, dry_run)
+    PodReview {
+        review: response.into_review(),
+        outcome,
+        dry_run,
+        pod: Some(reference),
+    }
 }
 
 /// Answers an McpPolicy AdmissionReview (CREATE/UPDATE): refuses what the schema cannot express

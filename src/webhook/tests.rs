@@ -426,9 +426,16 @@ mod reviews {
     }
 
     fn answer(review: &Value, policies: &[McpPolicy]) -> (Value, Outcome, bool) {
-        let (out, outcome, dry) =
-            review_pod(&serde_json::to_vec(review).unwrap(), policies, &cfg());
-        (serde_json::to_value(out).unwrap(), outcome, dry)
+        let r = review_pod(
+            &serde_json::to_vec(review).unwrap(),
+            |_| policies.to_vec(),
+            &cfg(),
+        );
+        (
+            serde_json::to_value(r.review).unwrap(),
+            r.outcome,
+            r.dry_run,
+        )
     }
 
     #[test]
@@ -514,9 +521,9 @@ mod reviews {
 
     #[test]
     fn an_unreadable_review_is_an_error_not_a_silent_allow() {
-        let (out, outcome, _) = review_pod(b"{\"kind\": \"AdmissionReview\"", &[], &cfg());
-        assert_eq!(outcome.label(), "error");
-        let v = serde_json::to_value(out).unwrap();
+        let r = review_pod(b"{\"kind\": \"AdmissionReview\"", |_| vec![], &cfg());
+        assert_eq!(r.outcome.label(), "error");
+        let v = serde_json::to_value(r.review).unwrap();
         assert_eq!(v["response"]["allowed"], false);
     }
 }

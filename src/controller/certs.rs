@@ -1,0 +1,367 @@
+//! Webhook certificates in the cluster: the leader keeps the Secret current (created
+//! create-only, so replicas never race; updated with its resourceVersion) and `caBundle` patched
+//! into the webhook configurations, re-patching when someone resets it. Every replica loads the
+//! serving certificate from the Secret and swaps it in without a restart.
+
+use crate::metrics::ControllerMetrics;
+use crate::webhook::server::CertSlot;
+use crate::webhook::tls::{self, Lifetimes, Material};
+use base64::Engine as _;
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingWebhook, MutatingWebhookConfiguration, RuleWithOperations, ServiceReference,
+    ValidatingWebhook, ValidatingWebhookConfiguration, WebhookClientConfig,
+};
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
+    LabelSelector, LabelSelectorRequirement, ObjectMeta,
+};
+use k8s_openapi::ByteString;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use std::sync::Arc;
+
+/// Where the API server reaches the webhooks.
+#[derive(Debug, Clone)]
+pub enum Endpoint {
+    /// The in-cluster Service (the chart's).
+    Service {
+        namespace: String,
+        name: String,
+        port: i32,
+    },
+    /// A URL (development and tests outside the cluster); the controller then registers the
+    /// webhook configurations itself.
+    Url(String),
+}
+
+impl Endpoint {
+    /// The names the serving certificate must carry.
+    pub fn names(&self) -> Vec<String> {
+        match self {
+            Endpoint::Service {
+                namespace, name, ..
+            } => tls::service_names(name, namespace),
+            Endpoint::Url(url) => {
+                let host = url
+                    .parse::<http::Uri>()
+                    .ok()
+                    .and_then(|u| u.host().map(|h| h.trim_matches(['[', ']']).to_string()))
+                    .unwrap_or_default();
+                vec![host]
+            }
+        }
+    }
+
+    fn client_config(&self, path: &str, ca_bundle: &str) -> WebhookClientConfig {
+        let ca = Some(ByteString(ca_bundle.as_bytes().to_vec()));
+        match self {
+            Endpoint::Service {
+                namespace,
+                name,
+                port,
+            } => WebhookClientConfig {
+                ca_bundle: ca,
+                service: Some(ServiceReference {
+                    namespace: namespace.clone(),
+                    name: name.clone(),
+                    path: Some(path.into()),
+                    port: Some(*port),
+                }),
+                url: None,
+            },
+            Endpoint::Url(url) => WebhookClientConfig {
+                ca_bundle: ca,
+                service: None,
+                url: Some(format!("{}{path}", url.trim_end_matches('/'))),
+            },
+        }
+    }
+}
+
+/// The certificate manager's settings.
+#[derive(Debug, Clone)]
+pub struct CertConfig {
+    pub namespace: String,
+    pub secret: String,
+    /// Name of both webhook configurations.
+    pub webhook_config: String,
+    pub endpoint: Endpoint,
+    pub lifetimes: Lifetimes,
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+fn material(secret: &Secret) -> Material {
+    secret
+        .data
+        .iter()
+        .flatten()
+        .map(|(k, v)| (k.clone(), String::from_utf8_lossy(&v.0).into_owned()))
+        .collect()
+}
+
+fn secret_data(m: &Material) -> std::collections::BTreeMap<String, ByteString> {
+    m.iter()
+        .map(|(k, v)| (k.clone(), ByteString(v.as_bytes().to_vec())))
+        .collect()
+}
+
+/// One pass of the leader's certificate work: the Secret, then `caBundle`. Returns the bundle.
+pub async fn reconcile_certs(client: &kube::Client, cfg: &CertConfig) -> anyhow::Result<String> {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &cfg.namespace);
+    let names = cfg.endpoint.names();
+    let current = secrets.get_opt(&cfg.secret).await?;
+    let data = match current {
+        None => {
+            let m = tls::next(None, &names, now(), &cfg.lifetimes)?.expect("fresh material");
+            let s = Secret {
+                metadata: ObjectMeta {
+                    name: Some(cfg.secret.clone()),
+                    namespace: Some(cfg.namespace.clone()),
+                    labels: Some(
+                        [(
+                            "app.kubernetes.io/managed-by".to_string(),
+                            "mcp-warden".to_string(),
+                        )]
+                        .into(),
+                    ),
+                    ..Default::default()
+                },
+                data: Some(secret_data(&m)),
+                type_: Some("Opaque".into()),
+                ..Default::default()
+            };
+            match secrets.create(&PostParams::default(), &s).await {
+                Ok(_) => {
+                    tracing::info!(secret = %cfg.secret, "created the webhook CA and serving certificate");
+                    m
+                }
+                // Another replica won the race: use what it wrote.
+                Err(kube::Error::Api(e)) if e.code == 409 => {
+                    material(&secrets.get(&cfg.secret).await?)
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Some(mut s) => {
+            let m = material(&s);
+            match tls::next(Some(&m), &names, now(), &cfg.lifetimes)? {
+                None => m,
+                Some(new) => {
+                    s.data = Some(secret_data(&new));
+                    s.string_data = None;
+                    secrets
+                        .replace(&cfg.secret, &PostParams::default(), &s)
+                        .await?;
+                    tracing::info!(secret = %cfg.secret, "rotated webhook certificate material");
+                    new
+                }
+            }
+        }
+    };
+    let bundle = data.get(tls::CA_BUNDLE).cloned().unwrap_or_default();
+    publish_bundle(client, cfg, &bundle).await?;
+    Ok(bundle)
+}
+
+/// Puts `bundle` into every webhook's `caBundle`. With a URL endpoint the configurations are
+/// applied whole; otherwise (the chart owns them) only drifted `caBundle` fields are patched.
+async fn publish_bundle(
+    client: &kube::Client,
+    cfg: &CertConfig,
+    bundle: &str,
+) -> anyhow::Result<()> {
+    let mutating: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+    let validating: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
+    if let Endpoint::Url(_) = cfg.endpoint {
+        let pp = PatchParams::apply(crate::controller::MANAGER).force();
+        let (m, v) =
+            webhook_configurations(&cfg.webhook_config, &cfg.endpoint, bundle, &cfg.namespace);
+        mutating
+            .patch(&cfg.webhook_config, &pp, &Patch::Apply(&m))
+            .await?;
+        validating
+            .patch(&cfg.webhook_config, &pp, &Patch::Apply(&v))
+            .await?;
+        return Ok(());
+    }
+    let want = base64::engine::general_purpose::STANDARD.encode(bundle);
+    let drifted = |hooks: Vec<(String, Option<ByteString>)>| -> Option<json_patch::Patch> {
+        let mut ops = Vec::new();
+        for (i, (name, ca)) in hooks.iter().enumerate() {
+            if ca.as_ref().map(|b| b.0.as_slice()) != Some(bundle.as_bytes()) {
+                ops.push(serde_json::json!({"op": "test", "path": format!("/webhooks/{i}/name"), "value": name}));
+                ops.push(serde_json::json!({"op": "add", "path": format!("/webhooks/{i}/clientConfig/caBundle"), "value": want}));
+            }
+        }
+        (!ops.is_empty())
+            .then(|| serde_json::from_value(serde_json::Value::Array(ops)).expect("valid patch"))
+    };
+    match mutating.get_opt(&cfg.webhook_config).await? {
+        Some(c) => {
+            let hooks = c
+                .webhooks
+                .unwrap_or_default()
+                .into_iter()
+                .map(|w| (w.name, w.client_config.ca_bundle))
+                .collect();
+            if let Some(p) = drifted(hooks) {
+                mutating
+                    .patch(
+                        &cfg.webhook_config,
+                        &PatchParams::default(),
+                        &Patch::<()>::Json(p),
+                    )
+                    .await?;
+                tracing::info!(config = %cfg.webhook_config, "patched caBundle of the mutating webhook");
+            }
+        }
+        None => {
+            tracing::warn!(config = %cfg.webhook_config, "MutatingWebhookConfiguration not found; pods are not being injected")
+        }
+    }
+    match validating.get_opt(&cfg.webhook_config).await? {
+        Some(c) => {
+            let hooks = c
+                .webhooks
+                .unwrap_or_default()
+                .into_iter()
+                .map(|w| (w.name, w.client_config.ca_bundle))
+                .collect();
+            if let Some(p) = drifted(hooks) {
+                validating
+                    .patch(
+                        &cfg.webhook_config,
+                        &PatchParams::default(),
+                        &Patch::<()>::Json(p),
+                    )
+                    .await?;
+                tracing::info!(config = %cfg.webhook_config, "patched caBundle of the validating webhook");
+            }
+        }
+        None => {
+            tracing::warn!(config = %cfg.webhook_config, "ValidatingWebhookConfiguration not found; McpPolicies are not being validated")
+        }
+    }
+    Ok(())
+}
+
+/// The webhook configurations the chart installs, for URL mode: pods in namespaces labelled
+/// `mcpwarden.dev/injection=enabled` (never the controller's own), opt-out by pod label, and
+/// McpPolicy CREATE/UPDATE.
+pub fn webhook_configurations(
+    name: &str,
+    endpoint: &Endpoint,
+    bundle: &str,
+    own_namespace: &str,
+) -> (MutatingWebhookConfiguration, ValidatingWebhookConfiguration) {
+    use crate::webhook::inject::{INJECT_LABEL, NAMESPACE_LABEL};
+    let namespace_selector = LabelSelector {
+        match_labels: Some([(NAMESPACE_LABEL.to_string(), "enabled".to_string())].into()),
+        match_expressions: Some(vec![LabelSelectorRequirement {
+            key: "kubernetes.io/metadata.name".into(),
+            operator: "NotIn".into(),
+            values: Some(vec!["kube-system".into(), own_namespace.into()]),
+        }]),
+    };
+    let object_selector = LabelSelector {
+        match_expressions: Some(vec![LabelSelectorRequirement {
+            key: INJECT_LABEL.into(),
+            operator: "NotIn".into(),
+            values: Some(vec!["false".into()]),
+        }]),
+        match_labels: None,
+    };
+    let meta = ObjectMeta {
+        name: Some(name.into()),
+        labels: Some(
+            [(
+                "app.kubernetes.io/managed-by".to_string(),
+                "mcp-warden".to_string(),
+            )]
+            .into(),
+        ),
+        ..Default::default()
+    };
+    let m = MutatingWebhookConfiguration {
+        metadata: meta.clone(),
+        webhooks: Some(vec![MutatingWebhook {
+            name: "inject.mcpwarden.dev".into(),
+            admission_review_versions: vec!["v1".into()],
+            client_config: endpoint.client_config("/mutate", bundle),
+            failure_policy: Some("Fail".into()),
+            side_effects: "NoneOnDryRun".into(),
+            timeout_seconds: Some(10),
+            reinvocation_policy: Some("Never".into()),
+            match_policy: Some("Equivalent".into()),
+            namespace_selector: Some(namespace_selector),
+            object_selector: Some(object_selector),
+            rules: Some(vec![RuleWithOperations {
+                api_groups: Some(vec!["".into()]),
+                api_versions: Some(vec!["v1".into()]),
+                operations: Some(vec!["CREATE".into()]),
+                resources: Some(vec!["pods".into()]),
+                scope: Some("Namespaced".into()),
+            }]),
+            match_conditions: None,
+        }]),
+    };
+    let v = ValidatingWebhookConfiguration {
+        metadata: meta,
+        webhooks: Some(vec![ValidatingWebhook {
+            name: "validate.mcpwarden.dev".into(),
+            admission_review_versions: vec!["v1".into()],
+            client_config: endpoint.client_config("/validate", bundle),
+            failure_policy: Some("Fail".into()),
+            side_effects: "None".into(),
+            timeout_seconds: Some(10),
+            match_policy: Some("Equivalent".into()),
+            namespace_selector: None,
+            object_selector: None,
+            rules: Some(vec![RuleWithOperations {
+                api_groups: Some(vec!["mcpwarden.dev".into()]),
+                api_versions: Some(vec!["v1alpha1".into()]),
+                operations: Some(vec!["CREATE".into(), "UPDATE".into()]),
+                resources: Some(vec!["mcppolicies".into()]),
+                scope: Some("Namespaced".into()),
+            }]),
+            match_conditions: None,
+        }]),
+    };
+    (m, v)
+}
+
+/// Every replica: loads the serving certificate from the Secret when it changes, and exports
+/// its expiry.
+pub async fn load_serving_cert(
+    client: &kube::Client,
+    namespace: &str,
+    secret: &str,
+    slot: &Arc<CertSlot>,
+    last: &mut Option<String>,
+    metrics: &ControllerMetrics,
+) -> anyhow::Result<()> {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let Some(s) = secrets.get_opt(secret).await? else {
+        return Ok(());
+    };
+    let m = material(&s);
+    let crt = m.get(tls::TLS_CERT).cloned().unwrap_or_default();
+    if last.as_deref() == Some(crt.as_str()) {
+        return Ok(());
+    }
+    let key = tls::certified_key(&m)?;
+    let info = tls::info(tls::TLS_CERT, &crt)?;
+    slot.set(key);
+    metrics
+        .cert_expiry
+        .with_label_values(&[] as &[&str])
+        .set(info.not_after as f64);
+    tracing::info!(not_after = info.not_after, "serving certificate loaded");
+    *last = Some(crt);
+    Ok(())
+}

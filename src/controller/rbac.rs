@@ -1,0 +1,76 @@
+//! The permissions the controller needs, as one table: the chart's ClusterRole and Role are
+//! checked against it, and so is every API call the code makes (`tests/rbac.rs`).
+
+/// One RBAC rule: API group, resource, verbs; `namespaced` rules go in the Role of the
+/// controller's own namespace, the rest in the ClusterRole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rule {
+    pub group: &'static str,
+    pub resource: &'static str,
+    pub verbs: &'static [&'static str],
+    pub namespaced: bool,
+}
+
+const fn cluster(
+    group: &'static str,
+    resource: &'static str,
+    verbs: &'static [&'static str],
+) -> Rule {
+    Rule {
+        group,
+        resource,
+        verbs,
+        namespaced: false,
+    }
+}
+
+const fn own_namespace(
+    group: &'static str,
+    resource: &'static str,
+    verbs: &'static [&'static str],
+) -> Rule {
+    Rule {
+        group,
+        resource,
+        verbs,
+        namespaced: true,
+    }
+}
+
+/// Everything the controller does, and nothing more.
+pub const RULES: &[Rule] = &[
+    // Watched by every replica (webhook cache) and reconciled by the leader.
+    cluster("mcpwarden.dev", "mcppolicies", &["get", "list", "watch"]),
+    cluster("mcpwarden.dev", "mcppolicies/status", &["patch"]),
+    // Rendered policies and isolation, applied server-side in the policies' namespaces.
+    cluster("", "configmaps", &["list", "watch", "patch", "create"]),
+    cluster(
+        "networking.k8s.io",
+        "networkpolicies",
+        &["list", "watch", "patch", "create", "delete"],
+    ),
+    // Counts and warnings.
+    cluster("", "pods", &["list", "watch"]),
+    cluster("", "services", &["list", "watch"]),
+    // Native-sidecar detection reads kubelet versions.
+    cluster("", "nodes", &["list"]),
+    cluster("events.k8s.io", "events", &["create", "patch"]),
+    // caBundle patching (and, with --webhook-url, applying the configurations).
+    cluster(
+        "admissionregistration.k8s.io",
+        "mutatingwebhookconfigurations",
+        &["get", "patch"],
+    ),
+    cluster(
+        "admissionregistration.k8s.io",
+        "validatingwebhookconfigurations",
+        &["get", "patch"],
+    ),
+    // The webhook certificate Secret and the leader Lease.
+    own_namespace("", "secrets", &["get", "create", "update"]),
+    own_namespace(
+        "coordination.k8s.io",
+        "leases",
+        &["get", "create", "update"],
+    ),
+];

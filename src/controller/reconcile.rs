@@ -1,0 +1,418 @@
+//! One McpPolicy reconciliation: compile and render → server-side-apply the ConfigMap (and the
+//! NetworkPolicy under `isolation: NetworkPolicy`) → server-side-apply the status → Events.
+//! What is written is computed by [`desired`]; this module only reads caches and writes.
+
+use super::render::{self, cond};
+use super::MANAGER;
+use crate::crd::{Isolation, McpPolicy, McpPolicyStatus};
+use crate::metrics::ControllerMetrics;
+use crate::webhook::inject::{configmap_name, selecting_policy, selector_matches};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How often a Ready policy is looked at again without any change.
+pub const RESYNC: Duration = Duration::from_secs(300);
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("the McpPolicy has no namespace")]
+    NoNamespace,
+}
+
+/// What a reconciliation reads: the client and the caches of the leader's watches.
+pub struct Ctx {
+    pub client: kube::Client,
+    pub metrics: ControllerMetrics,
+    pub recorder: Recorder,
+    pub policies: Store<McpPolicy>,
+    pub pods: Store<Pod>,
+    pub services: Store<Service>,
+    pub configmaps: Store<ConfigMap>,
+    pub network_policies: Store<NetworkPolicy>,
+    /// The controller's (and sidecar's) version, for `outdatedPods`.
+    pub version: String,
+    /// The sidecar's proxy and admin ports, opened by the NetworkPolicy.
+    pub sidecar_ports: Vec<u16>,
+    /// Consecutive failures per policy, for backoff.
+    pub failures: Mutex<HashMap<ObjectRef<McpPolicy>, u32>>,
+    /// The hash exported per policy in `policy_rendered_info`.
+    pub exported: Mutex<HashMap<String, String>>,
+}
+
+/// What the policy's status should be, and what to write besides.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Desired {
+    pub status: McpPolicyStatus,
+    /// The render, when the policy is valid.
+    pub configmap: Option<ConfigMap>,
+    pub network_policy: Option<NetworkPolicy>,
+    /// Events worth recording: (warning?, reason, note).
+    pub events: Vec<(bool, &'static str, String)>,
+}
+
+/// Longest condition message (the API's limit is 32768).
+const MAX_MESSAGE: usize = 4096;
+
+fn clip(mut s: String) -> String {
+    if s.len() > MAX_MESSAGE {
+        let mut cut = MAX_MESSAGE - 3;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+        s.push_str("...");
+    }
+    s
+}
+
+/// Computes the status and objects for `policy`, given the namespace's policies, pods and
+/// services as cached, at time `now`.
+pub fn desired(
+    policy: &McpPolicy,
+    namespace_policies: &[McpPolicy],
+    pods: &[Pod],
+    services: &[Service],
+    version: &str,
+    sidecar_ports: &[u16],
+    now: Time,
+) -> Desired {
+    let old = policy.status.clone().unwrap_or_default();
+    let generation = policy.metadata.generation;
+    let mut status = McpPolicyStatus {
+        observed_generation: generation,
+        ..old.clone()
+    };
+    let mut events = Vec::new();
+    let mut conditions = old.conditions.clone();
+    let conditions = &mut conditions;
+    let matched: Vec<Pod> = pods
+        .iter()
+        .filter(|p| selector_matches(&policy.spec.pod_selector, p.labels()))
+        .cloned()
+        .collect();
+    let (m, i, o) = render::pod_counts(policy, pods, version);
+    status.matched_pods = Some(m);
+    status.injected_pods = Some(i);
+    status.outdated_pods = Some(o);
+    let (configmap, network_policy) = match render::rendered(policy) {
+        Ok(r) => {
+            if old.policy_hash.as_deref() != Some(r.hash.as_str()) {
+                events.push((
+                    false,
+                    "Rendered",
+                    format!(
+                        "policy rendered to ConfigMap {} (hash {})",
+                        configmap_name(&policy.name_any()),
+                        &r.hash[..12.min(r.hash.len())]
+                    ),
+                ));
+            }
+            render::set_condition(
+                conditions,
+                cond::READY,
+                true,
+                cond::RENDERED,
+                format!(
+                    "rendered to ConfigMap {}",
+                    configmap_name(&policy.name_any())
+                ),
+                generation,
+                now.clone(),
+            );
+            status.policy_hash = Some(r.hash.clone());
+            status.tool_count = Some(r.tool_count as i32);
+            let np = (policy.spec.isolation == Some(Isolation::NetworkPolicy))
+                .then(|| render::network_policy(policy, &matched, sidecar_ports));
+            (Some(render::configmap(policy, &r)), np)
+        }
+        Err(errs) => {
+            let lines: Vec<String> = errs.0.iter().map(|e| format!("spec.{e}")).collect();
+            let message = clip(format!(
+                "the policy does not compile; sidecars keep the last valid render: {}",
+                lines.join("; ")
+            ));
+            let was = old
+                .conditions
+                .iter()
+                .find(|c| c.type_ == cond::READY)
+                .map(|c| c.message.clone());
+            if was.as_deref() != Some(message.as_str()) {
+                events.push((true, cond::INVALID_POLICY, message.clone()));
+            }
+            render::set_condition(
+                conditions,
+                cond::READY,
+                false,
+                cond::INVALID_POLICY,
+                message,
+                generation,
+                now.clone(),
+            );
+            (None, None)
+        }
+    };
+    // Conflict: pods this policy matches that an older policy wins.
+    let mut winners: Vec<String> = matched
+        .iter()
+        .filter_map(|p| selecting_policy(p, namespace_policies))
+        .filter(|w| w.metadata.uid != policy.metadata.uid || w.name_any() != policy.name_any())
+        .map(|w| w.name_any())
+        .collect();
+    winners.sort();
+    winners.dedup();
+    if winners.is_empty() {
+        render::set_condition(
+            conditions,
+            cond::CONFLICT,
+            false,
+            "NoConflict",
+            "no older McpPolicy selects the same pods".into(),
+            generation,
+            now.clone(),
+        );
+    } else {
+        let message = format!(
+            "older McpPolicy {} selects some of the same pods and is enforced on them",
+            winners.join(", ")
+        );
+        if !old
+            .conditions
+            .iter()
+            .any(|c| c.type_ == cond::CONFLICT && c.status == "True")
+        {
+            events.push((true, cond::CONFLICT, message.clone()));
+        }
+        render::set_condition(
+            conditions,
+            cond::CONFLICT,
+            true,
+            "OlderPolicyWins",
+            clip(message),
+            generation,
+            now.clone(),
+        );
+    }
+    let bypass = render::bypassing_services(policy, services, &matched);
+    if bypass.is_empty() {
+        render::set_condition(
+            conditions,
+            cond::SERVICE_BYPASS,
+            false,
+            cond::NO_BYPASS,
+            "no Service targets the upstream port by number".into(),
+            generation,
+            now,
+        );
+    } else {
+        let message = format!(
+            "Service {} sends to port {} by number, around the sidecar: use targetPort: mcp",
+            bypass.join(", "),
+            policy.spec.upstream.port
+        );
+        if !old
+            .conditions
+            .iter()
+            .any(|c| c.type_ == cond::SERVICE_BYPASS && c.status == "True")
+        {
+            events.push((true, cond::SERVICE_BYPASS, message.clone()));
+        }
+        render::set_condition(
+            conditions,
+            cond::SERVICE_BYPASS,
+            true,
+            cond::BYPASS_FOUND,
+            clip(message),
+            generation,
+            now,
+        );
+    }
+    status.conditions = std::mem::take(conditions);
+    Desired {
+        status,
+        configmap,
+        network_policy,
+        events,
+    }
+}
+
+fn same_data(a: Option<&ConfigMap>, b: &ConfigMap) -> bool {
+    a.is_some_and(|a| {
+        a.data == b.data && a.metadata.owner_references == b.metadata.owner_references
+    })
+}
+
+/// The reconciler kube-runtime calls.
+pub async fn reconcile(policy: Arc<McpPolicy>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let ns = policy.namespace().ok_or(Error::NoNamespace)?;
+    let name = policy.name_any();
+    let ns_policies: Vec<McpPolicy> = ctx
+        .policies
+        .state_filter(|p| p.metadata.namespace.as_deref() == Some(ns.as_str()))
+        .iter()
+        .map(|p| (**p).clone())
+        .collect();
+    let pods: Vec<Pod> = ctx
+        .pods
+        .state_filter(|p| p.metadata.namespace.as_deref() == Some(ns.as_str()))
+        .iter()
+        .map(|p| (**p).clone())
+        .collect();
+    let services: Vec<Service> = ctx
+        .services
+        .state_filter(|s| s.metadata.namespace.as_deref() == Some(ns.as_str()))
+        .iter()
+        .map(|s| (**s).clone())
+        .collect();
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    let d = desired(
+        &policy,
+        &ns_policies,
+        &pods,
+        &services,
+        &ctx.version,
+        &ctx.sidecar_ports,
+        now,
+    );
+    let pp = PatchParams::apply(MANAGER).force();
+    let cm_name = configmap_name(&name);
+    if let Some(cm) = &d.configmap {
+        let cached = ctx.configmaps.get(&ObjectRef::new(&cm_name).within(&ns));
+        if !same_data(cached.as_deref(), cm) {
+            let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ns);
+            api.patch(&cm_name, &pp, &Patch::Apply(cm)).await?;
+        }
+    }
+    let np_ref = ObjectRef::new(&cm_name).within(&ns);
+    let np_api: Api<NetworkPolicy> = Api::namespaced(ctx.client.clone(), &ns);
+    match (&d.network_policy, ctx.network_policies.get(&np_ref)) {
+        (Some(np), cached) => {
+            if cached.as_deref().map(|c| &c.spec) != Some(&np.spec) {
+                np_api.patch(&cm_name, &pp, &Patch::Apply(np)).await?;
+            }
+        }
+        // Isolation turned off (a policy that does not compile keeps its last NetworkPolicy).
+        (None, Some(_)) if d.configmap.is_some() => {
+            match np_api.delete(&cm_name, &DeleteParams::default()).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        (None, _) => {}
+    }
+    if policy.status.as_ref() != Some(&d.status) {
+        let api: Api<McpPolicy> = Api::namespaced(ctx.client.clone(), &ns);
+        let body = json!({
+            "apiVersion": "mcpwarden.dev/v1alpha1",
+            "kind": "McpPolicy",
+            "status": d.status,
+        });
+        api.patch_status(&name, &pp, &Patch::Apply(&body)).await?;
+    }
+    let reference = policy.object_ref(&());
+    for (warning, reason, note) in &d.events {
+        let ev = Event {
+            type_: if *warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: (*reason).into(),
+            note: Some(note.clone()),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        if let Err(e) = ctx.recorder.publish(&ev, &reference).await {
+            tracing::debug!(error = %e, "could not record an Event");
+        }
+    }
+    export_hash(
+        &ctx,
+        &format!("{ns}/{name}"),
+        d.status.policy_hash.as_deref(),
+    );
+    let valid = d.configmap.is_some();
+    ctx.metrics
+        .reconciliations
+        .with_label_values(&[if valid { "ok" } else { "invalid" }])
+        .inc();
+    ctx.metrics
+        .reconcile_duration
+        .with_label_values(&[] as &[&str])
+        .observe(started.elapsed().as_secs_f64());
+    ctx.failures
+        .lock()
+        .expect("failures lock")
+        .remove(&ObjectRef::from_obj(&*policy));
+    Ok(Action::requeue(RESYNC))
+}
+
+/// `policy_rendered_info{policy,hash}`: one series per live policy, its latest hash; policies
+/// that no longer exist lose theirs.
+fn export_hash(ctx: &Ctx, policy: &str, hash: Option<&str>) {
+    let mut exported = ctx.exported.lock().expect("exported lock");
+    if let Some(hash) = hash {
+        if let Some(old) = exported.insert(policy.to_string(), hash.to_string()) {
+            if old != hash {
+                let _ = ctx.metrics.rendered.remove_label_values(&[policy, &old]);
+            }
+        }
+        ctx.metrics
+            .rendered
+            .with_label_values(&[policy, hash])
+            .set(1);
+    }
+    let live: std::collections::HashSet<String> = ctx
+        .policies
+        .state()
+        .iter()
+        .map(|p| format!("{}/{}", p.namespace().unwrap_or_default(), p.name_any()))
+        .collect();
+    exported.retain(|p, h| {
+        let keep = live.contains(p) || p == policy;
+        if !keep {
+            let _ = ctx.metrics.rendered.remove_label_values(&[p, h]);
+        }
+        keep
+    });
+}
+
+/// Backoff for failed reconciliations: 1 s doubling to 5 minutes per policy; counted.
+pub fn backoff(failures: u32) -> Duration {
+    Duration::from_secs(1u64 << failures.min(8)).min(RESYNC)
+}
+
+/// kube-runtime's error policy: count, log, retry with backoff.
+pub fn error_policy(policy: Arc<McpPolicy>, err: &Error, ctx: Arc<Ctx>) -> Action {
+    ctx.metrics
+        .reconciliations
+        .with_label_values(&["error"])
+        .inc();
+    let n = {
+        let mut f = ctx.failures.lock().expect("failures lock");
+        let n = f.entry(ObjectRef::from_obj(&*policy)).or_insert(0);
+        *n += 1;
+        *n
+    };
+    let delay = backoff(n - 1);
+    tracing::warn!(
+        policy = %format!("{}/{}", policy.namespace().unwrap_or_default(), policy.name_any()),
+        error = %err,
+        retry_in_s = delay.as_secs(),
+        "reconcile failed"
+    );
+    Action::requeue(delay)
+}

@@ -1,0 +1,279 @@
+//! The HTTPS server every controller replica runs: `/mutate` (pods) and `/validate`
+//! (McpPolicies). Until the McpPolicy cache has synced and a serving certificate is loaded it is
+//! not ready, and it answers every review with a refusal rather than skip injection.
+
+use super::review::{review_pod, review_policy, Outcome};
+use super::InjectConfig;
+use crate::crd::McpPolicy;
+use crate::metrics::ControllerMetrics;
+use arc_swap::{ArcSwap, ArcSwapOption};
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use k8s_openapi::api::core::v1::ObjectReference;
+use kube::core::admission::AdmissionResponse;
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::reflector::Store;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+use tokio_rustls::rustls;
+
+/// Largest AdmissionReview accepted (the API server's own request limit is 3 MiB of object).
+pub const MAX_REVIEW_BYTES: usize = 8 << 20;
+
+/// The serving certificate, swapped in place when the Secret changes.
+#[derive(Debug, Default)]
+pub struct CertSlot(ArcSwapOption<rustls::sign::CertifiedKey>);
+
+impl CertSlot {
+    pub fn set(&self, key: Arc<rustls::sign::CertifiedKey>) {
+        self.0.store(Some(key));
+    }
+
+    pub fn loaded(&self) -> bool {
+        self.0.load().is_some()
+    }
+}
+
+impl rustls::server::ResolvesServerCert for CertSlot {
+    fn resolve(
+        &self,
+        _hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        self.0.load_full()
+    }
+}
+
+/// What the handlers read.
+pub struct WebhookState {
+    pub policies: Store<McpPolicy>,
+    /// Set once the McpPolicy cache has synced.
+    pub synced: AtomicBool,
+    pub inject: ArcSwap<InjectConfig>,
+    pub certs: Arc<CertSlot>,
+    pub metrics: ControllerMetrics,
+    /// Records Injected / InjectionSkipped Events; `None` in tests without a cluster.
+    pub recorder: Option<Recorder>,
+    /// Bounds the Events being written at once (an admission storm must not pile up tasks).
+    pub event_slots: Arc<Semaphore>,
+}
+
+impl WebhookState {
+    pub fn new(
+        policies: Store<McpPolicy>,
+        inject: InjectConfig,
+        metrics: ControllerMetrics,
+        recorder: Option<Recorder>,
+    ) -> Arc<WebhookState> {
+        Arc::new(WebhookState {
+            policies,
+            synced: AtomicBool::new(false),
+            inject: ArcSwap::from_pointee(inject),
+            certs: Arc::default(),
+            metrics,
+            recorder,
+            event_slots: Arc::new(Semaphore::new(64)),
+        })
+    }
+
+    /// Why this replica cannot answer reviews yet, if it cannot.
+    pub fn unready_reason(&self) -> Option<&'static str> {
+        if !self.synced.load(Ordering::Acquire) {
+            Some("the McpPolicy cache has not synced")
+        } else if !self.certs.loaded() {
+            Some("no serving certificate is loaded")
+        } else {
+            None
+        }
+    }
+}
+
+/// The rustls configuration serving whatever [`CertSlot`] holds.
+pub fn tls_config(certs: Arc<CertSlot>) -> Arc<rustls::ServerConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default protocol versions")
+        .with_no_client_auth()
+        .with_cert_resolver(certs);
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Arc::new(cfg)
+}
+
+/// Serves HTTPS until `stop` turns true.
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<WebhookState>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls_config(state.certs.clone()));
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((tcp, _)) = accepted else { continue };
+                let _ = tcp.set_nodelay(true);
+                let acceptor = acceptor.clone();
+                let st = state.clone();
+                tokio::spawn(async move {
+                    let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                        Ok(Ok(tls)) => tls,
+                        Ok(Err(e)) => {
+                            tracing::debug!(error = %e, "webhook TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => return,
+                    };
+                    let svc = service_fn(move |req| {
+                        let st = st.clone();
+                        async move { Ok::<_, std::convert::Infallible>(handle(&st, req).await) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tls), svc)
+                        .await;
+                });
+            }
+            _ = stop.changed() => break,
+        }
+    }
+}
+
+fn json(status: StatusCode, body: Vec<u8>) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+/// One request: route, read the review (bounded), answer.
+pub async fn handle(state: &Arc<WebhookState>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let webhook = match (req.method(), req.uri().path()) {
+        (&http::Method::POST, "/mutate") => "mutate",
+        (&http::Method::POST, "/validate") => "validate",
+        _ => return json(StatusCode::NOT_FOUND, br#"{"error":"not found"}"#.to_vec()),
+    };
+    let started = Instant::now();
+    let body = match Limited::new(req.into_body(), MAX_REVIEW_BYTES)
+        .collect()
+        .await
+    {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            let msg =
+                format!("cannot read the AdmissionReview (limit {MAX_REVIEW_BYTES} bytes): {e}");
+            let review = AdmissionResponse::invalid(msg).into_review();
+            return json(
+                StatusCode::OK,
+                serde_json::to_vec(&review).unwrap_or_default(),
+            );
+        }
+    };
+    let out = answer(state, webhook, &body);
+    state
+        .metrics
+        .admission_duration
+        .with_label_values(&[webhook])
+        .observe(started.elapsed().as_secs_f64());
+    json(StatusCode::OK, out)
+}
+
+/// The AdmissionReview answer for `body`, as JSON, with metrics and Events.
+pub fn answer(state: &Arc<WebhookState>, webhook: &str, body: &[u8]) -> Vec<u8> {
+    if let Some(why) = state.unready_reason() {
+        let review = kube::core::admission::AdmissionResponse::invalid(format!(
+            "mcp-warden is not ready ({why}); retry shortly"
+        ))
+        .into_review();
+        if webhook == "mutate" {
+            state.metrics.injections.with_label_values(&["error"]).inc();
+        }
+        return serde_json::to_vec(&review).unwrap_or_default();
+    }
+    if webhook == "validate" {
+        return serde_json::to_vec(&review_policy(body)).unwrap_or_default();
+    }
+    let cfg = state.inject.load();
+    let r = review_pod(
+        body,
+        |ns| {
+            state
+                .policies
+                .state_filter(|p| p.metadata.namespace.as_deref() == Some(ns))
+                .iter()
+                .map(|p| (**p).clone())
+                .collect()
+        },
+        &cfg,
+    );
+    state
+        .metrics
+        .injections
+        .with_label_values(&[r.outcome.label()])
+        .inc();
+    if !r.dry_run {
+        if let Some(pod) = r.pod {
+            record(state, &r.outcome, pod);
+        }
+    }
+    encode(&r.review)
+}
+
+/// The review as JSON, with the patch as base64 text (the form Go writes for `[]byte`).
+fn encode<T: serde::Serialize>(review: &T) -> Vec<u8> {
+    use base64::Engine as _;
+    let mut v = serde_json::to_value(review).unwrap_or_default();
+    if let Some(patch) = v.pointer_mut("/response/patch") {
+        if let Some(bytes) = patch.as_array() {
+            let raw: Vec<u8> = bytes
+                .iter()
+                .filter_map(|b| b.as_u64())
+                .map(|b| b as u8)
+                .collect();
+            *patch =
+                serde_json::Value::String(base64::engine::general_purpose::STANDARD.encode(raw));
+        }
+    }
+    serde_json::to_vec(&v).unwrap_or_default()
+}
+
+/// Records the Injected / InjectionSkipped / InjectionRefused Event in the background.
+fn record(state: &Arc<WebhookState>, outcome: &Outcome, pod: ObjectReference) {
+    let Some(recorder) = state.recorder.clone() else {
+        return;
+    };
+    let (type_, reason, note) = match outcome {
+        Outcome::Injected { policy } => (
+            EventType::Normal,
+            "Injected",
+            format!("mcp-warden sidecar injected for McpPolicy {policy}"),
+        ),
+        Outcome::Skipped { reason } => (EventType::Normal, "InjectionSkipped", reason.clone()),
+        Outcome::Refused { reason } => (EventType::Warning, "InjectionRefused", reason.clone()),
+        Outcome::Error { .. } => return,
+    };
+    let Ok(permit) = state.event_slots.clone().try_acquire_owned() else {
+        tracing::debug!("event backlog full; not recording {reason}");
+        return;
+    };
+    let ev = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note),
+        action: "Admit".into(),
+        secondary: None,
+    };
+    tokio::spawn(async move {
+        if let Err(e) = recorder.publish(&ev, &pod).await {
+            tracing::debug!(error = %e, "could not record an admission Event");
+        }
+        drop(permit);
+    });
+}
