@@ -40,7 +40,7 @@ const fn own_namespace(
 /// Everything the controller does, and nothing more.
 pub const RULES: &[Rule] = &[
     // Watched by every replica (webhook cache) and reconciled by the leader.
-    cluster("mcpwarden.dev", "mcppolicies", &["get", "list", "watch"]),
+    cluster("mcpwarden.dev", "mcppolicies", &["list", "watch"]),
     cluster("mcpwarden.dev", "mcppolicies/status", &["patch"]),
     // Rendered policies and isolation, applied server-side in the policies' namespaces.
     cluster("", "configmaps", &["list", "watch", "patch", "create"]),
@@ -72,5 +72,20 @@ pub const RULES: &[Rule] = &[
         "coordination.k8s.io",
         "leases",
         &["get", "create", "update"],
+    ),
+];
+
+/// What `--webhook-url` mode needs besides [`RULES`]: it registers the webhook configurations
+/// itself (in a cluster the chart creates them).
+pub const URL_MODE_RULES: &[Rule] = &[
+    cluster(
+        "admissionregistration.k8s.io",
+        "mutatingwebhookconfigurations",
+        &["create"],
+    ),
+    cluster(
+        "admissionregistration.k8s.io",
+        "validatingwebhookconfigurations",
+        &["create"],
     ),
 ];

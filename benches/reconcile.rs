@@ -1,0 +1,155 @@
+//! Reconcile benchmark against the real API server `KUBECONFIG` names:
+//! `cargo build --release && cargo bench --bench reconcile` (add `-- --count N`, default 1000).
+//!
+//! Starts the release `mcp-warden controller` binary outside the cluster (`--webhook-url` on
+//! 127.0.0.1), creates N McpPolicies in a fresh namespace as fast as the API server takes them,
+//! and reports how long until every one is `Ready` with its ConfigMap rendered (budget: 1,000 in
+//! ≤ 10 s). Without a reachable cluster it says so and exits.
+
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use mcp_warden::crd::McpPolicy;
+use serde_json::json;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn main() {
+    let count: usize = std::env::args()
+        .skip_while(|a| a != "--count")
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1000);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(run(count));
+}
+
+async fn run(count: usize) {
+    if std::env::var("KUBECONFIG").is_err() {
+        println!("reconcile benchmark SKIPPED: KUBECONFIG is not set (it needs a real API server)");
+        return;
+    }
+    let client = match kube::Client::try_default().await {
+        Ok(c) if c.apiserver_version().await.is_ok() => c,
+        _ => {
+            println!("reconcile benchmark SKIPPED: the API server of KUBECONFIG is not reachable");
+            return;
+        }
+    };
+    let bin = concat!(env!("CARGO_MANIFEST_DIR"), "/target/release/mcp-warden");
+    let id = std::process::id();
+    let (sys, ns) = (format!("mcpw-bench-sys-{id}"), format!("mcpw-bench-{id}"));
+    let nss: Api<Namespace> = Api::all(client.clone());
+    let pp = PatchParams::apply("mcp-warden-bench").force();
+    for n in [&sys, &ns] {
+        nss.patch(
+            n,
+            &pp,
+            &Patch::Apply(
+                json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": n}}),
+            ),
+        )
+        .await
+        .unwrap();
+    }
+    let crd: serde_json::Value = serde_yaml::from_str(
+        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/crds/mcppolicy.yaml"))
+            .unwrap(),
+    )
+    .unwrap();
+    let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
+        Api::all(client.clone());
+    crds.patch("mcppolicies.mcpwarden.dev", &pp, &Patch::Apply(&crd))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut controller = Command::new(bin)
+        .args([
+            "controller",
+            "--namespace",
+            &sys,
+            "--webhook-url",
+            &format!("https://127.0.0.1:{port}"),
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--webhook-config",
+            &format!("mcpw-bench-{id}"),
+            "--native-sidecar",
+            "false",
+            "--log",
+            "warn",
+        ])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("build the release binary first: cargo build --release");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let policies: Api<McpPolicy> = Api::namespaced(client.clone(), &ns);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for chunk in (0..count)
+        .collect::<Vec<_>>()
+        .chunks(count.div_ceil(16).max(1))
+    {
+        let (policies, chunk, ns) = (policies.clone(), chunk.to_vec(), ns.clone());
+        tasks.push(tokio::spawn(async move {
+            for i in chunk {
+                let p: McpPolicy = serde_json::from_value(json!({
+                    "apiVersion": "mcpwarden.dev/v1alpha1", "kind": "McpPolicy",
+                    "metadata": {"name": format!("p{i:04}"), "namespace": ns},
+                    "spec": {"podSelector": {"matchLabels": {"app": format!("a{i}")}}, "upstream": {"port": 8888}, "default": "deny",
+                             "tools": {"run_cell": {"limits": [{"counter": "c", "window": "minute", "max": 10}]}}}
+                }))
+                .unwrap();
+                policies.create(&PostParams::default(), &p).await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let created = started.elapsed();
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let ready_at = loop {
+        let ready = policies
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .iter()
+            .filter(|p| {
+                p.status.as_ref().is_some_and(|s| {
+                    s.conditions
+                        .iter()
+                        .any(|c| c.type_ == "Ready" && c.status == "True")
+                })
+            })
+            .count();
+        if ready == count {
+            break started.elapsed();
+        }
+        if started.elapsed() > Duration::from_secs(300) {
+            println!("only {ready} of {count} Ready after 300 s");
+            break started.elapsed();
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let rendered = cms
+        .list(&ListParams::default().labels("app.kubernetes.io/managed-by=mcp-warden"))
+        .await
+        .unwrap()
+        .items
+        .len();
+    println!("{count} McpPolicies: created in {:.2} s; all Ready in {:.2} s ({rendered} ConfigMaps); budget 1,000 in <= 10 s: {}",
+        created.as_secs_f64(), ready_at.as_secs_f64(),
+        if count >= 1000 && ready_at <= Duration::from_secs(10) { "met" } else if count < 1000 { "n/a (fewer than 1,000)" } else { "NOT met" });
+    let _ = controller.kill();
+    let _ = controller.wait();
+    for n in [&sys, &ns] {
+        let _ = nss.delete(n, &DeleteParams::default()).await;
+    }
+}

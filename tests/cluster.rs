@@ -1,0 +1,492 @@
+//! The operator against a real API server: the one `KUBECONFIG` names. Without one the test
+//! says so and passes without checking anything (it never fakes a cluster).
+//!
+//! It runs the real `mcp-warden controller` binary outside the cluster with `--webhook-url`
+//! (the API server must reach `MCP_WARDEN_TEST_WEBHOOK_HOST`, default 127.0.0.1), impersonating
+//! a ServiceAccount bound to exactly the rules of `controller::rbac::RULES`, so any API call the
+//! code makes that the role does not grant fails the test. Pods stay Pending on a cluster with
+//! no nodes: the test reads their stored spec.
+
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::core::DynamicObject;
+use mcp_warden::controller::rbac::{RULES, URL_MODE_RULES};
+use mcp_warden::crd::McpPolicy;
+use serde_json::{json, Value};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Says why the test is skipped, past the test harness's output capture.
+fn skip(why: String) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "SKIPPED cluster test: {why}");
+}
+
+async fn cluster() -> Option<kube::Client> {
+    let Ok(path) = std::env::var("KUBECONFIG") else {
+        skip("KUBECONFIG is not set; point it at a cluster to run the operator tests (README, Development)".into());
+        return None;
+    };
+    let client = match kube::Client::try_default().await {
+        Ok(c) => c,
+        Err(e) => {
+            skip(format!("cannot use KUBECONFIG={path}: {e}"));
+            return None;
+        }
+    };
+    match tokio::time::timeout(Duration::from_secs(5), client.apiserver_version()).await {
+        Ok(Ok(v)) => {
+            eprintln!(
+                "cluster tests against Kubernetes {}.{} ({path})",
+                v.major, v.minor
+            );
+            Some(client)
+        }
+        _ => {
+            skip(format!(
+                "the API server of KUBECONFIG={path} is not reachable"
+            ));
+            None
+        }
+    }
+}
+
+async fn wait_for<T, F, Fut>(what: &str, secs: u64, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+fn apply() -> PatchParams {
+    PatchParams::apply("mcp-warden-test").force()
+}
+
+fn rules(namespaced: bool) -> Value {
+    RULES
+        .iter()
+        .filter(|r| r.namespaced == namespaced)
+        .map(|r| json!({"apiGroups": [r.group], "resources": [r.resource], "verbs": r.verbs}))
+        .collect()
+}
+
+/// A kubeconfig that acts as the controller's ServiceAccount.
+fn impersonating_kubeconfig(dir: &std::path::Path, sa_ns: &str) -> std::path::PathBuf {
+    let mut kc = kube::config::Kubeconfig::read().expect("KUBECONFIG readable");
+    for a in &mut kc.auth_infos {
+        if let Some(info) = a.auth_info.as_mut() {
+            info.impersonate = Some(format!("system:serviceaccount:{sa_ns}:mcp-warden"));
+            info.impersonate_groups = Some(vec![
+                "system:serviceaccounts".into(),
+                format!("system:serviceaccounts:{sa_ns}"),
+                "system:authenticated".into(),
+            ]);
+        }
+    }
+    let path = dir.join("kubeconfig");
+    std::fs::write(&path, serde_yaml::to_string(&kc).unwrap()).unwrap();
+    path
+}
+
+struct Controller(Child);
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn policy_manifest(ns: &str, name: &str, extra: Value) -> Value {
+    let mut spec = json!({
+        "podSelector": {"matchLabels": {"app": "jupyter-mcp"}},
+        "upstream": {"port": 8888},
+        "default": "deny",
+        "tools": {"run_cell": {"limits": [{"counter": "run_cell_rate", "window": "minute", "max": 10, "scope": "grant"}]}}
+    });
+    if let (Some(s), Value::Object(e)) = (spec.as_object_mut(), extra) {
+        s.extend(e);
+    }
+    json!({"apiVersion": "mcpwarden.dev/v1alpha1", "kind": "McpPolicy",
+           "metadata": {"name": name, "namespace": ns}, "spec": spec})
+}
+
+fn pod_manifest(name: &str, labels: Value, with_mcp_port: bool) -> Pod {
+    let ports = if with_mcp_port {
+        json!([{"name": "mcp", "containerPort": 8888}])
+    } else {
+        json!([{"name": "http", "containerPort": 8888}])
+    };
+    serde_json::from_value(json!({
+        "metadata": {"name": name, "labels": labels},
+        "spec": {"containers": [{"name": "app", "image": "registry.invalid/jupyter-mcp:1", "ports": ports,
+                                 "readinessProbe": {"httpGet": {"path": "/health", "port": "mcp"}}}]}
+    }))
+    .unwrap()
+}
+
+fn has_sidecar(p: &Pod) -> bool {
+    let s = p.spec.as_ref().unwrap();
+    s.containers
+        .iter()
+        .chain(s.init_containers.iter().flatten())
+        .any(|c| c.name == "mcp-warden")
+}
+
+#[tokio::test]
+async fn the_operator_end_to_end_on_a_real_api_server() {
+    let Some(client) = cluster().await else {
+        return;
+    };
+    let id = format!(
+        "{:x}",
+        std::process::id() ^ (Instant::now().elapsed().subsec_nanos())
+    );
+    let sys = format!("mcpw-sys-{id}");
+    let on = format!("mcpw-on-{id}");
+    let off = format!("mcpw-off-{id}");
+    let hooks = format!("mcpw-{id}");
+    let pp = apply();
+
+    // The CRD, as checked in.
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let crd: CustomResourceDefinition = serde_yaml::from_str(
+        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/crds/mcppolicy.yaml"))
+            .unwrap(),
+    )
+    .unwrap();
+    crds.patch("mcppolicies.mcpwarden.dev", &pp, &Patch::Apply(&crd))
+        .await
+        .expect("the CRD installs");
+    wait_for("the CRD to be established", 30, || {
+        let crds = crds.clone();
+        async move {
+            let c = crds.get("mcppolicies.mcpwarden.dev").await.ok()?;
+            c.status?
+                .conditions?
+                .iter()
+                .any(|c| c.type_ == "Established" && c.status == "True")
+                .then_some(())
+        }
+    })
+    .await;
+
+    // Namespaces and the controller's least-privilege identity.
+    let nss: Api<Namespace> = Api::all(client.clone());
+    for (ns, labelled) in [(&sys, false), (&on, true), (&off, false)] {
+        let labels = if labelled {
+            json!({"mcpwarden.dev/injection": "enabled"})
+        } else {
+            json!({})
+        };
+        nss.patch(ns, &pp, &Patch::Apply(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns, "labels": labels}})))
+            .await
+            .unwrap();
+    }
+    let role_name = format!("mcp-warden-{id}");
+    let croles: Api<ClusterRole> = Api::all(client.clone());
+    croles
+        .patch(
+            &role_name,
+            &pp,
+            &Patch::Apply(
+                json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+        "metadata": {"name": role_name}, "rules": rules(false)}),
+            ),
+        )
+        .await
+        .unwrap();
+    let cbindings: Api<ClusterRoleBinding> = Api::all(client.clone());
+    cbindings.patch(&role_name, &pp, &Patch::Apply(json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+        "metadata": {"name": role_name}, "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role_name},
+        "subjects": [{"kind": "ServiceAccount", "name": "mcp-warden", "namespace": sys}]}))).await.unwrap();
+    let roles: Api<Role> = Api::namespaced(client.clone(), &sys);
+    roles
+        .patch(
+            "mcp-warden",
+            &pp,
+            &Patch::Apply(
+                json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+        "metadata": {"name": "mcp-warden", "namespace": sys}, "rules": rules(true)}),
+            ),
+        )
+        .await
+        .unwrap();
+    let rbs: Api<RoleBinding> = Api::namespaced(client.clone(), &sys);
+    rbs.patch("mcp-warden", &pp, &Patch::Apply(json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+        "metadata": {"name": "mcp-warden", "namespace": sys}, "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "mcp-warden"},
+        "subjects": [{"kind": "ServiceAccount", "name": "mcp-warden", "namespace": sys}]}))).await.unwrap();
+    // In URL mode the controller registers the webhook configurations itself.
+    let dev_role = format!("{role_name}-dev");
+    let dev_rules: Value = URL_MODE_RULES
+        .iter()
+        .map(|r| json!({"apiGroups": [r.group], "resources": [r.resource], "verbs": r.verbs}))
+        .collect();
+    croles
+        .patch(
+            &dev_role,
+            &pp,
+            &Patch::Apply(
+                json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+        "metadata": {"name": dev_role}, "rules": dev_rules}),
+            ),
+        )
+        .await
+        .unwrap();
+    cbindings.patch(&dev_role, &pp, &Patch::Apply(json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+        "metadata": {"name": dev_role}, "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": dev_role},
+        "subjects": [{"kind": "ServiceAccount", "name": "mcp-warden", "namespace": sys}]}))).await.unwrap();
+
+    // The controller, as its ServiceAccount.
+    let dir = std::env::temp_dir().join(format!("mcp-warden-cluster-{id}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let kubeconfig = impersonating_kubeconfig(&dir, &sys);
+    let host = std::env::var("MCP_WARDEN_TEST_WEBHOOK_HOST").unwrap_or_else(|_| "127.0.0.1".into());
+    let port = free_port();
+    let admin = free_port();
+    let log = std::fs::File::create(dir.join("controller.log")).unwrap();
+    let _controller = Controller(
+        Command::new(env!("CARGO_BIN_EXE_mcp-warden"))
+            .args([
+                "controller",
+                "--namespace",
+                &sys,
+                "--identity",
+                "test-replica",
+                "--webhook-url",
+                &format!("https://{host}:{port}"),
+                "--admin-listen",
+                &format!("127.0.0.1:{admin}"),
+                "--webhook-config",
+                &hooks,
+                "--native-sidecar",
+                "false",
+                "--cert-interval-seconds",
+                "2",
+                "--drain-delay-seconds",
+                "0",
+                "--log-format",
+                "text",
+            ])
+            .env("KUBECONFIG", &kubeconfig)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    eprintln!("controller log: {}", dir.join("controller.log").display());
+    wait_for("the controller to be ready", 60, || async move {
+        let out = Command::new("curl")
+            .args([
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                &format!("http://127.0.0.1:{admin}/readyz"),
+            ])
+            .output()
+            .ok()?;
+        (String::from_utf8_lossy(&out.stdout) == "200").then_some(())
+    })
+    .await;
+    let mutating: Api<DynamicObject> = Api::all_with(
+        client.clone(),
+        &kube::api::ApiResource::erase::<
+            k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration,
+        >(&()),
+    );
+    wait_for("the webhook configuration with its caBundle", 60, || {
+        let m = mutating.clone();
+        let hooks = hooks.clone();
+        async move {
+            let c = m.get(&hooks).await.ok()?;
+            c.data["webhooks"][0]["clientConfig"]["caBundle"]
+                .as_str()
+                .filter(|s| !s.is_empty())
+                .map(|_| ())
+        }
+    })
+    .await;
+
+    // A valid policy: ConfigMap and status appear.
+    let policies: Api<McpPolicy> = Api::namespaced(client.clone(), &on);
+    let p: McpPolicy = serde_json::from_value(policy_manifest(&on, "jupyter", json!({}))).unwrap();
+    policies
+        .create(&PostParams::default(), &p)
+        .await
+        .expect("a valid McpPolicy is accepted");
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &on);
+    let first = wait_for("the rendered ConfigMap", 30, || {
+        let cms = cms.clone();
+        async move { cms.get_opt("jupyter-mcp-warden").await.ok().flatten() }
+    })
+    .await;
+    let doc: Value = serde_json::from_str(&first.data.as_ref().unwrap()["policy.json"]).unwrap();
+    assert_eq!(doc["name"], format!("{on}/jupyter"));
+    assert_eq!(
+        first.metadata.owner_references.as_ref().unwrap()[0].kind,
+        "McpPolicy"
+    );
+    let status = wait_for("status Ready", 30, || {
+        let policies = policies.clone();
+        async move {
+            let p = policies.get("jupyter").await.ok()?;
+            let s = p.status?;
+            s.conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True")
+                .then_some(s)
+        }
+    })
+    .await;
+    assert_eq!(status.tool_count, Some(1));
+    let hash1 = status.policy_hash.clone().unwrap();
+
+    // An edit is followed.
+    policies
+        .patch("jupyter", &PatchParams::default(), &Patch::Merge(json!({"spec": {"tools": {"write_file": {"action": "deny", "reason": "read-only"}}}})))
+        .await
+        .unwrap();
+    wait_for("the edit in ConfigMap and status", 30, || {
+        let (policies, hash1) = (policies.clone(), hash1.clone());
+        async move {
+            let s = policies.get("jupyter").await.ok()?.status?;
+            (s.policy_hash.as_deref() != Some(hash1.as_str()) && s.tool_count == Some(2))
+                .then_some(())
+        }
+    })
+    .await;
+
+    // Refused by the API server's schema, with the field named.
+    let bad_schema: McpPolicy = serde_json::from_value(policy_manifest(&on, "bad-schema", json!({"tools": {"run_cell": {"limits": [{"counter": "c", "window": "minute", "max": 0, "scope": "grant"}]}}}))).unwrap();
+    let err = policies
+        .create(&PostParams::default(), &bad_schema)
+        .await
+        .expect_err("max 0 is refused");
+    assert!(
+        err.to_string()
+            .contains("spec.tools.run_cell.limits[0].max"),
+        "{err}"
+    );
+    // Refused by /validate: a regex the schema cannot check.
+    let bad_regex: McpPolicy = serde_json::from_value(policy_manifest(&on, "bad-regex", json!({"tools": {"run_cell": {"denyIf": [{"conditions": [{"path": "args.code", "op": "regex", "value": "(oops"}]}]}}}))).unwrap();
+    let err = policies
+        .create(&PostParams::default(), &bad_regex)
+        .await
+        .expect_err("a bad regex is refused");
+    assert!(
+        err.to_string()
+            .contains("spec.tools.run_cell.denyIf[0].conditions[0].value"),
+        "{err}"
+    );
+
+    // Injection.
+    let pods_on: Api<Pod> = Api::namespaced(client.clone(), &on);
+    let created = pods_on
+        .create(
+            &PostParams::default(),
+            &pod_manifest("guarded", json!({"app": "jupyter-mcp"}), true),
+        )
+        .await
+        .unwrap();
+    assert!(has_sidecar(&created), "the stored pod runs the sidecar");
+    let stored = pods_on.get("guarded").await.unwrap();
+    assert!(has_sidecar(&stored));
+    assert_eq!(
+        stored.metadata.annotations.as_ref().unwrap()["mcpwarden.dev/policy"],
+        format!("{on}/jupyter")
+    );
+    let opted_out = pods_on
+        .create(
+            &PostParams::default(),
+            &pod_manifest(
+                "opted-out",
+                json!({"app": "jupyter-mcp", "mcpwarden.dev/inject": "false"}),
+                true,
+            ),
+        )
+        .await
+        .unwrap();
+    assert!(!has_sidecar(&opted_out));
+    let err = pods_on
+        .create(
+            &PostParams::default(),
+            &pod_manifest("no-port", json!({"app": "jupyter-mcp"}), false),
+        )
+        .await
+        .expect_err("no mcp port is refused");
+    assert!(err.to_string().contains("port named \"mcp\""), "{err}");
+    let pods_off: Api<Pod> = Api::namespaced(client.clone(), &off);
+    let untouched = pods_off
+        .create(
+            &PostParams::default(),
+            &pod_manifest("plain", json!({"app": "jupyter-mcp"}), true),
+        )
+        .await
+        .unwrap();
+    assert!(
+        !has_sidecar(&untouched),
+        "an unlabelled namespace is untouched"
+    );
+    wait_for("matchedPods and injectedPods", 30, || {
+        let policies = policies.clone();
+        async move {
+            let s = policies.get("jupyter").await.ok()?.status?;
+            (s.matched_pods == Some(2) && s.injected_pods == Some(1)).then_some(())
+        }
+    })
+    .await;
+
+    // Deleting the policy: its ConfigMap goes by garbage collection (when the cluster runs a
+    // garbage collector; a bare API server has none).
+    policies
+        .delete("jupyter", &DeleteParams::foreground())
+        .await
+        .unwrap();
+    wait_for("the ConfigMap to be garbage-collected", 60, || {
+        let cms = cms.clone();
+        async move {
+            cms.get_opt("jupyter-mcp-warden")
+                .await
+                .ok()
+                .and_then(|c| c.is_none().then_some(()))
+        }
+    })
+    .await;
+
+    // Clean up (namespaces take their contents).
+    for ns in [&sys, &on, &off] {
+        let _ = nss.delete(ns, &DeleteParams::default()).await;
+    }
+    for name in [&role_name, &dev_role] {
+        let _ = croles.delete(name, &DeleteParams::default()).await;
+        let _ = cbindings.delete(name, &DeleteParams::default()).await;
+    }
+    let _ = mutating.delete(&hooks, &DeleteParams::default()).await;
+    let validating: Api<DynamicObject> = Api::all_with(
+        client.clone(),
+        &kube::api::ApiResource::erase::<
+            k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration,
+        >(&()),
+    );
+    let _ = validating.delete(&hooks, &DeleteParams::default()).await;
+}
