@@ -146,3 +146,84 @@ async fn the_sidecar_binary_audits_every_decision_and_exits_cleanly_on_sigterm()
         .iter()
         .any(|l| l["message"] == "draining: /readyz is false"));
 }
+
+/// Without a reachable API server the controller stays alive but not ready, explains why, and
+/// still stops cleanly on SIGTERM.
+#[tokio::test]
+async fn the_controller_is_unready_until_its_cache_syncs_and_exits_cleanly_on_sigterm() {
+    let dir = temp_dir("controller");
+    let kubeconfig = dir.join("kubeconfig");
+    // A cluster address where nothing listens: the controller can never sync.
+    std::fs::write(
+        &kubeconfig,
+        "apiVersion: v1\nkind: Config\ncurrent-context: c\nclusters: [{name: c, cluster: {server: 'https://127.0.0.1:1', insecure-skip-tls-verify: true}}]\n\
+         users: [{name: u, user: {token: t}}]\ncontexts: [{name: c, context: {cluster: c, user: u}}]\n",
+    )
+    .unwrap();
+    let mut child = Command::new(BIN)
+        .args([
+            "controller",
+            "--namespace",
+            "mcp-warden",
+            "--identity",
+            "test",
+        ])
+        .args([
+            "--webhook-listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--native-sidecar", "false", "--drain-delay-seconds", "0.2"])
+        .env("KUBECONFIG", &kubeconfig)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<Value>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                let _ = tx.send(v);
+            }
+        }
+    });
+    let started = rx
+        .iter()
+        .find(|l| {
+            l["fields"]["message"] == "mcp-warden controller listening"
+                || l["message"] == "mcp-warden controller listening"
+        })
+        .expect("the controller logs where it listens");
+    let admin = started["fields"]["admin"]
+        .as_str()
+        .or(started["admin"].as_str())
+        .unwrap()
+        .to_string();
+    let get = |path: &str| {
+        let out = Command::new("curl")
+            .args([
+                "-s",
+                "-w",
+                "\n%{http_code}",
+                &format!("http://{admin}{path}"),
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap()
+    };
+    assert!(get("/livez").ends_with("200"));
+    let ready = get("/readyz");
+    assert!(ready.ends_with("503"), "{ready}");
+    assert!(ready.contains("McpPolicy cache has not synced"), "{ready}");
+    assert!(get("/metrics").ends_with("200"));
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(exit.code(), Some(0), "exit status {exit:?}");
+}

@@ -8,7 +8,7 @@ fn readme() -> String {
 }
 
 #[test]
-fn the_readme_names_exactly_the_metrics_the_sidecar_exports() {
+fn the_readme_names_exactly_the_metrics_the_code_exports() {
     let text = readme();
     let mentioned: BTreeSet<&str> = text
         .match_indices("mcp_warden_")
@@ -23,6 +23,7 @@ fn the_readme_names_exactly_the_metrics_the_sidecar_exports() {
         .collect();
     let exported: BTreeSet<&str> = mcp_warden::metrics::SIDECAR_METRICS
         .iter()
+        .chain(mcp_warden::metrics::CONTROLLER_METRICS)
         .copied()
         .collect();
     let unknown: Vec<_> = mentioned.difference(&exported).collect();
@@ -36,8 +37,17 @@ fn the_readme_names_exactly_the_metrics_the_sidecar_exports() {
 
 #[test]
 fn the_readme_documents_every_sidecar_flag() {
+    readme_documents_flags_of("sidecar");
+}
+
+#[test]
+fn the_readme_documents_every_controller_flag() {
+    readme_documents_flags_of("controller");
+}
+
+fn readme_documents_flags_of(command: &str) {
     let help = Command::new(env!("CARGO_BIN_EXE_mcp-warden"))
-        .args(["sidecar", "--help"])
+        .args([command, "--help"])
         .output()
         .unwrap();
     let help = String::from_utf8(help.stdout).unwrap();

@@ -110,7 +110,9 @@ pub async fn run(
     cfg: Config,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let client = kube::Client::try_default().await?;
+    let client = kube::Client::try_default().await.map_err(|e| {
+        anyhow::anyhow!("no Kubernetes API server configured (in-cluster or KUBECONFIG): {e}")
+    })?;
     let metrics = ControllerMetrics::new();
     let reporter = Reporter {
         controller: "mcp-warden".into(),
@@ -164,7 +166,13 @@ pub async fn run(
     let admin = TcpListener::bind(cfg.admin_listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", cfg.admin_listen))?;
-    tracing::info!(webhook = %cfg.webhook_listen, admin = %cfg.admin_listen, identity = %cfg.identity, "mcp-warden controller starting");
+    tracing::info!(
+        webhook = %webhook.local_addr()?,
+        admin = %admin.local_addr()?,
+        identity = %cfg.identity,
+        version = env!("CARGO_PKG_VERSION"),
+        "mcp-warden controller listening"
+    );
     let webhook_task = tokio::spawn(crate::webhook::server::serve(
         webhook,
         state.clone(),
