@@ -30,7 +30,14 @@ pub enum Command {
     /// Run the operator: reconcile McpPolicies and serve the admission webhooks.
     Controller(Box<ControllerArgs>),
     /// Print the McpPolicy CustomResourceDefinition (YAML), generated from the Rust types.
-    Crd,
+    Crd(CrdArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CrdArgs {
+    /// Print the field reference (Markdown) instead of the CRD.
+    #[arg(long)]
+    pub reference: bool,
 }
 
 #[derive(Debug, Args)]
@@ -237,6 +244,10 @@ pub struct ControllerArgs {
         default_value = "mcp-warden-webhook-tls"
     )]
     pub tls_secret: String,
+    /// Create, rotate and publish the webhook certificate (false when cert-manager issues it
+    /// into the same Secret and injects caBundle).
+    #[arg(long, env = "MCP_WARDEN_MANAGE_CERTIFICATES", default_value_t = true, action = clap::ArgAction::Set)]
+    pub manage_certificates: bool,
     /// Days the webhook CA is valid (rotated with a third left).
     #[arg(long, env = "MCP_WARDEN_CA_VALIDITY_DAYS", default_value_t = 1825)]
     pub ca_validity_days: u64,
@@ -380,6 +391,7 @@ impl ControllerArgs {
                 anyhow::anyhow!("--drain-delay-seconds must be a non-negative number")
             })?,
             cert_interval: Duration::from_secs(self.cert_interval_seconds.max(1)),
+            manage_certificates: self.manage_certificates,
         })
     }
 }

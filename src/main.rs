@@ -21,8 +21,12 @@ fn main() -> ExitCode {
         Command::Sidecar(a) => cli::run_sidecar(a),
         Command::Demo(a) => cli::run_demo(a),
         Command::Controller(a) => cli::run_controller(a),
-        Command::Crd => {
-            print!("{}", mcp_warden::crd::crd_yaml());
+        Command::Crd(a) => {
+            if a.reference {
+                print!("{}", mcp_warden::crd::reference::markdown());
+            } else {
+                print!("{}", mcp_warden::crd::crd_yaml());
+            }
             Ok(true)
         }
     };

@@ -65,3 +65,22 @@ fn readme_documents_flags_of(command: &str) {
         );
     }
 }
+
+#[test]
+fn the_readme_field_reference_is_generated_from_the_crd() {
+    let text = readme();
+    let start = text
+        .find("<!-- reference:start -->\n")
+        .expect("README reference markers")
+        + "<!-- reference:start -->\n".len();
+    let end = text.find("<!-- reference:end -->").unwrap();
+    assert!(
+        text[start..end] == mcp_warden::crd::reference::markdown(),
+        "the README's McpPolicy reference is stale: replace it with `mcp-warden crd --reference`"
+    );
+    let missing = mcp_warden::crd::reference::missing_examples();
+    assert!(
+        missing.is_empty(),
+        "fields without an example in src/crd/reference.rs: {missing:?}"
+    );
+}

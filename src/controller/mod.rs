@@ -59,6 +59,8 @@ pub struct Config {
     /// How often every replica re-reads the serving certificate and the leader re-checks the
     /// Secret and `caBundle`.
     pub cert_interval: Duration,
+    /// Whether the leader manages the webhook certificate (false under cert-manager).
+    pub manage_certificates: bool,
 }
 
 /// Whether native sidecars can be used: API server and every kubelet at 1.32 or newer (older
@@ -300,6 +302,9 @@ async fn lead(client: kube::Client, cfg: Config, metrics: ControllerMetrics, rec
     let certs_loop = {
         let (client, cfg) = (client.clone(), cfg.clone());
         async move {
+            if !cfg.manage_certificates {
+                return;
+            }
             loop {
                 if let Err(e) = certs::reconcile_certs(&client, &cfg.certs).await {
                     tracing::warn!(error = %e, "webhook certificate work failed; retrying");

@@ -28,3 +28,28 @@ app.kubernetes.io/component: controller
 {{- define "mcp-warden.serviceAccountName" -}}
 {{- default (include "mcp-warden.fullname" .) .Values.serviceAccount.name -}}
 {{- end -}}
+
+{{/* The controller image. */}}
+{{- define "mcp-warden.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+
+{{/* The sidecar image. */}}
+{{- define "mcp-warden.sidecarImage" -}}
+{{- printf "%s:%s" (default .Values.image.repository .Values.sidecar.repository) (default (default .Chart.AppVersion .Values.image.tag) .Values.sidecar.tag) -}}
+{{- end -}}
+
+{{- define "mcp-warden.webhookService" -}}
+{{- printf "%s-webhook" (include "mcp-warden.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "mcp-warden.tlsSecret" -}}
+{{- printf "%s-webhook-tls" (include "mcp-warden.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Namespaces the webhooks never act in. */}}
+{{- define "mcp-warden.excludedNamespaces" -}}
+{{- $ns := list "kube-system" .Release.Namespace -}}
+{{- range .Values.webhook.excludeNamespaces }}{{ $ns = append $ns . }}{{ end -}}
+{{- toJson (uniq $ns) -}}
+{{- end -}}
