@@ -66,6 +66,19 @@ async fn one(
     len
 }
 
+/// Prints one mode's latency percentiles against the budget.
+fn report(mode: &str, mut lat: Vec<u64>) {
+    lat.sort_unstable();
+    let p99 = pct(&lat, 0.99);
+    let verdict = if p99 <= 10.0 { "met" } else { "NOT met" };
+    println!(
+        "{mode:<28} {:>10.3} {:>10.3} {:>10.3}   p99 <= 10 ms: {verdict}",
+        pct(&lat, 0.5),
+        p99,
+        pct(&lat, 1.0)
+    );
+}
+
 fn pct(sorted: &[u64], p: f64) -> f64 {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize] as f64 / 1000.0
 }
@@ -167,16 +180,7 @@ fn main() {
             one(&mut s, &body).await;
             lat.push(t.elapsed().as_micros() as u64);
         }
-        lat.sort_unstable();
-        let p99 = pct(&lat, 0.99);
-        println!(
-            "{:<28} {:>10.3} {:>10.3} {:>10.3}   p99 <= 10 ms: {}",
-            "keep-alive TLS",
-            pct(&lat, 0.5),
-            p99,
-            pct(&lat, 1.0),
-            if p99 <= 10.0 { "met" } else { "NOT met" }
-        );
+        report("keep-alive TLS", lat);
         // A TLS handshake per review.
         let mut lat = Vec::with_capacity(n / 5);
         for _ in 0..n / 5 {
@@ -185,16 +189,7 @@ fn main() {
             one(&mut s, &body).await;
             lat.push(t.elapsed().as_micros() as u64);
         }
-        lat.sort_unstable();
-        let p99 = pct(&lat, 0.99);
-        println!(
-            "{:<28} {:>10.3} {:>10.3} {:>10.3}   p99 <= 10 ms: {}",
-            "new TLS connection each",
-            pct(&lat, 0.5),
-            p99,
-            pct(&lat, 1.0),
-            if p99 <= 10.0 { "met" } else { "NOT met" }
-        );
+        report("new TLS connection each", lat);
     });
 }
 

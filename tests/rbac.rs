@@ -109,6 +109,7 @@ fn used() -> BTreeSet<Grant> {
     let call =
         Regex::new(r"\b(\w+)\s*\.(get_opt|get|create|replace|patch_status|patch|delete|list)\(")
             .unwrap();
+    let fn_def = Regex::new(r"fn (\w+)").unwrap();
     let mut out = BTreeSet::new();
     let mut add = |ty: &str, suffix: &str, verb: &str| {
         let (g, r) = resource_of(ty);
@@ -138,9 +139,12 @@ fn used() -> BTreeSet<Grant> {
                     )
                 })
                 .collect();
+            // Calls through a generic `Api<K>` parameter are the calls of every `Api` variable
+            // passed to that function: (function, verb, suffix) first, call sites after.
+            let mut generic: Vec<(String, String, &str)> = Vec::new();
             for c in call.captures_iter(src) {
                 let at = c.get(0).unwrap().start();
-                let Some((_, _, ty)) = bindings
+                let Some((bound_at, _, ty)) = bindings
                     .iter()
                     .rev()
                     .find(|(pos, var, _)| *pos < at && *var == c[1])
@@ -148,21 +152,43 @@ fn used() -> BTreeSet<Grant> {
                     continue;
                 };
                 let stmt = &src[at..src[at..].find(';').map_or(src.len(), |e| at + e)];
-                match &c[2] {
-                    "get_opt" | "get" => add(ty, "", "get"),
-                    "create" => add(ty, "", "create"),
-                    "replace" => add(ty, "", "update"),
-                    "delete" => add(ty, "", "delete"),
-                    "list" => add(ty, "", "list"),
-                    "patch_status" => add(ty, "/status", "patch"),
-                    "patch" => {
-                        add(ty, "", "patch");
-                        // Server-side apply creates what does not exist yet.
-                        if stmt.contains("Patch::Apply") {
-                            add(ty, "", "create");
-                        }
-                    }
+                let verbs: Vec<(&str, &str)> = match &c[2] {
+                    "get_opt" | "get" => vec![("", "get")],
+                    "create" => vec![("", "create")],
+                    "replace" => vec![("", "update")],
+                    "delete" => vec![("", "delete")],
+                    "list" => vec![("", "list")],
+                    "patch_status" => vec![("/status", "patch")],
+                    // Server-side apply creates what does not exist yet.
+                    "patch" if stmt.contains("Patch::Apply") => vec![("", "patch"), ("", "create")],
+                    "patch" => vec![("", "patch")],
                     _ => unreachable!(),
+                };
+                let is_generic = ty.len() == 1 && ty.chars().all(|ch| ch.is_ascii_uppercase());
+                for (suffix, verb) in verbs {
+                    if is_generic {
+                        let func = fn_def
+                            .captures_iter(&src[..*bound_at])
+                            .last()
+                            .map(|f| f[1].to_string())
+                            .expect("a generic Api parameter belongs to a function");
+                        generic.push((func, verb.to_string(), suffix));
+                    } else {
+                        add(ty, suffix, verb);
+                    }
+                }
+            }
+            for (func, verb, suffix) in &generic {
+                let site = Regex::new(&format!(r"\b{func}\(\s*&(\w+)")).unwrap();
+                for c in site.captures_iter(src) {
+                    let at = c.get(0).unwrap().start();
+                    if let Some((_, _, ty)) = bindings
+                        .iter()
+                        .rev()
+                        .find(|(pos, var, _)| *pos < at && *var == c[1])
+                    {
+                        add(ty, suffix, verb);
+                    }
                 }
             }
             if src.contains(".publish(&") {

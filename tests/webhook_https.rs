@@ -124,6 +124,21 @@ async fn post(
     Ok((status, v))
 }
 
+/// New certificate material, valid now.
+fn fresh() -> Material {
+    tls::next(None, &names(), now(), &Lifetimes::default())
+        .unwrap()
+        .unwrap()
+}
+
+/// The fixture's pod review, posted to `/mutate` trusting the material's bundle.
+async fn mutate_fixture(addr: std::net::SocketAddr, m: &Material) -> Value {
+    post(addr, &m[tls::CA_BUNDLE], "/mutate", &pod_review())
+        .await
+        .unwrap()
+        .1
+}
+
 fn pod_review() -> Vec<u8> {
     std::fs::read(format!(
         "{}/tests/fixtures/admission/pod-create.json",
@@ -134,9 +149,7 @@ fn pod_review() -> Vec<u8> {
 
 #[tokio::test]
 async fn a_pod_review_over_https_gets_its_patch() {
-    let m = tls::next(None, &names(), now(), &Lifetimes::default())
-        .unwrap()
-        .unwrap();
+    let m = fresh();
     let (addr, state, _stop) = start(
         &m,
         vec![policy("notebooks", "jupyter", "jupyter-mcp")],
@@ -177,9 +190,7 @@ async fn a_pod_review_over_https_gets_its_patch() {
 
 #[tokio::test]
 async fn a_pod_no_policy_selects_is_allowed_unchanged() {
-    let m = tls::next(None, &names(), now(), &Lifetimes::default())
-        .unwrap()
-        .unwrap();
+    let m = fresh();
     let (addr, _state, _stop) = start(
         &m,
         vec![
@@ -189,27 +200,21 @@ async fn a_pod_no_policy_selects_is_allowed_unchanged() {
         true,
     )
     .await;
-    let (_, v) = post(addr, &m[tls::CA_BUNDLE], "/mutate", &pod_review())
-        .await
-        .unwrap();
+    let v = mutate_fixture(addr, &m).await;
     assert_eq!(v["response"]["allowed"], true);
     assert!(v["response"].get("patch").is_none(), "{v}");
 }
 
 #[tokio::test]
 async fn an_unsynced_replica_refuses_instead_of_skipping_injection() {
-    let m = tls::next(None, &names(), now(), &Lifetimes::default())
-        .unwrap()
-        .unwrap();
+    let m = fresh();
     let (addr, state, _stop) = start(
         &m,
         vec![policy("notebooks", "jupyter", "jupyter-mcp")],
         false,
     )
     .await;
-    let (_, v) = post(addr, &m[tls::CA_BUNDLE], "/mutate", &pod_review())
-        .await
-        .unwrap();
+    let v = mutate_fixture(addr, &m).await;
     assert_eq!(v["response"]["allowed"], false);
     let msg = v["response"]["status"]["message"].as_str().unwrap();
     assert!(
@@ -219,18 +224,14 @@ async fn an_unsynced_replica_refuses_instead_of_skipping_injection() {
     assert!(v["response"].get("patch").is_none());
     // Once synced it injects.
     state.synced.store(true, Ordering::Release);
-    let (_, v) = post(addr, &m[tls::CA_BUNDLE], "/mutate", &pod_review())
-        .await
-        .unwrap();
+    let v = mutate_fixture(addr, &m).await;
     assert_eq!(v["response"]["allowed"], true);
     assert!(v["response"]["patch"].is_string());
 }
 
 #[tokio::test]
 async fn the_validating_webhook_names_the_field_of_a_bad_regex() {
-    let m = tls::next(None, &names(), now(), &Lifetimes::default())
-        .unwrap()
-        .unwrap();
+    let m = fresh();
     let (addr, _state, _stop) = start(&m, vec![], true).await;
     let bad = json!({
         "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
@@ -264,9 +265,7 @@ async fn the_validating_webhook_names_the_field_of_a_bad_regex() {
 
 #[tokio::test]
 async fn an_oversized_or_unreadable_review_is_refused_not_allowed() {
-    let m = tls::next(None, &names(), now(), &Lifetimes::default())
-        .unwrap()
-        .unwrap();
+    let m = fresh();
     let (addr, _state, _stop) = start(&m, vec![], true).await;
     let (_, v) = post(addr, &m[tls::CA_BUNDLE], "/mutate", b"{not json")
         .await

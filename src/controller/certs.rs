@@ -189,65 +189,67 @@ async fn publish_bundle(
             .await?;
         return Ok(());
     }
-    let want = base64::engine::general_purpose::STANDARD.encode(bundle);
-    let drifted = |hooks: Vec<(String, Option<ByteString>)>| -> Option<json_patch::Patch> {
-        let mut ops = Vec::new();
-        for (i, (name, ca)) in hooks.iter().enumerate() {
-            if ca.as_ref().map(|b| b.0.as_slice()) != Some(bundle.as_bytes()) {
-                ops.push(serde_json::json!({"op": "test", "path": format!("/webhooks/{i}/name"), "value": name}));
-                ops.push(serde_json::json!({"op": "add", "path": format!("/webhooks/{i}/clientConfig/caBundle"), "value": want}));
-            }
-        }
-        (!ops.is_empty())
-            .then(|| serde_json::from_value(serde_json::Value::Array(ops)).expect("valid patch"))
+    let hooks_m = |c: MutatingWebhookConfiguration| {
+        let hooks = c.webhooks.unwrap_or_default();
+        hooks
+            .into_iter()
+            .map(|w| (w.name, w.client_config.ca_bundle))
+            .collect()
     };
-    match mutating.get_opt(&cfg.webhook_config).await? {
-        Some(c) => {
-            let hooks = c
-                .webhooks
-                .unwrap_or_default()
-                .into_iter()
-                .map(|w| (w.name, w.client_config.ca_bundle))
-                .collect();
-            if let Some(p) = drifted(hooks) {
-                mutating
-                    .patch(
-                        &cfg.webhook_config,
-                        &PatchParams::default(),
-                        &Patch::<()>::Json(p),
-                    )
-                    .await?;
-                tracing::info!(config = %cfg.webhook_config, "patched caBundle of the mutating webhook");
-            }
-        }
-        None => {
-            tracing::warn!(config = %cfg.webhook_config, "MutatingWebhookConfiguration not found; pods are not being injected")
-        }
+    let hooks_v = |c: ValidatingWebhookConfiguration| {
+        let hooks = c.webhooks.unwrap_or_default();
+        hooks
+            .into_iter()
+            .map(|w| (w.name, w.client_config.ca_bundle))
+            .collect()
+    };
+    if !repatch(&mutating, &cfg.webhook_config, bundle, hooks_m).await? {
+        tracing::warn!(config = %cfg.webhook_config, "MutatingWebhookConfiguration not found; pods are not being injected");
     }
-    match validating.get_opt(&cfg.webhook_config).await? {
-        Some(c) => {
-            let hooks = c
-                .webhooks
-                .unwrap_or_default()
-                .into_iter()
-                .map(|w| (w.name, w.client_config.ca_bundle))
-                .collect();
-            if let Some(p) = drifted(hooks) {
-                validating
-                    .patch(
-                        &cfg.webhook_config,
-                        &PatchParams::default(),
-                        &Patch::<()>::Json(p),
-                    )
-                    .await?;
-                tracing::info!(config = %cfg.webhook_config, "patched caBundle of the validating webhook");
-            }
-        }
-        None => {
-            tracing::warn!(config = %cfg.webhook_config, "ValidatingWebhookConfiguration not found; McpPolicies are not being validated")
-        }
+    if !repatch(&validating, &cfg.webhook_config, bundle, hooks_v).await? {
+        tracing::warn!(config = %cfg.webhook_config, "ValidatingWebhookConfiguration not found; McpPolicies are not being validated");
     }
     Ok(())
+}
+
+/// The JSON patch that sets `caBundle` on every webhook whose bundle differs from `bundle`
+/// (each guarded by a test of the webhook's name, so a concurrent reorder fails the patch
+/// instead of writing the wrong entry); `None` when nothing drifted.
+pub fn ca_bundle_patch(
+    hooks: &[(String, Option<ByteString>)],
+    bundle: &str,
+) -> Option<json_patch::Patch> {
+    let want = base64::engine::general_purpose::STANDARD.encode(bundle);
+    let mut ops = Vec::new();
+    for (i, (name, ca)) in hooks.iter().enumerate() {
+        if ca.as_ref().map(|b| b.0.as_slice()) != Some(bundle.as_bytes()) {
+            ops.push(serde_json::json!({"op": "test", "path": format!("/webhooks/{i}/name"), "value": name}));
+            ops.push(serde_json::json!({"op": "add", "path": format!("/webhooks/{i}/clientConfig/caBundle"), "value": want}));
+        }
+    }
+    (!ops.is_empty())
+        .then(|| serde_json::from_value(serde_json::Value::Array(ops)).expect("valid patch"))
+}
+
+/// Re-patches drifted `caBundle`s of one webhook configuration; false when it does not exist.
+async fn repatch<K>(
+    api: &Api<K>,
+    name: &str,
+    bundle: &str,
+    hooks: impl Fn(K) -> Vec<(String, Option<ByteString>)>,
+) -> anyhow::Result<bool>
+where
+    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let Some(config) = api.get_opt(name).await? else {
+        return Ok(false);
+    };
+    if let Some(p) = ca_bundle_patch(&hooks(config), bundle) {
+        api.patch(name, &PatchParams::default(), &Patch::<()>::Json(p))
+            .await?;
+        tracing::info!(config = %name, "patched a drifted caBundle");
+    }
+    Ok(true)
 }
 
 /// The webhook configurations the chart installs, for URL mode: pods in namespaces labelled

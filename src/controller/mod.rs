@@ -35,6 +35,9 @@ use tokio::sync::watch;
 /// The field manager of everything the controller applies.
 pub const MANAGER: &str = "mcp-warden";
 
+/// How often `auto` re-checks the API server and kubelet versions.
+const NATIVE_RECHECK: Duration = Duration::from_secs(600);
+
 /// How the sidecar is injected: always native, never, or native when the cluster supports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NativeSidecar {
@@ -161,6 +164,27 @@ pub async fn run(
     }
 
     let (stop_tx, stop_rx) = watch::channel(false);
+    // Under `auto`, nodes joining with an older kubelet turn native sidecars off again.
+    let native_task = (cfg.native_sidecar == NativeSidecar::Auto).then(|| {
+        let (client, state, mut stop) = (client.clone(), state.clone(), stop_rx.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(NATIVE_RECHECK) => {}
+                    _ = stop.changed() => break,
+                }
+                let Ok(native) = detect_native(&client).await else {
+                    continue;
+                };
+                if native != state.inject.load().native_sidecar {
+                    tracing::info!(native_sidecar = native, "injection settings changed");
+                    let mut next = (**state.inject.load()).clone();
+                    next.native_sidecar = native;
+                    state.inject.store(Arc::new(next));
+                }
+            }
+        })
+    });
     let draining = Arc::new(AtomicBool::new(false));
     let webhook = TcpListener::bind(cfg.webhook_listen)
         .await
@@ -293,6 +317,9 @@ pub async fn run(
     let _ = admin_task.await;
     cert_task.abort();
     policy_watch.abort();
+    if let Some(t) = native_task {
+        t.abort();
+    }
     tracing::info!("controller stopped");
     Ok(())
 }

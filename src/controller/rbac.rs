@@ -30,10 +30,8 @@ const fn own_namespace(
     verbs: &'static [&'static str],
 ) -> Rule {
     Rule {
-        group,
-        resource,
-        verbs,
         namespaced: true,
+        ..cluster(group, resource, verbs)
     }
 }
 

@@ -429,3 +429,33 @@ mod desired_state {
         );
     }
 }
+
+mod ca_bundle {
+    use crate::controller::certs::ca_bundle_patch;
+    use k8s_openapi::ByteString;
+    use serde_json::json;
+
+    #[test]
+    fn only_drifted_webhooks_are_repatched_each_guarded_by_its_name() {
+        let bundle = "-----BEGIN CERTIFICATE-----\nAAA\n-----END CERTIFICATE-----\n";
+        let good = Some(ByteString(bundle.as_bytes().to_vec()));
+        assert!(ca_bundle_patch(&[("a".into(), good.clone())], bundle).is_none());
+        let hooks = [
+            ("a".to_string(), good),
+            ("b".to_string(), None),
+            ("c".to_string(), Some(ByteString(b"stale".to_vec()))),
+        ];
+        let patch = serde_json::to_value(ca_bundle_patch(&hooks, bundle).unwrap()).unwrap();
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD.encode(bundle);
+        assert_eq!(
+            patch,
+            json!([
+                {"op": "test", "path": "/webhooks/1/name", "value": "b"},
+                {"op": "add", "path": "/webhooks/1/clientConfig/caBundle", "value": b64},
+                {"op": "test", "path": "/webhooks/2/name", "value": "c"},
+                {"op": "add", "path": "/webhooks/2/clientConfig/caBundle", "value": b64},
+            ])
+        );
+    }
+}
