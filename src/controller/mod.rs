@@ -382,15 +382,15 @@ async fn lead(client: kube::Client, cfg: Config, metrics: ControllerMetrics, rec
     )
     .with_config(controller::Config::default().debounce(Duration::from_millis(500)));
     let store = controller.store();
-    let in_namespace = move |ns: Option<String>| {
+    // A pod or service change re-reconciles every policy of its namespace.
+    let policies_of = move |ns: Option<String>| {
         store
             .state_filter(|p| p.metadata.namespace == ns)
             .into_iter()
             .map(|p| ObjectRef::from_obj(&*p))
             .collect::<Vec<_>>()
     };
-    let by_ns = in_namespace.clone();
-    let by_ns2 = in_namespace.clone();
+    let for_services = policies_of.clone();
     let ctx = Arc::new(reconcile::Ctx {
         client: client.clone(),
         metrics,
@@ -408,8 +408,8 @@ async fn lead(client: kube::Client, cfg: Config, metrics: ControllerMetrics, rec
     let run = controller
         .owns_stream(cm_stream)
         .owns_stream(np_stream)
-        .watches_stream(pod_stream, move |p: Pod| by_ns(p.namespace()))
-        .watches_stream(svc_stream, move |s: Service| by_ns2(s.namespace()))
+        .watches_stream(pod_stream, move |p: Pod| policies_of(p.namespace()))
+        .watches_stream(svc_stream, move |s: Service| for_services(s.namespace()))
         .run(
             |p, ctx: Arc<reconcile::Ctx>| async move {
                 // Counts and warnings need the pod and service caches.

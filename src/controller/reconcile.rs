@@ -247,6 +247,18 @@ pub fn desired(
     }
 }
 
+/// The cached objects of one namespace, owned.
+pub fn in_namespace<K>(store: &Store<K>, ns: &str) -> Vec<K>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + 'static,
+{
+    store
+        .state_filter(|o| o.meta().namespace.as_deref() == Some(ns))
+        .iter()
+        .map(|o| (**o).clone())
+        .collect()
+}
+
 fn same_data(a: Option<&ConfigMap>, b: &ConfigMap) -> bool {
     a.is_some_and(|a| {
         a.data == b.data && a.metadata.owner_references == b.metadata.owner_references
@@ -258,24 +270,9 @@ pub async fn reconcile(policy: Arc<McpPolicy>, ctx: Arc<Ctx>) -> Result<Action, 
     let started = Instant::now();
     let ns = policy.namespace().ok_or(Error::NoNamespace)?;
     let name = policy.name_any();
-    let ns_policies: Vec<McpPolicy> = ctx
-        .policies
-        .state_filter(|p| p.metadata.namespace.as_deref() == Some(ns.as_str()))
-        .iter()
-        .map(|p| (**p).clone())
-        .collect();
-    let pods: Vec<Pod> = ctx
-        .pods
-        .state_filter(|p| p.metadata.namespace.as_deref() == Some(ns.as_str()))
-        .iter()
-        .map(|p| (**p).clone())
-        .collect();
-    let services: Vec<Service> = ctx
-        .services
-        .state_filter(|s| s.metadata.namespace.as_deref() == Some(ns.as_str()))
-        .iter()
-        .map(|s| (**s).clone())
-        .collect();
+    let ns_policies = in_namespace(&ctx.policies, &ns);
+    let pods = in_namespace(&ctx.pods, &ns);
+    let services = in_namespace(&ctx.services, &ns);
     let now = Time(k8s_openapi::jiff::Timestamp::now());
     let d = desired(
         &policy,
@@ -374,6 +371,10 @@ fn export_hash(ctx: &Ctx, policy: &str, hash: Option<&str>) {
             .rendered
             .with_label_values(&[policy, hash])
             .set(1);
+    }
+    // A deleted policy leaves more series than policies; only then is the store walked.
+    if exported.len() <= ctx.policies.len() {
+        return;
     }
     let live: std::collections::HashSet<String> = ctx
         .policies

@@ -231,6 +231,11 @@ mod desired_state {
         .unwrap()
     }
 
+    /// The desired state of a policy alone in its namespace, with no pods or services.
+    fn alone(p: &McpPolicy, when: &str) -> super::super::reconcile::Desired {
+        desired(p, std::slice::from_ref(p), &[], &[], "0.1.0", &[], at(when))
+    }
+
     fn cond<'a>(d: &'a super::super::reconcile::Desired, t: &str) -> &'a Condition {
         d.status.conditions.iter().find(|c| c.type_ == t).unwrap()
     }
@@ -283,29 +288,13 @@ mod desired_state {
     #[test]
     fn an_invalid_edit_keeps_the_last_render_and_says_why() {
         let good = policy(json!({}));
-        let first = desired(
-            &good,
-            std::slice::from_ref(&good),
-            &[],
-            &[],
-            "0.1.0",
-            &[],
-            at("2026-01-01T00:00:00Z"),
-        );
+        let first = alone(&good, "2026-01-01T00:00:00Z");
         let mut bad = policy(
             json!({"tools": {"run_cell": {"denyIf": [{"conditions": [{"path": "args.code", "op": "regex", "value": "(oops"}]}]}}}),
         );
         bad.status = Some(first.status.clone());
         bad.metadata.generation = Some(2);
-        let d = desired(
-            &bad,
-            &[bad.clone()],
-            &[],
-            &[],
-            "0.1.0",
-            &[],
-            at("2026-01-02T00:00:00Z"),
-        );
+        let d = alone(&bad, "2026-01-02T00:00:00Z");
         assert!(
             d.configmap.is_none(),
             "an invalid policy must not overwrite the render"
@@ -331,15 +320,7 @@ mod desired_state {
         assert!(d.events[0].0, "InvalidPolicy is a warning");
         // Reconciling the same invalid policy again records no new Event and keeps the time.
         bad.status = Some(d.status.clone());
-        let again = desired(
-            &bad,
-            &[bad.clone()],
-            &[],
-            &[],
-            "0.1.0",
-            &[],
-            at("2026-01-03T00:00:00Z"),
-        );
+        let again = alone(&bad, "2026-01-03T00:00:00Z");
         assert!(again.events.is_empty());
         assert_eq!(
             cond(&again, cond::READY).last_transition_time,

@@ -203,14 +203,7 @@ pub fn answer(state: &Arc<WebhookState>, webhook: &str, body: &[u8]) -> Vec<u8> 
     let cfg = state.inject.load();
     let r = review_pod(
         body,
-        |ns| {
-            state
-                .policies
-                .state_filter(|p| p.metadata.namespace.as_deref() == Some(ns))
-                .iter()
-                .map(|p| (**p).clone())
-                .collect()
-        },
+        |ns| crate::controller::reconcile::in_namespace(&state.policies, ns),
         &cfg,
     );
     state
