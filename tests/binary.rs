@@ -201,22 +201,17 @@ async fn the_controller_is_unready_until_its_cache_syncs_and_exits_cleanly_on_si
         .unwrap()
         .to_string();
     let get = |path: &str| {
-        let out = Command::new("curl")
-            .args([
-                "-s",
-                "-w",
-                "\n%{http_code}",
-                &format!("http://{admin}{path}"),
-            ])
-            .output()
-            .unwrap();
-        String::from_utf8(out.stdout).unwrap()
+        let url = format!("http://{admin}{path}");
+        async move {
+            let (status, _, body) = get(&url).await;
+            (status, String::from_utf8_lossy(&body).into_owned())
+        }
     };
-    assert!(get("/livez").ends_with("200"));
-    let ready = get("/readyz");
-    assert!(ready.ends_with("503"), "{ready}");
+    assert_eq!(get("/livez").await.0, 200);
+    let (status, ready) = get("/readyz").await;
+    assert_eq!(status, 503, "{ready}");
     assert!(ready.contains("McpPolicy cache has not synced"), "{ready}");
-    assert!(get("/metrics").ends_with("200"));
+    assert_eq!(get("/metrics").await.0, 200);
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()

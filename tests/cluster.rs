@@ -294,18 +294,16 @@ async fn the_operator_end_to_end_on_a_real_api_server() {
     );
     eprintln!("controller log: {}", dir.join("controller.log").display());
     wait_for("the controller to be ready", 60, || async move {
-        let out = Command::new("curl")
-            .args([
-                "-s",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}",
-                &format!("http://127.0.0.1:{admin}/readyz"),
-            ])
-            .output()
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", admin))
+            .await
             .ok()?;
-        (String::from_utf8_lossy(&out.stdout) == "200").then_some(())
+        tcp.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .ok()?;
+        let mut out = Vec::new();
+        tcp.read_to_end(&mut out).await.ok()?;
+        out.starts_with(b"HTTP/1.1 200").then_some(())
     })
     .await;
     let mutating: Api<DynamicObject> = Api::all_with(
