@@ -156,14 +156,6 @@ fn cel_rules_refuse_what_crosses_fields_with_the_field_named() {
 
     let cases = [
         (
-            json!({"a": {"require": [{"path": "args.x", "op": "exists", "value": 1}]}}),
-            "exists and not_exists take no value",
-        ),
-        (
-            json!({"a": {"denyIf": [{"conditions": [{"path": "args.x", "op": "eq"}]}]}}),
-            "every other operator needs one",
-        ),
-        (
             json!({"a": {"reason": "why"}}),
             "reason is only used with action: deny",
         ),
@@ -196,6 +188,67 @@ fn cel_rules_refuse_what_crosses_fields_with_the_field_named() {
         errs.iter().any(|e| e.contains("In and NotIn need values")),
         "{errs:?}"
     );
+}
+
+/// The API server compiles a rule against the schema's types, and a field with no `type` (our
+/// condition `value`, any JSON) is invisible to CEL there: a rule naming it makes the whole CRD
+/// invalid (found against a real kube-apiserver; kube's evaluator accepts such rules).
+#[test]
+fn no_cel_rule_names_a_field_without_a_type() {
+    fn walk(node: &Value, at: &str, bad: &mut Vec<String>) {
+        let Some(obj) = node.as_object() else { return };
+        if let (Some(rules), Some(props)) = (
+            obj.get("x-kubernetes-validations")
+                .and_then(Value::as_array),
+            obj.get("properties").and_then(Value::as_object),
+        ) {
+            for (name, prop) in props {
+                let typed = prop.get("type").is_some()
+                    || prop.get("x-kubernetes-int-or-string") == Some(&json!(true));
+                for rule in rules {
+                    let text = rule["rule"].as_str().unwrap_or_default();
+                    if !typed && text.contains(&format!("self.{name}")) {
+                        bad.push(format!("{at}: {text}"));
+                    }
+                }
+            }
+        }
+        for (key, child) in obj {
+            match child {
+                Value::Object(_) => walk(child, &format!("{at}.{key}"), bad),
+                Value::Array(items) => {
+                    for item in items {
+                        walk(item, &format!("{at}.{key}[]"), bad);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    let mut bad = Vec::new();
+    walk(&schema(), "openAPIV3Schema", &mut bad);
+    assert_eq!(bad, Vec::<String>::new());
+}
+
+#[test]
+fn a_value_missing_or_extra_is_refused_by_the_compiler_with_its_path() {
+    for (tools, path, message) in [
+        (
+            json!({"a": {"require": [{"path": "args.x", "op": "exists", "value": 1}]}}),
+            "spec.tools.a.require[0].value",
+            "takes no value",
+        ),
+        (
+            json!({"a": {"denyIf": [{"conditions": [{"path": "args.x", "op": "eq"}]}]}}),
+            "spec.tools.a.denyIf[0].conditions[0].op",
+            "needs a value",
+        ),
+    ] {
+        let spec: McpPolicySpec = serde_json::from_value(spec_with_tools(tools)).unwrap();
+        let e = spec.compile().unwrap_err();
+        assert_eq!(e.0[0].path, path);
+        assert!(e.0[0].message.contains(message), "{}", e.0[0].message);
+    }
 }
 
 #[test]
