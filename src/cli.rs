@@ -378,6 +378,7 @@ impl ControllerArgs {
                     serving: day(self.cert_validity_days),
                     overlap: Duration::from_secs(self.ca_overlap_seconds),
                 },
+                owner: None,
             },
             lease_name: self.lease_name.clone(),
             lease_duration: Duration::from_secs(self.lease_duration_seconds.max(1)),

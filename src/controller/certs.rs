@@ -13,7 +13,7 @@ use k8s_openapi::api::admissionregistration::v1::{
 };
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
-    LabelSelector, LabelSelectorRequirement, ObjectMeta,
+    LabelSelector, LabelSelectorRequirement, ObjectMeta, OwnerReference,
 };
 use k8s_openapi::ByteString;
 use kube::api::{Api, Patch, PatchParams, PostParams};
@@ -86,6 +86,33 @@ pub struct CertConfig {
     pub webhook_config: String,
     pub endpoint: Endpoint,
     pub lifetimes: Lifetimes,
+    /// Set on the Secret when the controller creates it (see [`installation_owner`]).
+    pub owner: Option<OwnerReference>,
+}
+
+/// What the objects the controller creates for itself (the certificate Secret, the leader
+/// Lease) belong to: the mutating webhook configuration the chart installs, so that
+/// `helm uninstall` takes them with it by garbage collection. None when it does not exist
+/// (URL mode registers it later, and a missing one is not worth failing for).
+pub async fn installation_owner(
+    client: &kube::Client,
+    webhook_config: &str,
+) -> Option<OwnerReference> {
+    let api: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+    match api.get_opt(webhook_config).await {
+        Ok(Some(c)) => Some(OwnerReference {
+            api_version: "admissionregistration.k8s.io/v1".into(),
+            kind: "MutatingWebhookConfiguration".into(),
+            name: webhook_config.into(),
+            uid: c.metadata.uid?,
+            ..Default::default()
+        }),
+        Ok(None) => None,
+        Err(e) => {
+            tracing::warn!(error = %e, webhook_config, "cannot read the webhook configuration; the Secret and Lease will not be garbage-collected on uninstall");
+            None
+        }
+    }
 }
 
 fn now() -> i64 {
@@ -129,6 +156,7 @@ pub async fn reconcile_certs(client: &kube::Client, cfg: &CertConfig) -> anyhow:
                         )]
                         .into(),
                     ),
+                    owner_references: cfg.owner.clone().map(|o| vec![o]),
                     ..Default::default()
                 },
                 data: Some(secret_data(&m)),

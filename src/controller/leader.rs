@@ -7,7 +7,7 @@
 //! only one wins. A leader that cannot renew within the duration steps down.
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, OwnerReference};
 use kube::api::{Api, PostParams};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -50,6 +50,8 @@ pub struct Election {
     pub name: String,
     pub identity: String,
     pub duration: Duration,
+    /// Set on the Lease when this replica creates it (garbage-collected with the installation).
+    pub owner: Option<OwnerReference>,
 }
 
 fn now() -> MicroTime {
@@ -122,6 +124,7 @@ async fn attempt(
                 metadata: ObjectMeta {
                     name: Some(e.name.clone()),
                     namespace: Some(e.namespace.clone()),
+                    owner_references: e.owner.clone().map(|o| vec![o]),
                     ..Default::default()
                 },
                 spec: Some(LeaseSpec {

@@ -250,11 +250,15 @@ pub async fn run(
 
     // Leader election; the leader reconciles and manages certificates.
     let (leader_tx, mut leader_rx) = watch::channel(false);
+    let owner = certs::installation_owner(&client, &cfg.certs.webhook_config).await;
+    let mut cfg = cfg;
+    cfg.certs.owner = owner.clone();
     let election = leader::Election {
         namespace: cfg.namespace.clone(),
         name: cfg.lease_name.clone(),
         identity: cfg.identity.clone(),
         duration: cfg.lease_duration,
+        owner: owner.clone(),
     };
     let campaign = tokio::spawn(leader::campaign(
         client.clone(),

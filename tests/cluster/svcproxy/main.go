@@ -123,11 +123,13 @@ func tunnel(w http.ResponseWriter, r *http.Request, file string) {
 		upstream.Close()
 		return
 	}
+	// Either side closing ends the tunnel, so a backend that dies is seen by the API server at
+	// once (as a reset from a dead pod would be), not on the next request over a pooled connection.
 	done := make(chan struct{}, 2)
-	go func() { io.Copy(upstream, buf); upstream.(*net.TCPConn).CloseWrite(); done <- struct{}{} }()
+	go func() { io.Copy(upstream, buf); done <- struct{}{} }()
 	go func() { io.Copy(client, upstream); done <- struct{}{} }()
-	<-done
 	<-done
 	client.Close()
 	upstream.Close()
+	<-done
 }

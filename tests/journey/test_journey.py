@@ -1,0 +1,436 @@
+"""The user journey on a real control plane, in the order a user lives it:
+
+helm install → the controller (two replicas, run by the pod runner as the chart's ServiceAccount
+with the chart's flags) → a namespace opted in → deploy/examples' MCP Python Interpreter applied →
+its ReplicaSet's pod injected → that pod run (the injected sidecar in front of the real
+mcp-python-interpreter server) → a real Python SDK client denied, limited and shown a filtered
+list as the McpPolicy says → an edit of the McpPolicy reaching the running sidecar through the
+ConfigMap → metrics → the leader killed (HA) → the webhook down (failurePolicy: Fail) → the API
+server restarted → helm upgrade with the monitoring objects → uninstall leaves only the CRD.
+
+The tests run in file order and share one installation (the `world` fixture)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from podrunner import RunningPod, free_port, get_json, kubectl, run_pod, temp_dir
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = os.environ.get("MCP_WARDEN_BIN", "")
+HELM = os.environ.get("MCP_WARDEN_HELM_CURRENT", "")
+ROUTES = Path(os.environ.get("MCP_WARDEN_SERVICE_ROUTES", "/nonexistent"))
+NS, RELEASE, APP_NS = "mcp-warden", "mcp-warden", "sandbox"
+EXAMPLE = ROOT / "deploy" / "examples" / "mcp-python-interpreter.yaml"
+PROM_OPERATOR = "github.com/prometheus-operator/prometheus-operator@v0.85.0"
+
+
+def helm(*args: str) -> str:
+    p = subprocess.run([HELM, *args], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, f"helm {' '.join(args)}: {p.stderr}"
+    return p.stdout
+
+
+def wait(what: str, fn, timeout: float = 60, every: float = 0.5):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            v = fn()
+            if v:
+                return v
+        except Exception as e:  # noqa: BLE001 - retried until the deadline
+            last = e
+        time.sleep(every)
+    raise AssertionError(f"timed out waiting for {what}" + (f" (last error: {last})" if last else ""))
+
+
+def http_get(url: str, timeout: float = 5) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def metric(text: str, name: str, **labels: str) -> float | None:
+    """The value of the first series of `name` whose labels include `labels`."""
+    for line in text.splitlines():
+        if not line.startswith(name + "{") and not line.startswith(name + " "):
+            continue
+        got = dict(re.findall(r'(\w+)="([^"]*)"', line.split("}")[0])) if "{" in line else {}
+        if all(got.get(k) == v for k, v in labels.items()):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+class World:
+    """The installation and the processes the pod runner started."""
+
+    def __init__(self) -> None:
+        self.dir = temp_dir("mcp-warden-journey-")
+        self.controllers: dict[str, RunningPod] = {}
+        self.admin: dict[str, int] = {}
+        self.webhook: dict[str, int] = {}
+        self.app: RunningPod | None = None
+        self.proxy_port = free_port()
+        self.proxy_admin = free_port()
+
+    # -- the controller replicas ------------------------------------------------------------
+
+    def kubeconfig_for(self, pod: str) -> Path:
+        """Credentials a node would mount for the pod: a token bound to it, and the cluster CA
+        from the namespace's kube-root-ca.crt (both issued by the API server)."""
+        token = kubectl("create", "token", "mcp-warden", "-n", NS, "--duration", "2h",
+                        "--bound-object-kind", "Pod", "--bound-object-name", pod).strip()
+        ca = get_json("configmap", "-n", NS, "kube-root-ca.crt")["data"]["ca.crt"]
+        server = json.loads(kubectl("config", "view", "--raw", "-o", "json"))["clusters"][0]["cluster"]["server"]
+        path = self.dir / f"{pod}.kubeconfig"
+        path.write_text(json.dumps({
+            "apiVersion": "v1", "kind": "Config",
+            "clusters": [{"name": "c", "cluster": {
+                "server": server, "certificate-authority-data": base64.b64encode(ca.encode()).decode()}}],
+            "users": [{"name": "u", "user": {"token": token}}],
+            "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
+            "current-context": "c"}))
+        return path
+
+    def start_controller(self, pod: dict) -> None:
+        name = pod["metadata"]["name"]
+        container = pod["spec"]["containers"][0]
+        ports = {p["containerPort"]: free_port() for p in container["ports"]}
+        byname = {p["name"]: ports[p["containerPort"]] for p in container["ports"]}
+        self.controllers[name] = run_pod(
+            pod, {container["image"]: [BIN]}, self.dir / name, ports=ports,
+            extra_env={"controller": {"KUBECONFIG": str(self.kubeconfig_for(name)),
+                                      "MCP_WARDEN_LOG_FORMAT": "text"}})
+        self.admin[name], self.webhook[name] = byname["metrics"], byname["webhook"]
+        self.write_routes()
+
+    def write_routes(self) -> None:
+        """The webhook Service's ClusterIP:port → the running replicas (its endpoints)."""
+        svc = get_json("service", "-n", NS, f"{RELEASE}-webhook")
+        port = next(p["port"] for p in svc["spec"]["ports"] if p["name"] == "webhook")
+        live = [f"127.0.0.1:{self.webhook[n]}" for n, p in self.controllers.items()
+                if p.containers["controller"].process.poll() is None]
+        ROUTES.write_text(f"{svc['spec']['clusterIP']}:{port} {' '.join(live)}\n")
+
+    def ready(self, name: str) -> bool:
+        return http_get(f"http://127.0.0.1:{self.admin[name]}/readyz")[0] == 200
+
+    def controller_metrics(self, name: str) -> str:
+        return http_get(f"http://127.0.0.1:{self.admin[name]}/metrics")[1]
+
+    def leader(self) -> str:
+        return get_json("lease", "-n", NS, f"{RELEASE}-leader")["spec"].get("holderIdentity", "")
+
+    def stop(self) -> None:
+        for p in [*self.controllers.values(), *([self.app] if self.app else [])]:
+            p.kill()
+        ROUTES.write_text("")
+
+
+@pytest.fixture(scope="module")
+def world():
+    w = World()
+    yield w
+    w.stop()
+    for c, p in w.controllers.items():
+        if p.containers["controller"].process.returncode not in (0, None, -9):
+            sys.stderr.write(f"--- controller {c} ---\n{p.logs('controller')[-3000:]}\n")
+    kubectl("delete", "namespace", APP_NS, "--ignore-not-found", "--wait=false", check=False)
+    subprocess.run([HELM, "uninstall", RELEASE, "-n", NS], capture_output=True, timeout=120)
+
+
+def mcp_pod() -> dict:
+    pods = get_json("pods", "-n", APP_NS, "-l", "app=python-interpreter")["items"]
+    return pods[0] if pods else {}
+
+
+# -- 1. install ---------------------------------------------------------------------------------
+
+
+def test_helm_install_with_default_values(world):
+    # A namespace left terminating by an earlier run must be gone first.
+    wait("earlier namespaces gone", lambda: not kubectl("get", "namespace", APP_NS, "--ignore-not-found").strip(), timeout=120)
+    helm("install", RELEASE, str(ROOT / "charts" / "mcp-warden"), "-n", NS, "--create-namespace")
+    crd = get_json("crd", "mcppolicies.mcpwarden.dev")
+    assert crd["spec"]["names"]["shortNames"] == ["mcpp"]
+    deploy = get_json("deployment", "-n", NS, RELEASE)
+    assert deploy["spec"]["replicas"] == 2
+    # The controller-manager runs the Deployment: two Pending pods (no scheduler).
+    pods = wait("the controller's pods", lambda: (
+        p := get_json("pods", "-n", NS, "-l", "app.kubernetes.io/name=mcp-warden")["items"]) and len(p) == 2 and p)
+    for pod in pods:
+        assert pod["spec"]["serviceAccountName"] == "mcp-warden"
+        world.start_controller(pod)
+    for name in world.controllers:
+        wait(f"controller {name} /readyz", lambda n=name: world.ready(n), timeout=90)
+    assert world.leader() in world.controllers
+    # The leader issued the webhook certificate and patched the chart's configurations.
+    for kind in ("mutatingwebhookconfiguration", "validatingwebhookconfiguration"):
+        wait(f"caBundle in {kind}", lambda k=kind: all(
+            h["clientConfig"].get("caBundle") for h in get_json(k, RELEASE)["webhooks"]))
+        for h in get_json(kind, RELEASE)["webhooks"]:
+            assert h["clientConfig"]["service"]["name"] == f"{RELEASE}-webhook", "the chart's Service is used"
+
+
+# -- 2. a guarded MCP server ------------------------------------------------------------------
+
+
+def test_the_example_is_injected(world):
+    kubectl("apply", "-f", str(EXAMPLE))
+    policy = wait("the McpPolicy Ready", lambda: (
+        p := get_json("mcpp", "-n", APP_NS, "python-interpreter")).get("status", {}).get("conditions")
+        and any(c["type"] == "Ready" and c["status"] == "True" for c in p["status"]["conditions"]) and p)
+    assert policy["status"]["observedGeneration"] == policy["metadata"]["generation"]
+    pod = wait("the ReplicaSet's pod", mcp_pod)
+    names = [c["name"] for c in pod["spec"]["containers"]] + [c["name"] for c in pod["spec"].get("initContainers", [])]
+    assert "mcp-warden" in names, f"the pod was not injected: {names}"
+    ann = pod["metadata"]["annotations"]
+    assert ann["mcpwarden.dev/policy"] == f"{APP_NS}/python-interpreter"
+    # PodSecurity `restricted` would admit the sidecar: check its securityContext as stored.
+    sidecar = next(c for c in pod["spec"]["containers"] + pod["spec"].get("initContainers", [])
+                   if c["name"] == "mcp-warden")
+    sc = sidecar["securityContext"]
+    assert sc["runAsNonRoot"] and sc["allowPrivilegeEscalation"] is False and sc["capabilities"]["drop"] == ["ALL"]
+    ports = {p.get("name"): p["containerPort"] for p in sidecar["ports"]}
+    assert ports["mcp"] == 9480
+    cm = get_json("configmap", "-n", APP_NS, "python-interpreter-mcp-warden")
+    assert json.loads(cm["data"]["policy.json"])["name"] == f"{APP_NS}/python-interpreter"
+    wait("status counts the injected pod", lambda: (
+        s := get_json("mcpp", "-n", APP_NS, "python-interpreter")["status"]).get("injectedPods") == 1
+        and s.get("matchedPods") == 1)
+
+
+def start_app(world) -> None:
+    pod = mcp_pod()
+    upstream = 8000  # the McpPolicy's upstream.port: where the server listens inside the pod
+    peer = ROOT / "tests" / "peers" / "peer_server.py"
+    work = world.dir / "workspace"
+    work.mkdir(exist_ok=True)
+    world.app = run_pod(
+        pod, {c["image"]: [BIN] for c in pod["spec"]["containers"] + pod["spec"].get("initContainers", [])
+              if c["name"] == "mcp-warden"},
+        world.dir / "app",
+        stand_ins={"interpreter": [sys.executable, str(peer), "--kind", "interpreter",
+                                   "--port", str(upstream), "--dir", str(work)]},
+        ports={9480: world.proxy_port, 9481: world.proxy_admin})
+    wait("the injected sidecar ready", lambda: http_get(f"http://127.0.0.1:{world.proxy_admin}/readyz")[0] == 200)
+
+
+@contextlib.asynccontextmanager
+async def client(world):
+    from mcp import ClientSession
+    from mcp.client.streamable_http import streamable_http_client
+
+    async with streamable_http_client(f"http://127.0.0.1:{world.proxy_port}/mcp") as streams:
+        async with ClientSession(streams[0], streams[1]) as s:
+            await s.initialize()
+            yield s
+
+
+async def call(s, name: str, args: dict | None = None) -> tuple[bool, str]:
+    r = await s.call_tool(name, args or {})
+    return bool(r.isError), (r.content[0].text if r.content else "")
+
+
+def sidecar_metrics(world) -> str:
+    return http_get(f"http://127.0.0.1:{world.proxy_admin}/metrics")[1]
+
+
+@pytest.mark.anyio
+async def test_a_real_client_is_governed_by_the_policy(world):
+    start_app(world)
+    async with client(world) as s:
+        names = {t.name for t in (await s.list_tools()).tools}
+        assert {"run_python_code", "write_file", "list_directory"} <= names
+        assert "install_package" not in names, "a denied tool is not listed"
+        assert "run_python_file" not in names, "a tool default: deny never allows is not listed"
+
+        assert await call(s, "clear_session", {"session_id": "default"}) == (True, "Blocked by default. Requires approval.")
+        err, text = await call(s, "run_python_code", {"code": "print(6 * 7)"})
+        assert not err and "42" in text
+        for i in range(60):
+            err, text = await call(s, "list_directory", {"directory_path": str(world.dir / "workspace")})
+            assert not err, f"call {i}: {text}"
+        err, text = await call(s, "list_directory", {"directory_path": str(world.dir / "workspace")})
+        assert err and text.startswith("Rate limit exceeded: list_directory_rate allows 60 calls per minute"), text
+    m = sidecar_metrics(world)
+    policy = f"{APP_NS}/python-interpreter"
+    assert metric(m, "mcp_warden_decisions_total", policy=policy, tool="clear_session", decision="deny") == 1
+    assert metric(m, "mcp_warden_decisions_total", policy=policy, tool="list_directory", decision="allow") == 60
+    assert metric(m, "mcp_warden_decisions_total", policy=policy, tool="list_directory", decision="rate_limited") == 1
+
+
+@pytest.mark.anyio
+async def test_an_edit_reaches_the_running_sidecar_without_a_restart(world):
+    before = get_json("mcpp", "-n", APP_NS, "python-interpreter")["status"]["policyHash"]
+    pid = world.app.containers["mcp-warden"].process.pid
+    kubectl("patch", "mcpp", "-n", APP_NS, "python-interpreter", "--type", "merge", "-p",
+            json.dumps({"spec": {"tools": {"read_file": {"action": "deny", "reason": "Reading is paused"}}}}))
+    status = wait("the new render in status", lambda: (
+        s := get_json("mcpp", "-n", APP_NS, "python-interpreter")["status"])["policyHash"] != before and s)
+    after = status["policyHash"]
+    assert any(c["type"] == "Ready" and c["status"] == "True" for c in status["conditions"])
+    # The pod runner syncs the ConfigMap like the kubelet (a ..data swap); the sidecar reloads.
+    wait("the sidecar enforcing the new hash", lambda: metric(
+        sidecar_metrics(world), "mcp_warden_policy_info", hash=after) == 1, timeout=60)
+    assert world.app.containers["mcp-warden"].process.pid == pid and world.app.containers["mcp-warden"].process.poll() is None
+    async with client(world) as s:
+        assert await call(s, "read_file", {"file_path": "x"}) == (True, "Reading is paused")
+    events = get_json("events", "-n", APP_NS, "--field-selector", "involvedObject.name=python-interpreter")["items"]
+    assert any(e.get("reason") == "Rendered" for e in events), [e.get("reason") for e in events]
+
+
+def test_metrics_show_decisions_injections_and_reconciles(world):
+    leader = world.leader()
+    m = world.controller_metrics(leader)
+    assert (metric(m, "mcp_warden_reconciliations_total", result="ok") or 0) >= 2
+    hash_ = get_json("mcpp", "-n", APP_NS, "python-interpreter")["status"]["policyHash"]
+    assert metric(m, "mcp_warden_policy_rendered_info", policy=f"{APP_NS}/python-interpreter", hash=hash_) == 1
+    injected = sum(metric(world.controller_metrics(n), "mcp_warden_injections_total", result="injected") or 0
+                   for n in world.controllers)
+    assert injected >= 1
+    s = sidecar_metrics(world)
+    assert metric(s, "mcp_warden_policy_reloads_total", result="ok") is not None
+
+
+# -- 3. operations ------------------------------------------------------------------------------
+
+
+def test_the_lease_moves_when_the_leader_dies_and_work_continues(world):
+    leader = world.leader()
+    survivor = next(n for n in world.controllers if n != leader)
+    duration = get_json("lease", "-n", NS, f"{RELEASE}-leader")["spec"]["leaseDurationSeconds"]
+    world.controllers[leader].kill()
+    world.write_routes()
+    t0 = time.monotonic()
+    wait("the survivor to take the Lease", lambda: world.leader() == survivor, timeout=duration * 3)
+    took = time.monotonic() - t0
+    assert took <= duration + 5, f"the Lease moved after {took:.1f}s (duration {duration}s)"
+    # Reconciling continues on the survivor, and it still answers webhooks.
+    before = get_json("mcpp", "-n", APP_NS, "python-interpreter")["status"]["policyHash"]
+    kubectl("patch", "mcpp", "-n", APP_NS, "python-interpreter", "--type", "json", "-p",
+            json.dumps([{"op": "remove", "path": "/spec/tools/read_file/action"},
+                        {"op": "remove", "path": "/spec/tools/read_file/reason"}]))
+    wait("the survivor's render", lambda: get_json("mcpp", "-n", APP_NS, "python-interpreter")["status"]["policyHash"] != before)
+    kubectl("scale", "deployment", "-n", APP_NS, "python-interpreter", "--replicas", "2")
+    wait("a second injected pod", lambda: len([
+        p for p in get_json("pods", "-n", APP_NS, "-l", "app=python-interpreter")["items"]
+        if any(c["name"] == "mcp-warden" for c in p["spec"]["containers"] + p["spec"].get("initContainers", []))]) == 2)
+    kubectl("scale", "deployment", "-n", APP_NS, "python-interpreter", "--replicas", "1")
+    # The dead replica's pod is replaced, as the kubelet would restart it; it rejoins.
+    world.start_controller(next(p for p in get_json("pods", "-n", NS, "-l", "app.kubernetes.io/name=mcp-warden")["items"]
+                                if p["metadata"]["name"] == leader))
+    wait("the restarted replica ready", lambda: world.ready(leader), timeout=90)
+    assert world.leader() == survivor, "a returning replica does not take the Lease back"
+
+
+def test_with_the_webhook_down_opted_in_namespaces_refuse_pods(world):
+    for p in world.controllers.values():
+        p.kill()
+    world.write_routes()
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "while-down", "labels": {"app": "python-interpreter"}},
+           "spec": {"containers": [{"name": "a", "image": "registry.invalid/x:1", "ports": [{"name": "mcp", "containerPort": 8000}]}]}}
+    p = subprocess.run([os.environ["MCP_WARDEN_KUBECTL"], "create", "-n", APP_NS, "-f", "-"],
+                       input=json.dumps(pod), capture_output=True, text=True, timeout=60)
+    assert p.returncode != 0, "a pod was admitted with the webhook down"
+    assert "mcp-warden" in p.stderr and "failed calling webhook" in p.stderr, p.stderr
+    kubectl("create", "namespace", "journey-plain")
+    try:
+        out = kubectl("create", "-n", "journey-plain", "-f", "-", input=json.dumps(pod))
+        assert "created" in out, "namespaces that did not opt in are left alone"
+    finally:
+        kubectl("delete", "namespace", "journey-plain", "--wait=false")
+    for pod in get_json("pods", "-n", NS, "-l", "app.kubernetes.io/name=mcp-warden")["items"]:
+        world.start_controller(pod)
+    for name in world.controllers:
+        wait(f"controller {name} ready again", lambda n=name: world.ready(n), timeout=90)
+
+
+def test_the_controller_catches_up_after_an_api_server_restart(world):
+    run = Path(os.environ["KUBECONFIG"]).parent
+    pid = int((run / "kube-apiserver.pid").read_text())
+    os.kill(pid, 15)
+    try:  # a graceful stop waits for open watches; a stop that takes too long is a crash
+        wait("the API server to stop", lambda: not Path(f"/proc/{pid}").exists(), timeout=15)
+    except AssertionError:
+        os.kill(pid, 9)
+    time.sleep(3)  # the controllers see the connection drop
+    up = subprocess.run([str(ROOT / "tests" / "cluster" / "up.sh")], capture_output=True, text=True, timeout=180)
+    assert up.returncode == 0, up.stderr
+    before = get_json("mcpp", "-n", APP_NS, "python-interpreter")["status"]["policyHash"]
+    kubectl("patch", "mcpp", "-n", APP_NS, "python-interpreter", "--type", "merge", "-p",
+            json.dumps({"spec": {"tools": {"list_sessions": {"action": "deny", "reason": "after the restart"}}}}))
+    wait("a render after the restart", lambda: get_json("mcpp", "-n", APP_NS, "python-interpreter")["status"]["policyHash"] != before,
+         timeout=120)
+    for name, p in world.controllers.items():
+        assert p.containers["controller"].process.poll() is None, f"controller {name} exited"
+
+
+# -- 4. upgrade and uninstall -----------------------------------------------------------------
+
+
+def prometheus_operator_crds() -> list[Path]:
+    """The prometheus-operator CRDs, from its Go module (the module proxy serves its source)."""
+    out = subprocess.run(["go", "mod", "download", "-json", PROM_OPERATOR], capture_output=True, text=True,
+                         timeout=300, cwd=ROOT / "tests" / "cluster")
+    assert out.returncode == 0, out.stderr
+    d = Path(json.loads(out.stdout)["Dir"]) / "example" / "prometheus-operator-crd"
+    return [d / f"monitoring.coreos.com_{k}.yaml" for k in ("servicemonitors", "podmonitors", "prometheusrules")]
+
+
+def test_helm_upgrade_with_the_monitoring_objects(world):
+    for f in prometheus_operator_crds():
+        kubectl("apply", "--server-side", "-f", str(f))
+    for crd in ("servicemonitors", "podmonitors", "prometheusrules"):
+        wait(f"{crd} established", lambda c=crd: any(
+            x["type"] == "Established" and x["status"] == "True"
+            for x in get_json("crd", f"{c}.monitoring.coreos.com")["status"]["conditions"]))
+    helm("upgrade", RELEASE, str(ROOT / "charts" / "mcp-warden"), "-n", NS, "--reuse-values",
+         "--set", "serviceMonitor.enabled=true", "--set", "podMonitor.enabled=true",
+         "--set", "prometheusRule.enabled=true", "--set", "grafanaDashboard.enabled=true")
+    assert get_json("servicemonitor", "-n", NS, RELEASE)["spec"]["endpoints"]
+    assert get_json("podmonitor", "-n", NS, f"{RELEASE}-sidecars")["spec"]["podMetricsEndpoints"]
+    rules = get_json("prometheusrule", "-n", NS, RELEASE)["spec"]["groups"]
+    assert sum(len(g["rules"]) for g in rules) >= 9
+    cms = get_json("configmap", "-n", NS, "-l", "grafana_dashboard=1")["items"]
+    assert cms and any(k.endswith(".json") for k in cms[0]["data"])
+
+
+def test_uninstall_leaves_only_the_crd(world):
+    world.stop()
+    kubectl("delete", "-f", str(EXAMPLE), "--wait=true", "--timeout=120s")
+    helm("uninstall", RELEASE, "-n", NS, "--wait")
+
+    def leftovers() -> list[str]:
+        left = []
+        for kind in ("configmaps", "secrets", "leases.coordination.k8s.io", "services", "deployments",
+                     "serviceaccounts", "roles", "rolebindings", "networkpolicies", "events.events.k8s.io"):
+            for o in get_json(kind, "-n", NS)["items"]:
+                name = o["metadata"]["name"]
+                if name in ("kube-root-ca.crt", "default") or kind.startswith("events"):
+                    continue
+                left.append(f"{kind}/{name}")
+        for kind in ("mutatingwebhookconfigurations", "validatingwebhookconfigurations", "clusterroles",
+                     "clusterrolebindings"):
+            left += [f"{kind}/{o['metadata']['name']}" for o in get_json(kind)["items"]
+                     if "mcp-warden" in o["metadata"]["name"]]
+        return left
+
+    with contextlib.suppress(AssertionError):
+        wait("nothing of mcp-warden left (garbage collection)", lambda: not leftovers(), timeout=60)
+    assert leftovers() == []
+    assert get_json("crd", "mcppolicies.mcpwarden.dev"), "the CRD stays (Helm never deletes CRDs)"
