@@ -4,7 +4,8 @@
 //! Starts the release `mcp-warden controller` binary outside the cluster (`--webhook-url` on
 //! 127.0.0.1), creates N McpPolicies in a fresh namespace as fast as the API server takes them,
 //! and reports how long until every one is `Ready` with its ConfigMap rendered (budget: 1,000 in
-//! ≤ 10 s). Without a reachable cluster it says so and exits.
+//! ≤ 10 s), then the controller's memory with those policies and with 5 pods per policy cached.
+//! Without a reachable cluster it says so and exits.
 
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
@@ -147,8 +148,76 @@ async fn run(count: usize) {
     println!("{count} McpPolicies: created in {:.2} s; all Ready in {:.2} s ({rendered} ConfigMaps); budget 1,000 in <= 10 s: {}",
         created.as_secs_f64(), ready_at.as_secs_f64(),
         if count >= 1000 && ready_at <= Duration::from_secs(10) { "met" } else if count < 1000 { "n/a (fewer than 1,000)" } else { "NOT met" });
+    let rss = |what: &str| {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", controller.id()))
+            .unwrap_or_default();
+        let kb = |key: &str| {
+            status
+                .lines()
+                .find(|l| l.starts_with(key))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        println!(
+            "controller memory {what}: RSS {:.1} MiB, peak {:.1} MiB",
+            kb("VmRSS:") / 1024.0,
+            kb("VmHWM:") / 1024.0
+        );
+    };
+    rss(&format!("with {count} McpPolicies"));
+
+    // The controller caches every pod (counts, conflicts): its memory with many of them.
+    let pods_wanted = count * 5;
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), &ns);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for chunk in (0..pods_wanted)
+        .collect::<Vec<_>>()
+        .chunks(pods_wanted.div_ceil(16).max(1))
+    {
+        let (pods, chunk) = (pods.clone(), chunk.to_vec());
+        tasks.push(tokio::spawn(async move {
+            for i in chunk {
+                let p: k8s_openapi::api::core::v1::Pod = serde_json::from_value(json!({
+                    "metadata": {"name": format!("pod{i:05}"), "labels": {"app": format!("a{}", i % 1000)}},
+                    "spec": {"containers": [{"name": "app", "image": "registry.invalid/app:1",
+                                             "ports": [{"name": "mcp", "containerPort": 8888}]}]}
+                }))
+                .unwrap();
+                // The ServiceAccount admission plugin needs the namespace's default account,
+                // which the controller-manager creates a moment after the namespace.
+                for _ in 0..50 {
+                    match pods.create(&PostParams::default(), &p).await {
+                        Ok(_) => break,
+                        Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                    }
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    println!(
+        "{pods_wanted} pods created in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    rss(&format!(
+        "with {count} McpPolicies and {pods_wanted} pods cached"
+    ));
     let _ = controller.kill();
     let _ = controller.wait();
+    // A registration left behind would send every later McpPolicy to a dead webhook.
+    let hooks = format!("mcpw-bench-{id}");
+    let mutating: Api<k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration> =
+        Api::all(client.clone());
+    let _ = mutating.delete(&hooks, &DeleteParams::default()).await;
+    let validating: Api<
+        k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration,
+    > = Api::all(client.clone());
+    let _ = validating.delete(&hooks, &DeleteParams::default()).await;
     for n in [&sys, &ns] {
         let _ = nss.delete(n, &DeleteParams::default()).await;
     }

@@ -254,6 +254,13 @@ pub struct ControllerArgs {
     /// Days a serving certificate is valid (reissued with a third left).
     #[arg(long, env = "MCP_WARDEN_CERT_VALIDITY_DAYS", default_value_t = 365)]
     pub cert_validity_days: u64,
+    /// Seconds the webhook CA is valid, overriding --ca-validity-days (short lifetimes, to see
+    /// rotation happen in a test cluster).
+    #[arg(long, env = "MCP_WARDEN_CA_VALIDITY_SECONDS", value_name = "SECONDS")]
+    pub ca_validity_seconds: Option<u64>,
+    /// Seconds a serving certificate is valid, overriding --cert-validity-days.
+    #[arg(long, env = "MCP_WARDEN_CERT_VALIDITY_SECONDS", value_name = "SECONDS")]
+    pub cert_validity_seconds: Option<u64>,
     /// Seconds a new CA is trusted in caBundle before certificates are issued from it.
     #[arg(long, env = "MCP_WARDEN_CA_OVERLAP_SECONDS", default_value_t = 3600)]
     pub ca_overlap_seconds: u64,
@@ -374,8 +381,12 @@ impl ControllerArgs {
                 webhook_config: self.webhook_config.clone(),
                 endpoint,
                 lifetimes: crate::webhook::tls::Lifetimes {
-                    ca: day(self.ca_validity_days),
-                    serving: day(self.cert_validity_days),
+                    ca: self
+                        .ca_validity_seconds
+                        .map_or_else(|| day(self.ca_validity_days), Duration::from_secs),
+                    serving: self
+                        .cert_validity_seconds
+                        .map_or_else(|| day(self.cert_validity_days), Duration::from_secs),
                     overlap: Duration::from_secs(self.ca_overlap_seconds),
                 },
                 owner: None,

@@ -12,7 +12,7 @@ use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBind
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::core::DynamicObject;
-use mcp_warden::controller::rbac::{RULES, URL_MODE_RULES};
+use mcp_warden::controller::rbac::{Rule, RULES, URL_MODE_RULES};
 use mcp_warden::crd::McpPolicy;
 use serde_json::{json, Value};
 use std::process::{Child, Command, Stdio};
@@ -77,10 +77,10 @@ fn apply() -> PatchParams {
     PatchParams::apply("mcp-warden-test").force()
 }
 
-fn rules(namespaced: bool) -> Value {
+fn rules(namespaced: bool, keep: fn(&Rule) -> bool) -> Value {
     RULES
         .iter()
-        .filter(|r| r.namespaced == namespaced)
+        .filter(|r| r.namespaced == namespaced && keep(r))
         .map(|r| json!({"apiGroups": [r.group], "resources": [r.resource], "verbs": r.verbs}))
         .collect()
 }
@@ -156,29 +156,31 @@ fn has_sidecar(p: &Pod) -> bool {
         .any(|c| c.name == "mcp-warden")
 }
 
-#[tokio::test]
-async fn the_operator_end_to_end_on_a_real_api_server() {
-    let Some(client) = cluster().await else {
-        return;
-    };
-    let id = format!(
-        "{:x}",
-        std::process::id() ^ (Instant::now().elapsed().subsec_nanos())
-    );
-    let sys = format!("mcpw-sys-{id}");
-    let on = format!("mcpw-on-{id}");
-    let off = format!("mcpw-off-{id}");
-    let hooks = format!("mcpw-{id}");
-    let pp = apply();
+/// The tests run one at a time: each registers cluster-wide webhook configurations (URL mode),
+/// and one test's controller must not answer another's reviews.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-    // The CRD, as checked in.
+/// One test's share of the cluster: its namespaces (the controller's, an opted-in one and a
+/// plain one), the controller's least-privilege identity, and its webhook configurations.
+struct Env {
+    client: kube::Client,
+    sys: String,
+    on: String,
+    off: String,
+    hooks: String,
+    role_name: String,
+    dir: std::path::PathBuf,
+    kubeconfig: std::path::PathBuf,
+}
+
+async fn install_crd(client: &kube::Client) {
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     let crd: CustomResourceDefinition = serde_yaml::from_str(
         &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/crds/mcppolicy.yaml"))
             .unwrap(),
     )
     .unwrap();
-    crds.patch("mcppolicies.mcpwarden.dev", &pp, &Patch::Apply(&crd))
+    crds.patch("mcppolicies.mcpwarden.dev", &apply(), &Patch::Apply(&crd))
         .await
         .expect("the CRD installs");
     wait_for("the CRD to be established", 30, || {
@@ -193,142 +195,278 @@ async fn the_operator_end_to_end_on_a_real_api_server() {
         }
     })
     .await;
+}
 
-    // Namespaces and the controller's least-privilege identity.
-    let nss: Api<Namespace> = Api::all(client.clone());
-    for (ns, labelled) in [(&sys, false), (&on, true), (&off, false)] {
-        let labels = if labelled {
-            json!({"mcpwarden.dev/injection": "enabled"})
-        } else {
-            json!({})
+impl Env {
+    async fn new(client: kube::Client, tag: &str) -> Env {
+        Env::with_rules(client, tag, |_| true).await
+    }
+
+    /// Like `new`, granting only the controller's rules that `keep` keeps.
+    async fn with_rules(client: kube::Client, tag: &str, keep: fn(&Rule) -> bool) -> Env {
+        remove_stale_webhooks(&client).await;
+        let id = format!(
+            "{tag}-{:x}",
+            std::process::id() ^ (Instant::now().elapsed().subsec_nanos())
+        );
+        let env = Env {
+            sys: format!("mcpw-sys-{id}"),
+            on: format!("mcpw-on-{id}"),
+            off: format!("mcpw-off-{id}"),
+            hooks: format!("mcpw-{id}"),
+            role_name: format!("mcp-warden-{id}"),
+            dir: std::env::temp_dir().join(format!("mcp-warden-cluster-{id}")),
+            kubeconfig: Default::default(),
+            client,
         };
-        nss.patch(ns, &pp, &Patch::Apply(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns, "labels": labels}})))
+        install_crd(&env.client).await;
+        env.grant(keep).await;
+        std::fs::create_dir_all(&env.dir).unwrap();
+        let kubeconfig = impersonating_kubeconfig(&env.dir, &env.sys);
+        Env { kubeconfig, ..env }
+    }
+
+    async fn grant(&self, keep: fn(&Rule) -> bool) {
+        let (client, pp) = (&self.client, apply());
+        let (sys, on, off, role_name) = (&self.sys, &self.on, &self.off, &self.role_name);
+        // Namespaces and the controller's least-privilege identity.
+        let nss: Api<Namespace> = Api::all(client.clone());
+        for (ns, labelled) in [(sys, false), (on, true), (off, false)] {
+            let labels = if labelled {
+                json!({"mcpwarden.dev/injection": "enabled"})
+            } else {
+                json!({})
+            };
+            nss.patch(ns, &pp, &Patch::Apply(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns, "labels": labels}})))
+                .await
+                .unwrap();
+        }
+        let croles: Api<ClusterRole> = Api::all(client.clone());
+        croles
+            .patch(
+                &role_name,
+                &pp,
+                &Patch::Apply(
+                    json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+            "metadata": {"name": role_name}, "rules": rules(false, keep)}),
+                ),
+            )
             .await
             .unwrap();
+        let cbindings: Api<ClusterRoleBinding> = Api::all(client.clone());
+        cbindings.patch(&role_name, &pp, &Patch::Apply(json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+            "metadata": {"name": role_name}, "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role_name},
+            "subjects": [{"kind": "ServiceAccount", "name": "mcp-warden", "namespace": sys}]}))).await.unwrap();
+        let roles: Api<Role> = Api::namespaced(client.clone(), sys);
+        roles
+            .patch(
+                "mcp-warden",
+                &pp,
+                &Patch::Apply(
+                    json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+            "metadata": {"name": "mcp-warden", "namespace": sys}, "rules": rules(true, keep)}),
+                ),
+            )
+            .await
+            .unwrap();
+        let rbs: Api<RoleBinding> = Api::namespaced(client.clone(), sys);
+        rbs.patch("mcp-warden", &pp, &Patch::Apply(json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+            "metadata": {"name": "mcp-warden", "namespace": sys}, "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "mcp-warden"},
+            "subjects": [{"kind": "ServiceAccount", "name": "mcp-warden", "namespace": sys}]}))).await.unwrap();
+        // In URL mode the controller registers the webhook configurations itself.
+        let dev_role = format!("{role_name}-dev");
+        let dev_rules: Value = URL_MODE_RULES
+            .iter()
+            .map(|r| json!({"apiGroups": [r.group], "resources": [r.resource], "verbs": r.verbs}))
+            .collect();
+        croles
+            .patch(
+                &dev_role,
+                &pp,
+                &Patch::Apply(
+                    json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+            "metadata": {"name": dev_role}, "rules": dev_rules}),
+                ),
+            )
+            .await
+            .unwrap();
+        cbindings.patch(&dev_role, &pp, &Patch::Apply(json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+            "metadata": {"name": dev_role}, "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": dev_role},
+            "subjects": [{"kind": "ServiceAccount", "name": "mcp-warden", "namespace": sys}]}))).await.unwrap();
     }
-    let role_name = format!("mcp-warden-{id}");
-    let croles: Api<ClusterRole> = Api::all(client.clone());
-    croles
-        .patch(
-            &role_name,
-            &pp,
-            &Patch::Apply(
-                json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
-        "metadata": {"name": role_name}, "rules": rules(false)}),
-            ),
-        )
-        .await
-        .unwrap();
-    let cbindings: Api<ClusterRoleBinding> = Api::all(client.clone());
-    cbindings.patch(&role_name, &pp, &Patch::Apply(json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-        "metadata": {"name": role_name}, "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role_name},
-        "subjects": [{"kind": "ServiceAccount", "name": "mcp-warden", "namespace": sys}]}))).await.unwrap();
-    let roles: Api<Role> = Api::namespaced(client.clone(), &sys);
-    roles
-        .patch(
-            "mcp-warden",
-            &pp,
-            &Patch::Apply(
-                json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
-        "metadata": {"name": "mcp-warden", "namespace": sys}, "rules": rules(true)}),
-            ),
-        )
-        .await
-        .unwrap();
-    let rbs: Api<RoleBinding> = Api::namespaced(client.clone(), &sys);
-    rbs.patch("mcp-warden", &pp, &Patch::Apply(json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-        "metadata": {"name": "mcp-warden", "namespace": sys}, "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "mcp-warden"},
-        "subjects": [{"kind": "ServiceAccount", "name": "mcp-warden", "namespace": sys}]}))).await.unwrap();
-    // In URL mode the controller registers the webhook configurations itself.
-    let dev_role = format!("{role_name}-dev");
-    let dev_rules: Value = URL_MODE_RULES
-        .iter()
-        .map(|r| json!({"apiGroups": [r.group], "resources": [r.resource], "verbs": r.verbs}))
-        .collect();
-    croles
-        .patch(
-            &dev_role,
-            &pp,
-            &Patch::Apply(
-                json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
-        "metadata": {"name": dev_role}, "rules": dev_rules}),
-            ),
-        )
-        .await
-        .unwrap();
-    cbindings.patch(&dev_role, &pp, &Patch::Apply(json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-        "metadata": {"name": dev_role}, "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": dev_role},
-        "subjects": [{"kind": "ServiceAccount", "name": "mcp-warden", "namespace": sys}]}))).await.unwrap();
 
-    // The controller, as its ServiceAccount.
-    let dir = std::env::temp_dir().join(format!("mcp-warden-cluster-{id}"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let kubeconfig = impersonating_kubeconfig(&dir, &sys);
-    let host = std::env::var("MCP_WARDEN_TEST_WEBHOOK_HOST").unwrap_or_else(|_| "127.0.0.1".into());
-    let port = free_port();
-    let admin = free_port();
-    let log = std::fs::File::create(dir.join("controller.log")).unwrap();
-    let _controller = Controller(
-        Command::new(env!("CARGO_BIN_EXE_mcp-warden"))
-            .args([
-                "controller",
-                "--namespace",
-                &sys,
-                "--identity",
-                "test-replica",
-                "--webhook-url",
-                &format!("https://{host}:{port}"),
-                "--admin-listen",
-                &format!("127.0.0.1:{admin}"),
-                "--webhook-config",
-                &hooks,
-                "--native-sidecar",
-                "false",
-                "--cert-interval-seconds",
-                "2",
-                "--drain-delay-seconds",
-                "0",
-                "--log-format",
-                "text",
-            ])
-            .env("KUBECONFIG", &kubeconfig)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
-    );
-    eprintln!("controller log: {}", dir.join("controller.log").display());
-    wait_for("the controller to be ready", 60, || async move {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", admin))
-            .await
-            .ok()?;
-        tcp.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            .await
-            .ok()?;
-        let mut out = Vec::new();
-        tcp.read_to_end(&mut out).await.ok()?;
-        out.starts_with(b"HTTP/1.1 200").then_some(())
-    })
-    .await;
-    let mutating: Api<DynamicObject> = Api::all_with(
-        client.clone(),
-        &kube::api::ApiResource::erase::<
-            k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration,
-        >(&()),
-    );
-    wait_for("the webhook configuration with its caBundle", 60, || {
-        let m = mutating.clone();
-        let hooks = hooks.clone();
-        async move {
-            let c = m.get(&hooks).await.ok()?;
-            c.data["webhooks"][0]["clientConfig"]["caBundle"]
-                .as_str()
-                .filter(|s| !s.is_empty())
+    /// Starts the real controller binary as the ServiceAccount, registering the webhooks by
+    /// URL; returns it with its admin port once `/readyz` answers 200.
+    async fn controller(&self, extra: &[&str]) -> (Controller, u16) {
+        let (child, admin) = self.spawn_controller(extra);
+        wait_for("the controller to be ready", 60, || async move {
+            admin_get(admin, "/readyz")
+                .await
+                .filter(|r| r.starts_with("HTTP/1.1 200"))
                 .map(|_| ())
+        })
+        .await;
+        (child, admin)
+    }
+
+    fn spawn_controller(&self, extra: &[&str]) -> (Controller, u16) {
+        let host =
+            std::env::var("MCP_WARDEN_TEST_WEBHOOK_HOST").unwrap_or_else(|_| "127.0.0.1".into());
+        let port = free_port();
+        let admin = free_port();
+        let log = std::fs::File::create(self.dir.join("controller.log")).unwrap();
+        let url = format!("https://{host}:{port}");
+        let admin_listen = format!("127.0.0.1:{admin}");
+        let mut args = vec![
+            "controller",
+            "--namespace",
+            &self.sys,
+            "--identity",
+            "test-replica",
+            "--webhook-url",
+            &url,
+            "--admin-listen",
+            &admin_listen,
+            "--webhook-config",
+            &self.hooks,
+            "--native-sidecar",
+            "false",
+            "--cert-interval-seconds",
+            "2",
+            "--drain-delay-seconds",
+            "0",
+            "--log-format",
+            "text",
+        ];
+        args.extend_from_slice(extra);
+        let child = Controller(
+            Command::new(env!("CARGO_BIN_EXE_mcp-warden"))
+                .args(&args)
+                .env("KUBECONFIG", &self.kubeconfig)
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .unwrap(),
+        );
+        eprintln!(
+            "controller log: {}",
+            self.dir.join("controller.log").display()
+        );
+        (child, admin)
+    }
+
+    fn mutating(&self) -> Api<DynamicObject> {
+        Api::all_with(
+            self.client.clone(),
+            &kube::api::ApiResource::erase::<
+                k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration,
+            >(&()),
+        )
+    }
+
+    /// The CA bundle of the mutating webhook, once the controller has published one.
+    async fn ca_bundle(&self) -> String {
+        let m = self.mutating();
+        let hooks = self.hooks.clone();
+        wait_for("the webhook configuration with its caBundle", 60, || {
+            let (m, hooks) = (m.clone(), hooks.clone());
+            async move {
+                let c = m.get(&hooks).await.ok()?;
+                let b64 = c.data["webhooks"][0]["clientConfig"]["caBundle"].as_str()?;
+                use base64::Engine as _;
+                let pem = base64::engine::general_purpose::STANDARD.decode(b64).ok()?;
+                Some(String::from_utf8(pem).ok()?).filter(|s| !s.is_empty())
+            }
+        })
+        .await
+    }
+
+    async fn cleanup(self) {
+        let nss: Api<Namespace> = Api::all(self.client.clone());
+        for ns in [&self.sys, &self.on, &self.off] {
+            let _ = nss.delete(ns, &DeleteParams::default()).await;
         }
-    })
-    .await;
+        let croles: Api<ClusterRole> = Api::all(self.client.clone());
+        let cbindings: Api<ClusterRoleBinding> = Api::all(self.client.clone());
+        for name in [self.role_name.clone(), format!("{}-dev", self.role_name)] {
+            let _ = croles.delete(&name, &DeleteParams::default()).await;
+            let _ = cbindings.delete(&name, &DeleteParams::default()).await;
+        }
+        let _ = self
+            .mutating()
+            .delete(&self.hooks, &DeleteParams::default())
+            .await;
+        let validating: Api<DynamicObject> = Api::all_with(
+            self.client.clone(),
+            &kube::api::ApiResource::erase::<
+                k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration,
+            >(&()),
+        );
+        let _ = validating
+            .delete(&self.hooks, &DeleteParams::default())
+            .await;
+    }
+}
+
+/// Webhook configurations a failed earlier test left behind point at a dead controller and
+/// would refuse every McpPolicy and opted-in pod; no other test runs now (SERIAL), so every
+/// `mcpw-` registration is stale.
+async fn remove_stale_webhooks(client: &kube::Client) {
+    use k8s_openapi::api::admissionregistration::v1::{
+        MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
+    };
+    let m: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+    let v: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
+    for c in m
+        .list(&Default::default())
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default()
+    {
+        let name = c.metadata.name.unwrap_or_default();
+        if name.starts_with("mcpw-") {
+            let _ = m.delete(&name, &DeleteParams::default()).await;
+        }
+    }
+    for c in v
+        .list(&Default::default())
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default()
+    {
+        let name = c.metadata.name.unwrap_or_default();
+        if name.starts_with("mcpw-") {
+            let _ = v.delete(&name, &DeleteParams::default()).await;
+        }
+    }
+}
+
+/// A raw GET on the controller's admin port (no HTTP client dependency).
+async fn admin_get(port: u16, path: &str) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
+    tcp.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .ok()?;
+    let mut out = Vec::new();
+    tcp.read_to_end(&mut out).await.ok()?;
+    String::from_utf8(out).ok()
+}
+
+#[tokio::test]
+async fn the_operator_end_to_end_on_a_real_api_server() {
+    let Some(client) = cluster().await else {
+        return;
+    };
+    let _serial = SERIAL.lock().await;
+    let env = Env::new(client.clone(), "e2e").await;
+    let (on, off) = (env.on.clone(), env.off.clone());
+    let (_controller, _admin) = env.controller(&[]).await;
+    env.ca_bundle().await;
 
     // A valid policy: ConfigMap and status appear.
     let policies: Api<McpPolicy> = Api::namespaced(client.clone(), &on);
@@ -476,20 +614,154 @@ async fn the_operator_end_to_end_on_a_real_api_server() {
     })
     .await;
 
-    // Clean up (namespaces take their contents).
-    for ns in [&sys, &on, &off] {
-        let _ = nss.delete(ns, &DeleteParams::default()).await;
+    env.cleanup().await;
+}
+
+fn certificates(pem: &str) -> Vec<String> {
+    pem.split("-----END CERTIFICATE-----")
+        .filter(|c| c.contains("BEGIN CERTIFICATE"))
+        .map(|c| c.trim().to_string())
+        .collect()
+}
+
+fn expiry(metrics: &str) -> Option<String> {
+    metrics
+        .lines()
+        .find(|l| l.starts_with("mcp_warden_webhook_certificate_expiry_timestamp_seconds"))
+        .and_then(|l| l.rsplit(' ').next())
+        .map(str::to_string)
+}
+
+/// Certificates rotate with overlap against the real API server, with lifetimes shortened by
+/// flag (CA 45 s, serving 15 s, overlap 5 s): pods created every second throughout are all
+/// admitted and injected (failurePolicy Fail would refuse them on any TLS failure), `caBundle`
+/// holds old and new CA during the overlap and only the new one after the old expires, and the
+/// expiry metric moves with every reissued serving certificate.
+#[tokio::test]
+async fn webhook_certificates_rotate_with_overlap_while_pods_are_admitted() {
+    let Some(client) = cluster().await else {
+        return;
+    };
+    let _serial = SERIAL.lock().await;
+    let env = Env::new(client.clone(), "rot").await;
+    let (_controller, admin) = env
+        .controller(&[
+            "--ca-validity-seconds",
+            "45",
+            "--cert-validity-seconds",
+            "15",
+            "--ca-overlap-seconds",
+            "5",
+        ])
+        .await;
+    let first = certificates(&env.ca_bundle().await);
+    assert_eq!(first.len(), 1, "one CA at first");
+    let policies: Api<McpPolicy> = Api::namespaced(client.clone(), &env.on);
+    let p: McpPolicy =
+        serde_json::from_value(policy_manifest(&env.on, "jupyter", json!({}))).unwrap();
+    policies.create(&PostParams::default(), &p).await.unwrap();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &env.on);
+    wait_for("the policy in the webhook's cache", 30, || {
+        let pods = pods.clone();
+        async move {
+            let p = pods
+                .create(
+                    &PostParams::default(),
+                    &pod_manifest("probe", json!({"app": "jupyter-mcp"}), true),
+                )
+                .await
+                .ok()?;
+            let _ = pods.delete("probe", &DeleteParams::default()).await;
+            has_sidecar(&p).then_some(())
+        }
+    })
+    .await;
+
+    let (mut max_cas, mut expiries, mut admitted) = (1, std::collections::BTreeSet::new(), 0);
+    let start = Instant::now();
+    let mut last_bundle = first.clone();
+    while start.elapsed() < Duration::from_secs(60) {
+        let name = format!("during-rotation-{admitted}");
+        let created = pods
+            .create(
+                &PostParams::default(),
+                &pod_manifest(&name, json!({"app": "jupyter-mcp"}), true),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("pod refused {:?} into the rotation: {e}", start.elapsed()));
+        assert!(has_sidecar(&created), "{name} was not injected");
+        admitted += 1;
+        last_bundle = certificates(&env.ca_bundle().await);
+        max_cas = max_cas.max(last_bundle.len());
+        if let Some(e) = admin_get(admin, "/metrics")
+            .await
+            .as_deref()
+            .and_then(expiry)
+        {
+            expiries.insert(e);
+        }
+        tokio::time::sleep(Duration::from_millis(700)).await;
     }
-    for name in [&role_name, &dev_role] {
-        let _ = croles.delete(name, &DeleteParams::default()).await;
-        let _ = cbindings.delete(name, &DeleteParams::default()).await;
-    }
-    let _ = mutating.delete(&hooks, &DeleteParams::default()).await;
-    let validating: Api<DynamicObject> = Api::all_with(
-        client.clone(),
-        &kube::api::ApiResource::erase::<
-            k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration,
-        >(&()),
+    eprintln!(
+        "rotation: {admitted} pods admitted, bundle held up to {max_cas} CAs, {} serving certificates seen",
+        expiries.len()
     );
-    let _ = validating.delete(&hooks, &DeleteParams::default()).await;
+    assert_eq!(
+        max_cas, 2,
+        "the next CA joined the bundle beside the old one"
+    );
+    assert_eq!(last_bundle.len(), 1, "the expired CA left the bundle");
+    assert_ne!(last_bundle, first, "the CA was replaced");
+    assert!(
+        expiries.len() >= 3,
+        "serving certificates were reissued: {expiries:?}"
+    );
+    env.cleanup().await;
+}
+
+/// A replica whose McpPolicy cache cannot sync (here: its role lacks `list` on McpPolicies) is
+/// unready and refuses every pod review in an opted-in namespace, so `failurePolicy: Fail`
+/// refuses the pod, instead of admitting it unguarded; other namespaces are not affected.
+#[tokio::test]
+async fn an_unsynced_replica_refuses_instead_of_skipping() {
+    let Some(client) = cluster().await else {
+        return;
+    };
+    let _serial = SERIAL.lock().await;
+    let env = Env::with_rules(client.clone(), "unsync", |r| r.resource != "mcppolicies").await;
+    let (_controller, admin) = env.spawn_controller(&[]);
+    env.ca_bundle().await;
+    // Its serving certificate loaded: what refuses below is the unsynced cache, not TLS.
+    wait_for("the serving certificate loaded", 30, || async move {
+        admin_get(admin, "/metrics")
+            .await
+            .as_deref()
+            .and_then(expiry)
+            .map(|_| ())
+    })
+    .await;
+    let readyz = admin_get(admin, "/readyz").await.unwrap_or_default();
+    assert!(readyz.starts_with("HTTP/1.1 503"), "{readyz}");
+    assert!(
+        readyz.contains("McpPolicy cache has not synced"),
+        "{readyz}"
+    );
+    let guarded: Api<Pod> = Api::namespaced(client.clone(), &env.on);
+    let err = guarded
+        .create(
+            &PostParams::default(),
+            &pod_manifest("unguarded", json!({"app": "jupyter-mcp"}), true),
+        )
+        .await
+        .expect_err("an unsynced replica must not let a pod through unguarded");
+    assert!(err.to_string().contains("mcp-warden is not ready"), "{err}");
+    let plain: Api<Pod> = Api::namespaced(client.clone(), &env.off);
+    plain
+        .create(
+            &PostParams::default(),
+            &pod_manifest("plain", json!({"app": "jupyter-mcp"}), true),
+        )
+        .await
+        .expect("namespaces that did not opt in are not affected");
+    env.cleanup().await;
 }

@@ -35,6 +35,10 @@ use tokio::sync::watch;
 /// The field manager of everything the controller applies.
 pub const MANAGER: &str = "mcp-warden";
 
+/// Reconciles in flight at once: each holds copies of what its policy depends on, so the bound
+/// keeps memory flat however many policies change together.
+const RECONCILE_CONCURRENCY: u16 = 8;
+
 /// How often `auto` re-checks the API server and kubelet versions.
 const NATIVE_RECHECK: Duration = Duration::from_secs(600);
 
@@ -384,17 +388,34 @@ async fn lead(client: kube::Client, cfg: Config, metrics: ControllerMetrics, rec
         Api::<McpPolicy>::all(client.clone()),
         watcher::Config::default(),
     )
-    .with_config(controller::Config::default().debounce(Duration::from_millis(500)));
+    .with_config(
+        controller::Config::default()
+            .debounce(Duration::from_millis(500))
+            .concurrency(RECONCILE_CONCURRENCY),
+    );
     let store = controller.store();
-    // A pod or service change re-reconciles every policy of its namespace.
-    let policies_of = move |ns: Option<String>| {
+    // A pod change re-reconciles the policies that select it (counts, conflicts); a pod whose
+    // labels stop matching is dropped from the old policy's counts at its next resync.
+    let pod_store = store.clone();
+    let policies_of_pod = move |pod: Pod| {
+        let ns = pod.namespace();
+        pod_store
+            .state_filter(|p| {
+                p.metadata.namespace == ns
+                    && crate::webhook::inject::selector_matches(&p.spec.pod_selector, pod.labels())
+            })
+            .into_iter()
+            .map(|p| ObjectRef::from_obj(&*p))
+            .collect::<Vec<_>>()
+    };
+    // A service change re-reconciles every policy of its namespace (bypass warnings).
+    let for_services = move |ns: Option<String>| {
         store
             .state_filter(|p| p.metadata.namespace == ns)
             .into_iter()
             .map(|p| ObjectRef::from_obj(&*p))
             .collect::<Vec<_>>()
     };
-    let for_services = policies_of.clone();
     let ctx = Arc::new(reconcile::Ctx {
         client: client.clone(),
         metrics,
@@ -412,7 +433,7 @@ async fn lead(client: kube::Client, cfg: Config, metrics: ControllerMetrics, rec
     let run = controller
         .owns_stream(cm_stream)
         .owns_stream(np_stream)
-        .watches_stream(pod_stream, move |p: Pod| policies_of(p.namespace()))
+        .watches_stream(pod_stream, policies_of_pod)
         .watches_stream(svc_stream, move |s: Service| for_services(s.namespace()))
         .run(
             |p, ctx: Arc<reconcile::Ctx>| async move {

@@ -270,8 +270,31 @@ pub async fn reconcile(policy: Arc<McpPolicy>, ctx: Arc<Ctx>) -> Result<Action, 
     let started = Instant::now();
     let ns = policy.namespace().ok_or(Error::NoNamespace)?;
     let name = policy.name_any();
-    let ns_policies = in_namespace(&ctx.policies, &ns);
-    let pods = in_namespace(&ctx.pods, &ns);
+    // Only what this policy's status depends on is copied out of the caches: the pods it
+    // selects, the policies that select any of those pods (conflicts), and the namespace's
+    // services. Copying whole namespaces per reconcile cost gigabytes with 1,000 policies.
+    let selector = &policy.spec.pod_selector;
+    let pods: Vec<Pod> = ctx
+        .pods
+        .state_filter(|p| {
+            p.metadata.namespace.as_deref() == Some(ns.as_str())
+                && selector_matches(selector, p.labels())
+        })
+        .iter()
+        .map(|p| (**p).clone())
+        .collect();
+    let ns_policies: Vec<McpPolicy> = ctx
+        .policies
+        .state_filter(|q| {
+            q.metadata.namespace.as_deref() == Some(ns.as_str())
+                && (q.metadata.name == policy.metadata.name
+                    || pods
+                        .iter()
+                        .any(|p| selector_matches(&q.spec.pod_selector, p.labels())))
+        })
+        .iter()
+        .map(|q| (**q).clone())
+        .collect();
     let services = in_namespace(&ctx.services, &ns);
     let now = Time(k8s_openapi::jiff::Timestamp::now());
     let d = desired(

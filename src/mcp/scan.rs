@@ -243,8 +243,13 @@ impl<'a> Scanner<'a> {
             .b
             .get(self.i..self.i + 4)
             .ok_or_else(|| self.err("short \\u escape"))?;
-        let s = std::str::from_utf8(h).map_err(|_| self.err("invalid \\u escape"))?;
-        let v = u32::from_str_radix(s, 16).map_err(|_| self.err("invalid \\u escape"))?;
+        // Exactly four hex digits: `from_str_radix` alone would also take a sign (`\u+0e9`).
+        let v = h.iter().try_fold(0u32, |v, &c| {
+            (c as char)
+                .to_digit(16)
+                .map(|d| v * 16 + d)
+                .ok_or_else(|| self.err("invalid \\u escape"))
+        })?;
         self.i += 4;
         Ok(v)
     }
@@ -375,6 +380,8 @@ mod tests {
             (b"{\"a\":NaN}", "NaN"),
             (b"{\"a\":1} x", "trailing data"),
             (b"{\"a\":\"\x01\"}", "raw control char"),
+            (b"{\"a\":\"\\u+0e9\"}", "a sign in a \\u escape"),
+            (b"{\"a\":\"\\u-0e9\"}", "a minus sign in a \\u escape"),
             (b"{\"a\":\"\\x41\"}", "bad escape"),
             (b"{\"a\":\"\\ud800\"}", "lone high surrogate"),
             (b"{\"a\":\"\\udc00x\"}", "lone low surrogate"),

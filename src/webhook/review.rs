@@ -49,6 +49,18 @@ where
         .map_err(|e| format!("AdmissionReview without a request: {e}"))
 }
 
+/// A refusal of any AdmissionReview for `reason`, answering the request's uid (the API server
+/// discards an answer without it, and the user would see "invalid webhook response" instead of
+/// the reason).
+pub fn refuse(body: &[u8], reason: String) -> AdmissionReview<DynamicObject> {
+    match read_request::<DynamicObject>(body) {
+        Ok(req) => AdmissionResponse::from(&req).deny(reason).into_review(),
+        Err(unreadable) => {
+            AdmissionResponse::invalid(format!("{reason}; {unreadable}")).into_review()
+        }
+    }
+}
+
 /// The answer to one pod AdmissionReview.
 #[derive(Debug)]
 pub struct PodReview {

@@ -188,10 +188,10 @@ pub async fn handle(state: &Arc<WebhookState>, req: Request<Incoming>) -> Respon
 /// The AdmissionReview answer for `body`, as JSON, with metrics and Events.
 pub fn answer(state: &Arc<WebhookState>, webhook: &str, body: &[u8]) -> Vec<u8> {
     if let Some(why) = state.unready_reason() {
-        let review = kube::core::admission::AdmissionResponse::invalid(format!(
-            "mcp-warden is not ready ({why}); retry shortly"
-        ))
-        .into_review();
+        let review = super::review::refuse(
+            body,
+            format!("mcp-warden is not ready ({why}); retry shortly"),
+        );
         if webhook == "mutate" {
             state.metrics.injections.with_label_values(&["error"]).inc();
         }

@@ -78,7 +78,7 @@ pub fn new_ca(now: i64, life: Duration) -> Result<(String, String), TlsError> {
     p.distinguished_name = dn;
     p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    p.not_before = at(now - 60);
+    p.not_before = at(now - BACKDATE);
     p.not_after = at(now + life.as_secs() as i64);
     let cert = p.self_signed(&key)?;
     Ok((cert.pem(), key.serialize_pem()))
@@ -104,7 +104,7 @@ pub fn issue(
     p.distinguished_name = dn;
     p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    p.not_before = at(now - 60);
+    p.not_before = at(now - BACKDATE);
     p.not_after = at(now + life.as_secs() as i64);
     let cert = p.signed_by(&key, &issuer)?;
     Ok((cert.pem(), key.serialize_pem()))
@@ -162,9 +162,20 @@ fn get<'m>(m: &'m Material, key: &'static str) -> Result<&'m str, TlsError> {
         .ok_or(TlsError::Missing(key))
 }
 
-/// Less than a third of the certificate's life is left.
+/// How far back `not_before` is set, for clocks that run behind the issuer's.
+const BACKDATE: i64 = 60;
+
+/// Less than a third of the certificate's life is left. The life is counted from the issue
+/// time, not from the backdated `not_before` (with short lifetimes the backdating would
+/// otherwise make a new certificate due at once).
 fn due(c: &CertInfo, now: i64) -> bool {
-    let life = (c.not_after - c.not_before).max(1);
+    let span = c.not_after - c.not_before;
+    let life = if span > BACKDATE {
+        span - BACKDATE
+    } else {
+        span
+    }
+    .max(1);
     c.not_after - now < life / 3
 }
 
