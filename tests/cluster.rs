@@ -244,7 +244,7 @@ impl Env {
         let croles: Api<ClusterRole> = Api::all(client.clone());
         croles
             .patch(
-                &role_name,
+                role_name,
                 &pp,
                 &Patch::Apply(
                     json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
@@ -254,7 +254,7 @@ impl Env {
             .await
             .unwrap();
         let cbindings: Api<ClusterRoleBinding> = Api::all(client.clone());
-        cbindings.patch(&role_name, &pp, &Patch::Apply(json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+        cbindings.patch(role_name, &pp, &Patch::Apply(json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
             "metadata": {"name": role_name}, "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role_name},
             "subjects": [{"kind": "ServiceAccount", "name": "mcp-warden", "namespace": sys}]}))).await.unwrap();
         let roles: Api<Role> = Api::namespaced(client.clone(), sys);
