@@ -180,7 +180,7 @@ async fn run(count: usize) {
         tasks.push(tokio::spawn(async move {
             for i in chunk {
                 let p: k8s_openapi::api::core::v1::Pod = serde_json::from_value(json!({
-                    "metadata": {"name": format!("pod{i:05}"), "labels": {"app": format!("a{}", i % 1000)}},
+                    "metadata": {"name": format!("pod{i:05}"), "labels": {"app": format!("a{}", i % count)}},
                     "spec": {"containers": [{"name": "app", "image": "registry.invalid/app:1",
                                              "ports": [{"name": "mcp", "containerPort": 8888}]}]}
                 }))

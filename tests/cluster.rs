@@ -148,6 +148,19 @@ fn pod_manifest(name: &str, labels: Value, with_mcp_port: bool) -> Pod {
     .unwrap()
 }
 
+async fn create_pod(
+    api: &Api<Pod>,
+    name: &str,
+    labels: Value,
+    with_mcp_port: bool,
+) -> kube::Result<Pod> {
+    api.create(
+        &PostParams::default(),
+        &pod_manifest(name, labels, with_mcp_port),
+    )
+    .await
+}
+
 fn has_sidecar(p: &Pod) -> bool {
     let s = p.spec.as_ref().unwrap();
     s.containers
@@ -159,6 +172,12 @@ fn has_sidecar(p: &Pod) -> bool {
 /// The tests run one at a time: each registers cluster-wide webhook configurations (URL mode),
 /// and one test's controller must not answer another's reviews.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The cluster, held by this test alone until the guard drops.
+async fn cluster_alone() -> Option<(kube::Client, tokio::sync::MutexGuard<'static, ()>)> {
+    let client = cluster().await?;
+    Some((client, SERIAL.lock().await))
+}
 
 /// One test's share of the cluster: its namespaces (the controller's, an opted-in one and a
 /// plain one), the controller's least-privilege identity, and its webhook configurations.
@@ -459,10 +478,9 @@ async fn admin_get(port: u16, path: &str) -> Option<String> {
 
 #[tokio::test]
 async fn the_operator_end_to_end_on_a_real_api_server() {
-    let Some(client) = cluster().await else {
+    let Some((client, _serial)) = cluster_alone().await else {
         return;
     };
-    let _serial = SERIAL.lock().await;
     let env = Env::new(client.clone(), "e2e").await;
     let (on, off) = (env.on.clone(), env.off.clone());
     let (_controller, _admin) = env.controller(&[]).await;
@@ -542,11 +560,7 @@ async fn the_operator_end_to_end_on_a_real_api_server() {
 
     // Injection.
     let pods_on: Api<Pod> = Api::namespaced(client.clone(), &on);
-    let created = pods_on
-        .create(
-            &PostParams::default(),
-            &pod_manifest("guarded", json!({"app": "jupyter-mcp"}), true),
-        )
+    let created = create_pod(&pods_on, "guarded", json!({"app": "jupyter-mcp"}), true)
         .await
         .unwrap();
     assert!(has_sidecar(&created), "the stored pod runs the sidecar");
@@ -556,32 +570,21 @@ async fn the_operator_end_to_end_on_a_real_api_server() {
         stored.metadata.annotations.as_ref().unwrap()["mcpwarden.dev/policy"],
         format!("{on}/jupyter")
     );
-    let opted_out = pods_on
-        .create(
-            &PostParams::default(),
-            &pod_manifest(
-                "opted-out",
-                json!({"app": "jupyter-mcp", "mcpwarden.dev/inject": "false"}),
-                true,
-            ),
-        )
-        .await
-        .unwrap();
+    let opted_out = create_pod(
+        &pods_on,
+        "opted-out",
+        json!({"app": "jupyter-mcp", "mcpwarden.dev/inject": "false"}),
+        true,
+    )
+    .await
+    .unwrap();
     assert!(!has_sidecar(&opted_out));
-    let err = pods_on
-        .create(
-            &PostParams::default(),
-            &pod_manifest("no-port", json!({"app": "jupyter-mcp"}), false),
-        )
+    let err = create_pod(&pods_on, "no-port", json!({"app": "jupyter-mcp"}), false)
         .await
         .expect_err("no mcp port is refused");
     assert!(err.to_string().contains("port named \"mcp\""), "{err}");
     let pods_off: Api<Pod> = Api::namespaced(client.clone(), &off);
-    let untouched = pods_off
-        .create(
-            &PostParams::default(),
-            &pod_manifest("plain", json!({"app": "jupyter-mcp"}), true),
-        )
+    let untouched = create_pod(&pods_off, "plain", json!({"app": "jupyter-mcp"}), true)
         .await
         .unwrap();
     assert!(
@@ -639,10 +642,9 @@ fn expiry(metrics: &str) -> Option<String> {
 /// expiry metric moves with every reissued serving certificate.
 #[tokio::test]
 async fn webhook_certificates_rotate_with_overlap_while_pods_are_admitted() {
-    let Some(client) = cluster().await else {
+    let Some((client, _serial)) = cluster_alone().await else {
         return;
     };
-    let _serial = SERIAL.lock().await;
     let env = Env::new(client.clone(), "rot").await;
     let (_controller, admin) = env
         .controller(&[
@@ -664,11 +666,7 @@ async fn webhook_certificates_rotate_with_overlap_while_pods_are_admitted() {
     wait_for("the policy in the webhook's cache", 30, || {
         let pods = pods.clone();
         async move {
-            let p = pods
-                .create(
-                    &PostParams::default(),
-                    &pod_manifest("probe", json!({"app": "jupyter-mcp"}), true),
-                )
+            let p = create_pod(&pods, "probe", json!({"app": "jupyter-mcp"}), true)
                 .await
                 .ok()?;
             let _ = pods.delete("probe", &DeleteParams::default()).await;
@@ -682,11 +680,7 @@ async fn webhook_certificates_rotate_with_overlap_while_pods_are_admitted() {
     let mut last_bundle = first.clone();
     while start.elapsed() < Duration::from_secs(60) {
         let name = format!("during-rotation-{admitted}");
-        let created = pods
-            .create(
-                &PostParams::default(),
-                &pod_manifest(&name, json!({"app": "jupyter-mcp"}), true),
-            )
+        let created = create_pod(&pods, &name, json!({"app": "jupyter-mcp"}), true)
             .await
             .unwrap_or_else(|e| panic!("pod refused {:?} into the rotation: {e}", start.elapsed()));
         assert!(has_sidecar(&created), "{name} was not injected");
@@ -724,10 +718,9 @@ async fn webhook_certificates_rotate_with_overlap_while_pods_are_admitted() {
 /// refuses the pod, instead of admitting it unguarded; other namespaces are not affected.
 #[tokio::test]
 async fn an_unsynced_replica_refuses_instead_of_skipping() {
-    let Some(client) = cluster().await else {
+    let Some((client, _serial)) = cluster_alone().await else {
         return;
     };
-    let _serial = SERIAL.lock().await;
     let env = Env::with_rules(client.clone(), "unsync", |r| r.resource != "mcppolicies").await;
     let (_controller, admin) = env.spawn_controller(&[]);
     env.ca_bundle().await;
@@ -747,20 +740,12 @@ async fn an_unsynced_replica_refuses_instead_of_skipping() {
         "{readyz}"
     );
     let guarded: Api<Pod> = Api::namespaced(client.clone(), &env.on);
-    let err = guarded
-        .create(
-            &PostParams::default(),
-            &pod_manifest("unguarded", json!({"app": "jupyter-mcp"}), true),
-        )
+    let err = create_pod(&guarded, "unguarded", json!({"app": "jupyter-mcp"}), true)
         .await
         .expect_err("an unsynced replica must not let a pod through unguarded");
     assert!(err.to_string().contains("mcp-warden is not ready"), "{err}");
     let plain: Api<Pod> = Api::namespaced(client.clone(), &env.off);
-    plain
-        .create(
-            &PostParams::default(),
-            &pod_manifest("plain", json!({"app": "jupyter-mcp"}), true),
-        )
+    create_pod(&plain, "plain", json!({"app": "jupyter-mcp"}), true)
         .await
         .expect("namespaces that did not opt in are not affected");
     env.cleanup().await;

@@ -216,6 +216,8 @@ async fn an_unsynced_replica_refuses_instead_of_skipping_injection() {
     .await;
     let v = mutate_fixture(addr, &m).await;
     assert_eq!(v["response"]["allowed"], false);
+    // The API server discards an answer that does not echo the request's uid.
+    assert_eq!(v["response"]["uid"], "705ab4f5-6393-11e8-b7cc-42010a800002");
     let msg = v["response"]["status"]["message"].as_str().unwrap();
     assert!(
         msg.contains("not ready") && msg.contains("McpPolicy cache"),
@@ -394,4 +396,33 @@ fn unreadable_material_is_replaced_whole() {
         .unwrap();
     assert!(tls::info(tls::CA_CERT, &m2[tls::CA_CERT]).is_ok());
     assert_eq!(certs_in(&m2[tls::CA_BUNDLE]), 1);
+}
+
+/// Lifetimes of seconds (the cluster test's rotation flags) rotate on schedule: a fresh serving
+/// certificate is not due at once (its `notBefore` is backdated, which must not count as life),
+/// and is reissued in its last third.
+#[test]
+fn short_lifetimes_rotate_on_schedule_not_at_once() {
+    let life = Lifetimes {
+        ca: Duration::from_secs(45),
+        serving: Duration::from_secs(15),
+        overlap: Duration::from_secs(5),
+    };
+    let t0 = 1_900_000_000;
+    let m0 = tls::next(None, &names(), t0, &life).unwrap().unwrap();
+    assert!(
+        tls::next(Some(&m0), &names(), t0 + 9, &life)
+            .unwrap()
+            .is_none(),
+        "nothing is due 9 s into a 15 s certificate and a 45 s CA"
+    );
+    let m1 = tls::next(Some(&m0), &names(), t0 + 11, &life)
+        .unwrap()
+        .expect("the serving certificate is due in its last third");
+    assert_ne!(m1[tls::TLS_CERT], m0[tls::TLS_CERT]);
+    assert_eq!(
+        m1[tls::CA_BUNDLE],
+        m0[tls::CA_BUNDLE],
+        "the CA is not due yet"
+    );
 }

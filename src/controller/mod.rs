@@ -116,7 +116,7 @@ async fn detect_native(client: &kube::Client) -> anyhow::Result<bool> {
 
 /// Runs the controller until `shutdown` resolves.
 pub async fn run(
-    cfg: Config,
+    mut cfg: Config,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let client = kube::Client::try_default().await.map_err(|e| {
@@ -255,14 +255,13 @@ pub async fn run(
     // Leader election; the leader reconciles and manages certificates.
     let (leader_tx, mut leader_rx) = watch::channel(false);
     let owner = certs::installation_owner(&client, &cfg.certs.webhook_config).await;
-    let mut cfg = cfg;
     cfg.certs.owner = owner.clone();
     let election = leader::Election {
         namespace: cfg.namespace.clone(),
         name: cfg.lease_name.clone(),
         identity: cfg.identity.clone(),
         duration: cfg.lease_duration,
-        owner: owner.clone(),
+        owner,
     };
     let campaign = tokio::spawn(leader::campaign(
         client.clone(),

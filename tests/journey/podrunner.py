@@ -44,7 +44,6 @@ class ConfigMapVolume:
         self.namespace, self.name, self.optional, self.root = namespace, name, optional, root
         self.root.mkdir(parents=True, exist_ok=True)
         self.current: dict[str, str] | None = None
-        self.updates = 0
 
     def sync(self) -> bool:
         """Writes the ConfigMap's keys if they changed; returns whether it wrote."""
@@ -75,7 +74,6 @@ class ConfigMapVolume:
         if old:
             shutil.rmtree(self.root / old, ignore_errors=True)
         self.current = data
-        self.updates += 1
         return True
 
 
@@ -96,9 +94,6 @@ class RunningPod:
     _stop: threading.Event = field(default_factory=threading.Event)
     _sync: threading.Thread | None = None
 
-    def address(self, container_port: int) -> str:
-        return f"127.0.0.1:{self.ports.get(container_port, container_port)}"
-
     def kill(self, container: str | None = None) -> None:
         """Kills one container (or all, and stops the volume sync), as a node failure would."""
         names = [container] if container else list(self.containers)
@@ -109,12 +104,6 @@ class RunningPod:
                 c.process.wait(timeout=10)
         if container is None:
             self._stop.set()
-
-    def terminate(self, container: str, timeout: float = 30) -> int:
-        """SIGTERM, as the kubelet sends on pod deletion; returns the exit code."""
-        c = self.containers[container]
-        c.process.terminate()
-        return c.process.wait(timeout=timeout)
 
     def logs(self, container: str) -> str:
         return self.containers[container].log.read_text(errors="replace")

@@ -58,7 +58,7 @@ func routes(target, file string) []string {
 			if len(fields) >= 2 && fields[0] == target {
 				var out []string
 				for _, to := range fields[1:] {
-					if loopbackOnly(to) != "" {
+					if isLoopback(to) {
 						out = append(out, to)
 					}
 				}
@@ -66,21 +66,19 @@ func routes(target, file string) []string {
 			}
 		}
 	}
-	if loopbackOnly(target) != "" {
+	if isLoopback(target) {
 		return []string{target}
 	}
 	return nil
 }
 
-func loopbackOnly(hostport string) string {
+func isLoopback(hostport string) bool {
 	host, _, err := net.SplitHostPort(hostport)
 	if err != nil {
-		return ""
+		return false
 	}
-	if ip := net.ParseIP(host); (ip != nil && ip.IsLoopback()) || host == "localhost" {
-		return hostport
-	}
-	return ""
+	ip := net.ParseIP(host)
+	return (ip != nil && ip.IsLoopback()) || host == "localhost"
 }
 
 func tunnel(w http.ResponseWriter, r *http.Request, file string) {
