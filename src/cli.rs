@@ -101,6 +101,37 @@ pub struct SidecarArgs {
         default_value_t = 10_000
     )]
     pub max_keys_per_counter: usize,
+    /// A host clients may name in `Host`, as `name` or `name:port` (repeatable; `*` for any).
+    /// Loopback names are always accepted. `Host` is checked only when listening on loopback or
+    /// when hosts are listed; in a cluster the controller lists the Services that select the pod.
+    #[arg(
+        long = "allowed-host",
+        env = "MCP_WARDEN_ALLOWED_HOSTS",
+        value_delimiter = ','
+    )]
+    pub allowed_hosts: Vec<String>,
+    /// An origin browsers may send in `Origin`, as `scheme://host[:port]` (repeatable; `*` for
+    /// any). Loopback origins and the allowed hosts' are always accepted; any other is refused.
+    #[arg(
+        long = "allowed-origin",
+        env = "MCP_WARDEN_ALLOWED_ORIGINS",
+        value_delimiter = ','
+    )]
+    pub allowed_origins: Vec<String>,
+    /// Seconds a client has to send a request's headers; also how long an idle keep-alive
+    /// connection stays open.
+    #[arg(
+        long,
+        env = "MCP_WARDEN_HEADER_TIMEOUT_SECONDS",
+        default_value_t = 30.0
+    )]
+    pub header_timeout_seconds: f64,
+    /// Seconds a client has to send a gated request's body once its headers are in.
+    #[arg(long, env = "MCP_WARDEN_BODY_TIMEOUT_SECONDS", default_value_t = 30.0)]
+    pub body_timeout_seconds: f64,
+    /// Open client connections at most; at the cap the oldest one not inside a request is closed.
+    #[arg(long, env = "MCP_WARDEN_MAX_CONNECTIONS", default_value_t = 1024)]
+    pub max_connections: usize,
     /// Threads serving requests. One suits a sidecar's usual CPU limit and avoids cross-thread
     /// wake-ups; raise it for a server with many cores to itself.
     #[arg(long, env = "MCP_WARDEN_WORKER_THREADS", default_value_t = 1)]
@@ -122,6 +153,19 @@ impl SidecarArgs {
         c.drain_delay = secs("drain-delay-seconds", self.drain_delay_seconds)?;
         c.shutdown_timeout = secs("shutdown-timeout-seconds", self.shutdown_timeout_seconds)?;
         c.engine.max_keys_per_counter = self.max_keys_per_counter.max(1);
+        c.allowed_hosts = self.allowed_hosts.clone();
+        c.allowed_origins = self.allowed_origins.clone();
+        let positive = |name: &str, v: f64| {
+            secs(name, v).and_then(|d| {
+                if d.is_zero() {
+                    anyhow::bail!("--{name} must be more than zero")
+                }
+                Ok(d)
+            })
+        };
+        c.limits.header_timeout = positive("header-timeout-seconds", self.header_timeout_seconds)?;
+        c.body_timeout = positive("body-timeout-seconds", self.body_timeout_seconds)?;
+        c.limits.max_connections = self.max_connections.max(1);
         Ok(c)
     }
 }

@@ -84,19 +84,18 @@ async fn bodies_over_the_limit_and_the_global_budget_are_refused() {
     let raw = post(&sc.url(), &[], &big).await;
     assert_eq!((raw.0, error_code(&raw)), (413, -32600));
 
-    // Hold 1000 bytes of the budget with a slow upload, then ask for more.
+    // Hold 1000 bytes of the budget with a slow upload that sends them, then stalls.
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let first = Bytes::from(format!("{{\"jsonrpc\":\"2.0\",\"x\":\"{}", "x".repeat(980)));
     let slow_body = StreamBody::new(Box::pin(futures_util::stream::unfold(
-        (Some(rx), 0),
-        |(rx, n)| async move {
-            match (n, rx) {
-                (0, rx) => Some((
-                    Ok::<_, std::convert::Infallible>(http_body::Frame::data(Bytes::from_static(
-                        b"{\"jsonrpc\"",
-                    ))),
-                    (rx, 1),
+        (Some(rx), Some(first)),
+        |(rx, first)| async move {
+            match (first, rx) {
+                (Some(b), rx) => Some((
+                    Ok::<_, std::convert::Infallible>(http_body::Frame::data(b)),
+                    (rx, None),
                 )),
-                (_, Some(rx)) => {
+                (None, Some(rx)) => {
                     let _ = rx.await;
                     None
                 }
@@ -107,7 +106,6 @@ async fn bodies_over_the_limit_and_the_global_budget_are_refused() {
     let client = Client::builder(TokioExecutor::new()).build_http();
     let req = http::Request::post(sc.url())
         .header("content-type", "application/json")
-        .header("content-length", "1000")
         .body(slow_body)
         .unwrap();
     let held = tokio::spawn(async move { client.request(req).await.map(|r| r.status().as_u16()) });
@@ -269,7 +267,8 @@ async fn host_is_rewritten_and_other_paths_are_refused_unless_passthrough() {
     let path = dir.join("p.yaml");
     std::fs::write(&path, POLICY).unwrap();
     let sc = sidecar_at(&up.url(), &path, |c| {
-        c.passthrough_paths = vec!["/oauth/token".into()]
+        c.passthrough_paths = vec!["/oauth/token".into()];
+        c.allowed_hosts = vec!["agents.example.com".into()];
     })
     .await;
     let mut h: Vec<(&str, String)> = v26_headers("notebook_read");
@@ -362,7 +361,7 @@ async fn the_get_stream_forwards_last_event_id_and_rewrites_host() {
             .unwrap();
     tokio::spawn(conn);
     let req = http::Request::get("/mcp")
-        .header("host", "agents.example.com")
+        .header("host", "localhost:9480")
         .header("accept", "text/event-stream")
         .header("mcp-session-id", &session)
         .header("mcp-protocol-version", "2025-06-18")

@@ -12,7 +12,9 @@
 //! A key that later gets its own slot starts from the overflow's counts, so a caller that was
 //! counted in the overflow never gets a fresh allowance by leaving it.
 
+use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
+use std::hash::BuildHasher;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -101,12 +103,15 @@ pub struct Family {
     /// Sub-bucket width in nanoseconds.
     width: u64,
     max_keys: usize,
+    /// Keys are stored as 64-bit hashes under a per-counter random key: memory per key is fixed
+    /// however long the caller's session id or identity is, and no caller can aim a collision.
+    hasher: RandomState,
     state: Mutex<FamilyState>,
 }
 
 #[derive(Debug)]
 pub struct FamilyState {
-    keys: HashMap<Box<str>, Rolling>,
+    keys: HashMap<u64, Rolling>,
     overflow: Rolling,
     last_sweep: Option<u64>,
 }
@@ -131,6 +136,7 @@ impl Family {
             scope,
             width,
             max_keys: max_keys.max(1),
+            hasher: RandomState::new(),
             state: Mutex::new(FamilyState {
                 keys: HashMap::new(),
                 overflow: Rolling::new(0),
@@ -161,7 +167,8 @@ impl Family {
     /// The slot for `key` at `bucket`, advanced to it.
     pub fn slot<'s>(&self, st: &'s mut FamilyState, key: &str, bucket: u64) -> Slot<'s> {
         st.overflow.advance(bucket);
-        if !st.keys.contains_key(key) {
+        let key = self.hasher.hash_one(key);
+        if !st.keys.contains_key(&key) {
             if st.keys.len() >= self.max_keys && st.last_sweep != Some(bucket) {
                 st.last_sweep = Some(bucket);
                 st.keys.retain(|_, r| {
@@ -177,9 +184,9 @@ impl Family {
             }
             let mut fresh = st.overflow.clone();
             fresh.advance(bucket);
-            st.keys.insert(key.into(), fresh);
+            st.keys.insert(key, fresh);
         }
-        let rolling = st.keys.get_mut(key).expect("inserted above");
+        let rolling = st.keys.get_mut(&key).expect("inserted above");
         rolling.advance(bucket);
         Slot {
             rolling,

@@ -2,8 +2,12 @@
 //! `params.name`, `params.arguments`), read with borrowed serde types after [`scan::validate`].
 //! Also the bodies the sidecar writes itself: denials, refusals and filtered `tools/list` results.
 
+mod fold;
+pub mod lists;
 pub mod scan;
 pub mod sse;
+
+pub use lists::list_error;
 
 use crate::engine::{Decision, Outcome};
 use crate::policy::DenyAs;
@@ -109,20 +113,118 @@ fn raw_to_value(r: &RawValue) -> Value {
     serde_json::from_str(r.get()).unwrap_or(Value::Null)
 }
 
-#[derive(Deserialize)]
+/// The fields of a message the sidecar reads. Deserialised by hand so that a key which folds to
+/// one of them without being it (`Method`, `paramſ`) is refused: see [`fold`].
+#[derive(Default)]
 struct Envelope<'a> {
-    #[serde(borrow, default)]
     jsonrpc: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
     id: Option<&'a RawValue>,
-    #[serde(borrow, default)]
     method: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
     params: Option<&'a RawValue>,
-    #[serde(borrow, default)]
     result: Option<&'a RawValue>,
-    #[serde(borrow, default)]
     error: Option<&'a RawValue>,
+}
+
+const ENVELOPE_KEYS: &[&str] = &["jsonrpc", "id", "method", "params", "result", "error"];
+
+impl<'de> Deserialize<'de> for Envelope<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Envelope<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON-RPC message object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut m: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut e = Envelope::default();
+                while let Some(Key(key)) = m.next_key()? {
+                    match key.as_ref() {
+                        "jsonrpc" => e.jsonrpc = m.next_value::<Borrowed>()?.0,
+                        "id" => e.id = m.next_value()?,
+                        "method" => e.method = m.next_value::<Borrowed>()?.0,
+                        "params" => e.params = m.next_value()?,
+                        "result" => e.result = m.next_value()?,
+                        "error" => e.error = m.next_value()?,
+                        other => skip_unknown(&mut m, other, ENVELOPE_KEYS)?,
+                    }
+                }
+                Ok(e)
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// An object key, borrowed from the body when it has no escapes.
+struct Key<'a>(Cow<'a, str>);
+
+/// A string value, borrowed from the body when it has no escapes (`null` reads as absent).
+struct Borrowed<'a>(Option<Cow<'a, str>>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_str(StrVisitor).map(Key)
+    }
+}
+
+impl<'de> Deserialize<'de> for Borrowed<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_option(OptStrVisitor).map(Borrowed)
+    }
+}
+
+struct StrVisitor;
+
+impl<'de> serde::de::Visitor<'de> for StrVisitor {
+    type Value = Cow<'de, str>;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a string")
+    }
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(Cow::Borrowed(v))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(Cow::Owned(v.to_owned()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+        Ok(Cow::Owned(v))
+    }
+}
+
+struct OptStrVisitor;
+
+impl<'de> serde::de::Visitor<'de> for OptStrVisitor {
+    type Value = Option<Cow<'de, str>>;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a string or null")
+    }
+    fn visit_none<E>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_str(StrVisitor).map(Some)
+    }
+}
+
+/// Skips the value of a key the sidecar does not read, unless the key folds to one it does.
+fn skip_unknown<'de, A: serde::de::MapAccess<'de>>(
+    m: &mut A,
+    key: &str,
+    known: &[&str],
+) -> Result<(), A::Error> {
+    if let Some(real) = fold::variant_among(key, known) {
+        return Err(serde::de::Error::custom(format!(
+            "key {key:?} is read as {real:?} by servers that match keys ignoring case; \
+             send {real:?} exactly"
+        )));
+    }
+    m.next_value::<serde::de::IgnoredAny>().map(drop)
 }
 
 fn invalid(msg: impl Into<String>) -> Refusal {
@@ -157,6 +259,28 @@ pub fn parse(body: &[u8]) -> Result<Body<'_>, Refusal> {
     }
 }
 
+/// Largest integer id: every server reads integers up to 2^53 − 1 exactly (JavaScript's limit).
+const MAX_SAFE_ID: i64 = (1 << 53) - 1;
+
+/// An id must be a string or an integer that every server echoes as it was sent: `-0` comes back
+/// as `0` and `12345678901234567890` as a rounded float, so an answer could not be matched to it.
+fn check_id(t: &str) -> Result<(), &'static str> {
+    if t.starts_with('"') {
+        return Ok(());
+    }
+    let digits = t.strip_prefix('-').unwrap_or(t);
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err("\"id\" must be a string or an integer");
+    }
+    if t == "-0" {
+        return Err("\"id\" -0 is echoed as 0 by servers: send 0");
+    }
+    match t.parse::<i64>() {
+        Ok(n) if n.abs() <= MAX_SAFE_ID => Ok(()),
+        _ => Err("an integer \"id\" must be within ±(2^53 − 1); send a string id instead"),
+    }
+}
+
 fn message(raw: &RawValue) -> Result<Message<'_>, Refusal> {
     if !raw.get().starts_with('{') {
         return Err(invalid("a JSON-RPC message must be an object"));
@@ -167,15 +291,7 @@ fn message(raw: &RawValue) -> Result<Message<'_>, Refusal> {
         return Err(invalid("\"jsonrpc\" must be \"2.0\"").with_id(e.id));
     }
     if let Some(id) = e.id {
-        let t = id.get();
-        let integer = t
-            .bytes()
-            .enumerate()
-            .all(|(i, b)| b.is_ascii_digit() || (i == 0 && b == b'-'))
-            && t != "-";
-        if !(t.starts_with('"') || integer) {
-            return Err(invalid("\"id\" must be a string or an integer"));
-        }
+        check_id(id.get()).map_err(invalid)?;
     }
     let kind = match (&e.method, e.result.is_some(), e.error.is_some()) {
         (Some(_), false, false) => {
@@ -208,21 +324,76 @@ fn message(raw: &RawValue) -> Result<Message<'_>, Refusal> {
     })
 }
 
-#[derive(Deserialize)]
+#[derive(Default)]
 struct CallParams<'a> {
-    #[serde(borrow)]
-    name: Cow<'a, str>,
-    #[serde(borrow, default)]
+    name: Option<Cow<'a, str>>,
     arguments: Option<&'a RawValue>,
-    #[serde(borrow, default, rename = "_meta")]
-    meta: Option<RequestMeta<'a>>,
+    protocol_version: Option<Cow<'a, str>>,
+}
+
+const CALL_KEYS: &[&str] = &["name", "arguments", "_meta"];
+
+/// The key of the 2026-07-28 per-request protocol version in `params._meta`.
+const VERSION_META: &str = "io.modelcontextprotocol/protocolVersion";
+
+impl<'de> Deserialize<'de> for CallParams<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = CallParams<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("tools/call params")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut m: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut p = CallParams::default();
+                while let Some(Key(key)) = m.next_key()? {
+                    match key.as_ref() {
+                        "name" => p.name = Some(m.next_value::<Key>()?.0),
+                        "arguments" => p.arguments = m.next_value()?,
+                        "_meta" => {
+                            p.protocol_version =
+                                m.next_value::<Option<RequestMeta>>()?.and_then(|r| r.0)
+                        }
+                        other => skip_unknown(&mut m, other, CALL_KEYS)?,
+                    }
+                }
+                Ok(p)
+            }
+        }
+        d.deserialize_map(V)
+    }
 }
 
 /// The part of `params._meta` the sidecar reads: the 2026-07-28 per-request protocol version.
-#[derive(Deserialize)]
-struct RequestMeta<'a> {
-    #[serde(borrow, default, rename = "io.modelcontextprotocol/protocolVersion")]
-    protocol_version: Option<Cow<'a, str>>,
+struct RequestMeta<'a>(Option<Cow<'a, str>>);
+
+impl<'de> Deserialize<'de> for RequestMeta<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = RequestMeta<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut m: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut version = None;
+                while let Some(Key(key)) = m.next_key()? {
+                    match key.as_ref() {
+                        VERSION_META => version = m.next_value::<Borrowed>()?.0,
+                        other => skip_unknown(&mut m, other, &[VERSION_META])?,
+                    }
+                }
+                Ok(RequestMeta(version))
+            }
+        }
+        d.deserialize_map(V)
+    }
 }
 
 /// The parts of a `tools/call` the engine reads.
@@ -272,8 +443,16 @@ impl<'a> Message<'a> {
             Refusal::new(StatusCode::BAD_REQUEST, code::INVALID_PARAMS, msg).with_id(self.id)
         };
         let params = self.params.ok_or_else(|| bad("tools/call needs params"))?;
-        let p: CallParams = serde_json::from_str(params.get())
-            .map_err(|_| bad("tools/call params need a string \"name\""))?;
+        let p: CallParams = serde_json::from_str(params.get()).map_err(|e| {
+            if e.to_string().contains("ignoring case") {
+                bad(&format!("invalid tools/call params: {e}"))
+            } else {
+                bad("tools/call params need a string \"name\"")
+            }
+        })?;
+        let name = p
+            .name
+            .ok_or_else(|| bad("tools/call params need a string \"name\""))?;
         let arguments = match p.arguments {
             Some(a) if a.get() == "null" => None,
             Some(a) if !a.get().starts_with('{') => {
@@ -281,9 +460,9 @@ impl<'a> Message<'a> {
             }
             other => other,
         };
-        let protocol_version = p.meta.and_then(|m| m.protocol_version);
+        let protocol_version = p.protocol_version;
         Ok(ToolCall {
-            name: p.name,
+            name,
             arguments,
             protocol_version,
         })
@@ -358,68 +537,6 @@ pub fn not_run(id: &RawValue) -> Value {
         "error": {
             "code": code::INVALID_REQUEST,
             "message": "not run: this batch holds a call the policy denies, so none of it was forwarded"
-        }
-    })
-}
-
-/// Filters the `tools` of every `tools/list` result in a JSON response body (one message or a
-/// batch) whose id is one of `ids`. `Ok(None)`: nothing to change. `Err`: the body could not be
-/// read, so hidden tools cannot be removed with certainty.
-pub fn filter_tools_list(
-    body: &[u8],
-    ids: &[Value],
-    listable: &dyn Fn(&str) -> bool,
-) -> Result<Option<Vec<u8>>, String> {
-    let mut v: Value = serde_json::from_slice(body)
-        .map_err(|e| format!("tools/list response is not JSON: {e}"))?;
-    let changed = match &mut v {
-        Value::Array(items) => {
-            let mut any = false;
-            for item in items {
-                any |= filter_tools_result(item, ids, listable)?;
-            }
-            any
-        }
-        item => filter_tools_result(item, ids, listable)?,
-    };
-    Ok(if changed {
-        Some(serde_json::to_vec(&v).map_err(|e| e.to_string())?)
-    } else {
-        None
-    })
-}
-
-/// Filters one message if it is the response to one of `ids`; `Ok(true)` when tools were removed.
-pub fn filter_tools_result(
-    msg: &mut Value,
-    ids: &[Value],
-    listable: &dyn Fn(&str) -> bool,
-) -> Result<bool, String> {
-    let Some(id) = msg.get("id") else {
-        return Ok(false);
-    };
-    if !ids.contains(id) {
-        return Ok(false);
-    }
-    let Some(result) = msg.get_mut("result") else {
-        return Ok(false);
-    };
-    let Some(tools) = result.get_mut("tools").and_then(Value::as_array_mut) else {
-        return Err("tools/list result has no \"tools\" list".into());
-    };
-    let before = tools.len();
-    tools.retain(|t| t.get("name").and_then(Value::as_str).is_some_and(listable));
-    Ok(tools.len() != before)
-}
-
-/// The answer to a `tools/list` whose result could not be filtered with certainty.
-pub fn list_error(id: Value, why: &str) -> Value {
-    json!({
-        "jsonrpc": "2.0",
-        "id": id,
-        "error": {
-            "code": code::INTERNAL_ERROR,
-            "message": format!("mcp-warden could not filter the server's tool list: {why}")
         }
     })
 }

@@ -332,7 +332,8 @@ impl<'a> Scanner<'a> {
     }
 }
 
-/// Appends `s` case-folded, without U+0000.
+/// Appends `s` case-folded (upper- then lower-cased, so `ſ` folds to `s` as in Go), without
+/// U+0000.
 fn fold_into(out: &mut String, s: &str) {
     if s.is_ascii() {
         out.extend(
@@ -344,6 +345,7 @@ fn fold_into(out: &mut String, s: &str) {
         out.extend(
             s.chars()
                 .filter(|&c| c != '\0')
+                .flat_map(char::to_uppercase)
                 .flat_map(char::to_lowercase),
         );
     }
@@ -410,6 +412,8 @@ mod tests {
             r#"{"name":"a","na\u0000me":"b"}"#,
             r#"{"name":"a","\u006eame":"b"}"#,
             r#"{"ÉTÉ":1,"été":2}"#,
+            r#"{"arguments":1,"argumentſ":2}"#,
+            r#"{"kind":1,"\u212aind":2}"#,
         ] {
             assert!(
                 matches!(

@@ -3,39 +3,83 @@
 
 use bytes::{Buf, Bytes, BytesMut};
 use http_body::{Body, Frame};
-use serde_json::Value;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
-/// Length of the first complete event in `buf` (through its blank line), if there is one.
-/// Lines end in `\n`, `\r\n` or `\r`; a `\r` at the very end may still become `\r\n`.
-pub fn event_end(buf: &[u8]) -> Option<usize> {
-    let mut i = 0;
-    let mut line_start = 0;
-    while i < buf.len() {
-        let eol = match buf[i] {
-            b'\n' => 1,
-            b'\r' if i + 1 < buf.len() => {
-                if buf[i + 1] == b'\n' {
-                    2
-                } else {
-                    1
-                }
-            }
-            b'\r' => return None,
-            _ => {
-                i += 1;
-                continue;
-            }
-        };
-        if i == line_start {
-            return Some(i + eol);
+/// Splits a byte stream into SSE events. Each byte is scanned once however the stream is
+/// chunked, and an event may not grow past a limit: what cannot be held whole is refused.
+pub struct Splitter {
+    buf: BytesMut,
+    /// Bytes of `buf` already scanned, and where the line being scanned starts.
+    pos: usize,
+    line_start: usize,
+    max_event: usize,
+}
+
+/// An event longer than the splitter's limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TooLarge(pub usize);
+
+impl Splitter {
+    pub fn new(max_event: usize) -> Splitter {
+        Splitter {
+            buf: BytesMut::new(),
+            pos: 0,
+            line_start: 0,
+            max_event,
         }
-        i += eol;
-        line_start = i;
     }
-    None
+
+    pub fn push(&mut self, mut data: impl Buf) {
+        while data.has_remaining() {
+            let n = data.chunk().len();
+            self.buf.extend_from_slice(data.chunk());
+            data.advance(n);
+        }
+    }
+
+    /// The next complete event (through its blank line). Lines end in `\n`, `\r\n` or `\r`; a
+    /// `\r` at the very end may still become `\r\n`, so it waits for the next byte.
+    pub fn next_event(&mut self) -> Result<Option<BytesMut>, TooLarge> {
+        let b = &self.buf[..];
+        let mut i = self.pos;
+        while i < b.len() {
+            let eol = match b[i] {
+                b'\n' => 1,
+                b'\r' if i + 1 < b.len() => 1 + usize::from(b[i + 1] == b'\n'),
+                b'\r' => break,
+                _ => {
+                    i += 1;
+                    continue;
+                }
+            };
+            if i == self.line_start {
+                let event = self.buf.split_to(i + eol);
+                self.pos = 0;
+                self.line_start = 0;
+                return Ok(Some(event));
+            }
+            i += eol;
+            self.line_start = i;
+        }
+        self.pos = i;
+        if self.buf.len() > self.max_event {
+            return Err(TooLarge(self.max_event));
+        }
+        Ok(None)
+    }
+
+    /// What is left after the last complete event.
+    pub fn take_rest(&mut self) -> BytesMut {
+        self.pos = 0;
+        self.line_start = 0;
+        self.buf.split()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
 }
 
 /// The lines of one event, without their terminators.
@@ -90,7 +134,7 @@ pub fn event_data(event: &[u8]) -> Option<Vec<u8>> {
 }
 
 /// Rebuilds an event with new data, keeping its other fields (`event:`, `id:`, `retry:`).
-fn with_data(event: &[u8], data: &[u8]) -> Bytes {
+pub fn with_data(event: &[u8], data: &[u8]) -> Bytes {
     let mut out = Vec::with_capacity(event.len() + data.len());
     let mut wrote = false;
     for line in lines(event) {
@@ -113,23 +157,46 @@ fn with_data(event: &[u8], data: &[u8]) -> Bytes {
     Bytes::from(out)
 }
 
-/// Decides what to do with one JSON message seen in a stream.
-pub type Rewriter = Arc<dyn Fn(&mut Value) -> bool + Send + Sync>;
+/// A `message` event holding `data`.
+pub fn message_event(data: &[u8]) -> Bytes {
+    let mut out = Vec::with_capacity(data.len() + 24);
+    out.extend_from_slice(b"event: message\ndata: ");
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\n\n");
+    Bytes::from(out)
+}
 
-/// A body that forwards an SSE stream event by event; events whose data is a JSON message the
-/// rewriter changes are re-encoded, every other byte passes unchanged.
+/// What a stream does with the events that pass through it.
+pub trait Rewrite: Send + Sync {
+    /// New data for an event, or `None` to pass it unchanged.
+    fn data(&self, data: &[u8]) -> Option<Vec<u8>>;
+    /// The data of the event sent in place of one over `limit` bytes; the stream ends after it.
+    fn too_large(&self, limit: usize) -> Vec<u8>;
+    /// Whether bytes left unterminated when the stream ends may be passed on.
+    fn pass_rest(&self, rest: &[u8]) -> bool;
+}
+
+/// Applies `rewrite` to one complete event.
+pub fn rewrite_event(rewrite: &dyn Rewrite, event: &[u8]) -> Option<Bytes> {
+    let data = event_data(event)?;
+    let new = rewrite.data(&data)?;
+    Some(with_data(event, &new))
+}
+
+/// A body that forwards an SSE stream event by event; events the rewriter changes are re-encoded,
+/// every other byte passes unchanged.
 pub struct RewriteEvents<B> {
     inner: B,
-    buf: BytesMut,
-    rewrite: Rewriter,
+    split: Splitter,
+    rewrite: Arc<dyn Rewrite>,
     done: bool,
 }
 
 impl<B> RewriteEvents<B> {
-    pub fn new(inner: B, rewrite: Rewriter) -> Self {
+    pub fn new(inner: B, rewrite: Arc<dyn Rewrite>, max_event: usize) -> Self {
         RewriteEvents {
             inner,
-            buf: BytesMut::new(),
+            split: Splitter::new(max_event),
             rewrite,
             done: false,
         }
@@ -138,17 +205,20 @@ impl<B> RewriteEvents<B> {
     /// Every complete event in the buffer, rewritten where needed.
     fn drain_events(&mut self) -> Option<Bytes> {
         let mut out = BytesMut::new();
-        while let Some(end) = event_end(&self.buf) {
-            let event = self.buf.split_to(end);
-            let parsed = event_data(&event).and_then(|d| serde_json::from_slice::<Value>(&d).ok());
-            if let Some(mut v) = parsed {
-                if (self.rewrite)(&mut v) {
-                    let data = serde_json::to_vec(&v).unwrap_or_default();
-                    out.extend_from_slice(&with_data(&event, &data));
-                    continue;
+        loop {
+            match self.split.next_event() {
+                Ok(Some(event)) => match rewrite_event(&*self.rewrite, &event) {
+                    Some(new) => out.extend_from_slice(&new),
+                    None => out.extend_from_slice(&event),
+                },
+                Ok(None) => break,
+                Err(TooLarge(limit)) => {
+                    self.split.take_rest();
+                    self.done = true;
+                    out.extend_from_slice(&message_event(&self.rewrite.too_large(limit)));
+                    break;
                 }
             }
-            out.extend_from_slice(&event);
         }
         (!out.is_empty()).then(|| out.freeze())
     }
@@ -172,23 +242,17 @@ where
                 return Poll::Ready(Some(Ok(Frame::data(out))));
             }
             if this.done {
-                // A stream cut mid-event: pass what is left as it was.
-                if this.buf.is_empty() {
+                // A stream cut mid-event: clients discard an unterminated event; pass it only
+                // when it cannot hold a tool list.
+                let rest = this.split.take_rest();
+                if rest.is_empty() || !this.rewrite.pass_rest(&rest) {
                     return Poll::Ready(None);
                 }
-                let rest = this.buf.split().freeze();
-                return Poll::Ready(Some(Ok(Frame::data(rest))));
+                return Poll::Ready(Some(Ok(Frame::data(rest.freeze()))));
             }
             match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
                 Some(Ok(frame)) => match frame.into_data() {
-                    Ok(mut data) => {
-                        while data.has_remaining() {
-                            let chunk = data.chunk();
-                            this.buf.extend_from_slice(chunk);
-                            let n = chunk.len();
-                            data.advance(n);
-                        }
-                    }
+                    Ok(data) => this.split.push(data),
                     Err(frame) => {
                         if let Ok(trailers) = frame.into_trailers() {
                             return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
@@ -202,7 +266,7 @@ where
     }
 
     fn is_end_stream(&self) -> bool {
-        self.done && self.buf.is_empty()
+        self.done && self.split.is_empty()
     }
 }
 
@@ -210,19 +274,50 @@ where
 mod tests {
     use super::*;
     use http_body_util::{BodyExt, StreamBody};
+    use serde_json::Value;
+
+    /// Length of the first event when `input` arrives in chunks of `chunk` bytes.
+    fn first_event(input: &[u8], chunk: usize) -> Option<usize> {
+        let mut sp = Splitter::new(1 << 20);
+        for c in input.chunks(chunk) {
+            sp.push(c);
+            if let Some(e) = sp.next_event().unwrap() {
+                return Some(e.len());
+            }
+        }
+        None
+    }
 
     #[test]
-    fn events_end_at_a_blank_line_with_any_line_ending() {
-        assert_eq!(event_end(b"data: x\n\nrest"), Some(9));
-        assert_eq!(event_end(b"data: x\r\n\r\n"), Some(11));
-        assert_eq!(event_end(b"data: x\r\rz"), Some(9));
-        assert_eq!(event_end(b"data: x\n"), None);
-        assert_eq!(
-            event_end(b"data: x\r\n\r"),
-            None,
-            "the last \\r may become \\r\\n"
-        );
-        assert_eq!(event_end(b"\n"), Some(1));
+    fn events_end_at_a_blank_line_with_any_line_ending_however_chunked() {
+        for chunk in [1, 2, 3, 100] {
+            assert_eq!(first_event(b"data: x\n\nrest", chunk), Some(9));
+            assert_eq!(first_event(b"data: x\r\n\r\n", chunk), Some(11));
+            assert_eq!(first_event(b"data: x\r\rz", chunk), Some(9));
+            assert_eq!(first_event(b"data: x\n", chunk), None);
+            assert_eq!(
+                first_event(b"data: x\r\n\r", chunk),
+                None,
+                "the last \\r may become \\r\\n"
+            );
+            assert_eq!(first_event(b"\n", chunk), Some(1));
+        }
+        let mut sp = Splitter::new(1 << 20);
+        sp.push(&b"data: 1\n\ndata: 2\r\n\r\nda"[..]);
+        assert_eq!(&sp.next_event().unwrap().unwrap()[..], b"data: 1\n\n");
+        assert_eq!(&sp.next_event().unwrap().unwrap()[..], b"data: 2\r\n\r\n");
+        assert_eq!(sp.next_event().unwrap(), None);
+        assert_eq!(&sp.take_rest()[..], b"da");
+    }
+
+    #[test]
+    fn an_event_over_the_limit_is_refused() {
+        let mut sp = Splitter::new(64);
+        sp.push(&b"data: "[..]);
+        for _ in 0..10 {
+            sp.push(&[b'x'; 10][..]);
+        }
+        assert_eq!(sp.next_event(), Err(TooLarge(64)));
     }
 
     #[test]
@@ -246,14 +341,22 @@ mod tests {
         .map(|s| Ok(Frame::data(Bytes::from(s))))
         .collect();
         let stream = StreamBody::new(futures_stream(chunks));
-        let rewrite: Rewriter = Arc::new(|v: &mut Value| {
-            let Some(tools) = v.pointer_mut("/result/tools").and_then(Value::as_array_mut) else {
-                return false;
-            };
-            tools.retain(|t| t["name"] != "hidden");
-            true
-        });
-        let mut body = RewriteEvents::new(stream, rewrite);
+        struct Hide;
+        impl Rewrite for Hide {
+            fn data(&self, data: &[u8]) -> Option<Vec<u8>> {
+                let mut v: Value = serde_json::from_slice(data).ok()?;
+                let tools = v.pointer_mut("/result/tools")?.as_array_mut()?;
+                tools.retain(|t| t["name"] != "hidden");
+                Some(serde_json::to_vec(&v).unwrap())
+            }
+            fn too_large(&self, _: usize) -> Vec<u8> {
+                b"{}".to_vec()
+            }
+            fn pass_rest(&self, _: &[u8]) -> bool {
+                true
+            }
+        }
+        let mut body = RewriteEvents::new(stream, Arc::new(Hide), 1 << 20);
         let mut frames = Vec::new();
         while let Some(f) = body.frame().await {
             frames.push(String::from_utf8(f.unwrap().into_data().unwrap().to_vec()).unwrap());

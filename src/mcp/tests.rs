@@ -207,33 +207,71 @@ fn denials_carry_the_reason_and_the_decision() {
 }
 
 #[test]
-fn tools_list_results_are_filtered_by_id() {
-    let body = br#"{"jsonrpc":"2.0","id":4,"result":{"tools":[{"name":"a"},{"name":"debug_x"},{"name":"b"}],"nextCursor":"c2"}}"#;
-    let keep = |n: &str| !n.starts_with("debug_");
-    let out = filter_tools_list(body, &[json!(4)], &keep)
-        .unwrap()
-        .unwrap();
-    let v: Value = serde_json::from_slice(&out).unwrap();
-    assert_eq!(v["result"]["tools"], json!([{"name": "a"}, {"name": "b"}]));
-    assert_eq!(v["result"]["nextCursor"], "c2", "pagination is kept");
+fn ids_must_be_echoed_as_sent() {
+    for ok in [
+        "0",
+        "-1",
+        "9007199254740991",
+        "-9007199254740991",
+        "\"-0\"",
+        "\"a\"",
+    ] {
+        let body = format!(r#"{{"jsonrpc":"2.0","id":{ok},"method":"tools/list"}}"#);
+        assert_eq!(kind_of(&body), Ok(Kind::Request), "{ok}");
+    }
+    for bad in [
+        "-0",
+        "9007199254740992",
+        "123456789012345678901234",
+        "1.0",
+        "1e3",
+        "true",
+        "{}",
+    ] {
+        let body = format!(r#"{{"jsonrpc":"2.0","id":{bad},"method":"tools/list"}}"#);
+        assert_eq!(kind_of(&body), Err(code::INVALID_REQUEST), "{bad}");
+    }
+}
+
+#[test]
+fn envelope_keys_in_another_case_are_refused() {
+    for body in [
+        r#"{"jsonrpc":"2.0","id":1,"Method":"tools/call","params":{"name":"x"}}"#,
+        r#"{"jsonrpc":"2.0","ID":1,"method":"tools/list"}"#,
+        r#"{"jsonrpc":"2.0","id":1,"method":"tools/list","Params":{}}"#,
+        r#"{"jsonrpc":"2.0","id":1,"method":"ping","paramſ":{}}"#,
+        r#"{"jsonrpc":"2.0","id":1,"method":"ping","\u0050arams":{}}"#,
+        r#"[{"jsonrpc":"2.0","id":1,"method":"ping"},{"jsonrpc":"2.0","id":2,"METHOD":"tools/call"}]"#,
+    ] {
+        let r = parse(body.as_bytes()).unwrap_err();
+        assert_eq!(r.code, code::INVALID_REQUEST, "{body}");
+        assert!(r.message.contains("ignoring case"), "{body}: {}", r.message);
+    }
+    let call = |params: &str| {
+        let body = format!(r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{params}}}"#);
+        let Body::Single(m) = parse(body.as_bytes()).map_err(|r| r.code).unwrap() else {
+            panic!("batch")
+        };
+        m.tool_call()
+            .map(|c| c.name.into_owned())
+            .map_err(|r| (r.code, r.message))
+    };
+    for params in [
+        r#"{"name":"x","Arguments":{"cmd":"rm"}}"#,
+        r#"{"name":"x","argumentſ":{"cmd":"rm"}}"#,
+        r#"{"NAME":"x"}"#,
+        r#"{"name":"x","_META":{}}"#,
+        r#"{"name":"x","_meta":{"io.modelcontextprotocol/protocolversion":"2025-06-18"}}"#,
+    ] {
+        let (code, message) = call(params).unwrap_err();
+        assert_eq!(code, code::INVALID_PARAMS, "{params}");
+        assert!(message.contains("ignoring case"), "{params}: {message}");
+    }
     assert_eq!(
-        filter_tools_list(body, &[json!(5)], &keep).unwrap(),
-        None,
-        "other ids are untouched"
+        call(r#"{"name":"x","arguments":{"Arguments":1,"ID":2},"other":1}"#),
+        Ok("x".into()),
+        "keys inside arguments and keys that fold to nothing read are the server's business"
     );
-    assert!(filter_tools_list(b"not json", &[json!(4)], &keep).is_err());
-    assert!(filter_tools_list(
-        br#"{"jsonrpc":"2.0","id":4,"result":{}}"#,
-        &[json!(4)],
-        &keep
-    )
-    .is_err());
-    let batch = br#"[{"jsonrpc":"2.0","id":1,"result":{}},{"jsonrpc":"2.0","id":2,"result":{"tools":[{"name":"debug_y"}]}}]"#;
-    let out = filter_tools_list(batch, &[json!(2)], &keep)
-        .unwrap()
-        .unwrap();
-    let v: Value = serde_json::from_slice(&out).unwrap();
-    assert_eq!(v[1]["result"]["tools"], json!([]));
 }
 
 #[test]

@@ -58,6 +58,7 @@ pub(super) fn check_headers(h: &HeaderMap, max: usize) -> Result<(), Refusal> {
             )));
         }
     }
+    check_session_id(h)?;
     if let Some(len) = h
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
@@ -65,6 +66,31 @@ pub(super) fn check_headers(h: &HeaderMap, max: usize) -> Result<(), Refusal> {
         if len > max as u64 {
             return Err(too_large(max));
         }
+    }
+    Ok(())
+}
+
+/// Longest `Mcp-Session-Id` accepted. Servers issue UUIDs or hashes; a longer value is an attempt
+/// to make counter keys or audit lines expensive.
+pub(super) const MAX_SESSION_ID: usize = 256;
+
+/// `Mcp-Session-Id`: at most one, of visible ASCII (as the transport specifies), not too long.
+fn check_session_id(h: &HeaderMap) -> Result<(), Refusal> {
+    let bad = |why: String| Refusal::new(StatusCode::BAD_REQUEST, code::INVALID_REQUEST, why);
+    let mut ids = h.get_all("mcp-session-id").iter();
+    let (Some(id), None) = (ids.next(), ids.next()) else {
+        return match h.contains_key("mcp-session-id") {
+            true => Err(bad("more than one Mcp-Session-Id header".into())),
+            false => Ok(()),
+        };
+    };
+    if id.len() > MAX_SESSION_ID {
+        return Err(bad(format!(
+            "Mcp-Session-Id is over {MAX_SESSION_ID} bytes"
+        )));
+    }
+    if !id.as_bytes().iter().all(|b| (0x21..=0x7e).contains(b)) {
+        return Err(bad("Mcp-Session-Id must be visible ASCII".into()));
     }
     Ok(())
 }
@@ -170,7 +196,10 @@ pub(super) fn decide_body(
                 })?,
             _ => Value::Null,
         };
-        let grant = grant.get_or_insert_with(|| grant_key(&pol.identity, h));
+        if grant.is_none() {
+            grant = Some(grant_key(&pol.identity, h).map_err(|r| r.with_id(Some(id)))?);
+        }
+        let grant = grant.as_deref().unwrap_or("anonymous");
         let t0 = Instant::now();
         let d = engine.decide(
             &Call {
@@ -274,16 +303,30 @@ fn check_routing_headers(h: &HeaderMap, m: &mcp::Message) -> Result<(), Refusal>
 }
 
 /// The counter key of the caller: SHA-256 of its bearer token or identity header, or `anonymous`.
-fn grant_key(identity: &Identity, h: &HeaderMap) -> String {
+/// The header must come once: with two, the sidecar and the server could each read another.
+fn grant_key(identity: &Identity, h: &HeaderMap) -> Result<String, Refusal> {
+    let name = match identity {
+        Identity::Bearer => header::AUTHORIZATION.as_str(),
+        Identity::Header(name) => name.as_str(),
+    };
+    let mut values = h.get_all(name).iter();
+    let (first, second) = (values.next(), values.next());
+    if second.is_some() {
+        return Err(Refusal::new(
+            StatusCode::BAD_REQUEST,
+            code::INVALID_REQUEST,
+            format!("the {name} header is sent more than once"),
+        ));
+    }
     let value = match identity {
-        Identity::Bearer => h.get(header::AUTHORIZATION).and_then(|v| {
+        Identity::Bearer => first.and_then(|v| {
             let v = v.as_bytes();
             (v.len() > 7 && v[..7].eq_ignore_ascii_case(b"bearer ")).then(|| &v[7..])
         }),
-        Identity::Header(name) => h.get(name.as_str()).map(HeaderValue::as_bytes),
+        Identity::Header(_) => first.map(HeaderValue::as_bytes),
     };
-    match value {
+    Ok(match value {
         Some(v) if !v.is_empty() => sha256_hex(v),
         _ => "anonymous".to_owned(),
-    }
+    })
 }

@@ -1,11 +1,13 @@
 //! The legacy HTTP+SSE transport (protocol 2024-11-05): the client opens `GET /sse`, the server's
 //! first event (`endpoint`) names the URL to POST messages to, and every answer travels on the
 //! event stream. The sidecar watches GET streams for that event, gates POSTs to the endpoint it
-//! names, writes denials into that session's stream, and filters `tools/list` answers there.
+//! names, writes denials into that session's stream, and filters every event of every GET stream
+//! (a replay after `Last-Event-ID` can carry an old `tools/list` answer too).
 
+use super::filter::{ListFilter, MAX_LIST_RESPONSE};
 use super::{BoxError, ProxyBody, State};
-use crate::mcp::{self, sse};
-use bytes::{Buf, Bytes, BytesMut};
+use crate::mcp::sse::{self, Rewrite, Splitter, TooLarge};
+use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame};
 use http_body_util::BodyExt;
 use serde_json::Value;
@@ -21,10 +23,15 @@ pub struct LegacySessions {
     by_endpoint: Mutex<HashMap<String, Weak<LegacySession>>>,
 }
 
+/// Answers the sidecar writes into one stream that the client has not read yet, at most.
+const INJECT_QUEUE: usize = 256;
+/// `tools/list` request ids remembered per stream (to answer with if a list cannot be read).
+const PENDING_LISTS: usize = 64;
+
 /// One open legacy event stream.
 pub struct LegacySession {
-    inject: mpsc::UnboundedSender<Bytes>,
-    /// Ids of `tools/list` requests whose answers are still to come on the stream.
+    inject: mpsc::Sender<Bytes>,
+    /// Ids of the latest `tools/list` requests whose answers are to come on the stream.
     pending_lists: Mutex<Vec<Value>>,
 }
 
@@ -54,31 +61,30 @@ impl LegacySessions {
 }
 
 impl LegacySession {
-    /// Sends a JSON-RPC message to the client on the session's stream.
-    pub fn inject(&self, json: &[u8]) {
-        let mut event = Vec::with_capacity(json.len() + 24);
-        event.extend_from_slice(b"event: message\ndata: ");
-        event.extend_from_slice(json);
-        event.extend_from_slice(b"\n\n");
-        let _ = self.inject.send(Bytes::from(event));
+    /// Sends a JSON-RPC message to the client on the session's stream; `false` when the
+    /// client has left that many answers unread (or the stream is gone).
+    pub fn inject(&self, json: &[u8]) -> bool {
+        self.inject.try_send(sse::message_event(json)).is_ok()
     }
 
     pub fn expect_tool_lists(&self, ids: &[Value]) {
-        if !ids.is_empty() {
-            self.pending_lists
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .extend_from_slice(ids);
+        if ids.is_empty() {
+            return;
         }
+        let mut pending = self.pending_lists.lock().unwrap_or_else(|e| e.into_inner());
+        pending.extend_from_slice(ids);
+        let over = pending.len().saturating_sub(PENDING_LISTS);
+        pending.drain(..over);
     }
 }
 
-/// Wraps a GET event stream: passes it through event by event, and if it turns out to be a
-/// legacy stream, registers its session.
+/// Wraps a GET event stream: filters every event, and if the stream turns out to be a legacy
+/// one, registers its session.
 pub fn watch_stream(st: &Arc<State>, body: ProxyBody) -> ProxyBody {
     LegacyStream {
         inner: body,
-        buf: BytesMut::new(),
+        split: Splitter::new(MAX_LIST_RESPONSE),
+        filter: ListFilter::new(st.clone(), Vec::new()),
         state: st.clone(),
         session: None,
         rx: None,
@@ -89,56 +95,51 @@ pub fn watch_stream(st: &Arc<State>, body: ProxyBody) -> ProxyBody {
 
 struct LegacyStream {
     inner: ProxyBody,
-    buf: BytesMut,
+    split: Splitter,
+    filter: ListFilter,
     state: Arc<State>,
     session: Option<(String, Arc<LegacySession>)>,
-    rx: Option<mpsc::UnboundedReceiver<Bytes>>,
+    rx: Option<mpsc::Receiver<Bytes>>,
     done: bool,
 }
 
 impl LegacyStream {
     fn drain(&mut self) -> Option<Bytes> {
         let mut out = BytesMut::new();
-        while let Some(end) = sse::event_end(&self.buf) {
-            let event = self.buf.split_to(end);
-            match self.process(&event) {
-                Some(rewritten) => out.extend_from_slice(&rewritten),
-                None => out.extend_from_slice(&event),
+        loop {
+            match self.split.next_event() {
+                Ok(Some(event)) => match self.process(&event) {
+                    Some(rewritten) => out.extend_from_slice(&rewritten),
+                    None => out.extend_from_slice(&event),
+                },
+                Ok(None) => break,
+                Err(TooLarge(limit)) => {
+                    self.split.take_rest();
+                    self.done = true;
+                    out.extend_from_slice(&sse::message_event(&self.filter.too_large(limit)));
+                    break;
+                }
             }
         }
         (!out.is_empty()).then(|| out.freeze())
     }
 
     /// `Some` when the event must be replaced.
-    fn process(&mut self, event: &[u8]) -> Option<Vec<u8>> {
-        let name = event_name(event);
+    fn process(&mut self, event: &[u8]) -> Option<Bytes> {
         let data = sse::event_data(event)?;
-        if name.as_deref() == Some("endpoint") && self.session.is_none() {
-            return self.open_session(&data);
+        if self.session.is_none() && event_name(event).as_deref() == Some("endpoint") {
+            return self.open_session(&data).map(Bytes::from);
         }
-        let (_, session) = self.session.as_ref()?;
-        let mut pending = session
-            .pending_lists
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        if pending.is_empty() {
-            return None;
-        }
-        let mut v: Value = serde_json::from_slice(&data).ok()?;
-        let id = v.get("id")?.clone();
-        let at = pending.iter().position(|p| *p == id)?;
-        pending.swap_remove(at);
-        let policy = self.state.policy.load_full()?;
-        let pol = policy.engine.policy();
-        if let Err(e) =
-            mcp::filter_tools_result(&mut v, std::slice::from_ref(&id), &|n| pol.listable(n))
-        {
-            v = mcp::list_error(id, &e);
-        }
-        let mut out = b"event: message\ndata: ".to_vec();
-        out.extend_from_slice(&serde_json::to_vec(&v).unwrap_or_default());
-        out.extend_from_slice(b"\n\n");
-        Some(out)
+        let pending = match &self.session {
+            Some((_, s)) => s
+                .pending_lists
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+            None => Vec::new(),
+        };
+        let new = self.filter.apply(&data, &pending)?;
+        Some(sse::with_data(event, &new))
     }
 
     /// Registers the session named by an `endpoint` event. An absolute URL is rewritten to its
@@ -147,7 +148,7 @@ impl LegacyStream {
         let text = std::str::from_utf8(data).ok()?.trim();
         let uri: http::Uri = text.parse().ok()?;
         let key = uri.path_and_query()?.as_str().to_owned();
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel(INJECT_QUEUE);
         let session = Arc::new(LegacySession {
             inject: tx,
             pending_lists: Mutex::new(Vec::new()),
@@ -194,20 +195,15 @@ impl Body for LegacyStream {
                 }
             }
             if this.done {
-                if this.buf.is_empty() {
+                let rest = this.split.take_rest();
+                if rest.is_empty() || !this.filter.pass_rest(&rest) {
                     return Poll::Ready(None);
                 }
-                return Poll::Ready(Some(Ok(Frame::data(this.buf.split().freeze()))));
+                return Poll::Ready(Some(Ok(Frame::data(rest.freeze()))));
             }
             match Pin::new(&mut this.inner).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
-                    Ok(mut d) => {
-                        while d.has_remaining() {
-                            let n = d.chunk().len();
-                            this.buf.extend_from_slice(d.chunk());
-                            d.advance(n);
-                        }
-                    }
+                    Ok(d) => this.split.push(d),
                     Err(frame) => return Poll::Ready(Some(Ok(frame))),
                 },
                 Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),

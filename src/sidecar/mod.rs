@@ -5,10 +5,16 @@
 //! changes (a ConfigMap volume swaps a `..data` symlink); a bad file keeps the last good policy.
 
 mod audit;
+mod conns;
+mod filter;
 mod gate;
 mod legacy;
+mod origin;
 mod proxy;
 mod reload;
+
+pub use conns::Limits;
+pub use origin::Allowed;
 
 pub use crate::policy::sha256_hex;
 pub use reload::{load_policy, LoadedPolicy};
@@ -20,9 +26,8 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioExecutor;
 use hyper_util::server::graceful::GracefulShutdown;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -55,6 +60,14 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// How often the policy file is checked for changes.
     pub reload_interval: Duration,
+    /// Time a client has to send a gated body once its headers are in.
+    pub body_timeout: Duration,
+    /// Header read timeout (also the keep-alive idle timeout) and the connection cap.
+    pub limits: Limits,
+    /// Hosts accepted in `Host` (besides loopback names), `name` or `name:port`; `*` for any.
+    pub allowed_hosts: Vec<String>,
+    /// Origins accepted in `Origin` (besides loopback ones and the allowed hosts'); `*` for any.
+    pub allowed_origins: Vec<String>,
     pub engine: EngineOptions,
 }
 
@@ -71,6 +84,13 @@ impl Config {
             drain_delay: Duration::from_secs(5),
             shutdown_timeout: Duration::from_secs(30),
             reload_interval: Duration::from_secs(1),
+            body_timeout: Duration::from_secs(30),
+            limits: Limits {
+                header_timeout: Duration::from_secs(30),
+                max_connections: 1024,
+            },
+            allowed_hosts: Vec::new(),
+            allowed_origins: Vec::new(),
             engine: EngineOptions::default(),
         }
     }
@@ -81,6 +101,14 @@ impl Config {
             "" | "/" => "/mcp",
             p => p,
         }
+    }
+
+    /// Whether `path` is the gated MCP path, with or without a trailing slash (servers that
+    /// redirect one to the other are reached either way, and both are gated).
+    pub fn is_mcp_path(&self, path: &str) -> bool {
+        let mcp = self.mcp_path().trim_end_matches('/');
+        path.strip_prefix(mcp)
+            .is_some_and(|rest| rest.is_empty() || rest == "/")
     }
 }
 
@@ -96,6 +124,7 @@ pub struct State {
     /// `Host` for upstream requests: the upstream's authority.
     upstream_host: http::HeaderValue,
     legacy: legacy::LegacySessions,
+    allowed: Allowed,
 }
 
 impl State {
@@ -115,7 +144,6 @@ impl State {
             .build(connector);
         let budget = Semaphore::new(cfg.inflight_body_bytes.min(Semaphore::MAX_PERMITS));
         Ok(Arc::new(State {
-            cfg,
             policy: ArcSwapOption::empty(),
             metrics,
             client,
@@ -124,6 +152,12 @@ impl State {
             upstream_host: http::HeaderValue::from_str(authority.as_str())?,
             upstream_authority: authority,
             legacy: legacy::LegacySessions::default(),
+            allowed: Allowed::new(
+                cfg.listen.ip().is_loopback(),
+                &cfg.allowed_hosts,
+                &cfg.allowed_origins,
+            ),
+            cfg,
         }))
     }
 
@@ -163,24 +197,24 @@ pub async fn run(
     let watcher = tokio::spawn(reload::watch(state.clone(), stop_rx.clone()));
     let graceful = Arc::new(GracefulShutdown::new());
     let proxy_state = state.clone();
-    let proxy_loop = tokio::spawn(accept_loop(
+    let proxy_loop = tokio::spawn(conns::accept_loop(
         listeners.proxy,
         stop_rx.clone(),
         graceful.clone(),
-        move |req| {
-            let st = proxy_state.clone();
-            async move { Ok::<_, std::convert::Infallible>(proxy::handle(st, req).await) }
-        },
+        state.cfg.limits,
+        move |req| proxy::handle(proxy_state.clone(), req),
     ));
     let admin_state = state.clone();
-    let admin_loop = tokio::spawn(accept_loop(
+    let admin_limits = Limits {
+        max_connections: 64,
+        ..state.cfg.limits
+    };
+    let admin_loop = tokio::spawn(conns::accept_loop(
         listeners.admin,
         stop_rx.clone(),
         graceful.clone(),
-        move |req| {
-            let st = admin_state.clone();
-            async move { Ok::<_, std::convert::Infallible>(admin(&st, &req)) }
-        },
+        admin_limits,
+        move |req| std::future::ready(admin(&admin_state, &req)),
     ));
 
     shutdown.await;
@@ -201,34 +235,6 @@ pub async fn run(
         Err(_) => tracing::warn!("shutdown timeout reached with connections still open"),
     }
     Ok(())
-}
-
-async fn accept_loop<F, Fut>(
-    listener: TcpListener,
-    mut stop: watch::Receiver<bool>,
-    graceful: Arc<GracefulShutdown>,
-    handler: F,
-) where
-    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
-    Fut: std::future::Future<Output = Result<Response<ProxyBody>, std::convert::Infallible>>
-        + Send
-        + 'static,
-{
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let Ok((stream, _)) = accepted else { continue };
-                let _ = stream.set_nodelay(true);
-                let conn = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service_fn(handler.clone()));
-                let conn = graceful.watch(conn);
-                tokio::spawn(async move {
-                    let _ = conn.await;
-                });
-            }
-            _ = stop.changed() => break,
-        }
-    }
 }
 
 /// `/metrics`, `/livez`, `/readyz`.

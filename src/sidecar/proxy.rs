@@ -4,22 +4,20 @@
 //! Everything else streams through untouched, so a client that disconnects closes its upstream
 //! stream too. Anything that cannot be read with certainty is refused, never forwarded.
 
+use super::filter::filter_response;
 use super::gate::{check_headers, decide_body, too_large, Verdict};
 use super::legacy::{self, LegacySession};
 use super::{full, ProxyBody, State};
-use crate::mcp::{self, code, sse, Refusal};
+use crate::mcp::{code, Refusal};
 use crate::sidecar::reload::LoadedPolicy;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use serde_json::Value;
 use std::sync::Arc;
 use std::time::Instant;
-
-/// Largest `tools/list` response read whole to be filtered.
-const MAX_LIST_RESPONSE: usize = 16 << 20;
 
 const HOP_BY_HOP: &[&str] = &[
     "connection",
@@ -42,15 +40,34 @@ pub(super) async fn handle(st: Arc<State>, req: Request<Incoming>) -> Response<P
             "mcp-warden has no valid policy loaded; nothing is forwarded",
         ));
     };
+    if let Err(why) = st.allowed.check(req.headers()) {
+        return refusal(&Refusal::new(
+            StatusCode::FORBIDDEN,
+            code::INVALID_REQUEST,
+            why,
+        ));
+    }
     let path = req.uri().path();
     let is_post = req.method() == Method::POST;
-    if is_post && path == st.cfg.mcp_path() {
+    if is_post && st.cfg.is_mcp_path(path) {
         return gate(&st, &policy, req, None).await;
     }
     if is_post {
         if let Some(session) = st.legacy.session_for(req.uri()) {
             return gate(&st, &policy, req, Some(session)).await;
         }
+    }
+    if !is_post && hyper::body::Body::size_hint(req.body()).exact() != Some(0) {
+        // The gate decides POST bodies only; a server that reads a body on another method (some
+        // legacy endpoints do) would run a message nobody decided.
+        return refusal(&Refusal::new(
+            StatusCode::BAD_REQUEST,
+            code::INVALID_REQUEST,
+            format!(
+                "a {} request cannot carry a body through mcp-warden; MCP messages are POSTed",
+                req.method()
+            ),
+        ));
     }
     if st.cfg.passthrough_paths.iter().any(|p| p == path) {
         return forward_streaming(&st, req).await;
@@ -77,7 +94,7 @@ pub(super) async fn handle(st: Arc<State>, req: Request<Incoming>) -> Response<P
 }
 
 async fn gate(
-    st: &State,
+    st: &Arc<State>,
     policy: &Arc<LoadedPolicy>,
     req: Request<Incoming>,
     session: Option<Arc<LegacySession>>,
@@ -86,37 +103,10 @@ async fn gate(
     if let Err(r) = check_headers(req.headers(), st.cfg.max_body_bytes) {
         return refusal(&r);
     }
-    // Hold body bytes against the global budget while the body is in memory.
-    let want = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
-        .unwrap_or(st.cfg.max_body_bytes)
-        .clamp(1, st.cfg.max_body_bytes)
-        .min(u32::MAX as usize) as u32;
-    let Ok(_permit) = st.budget.try_acquire_many(want) else {
-        return refusal(&Refusal::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            code::INTERNAL_ERROR,
-            "the sidecar is holding too many request bodies; retry shortly",
-        ));
-    };
     let (parts, body) = req.into_parts();
-    let bytes = match Limited::new(body, st.cfg.max_body_bytes).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(e)
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some() =>
-        {
-            return refusal(&too_large(st.cfg.max_body_bytes));
-        }
-        Err(_) => {
-            return refusal(&Refusal::new(
-                StatusCode::BAD_REQUEST,
-                code::PARSE_ERROR,
-                "the request body was cut off",
-            ))
-        }
+    let (bytes, _held) = match read_body(st, body).await {
+        Ok(b) => b,
+        Err(r) => return refusal(&r),
     };
     let (verdict, method) = match decide_body(st, policy, &parts.headers, &bytes) {
         Ok(v) => v,
@@ -126,10 +116,12 @@ async fn gate(
     let response = match verdict {
         Verdict::Answer { body, retry_after } => match &session {
             // Legacy transport: answers travel on the session's event stream.
-            Some(s) => {
-                s.inject(&body);
-                status_only(StatusCode::ACCEPTED)
-            }
+            Some(s) if s.inject(&body) => status_only(StatusCode::ACCEPTED),
+            Some(_) => refusal(&Refusal::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                code::INTERNAL_ERROR,
+                "this session's event stream has too many unread answers; read it, then retry",
+            )),
             None => {
                 let mut r = json_response(StatusCode::OK, body);
                 if let Some(secs) = retry_after {
@@ -144,7 +136,7 @@ async fn gate(
                 s.expect_tool_lists(&list_ids);
             }
             let filter = (!list_ids.is_empty() && session.is_none()).then_some(list_ids);
-            forward_gated(st, policy, parts, bytes.clone(), filter).await
+            forward_gated(st, parts, bytes.clone(), filter).await
         }
     };
     st.metrics
@@ -152,6 +144,61 @@ async fn gate(
         .with_label_values(&[label, method])
         .observe(started.elapsed().as_secs_f64());
     response
+}
+
+/// Reads a gated body whole, within the size limit and the body timeout, holding its bytes
+/// against the global budget as they arrive (not as declared: a client that declares 4 MiB and
+/// sends 10 bytes holds 10).
+async fn read_body(
+    st: &State,
+    mut body: Incoming,
+) -> Result<(Bytes, Option<tokio::sync::SemaphorePermit<'_>>), Refusal> {
+    let max = st.cfg.max_body_bytes;
+    let mut held: Option<tokio::sync::SemaphorePermit<'_>> = None;
+    let mut buf = bytes::BytesMut::new();
+    let read = async {
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|_| {
+                Refusal::new(
+                    StatusCode::BAD_REQUEST,
+                    code::PARSE_ERROR,
+                    "the request body was cut off",
+                )
+            })?;
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            if buf.len() + data.len() > max {
+                return Err(too_large(max));
+            }
+            let n = u32::try_from(data.len()).map_err(|_| too_large(max))?;
+            let permit = st.budget.try_acquire_many(n).map_err(|_| {
+                Refusal::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    code::INTERNAL_ERROR,
+                    "the sidecar is holding too many request bodies; retry shortly",
+                )
+            })?;
+            match &mut held {
+                Some(h) => h.merge(permit),
+                None => held = Some(permit),
+            }
+            buf.extend_from_slice(&data);
+        }
+        Ok(())
+    };
+    match tokio::time::timeout(st.cfg.body_timeout, read).await {
+        Ok(Ok(())) => Ok((buf.freeze(), held)),
+        Ok(Err(r)) => Err(r),
+        Err(_) => Err(Refusal::new(
+            StatusCode::REQUEST_TIMEOUT,
+            code::PARSE_ERROR,
+            format!(
+                "the request body did not arrive within {} s",
+                st.cfg.body_timeout.as_secs_f64()
+            ),
+        )),
+    }
 }
 
 /// The upstream request for `parts`, with `Host` rewritten and hop-by-hop headers dropped.
@@ -181,43 +228,100 @@ fn upstream_request(
     req
 }
 
-async fn forward_gated(
+/// Sends a request upstream; the answer's headers are made fit for the client: hop-by-hop ones
+/// dropped, and URLs naming the upstream's authority pointed back at the one the client used.
+async fn send(
     st: &State,
-    policy: &Arc<LoadedPolicy>,
+    req: Request<ProxyBody>,
+    client_host: Option<HeaderValue>,
+) -> Result<Response<Incoming>, Response<ProxyBody>> {
+    let mut resp = st.client.request(req).await.map_err(|e| bad_gateway(&e))?;
+    let h = resp.headers_mut();
+    strip_hop_by_hop(h);
+    for name in [header::LOCATION, header::CONTENT_LOCATION] {
+        if let Some(v) = h
+            .get(&name)
+            .and_then(|v| restore_authority(st, v, client_host.as_ref()))
+        {
+            h.insert(name, v);
+        }
+    }
+    Ok(resp)
+}
+
+/// `http://UPSTREAM/path` → `http://CLIENT_HOST/path`; other values are left alone.
+fn restore_authority(
+    st: &State,
+    v: &HeaderValue,
+    client_host: Option<&HeaderValue>,
+) -> Option<HeaderValue> {
+    let uri: http::Uri = v.to_str().ok()?.parse().ok()?;
+    let authority = uri.authority()?;
+    if !authority
+        .as_str()
+        .eq_ignore_ascii_case(st.upstream_authority.as_str())
+    {
+        return None;
+    }
+    let pq = uri.path_and_query().map_or("/", |p| p.as_str());
+    match client_host.and_then(|h| h.to_str().ok()) {
+        Some(host) => HeaderValue::from_str(&format!("http://{host}{pq}")).ok(),
+        // No Host to go back to: a relative reference keeps the client on the sidecar.
+        None => HeaderValue::from_str(pq).ok(),
+    }
+}
+
+async fn forward_gated(
+    st: &Arc<State>,
     parts: http::request::Parts,
     bytes: Bytes,
     filter: Option<Vec<Value>>,
 ) -> Response<ProxyBody> {
+    let host = parts.headers.get(header::HOST).cloned();
     let req = upstream_request(st, parts, full(bytes), filter.is_some());
-    let resp = match st.client.request(req).await {
+    let resp = match send(st, req, host).await {
         Ok(r) => r,
-        Err(e) => return bad_gateway(&e),
+        Err(r) => return r,
     };
     match filter {
         None => passthrough(resp),
-        Some(ids) => filter_response(policy.clone(), ids, resp).await,
+        Some(ids) => filter_response(st.clone(), ids, resp).await,
     }
 }
 
 async fn forward_streaming(st: &Arc<State>, req: Request<Incoming>) -> Response<ProxyBody> {
     let (parts, body) = req.into_parts();
     let is_get = parts.method == Method::GET;
+    let host = parts.headers.get(header::HOST).cloned();
     let up = upstream_request(st, parts, body.map_err(Into::into).boxed_unsync(), is_get);
-    let resp = match st.client.request(up).await {
+    let resp = match send(st, up, host).await {
         Ok(r) => r,
-        Err(e) => return bad_gateway(&e),
+        Err(r) => return r,
     };
     if is_get && is_event_stream(resp.headers()) {
-        // A GET stream may be the legacy transport's: watch it for its `endpoint` event.
+        // Any GET stream may carry a tool list (a replay after `Last-Event-ID`, the legacy
+        // transport's answers): every event is filtered, and the stream is watched for the
+        // legacy `endpoint` event.
         let (mut p, b) = resp.into_parts();
-        strip_hop_by_hop(&mut p.headers);
+        if p.headers
+            .get_all(header::CONTENT_ENCODING)
+            .iter()
+            .any(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"))
+        {
+            return refusal(&Refusal::new(
+                StatusCode::BAD_GATEWAY,
+                code::INTERNAL_ERROR,
+                "the server compressed its event stream, which mcp-warden cannot filter",
+            ));
+        }
+        p.headers.remove(header::CONTENT_LENGTH);
         let body = legacy::watch_stream(st, b.map_err(Into::into).boxed_unsync());
         return Response::from_parts(p, body);
     }
     passthrough(resp)
 }
 
-fn is_event_stream(h: &HeaderMap) -> bool {
+pub(super) fn is_event_stream(h: &HeaderMap) -> bool {
     h.get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| {
@@ -228,7 +332,7 @@ fn is_event_stream(h: &HeaderMap) -> bool {
 }
 
 /// Removes hop-by-hop headers, and those the `Connection` header names, in place.
-fn strip_hop_by_hop(h: &mut HeaderMap) {
+pub(super) fn strip_hop_by_hop(h: &mut HeaderMap) {
     let listed: Vec<HeaderName> = h
         .get_all(header::CONNECTION)
         .iter()
@@ -245,82 +349,8 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
 }
 
 fn passthrough(resp: Response<Incoming>) -> Response<ProxyBody> {
-    let (mut parts, body) = resp.into_parts();
-    strip_hop_by_hop(&mut parts.headers);
+    let (parts, body) = resp.into_parts();
     Response::from_parts(parts, body.map_err(Into::into).boxed_unsync())
-}
-
-/// Filters `tools/list` answers in a JSON or SSE response; any other response passes.
-async fn filter_response(
-    policy: Arc<LoadedPolicy>,
-    ids: Vec<Value>,
-    resp: Response<Incoming>,
-) -> Response<ProxyBody> {
-    let (mut parts, body) = resp.into_parts();
-    strip_hop_by_hop(&mut parts.headers);
-    let encoded = parts
-        .headers
-        .get(header::CONTENT_ENCODING)
-        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
-    if is_event_stream(&parts.headers) && !encoded {
-        let rewrite: sse::Rewriter = Arc::new(move |v: &mut Value| {
-            let pol = policy.engine.policy();
-            match mcp::filter_tools_result(v, &ids, &|name| pol.listable(name)) {
-                Ok(changed) => changed,
-                Err(e) => {
-                    *v = mcp::list_error(v.get("id").cloned().unwrap_or(Value::Null), &e);
-                    true
-                }
-            }
-        });
-        let body = sse::RewriteEvents::new(body.map_err(super::BoxError::from), rewrite);
-        return Response::from_parts(parts, body.boxed_unsync());
-    }
-    let is_json = parts
-        .headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            v.trim_start()
-                .to_ascii_lowercase()
-                .starts_with("application/json")
-        });
-    if !is_json || !parts.status.is_success() {
-        return Response::from_parts(parts, body.map_err(Into::into).boxed_unsync());
-    }
-    let id = ids.first().cloned().unwrap_or(Value::Null);
-    if encoded {
-        return json_response(
-            StatusCode::BAD_GATEWAY,
-            serde_json::to_vec(&mcp::list_error(id, "compressed tools/list response"))
-                .unwrap_or_default(),
-        );
-    }
-    let bytes = match Limited::new(body, MAX_LIST_RESPONSE).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(_) => {
-            return json_response(
-                StatusCode::BAD_GATEWAY,
-                serde_json::to_vec(&mcp::list_error(
-                    id,
-                    "tools/list response unreadable or too large",
-                ))
-                .unwrap_or_default(),
-            )
-        }
-    };
-    let pol = policy.engine.policy();
-    match mcp::filter_tools_list(&bytes, &ids, &|name| pol.listable(name)) {
-        Ok(None) => Response::from_parts(parts, full(bytes)),
-        Ok(Some(new)) => {
-            parts.headers.remove(header::CONTENT_LENGTH);
-            Response::from_parts(parts, full(new))
-        }
-        Err(e) => json_response(
-            StatusCode::BAD_GATEWAY,
-            serde_json::to_vec(&mcp::list_error(id, &e)).unwrap_or_default(),
-        ),
-    }
 }
 
 fn bad_gateway(e: &dyn std::fmt::Display) -> Response<ProxyBody> {
@@ -332,7 +362,7 @@ fn bad_gateway(e: &dyn std::fmt::Display) -> Response<ProxyBody> {
     ))
 }
 
-fn json_response(status: StatusCode, body: Vec<u8>) -> Response<ProxyBody> {
+pub(super) fn json_response(status: StatusCode, body: Vec<u8>) -> Response<ProxyBody> {
     let mut r = Response::new(full(body));
     *r.status_mut() = status;
     r.headers_mut().insert(

@@ -433,3 +433,65 @@ pub async fn metric(sc: &Sidecar, name: &str, labels: &[&str]) -> Option<f64> {
         .find(|l| labels.iter().all(|want| l.contains(want)))
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
 }
+
+/// What a stub upstream answers: status, headers, and the body as chunks sent one by one.
+#[derive(Clone)]
+pub struct Canned {
+    pub status: u16,
+    pub headers: Vec<(&'static str, String)>,
+    pub chunks: Vec<Bytes>,
+}
+
+/// A plain HTTP server that answers every request with `answer(method, path)`, recording the
+/// request count. For what a real MCP server would not send (unreadable lists, odd framing).
+pub async fn stub_upstream(
+    answer: impl Fn(&str, &str) -> Canned + Send + Sync + 'static,
+) -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let count = Arc::new(AtomicUsize::new(0));
+    let counted = count.clone();
+    let answer = Arc::new(answer);
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let answer = answer.clone();
+            let counted = counted.clone();
+            tokio::spawn(async move {
+                let svc =
+                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        counted.fetch_add(1, Ordering::SeqCst);
+                        let c = answer(req.method().as_str(), req.uri().path());
+                        async move {
+                            let frames = c.chunks.into_iter().map(|b| {
+                                Ok::<_, std::convert::Infallible>(http_body::Frame::data(b))
+                            });
+                            let body =
+                                http_body_util::StreamBody::new(futures_util::stream::iter(frames));
+                            let mut r = http::Response::new(body);
+                            *r.status_mut() = http::StatusCode::from_u16(c.status).unwrap();
+                            for (k, v) in c.headers {
+                                r.headers_mut().insert(k, v.parse().unwrap());
+                            }
+                            Ok::<_, std::convert::Infallible>(r)
+                        }
+                    });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, count)
+}
+
+/// An SSE answer carrying `data` as one event.
+pub fn sse_answer(data: &str) -> Canned {
+    Canned {
+        status: 200,
+        headers: vec![("content-type", "text/event-stream".into())],
+        chunks: vec![Bytes::from(format!("event: message\ndata: {data}\n\n"))],
+    }
+}

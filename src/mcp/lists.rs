@@ -1,0 +1,226 @@
+//! What comes back: every `tools/list` result a client can receive is filtered, whatever stream it
+//! arrives on (a POST reply, a GET stream, a `Last-Event-ID` replay, the legacy stream) and
+//! whatever its id. A message that might carry a tool list but cannot be read with certainty is
+//! replaced by an error, never passed.
+
+use super::fold::is_variant_of;
+use super::{scan, MAX_DEPTH};
+use serde_json::{json, Value};
+
+/// Whether message data could hold a tool list: a key spelled `tools` in any case, an escape, or a
+/// non-ASCII byte (which could fold to one of its letters). Data without any of these passes
+/// unread, so the common stream of notifications and call results costs one byte scan.
+pub fn might_carry_tools(data: &[u8]) -> bool {
+    data.iter().any(|&b| b == b'\\' || b >= 0x80)
+        || data.windows(5).any(|w| w.eq_ignore_ascii_case(b"tools"))
+}
+
+/// Filters the data of one message (or batch) with `listable`: `Ok(None)` when nothing changes,
+/// `Ok(Some(new))` with tools removed, `Err` when the data might carry a tool list but cannot be
+/// read with certainty (invalid or duplicate-keyed JSON, a number no parser agrees on, a
+/// case-folded `tools`/`result` key, a `tools` that is not a list).
+pub fn filter_data(
+    data: &[u8],
+    listable: &dyn Fn(&str) -> bool,
+) -> Result<Option<Vec<u8>>, String> {
+    if data.iter().all(u8::is_ascii_whitespace) || !might_carry_tools(data) {
+        return Ok(None);
+    }
+    scan::validate(data, MAX_DEPTH)
+        .map_err(|e| format!("the server's message is unreadable: {e}"))?;
+    let mut v: Value = serde_json::from_slice(data)
+        .map_err(|e| format!("the server's message is unreadable: {e}"))?;
+    let changed = match &mut v {
+        Value::Array(items) => {
+            let mut any = false;
+            for item in items {
+                any |= filter_message(item, listable)?;
+            }
+            any
+        }
+        item => filter_message(item, listable)?,
+    };
+    if !changed {
+        return Ok(None);
+    }
+    serde_json::to_vec(&v).map(Some).map_err(|e| e.to_string())
+}
+
+/// Filters one message if its result carries `tools`; `Ok(true)` when tools were removed.
+fn filter_message(msg: &mut Value, listable: &dyn Fn(&str) -> bool) -> Result<bool, String> {
+    let Some(obj) = msg.as_object_mut() else {
+        return Ok(false);
+    };
+    if obj.keys().any(|k| is_variant_of(k, "result")) {
+        return Err("a \"result\" key spelled in another case".into());
+    }
+    let Some(result) = obj.get_mut("result").and_then(Value::as_object_mut) else {
+        return Ok(false);
+    };
+    if result.keys().any(|k| is_variant_of(k, "tools")) {
+        return Err("a \"tools\" key spelled in another case".into());
+    }
+    let Some(tools) = result.get_mut("tools") else {
+        return Ok(false);
+    };
+    let Some(tools) = tools.as_array_mut() else {
+        return Err("\"tools\" in a result is not a list".into());
+    };
+    let before = tools.len();
+    tools.retain(|t| t.get("name").and_then(Value::as_str).is_some_and(listable));
+    Ok(tools.len() != before)
+}
+
+/// The message that replaces one that could not be filtered with certainty.
+pub fn list_error(id: Value, why: &str) -> Value {
+    json!({
+        "jsonrpc": "2.0",
+        "id": id,
+        "error": {
+            "code": super::code::INTERNAL_ERROR,
+            "message": format!("mcp-warden could not filter the server's tool list: {why}")
+        }
+    })
+}
+
+/// The id to answer an unfilterable message with: its own when it can be read, else the one
+/// pending `tools/list` request of the stream, else `null`.
+pub fn error_id(data: &[u8], pending: &[Value]) -> Value {
+    #[derive(serde::Deserialize)]
+    struct Id {
+        id: Option<Value>,
+    }
+    match serde_json::from_slice::<Id>(data) {
+        Ok(Id { id: Some(id) }) => id,
+        _ if pending.len() == 1 => pending[0].clone(),
+        _ => Value::Null,
+    }
+}
+
+/// [`filter_data`] with its error turned into the replacement message.
+pub fn filter_or_refuse(
+    data: &[u8],
+    pending: &[Value],
+    listable: &dyn Fn(&str) -> bool,
+) -> Option<Vec<u8>> {
+    match filter_data(data, listable) {
+        Ok(new) => new,
+        Err(why) => {
+            let err = list_error(error_id(data, pending), &why);
+            Some(serde_json::to_vec(&err).expect("a JSON value serialises"))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keep(n: &str) -> bool {
+        !n.starts_with("debug_")
+    }
+
+    fn filtered(data: &str) -> Result<Option<Value>, String> {
+        filter_data(data.as_bytes(), &keep)
+            .map(|o| o.map(|b| serde_json::from_slice(&b).expect("filtered output is JSON")))
+    }
+
+    #[test]
+    fn every_tool_list_is_filtered_whatever_its_id() {
+        for id in ["4", "0", "-0", "\"x\"", "null", "1e400"] {
+            let body = format!(
+                r#"{{"jsonrpc":"2.0","id":{id},"result":{{"tools":[{{"name":"a"}},{{"name":"debug_x"}}],"nextCursor":"c2"}}}}"#
+            );
+            match filtered(&body) {
+                Ok(Some(v)) => {
+                    assert_eq!(v["result"]["tools"], json!([{"name": "a"}]), "{id}");
+                    assert_eq!(v["result"]["nextCursor"], "c2", "pagination is kept");
+                }
+                Err(e) if id == "1e400" => assert!(e.contains("unreadable"), "{e}"),
+                other => panic!("id {id}: {other:?}"),
+            }
+        }
+        let batch = r#"[{"jsonrpc":"2.0","id":1,"result":{}},{"jsonrpc":"2.0","id":2,"result":{"tools":[{"name":"debug_y"}]}}]"#;
+        assert_eq!(
+            filtered(batch).unwrap().unwrap()[1]["result"]["tools"],
+            json!([])
+        );
+    }
+
+    #[test]
+    fn what_carries_no_tool_list_passes_unread() {
+        for data in [
+            r#"{"jsonrpc":"2.0","id":1,"result":{"content":[]}}"#,
+            r#"{"jsonrpc":"2.0","method":"notifications/progress","params":{}}"#,
+            "",
+            "  ",
+            "not json at all",
+            r#"{"jsonrpc":"2.0","id":1,"result":{"tools":[{"name":"a"}]}}"#,
+        ] {
+            assert_eq!(filtered(data), Ok(None), "{data}");
+        }
+    }
+
+    #[test]
+    fn what_might_carry_a_list_but_cannot_be_read_is_refused() {
+        for (data, why) in [
+            (
+                r#"{"id":1,"result":{"tools":[{"name":"debug_x"}],"x":"\ud800"}}"#,
+                "lone surrogate",
+            ),
+            (
+                r#"{"id":1,"result":{"tools":[{"name":"debug_x"}],"n":1e400}}"#,
+                "number out of range",
+            ),
+            (
+                "\u{feff}{\"id\":1,\"result\":{\"tools\":[]}}",
+                "byte-order mark",
+            ),
+            (
+                r#"{"id":1,"result":{"tools":[],"tools":[{"name":"debug_x"}]}}"#,
+                "duplicate key",
+            ),
+            (
+                r#"{"id":1,"result":{"Tools":[{"name":"debug_x"}]}}"#,
+                "case variant",
+            ),
+            (
+                r#"{"id":1,"result":{"toolſ":[{"name":"debug_x"}]}}"#,
+                "long s",
+            ),
+            (
+                r#"{"id":1,"Result":{"tools":[{"name":"debug_x"}]}}"#,
+                "result variant",
+            ),
+            (
+                r#"{"id":1,"result":{"tools":{"name":"debug_x"}}}"#,
+                "not a list",
+            ),
+            (
+                r#"{"id":1,"result":{"tools":[{"name":"debug_x"}]"#,
+                "cut off",
+            ),
+        ] {
+            assert!(filtered(data).is_err(), "{why}: {data}");
+        }
+    }
+
+    #[test]
+    fn refusals_answer_the_message_id_or_the_pending_one() {
+        let pending = [json!(7)];
+        let out = filter_or_refuse(br#"{"id":3,"result":{"Tools":[]}}"#, &pending, &keep).unwrap();
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(
+            (v["id"].clone(), v["error"]["code"].clone()),
+            (json!(3), json!(-32603))
+        );
+        let out = filter_or_refuse(br#"{"id":3,"result":{"tools":[]}"#, &pending, &keep).unwrap();
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["id"], 7, "unreadable: the stream's one pending list");
+        let out = filter_or_refuse(br#"{"result":{"tools":[]}"#, &[], &keep).unwrap();
+        assert_eq!(
+            serde_json::from_slice::<Value>(&out).unwrap()["id"],
+            Value::Null
+        );
+    }
+}

@@ -1,0 +1,179 @@
+//! Accepting connections without letting misbehaving clients starve the others.
+//!
+//! Header reads time out (and so do idle keep-alive connections, which hyper treats the same way:
+//! it waits for the next request's headers). Open connections are capped; at the cap the oldest
+//! connection that is not inside a request — one that is idle or still dribbling its headers —
+//! is closed to make room, so a client that sends whole requests is served while others stall.
+
+use super::ProxyBody;
+use http::{Request, Response};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Notify};
+
+/// How connections are bounded.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Time to send a request's headers, and most time a keep-alive connection stays idle.
+    pub header_timeout: Duration,
+    /// Open connections at most.
+    pub max_connections: usize,
+}
+
+/// One open connection: requests in progress (until their response body ends), and how to
+/// close it.
+struct Conn {
+    busy: Arc<AtomicUsize>,
+    evict: Arc<Notify>,
+}
+
+#[derive(Default)]
+struct Open {
+    next: u64,
+    conns: BTreeMap<u64, Conn>,
+}
+
+impl Open {
+    /// Registers a connection; at the cap, first closes the oldest one outside a request.
+    /// `None` when every open connection is inside a request.
+    fn admit(&mut self, cap: usize) -> Option<(u64, Arc<AtomicUsize>, Arc<Notify>)> {
+        if self.conns.len() >= cap {
+            let oldest_idle = self
+                .conns
+                .iter()
+                .find(|(_, c)| c.busy.load(Ordering::Acquire) == 0)
+                .map(|(id, _)| *id)?;
+            if let Some(c) = self.conns.remove(&oldest_idle) {
+                c.evict.notify_one();
+            }
+        }
+        let id = self.next;
+        self.next += 1;
+        let conn = Conn {
+            busy: Arc::new(AtomicUsize::new(0)),
+            evict: Arc::new(Notify::new()),
+        };
+        let handles = (id, conn.busy.clone(), conn.evict.clone());
+        self.conns.insert(id, conn);
+        Some(handles)
+    }
+}
+
+/// Decrements a connection's busy count when the response body is done with (or dropped).
+struct Busy(Arc<AtomicUsize>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Serves HTTP/1 connections from `listener` with `handler` until `stop` changes.
+pub async fn accept_loop<F, Fut>(
+    listener: TcpListener,
+    mut stop: watch::Receiver<bool>,
+    graceful: Arc<GracefulShutdown>,
+    limits: Limits,
+    handler: F,
+) where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<ProxyBody>> + Send + 'static,
+{
+    let open = Arc::new(Mutex::new(Open::default()));
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off rather than spin.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stop.changed() => break,
+        };
+        let admitted = open
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .admit(limits.max_connections.max(1));
+        let Some((id, busy, evict)) = admitted else {
+            tracing::warn!(
+                max = limits.max_connections,
+                "every connection is inside a request; refusing a new one"
+            );
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let handler = handler.clone();
+        let svc_busy = busy.clone();
+        let service = service_fn(move |req| {
+            svc_busy.fetch_add(1, Ordering::AcqRel);
+            let guard = Busy(svc_busy.clone());
+            let fut = handler(req);
+            async move {
+                let resp = fut.await;
+                let (parts, body) = resp.into_parts();
+                let body = body
+                    .map_frame(move |f| {
+                        let _ = &guard;
+                        f
+                    })
+                    .boxed_unsync();
+                Ok::<_, std::convert::Infallible>(Response::from_parts(parts, body))
+            }
+        });
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_timeout)
+            .serve_connection(TokioIo::new(stream), service);
+        let conn = graceful.watch(conn);
+        let open = open.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = conn => {}
+                // Dropping the connection closes its socket.
+                _ = evict.notified() => {}
+            }
+            open.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .conns
+                .remove(&id);
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn at_the_cap_the_oldest_connection_outside_a_request_makes_room() {
+        let mut open = Open::default();
+        let (a, busy_a, _) = open.admit(2).unwrap();
+        let (b, _, evict_b) = open.admit(2).unwrap();
+        busy_a.fetch_add(1, Ordering::AcqRel);
+        let (c, _, _) = open.admit(2).expect("b is idle, so it makes room");
+        assert_eq!(open.conns.keys().copied().collect::<Vec<_>>(), vec![a, c]);
+        assert!(
+            futures_util::FutureExt::now_or_never(evict_b.notified()).is_some(),
+            "b was told to close"
+        );
+        let _ = b;
+        let (_, busy_c, _) = (c, open.conns[&c].busy.clone(), ());
+        busy_c.fetch_add(1, Ordering::AcqRel);
+        assert!(
+            open.admit(2).is_none(),
+            "every connection is inside a request"
+        );
+    }
+}

@@ -1,0 +1,127 @@
+//! What comes back from the server: every `tools/list` result on every stream the client can
+//! receive is filtered with the policy loaded at the time it passes (see [`crate::mcp::lists`]).
+
+use super::proxy::{is_event_stream, json_response, strip_hop_by_hop};
+use super::{full, ProxyBody, State};
+use crate::mcp::{lists, sse};
+use http::header::{self, HeaderMap};
+use http::{Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use serde_json::Value;
+use std::sync::Arc;
+
+/// Largest `tools/list` response read whole to be filtered, and largest SSE event.
+pub(super) const MAX_LIST_RESPONSE: usize = 16 << 20;
+
+/// Filters the events of one stream. `pending` holds the ids of the `tools/list` requests whose
+/// answers the stream carries, to answer with when a message cannot be read.
+pub(super) struct ListFilter {
+    state: Arc<State>,
+    pending: Vec<Value>,
+}
+
+impl ListFilter {
+    pub(super) fn new(state: Arc<State>, pending: Vec<Value>) -> ListFilter {
+        ListFilter { state, pending }
+    }
+
+    /// Filtered data, or the error that replaces it; `None` when it passes unchanged.
+    pub(super) fn apply(&self, data: &[u8], pending: &[Value]) -> Option<Vec<u8>> {
+        let Some(policy) = self.state.policy.load_full() else {
+            return Some(self.error(data, "no policy is loaded"));
+        };
+        let pol = policy.engine.policy();
+        lists::filter_or_refuse(data, pending, &|name| pol.listable(name))
+    }
+
+    fn error(&self, data: &[u8], why: &str) -> Vec<u8> {
+        let id = lists::error_id(data, &self.pending);
+        serde_json::to_vec(&lists::list_error(id, why)).expect("a JSON value serialises")
+    }
+}
+
+impl sse::Rewrite for ListFilter {
+    fn data(&self, data: &[u8]) -> Option<Vec<u8>> {
+        self.apply(data, &self.pending)
+    }
+
+    fn too_large(&self, limit: usize) -> Vec<u8> {
+        self.error(b"", &format!("an event over {limit} bytes"))
+    }
+
+    fn pass_rest(&self, rest: &[u8]) -> bool {
+        !lists::might_carry_tools(rest)
+    }
+}
+
+/// Whether a response body is compressed (the sidecar does not decode, so cannot filter, it).
+fn encoded(h: &HeaderMap) -> bool {
+    h.get_all(header::CONTENT_ENCODING)
+        .iter()
+        .any(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"))
+}
+
+/// Filters the answer to a POST that held `tools/list` requests with these ids: SSE event by
+/// event, JSON whole. What cannot be filtered with certainty — a compressed body, one too large,
+/// a success in another content type — becomes a 502 with a JSON-RPC error.
+pub(super) async fn filter_response(
+    state: Arc<State>,
+    ids: Vec<Value>,
+    resp: Response<Incoming>,
+) -> Response<ProxyBody> {
+    let (mut parts, body) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    let id = ids.first().cloned().unwrap_or(Value::Null);
+    let refuse = |why: &str| {
+        let err = serde_json::to_vec(&lists::list_error(id.clone(), why))
+            .expect("a JSON value serialises");
+        json_response(StatusCode::BAD_GATEWAY, err)
+    };
+    if !parts.status.is_success() || http_body::Body::size_hint(&body).exact() == Some(0) {
+        return Response::from_parts(parts, body.map_err(Into::into).boxed_unsync());
+    }
+    if encoded(&parts.headers) {
+        return refuse("the server compressed its answer (Content-Encoding)");
+    }
+    if is_event_stream(&parts.headers) {
+        // Events may be rewritten: the upstream's framing no longer holds.
+        parts.headers.remove(header::CONTENT_LENGTH);
+        let filter = Arc::new(ListFilter::new(state, ids));
+        let body = sse::RewriteEvents::new(
+            body.map_err(super::BoxError::from),
+            filter,
+            MAX_LIST_RESPONSE,
+        );
+        return Response::from_parts(parts, body.boxed_unsync());
+    }
+    if !is_json(&parts.headers) {
+        return refuse("the answer is neither JSON nor an event stream");
+    }
+    let bytes = match Limited::new(body, MAX_LIST_RESPONSE).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => return refuse("the answer is unreadable or over 16 MiB"),
+    };
+    let Some(policy) = state.policy.load_full() else {
+        return refuse("no policy is loaded");
+    };
+    let pol = policy.engine.policy();
+    match lists::filter_data(&bytes, &|name| pol.listable(name)) {
+        Ok(None) => Response::from_parts(parts, full(bytes)),
+        Ok(Some(new)) => {
+            parts.headers.remove(header::CONTENT_LENGTH);
+            Response::from_parts(parts, full(new))
+        }
+        Err(why) => refuse(&why),
+    }
+}
+
+fn is_json(h: &HeaderMap) -> bool {
+    h.get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("application/json")
+        })
+}
