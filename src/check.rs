@@ -147,6 +147,9 @@ pub fn run(paths: &[impl AsRef<Path>], explain: Option<&Explain>, out: &mut Stri
                 }
                 DocResult::Policy { label, policy } => {
                     let _ = writeln!(out, "{at}: ok: {}", summary(&label, &policy));
+                    for w in warnings(&policy) {
+                        let _ = writeln!(out, "{at}: warning: {w}");
+                    }
                     if let Some(x) = explain {
                         explain_call(&policy, x, out);
                     }
@@ -155,6 +158,36 @@ pub fn run(paths: &[impl AsRef<Path>], explain: Option<&Explain>, out: &mut Stri
         }
     }
     ok
+}
+
+/// What a valid policy does less than it may seem to: per-caller and per-session counters that a
+/// caller can escape by changing what identifies it.
+pub fn warnings(p: &Policy) -> Vec<String> {
+    use crate::policy::{Identity, Scope};
+    let mut out = Vec::new();
+    for c in &p.counters {
+        match (c.scope, &p.identity) {
+            (Scope::Session, _) => out.push(format!(
+                "counter {:?} has scope session: it counts per session id the server issued \
+                 (calls with another id count per caller), so it limits nothing on a server \
+                 that issues no sessions, and a caller that opens new sessions gets new counters",
+                c.name
+            )),
+            (Scope::Grant, Identity::Bearer) => out.push(format!(
+                "counter {:?} has scope grant with the default identity (a hash of the bearer \
+                 token): a caller that sends a fresh token gets a fresh counter, so it is not a \
+                 security limit unless tokens are verified before the sidecar",
+                c.name
+            )),
+            (Scope::Grant, Identity::Header(h)) => out.push(format!(
+                "counter {:?} has scope grant keyed on the {h:?} header: trust it only when an \
+                 authenticating gateway in front of the sidecar sets that header",
+                c.name
+            )),
+            _ => {}
+        }
+    }
+    out
 }
 
 fn summary(label: &str, p: &Policy) -> String {
@@ -244,6 +277,32 @@ pub fn explain_call(policy: &Policy, x: &Explain, out: &mut String) {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn counters_a_caller_can_escape_are_warned_about() {
+        let policy = |identity: Value, scope: &str| {
+            let mut doc = json!({"tools": {"t": {"limits": [
+                {"counter": "c", "window": "minute", "max": 1, "scope": scope}]}}});
+            if !identity.is_null() {
+                doc["identity"] = identity;
+            }
+            match check_document(&doc) {
+                DocResult::Policy { policy, .. } => warnings(&policy),
+                other => panic!("{other:?}"),
+            }
+        };
+        let w = policy(Value::Null, "session");
+        assert_eq!(w.len(), 1);
+        assert!(
+            w[0].contains("scope session") && w[0].contains("issues no sessions"),
+            "{w:?}"
+        );
+        let w = policy(Value::Null, "grant");
+        assert!(w[0].contains("fresh token"), "{w:?}");
+        let w = policy(json!({"header": "x-agent"}), "grant");
+        assert!(w[0].contains("authenticating gateway"), "{w:?}");
+        assert!(policy(Value::Null, "pod").is_empty());
+    }
 
     #[test]
     fn mcppolicy_manifest_errors_carry_spec_paths() {

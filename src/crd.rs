@@ -225,8 +225,11 @@ pub struct Limit {
     /// Calls allowed per window (at least 1).
     #[schemars(range(min = 1))]
     pub max: u32,
-    /// `pod` (default): one counter per sidecar. `grant` (alias `identity`): per caller.
-    /// `session`: per MCP session, falling back to the caller without one.
+    /// `pod` (default): one counter per sidecar. `grant` (alias `identity`): per caller, as
+    /// `identity` says. `session`: per session id the server issued through the sidecar; a call
+    /// with none (or with an id the server never issued) counts per caller. Until identities
+    /// are verified neither is a security limit: a caller that sends a fresh bearer token or
+    /// opens a fresh session gets a fresh counter (`mcp-warden check` warns).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scope: Option<Scope>,
 }

@@ -432,3 +432,38 @@ async fn session_ids_are_bounded() {
         .unwrap()
         .contains("more than once"));
 }
+
+/// `scope: session` on a server that issues no sessions: a fresh invented id per call used to
+/// make a fresh counter. An id the server never issued now counts under the caller.
+#[tokio::test]
+async fn invented_session_ids_do_not_escape_a_session_limit() {
+    let (addr, _) =
+        stub_upstream(|_, _| sse_answer(r#"{"jsonrpc":"2.0","id":1,"result":{"content":[]}}"#))
+            .await;
+    let dir = temp_dir("session-limit");
+    let path = dir.join("p.yaml");
+    std::fs::write(
+        &path,
+        "version: \"1\"\ndefault: deny\ntools:\n  run_cell:\n    limits: [{counter: c, window: minute, max: 2, scope: session}]\n",
+    )
+    .unwrap();
+    let sc = sidecar_at(&format!("http://{addr}/mcp"), &path, |_| {}).await;
+    let mut outcomes = Vec::new();
+    for i in 0..3 {
+        let sid = format!("invented-{i}");
+        let raw = post_json(
+            &sc.url(),
+            &[("mcp-session-id", sid.as_str())],
+            &call_v26(i, "run_cell", json!({}), json!({})),
+        )
+        .await;
+        let m = messages(&raw);
+        outcomes.push(
+            m[0]["result"]["_meta"]["dev.mcpwarden/decision"]["decision"]
+                .as_str()
+                .unwrap_or("forwarded")
+                .to_owned(),
+        );
+    }
+    assert_eq!(outcomes, ["forwarded", "forwarded", "rate_limited"]);
+}

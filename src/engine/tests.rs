@@ -199,6 +199,85 @@ fn star_paths_are_any_for_deny_if_and_all_for_require() {
 }
 
 #[test]
+fn json_text_in_a_string_is_read_as_a_lenient_server_parses_it() {
+    let e = engine(json!({"default": "allow", "tools": {
+        "shell": {
+            "deny_if": [{"conditions": [{"path": "args.commands[*]", "op": "regex", "value": "^rm "}], "on_deny": "no rm"}],
+        },
+        "configure": {
+            "deny_if": [{"conditions": [{"path": "args.options.mode", "op": "eq", "value": "dangerous"}], "on_deny": "no danger"}],
+        },
+        "copy": {
+            "require": [{"path": "args.paths[*]", "op": "path_within", "value": "/workspace"}],
+        }
+    }}));
+    let out = |tool: &str, args: Value| outcome(&e, tool, args).0;
+    // FastMCP parses these strings into the list and object its parameters are typed as.
+    assert_eq!(
+        out("shell", json!({"commands": "[\"ls\", \"rm -rf /srv/x\"]"})),
+        Outcome::Deny
+    );
+    assert_eq!(
+        out("shell", json!({"commands": ["ls", "rm -rf /srv/x"]})),
+        Outcome::Deny
+    );
+    assert_eq!(
+        out("shell", json!({"commands": "[\"ls\", \"pwd\"]"})),
+        Outcome::Allow
+    );
+    assert_eq!(
+        out("configure", json!({"options": "{\"mode\": \"dangerous\"}"})),
+        Outcome::Deny
+    );
+    assert_eq!(
+        out("configure", json!({"options": "{\"mode\": \"safe\"}"})),
+        Outcome::Allow
+    );
+    assert_eq!(
+        out(
+            "configure",
+            json!({"options": "{\"mode\": \"safe\", \"mode\": \"dangerous\"}"})
+        ),
+        Outcome::Deny,
+        "JSON text no reader agrees on is the unsafe outcome"
+    );
+    // `require`: both readings must satisfy it, and the plain one reaches nothing.
+    assert_eq!(
+        out("copy", json!({"paths": ["/workspace/a"]})),
+        Outcome::Allow
+    );
+    assert_eq!(
+        out("copy", json!({"paths": "[\"/workspace/a\"]"})),
+        Outcome::Deny
+    );
+    assert_eq!(
+        out("copy", json!({"paths": "[\"/etc/passwd\"]"})),
+        Outcome::Deny
+    );
+}
+
+#[test]
+fn a_string_only_some_readers_take_for_a_number_is_the_unsafe_outcome() {
+    let e = engine(json!({"default": "allow", "tools": {
+        "t": {"require": [{"path": "args.n", "op": "neq", "value": 9}]},
+        "u": {"deny_if": [{"conditions": [{"path": "args.n", "op": "eq", "value": 9}], "on_deny": "no 9"}]}
+    }}));
+    let out = |tool: &str, n: &str| outcome(&e, tool, json!({"n": n})).0;
+    // Python's int() reads "٩" (Arabic-Indic nine) and "９" (fullwidth) as 9.
+    for nine in ["٩", "９"] {
+        assert_eq!(out("t", nine), Outcome::Deny, "require neq 9 with {nine}");
+        assert_eq!(out("u", nine), Outcome::Deny, "deny_if eq 9 with {nine}");
+    }
+    assert_eq!(
+        out("t", "abc"),
+        Outcome::Allow,
+        "no reader takes abc for a number"
+    );
+    assert_eq!(out("u", "abc"), Outcome::Allow);
+    assert_eq!(out("t", "8"), Outcome::Allow);
+}
+
+#[test]
 fn the_rolling_window_never_allows_a_boundary_burst() {
     // A fixed window would allow 3 calls at 9.9 s and 3 more at 10.1 s.
     let e =

@@ -132,19 +132,44 @@ enum Quantifier {
 
 impl Condition {
     /// Evaluates against the call's arguments. `Unknown` results are returned as they are;
-    /// the caller decides which side is unsafe.
+    /// the caller decides which side is unsafe. Where the path goes through a string holding
+    /// JSON text, the condition is also judged on the parsed value (as a lenient server reads
+    /// it), and the unsafe outcome of the two readings wins.
     fn eval(&self, args: &Value, q: Quantifier) -> Truth {
-        if !self.steps.contains(&Step::Each) {
+        let (strict, through_string) = if !self.steps.contains(&Step::Each) {
             // One value at most: no list to build.
-            let found = condition::resolve_one(&self.steps, args);
-            return match (found, self.matcher.is_presence()) {
+            let (found, through) = condition::resolve_one(&self.steps, args);
+            let t = match (found, self.matcher.is_presence()) {
                 (f, true) => self.matcher.test_presence(usize::from(f.is_some())),
                 (None, false) => Truth::False,
                 (Some(v), false) => self.matcher.test(v),
             };
+            (t, through)
+        } else {
+            let mut found: Vec<&Value> = Vec::new();
+            let through = condition::resolve(&self.steps, args, &mut found);
+            (self.judge(&found, q), through)
+        };
+        if !through_string {
+            return strict;
         }
-        let mut found: Vec<&Value> = Vec::new();
-        condition::resolve(&self.steps, args, &mut found);
+        let mut parsed = Vec::new();
+        if condition::resolve_lenient(&self.steps, args, &mut parsed).is_err() {
+            return Truth::Unknown;
+        }
+        let lenient = self.judge(&parsed.iter().collect::<Vec<_>>(), q);
+        match q {
+            // `deny_if`: either reading matching is enough.
+            Quantifier::Any if strict == Truth::True || lenient == Truth::True => Truth::True,
+            // `require`: both readings must match.
+            Quantifier::All if strict == Truth::False || lenient == Truth::False => Truth::False,
+            _ if strict == Truth::Unknown || lenient == Truth::Unknown => Truth::Unknown,
+            _ => strict,
+        }
+    }
+
+    /// Judges the values one reading of the path reached.
+    fn judge(&self, found: &[&Value], q: Quantifier) -> Truth {
         if self.matcher.is_presence() {
             return self.matcher.test_presence(found.len());
         }

@@ -146,7 +146,11 @@ pub(super) fn decide_body(
     let engine = &policy.engine;
     let pol = engine.policy();
     let mut grant: Option<String> = None;
-    let session = h.get("mcp-session-id").and_then(|v| v.to_str().ok());
+    // Only an id the server issued keys a session counter; another counts under the grant.
+    let session = h
+        .get("mcp-session-id")
+        .filter(|v| st.sessions.contains(v.as_bytes()))
+        .and_then(|v| v.to_str().ok());
     let mut list_ids = Vec::new();
     let mut answers: Vec<Option<Value>> = Vec::new();
     let mut denied_any = false;

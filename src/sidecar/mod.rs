@@ -12,6 +12,7 @@ mod legacy;
 mod origin;
 mod proxy;
 mod reload;
+mod sessions;
 
 pub use conns::Limits;
 pub use origin::Allowed;
@@ -125,6 +126,8 @@ pub struct State {
     upstream_host: http::HeaderValue,
     legacy: legacy::LegacySessions,
     allowed: Allowed,
+    /// Session ids the server issued through this sidecar.
+    sessions: sessions::Issued,
 }
 
 impl State {
@@ -152,6 +155,7 @@ impl State {
             upstream_host: http::HeaderValue::from_str(authority.as_str())?,
             upstream_authority: authority,
             legacy: legacy::LegacySessions::default(),
+            sessions: sessions::Issued::default(),
             allowed: Allowed::new(
                 cfg.listen.ip().is_loopback(),
                 &cfg.allowed_hosts,

@@ -237,6 +237,9 @@ async fn send(
 ) -> Result<Response<Incoming>, Response<ProxyBody>> {
     let mut resp = st.client.request(req).await.map_err(|e| bad_gateway(&e))?;
     let h = resp.headers_mut();
+    if let Some(id) = h.get("mcp-session-id") {
+        st.sessions.record(id.as_bytes());
+    }
     strip_hop_by_hop(h);
     for name in [header::LOCATION, header::CONTENT_LOCATION] {
         if let Some(v) = h
