@@ -82,7 +82,7 @@ pub struct SidecarArgs {
     #[arg(long, env = "MCP_WARDEN_MAX_BODY_BYTES", default_value_t = 4 << 20)]
     pub max_body_bytes: usize,
     /// Request body bytes held at once across all requests before answering 503.
-    #[arg(long, env = "MCP_WARDEN_INFLIGHT_BODY_BYTES", default_value_t = 64 << 20)]
+    #[arg(long, env = "MCP_WARDEN_INFLIGHT_BODY_BYTES", default_value_t = 16 << 20)]
     pub inflight_body_bytes: usize,
     /// Seconds to keep serving after SIGTERM while endpoints update.
     #[arg(long, env = "MCP_WARDEN_DRAIN_DELAY_SECONDS", default_value_t = 5.0)]
@@ -130,7 +130,7 @@ pub struct SidecarArgs {
     #[arg(long, env = "MCP_WARDEN_BODY_TIMEOUT_SECONDS", default_value_t = 30.0)]
     pub body_timeout_seconds: f64,
     /// Open client connections at most; at the cap the oldest one not inside a request is closed.
-    #[arg(long, env = "MCP_WARDEN_MAX_CONNECTIONS", default_value_t = 1024)]
+    #[arg(long, env = "MCP_WARDEN_MAX_CONNECTIONS", default_value_t = 512)]
     pub max_connections: usize,
     /// Threads serving requests. One suits a sidecar's usual CPU limit and avoids cross-thread
     /// wake-ups; raise it for a server with many cores to itself.

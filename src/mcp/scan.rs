@@ -7,7 +7,9 @@
 //! unescaping, after removing U+0000 and after case-folding.
 
 use std::borrow::Cow;
+use std::collections::hash_map::RandomState;
 use std::collections::HashSet;
+use std::hash::BuildHasher;
 
 /// Why a body is not JSON the sidecar can read with certainty.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -35,6 +37,7 @@ pub fn validate(body: &[u8], max_depth: usize) -> Result<(), ScanError> {
         i: 0,
         max_depth,
         keys: Vec::new(),
+        hasher: RandomState::new(),
     };
     s.ws();
     s.value(0)?;
@@ -49,8 +52,12 @@ struct Scanner<'a> {
     b: &'a [u8],
     i: usize,
     max_depth: usize,
-    /// Folded keys of the objects being scanned, innermost last (one stack, reused).
-    keys: Vec<Cow<'a, str>>,
+    /// Folded keys of the objects being scanned, innermost last (one stack, reused), as 64-bit
+    /// hashes under a per-scan random key: working memory is 8 bytes per key of the objects
+    /// open at once, whatever the keys' length. (Two different keys sharing a hash would refuse
+    /// a body as a duplicate; with 64 bits and a key no client knows, that does not happen.)
+    keys: Vec<u64>,
+    hasher: RandomState,
 }
 
 impl<'a> Scanner<'a> {
@@ -291,20 +298,22 @@ impl<'a> Scanner<'a> {
         }
         // Keys of this object sit on the shared stack from `base`; a large object also gets a set.
         let base = self.keys.len();
-        let mut set: Option<HashSet<Cow<'a, str>>> = None;
+        let mut set: Option<HashSet<u64>> = None;
         loop {
             self.ws();
             if self.peek() != Some(b'"') {
                 return Err(self.err("expected a string key"));
             }
             let key = self.key()?;
+            let h = self.hasher.hash_one(&key);
             let dup = match &mut set {
-                Some(set) => !set.insert(key.clone()),
+                Some(set) => !set.insert(h),
                 None => {
-                    let dup = self.keys[base..].contains(&key);
-                    self.keys.push(key.clone());
+                    let dup = self.keys[base..].contains(&h);
+                    self.keys.push(h);
                     if self.keys.len() - base > 16 {
-                        set = Some(self.keys[base..].iter().cloned().collect());
+                        set = Some(self.keys[base..].iter().copied().collect());
+                        self.keys.truncate(base);
                     }
                     dup
                 }

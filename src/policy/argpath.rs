@@ -153,7 +153,10 @@ pub fn resolve_lenient(steps: &[Step], v: &Value, out: &mut Vec<Value>) -> Resul
             Some(text) => {
                 crate::mcp::scan::validate(text.as_bytes(), crate::mcp::MAX_DEPTH)
                     .map_err(|_| Unreadable)?;
-                let parsed: Value = serde_json::from_str(text).map_err(|_| Unreadable)?;
+                // Only what the rest of the path reaches is kept, as for the arguments.
+                let parsed = super::prune::Need::of([steps])
+                    .read(text)
+                    .map_err(|_| Unreadable)?;
                 resolve_lenient(steps, &parsed, out)
             }
             None => Ok(()),

@@ -152,6 +152,7 @@ pub fn compile(doc: &Value, flavor: Flavor, prefix: &str) -> Result<Policy, Poli
         deny_if: Vec::new(),
         counter_order: sorted_counters(&all_tools_limits),
         limits: all_tools_limits,
+        reads: super::prune::Need::default(),
     };
 
     let mut exact = HashMap::new();
@@ -297,6 +298,13 @@ impl Compiler {
         if !key_ok {
             return None;
         }
+        let reads = super::prune::Need::of(
+            require.iter().map(|r| r.condition.steps.as_slice()).chain(
+                deny_if
+                    .iter()
+                    .flat_map(|d| d.conditions.iter().map(|c| c.steps.as_slice())),
+            ),
+        );
         Some(Rule {
             key: key.to_owned(),
             path: p.as_str().to_owned(),
@@ -305,6 +313,7 @@ impl Compiler {
             deny_if,
             counter_order: sorted_counters(&limits),
             limits,
+            reads,
         })
     }
 

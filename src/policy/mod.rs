@@ -12,6 +12,7 @@ mod compile;
 pub mod condition;
 pub mod glob;
 mod normalize;
+pub mod prune;
 pub mod reader;
 pub mod source;
 mod spec;
@@ -241,6 +242,8 @@ pub struct Rule {
     pub limits: Vec<LimitRef>,
     /// Counter indexes of `limits`, sorted: the order counters are locked in.
     pub counter_order: Vec<usize>,
+    /// What of the arguments `require` and `deny_if` read.
+    pub reads: prune::Need,
 }
 
 impl Rule {
@@ -299,6 +302,13 @@ impl Policy {
             r.deny.is_none()
                 && (!r.require.is_empty() || r.deny_if.iter().any(|d| !d.conditions.is_empty()))
         })
+    }
+
+    /// The parts of this tool's arguments its rule reads, when it reads any.
+    pub fn arguments_read(&self, tool: &str) -> Option<&prune::Need> {
+        self.find_rule(tool)
+            .filter(|_| self.reads_arguments(tool))
+            .map(|r| &r.reads)
     }
 
     /// The `hide` entry that hides this tool, if any.

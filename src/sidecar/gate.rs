@@ -188,16 +188,16 @@ pub(super) fn decide_body(
                 .with_label_values(&[label, "_other", "invalid"])
                 .inc();
         })?;
-        let args: Value = match call.arguments {
-            Some(raw) if pol.reads_arguments(&call.name) => serde_json::from_str(raw.get())
-                .map_err(|_| {
-                    Refusal::new(
-                        StatusCode::BAD_REQUEST,
-                        code::INVALID_PARAMS,
-                        "unreadable arguments",
-                    )
-                    .with_id(Some(id))
-                })?,
+        let args: Value = match (call.arguments, pol.arguments_read(&call.name)) {
+            // Only what the rule's paths reach is kept: memory follows the policy, not the body.
+            (Some(raw), Some(need)) => need.read(raw.get()).map_err(|_| {
+                Refusal::new(
+                    StatusCode::BAD_REQUEST,
+                    code::INVALID_PARAMS,
+                    "unreadable arguments",
+                )
+                .with_id(Some(id))
+            })?,
             _ => Value::Null,
         };
         if grant.is_none() {
