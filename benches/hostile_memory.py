@@ -108,12 +108,6 @@ def main():
                 time.sleep(0.05)
         time.sleep(0.3)
         print(f"idle: peak RSS {status(proc.pid, 'VmHWM') / 1024:.1f} MiB")
-        body, keys = hostile_body()
-        for _ in range(a.rounds):
-            with ThreadPoolExecutor(a.concurrency) as ex:
-                codes = list(ex.map(lambda _: post(port, body), range(a.concurrency)))
-        print(f"{a.concurrency} concurrent {len(body) / 2**20:.1f} MiB bodies of {keys} keys (answers {sorted(set(codes))}): "
-              f"peak RSS {status(proc.pid, 'VmHWM') / 1024:.1f} MiB")
         rss_before = status(proc.pid, "VmRSS")
         socks = []
         for _ in range(a.idle_connections):
@@ -125,6 +119,12 @@ def main():
         print(f"{a.idle_connections} half-open connections: {(rss_after - rss_before) * 1024 / a.idle_connections / 1024:.1f} KiB each")
         for s in socks:
             s.close()
+        body, keys = hostile_body()
+        for _ in range(a.rounds):
+            with ThreadPoolExecutor(a.concurrency) as ex:
+                codes = list(ex.map(lambda _: post(port, body), range(a.concurrency)))
+        print(f"{a.concurrency} concurrent {len(body) / 2**20:.1f} MiB bodies of {keys} keys (answers {sorted(set(codes))}): "
+              f"peak RSS {status(proc.pid, 'VmHWM') / 1024:.1f} MiB")
     finally:
         proc.terminate()
         proc.wait(timeout=10)

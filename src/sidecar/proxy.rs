@@ -155,7 +155,10 @@ async fn read_body(
 ) -> Result<(Bytes, Option<tokio::sync::SemaphorePermit<'_>>), Refusal> {
     let max = st.cfg.max_body_bytes;
     let mut held: Option<tokio::sync::SemaphorePermit<'_>> = None;
-    let mut buf = bytes::BytesMut::new();
+    // Room for the declared length up front, so the buffer is not regrown (and briefly held
+    // twice) as it fills; pages a client never sends are never touched, so never resident.
+    let declared = http_body::Body::size_hint(&body).exact().unwrap_or(0);
+    let mut buf = bytes::BytesMut::with_capacity((declared as usize).min(max));
     let read = async {
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|_| {

