@@ -1,7 +1,8 @@
 """Peak memory of the sidecar binary under hostile bodies: the worst case the chart's default
 memory limit must hold. Starts a stub upstream and the real binary, measures VmHWM (peak RSS)
-idle, then after N concurrent 4 MiB bodies of ~390,000 keys to a tool whose rule reads its
-arguments, then after idle and half-open connections. Prints one line per figure.
+idle, per half-open connection, after N concurrent 4 MiB bodies of ~390,000 keys to a tool whose
+rule reads its arguments, and how long a connection that never finishes its headers is kept.
+Prints one line per figure.
 
     python3 benches/hostile_memory.py [--bin target/release/mcp-warden] [--concurrency 4]
 """
@@ -119,6 +120,14 @@ def main():
         print(f"{a.idle_connections} half-open connections: {(rss_after - rss_before) * 1024 / a.idle_connections / 1024:.1f} KiB each")
         for s in socks:
             s.close()
+        # A slowloris connection: how long until the sidecar drops it (the header timeout).
+        s = socket.create_connection(("127.0.0.1", port))
+        s.sendall(b"POST /mcp HTTP/1.1\r\nhost: loc")
+        t0 = time.monotonic()
+        s.settimeout(120)
+        s.recv(1)
+        print(f"a connection that never finishes its headers is closed after {time.monotonic() - t0:.1f} s")
+        s.close()
         body, keys = hostile_body()
         for _ in range(a.rounds):
             with ThreadPoolExecutor(a.concurrency) as ex:

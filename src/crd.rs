@@ -74,6 +74,10 @@ pub struct McpPolicySpec {
     /// which clients hand to the model) or `error` (a JSON-RPC error, code 403 or 429).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deny_as: Option<DenyAs>,
+    /// Hosts and origins the sidecar accepts besides loopback ones (DNS-rebinding protection).
+    /// The controller adds the names and cluster IPs of the Services that select the pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transport: Option<TransportSpec>,
     /// Rules by tool name. Keys are names or globs (`delete_*`); an exact name beats a glob,
     /// a longer glob beats a shorter one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -172,6 +176,23 @@ pub struct IdentitySpec {
     /// front of the sidecar sets it: clients can send any header.
     #[schemars(length(min = 1, max = bounds::HEADER), pattern(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$"))]
     pub header: String,
+}
+
+/// What the sidecar accepts in `Host` and `Origin`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TransportSpec {
+    /// Extra `Host` values agents may use, `name` or `name:port` (`*` for any), such as an
+    /// Ingress hostname. Once any host is known, the sidecar refuses other `Host`s with 403;
+    /// loopback names always pass.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = bounds::HOSTS), inner(length(min = 1, max = bounds::HOST)))]
+    pub allowed_hosts: Option<Vec<String>>,
+    /// Extra `Origin` values browser-based clients may send, `scheme://host[:port]` (`*` for
+    /// any). Any other `Origin` is refused with 403; loopback origins and allowed hosts' pass.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = bounds::HOSTS), inner(length(min = 1, max = bounds::HOST)))]
+    pub allowed_origins: Option<Vec<String>>,
 }
 
 /// Limits that apply to every allowed call.

@@ -469,3 +469,58 @@ async fn invented_session_ids_do_not_escape_a_session_limit() {
     }
     assert_eq!(outcomes, ["forwarded", "forwarded", "rate_limited"]);
 }
+
+/// The policy's `transport` (in a cluster: the Services that select the pod, rendered by the
+/// controller) adds to the accepted hosts and origins, and a reload changes them.
+#[tokio::test]
+async fn the_policy_names_more_hosts_and_origins() {
+    let up = upstream(false, true).await;
+    let policy = |hosts: &str| {
+        format!("{POLICY}\ntransport:\n  allowed_hosts: [{hosts}]\n  allowed_origins: [\"https://console.example.com\"]\n")
+    };
+    let sc = sidecar(&up, &policy("jupyter.notebooks.svc")).await;
+    let send = |host: &'static str, origin: Option<&'static str>| {
+        let url = sc.url();
+        async move {
+            let mut h = vec![
+                ("content-type", "application/json"),
+                ("accept", "application/json, text/event-stream"),
+                ("host", host),
+            ];
+            if let Some(o) = origin {
+                h.push(("origin", o));
+            }
+            request("POST", &url, &h, list_request("1")).await.0
+        }
+    };
+    assert_eq!(send("jupyter.notebooks.svc:8080", None).await, 200);
+    assert_eq!(
+        send("jupyter.notebooks.svc", Some("https://console.example.com")).await,
+        200
+    );
+    assert_eq!(
+        send(
+            "jupyter.notebooks.svc",
+            Some("http://jupyter.notebooks.svc")
+        )
+        .await,
+        200
+    );
+    assert_eq!(send("evil.example.com", None).await, 403);
+    assert_eq!(
+        send("jupyter.notebooks.svc", Some("https://evil.example.com")).await,
+        403
+    );
+    std::fs::write(sc.dir.join("policy.yaml"), policy("mcp.example.com")).unwrap();
+    let url = sc.url();
+    wait_until("the reload to change the hosts", async || {
+        let h = [
+            ("content-type", "application/json"),
+            ("accept", "application/json, text/event-stream"),
+            ("host", "mcp.example.com"),
+        ];
+        request("POST", &url, &h, list_request("2")).await.0 == 200
+    })
+    .await;
+    assert_eq!(send("jupyter.notebooks.svc", None).await, 403);
+}

@@ -77,6 +77,9 @@ fn clip(mut s: String) -> String {
     s
 }
 
+/// The cluster's DNS domain, for the Service names sidecars accept in `Host`.
+pub const CLUSTER_DOMAIN: &str = "cluster.local";
+
 /// Computes the status and objects for `policy`, given the namespace's policies, pods and
 /// services as cached, at time `now`.
 pub fn desired(
@@ -106,7 +109,8 @@ pub fn desired(
     status.matched_pods = Some(m);
     status.injected_pods = Some(i);
     status.outdated_pods = Some(o);
-    let (configmap, network_policy) = match render::rendered(policy) {
+    let hosts = render::service_hosts(services, &matched, CLUSTER_DOMAIN);
+    let (configmap, network_policy) = match render::rendered_with_hosts(policy, &hosts) {
         Ok(r) => {
             if old.policy_hash.as_deref() != Some(r.hash.as_str()) {
                 events.push((

@@ -132,6 +132,76 @@ pub fn network_policy(policy: &McpPolicy, pods: &[Pod], sidecar_ports: &[u16]) -
     }
 }
 
+/// Whether a Service's selector selects one of `pods`.
+fn selects_any(svc: &Service, pods: &[Pod]) -> bool {
+    let Some(sel) = svc
+        .spec
+        .as_ref()
+        .and_then(|s| s.selector.as_ref())
+        .filter(|s| !s.is_empty())
+    else {
+        return false;
+    };
+    pods.iter().any(|p| {
+        let labels = p.metadata.labels.clone().unwrap_or_default();
+        sel.iter().all(|(k, v)| labels.get(k) == Some(v))
+    })
+}
+
+/// The `Host` names agents in the cluster reach the pods by: every DNS name (`svc`, `svc.ns`,
+/// `svc.ns.svc`, `svc.ns.svc.<cluster domain>`) and cluster IP of the Services that select one
+/// of `pods`. Sorted and without duplicates, so the render changes only when they do.
+pub fn service_hosts(services: &[Service], pods: &[Pod], cluster_domain: &str) -> Vec<String> {
+    let mut out = BTreeSet::new();
+    for svc in services.iter().filter(|s| selects_any(s, pods)) {
+        let (Some(name), Some(ns)) = (&svc.metadata.name, &svc.metadata.namespace) else {
+            continue;
+        };
+        out.insert(name.clone());
+        out.insert(format!("{name}.{ns}"));
+        out.insert(format!("{name}.{ns}.svc"));
+        out.insert(format!("{name}.{ns}.svc.{cluster_domain}"));
+        let spec = svc.spec.as_ref();
+        for ip in spec
+            .and_then(|s| s.cluster_ips.clone())
+            .unwrap_or_default()
+            .into_iter()
+            .chain(spec.and_then(|s| s.cluster_ip.clone()))
+            .filter(|ip| !ip.is_empty() && ip != "None")
+        {
+            out.insert(if ip.contains(':') {
+                format!("[{ip}]")
+            } else {
+                ip
+            });
+        }
+    }
+    out.into_iter().collect()
+}
+
+/// [`rendered`] with `hosts` added to `transport.allowedHosts`.
+pub fn rendered_with_hosts(
+    policy: &McpPolicy,
+    hosts: &[String],
+) -> Result<Rendered, crate::policy::PolicyErrors> {
+    if hosts.is_empty() {
+        return rendered(policy);
+    }
+    let mut spec = policy.spec.clone();
+    let t = spec.transport.get_or_insert_with(Default::default);
+    let mut all = t.allowed_hosts.take().unwrap_or_default();
+    all.extend(hosts.iter().cloned());
+    let mut seen = BTreeSet::new();
+    all.retain(|h| seen.insert(h.clone()));
+    t.allowed_hosts = Some(all);
+    let ns = policy.metadata.namespace.as_deref().unwrap_or("default");
+    render(
+        ns,
+        policy.metadata.name.as_deref().unwrap_or_default(),
+        &spec,
+    )
+}
+
 /// Services that would reach the MCP server directly: they select a matched pod and send to the
 /// upstream port by number (a `targetPort: mcp` goes to the sidecar).
 pub fn bypassing_services(policy: &McpPolicy, services: &[Service], pods: &[Pod]) -> Vec<String> {
@@ -140,14 +210,7 @@ pub fn bypassing_services(policy: &McpPolicy, services: &[Service], pods: &[Pod]
         .iter()
         .filter(|svc| {
             let Some(spec) = &svc.spec else { return false };
-            let Some(sel) = spec.selector.as_ref().filter(|s| !s.is_empty()) else {
-                return false;
-            };
-            let selects = pods.iter().any(|p| {
-                let labels = p.metadata.labels.clone().unwrap_or_default();
-                sel.iter().all(|(k, v)| labels.get(k) == Some(v))
-            });
-            selects
+            selects_any(svc, pods)
                 && spec
                     .ports
                     .iter()

@@ -129,6 +129,57 @@ fn services_targeting_the_upstream_port_are_reported() {
 }
 
 #[test]
+fn the_names_of_services_that_select_the_pods_are_rendered_as_allowed_hosts() {
+    let p = policy(json!({"transport": {"allowedHosts": ["mcp.example.com"]}}));
+    let svc = |name: &str, selector: Value, ip: &str| -> Service {
+        serde_json::from_value(json!({"metadata": {"name": name, "namespace": "notebooks"},
+            "spec": {"selector": selector, "clusterIP": ip, "clusterIPs": [ip]}}))
+        .unwrap()
+    };
+    let services = [
+        svc("jupyter", json!({"app": "jupyter-mcp"}), "10.96.0.7"),
+        svc("headless", json!({"app": "jupyter-mcp"}), "None"),
+        svc("other", json!({"app": "other"}), "10.96.0.8"),
+        svc("v6", json!({"app": "jupyter-mcp"}), "fd00::7"),
+    ];
+    let hosts = service_hosts(&services, &[injected_pod("a", "0.1.0")], "cluster.local");
+    for want in [
+        "jupyter",
+        "jupyter.notebooks",
+        "jupyter.notebooks.svc",
+        "jupyter.notebooks.svc.cluster.local",
+        "10.96.0.7",
+        "headless.notebooks",
+        "[fd00::7]",
+    ] {
+        assert!(hosts.contains(&want.to_string()), "{want}: {hosts:?}");
+    }
+    assert!(
+        !hosts
+            .iter()
+            .any(|h| h.starts_with("other") || h == "None" || h == "10.96.0.8"),
+        "{hosts:?}"
+    );
+    let r = rendered_with_hosts(&p, &hosts).unwrap();
+    let doc: Value = serde_json::from_slice(&r.json).unwrap();
+    let allowed = doc["transport"]["allowed_hosts"].as_array().unwrap();
+    assert_eq!(
+        allowed[0], "mcp.example.com",
+        "the policy's own hosts come first"
+    );
+    assert_eq!(allowed.len(), hosts.len() + 1);
+    let compiled = crate::policy::compile(&doc, crate::policy::Flavor::File, "").unwrap();
+    assert!(compiled
+        .transport
+        .allowed_hosts
+        .contains(&"jupyter.notebooks.svc".to_string()));
+    assert_eq!(
+        rendered_with_hosts(&p, &[]).unwrap().hash,
+        rendered(&p).unwrap().hash
+    );
+}
+
+#[test]
 fn pods_are_counted_matched_injected_and_outdated() {
     let p = policy(json!({}));
     let plain = pod(

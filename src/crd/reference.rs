@@ -26,6 +26,12 @@ const EXAMPLES: &[(&str, &str)] = &[
     ("spec.denyAs", "`result`"),
     ("spec.identity", "`{header: X-Agent-Id}`"),
     ("spec.identity.header", "`X-Agent-Id`"),
+    ("spec.transport", "`{allowedHosts: [mcp.example.com]}`"),
+    ("spec.transport.allowedHosts", "`[mcp.example.com]`"),
+    (
+        "spec.transport.allowedOrigins",
+        "`[https://console.example.com]`",
+    ),
     ("spec.hide", "`[debug_*, admin_*]`"),
     (
         "spec.allTools",

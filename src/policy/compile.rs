@@ -38,6 +38,9 @@ const F_COUNTER: Field = Field::new(&["counter"]);
 const F_WINDOW: Field = Field::new(&["window"]);
 const F_MAX: Field = Field::new(&["max"]);
 const F_SCOPE: Field = Field::new(&["scope"]);
+const F_TRANSPORT: Field = Field::new(&["transport"]);
+const F_ALLOWED_HOSTS: Field = Field::new(&["allowed_hosts", "allowedHosts"]);
+const F_ALLOWED_ORIGINS: Field = Field::new(&["allowed_origins", "allowedOrigins"]);
 
 /// Top-level fields of a policy file; an McpPolicy spec has all but `name`, plus
 /// [`spec::SPEC_ONLY_FIELDS`].
@@ -49,10 +52,12 @@ const POLICY_FIELDS: &[Field] = &[
     F_ALL_TOOLS,
     F_TOOLS,
     F_DENY_AS,
+    F_TRANSPORT,
     F_NAME,
 ];
 const SPEC_FIELDS: &[Field] = POLICY_FIELDS.split_at(POLICY_FIELDS.len() - 1).0;
 const IDENTITY_FIELDS: &[Field] = &[F_HEADER];
+const TRANSPORT_FIELDS: &[Field] = &[F_ALLOWED_HOSTS, F_ALLOWED_ORIGINS];
 const ALL_TOOLS_FIELDS: &[Field] = &[F_LIMITS];
 const RULE_FIELDS: &[Field] = &[F_ACTION, F_REASON, F_LIMITS, F_REQUIRE, F_DENY_IF];
 const REQUIRE_FIELDS: &[Field] = &[F_PATH, F_OP, F_VALUE, F_REASON];
@@ -106,6 +111,7 @@ pub fn compile(doc: &Value, flavor: Flavor, prefix: &str) -> Result<Policy, Poli
         None => DenyAs::Result,
     };
     let identity = c.identity(&top);
+    let transport = c.transport(&top);
     let hide = c.hide(&top);
 
     let all_tools_limits = match top.get(F_ALL_TOOLS, &mut c.errs) {
@@ -181,6 +187,7 @@ pub fn compile(doc: &Value, flavor: Flavor, prefix: &str) -> Result<Policy, Poli
         Value::Null
     };
     errs.into_result(Policy {
+        transport,
         name,
         default,
         identity,
@@ -233,6 +240,39 @@ impl Compiler {
             }
             None => Identity::Bearer,
         }
+    }
+
+    fn transport(&mut self, top: &Obj) -> super::Transport {
+        let mut t = super::Transport::default();
+        let Some((v, p)) = top.get(F_TRANSPORT, &mut self.errs) else {
+            return t;
+        };
+        let Some(o) = Obj::new(v, p, TRANSPORT_FIELDS, &mut self.errs) else {
+            return t;
+        };
+        for (field, out) in [
+            (F_ALLOWED_HOSTS, &mut t.allowed_hosts),
+            (F_ALLOWED_ORIGINS, &mut t.allowed_origins),
+        ] {
+            let Some((v, p)) = o.get(field, &mut self.errs) else {
+                continue;
+            };
+            let Some(items) = list(v, &p, bounds::HOSTS, &mut self.errs) else {
+                continue;
+            };
+            for (i, item) in items.iter().enumerate() {
+                let ip = p.index(i);
+                if let Some(s) = bounded_string(item, &ip, bounds::HOST, &mut self.errs) {
+                    if s.is_empty() || s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                        self.errs
+                            .push(&ip, format!("{s:?} is not a host or origin"));
+                    } else {
+                        out.push(s.to_owned());
+                    }
+                }
+            }
+        }
+        t
     }
 
     fn hide(&mut self, top: &Obj) -> Vec<(Glob, String)> {

@@ -57,6 +57,16 @@ pub mod bounds {
     pub const PATH: usize = 256;
     pub const COUNTER: usize = 63;
     pub const HEADER: usize = 128;
+    pub const HOSTS: usize = 128;
+    pub const HOST: usize = 270;
+}
+
+/// Which `Host` and `Origin` values the sidecar accepts besides loopback ones (DNS-rebinding
+/// protection); added to its `--allowed-host` and `--allowed-origin` flags.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Transport {
+    pub allowed_hosts: Vec<String>,
+    pub allowed_origins: Vec<String>,
 }
 
 /// What happens to a tool no rule names.
@@ -256,6 +266,8 @@ impl Rule {
 /// A validated policy, ready for the engine.
 #[derive(Debug, Clone)]
 pub struct Policy {
+    /// Hosts and origins accepted on the wire.
+    pub transport: Transport,
     /// `namespace/name` for McpPolicies, the file name for files; labels every metric.
     pub name: Option<String>,
     pub default: Default,

@@ -18,6 +18,8 @@ pub fn normalize(doc: &Value, flavor: Flavor, name: Option<&str>) -> Value {
             "denyIf" => "deny_if",
             "onDeny" => "on_deny",
             "denyAs" => "deny_as",
+            "allowedHosts" => "allowed_hosts",
+            "allowedOrigins" => "allowed_origins",
             other => other,
         }
         .to_owned()
@@ -32,7 +34,12 @@ pub fn normalize(doc: &Value, flavor: Flavor, name: Option<&str>) -> Value {
         if v.is_null() {
             return None;
         }
-        let v = if k == "tools" {
+        let v = if k == "transport" {
+            match v {
+                Value::Object(t) => rename(t, |tk, tv| Some((snake(tk), tv.clone()))),
+                other => other.clone(),
+            }
+        } else if k == "tools" {
             match v {
                 Value::Object(tools) => rename(tools, |tool, rule| {
                     let rule = match rule {

@@ -47,7 +47,12 @@ fn encode(l: &AuditLine, now: SystemTime, out: &mut Vec<u8>) {
         b"\",\"level\":\"INFO\",\"target\":\"mcp_warden::audit\",\"message\":\"decision\"",
     );
     field(out, "policy", l.policy);
-    field(out, "tool", l.tool);
+    // A tool name is whatever the client sent (up to the body limit): long ones are cut, with
+    // a hash of the whole so lines still tell names apart.
+    match short_tool(l.tool) {
+        Some(cut) => field(out, "tool", &cut),
+        None => field(out, "tool", l.tool),
+    }
     field(out, "decision", l.decision);
     field(out, "rule", l.rule);
     field(out, "identity", l.identity);
@@ -59,6 +64,27 @@ fn encode(l: &AuditLine, now: SystemTime, out: &mut Vec<u8>) {
 }
 
 /// `YYYY-MM-DDTHH:MM:SS.ffffffZ` (UTC).
+/// Longest tool name written whole into an audit line.
+const MAX_TOOL: usize = 128;
+
+/// `None` when the name fits; else its first bytes and a hash of the whole.
+fn short_tool(tool: &str) -> Option<String> {
+    if tool.len() <= MAX_TOOL {
+        return None;
+    }
+    let mut end = MAX_TOOL;
+    while !tool.is_char_boundary(end) {
+        end -= 1;
+    }
+    let hash = crate::policy::sha256_hex(tool.as_bytes());
+    Some(format!(
+        "{}…[{} bytes, sha256 {}]",
+        &tool[..end],
+        tool.len(),
+        &hash[..16]
+    ))
+}
+
 fn rfc3339(t: SystemTime, out: &mut Vec<u8>) {
     let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = d.as_secs();
@@ -87,6 +113,16 @@ fn rfc3339(t: SystemTime, out: &mut Vec<u8>) {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn long_tool_names_are_cut_with_a_hash() {
+        assert_eq!(short_tool("run_cell"), None);
+        let long = "é".repeat(100_000);
+        let cut = short_tool(&long).unwrap();
+        assert!(cut.len() < 220, "{}", cut.len());
+        assert!(cut.contains("200000 bytes, sha256 "), "{cut}");
+        assert_ne!(cut, short_tool(&"é".repeat(100_001)).unwrap());
+    }
 
     #[test]
     fn a_line_is_one_json_object_with_every_field_escaped() {

@@ -125,7 +125,6 @@ pub struct State {
     /// `Host` for upstream requests: the upstream's authority.
     upstream_host: http::HeaderValue,
     legacy: legacy::LegacySessions,
-    allowed: Allowed,
     /// Session ids the server issued through this sidecar.
     sessions: sessions::Issued,
 }
@@ -156,13 +155,21 @@ impl State {
             upstream_authority: authority,
             legacy: legacy::LegacySessions::default(),
             sessions: sessions::Issued::default(),
-            allowed: Allowed::new(
-                cfg.listen.ip().is_loopback(),
-                &cfg.allowed_hosts,
-                &cfg.allowed_origins,
-            ),
             cfg,
         }))
+    }
+
+    /// The hosts and origins accepted under `policy`: the flags' and the policy's.
+    pub fn allowed<'p>(&self, policy: &'p LoadedPolicy) -> &'p Allowed {
+        policy.allowed.get_or_init(|| {
+            let t = &policy.engine.policy().transport;
+            let join = |a: &[String], b: &[String]| [a, b].concat();
+            Allowed::new(
+                self.cfg.listen.ip().is_loopback(),
+                &join(&self.cfg.allowed_hosts, &t.allowed_hosts),
+                &join(&self.cfg.allowed_origins, &t.allowed_origins),
+            )
+        })
     }
 
     /// Ready: a valid policy is loaded and the sidecar is not draining.

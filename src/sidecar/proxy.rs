@@ -40,7 +40,7 @@ pub(super) async fn handle(st: Arc<State>, req: Request<Incoming>) -> Response<P
             "mcp-warden has no valid policy loaded; nothing is forwarded",
         ));
     };
-    if let Err(why) = st.allowed.check(req.headers()) {
+    if let Err(why) = st.allowed(&policy).check(req.headers()) {
         return refusal(&Refusal::new(
             StatusCode::FORBIDDEN,
             code::INVALID_REQUEST,

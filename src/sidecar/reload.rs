@@ -20,6 +20,9 @@ pub struct LoadedPolicy {
     pub label: String,
     /// SHA-256 (hex) of the file's bytes, as the controller computes `policyHash`.
     pub hash: String,
+    /// The accepted hosts and origins: the flags' plus the policy's `transport` (built on first
+    /// use, so once per load).
+    pub allowed: std::sync::OnceLock<super::Allowed>,
 }
 
 /// Reads and compiles the policy at `path`, keeping counters of `previous` where they match.
@@ -53,6 +56,7 @@ fn compile_bytes(
         engine,
         label,
         hash: sha256_hex(bytes),
+        allowed: std::sync::OnceLock::new(),
     })
 }
 
