@@ -80,6 +80,34 @@ impl Splitter {
     pub fn is_empty(&self) -> bool {
         self.buf.is_empty()
     }
+
+    /// Every complete event, each replaced by what `rewrite` returns (`None` keeps it). An event
+    /// over the limit is replaced by a `message` event holding `refuse(limit)`, and `true` says
+    /// the stream must end there.
+    pub fn drain(
+        &mut self,
+        mut rewrite: impl FnMut(&[u8]) -> Option<Bytes>,
+        refuse: impl FnOnce(usize) -> Vec<u8>,
+    ) -> (Option<Bytes>, bool) {
+        let mut out = BytesMut::new();
+        let mut end = false;
+        loop {
+            match self.next_event() {
+                Ok(Some(event)) => match rewrite(&event) {
+                    Some(new) => out.extend_from_slice(&new),
+                    None => out.extend_from_slice(&event),
+                },
+                Ok(None) => break,
+                Err(TooLarge(limit)) => {
+                    self.take_rest();
+                    end = true;
+                    out.extend_from_slice(&message_event(&refuse(limit)));
+                    break;
+                }
+            }
+        }
+        ((!out.is_empty()).then(|| out.freeze()), end)
+    }
 }
 
 /// The lines of one event, without their terminators.
@@ -204,23 +232,13 @@ impl<B> RewriteEvents<B> {
 
     /// Every complete event in the buffer, rewritten where needed.
     fn drain_events(&mut self) -> Option<Bytes> {
-        let mut out = BytesMut::new();
-        loop {
-            match self.split.next_event() {
-                Ok(Some(event)) => match rewrite_event(&*self.rewrite, &event) {
-                    Some(new) => out.extend_from_slice(&new),
-                    None => out.extend_from_slice(&event),
-                },
-                Ok(None) => break,
-                Err(TooLarge(limit)) => {
-                    self.split.take_rest();
-                    self.done = true;
-                    out.extend_from_slice(&message_event(&self.rewrite.too_large(limit)));
-                    break;
-                }
-            }
-        }
-        (!out.is_empty()).then(|| out.freeze())
+        let rewrite = &*self.rewrite;
+        let (out, end) = self.split.drain(
+            |event| rewrite_event(rewrite, event),
+            |limit| rewrite.too_large(limit),
+        );
+        self.done |= end;
+        out
     }
 }
 

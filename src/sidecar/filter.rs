@@ -1,7 +1,7 @@
 //! What comes back from the server: every `tools/list` result on every stream the client can
 //! receive is filtered with the policy loaded at the time it passes (see [`crate::mcp::lists`]).
 
-use super::proxy::{is_event_stream, json_response, strip_hop_by_hop};
+use super::proxy::{content_type_is, is_event_stream, json_response, strip_hop_by_hop};
 use super::{full, ProxyBody, State};
 use crate::mcp::{lists, sse};
 use http::header::{self, HeaderMap};
@@ -16,6 +16,7 @@ pub(super) const MAX_LIST_RESPONSE: usize = 16 << 20;
 
 /// Filters the events of one stream. `pending` holds the ids of the `tools/list` requests whose
 /// answers the stream carries, to answer with when a message cannot be read.
+#[derive(Clone)]
 pub(super) struct ListFilter {
     state: Arc<State>,
     pending: Vec<Value>,
@@ -95,7 +96,7 @@ pub(super) async fn filter_response(
         );
         return Response::from_parts(parts, body.boxed_unsync());
     }
-    if !is_json(&parts.headers) {
+    if !content_type_is(&parts.headers, "application/json") {
         return refuse("the answer is neither JSON nor an event stream");
     }
     let bytes = match Limited::new(body, MAX_LIST_RESPONSE).collect().await {
@@ -114,14 +115,4 @@ pub(super) async fn filter_response(
         }
         Err(why) => refuse(&why),
     }
-}
-
-fn is_json(h: &HeaderMap) -> bool {
-    h.get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            v.trim_start()
-                .to_ascii_lowercase()
-                .starts_with("application/json")
-        })
 }

@@ -6,8 +6,8 @@
 
 use super::filter::{ListFilter, MAX_LIST_RESPONSE};
 use super::{BoxError, ProxyBody, State};
-use crate::mcp::sse::{self, Rewrite, Splitter, TooLarge};
-use bytes::{Bytes, BytesMut};
+use crate::mcp::sse::{self, Rewrite, Splitter};
+use bytes::Bytes;
 use http_body::{Body, Frame};
 use http_body_util::BodyExt;
 use serde_json::Value;
@@ -105,23 +105,12 @@ struct LegacyStream {
 
 impl LegacyStream {
     fn drain(&mut self) -> Option<Bytes> {
-        let mut out = BytesMut::new();
-        loop {
-            match self.split.next_event() {
-                Ok(Some(event)) => match self.process(&event) {
-                    Some(rewritten) => out.extend_from_slice(&rewritten),
-                    None => out.extend_from_slice(&event),
-                },
-                Ok(None) => break,
-                Err(TooLarge(limit)) => {
-                    self.split.take_rest();
-                    self.done = true;
-                    out.extend_from_slice(&sse::message_event(&self.filter.too_large(limit)));
-                    break;
-                }
-            }
-        }
-        (!out.is_empty()).then(|| out.freeze())
+        let mut split = std::mem::replace(&mut self.split, Splitter::new(0));
+        let filter = self.filter.clone();
+        let (out, end) = split.drain(|event| self.process(event), |limit| filter.too_large(limit));
+        self.split = split;
+        self.done |= end;
+        out
     }
 
     /// `Some` when the event must be replaced.

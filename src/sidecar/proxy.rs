@@ -328,13 +328,14 @@ async fn forward_streaming(st: &Arc<State>, req: Request<Incoming>) -> Response<
 }
 
 pub(super) fn is_event_stream(h: &HeaderMap) -> bool {
+    content_type_is(h, "text/event-stream")
+}
+
+/// Whether the `Content-Type` is `essence` (any parameters, any case).
+pub(super) fn content_type_is(h: &HeaderMap, essence: &str) -> bool {
     h.get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            v.trim_start()
-                .to_ascii_lowercase()
-                .starts_with("text/event-stream")
-        })
+        .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with(essence))
 }
 
 /// Removes hop-by-hop headers, and those the `Connection` header names, in place.
