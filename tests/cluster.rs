@@ -600,6 +600,37 @@ async fn the_operator_end_to_end_on_a_real_api_server() {
     })
     .await;
 
+    // A Service that selects the guarded pod: its names and cluster IP become hosts the
+    // sidecar accepts (DNS-rebinding protection), rendered into the ConfigMap.
+    let services: Api<k8s_openapi::api::core::v1::Service> = Api::namespaced(client.clone(), &on);
+    let svc = services
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "jupyter"},
+                "spec": {"selector": {"app": "jupyter-mcp"}, "ports": [{"port": 80, "targetPort": "mcp"}]}}))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    let ip = svc.spec.and_then(|s| s.cluster_ip).unwrap();
+    let hosts = wait_for("the Service's names in the rendered policy", 30, || {
+        let cms = cms.clone();
+        async move {
+            let cm = cms.get_opt("jupyter-mcp-warden").await.ok()??;
+            let doc: Value = serde_json::from_str(&cm.data?["policy.json"]).ok()?;
+            let hosts = doc["transport"]["allowed_hosts"].as_array()?.clone();
+            (!hosts.is_empty()).then_some(hosts)
+        }
+    })
+    .await;
+    for want in [
+        format!("jupyter.{on}.svc"),
+        format!("jupyter.{on}.svc.cluster.local"),
+        ip,
+    ] {
+        assert!(hosts.contains(&json!(want)), "{want} in {hosts:?}");
+    }
+
     // Deleting the policy: its ConfigMap goes by garbage collection (when the cluster runs a
     // garbage collector; a bare API server has none).
     policies

@@ -2,6 +2,7 @@
 real Python-SDK servers (whichever line this venv has). Each test first shows the server itself
 would be fooled (directly), then that the sidecar is not."""
 
+import contextlib
 import json
 import socket
 import time
@@ -175,3 +176,85 @@ async def test_stalled_clients_do_not_lock_out_an_agent():
         finally:
             for sock in stalled:
                 sock.close()
+
+
+LIST = '{"jsonrpc":"2.0","id":7,"result":{"tools":[{"name":"notebook_read"},{"name":"debug_dump"}]}}'
+
+
+@contextlib.contextmanager
+def stub(answers):
+    """A plain HTTP server answering each POST with the next (content type, body, extra headers)
+    of `answers`: what no SDK server sends, but a broken or hostile one could."""
+    import http.server
+    import threading
+
+    queue = list(answers)
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers.get("content-length", 0)))
+            ctype, body, extra = queue.pop(0)
+            self.send_response(200)
+            self.send_header("content-type", ctype)
+            for k, v in extra.items():
+                self.send_header(k, v)
+            if "content-length" not in extra:
+                self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *a):
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        yield srv.server_address[1]
+    finally:
+        srv.shutdown()
+
+
+@contextlib.contextmanager
+def sidecar_for(port):
+    from conftest import BIN, free_port, running
+
+    proxy, admin = free_port(), free_port()
+    args = [BIN, "sidecar", "--policy", str(POLICY), "--upstream", f"http://127.0.0.1:{port}/mcp",
+            "--listen", f"127.0.0.1:{proxy}", "--admin-listen", f"127.0.0.1:{admin}", "--drain-delay-seconds", "0"]
+    with running(args, proxy, "mcp-warden sidecar"):
+        yield f"http://127.0.0.1:{proxy}/mcp"
+
+
+def sse(data):
+    return f"event: message\ndata: {data}\n\n".encode()
+
+
+def test_unreadable_lists_are_refused_on_sse_as_on_json_and_framing_is_recomputed():
+    bad = [
+        ("text/event-stream", sse(LIST.replace("debug_dump", "debug_dump\\ud800")), {}),
+        ("text/event-stream", sse(LIST.replace('"id":7', '"id":7,"n":1e400')), {}),
+        ("text/event-stream", sse("\ufeff" + LIST), {}),
+        ("text/event-stream", sse(LIST.replace('"tools"', '"Tools"')), {}),
+        ("application/json", LIST.replace("debug_dump", "debug_dump\\ud800").encode(), {}),
+        ("text/event-stream", b"\x1f\x8b\x08\x00", {"content-encoding": "gzip"}),
+    ]
+    good_with_length = ("text/event-stream", sse(LIST), {})
+    with stub(bad + [good_with_length]) as port, sidecar_for(port) as url, httpx.Client(timeout=10) as c:
+        for ctype, body, extra in bad:
+            r = c.post(url, headers=ACCEPT, json={"jsonrpc": "2.0", "id": 7, "method": "tools/list"})
+            assert "debug_dump" not in r.text, (body[:60], r.text)
+            assert '"code":-32603' in r.text.replace(" ", ""), (body[:60], r.status_code, r.text)
+        # The upstream's Content-Length was for the unfiltered stream: the client still gets a
+        # whole, well-framed answer.
+        r = c.post(url, headers=ACCEPT, json={"jsonrpc": "2.0", "id": 7, "method": "tools/list"})
+        tools = [t["name"] for t in messages(r)[0]["result"]["tools"]]
+        assert tools == ["notebook_read"]
+        assert r.headers.get("content-length") in (None, str(len(r.content)))
+
+
+def test_absurd_session_ids_are_refused():
+    with stack(json=True, policy=POLICY) as s, httpx.Client(timeout=10) as c:
+        call = {"jsonrpc": "2.0", "id": 5, "method": "tools/call", "params": {"name": "notebook_read", "arguments": {}}}
+        for sid in ["a" * 65536, "a" * 257]:
+            r = c.post(s.url, headers=dict(ACCEPT, **{"mcp-session-id": sid}), json=call)
+            assert r.status_code == 400, r.text
