@@ -77,11 +77,20 @@ fn apply() -> PatchParams {
     PatchParams::apply("mcp-warden-test").force()
 }
 
-fn rules(namespaced: bool, keep: fn(&Rule) -> bool) -> Value {
+/// The table's rules as RBAC JSON; rules on the controller's own objects name `own` (its
+/// webhook configurations).
+fn rules(namespaced: bool, keep: fn(&Rule) -> bool, own: &str) -> Value {
     RULES
         .iter()
         .filter(|r| r.namespaced == namespaced && keep(r))
-        .map(|r| json!({"apiGroups": [r.group], "resources": [r.resource], "verbs": r.verbs}))
+        .map(|r| {
+            let mut rule =
+                json!({"apiGroups": [r.group], "resources": [r.resource], "verbs": r.verbs});
+            if r.own_names {
+                rule["resourceNames"] = json!([own]);
+            }
+            rule
+        })
         .collect()
 }
 
@@ -146,6 +155,20 @@ fn pod_manifest(name: &str, labels: Value, with_mcp_port: bool) -> Pod {
                                  "readinessProbe": {"httpGet": {"path": "/health", "port": "mcp"}}}]}
     }))
     .unwrap()
+}
+
+/// Creates a selected pod whose only container is named like the sidecar; the refusal message.
+async fn create_pod_named_like_the_sidecar(pods: &Api<Pod>) -> String {
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "impostor", "labels": {"app": "jupyter-mcp"}},
+        "spec": {"containers": [{"name": "mcp-warden", "image": "registry.example/app:1",
+                                 "ports": [{"name": "mcp", "containerPort": 8888}]}]}
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &pod)
+        .await
+        .expect_err("a container named like the sidecar is refused")
+        .to_string()
 }
 
 async fn create_pod(
@@ -267,7 +290,7 @@ impl Env {
                 &pp,
                 &Patch::Apply(
                     json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
-            "metadata": {"name": role_name}, "rules": rules(false, keep)}),
+            "metadata": {"name": role_name}, "rules": rules(false, keep, &self.hooks)}),
                 ),
             )
             .await
@@ -283,7 +306,7 @@ impl Env {
                 &pp,
                 &Patch::Apply(
                     json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
-            "metadata": {"name": "mcp-warden", "namespace": sys}, "rules": rules(true, keep)}),
+            "metadata": {"name": "mcp-warden", "namespace": sys}, "rules": rules(true, keep, &self.hooks)}),
                 ),
             )
             .await
@@ -292,6 +315,7 @@ impl Env {
         rbs.patch("mcp-warden", &pp, &Patch::Apply(json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
             "metadata": {"name": "mcp-warden", "namespace": sys}, "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "mcp-warden"},
             "subjects": [{"kind": "ServiceAccount", "name": "mcp-warden", "namespace": sys}]}))).await.unwrap();
+        self.apply_owned_writes_policy().await;
         // In URL mode the controller registers the webhook configurations itself.
         let dev_role = format!("{role_name}-dev");
         let dev_rules: Value = URL_MODE_RULES
@@ -400,7 +424,77 @@ impl Env {
         .await
     }
 
+    /// The chart's ValidatingAdmissionPolicy that narrows the controller's ConfigMap and
+    /// NetworkPolicy writes to the ones it owns, rendered by Helm for this environment's
+    /// ServiceAccount and applied as the chart would.
+    async fn apply_owned_writes_policy(&self) {
+        use k8s_openapi::api::admissionregistration::v1::{
+            ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+        };
+        let helm = std::env::var("MCP_WARDEN_HELM_CURRENT")
+            .or_else(|_| std::env::var("MCP_WARDEN_HELM"))
+            .expect("the cluster tests render the chart's admission policy with Helm: set MCP_WARDEN_HELM_CURRENT (.ci/run does)");
+        let out = Command::new(helm)
+            .args(["template", &self.hooks])
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/charts/mcp-warden"))
+            .args([
+                "--namespace",
+                &self.sys,
+                "--show-only",
+                "templates/admissionpolicy.yaml",
+            ])
+            .args(["--set", "serviceAccount.name=mcp-warden", "--set"])
+            .arg(format!("fullnameOverride={}", self.hooks))
+            .args([
+                "--api-versions",
+                "admissionregistration.k8s.io/v1/ValidatingAdmissionPolicy",
+            ])
+            .output()
+            .expect("helm runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8(out.stdout).unwrap();
+        let docs: Vec<&str> = text
+            .split("\n---")
+            .filter(|d| d.contains("kind:"))
+            .collect();
+        assert_eq!(docs.len(), 2, "a policy and its binding: {text}");
+        let vap: ValidatingAdmissionPolicy = serde_yaml::from_str(docs[0]).unwrap();
+        let binding: ValidatingAdmissionPolicyBinding = serde_yaml::from_str(docs[1]).unwrap();
+        let name = vap.metadata.name.clone().unwrap();
+        Api::<ValidatingAdmissionPolicy>::all(self.client.clone())
+            .patch(&name, &apply(), &Patch::Apply(&vap))
+            .await
+            .expect("the admission policy applies");
+        Api::<ValidatingAdmissionPolicyBinding>::all(self.client.clone())
+            .patch(&name, &apply(), &Patch::Apply(&binding))
+            .await
+            .expect("its binding applies");
+    }
+
+    /// A client acting as the controller's ServiceAccount.
+    async fn as_controller(&self) -> kube::Client {
+        let kc = kube::config::Kubeconfig::read_from(&self.kubeconfig).unwrap();
+        let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+            .await
+            .unwrap();
+        kube::Client::try_from(cfg).unwrap()
+    }
+
     async fn cleanup(self) {
+        use k8s_openapi::api::admissionregistration::v1::{
+            ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+        };
+        let owned = format!("{}-owned-writes", self.hooks);
+        let _ = Api::<ValidatingAdmissionPolicyBinding>::all(self.client.clone())
+            .delete(&owned, &DeleteParams::default())
+            .await;
+        let _ = Api::<ValidatingAdmissionPolicy>::all(self.client.clone())
+            .delete(&owned, &DeleteParams::default())
+            .await;
         let nss: Api<Namespace> = Api::all(self.client.clone());
         for ns in [&self.sys, &self.on, &self.off] {
             let _ = nss.delete(ns, &DeleteParams::default()).await;
@@ -505,6 +599,51 @@ async fn the_operator_end_to_end_on_a_real_api_server() {
         first.metadata.owner_references.as_ref().unwrap()[0].kind,
         "McpPolicy"
     );
+    // The controller's writes are narrowed to what it owns (the chart's admission policy):
+    // its own ConfigMap was written above, but not another one, created or patched.
+    let admin_cms: Api<ConfigMap> = Api::namespaced(client.clone(), &on);
+    admin_cms
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(
+                json!({"metadata": {"name": "someone-elses"}, "data": {"k": "v"}}),
+            )
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    let controller_cms: Api<ConfigMap> = Api::namespaced(env.as_controller().await, &on);
+    // (The API server loads a new admission policy within seconds: retry until it acts.)
+    let err = wait_for("the admission policy to refuse the controller", 30, || {
+        let controller_cms = controller_cms.clone();
+        async move {
+            controller_cms
+                .patch(
+                    "someone-elses",
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"data": {"k": "x"}})),
+                )
+                .await
+                .err()
+                .filter(|e| e.to_string().contains("may only write"))
+        }
+    })
+    .await;
+    assert!(err.to_string().contains("may only write"), "{err}");
+    let err = controller_cms
+        .patch("someone-elses", &apply(), &Patch::Apply(json!({"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "someone-elses", "labels": {"app.kubernetes.io/managed-by": "mcp-warden"}}, "data": {"k": "x"}})))
+        .await
+        .expect_err("the controller cannot take over a ConfigMap by labelling it");
+    assert!(err.to_string().contains("may only write"), "{err}");
+    let err = controller_cms
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "unlabelled"}})).unwrap(),
+        )
+        .await
+        .expect_err("the controller cannot create an unlabelled ConfigMap");
+    assert!(err.to_string().contains("may only write"), "{err}");
     let status = wait_for("status Ready", 30, || {
         let policies = policies.clone();
         async move {
@@ -599,6 +738,55 @@ async fn the_operator_end_to_end_on_a_real_api_server() {
         }
     })
     .await;
+
+    // The injected pod stays guarded: its sidecar cannot be swapped by UPDATE, and no ephemeral
+    // container (which would share its network) is added; other updates pass.
+    let mut sidecar_swap = pods_on.get("guarded").await.unwrap();
+    for c in sidecar_swap.spec.as_mut().unwrap().containers.iter_mut() {
+        if c.name == "mcp-warden" {
+            c.image = Some("registry.example/not-the-sidecar:1".into());
+        }
+    }
+    let err = pods_on
+        .replace("guarded", &PostParams::default(), &sidecar_swap)
+        .await
+        .expect_err("the sidecar's image cannot be changed");
+    assert!(
+        err.to_string().contains("sidecar cannot be changed"),
+        "{err}"
+    );
+    let err = pods_on
+        .patch_ephemeral_containers(
+            "guarded",
+            &PatchParams::default(),
+            &Patch::Strategic(json!({"spec": {"ephemeralContainers": [
+                {"name": "debugger", "image": "busybox", "command": ["sh"]}]}})),
+        )
+        .await
+        .expect_err("an ephemeral container is refused on a guarded pod");
+    assert!(err.to_string().contains("ephemeral container"), "{err}");
+    pods_on
+        .patch(
+            "guarded",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"team": "a"}}})),
+        )
+        .await
+        .expect("an unrelated update of a guarded pod passes");
+    // A pod that names its own container like the sidecar is not taken for an injected one.
+    let err = create_pod_named_like_the_sidecar(&pods_on).await;
+    assert!(err.contains("not the sidecar mcp-warden writes"), "{err}");
+    let host_network: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "on-the-node", "labels": {"app": "jupyter-mcp"}},
+        "spec": {"hostNetwork": true, "containers": [{"name": "app", "image": "registry.example/app:1",
+                 "ports": [{"name": "mcp", "containerPort": 8888}]}]}
+    }))
+    .unwrap();
+    let err = pods_on
+        .create(&PostParams::default(), &host_network)
+        .await
+        .expect_err("a selected hostNetwork pod is refused");
+    assert!(err.to_string().contains("hostNetwork"), "{err}");
 
     // A Service that selects the guarded pod: its names and cluster IP become hosts the
     // sidecar accepts (DNS-rebinding protection), rendered into the ConfigMap.

@@ -217,6 +217,10 @@ pub fn render_plain_manifests(helm: &Path) -> String {
             "mcp-warden",
             "--kube-version",
             "1.33.0",
+            // Offline, Helm knows only the APIs of its own client: say the cluster has
+            // ValidatingAdmissionPolicy (1.30+), so the plain manifests carry the chart's.
+            "--api-versions",
+            "admissionregistration.k8s.io/v1/ValidatingAdmissionPolicy",
             "--include-crds",
         ])
         .output()

@@ -217,3 +217,39 @@ fn the_code_uses_exactly_the_verbs_the_rules_grant() {
         "rules grant what no code uses (not least privilege): {unused:?}"
     );
 }
+
+#[test]
+fn rules_on_the_controllers_own_objects_name_them() {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/charts/mcp-warden/templates/rbac.yaml"
+    ))
+    .unwrap();
+    let own: Vec<&Rule> = RULES.iter().filter(|r| r.own_names).collect();
+    assert!(own.len() >= 2, "the webhook configurations are named");
+    for r in &own {
+        let block = format!(
+            "resources: [\"{}\"]\n    verbs: {:?}\n    resourceNames: [{{{{ include \"mcp-warden.fullname\" . | quote }}}}]",
+            r.resource, r.verbs
+        );
+        assert!(
+            text.contains(&block),
+            "the chart's rule on {} must name only the release's own object:\n{block}",
+            r.resource
+        );
+    }
+    assert_eq!(
+        text.matches("resourceNames:").count(),
+        own.len(),
+        "only the rules marked own_names are restricted by name"
+    );
+    let deployment = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/charts/mcp-warden/templates/deployment.yaml"
+    ))
+    .unwrap();
+    assert!(
+        deployment.contains("--webhook-config={{ include \"mcp-warden.fullname\" . }}"),
+        "the controller is told the name its RBAC allows"
+    );
+}

@@ -8,8 +8,8 @@ use crate::webhook::server::CertSlot;
 use crate::webhook::tls::{self, Lifetimes, Material};
 use base64::Engine as _;
 use k8s_openapi::api::admissionregistration::v1::{
-    MutatingWebhook, MutatingWebhookConfiguration, RuleWithOperations, ServiceReference,
-    ValidatingWebhook, ValidatingWebhookConfiguration, WebhookClientConfig,
+    MatchCondition, MutatingWebhook, MutatingWebhookConfiguration, RuleWithOperations,
+    ServiceReference, ValidatingWebhook, ValidatingWebhookConfiguration, WebhookClientConfig,
 };
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
@@ -280,6 +280,11 @@ where
     Ok(true)
 }
 
+/// Only UPDATEs of pods the webhook injected go to `/guard`, so the rest of a namespace's pod
+/// updates never wait on (or fail with) the controller.
+pub const GUARDED_POD_CONDITION: &str =
+    "has(oldObject.metadata.annotations) && 'mcpwarden.dev/policy' in oldObject.metadata.annotations";
+
 /// The webhook configurations the chart installs, for URL mode: pods in namespaces labelled
 /// `mcpwarden.dev/injection=enabled` (never the controller's own), opt-out by pod label, and
 /// McpPolicy CREATE/UPDATE.
@@ -298,6 +303,7 @@ pub fn webhook_configurations(
             values: Some(vec!["kube-system".into(), own_namespace.into()]),
         }]),
     };
+    let namespace_selector_guard = namespace_selector.clone();
     let object_selector = LabelSelector {
         match_expressions: Some(vec![LabelSelectorRequirement {
             key: INJECT_LABEL.into(),
@@ -342,25 +348,49 @@ pub fn webhook_configurations(
     };
     let v = ValidatingWebhookConfiguration {
         metadata: meta,
-        webhooks: Some(vec![ValidatingWebhook {
-            name: "validate.mcpwarden.dev".into(),
-            admission_review_versions: vec!["v1".into()],
-            client_config: endpoint.client_config("/validate", bundle),
-            failure_policy: Some("Fail".into()),
-            side_effects: "None".into(),
-            timeout_seconds: Some(10),
-            match_policy: Some("Equivalent".into()),
-            namespace_selector: None,
-            object_selector: None,
-            rules: Some(vec![RuleWithOperations {
-                api_groups: Some(vec!["mcpwarden.dev".into()]),
-                api_versions: Some(vec!["v1alpha1".into()]),
-                operations: Some(vec!["CREATE".into(), "UPDATE".into()]),
-                resources: Some(vec!["mcppolicies".into()]),
-                scope: Some("Namespaced".into()),
-            }]),
-            match_conditions: None,
-        }]),
+        webhooks: Some(vec![
+            ValidatingWebhook {
+                name: "validate.mcpwarden.dev".into(),
+                admission_review_versions: vec!["v1".into()],
+                client_config: endpoint.client_config("/validate", bundle),
+                failure_policy: Some("Fail".into()),
+                side_effects: "None".into(),
+                timeout_seconds: Some(10),
+                match_policy: Some("Equivalent".into()),
+                namespace_selector: None,
+                object_selector: None,
+                rules: Some(vec![RuleWithOperations {
+                    api_groups: Some(vec!["mcpwarden.dev".into()]),
+                    api_versions: Some(vec!["v1alpha1".into()]),
+                    operations: Some(vec!["CREATE".into(), "UPDATE".into()]),
+                    resources: Some(vec!["mcppolicies".into()]),
+                    scope: Some("Namespaced".into()),
+                }]),
+                match_conditions: None,
+            },
+            ValidatingWebhook {
+                name: "guard.mcpwarden.dev".into(),
+                admission_review_versions: vec!["v1".into()],
+                client_config: endpoint.client_config("/guard", bundle),
+                failure_policy: Some("Fail".into()),
+                side_effects: "None".into(),
+                timeout_seconds: Some(10),
+                match_policy: Some("Equivalent".into()),
+                namespace_selector: Some(namespace_selector_guard),
+                object_selector: None,
+                rules: Some(vec![RuleWithOperations {
+                    api_groups: Some(vec!["".into()]),
+                    api_versions: Some(vec!["v1".into()]),
+                    operations: Some(vec!["UPDATE".into()]),
+                    resources: Some(vec!["pods".into(), "pods/ephemeralcontainers".into()]),
+                    scope: Some("Namespaced".into()),
+                }]),
+                match_conditions: Some(vec![MatchCondition {
+                    name: "guarded-pods-only".into(),
+                    expression: GUARDED_POD_CONDITION.into(),
+                }]),
+            },
+        ]),
     };
     (m, v)
 }

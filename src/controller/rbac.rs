@@ -9,6 +9,9 @@ pub struct Rule {
     pub resource: &'static str,
     pub verbs: &'static [&'static str],
     pub namespaced: bool,
+    /// Only the objects named by `--webhook-config` (RBAC `resourceNames`): the controller
+    /// patches its own webhook configurations and no other.
+    pub own_names: bool,
 }
 
 const fn cluster(
@@ -21,6 +24,14 @@ const fn cluster(
         resource,
         verbs,
         namespaced: false,
+        own_names: false,
+    }
+}
+
+const fn own_webhook(resource: &'static str, verbs: &'static [&'static str]) -> Rule {
+    Rule {
+        own_names: true,
+        ..cluster("admissionregistration.k8s.io", resource, verbs)
     }
 }
 
@@ -53,17 +64,10 @@ pub const RULES: &[Rule] = &[
     // Native-sidecar detection reads kubelet versions.
     cluster("", "nodes", &["list"]),
     cluster("events.k8s.io", "events", &["create", "patch"]),
-    // caBundle patching (and, with --webhook-url, applying the configurations).
-    cluster(
-        "admissionregistration.k8s.io",
-        "mutatingwebhookconfigurations",
-        &["get", "patch"],
-    ),
-    cluster(
-        "admissionregistration.k8s.io",
-        "validatingwebhookconfigurations",
-        &["get", "patch"],
-    ),
+    // caBundle patching of its own configurations only (and, with --webhook-url, applying
+    // them).
+    own_webhook("mutatingwebhookconfigurations", &["get", "patch"]),
+    own_webhook("validatingwebhookconfigurations", &["get", "patch"]),
     // The webhook certificate Secret and the leader Lease.
     own_namespace("", "secrets", &["get", "create", "update"]),
     own_namespace(

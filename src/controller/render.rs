@@ -2,7 +2,9 @@
 //! isolating NetworkPolicy, the status conditions, and the warnings about bypasses.
 
 use crate::crd::{render, McpPolicy, Rendered};
-use crate::webhook::inject::{configmap_name, selector_matches, CONTAINER, VERSION_ANNOTATION};
+use crate::webhook::inject::{
+    configmap_name, selector_matches, sidecar_state, Carried, VERSION_ANNOTATION,
+};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
 use k8s_openapi::api::networking::v1::{
     NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPort, NetworkPolicySpec,
@@ -15,7 +17,7 @@ use kube::Resource;
 use std::collections::{BTreeMap, BTreeSet};
 
 /// The key of the rendered policy in its ConfigMap.
-pub const POLICY_KEY: &str = "policy.json";
+pub const POLICY_KEY: &str = crate::webhook::inject::POLICY_FILE;
 /// Labels on everything the controller creates.
 pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "mcp-warden");
 pub const POLICY_LABEL: &str = "mcpwarden.dev/policy";
@@ -239,16 +241,11 @@ pub fn pod_counts(policy: &McpPolicy, pods: &[Pod], version: &str) -> (i32, i32,
             )
         })
         .collect();
+    // A pod counts as injected only when it runs this policy's sidecar (an app container that
+    // merely has the sidecar's name does not).
     let injected: Vec<&&Pod> = matched
         .iter()
-        .filter(|p| {
-            p.spec.as_ref().is_some_and(|s| {
-                s.containers
-                    .iter()
-                    .chain(s.init_containers.iter().flatten())
-                    .any(|c| c.name == CONTAINER)
-            })
-        })
+        .filter(|p| sidecar_state(p, policy, None) == Carried::Ours)
         .collect();
     let outdated = injected
         .iter()

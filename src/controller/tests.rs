@@ -22,14 +22,23 @@ fn pod(name: &str, labels: Value, containers: Value, annotations: Value) -> Pod 
     .unwrap()
 }
 
+/// A pod the webhook injected for [`policy`] at sidecar `version`.
 fn injected_pod(name: &str, version: &str) -> Pod {
-    pod(
+    use crate::webhook::inject::{mutate, InjectConfig, Mutation};
+    let plain = pod(
         name,
         json!({"app": "jupyter-mcp"}),
-        json!([{"name": "jupyter-mcp", "ports": [{"name": "metrics", "containerPort": 9090}]},
-               {"name": "mcp-warden", "ports": [{"name": "mcp", "containerPort": 9480}, {"name": "mcp-warden-adm", "containerPort": 9481}]}]),
-        json!({"mcpwarden.dev/sidecar-version": version}),
-    )
+        json!([{"name": "jupyter-mcp", "ports": [{"name": "metrics", "containerPort": 9090},
+                                                  {"name": "mcp", "containerPort": 8888}]}]),
+        json!({}),
+    );
+    let cfg = InjectConfig::new(format!("ghcr.io/mcp-warden/mcp-warden:{version}"), version);
+    let Mutation::Inject { patch, .. } = mutate(&plain, &[policy(json!({}))], &cfg) else {
+        panic!("the test pod is injected")
+    };
+    let mut v = serde_json::to_value(&plain).unwrap();
+    json_patch::patch(&mut v, &patch).unwrap();
+    serde_json::from_value(v).unwrap()
 }
 
 fn time(s: &str) -> Time {
@@ -194,13 +203,32 @@ fn pods_are_counted_matched_injected_and_outdated() {
         json!([{"name": "app"}]),
         json!({}),
     );
+    let mut impostor = injected_pod("c", "0.2.0");
+    impostor
+        .metadata
+        .annotations
+        .as_mut()
+        .unwrap()
+        .remove("mcpwarden.dev/policy");
+    let named_like_the_sidecar = pod(
+        "d",
+        json!({"app": "jupyter-mcp"}),
+        json!([{"name": "mcp-warden"}]),
+        json!({"mcpwarden.dev/policy": "notebooks/jupyter"}),
+    );
     let pods = [
         injected_pod("a", "0.1.0"),
         injected_pod("b", "0.2.0"),
         plain,
         unrelated,
+        impostor,
+        named_like_the_sidecar,
     ];
-    assert_eq!(pod_counts(&p, &pods, "0.2.0"), (3, 2, 1));
+    assert_eq!(
+        pod_counts(&p, &pods, "0.2.0"),
+        (5, 2, 1),
+        "a container with the sidecar's name is not an injection"
+    );
     assert!(older("0.9.1", "0.10.0") && !older("0.10.0", "0.9.1") && !older("1.2.3", "1.2.3"));
     assert!(older("0.1.0-rc1", "0.2.0"));
 }

@@ -28,6 +28,8 @@ pub const CONTAINER: &str = "mcp-warden";
 /// The policy volume's name and where it is mounted.
 pub const VOLUME: &str = "mcp-warden-policy";
 pub const MOUNT_PATH: &str = "/etc/mcp-warden";
+/// The file the sidecar reads in the mount: the ConfigMap's key.
+pub const POLICY_FILE: &str = "policy.json";
 /// The container port name Services route to.
 pub const MCP_PORT_NAME: &str = "mcp";
 const ADMIN_PORT_NAME: &str = "mcp-warden-adm";
@@ -94,19 +96,26 @@ pub fn mutate(pod: &Pod, policies: &[McpPolicy], cfg: &InjectConfig) -> Mutation
     let ns = policy.metadata.namespace.as_deref().unwrap_or("default");
     let name = policy.metadata.name.as_deref().unwrap_or_default();
     let policy_id = format!("{ns}/{name}");
-    let spec = pod.spec.as_ref();
-    let injected = spec.is_some_and(|s| {
-        s.containers
-            .iter()
-            .chain(s.init_containers.iter().flatten())
-            .any(|c| c.name == CONTAINER)
-    });
-    if injected {
-        return Mutation::Skip("the sidecar is already injected".into());
+    match sidecar_state(pod, policy, Some(cfg)) {
+        Carried::Ours => return Mutation::Skip("the sidecar is already injected".into()),
+        Carried::Foreign(why) => return Mutation::Refuse(format!(
+            "McpPolicy {policy_id} selects this pod, and it has a container named \"{CONTAINER}\" \
+                 that is not the sidecar mcp-warden writes ({why}): rename that container (a pod \
+                 cannot opt out by naming one of its own \"{CONTAINER}\"), or label the pod \
+                 {INJECT_LABEL}=false to run it unguarded"
+        )),
+        Carried::None => {}
     }
-    let Some(spec) = spec else {
+    let Some(spec) = pod.spec.as_ref() else {
         return Mutation::Refuse("the pod has no spec".into());
     };
+    if spec.host_network == Some(true) {
+        return Mutation::Refuse(format!(
+            "McpPolicy {policy_id} selects this pod, but it uses hostNetwork: its MCP port would be \
+             open on the node, around the sidecar and any NetworkPolicy. Run it without \
+             hostNetwork, or label the pod {INJECT_LABEL}=false to run it unguarded"
+        ));
+    }
     let Some((app, mcp_port)) = spec.containers.iter().enumerate().find_map(|(i, c)| {
         c.ports
             .iter()
@@ -185,6 +194,91 @@ pub fn mutate(pod: &Pod, policies: &[McpPolicy], cfg: &InjectConfig) -> Mutation
     }
 }
 
+/// Whether a pod carries the sidecar.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Carried {
+    /// No container of the sidecar's name.
+    None,
+    /// The sidecar mcp-warden writes for this policy.
+    Ours,
+    /// A container of that name that is not it, and why.
+    Foreign(String),
+}
+
+/// Whether `pod` carries the sidecar for `policy`: a container named [`CONTAINER`] running the
+/// sidecar against this policy's ConfigMap and upstream, and the annotation naming the policy.
+/// With `cfg` (the webhook) it must also be exactly what this controller writes (image, args,
+/// ports); without (counting pods, which may run an older version) its arguments and policy
+/// volume must be right.
+pub fn sidecar_state(pod: &Pod, policy: &McpPolicy, cfg: Option<&InjectConfig>) -> Carried {
+    let Some(spec) = pod.spec.as_ref() else {
+        return Carried::None;
+    };
+    let Some(found) = spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+        .find(|c| c.name == CONTAINER)
+    else {
+        return Carried::None;
+    };
+    let ns = policy.metadata.namespace.as_deref().unwrap_or("default");
+    let name = policy.metadata.name.as_deref().unwrap_or_default();
+    let id = format!("{ns}/{name}");
+    let annotated = pod
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(POLICY_ANNOTATION));
+    if annotated != Some(&id) {
+        return Carried::Foreign(format!("no {POLICY_ANNOTATION} annotation naming {id}"));
+    }
+    let upstream = format!(
+        "http://127.0.0.1:{}{}",
+        policy.spec.upstream.port,
+        policy.spec.upstream_path()
+    );
+    let args = found.args.as_deref().unwrap_or_default();
+    let policy_file = format!("{MOUNT_PATH}/{POLICY_FILE}");
+    let head = [
+        "sidecar",
+        "--policy",
+        policy_file.as_str(),
+        "--upstream",
+        upstream.as_str(),
+    ];
+    if found.command.is_some() || args.len() < head.len() || args[..head.len()] != head {
+        return Carried::Foreign("its command or arguments are not the sidecar's".into());
+    }
+    let mounted = found
+        .volume_mounts
+        .iter()
+        .flatten()
+        .any(|m| m.name == VOLUME && m.mount_path == MOUNT_PATH && m.sub_path.is_none());
+    let volume_ok = spec.volumes.iter().flatten().any(|v| {
+        v.name == VOLUME
+            && v.config_map
+                .as_ref()
+                .is_some_and(|c| c.name == configmap_name(name))
+    });
+    if !mounted || !volume_ok {
+        return Carried::Foreign(format!(
+            "it does not read the policy from ConfigMap {}",
+            configmap_name(name)
+        ));
+    }
+    if let Some(cfg) = cfg {
+        let want = sidecar_container(cfg, &upstream);
+        if found.image != want.image || found.args != want.args || found.ports != want.ports {
+            return Carried::Foreign(
+                "its image, arguments or ports differ from the sidecar this controller writes"
+                    .into(),
+            );
+        }
+    }
+    Carried::Ours
+}
+
 /// The policy that applies to the pod: of those whose selector matches (and are not being
 /// deleted), the oldest; ties broken by name.
 pub fn selecting_policy<'p>(pod: &Pod, policies: &'p [McpPolicy]) -> Option<&'p McpPolicy> {
@@ -253,7 +347,7 @@ fn sidecar_container(cfg: &InjectConfig, upstream: &str) -> Container {
         failure_threshold: Some(3),
         ..Default::default()
     };
-    let policy_file = format!("{MOUNT_PATH}/policy.json");
+    let policy_file = format!("{MOUNT_PATH}/{POLICY_FILE}");
     Container {
         name: CONTAINER.into(),
         image: Some(cfg.image.clone()),

@@ -1,6 +1,9 @@
-//! The admission webhooks: `/mutate` injects the sidecar into pods an McpPolicy selects. The
-//! decision is the pure [`inject::mutate`]; the HTTPS layer around it stays thin.
+//! The admission webhooks: `/mutate` injects the sidecar into pods an McpPolicy selects,
+//! `/validate` checks McpPolicies, `/guard` keeps injected pods guarded through UPDATEs and
+//! ephemeral containers. The decisions are pure functions ([`inject::mutate`],
+//! [`guard::check_update`]); the HTTPS layer around them stays thin.
 
+pub mod guard;
 pub mod inject;
 pub mod review;
 pub mod server;

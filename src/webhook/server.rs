@@ -158,6 +158,7 @@ pub async fn handle(state: &Arc<WebhookState>, req: Request<Incoming>) -> Respon
     let webhook = match (req.method(), req.uri().path()) {
         (&http::Method::POST, "/mutate") => "mutate",
         (&http::Method::POST, "/validate") => "validate",
+        (&http::Method::POST, "/guard") => "guard",
         _ => return json(StatusCode::NOT_FOUND, br#"{"error":"not found"}"#.to_vec()),
     };
     let started = Instant::now();
@@ -199,6 +200,13 @@ pub fn answer(state: &Arc<WebhookState>, webhook: &str, body: &[u8]) -> Vec<u8> 
     }
     if webhook == "validate" {
         return serde_json::to_vec(&review_policy(body)).unwrap_or_default();
+    }
+    if webhook == "guard" {
+        let (review, refused) = super::guard::review_update(body);
+        if let Some(why) = refused {
+            tracing::info!(reason = %why, "refused an update of a guarded pod");
+        }
+        return serde_json::to_vec(&review).unwrap_or_default();
     }
     let cfg = state.inject.load();
     let r = review_pod(

@@ -246,6 +246,81 @@ fn injection_is_idempotent() {
 }
 
 #[test]
+fn a_container_that_only_has_the_sidecars_name_is_refused() {
+    let pod = fixture_pod("mcp-python-interpreter.yaml");
+    let policies = [policy(
+        "sandbox",
+        "interp",
+        json!({"app": "python-interpreter"}),
+        0,
+    )];
+    let refused = |p: &Pod| match mutate(p, &policies, &cfg()) {
+        Mutation::Refuse(why) => why,
+        other => panic!("expected a refusal, got {other:?}"),
+    };
+    // The app names one of its own containers like the sidecar, hoping to be skipped.
+    let mut named = pod.clone();
+    named.spec.as_mut().unwrap().containers[0].name = CONTAINER.into();
+    assert!(refused(&named).contains("not the sidecar mcp-warden writes"));
+    // An injected pod whose sidecar was changed (another image, other arguments) is foreign.
+    let once = injected(&pod, &mutate(&pod, &policies, &cfg()));
+    let mut other_image = once.clone();
+    let s = other_image.spec.as_mut().unwrap();
+    s.containers
+        .iter_mut()
+        .find(|c| c.name == CONTAINER)
+        .unwrap()
+        .image = Some("evil:1".into());
+    assert!(refused(&other_image).contains("image, arguments or ports"));
+    let mut other_args = once.clone();
+    let s = other_args.spec.as_mut().unwrap();
+    let c = s
+        .containers
+        .iter_mut()
+        .find(|c| c.name == CONTAINER)
+        .unwrap();
+    c.args = Some(vec![
+        "sidecar".into(),
+        "--policy".into(),
+        "/tmp/allow-all.yaml".into(),
+    ]);
+    assert!(refused(&other_args).contains("arguments"));
+    // Without the annotation naming the policy, it is not this policy's sidecar either.
+    let mut unannotated = once.clone();
+    unannotated
+        .metadata
+        .annotations
+        .as_mut()
+        .unwrap()
+        .remove(POLICY_ANNOTATION);
+    assert!(refused(&unannotated).contains(POLICY_ANNOTATION));
+    assert_eq!(
+        sidecar_state(&once, &policies[0], Some(&cfg())),
+        Carried::Ours
+    );
+    assert_eq!(
+        sidecar_state(&pod, &policies[0], Some(&cfg())),
+        Carried::None
+    );
+}
+
+#[test]
+fn a_selected_host_network_pod_is_refused() {
+    let mut pod = fixture_pod("mcp-python-interpreter.yaml");
+    pod.spec.as_mut().unwrap().host_network = Some(true);
+    let policies = [policy(
+        "sandbox",
+        "interp",
+        json!({"app": "python-interpreter"}),
+        0,
+    )];
+    match mutate(&pod, &policies, &cfg()) {
+        Mutation::Refuse(why) => assert!(why.contains("hostNetwork"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
 fn native_sidecars_are_init_containers_that_keep_running() {
     let mut c = cfg();
     c.native_sidecar = true;

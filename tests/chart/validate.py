@@ -78,6 +78,7 @@ def main():
     for combo in itertools.product([False, True], repeat=len(TOGGLES)):
         sets = ",".join(f"{t}.enabled={str(on).lower()}" for t, on in zip(TOGGLES, combo))
         text = helm("template", "mcp-warden", str(CHART), "--namespace", "mcp-warden", "--kube-version", K8S,
+                    "--api-versions", "admissionregistration.k8s.io/v1/ValidatingAdmissionPolicy",
                     "--include-crds", "--set", sets)
         objs = [d for d in yaml.safe_load_all(text) if d]
         for o in objs:
