@@ -446,6 +446,8 @@ impl Env {
             .args(["--set", "serviceAccount.name=mcp-warden", "--set"])
             .arg(format!("fullnameOverride={}", self.hooks))
             .args([
+                "--kube-version",
+                "1.33.0",
                 "--api-versions",
                 "admissionregistration.k8s.io/v1/ValidatingAdmissionPolicy",
             ])

@@ -98,12 +98,14 @@ pub fn mutate(pod: &Pod, policies: &[McpPolicy], cfg: &InjectConfig) -> Mutation
     let policy_id = format!("{ns}/{name}");
     match sidecar_state(pod, policy, Some(cfg)) {
         Carried::Ours => return Mutation::Skip("the sidecar is already injected".into()),
-        Carried::Foreign(why) => return Mutation::Refuse(format!(
+        Carried::Foreign(why) => {
+            return Mutation::Refuse(format!(
             "McpPolicy {policy_id} selects this pod, and it has a container named \"{CONTAINER}\" \
                  that is not the sidecar mcp-warden writes ({why}): rename that container (a pod \
                  cannot opt out by naming one of its own \"{CONTAINER}\"), or label the pod \
                  {INJECT_LABEL}=false to run it unguarded"
-        )),
+        ))
+        }
         Carried::None => {}
     }
     let Some(spec) = pod.spec.as_ref() else {
