@@ -821,6 +821,44 @@ async fn the_operator_end_to_end_on_a_real_api_server() {
         assert!(hosts.contains(&json!(want)), "{want} in {hosts:?}");
     }
 
+    // Isolation: the controller renders its own NetworkPolicy (a write the admission policy
+    // lets through), and another that admits the upstream port is reported.
+    policies
+        .patch(
+            "jupyter",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"isolation": "NetworkPolicy"}})),
+        )
+        .await
+        .unwrap();
+    let nps: Api<k8s_openapi::api::networking::v1::NetworkPolicy> =
+        Api::namespaced(client.clone(), &on);
+    wait_for("the controller's NetworkPolicy", 30, || {
+        let nps = nps.clone();
+        async move { nps.get_opt("jupyter-mcp-warden").await.ok().flatten() }
+    })
+    .await;
+    nps.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({"metadata": {"name": "allow-same-namespace"},
+            "spec": {"podSelector": {}, "ingress": [{"from": [{"podSelector": {}}]}]}}))
+        .unwrap(),
+    )
+    .await
+    .unwrap();
+    let message = wait_for("IsolationIneffective", 30, || {
+        let policies = policies.clone();
+        async move {
+            let s = policies.get("jupyter").await.ok()?.status?;
+            s.conditions
+                .iter()
+                .find(|c| c.type_ == "IsolationIneffective" && c.status == "True")
+                .map(|c| c.message.clone())
+        }
+    })
+    .await;
+    assert!(message.contains("allow-same-namespace"), "{message}");
+
     // Deleting the policy: its ConfigMap goes by garbage collection (when the cluster runs a
     // garbage collector; a bare API server has none).
     policies

@@ -379,10 +379,15 @@ async fn lead(client: kube::Client, cfg: Config, metrics: ControllerMetrics, rec
         .default_backoff()
         .reflect(configmaps_w)
         .touched_objects();
-    let np_stream = watcher(Api::<NetworkPolicy>::all(client.clone()), managed)
-        .default_backoff()
-        .reflect(nps_w)
-        .touched_objects();
+    // Every NetworkPolicy, not only the controller's: another one can reopen the upstream port.
+    let np_stream = watcher(
+        Api::<NetworkPolicy>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .modify(|np| np.managed_fields_mut().clear())
+    .reflect(nps_w)
+    .touched_objects();
     let controller = Controller::new(
         Api::<McpPolicy>::all(client.clone()),
         watcher::Config::default(),
@@ -407,7 +412,8 @@ async fn lead(client: kube::Client, cfg: Config, metrics: ControllerMetrics, rec
             .map(|p| ObjectRef::from_obj(&*p))
             .collect::<Vec<_>>()
     };
-    // A service change re-reconciles every policy of its namespace (bypass warnings).
+    // A service or NetworkPolicy change re-reconciles every policy of its namespace (bypass
+    // and isolation warnings).
     let for_services = move |ns: Option<String>| {
         store
             .state_filter(|p| p.metadata.namespace == ns)
@@ -431,9 +437,14 @@ async fn lead(client: kube::Client, cfg: Config, metrics: ControllerMetrics, rec
     });
     let run = controller
         .owns_stream(cm_stream)
-        .owns_stream(np_stream)
         .watches_stream(pod_stream, policies_of_pod)
-        .watches_stream(svc_stream, move |s: Service| for_services(s.namespace()))
+        .watches_stream(svc_stream, {
+            let for_services = for_services.clone();
+            move |s: Service| for_services(s.namespace())
+        })
+        .watches_stream(np_stream, move |np: NetworkPolicy| {
+            for_services(np.namespace())
+        })
         .run(
             |p, ctx: Arc<reconcile::Ctx>| async move {
                 // Counts and warnings need the pod and service caches.

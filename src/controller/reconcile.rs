@@ -77,6 +77,16 @@ fn clip(mut s: String) -> String {
     s
 }
 
+/// What the reconciler read of a policy's namespace from the caches.
+pub struct Seen<'a> {
+    /// The namespace's McpPolicies that select any of `pods` (and the policy itself).
+    pub policies: &'a [McpPolicy],
+    /// The pods the policy selects.
+    pub pods: &'a [Pod],
+    pub services: &'a [Service],
+    pub network_policies: &'a [NetworkPolicy],
+}
+
 /// The cluster's DNS domain, for the Service names sidecars accept in `Host`.
 pub const CLUSTER_DOMAIN: &str = "cluster.local";
 
@@ -84,13 +94,17 @@ pub const CLUSTER_DOMAIN: &str = "cluster.local";
 /// services as cached, at time `now`.
 pub fn desired(
     policy: &McpPolicy,
-    namespace_policies: &[McpPolicy],
-    pods: &[Pod],
-    services: &[Service],
+    seen: &Seen,
     version: &str,
     sidecar_ports: &[u16],
     now: Time,
 ) -> Desired {
+    let Seen {
+        policies: namespace_policies,
+        pods,
+        services,
+        network_policies,
+    } = *seen;
     let old = policy.status.clone().unwrap_or_default();
     let generation = policy.metadata.generation;
     let mut status = McpPolicyStatus {
@@ -208,6 +222,7 @@ pub fn desired(
             now.clone(),
         );
     }
+    let now_isolation = now.clone();
     let bypass = render::bypassing_services(policy, services, &matched);
     if bypass.is_empty() {
         render::set_condition(
@@ -242,6 +257,16 @@ pub fn desired(
             now,
         );
     }
+    isolation_condition(
+        policy,
+        network_policies,
+        &matched,
+        &old,
+        conditions,
+        &mut events,
+        generation,
+        now_isolation,
+    );
     status.conditions = std::mem::take(conditions);
     Desired {
         status,
@@ -249,6 +274,61 @@ pub fn desired(
         network_policy,
         events,
     }
+}
+
+/// `IsolationIneffective` under `isolation: NetworkPolicy`: True (with an Event when it becomes
+/// so) while another NetworkPolicy admits traffic to the upstream port of a matched pod.
+#[allow(clippy::too_many_arguments)]
+fn isolation_condition(
+    policy: &McpPolicy,
+    network_policies: &[NetworkPolicy],
+    matched: &[Pod],
+    old: &McpPolicyStatus,
+    conditions: &mut Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>,
+    events: &mut Vec<(bool, &'static str, String)>,
+    generation: Option<i64>,
+    now: Time,
+) {
+    if policy.spec.isolation != Some(Isolation::NetworkPolicy) {
+        conditions.retain(|c| c.type_ != cond::ISOLATION_INEFFECTIVE);
+        return;
+    }
+    let others = render::reopening_network_policies(policy, network_policies, matched);
+    if others.is_empty() {
+        render::set_condition(
+            conditions,
+            cond::ISOLATION_INEFFECTIVE,
+            false,
+            cond::NO_OTHER_INGRESS,
+            "no other NetworkPolicy admits traffic to the upstream port".into(),
+            generation,
+            now,
+        );
+        return;
+    }
+    let message = clip(format!(
+        "NetworkPolicy {} also admits traffic to port {} of the guarded pods (NetworkPolicies add \
+         up), so clients can reach the MCP server around the sidecar: exclude these pods from it, \
+         or limit its ports to the sidecar's",
+        others.join(", "),
+        policy.spec.upstream.port
+    ));
+    if !old
+        .conditions
+        .iter()
+        .any(|c| c.type_ == cond::ISOLATION_INEFFECTIVE && c.status == "True")
+    {
+        events.push((true, cond::ISOLATION_INEFFECTIVE, message.clone()));
+    }
+    render::set_condition(
+        conditions,
+        cond::ISOLATION_INEFFECTIVE,
+        true,
+        cond::OTHER_POLICY_ADMITS,
+        message,
+        generation,
+        now,
+    );
 }
 
 /// The cached objects of one namespace, owned.
@@ -300,12 +380,16 @@ pub async fn reconcile(policy: Arc<McpPolicy>, ctx: Arc<Ctx>) -> Result<Action, 
         .map(|q| (**q).clone())
         .collect();
     let services = in_namespace(&ctx.services, &ns);
+    let network_policies = in_namespace(&ctx.network_policies, &ns);
     let now = Time(k8s_openapi::jiff::Timestamp::now());
     let d = desired(
         &policy,
-        &ns_policies,
-        &pods,
-        &services,
+        &Seen {
+            policies: &ns_policies,
+            pods: &pods,
+            services: &services,
+            network_policies: &network_policies,
+        },
         &ctx.version,
         &ctx.sidecar_ports,
         now,
@@ -321,7 +405,17 @@ pub async fn reconcile(policy: Arc<McpPolicy>, ctx: Arc<Ctx>) -> Result<Action, 
     }
     let np_ref = ObjectRef::new(&cm_name).within(&ns);
     let np_api: Api<NetworkPolicy> = Api::namespaced(ctx.client.clone(), &ns);
-    match (&d.network_policy, ctx.network_policies.get(&np_ref)) {
+    // The cache holds every NetworkPolicy (for IsolationIneffective); only a labelled one of
+    // this name is the controller's own.
+    let own_np = ctx.network_policies.get(&np_ref).filter(|np| {
+        np.metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(render::MANAGED_BY.0))
+            .map(String::as_str)
+            == Some(render::MANAGED_BY.1)
+    });
+    match (&d.network_policy, own_np) {
         (Some(np), cached) => {
             if cached.as_deref().map(|c| &c.spec) != Some(&np.spec) {
                 np_api.patch(&cm_name, &pp, &Patch::Apply(np)).await?;

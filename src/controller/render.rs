@@ -13,7 +13,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
     Condition, LabelSelector, LabelSelectorRequirement, ObjectMeta, Time,
 };
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use kube::Resource;
+use kube::{Resource, ResourceExt};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// The key of the rendered policy in its ConfigMap.
@@ -31,6 +31,9 @@ pub mod cond {
     pub const CONFLICT: &str = "Conflict";
     pub const NO_BYPASS: &str = "NoBypass";
     pub const BYPASS_FOUND: &str = "TargetsUpstreamPort";
+    pub const ISOLATION_INEFFECTIVE: &str = "IsolationIneffective";
+    pub const OTHER_POLICY_ADMITS: &str = "OtherNetworkPolicyAdmits";
+    pub const NO_OTHER_INGRESS: &str = "NoOtherIngress";
 }
 
 fn labels(policy_name: &str) -> BTreeMap<String, String> {
@@ -202,6 +205,77 @@ pub fn rendered_with_hosts(
         policy.metadata.name.as_deref().unwrap_or_default(),
         &spec,
     )
+}
+
+/// Standard label-selector semantics for a Kubernetes `LabelSelector`; empty selects all.
+fn label_selector_matches(sel: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
+    let by_label = sel
+        .match_labels
+        .iter()
+        .flatten()
+        .all(|(k, v)| labels.get(k) == Some(v));
+    let by_expr = sel.match_expressions.iter().flatten().all(|e| {
+        let values = e.values.as_deref().unwrap_or_default();
+        match (e.operator.as_str(), labels.get(&e.key)) {
+            ("In", Some(v)) => values.contains(v),
+            ("NotIn", Some(v)) => !values.contains(v),
+            ("NotIn", None) | ("DoesNotExist", None) => true,
+            ("Exists", Some(_)) => true,
+            _ => false,
+        }
+    });
+    by_label && by_expr
+}
+
+/// NetworkPolicies other than the controller's that let traffic reach `upstream.port` of one
+/// of `pods`: NetworkPolicies add up, so any ingress rule covering that port (a common "allow
+/// all from the same namespace" among them) reopens what the rendered one closes.
+pub fn reopening_network_policies(
+    policy: &McpPolicy,
+    network_policies: &[NetworkPolicy],
+    pods: &[Pod],
+) -> Vec<String> {
+    let upstream = i32::from(policy.spec.upstream.port);
+    let covers = |p: &NetworkPolicyPort| match &p.port {
+        None => true,
+        Some(IntOrString::Int(n)) => match p.end_port {
+            Some(end) => (*n..=end).contains(&upstream),
+            None => *n == upstream,
+        },
+        // A named port resolves per pod; the `mcp` name belongs to the sidecar after injection,
+        // but another name for the server's port would reach it.
+        Some(IntOrString::String(name)) => name != crate::webhook::inject::MCP_PORT_NAME,
+    };
+    let mut out: Vec<String> = network_policies
+        .iter()
+        .filter(|np| {
+            np.metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(MANAGED_BY.0))
+                .map(String::as_str)
+                != Some(MANAGED_BY.1)
+        })
+        .filter(|np| {
+            let Some(spec) = &np.spec else { return false };
+            let ingress_type = spec
+                .policy_types
+                .as_ref()
+                .is_none_or(|t| t.iter().any(|t| t == "Ingress"));
+            let selects = pods.iter().any(|p| {
+                label_selector_matches(&spec.pod_selector.clone().unwrap_or_default(), p.labels())
+            });
+            let admits = spec.ingress.iter().flatten().any(|rule| {
+                rule.ports
+                    .as_ref()
+                    .is_none_or(|ports| ports.is_empty() || ports.iter().any(covers))
+            });
+            ingress_type && selects && admits
+        })
+        .filter_map(|np| np.metadata.name.clone())
+        .collect();
+    out.sort();
+    out
 }
 
 /// Services that would reach the MCP server directly: they select a matched pod and send to the

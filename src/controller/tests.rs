@@ -297,7 +297,7 @@ fn an_invalid_policy_does_not_render() {
 
 mod desired_state {
     use super::*;
-    use crate::controller::reconcile::desired;
+    use crate::controller::reconcile::{desired, Seen};
     use crate::controller::{native_supported, parse_version};
 
     fn at(s: &str) -> Time {
@@ -312,7 +312,18 @@ mod desired_state {
 
     /// The desired state of a policy alone in its namespace, with no pods or services.
     fn alone(p: &McpPolicy, when: &str) -> super::super::reconcile::Desired {
-        desired(p, std::slice::from_ref(p), &[], &[], "0.1.0", &[], at(when))
+        desired(
+            p,
+            &Seen {
+                policies: std::slice::from_ref(p),
+                pods: &[],
+                services: &[],
+                network_policies: &[],
+            },
+            "0.1.0",
+            &[],
+            at(when),
+        )
     }
 
     fn cond<'a>(d: &'a super::super::reconcile::Desired, t: &str) -> &'a Condition {
@@ -326,9 +337,12 @@ mod desired_state {
         let pods = [injected_pod("a", "0.1.0"), injected_pod("b", "0.0.9")];
         let d = desired(
             &p,
-            std::slice::from_ref(&p),
-            &pods,
-            &[],
+            &Seen {
+                policies: std::slice::from_ref(&p),
+                pods: &pods,
+                services: &[],
+                network_policies: &[],
+            },
             "0.1.0",
             &[9480, 9481],
             at("2026-01-01T00:00:00Z"),
@@ -420,9 +434,12 @@ mod desired_state {
         let pods = [injected_pod("a", "0.1.0")];
         let d = desired(
             &young,
-            &all,
-            &pods,
-            &[],
+            &Seen {
+                policies: &all,
+                pods: &pods,
+                services: &[],
+                network_policies: &[],
+            },
             "0.1.0",
             &[],
             at("2026-02-01T00:00:00Z"),
@@ -433,14 +450,127 @@ mod desired_state {
         assert!(d.events.iter().any(|e| e.1 == cond::CONFLICT));
         let d_old = desired(
             &old,
-            &all,
-            &pods,
-            &[],
+            &Seen {
+                policies: &all,
+                pods: &pods,
+                services: &[],
+                network_policies: &[],
+            },
             "0.1.0",
             &[],
             at("2026-02-01T00:00:00Z"),
         );
         assert_eq!(cond(&d_old, cond::CONFLICT).status, "False");
+    }
+
+    #[test]
+    fn another_network_policy_that_admits_the_upstream_port_makes_isolation_ineffective() {
+        use k8s_openapi::api::networking::v1::NetworkPolicy;
+        let p = policy(json!({"isolation": "NetworkPolicy"}));
+        let pods = [injected_pod("a", "0.1.0")];
+        let np = |name: &str, spec: Value| -> NetworkPolicy {
+            serde_json::from_value(
+                json!({"metadata": {"name": name, "namespace": "notebooks"}, "spec": spec}),
+            )
+            .unwrap()
+        };
+        let nps = [
+            np(
+                "allow-same-namespace",
+                json!({"podSelector": {}, "ingress": [{"from": [{"podSelector": {}}]}]}),
+            ),
+            np(
+                "metrics-only",
+                json!({"podSelector": {}, "ingress": [{"ports": [{"port": 9090}]}]}),
+            ),
+            np(
+                "range",
+                json!({"podSelector": {"matchLabels": {"app": "jupyter-mcp"}},
+                               "ingress": [{"ports": [{"port": 8000, "endPort": 9000}]}]}),
+            ),
+            np(
+                "other-pods",
+                json!({"podSelector": {"matchLabels": {"app": "other"}}, "ingress": [{}]}),
+            ),
+            np(
+                "egress-only",
+                json!({"podSelector": {}, "policyTypes": ["Egress"], "egress": [{}]}),
+            ),
+            np(
+                "deny-all",
+                json!({"podSelector": {}, "policyTypes": ["Ingress"]}),
+            ),
+        ];
+        assert_eq!(
+            reopening_network_policies(&p, &nps, &pods),
+            vec!["allow-same-namespace", "range"]
+        );
+        let mut ours = p.clone();
+        ours.metadata.name = Some("jupyter".into());
+        let rendered = network_policy(&ours, &pods, &[9480, 9481]);
+        assert!(
+            reopening_network_policies(&p, &[rendered], &pods).is_empty(),
+            "the controller's own is not counted"
+        );
+        let d = desired(
+            &p,
+            &Seen {
+                policies: std::slice::from_ref(&p),
+                pods: &pods,
+                services: &[],
+                network_policies: &nps,
+            },
+            "0.1.0",
+            &[9480, 9481],
+            at("2026-01-01T00:00:00Z"),
+        );
+        let c = cond(&d, cond::ISOLATION_INEFFECTIVE);
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("True", cond::OTHER_POLICY_ADMITS)
+        );
+        assert!(
+            c.message.contains("allow-same-namespace, range") && c.message.contains("port 8888"),
+            "{}",
+            c.message
+        );
+        assert!(d
+            .events
+            .iter()
+            .any(|e| e.0 && e.1 == cond::ISOLATION_INEFFECTIVE));
+        let d = desired(
+            &p,
+            &Seen {
+                policies: std::slice::from_ref(&p),
+                pods: &pods,
+                services: &[],
+                network_policies: &nps[1..2],
+            },
+            "0.1.0",
+            &[9480, 9481],
+            at("2026-01-01T00:00:00Z"),
+        );
+        assert_eq!(cond(&d, cond::ISOLATION_INEFFECTIVE).status, "False");
+        let off = policy(json!({}));
+        let d = desired(
+            &off,
+            &Seen {
+                policies: std::slice::from_ref(&off),
+                pods: &pods,
+                services: &[],
+                network_policies: &nps,
+            },
+            "0.1.0",
+            &[],
+            at("2026-01-01T00:00:00Z"),
+        );
+        assert!(
+            d.status
+                .conditions
+                .iter()
+                .all(|c| c.type_ != cond::ISOLATION_INEFFECTIVE),
+            "only under isolation"
+        );
     }
 
     #[test]
@@ -450,9 +580,12 @@ mod desired_state {
         let services = [svc("direct", json!(8888)), svc("good", json!("mcp"))];
         let d = desired(
             &p,
-            std::slice::from_ref(&p),
-            &pods,
-            &services,
+            &Seen {
+                policies: std::slice::from_ref(&p),
+                pods: &pods,
+                services: &services,
+                network_policies: &[],
+            },
             "0.1.0",
             &[9480, 9481],
             at("2026-01-01T00:00:00Z"),
