@@ -156,7 +156,7 @@ pub fn desired(
             (Some(render::configmap(policy, &r)), np)
         }
         Err(errs) => {
-            let lines: Vec<String> = errs.0.iter().map(|e| format!("spec.{e}")).collect();
+            let lines: Vec<String> = errs.0.iter().map(ToString::to_string).collect();
             let message = clip(format!(
                 "the policy does not compile; sidecars keep the last valid render: {}",
                 lines.join("; ")

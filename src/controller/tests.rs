@@ -401,12 +401,20 @@ mod desired_state {
             (ready.status.as_str(), ready.reason.as_str()),
             ("False", cond::INVALID_POLICY)
         );
-        assert!(
-            ready
-                .message
-                .contains("spec.tools.run_cell.denyIf[0].conditions[0].value"),
-            "{}",
-            ready.message
+        // The message names each field once, from `spec.` (it once read `spec.spec.tools…`).
+        let compiled = bad.spec.compile().unwrap_err();
+        assert_eq!(compiled.0.len(), 1);
+        assert_eq!(
+            compiled.0[0].path,
+            "spec.tools.run_cell.denyIf[0].conditions[0].value"
+        );
+        assert_eq!(
+            ready.message,
+            format!(
+                "the policy does not compile; sidecars keep the last valid render: \
+                 spec.tools.run_cell.denyIf[0].conditions[0].value: {}",
+                compiled.0[0].message
+            )
         );
         assert_eq!(ready.last_transition_time, at("2026-01-02T00:00:00Z"));
         assert_eq!(d.events.len(), 1);
