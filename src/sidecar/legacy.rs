@@ -202,3 +202,43 @@ impl Body for LegacyStream {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn session() -> (LegacySession, mpsc::Receiver<Bytes>) {
+        let (tx, rx) = mpsc::channel(INJECT_QUEUE);
+        let s = LegacySession {
+            inject: tx,
+            pending_lists: Mutex::new(Vec::new()),
+        };
+        (s, rx)
+    }
+
+    #[test]
+    fn answers_for_a_client_that_does_not_read_are_bounded() {
+        let (s, mut rx) = session();
+        for _ in 0..INJECT_QUEUE {
+            assert!(s.inject(b"{}"));
+        }
+        assert!(
+            !s.inject(b"{}"),
+            "the queue is full: the POST is refused, nothing grows"
+        );
+        let first = rx.try_recv().unwrap();
+        assert_eq!(&first[..], b"event: message\ndata: {}\n\n");
+        assert!(s.inject(b"{}"), "room again once the client reads");
+    }
+
+    #[test]
+    fn pending_list_ids_are_bounded_to_the_latest() {
+        let (s, _rx) = session();
+        let ids: Vec<Value> = (0..PENDING_LISTS as u64 * 3).map(|i| json!(i)).collect();
+        s.expect_tool_lists(&ids);
+        let pending = s.pending_lists.lock().unwrap();
+        assert_eq!(pending.len(), PENDING_LISTS);
+        assert_eq!(pending.last(), ids.last(), "the newest are kept");
+    }
+}
