@@ -224,39 +224,28 @@ pub fn desired(
     }
     let now_isolation = now.clone();
     let bypass = render::bypassing_services(policy, services, &matched);
-    if bypass.is_empty() {
-        render::set_condition(
-            conditions,
-            cond::SERVICE_BYPASS,
-            false,
-            cond::NO_BYPASS,
-            "no Service targets the upstream port by number".into(),
-            generation,
-            now,
-        );
-    } else {
-        let message = format!(
+    let found = (!bypass.is_empty()).then(|| {
+        format!(
             "Service {} sends to port {} by number, around the sidecar: use targetPort: mcp",
             bypass.join(", "),
             policy.spec.upstream.port
-        );
-        if !old
-            .conditions
-            .iter()
-            .any(|c| c.type_ == cond::SERVICE_BYPASS && c.status == "True")
-        {
-            events.push((true, cond::SERVICE_BYPASS, message.clone()));
-        }
-        render::set_condition(
-            conditions,
-            cond::SERVICE_BYPASS,
-            true,
-            cond::BYPASS_FOUND,
-            clip(message),
-            generation,
-            now,
-        );
-    }
+        )
+    });
+    let mut warn = Warnings {
+        old: &old,
+        conditions: &mut *conditions,
+        events: &mut events,
+        generation,
+    };
+    warn.set(
+        cond::SERVICE_BYPASS,
+        found.map(|m| (cond::BYPASS_FOUND, m)),
+        (
+            cond::NO_BYPASS,
+            "no Service targets the upstream port by number",
+        ),
+        now,
+    );
     isolation_condition(
         policy,
         network_policies,
@@ -294,41 +283,81 @@ fn isolation_condition(
         return;
     }
     let others = render::reopening_network_policies(policy, network_policies, matched);
-    if others.is_empty() {
-        render::set_condition(
-            conditions,
-            cond::ISOLATION_INEFFECTIVE,
-            false,
-            cond::NO_OTHER_INGRESS,
-            "no other NetworkPolicy admits traffic to the upstream port".into(),
-            generation,
-            now,
-        );
-        return;
-    }
-    let message = clip(format!(
-        "NetworkPolicy {} also admits traffic to port {} of the guarded pods (NetworkPolicies add \
-         up), so clients can reach the MCP server around the sidecar: exclude these pods from it, \
-         or limit its ports to the sidecar's",
-        others.join(", "),
-        policy.spec.upstream.port
-    ));
-    if !old
-        .conditions
-        .iter()
-        .any(|c| c.type_ == cond::ISOLATION_INEFFECTIVE && c.status == "True")
-    {
-        events.push((true, cond::ISOLATION_INEFFECTIVE, message.clone()));
-    }
-    render::set_condition(
+    let found = (!others.is_empty()).then(|| {
+        format!(
+            "NetworkPolicy {} also admits traffic to port {} of the guarded pods (NetworkPolicies \
+             add up), so clients can reach the MCP server around the sidecar: exclude these pods \
+             from it, or limit its ports to the sidecar's",
+            others.join(", "),
+            policy.spec.upstream.port
+        )
+    });
+    Warnings {
+        old,
         conditions,
-        cond::ISOLATION_INEFFECTIVE,
-        true,
-        cond::OTHER_POLICY_ADMITS,
-        message,
+        events,
         generation,
+    }
+    .set(
+        cond::ISOLATION_INEFFECTIVE,
+        found.map(|m| (cond::OTHER_POLICY_ADMITS, m)),
+        (
+            cond::NO_OTHER_INGRESS,
+            "no other NetworkPolicy admits traffic to the upstream port",
+        ),
         now,
     );
+}
+
+/// Setting warning conditions: True with a Warning Event when the condition becomes True, False
+/// with a reason otherwise.
+struct Warnings<'a> {
+    old: &'a McpPolicyStatus,
+    conditions: &'a mut Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>,
+    events: &'a mut Vec<(bool, &'static str, String)>,
+    generation: Option<i64>,
+}
+
+impl Warnings<'_> {
+    /// `found`: the reason and message when the warning holds.
+    fn set(
+        &mut self,
+        type_: &'static str,
+        found: Option<(&str, String)>,
+        clear: (&str, &str),
+        now: Time,
+    ) {
+        let Some((reason, message)) = found else {
+            render::set_condition(
+                self.conditions,
+                type_,
+                false,
+                clear.0,
+                clear.1.into(),
+                self.generation,
+                now,
+            );
+            return;
+        };
+        let message = clip(message);
+        let was_true = self
+            .old
+            .conditions
+            .iter()
+            .any(|c| c.type_ == type_ && c.status == "True");
+        if !was_true {
+            self.events.push((true, type_, message.clone()));
+        }
+        render::set_condition(
+            self.conditions,
+            type_,
+            true,
+            reason,
+            message,
+            self.generation,
+            now,
+        );
+    }
 }
 
 /// The cached objects of one namespace, owned.
