@@ -192,8 +192,8 @@ pub fn warnings(p: &Policy) -> Vec<String> {
 
 fn summary(label: &str, p: &Policy) -> String {
     let default = match p.default {
-        policy::Default::Allow => "allow",
-        policy::Default::Deny => "deny",
+        policy::DefaultDecision::Allow => "allow",
+        policy::DefaultDecision::Deny => "deny",
     };
     format!(
         "{label}: default {default}, {} tool rule{}, {} counter{}, {} hidden pattern{}",

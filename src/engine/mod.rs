@@ -5,7 +5,7 @@
 
 pub mod counters;
 
-use crate::policy::{Counter, Default, Policy, Rule, Scope};
+use crate::policy::{Counter, DefaultDecision, Policy, Rule, Scope};
 use counters::Family;
 use serde_json::Value;
 use std::borrow::Cow;
@@ -149,7 +149,7 @@ impl Engine {
             ))
         } else {
             match rule {
-                None if p.default == Default::Deny => Some((
+                None if p.default == DefaultDecision::Deny => Some((
                     Outcome::Deny,
                     "default",
                     format!("Tool {:?} is not allowed by this policy", call.tool).into(),

@@ -8,8 +8,8 @@ use super::reader::{
 };
 use super::window::Window;
 use super::{
-    bounds, normalize, source, spec, Condition, Counter, Default, DenyAs, DenyIf, Flavor, Identity,
-    LimitRef, Policy, Requirement, Rule, Scope,
+    bounds, normalize, source, spec, Condition, Counter, DefaultDecision, DenyAs, DenyIf, Flavor,
+    Identity, LimitRef, Policy, Requirement, Rule, Scope,
 };
 use serde_json::Value;
 use std::collections::HashMap;
@@ -98,10 +98,10 @@ pub fn compile(doc: &Value, flavor: Flavor, prefix: &str) -> Result<Policy, Poli
         .map(str::to_owned);
     let default = match top.get(F_DEFAULT, &mut c.errs) {
         Some((v, p)) => match choice(v, &p, &["allow", "deny"], &mut c.errs) {
-            Some("allow") => Default::Allow,
-            _ => Default::Deny,
+            Some("allow") => DefaultDecision::Allow,
+            _ => DefaultDecision::Deny,
         },
-        None => Default::Deny,
+        None => DefaultDecision::Deny,
     };
     let deny_as = match top.get(F_DENY_AS, &mut c.errs) {
         Some((v, p)) => match choice(v, &p, &["result", "error"], &mut c.errs) {
@@ -158,7 +158,7 @@ pub fn compile(doc: &Value, flavor: Flavor, prefix: &str) -> Result<Policy, Poli
         deny_if: Vec::new(),
         counter_order: sorted_counters(&all_tools_limits),
         limits: all_tools_limits,
-        reads: super::prune::Need::default(),
+        reads: Default::default(),
     };
 
     let mut exact = HashMap::new();

@@ -71,7 +71,7 @@ pub struct Transport {
 
 /// What happens to a tool no rule names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Default {
+pub enum DefaultDecision {
     Allow,
     Deny,
 }
@@ -270,7 +270,7 @@ pub struct Policy {
     pub transport: Transport,
     /// `namespace/name` for McpPolicies, the file name for files; labels every metric.
     pub name: Option<String>,
-    pub default: Default,
+    pub default: DefaultDecision,
     pub identity: Identity,
     pub deny_as: DenyAs,
     /// Hidden globs, with their rule paths (`hide[0]`).
@@ -338,7 +338,7 @@ impl Policy {
         }
         match self.find_rule(tool) {
             Some(r) => !r.always_denied(),
-            None => self.default == Default::Allow,
+            None => self.default == DefaultDecision::Allow,
         }
     }
 

@@ -22,7 +22,7 @@ fn paths(v: Value) -> Vec<String> {
 fn the_policylayer_seed_policy_loads_unchanged() {
     let text = r#"{"version":"1","default":"deny","tools":{"run_cell":{"limits":[{"counter":"run_cell_rate","window":"minute","max":10,"scope":"grant"}]},"notebook_validate":{},"clear_session":{"deny_if":[{"conditions":[],"on_deny":"Blocked by default. Requires approval."}]}}}"#;
     let p = load_str(text).unwrap();
-    assert_eq!(p.default, Default::Deny);
+    assert_eq!(p.default, DefaultDecision::Deny);
     assert_eq!(p.rules.len(), 3);
     assert_eq!(p.counters.len(), 1);
     assert_eq!(p.counters[0].max.get(), 10);
