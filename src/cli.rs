@@ -15,8 +15,20 @@ pub struct Cli {
     #[arg(long, env = "MCP_WARDEN_LOG", global = true)]
     pub log: Option<String>,
     /// Log format: json (one object per line, for log pipelines) or text.
-    #[arg(long, env = "MCP_WARDEN_LOG_FORMAT", default_value = "json", global = true, value_parser = ["json", "text"])]
-    pub log_format: String,
+    #[arg(
+        long,
+        env = "MCP_WARDEN_LOG_FORMAT",
+        default_value = "json",
+        global = true
+    )]
+    pub log_format: LogFormat,
+}
+
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Json,
+    Text,
 }
 
 #[derive(Debug, Subcommand)]
@@ -354,8 +366,8 @@ pub struct ControllerArgs {
     pub sidecar_run_as_user: i64,
     /// Inject a native sidecar (init container with restartPolicy Always): true, false, or auto
     /// (when the API server and every kubelet are 1.32 or newer).
-    #[arg(long, env = "MCP_WARDEN_NATIVE_SIDECAR", default_value = "auto", value_parser = ["auto", "true", "false"])]
-    pub native_sidecar: String,
+    #[arg(long, env = "MCP_WARDEN_NATIVE_SIDECAR", default_value = "auto")]
+    pub native_sidecar: crate::controller::NativeSidecar,
     /// Seconds to report not ready before stopping, after SIGTERM.
     #[arg(long, env = "MCP_WARDEN_DRAIN_DELAY_SECONDS", default_value_t = 5.0)]
     pub drain_delay_seconds: f64,
@@ -438,11 +450,7 @@ impl ControllerArgs {
             lease_name: self.lease_name.clone(),
             lease_duration: Duration::from_secs(self.lease_duration_seconds.max(1)),
             inject,
-            native_sidecar: match self.native_sidecar.as_str() {
-                "true" => crate::controller::NativeSidecar::Always,
-                "false" => crate::controller::NativeSidecar::Never,
-                _ => crate::controller::NativeSidecar::Auto,
-            },
+            native_sidecar: self.native_sidecar,
             drain_delay: Duration::try_from_secs_f64(self.drain_delay_seconds).map_err(|_| {
                 anyhow::anyhow!("--drain-delay-seconds must be a non-negative number")
             })?,

@@ -14,7 +14,7 @@ fn main() -> ExitCode {
     };
     logging::init(
         cli.log.as_deref().unwrap_or(default_level),
-        cli.log_format == "json",
+        cli.log_format == mcp_warden::cli::LogFormat::Json,
     );
     let result = match &cli.command {
         Command::Check(a) => cli::run_check(a),

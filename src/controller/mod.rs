@@ -42,11 +42,14 @@ const RECONCILE_CONCURRENCY: u16 = 8;
 /// How often `auto` re-checks the API server and kubelet versions.
 const NATIVE_RECHECK: Duration = Duration::from_secs(600);
 
-/// How the sidecar is injected: always native, never, or native when the cluster supports it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How the sidecar is injected: always native, never, or native when the cluster supports it
+/// (`--native-sidecar auto|true|false`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum NativeSidecar {
     Auto,
+    #[value(name = "true")]
     Always,
+    #[value(name = "false")]
     Never,
 }
 
