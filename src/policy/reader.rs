@@ -60,7 +60,10 @@ impl FieldPath {
             s.push_str(key);
         } else {
             s.push('[');
-            s.push_str(&serde_json::to_string(key).unwrap_or_default());
+            s.push_str(
+                &serde_json::to_string(key)
+                    .expect("serialising a value built in memory cannot fail"),
+            );
             s.push(']');
         }
         FieldPath(s)

@@ -265,7 +265,8 @@ pub(super) fn decide_body(
         return Ok((Verdict::Forward { list_ids }, method));
     }
     let body = match &body {
-        Body::Single(_) => serde_json::to_vec(&answers[0]).unwrap_or_default(),
+        Body::Single(_) => serde_json::to_vec(&answers[0])
+            .expect("serialising a value built in memory cannot fail"),
         Body::Batch(msgs) => {
             // Nothing of a batch with a denied call runs: every request gets an answer.
             let out: Vec<Value> = msgs
@@ -277,7 +278,7 @@ pub(super) fn decide_body(
                     _ => None,
                 })
                 .collect();
-            serde_json::to_vec(&out).unwrap_or_default()
+            serde_json::to_vec(&out).expect("serialising a value built in memory cannot fail")
         }
     };
     Ok((Verdict::Answer { body, retry_after }, method))

@@ -188,8 +188,10 @@ pub fn mutate(pod: &Pod, policies: &[McpPolicy], cfg: &InjectConfig) -> Mutation
         // An app's own scrape settings are kept; the chart's PodMonitor scrapes the sidecar too.
         annotations.entry(k.into()).or_insert(v);
     }
-    let before = serde_json::to_value(pod).unwrap_or_default();
-    let after = serde_json::to_value(&out).unwrap_or_default();
+    let before =
+        serde_json::to_value(pod).expect("serialising a value built in memory cannot fail");
+    let after =
+        serde_json::to_value(&out).expect("serialising a value built in memory cannot fail");
     Mutation::Inject {
         patch: json_patch::diff(&before, &after),
         policy: policy_id,

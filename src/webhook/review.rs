@@ -150,7 +150,8 @@ pub fn review_policy(body: &[u8]) -> AdmissionReview<DynamicObject> {
         // DELETE carries no object: nothing to validate.
         return response.into_review();
     };
-    let object = serde_json::to_value(obj).unwrap_or_default();
+    let object =
+        serde_json::to_value(obj).expect("serialising a value built in memory cannot fail");
     match crate::check::check_document(&object) {
         crate::check::DocResult::Policy { .. } | crate::check::DocResult::Skipped { .. } => {
             response.into_review()

@@ -173,7 +173,8 @@ pub async fn handle(state: &Arc<WebhookState>, req: Request<Incoming>) -> Respon
             let review = AdmissionResponse::invalid(msg).into_review();
             return json(
                 StatusCode::OK,
-                serde_json::to_vec(&review).unwrap_or_default(),
+                serde_json::to_vec(&review)
+                    .expect("serialising a value built in memory cannot fail"),
             );
         }
     };
@@ -196,17 +197,20 @@ pub fn answer(state: &Arc<WebhookState>, webhook: &str, body: &[u8]) -> Vec<u8> 
         if webhook == "mutate" {
             state.metrics.injections.with_label_values(&["error"]).inc();
         }
-        return serde_json::to_vec(&review).unwrap_or_default();
+        return serde_json::to_vec(&review)
+            .expect("serialising a value built in memory cannot fail");
     }
     if webhook == "validate" {
-        return serde_json::to_vec(&review_policy(body)).unwrap_or_default();
+        return serde_json::to_vec(&review_policy(body))
+            .expect("serialising a value built in memory cannot fail");
     }
     if webhook == "guard" {
         let (review, refused) = super::guard::review_update(body);
         if let Some(why) = refused {
             tracing::info!(reason = %why, "refused an update of a guarded pod");
         }
-        return serde_json::to_vec(&review).unwrap_or_default();
+        return serde_json::to_vec(&review)
+            .expect("serialising a value built in memory cannot fail");
     }
     let cfg = state.inject.load();
     let r = review_pod(
@@ -230,7 +234,8 @@ pub fn answer(state: &Arc<WebhookState>, webhook: &str, body: &[u8]) -> Vec<u8> 
 /// The review as JSON, with the patch as base64 text (the form Go writes for `[]byte`).
 fn encode<T: serde::Serialize>(review: &T) -> Vec<u8> {
     use base64::Engine as _;
-    let mut v = serde_json::to_value(review).unwrap_or_default();
+    let mut v =
+        serde_json::to_value(review).expect("serialising a value built in memory cannot fail");
     if let Some(patch) = v.pointer_mut("/response/patch") {
         if let Some(bytes) = patch.as_array() {
             let raw: Vec<u8> = bytes
@@ -242,7 +247,7 @@ fn encode<T: serde::Serialize>(review: &T) -> Vec<u8> {
                 serde_json::Value::String(base64::engine::general_purpose::STANDARD.encode(raw));
         }
     }
-    serde_json::to_vec(&v).unwrap_or_default()
+    serde_json::to_vec(&v).expect("serialising a value built in memory cannot fail")
 }
 
 /// Records the Injected / InjectionSkipped / InjectionRefused Event in the background.
