@@ -399,6 +399,11 @@ async fn session_ids_are_bounded() {
     ] {
         let raw = post_json(&sc.url(), &[("mcp-session-id", id)], &body).await;
         assert_eq!(raw.0, 400, "{what}");
+        assert_eq!(
+            raw.1.get("connection").map(|v| v.to_str().unwrap()),
+            Some("close"),
+            "{what}: refused before its body was read, the connection cannot be reused"
+        );
     }
     let raw = request(
         "POST",

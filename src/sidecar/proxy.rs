@@ -34,14 +34,14 @@ const HOP_BY_HOP: &[&str] = &[
 /// Handles one request on the MCP port.
 pub(super) async fn handle(st: Arc<State>, req: Request<Incoming>) -> Response<ProxyBody> {
     let Some(policy) = st.policy.load_full() else {
-        return refusal(&Refusal::new(
+        return refusal_closing(&Refusal::new(
             StatusCode::SERVICE_UNAVAILABLE,
             code::INTERNAL_ERROR,
             "mcp-warden has no valid policy loaded; nothing is forwarded",
         ));
     };
     if let Err(why) = st.allowed(&policy).check(req.headers()) {
-        return refusal(&Refusal::new(
+        return refusal_closing(&Refusal::new(
             StatusCode::FORBIDDEN,
             code::INVALID_REQUEST,
             why,
@@ -60,7 +60,7 @@ pub(super) async fn handle(st: Arc<State>, req: Request<Incoming>) -> Response<P
     if !is_post && hyper::body::Body::size_hint(req.body()).exact() != Some(0) {
         // The gate decides POST bodies only; a server that reads a body on another method (some
         // legacy endpoints do) would run a message nobody decided.
-        return refusal(&Refusal::new(
+        return refusal_closing(&Refusal::new(
             StatusCode::BAD_REQUEST,
             code::INVALID_REQUEST,
             format!(
@@ -76,7 +76,7 @@ pub(super) async fn handle(st: Arc<State>, req: Request<Incoming>) -> Response<P
         Method::GET | Method::HEAD | Method::DELETE | Method::OPTIONS => {
             forward_streaming(&st, req).await
         }
-        Method::POST => refusal(&Refusal::new(
+        Method::POST => refusal_closing(&Refusal::new(
             StatusCode::NOT_FOUND,
             code::INVALID_REQUEST,
             format!(
@@ -85,7 +85,7 @@ pub(super) async fn handle(st: Arc<State>, req: Request<Incoming>) -> Response<P
                 st.cfg.mcp_path()
             ),
         )),
-        _ => refusal(&Refusal::new(
+        _ => refusal_closing(&Refusal::new(
             StatusCode::METHOD_NOT_ALLOWED,
             code::INVALID_REQUEST,
             format!("{} is not an MCP method on {path}", req.method()),
@@ -101,12 +101,12 @@ async fn gate(
 ) -> Response<ProxyBody> {
     let started = Instant::now();
     if let Err(r) = check_headers(req.headers(), st.cfg.max_body_bytes) {
-        return refusal(&r);
+        return refusal_closing(&r);
     }
     let (parts, body) = req.into_parts();
     let (bytes, _held) = match read_body(st, body).await {
         Ok(b) => b,
-        Err(r) => return refusal(&r),
+        Err(r) => return refusal_closing(&r),
     };
     let (verdict, method) = match decide_body(st, policy, &parts.headers, &bytes) {
         Ok(v) => v,
@@ -383,6 +383,15 @@ fn status_only(status: StatusCode) -> Response<ProxyBody> {
     let mut r = Response::new(full(Bytes::new()));
     *r.status_mut() = status;
     r
+}
+
+/// A refusal sent before the request's body was read: the connection cannot carry another
+/// request (the unread body is in the way), so the client is told it closes.
+fn refusal_closing(r: &Refusal) -> Response<ProxyBody> {
+    let mut resp = refusal(r);
+    resp.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    resp
 }
 
 /// A refusal as an HTTP response with a JSON-RPC error body.
