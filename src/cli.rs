@@ -1,4 +1,4 @@
-//! The command line: one binary, several roles (DESIGN §1). Every flag can also be set from an
+//! The command line: one binary, several roles (sidecar, controller, check, demo). Every flag can also be set from an
 //! environment variable, so the same image is configured the Kubernetes way.
 
 use crate::check::{self, Explain};

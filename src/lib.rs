@@ -1,12 +1,26 @@
 //! mcp-warden: a policy gate for MCP servers in Kubernetes.
 //!
+//! Modules:
 //! - [`policy`]: the policy language and its one compile step (shared by every part).
 //! - [`engine`]: deciding a `tools/call`, with rolling-window counters.
+//! - [`mcp`]: MCP's JSON-RPC on the wire, read fail-closed: the validating scan, the envelope,
+//!   SSE splitting, and the filtering of `tools/list` answers.
+//! - [`sidecar`]: the enforcing reverse proxy (connections, gate, forwarding, reload, audit).
+//! - [`metrics`]: the Prometheus metrics of the sidecar and the controller.
+//! - [`crd`]: the McpPolicy resource, its CRD and reference docs.
+//! - [`controller`]: reconciling McpPolicies into ConfigMaps, NetworkPolicies and status;
+//!   webhook certificates; leader election; the RBAC rules table.
+//! - [`webhook`]: the admission webhooks (inject at pod CREATE, validate McpPolicies, guard
+//!   injected pods).
 //! - [`check`]: offline validation and explanation of policies (`mcp-warden check`).
-//! - [`mcp`]: the JSON-RPC envelope, read fail-closed.
-//! - [`sidecar`]: the enforcing reverse proxy; [`metrics`]: its Prometheus metrics.
 //! - [`demo`]: the no-cluster demonstration.
-//! - [`cli`]: the command line.
+//! - [`cli`], [`logging`]: the command line, and batched logs and audit lines.
+//!
+//! The path of an agent's request through the sidecar: `sidecar::conns` (accept, timeouts,
+//! connection cap) → `sidecar::proxy` (Host/Origin, route, read the body within budget) →
+//! `sidecar::gate` (headers, `mcp::parse`, `engine` decides each `tools/call`, metrics, audit)
+//! → forwarded byte for byte, or answered with a denial → on the way back, `sidecar::filter` and
+//! `mcp::lists` filter every tool list on every stream.
 #![forbid(unsafe_code)]
 
 pub mod check;

@@ -1,4 +1,5 @@
-//! Deciding a `tools/call`: the order of DESIGN §2, with counters that keep their promise.
+//! Deciding a `tools/call` (rule, then hide/deny/default, require, deny_if, limits), with
+//! counters that keep their promise.
 //!
 //! The engine never sees Kubernetes or HTTP types: a [`Call`] is a tool name, its arguments,
 //! the caller's grant key and session, and `now` comes from the caller, so tests drive time.
@@ -136,7 +137,7 @@ impl Engine {
     }
 
     /// Decides one call at `now` (nanoseconds on a monotonic clock), taking counters when it
-    /// allows. The order is DESIGN §2: rule, hide/deny/default, require, deny_if, limits.
+    /// allows. The order: rule, hide/deny/default, require, deny_if, limits.
     pub fn decide(&self, call: &Call, now: u64) -> Decision<'_> {
         let p = &self.policy;
         let rule = p.find_rule(call.tool);

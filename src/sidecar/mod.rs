@@ -196,7 +196,7 @@ impl Listeners {
     }
 }
 
-/// Runs until `shutdown` resolves, then drains per DESIGN §5: not ready, keep serving for the
+/// Runs until `shutdown` resolves, then drains: not ready, keep serving for the
 /// drain delay, stop accepting, finish in-flight requests (bounded by the shutdown timeout).
 pub async fn run(
     state: Arc<State>,

@@ -1,5 +1,5 @@
 //! AdmissionReview in, AdmissionReview out: the JSON layer between the HTTPS server and
-//! [`mutate`](super::mutate).
+//! [`mutate`].
 
 use super::inject::{mutate, InjectConfig, Mutation};
 use crate::crd::McpPolicy;
