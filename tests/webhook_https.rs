@@ -107,9 +107,18 @@ async fn post(
     tls.write_all(head.as_bytes())
         .await
         .map_err(|e| e.to_string())?;
-    tls.write_all(body).await.map_err(|e| e.to_string())?;
+    // Write the body while reading the answer, as HTTP clients do: a server may answer (and
+    // close) before it has read a body it refuses, and a client that only writes would wait on
+    // a full socket forever.
+    let (mut rd, mut wr) = tokio::io::split(tls);
+    let body = body.to_vec();
+    let writer = tokio::spawn(async move {
+        let _ = wr.write_all(&body).await;
+        wr
+    });
     let mut out = Vec::new();
-    let _ = tls.read_to_end(&mut out).await;
+    let _ = rd.read_to_end(&mut out).await;
+    writer.abort();
     let text = String::from_utf8_lossy(&out);
     let status: u16 = text
         .split(' ')

@@ -171,11 +171,17 @@ pub async fn handle(state: &Arc<WebhookState>, req: Request<Incoming>) -> Respon
             let msg =
                 format!("cannot read the AdmissionReview (limit {MAX_REVIEW_BYTES} bytes): {e}");
             let review = AdmissionResponse::invalid(msg).into_review();
-            return json(
+            let mut r = json(
                 StatusCode::OK,
                 serde_json::to_vec(&review)
                     .expect("serialising a value built in memory cannot fail"),
             );
+            // The rest of the body is never read, so this connection cannot go on.
+            r.headers_mut().insert(
+                http::header::CONNECTION,
+                http::HeaderValue::from_static("close"),
+            );
+            return r;
         }
     };
     let out = answer(state, webhook, &body);
