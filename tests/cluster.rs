@@ -526,34 +526,30 @@ impl Env {
 /// Webhook configurations a failed earlier test left behind point at a dead controller and
 /// would refuse every McpPolicy and opted-in pod; no other test runs now (SERIAL), so every
 /// `mcpw-` registration is stale.
+/// Deletes every object of `api` whose name a test environment gave it (`mcpw-…`).
+async fn delete_test_objects<K>(api: &Api<K>)
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    for c in api
+        .list(&Default::default())
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default()
+    {
+        let name = c.meta().name.clone().unwrap_or_default();
+        if name.starts_with("mcpw-") {
+            let _ = api.delete(&name, &DeleteParams::default()).await;
+        }
+    }
+}
+
 async fn remove_stale_webhooks(client: &kube::Client) {
     use k8s_openapi::api::admissionregistration::v1::{
         MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
     };
-    let m: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
-    let v: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
-    for c in m
-        .list(&Default::default())
-        .await
-        .map(|l| l.items)
-        .unwrap_or_default()
-    {
-        let name = c.metadata.name.unwrap_or_default();
-        if name.starts_with("mcpw-") {
-            let _ = m.delete(&name, &DeleteParams::default()).await;
-        }
-    }
-    for c in v
-        .list(&Default::default())
-        .await
-        .map(|l| l.items)
-        .unwrap_or_default()
-    {
-        let name = c.metadata.name.unwrap_or_default();
-        if name.starts_with("mcpw-") {
-            let _ = v.delete(&name, &DeleteParams::default()).await;
-        }
-    }
+    delete_test_objects(&Api::<MutatingWebhookConfiguration>::all(client.clone())).await;
+    delete_test_objects(&Api::<ValidatingWebhookConfiguration>::all(client.clone())).await;
 }
 
 /// A raw GET on the controller's admin port (no HTTP client dependency).

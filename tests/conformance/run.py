@@ -33,25 +33,8 @@ SUITES = [
 BIN = os.environ.get("MCP_WARDEN_BIN", str(ROOT / "target" / "debug" / "mcp-warden"))
 
 
-_issued = set()
-
-
-def free_port():
-    """A free loopback port below the ephemeral range, never handed out twice (a kernel-chosen
-    one could become an outgoing connection's source port before our server binds it)."""
-    import random
-
-    while True:
-        port = random.randint(20000, 32000)
-        if port in _issued:
-            continue
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        _issued.add(port)
-        return port
+sys.path.insert(0, str(ROOT / "tests"))
+from ports import free_port  # noqa: E402
 
 
 def wait_for(port, proc, what):

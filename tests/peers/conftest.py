@@ -22,26 +22,8 @@ def anyio_backend():
     return "asyncio"
 
 
-_issued = set()
-
-
-def free_port() -> int:
-    """A free loopback port below Linux's ephemeral range (32768+), never handed out twice: a
-    port the kernel picks for us could be taken as the source port of an outgoing connection
-    before the server we start binds it ("Address already in use")."""
-    import random
-
-    while True:
-        port = random.randint(20000, 32000)
-        if port in _issued:
-            continue
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        _issued.add(port)
-        return port
+sys.path.insert(0, str(ROOT / "tests"))
+from ports import free_port  # noqa: E402
 
 
 def wait_for_port(port: int, proc: subprocess.Popen, what: str, timeout: float = 30.0) -> None:
