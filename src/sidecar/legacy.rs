@@ -119,6 +119,10 @@ impl LegacyStream {
         if self.session.is_none() && event_name(event).as_deref() == Some("endpoint") {
             return self.open_session(&data).map(Bytes::from);
         }
+        if !crate::mcp::lists::might_carry_tools(&data) {
+            // Most events (tool results, notifications): no lock, no copy of the pending ids.
+            return None;
+        }
         let pending = match &self.session {
             Some((_, s)) => s
                 .pending_lists
