@@ -6,11 +6,11 @@
 //! a new connection per review (the worst case). Prints p50/p99/max against the 10 ms budget.
 
 use kube::runtime::{reflector, watcher};
+use mcp_warden::cluster::InjectConfig;
 use mcp_warden::crd::McpPolicy;
 use mcp_warden::metrics::ControllerMetrics;
 use mcp_warden::webhook::server::{serve, WebhookState};
 use mcp_warden::webhook::tls::{self, Lifetimes};
-use mcp_warden::webhook::InjectConfig;
 use serde_json::json;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;

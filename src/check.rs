@@ -1,16 +1,12 @@
 //! `mcp-warden check FILE…`: validates policy files and McpPolicy manifests offline, and with
 //! `--explain` shows what a policy would decide for one call and why.
 
-use crate::crd;
+use crate::crd::manifest::{read_document, Document};
 use crate::engine::{Call, Engine, EngineOptions, Outcome};
-use crate::policy::{self, source, Flavor, Policy, PolicyErrors};
+use crate::policy::{self, source, Policy};
 use serde_json::Value;
 use std::fmt::Write as _;
 use std::path::Path;
-
-/// The McpPolicy API group/version `check` accepts.
-pub const API_VERSION: &str = "mcpwarden.dev/v1alpha1";
-pub const KIND: &str = "McpPolicy";
 
 /// A call to explain against every valid policy.
 #[derive(Debug, Clone)]
@@ -21,90 +17,6 @@ pub struct Explain {
     pub session: Option<String>,
     /// Make the call this many times (at one instant) and explain the last: shows limits acting.
     pub calls: u32,
-}
-
-/// What one document turned out to be.
-#[derive(Debug)]
-pub enum DocResult {
-    Policy { label: String, policy: Box<Policy> },
-    Skipped { kind: String },
-    Invalid(PolicyErrors),
-}
-
-/// Reads one document of a file: an McpPolicy manifest, another Kubernetes object (skipped),
-/// or a bare policy.
-pub fn check_document(doc: &Value) -> DocResult {
-    let Some(kind) = doc.get("kind") else {
-        let label = doc
-            .get("name")
-            .and_then(Value::as_str)
-            .unwrap_or("policy")
-            .to_owned();
-        return match policy::compile(doc, Flavor::File, "") {
-            Ok(p) => DocResult::Policy {
-                label,
-                policy: Box::new(p),
-            },
-            Err(e) => DocResult::Invalid(e),
-        };
-    };
-    if kind != KIND {
-        return DocResult::Skipped {
-            kind: kind.as_str().unwrap_or("?").to_owned(),
-        };
-    }
-    let mut errs = Vec::new();
-    let field = |path: &str, message: String| policy::FieldError {
-        path: path.into(),
-        message,
-    };
-    match doc.get("apiVersion").and_then(Value::as_str) {
-        Some(API_VERSION) => {}
-        other => errs.push(field(
-            "apiVersion",
-            format!(
-                "expected {API_VERSION:?}, found {}",
-                other.map_or("nothing".into(), |s| format!("{s:?}"))
-            ),
-        )),
-    }
-    let meta = doc.get("metadata");
-    let name = meta.and_then(|m| m.get("name")).and_then(Value::as_str);
-    if name.is_none() {
-        errs.push(field("metadata.name", "required field is missing".into()));
-    }
-    let ns = meta
-        .and_then(|m| m.get("namespace"))
-        .and_then(Value::as_str)
-        .unwrap_or("default");
-    let label = format!("{ns}/{}", name.unwrap_or("?"));
-    let compiled = match doc.get("spec") {
-        None => {
-            errs.push(field("spec", "required field is missing".into()));
-            None
-        }
-        Some(spec) => match policy::compile(spec, Flavor::Spec, "spec") {
-            Ok(p) => Some(p),
-            Err(PolicyErrors(e)) => {
-                errs.extend(e);
-                None
-            }
-        },
-    };
-    // The CRD's CEL rules, as the API server would apply them; the compiler reports most of the
-    // same problems, so only what it did not say at that path is added.
-    for e in crd::cel_errors(doc) {
-        if !errs.iter().any(|have| have.path == e.path) {
-            errs.push(e);
-        }
-    }
-    match compiled {
-        Some(p) if errs.is_empty() => DocResult::Policy {
-            label,
-            policy: Box::new(p),
-        },
-        _ => DocResult::Invalid(PolicyErrors(errs)),
-    }
 }
 
 /// Checks every file, writing a report to `out`. Returns whether everything was valid.
@@ -135,17 +47,17 @@ pub fn run(paths: &[impl AsRef<Path>], explain: Option<&Explain>, out: &mut Stri
         }
         for (i, doc) in docs.iter().enumerate() {
             let at = format!("{shown} (document {})", i + 1);
-            match check_document(doc) {
-                DocResult::Invalid(errs) => {
+            match read_document(doc) {
+                Document::Invalid(errs) => {
                     ok = false;
                     for e in errs.0 {
                         let _ = writeln!(out, "{at}: {e}");
                     }
                 }
-                DocResult::Skipped { kind } => {
+                Document::Skipped { kind } => {
                     let _ = writeln!(out, "{at}: skipped ({kind} is not an McpPolicy)");
                 }
-                DocResult::Policy { label, policy } => {
+                Document::Policy { label, policy } => {
                     let _ = writeln!(out, "{at}: ok: {}", summary(&label, &policy));
                     for w in warnings(&policy) {
                         let _ = writeln!(out, "{at}: warning: {w}");
@@ -286,8 +198,8 @@ mod tests {
             if !identity.is_null() {
                 doc["identity"] = identity;
             }
-            match check_document(&doc) {
-                DocResult::Policy { policy, .. } => warnings(&policy),
+            match read_document(&doc) {
+                Document::Policy { policy, .. } => warnings(&policy),
                 other => panic!("{other:?}"),
             }
         };
@@ -302,65 +214,5 @@ mod tests {
         let w = policy(json!({"header": "x-agent"}), "grant");
         assert!(w[0].contains("authenticating gateway"), "{w:?}");
         assert!(policy(Value::Null, "pod").is_empty());
-    }
-
-    #[test]
-    fn mcppolicy_manifest_errors_carry_spec_paths() {
-        let doc = json!({
-            "apiVersion": API_VERSION, "kind": KIND, "metadata": {"name": "p", "namespace": "ns"},
-            "spec": {"podSelector": {}, "upstream": {"port": 8888},
-                     "tools": {"w": {"denyIf": [{"conditions": [{"path": "args.x", "op": "startswith", "value": "a"}]}]}}}
-        });
-        let DocResult::Invalid(e) = check_document(&doc) else {
-            panic!("should be invalid")
-        };
-        assert_eq!(e.0.len(), 1, "{e}");
-        assert_eq!(e.0[0].path, "spec.tools.w.denyIf[0].conditions[0].op");
-    }
-
-    #[test]
-    fn other_kinds_are_skipped_and_wrong_api_version_is_an_error() {
-        assert!(matches!(
-            check_document(&json!({"kind": "Deployment"})),
-            DocResult::Skipped { .. }
-        ));
-        let doc = json!({"apiVersion": "v1", "kind": KIND, "metadata": {"name": "p"},
-                         "spec": {"podSelector": {}, "upstream": {"port": 1}}});
-        let DocResult::Invalid(e) = check_document(&doc) else {
-            panic!()
-        };
-        assert_eq!(e.0[0].path, "apiVersion");
-    }
-
-    #[test]
-    fn the_crds_cel_rules_are_applied_to_manifests() {
-        // A selector requirement the compiler accepts loosely but the API server refuses.
-        let doc = json!({"apiVersion": API_VERSION, "kind": KIND, "metadata": {"name": "p"},
-                         "spec": {"podSelector": {"matchExpressions": [{"key": "a", "operator": "Exists", "values": ["x"]}]},
-                                  "upstream": {"port": 1}, "tools": {"bad name": {}}}});
-        let DocResult::Invalid(e) = check_document(&doc) else {
-            panic!()
-        };
-        let paths: Vec<&str> = e.0.iter().map(|e| e.path.as_str()).collect();
-        assert!(
-            paths.contains(&"spec.podSelector.matchExpressions[0].values"),
-            "{paths:?}"
-        );
-        assert!(
-            e.0.iter()
-                .any(|e| e.message.contains("tool names are 1 to 128 characters")),
-            "{e}"
-        );
-    }
-
-    #[test]
-    fn a_valid_manifest_is_labelled_namespace_slash_name() {
-        let doc = json!({"apiVersion": API_VERSION, "kind": KIND, "metadata": {"name": "p", "namespace": "ml"},
-                         "spec": {"podSelector": {"matchLabels": {"app": "x"}}, "upstream": {"port": 8888, "path": "/mcp"},
-                                  "default": "allow"}});
-        match check_document(&doc) {
-            DocResult::Policy { label, .. } => assert_eq!(label, "ml/p"),
-            other => panic!("{other:?}"),
-        }
     }
 }

@@ -205,7 +205,7 @@ pub fn run_sidecar(a: &SidecarArgs) -> anyhow::Result<bool> {
             "mcp-warden sidecar listening"
         );
         let state = crate::sidecar::State::new(cfg, crate::metrics::SidecarMetrics::new())?;
-        crate::sidecar::run(state, listeners, crate::sidecar::shutdown_signal()).await?;
+        crate::sidecar::run(state, listeners, crate::serve::shutdown_signal()).await?;
         Ok(true)
     })
 }
@@ -375,7 +375,8 @@ pub struct ControllerArgs {
 
 impl ControllerArgs {
     pub fn config(&self) -> anyhow::Result<crate::controller::Config> {
-        use crate::controller::certs::{CertConfig, Endpoint};
+        use crate::cluster::webhooks::Endpoint;
+        use crate::controller::certs::CertConfig;
         use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
         use std::time::Duration;
         let mut webhook_listen = self.webhook_listen;
@@ -403,7 +404,7 @@ impl ControllerArgs {
                 .collect();
             (!m.is_empty()).then_some(m)
         };
-        let mut inject = crate::webhook::InjectConfig::new(
+        let mut inject = crate::cluster::InjectConfig::new(
             self.sidecar_image.clone(),
             env!("CARGO_PKG_VERSION"),
         );
@@ -466,9 +467,6 @@ pub fn run_controller(a: &ControllerArgs) -> anyhow::Result<bool> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    rt.block_on(crate::controller::run(
-        cfg,
-        crate::sidecar::shutdown_signal(),
-    ))?;
+    rt.block_on(crate::controller::run(cfg, crate::serve::shutdown_signal()))?;
     Ok(true)
 }

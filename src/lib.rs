@@ -5,9 +5,14 @@
 //! - [`engine`]: deciding a `tools/call`, with rolling-window counters.
 //! - [`mcp`]: MCP's JSON-RPC on the wire, read fail-closed: the validating scan, the envelope,
 //!   SSE splitting, and the filtering of `tools/list` answers.
-//! - [`sidecar`]: the enforcing reverse proxy (connections, gate, forwarding, reload, audit).
+//! - [`sidecar`]: the enforcing reverse proxy (gate, forwarding, denials, reload, audit).
+//! - [`serve`]: HTTP serving shared by the sidecar and the controller: the one accept loop
+//!   (timeouts, connection cap, optional TLS), the admin port, the shutdown signal.
 //! - [`metrics`]: the Prometheus metrics of the sidecar and the controller.
 //! - [`crd`]: the McpPolicy resource, its CRD and reference docs.
+//! - [`cluster`]: what the controller and the webhooks share: names and keys of what mcp-warden
+//!   writes, which policy selects a pod, the sidecar container and how an injected pod is
+//!   recognised, the webhook configurations.
 //! - [`controller`]: reconciling McpPolicies into ConfigMaps, NetworkPolicies and status;
 //!   webhook certificates; leader election; the RBAC rules table.
 //! - [`webhook`]: the admission webhooks (inject at pod CREATE, validate McpPolicies, guard
@@ -16,15 +21,22 @@
 //! - [`demo`]: the no-cluster demonstration.
 //! - [`cli`], [`logging`]: the command line, and batched logs and audit lines.
 //!
-//! The path of an agent's request through the sidecar: `sidecar::conns` (accept, timeouts,
+//! The path of an agent's request through the sidecar: `serve::conns` (accept, timeouts,
 //! connection cap) → `sidecar::proxy` (Host/Origin, route, read the body within budget) →
 //! `sidecar::gate` (headers, `mcp::parse`, `engine` decides each `tools/call`, metrics, audit)
-//! → forwarded byte for byte, or answered with a denial → on the way back, `sidecar::filter` and
+//! → forwarded byte for byte, or answered with a denial (`sidecar::denial`) → on the way back, `sidecar::filter` and
 //! `mcp::lists` filter every tool list on every stream.
+//!
+//! Dependencies run one way (`tests/layers.rs` holds them): `serve`, `mcp`, `metrics` and
+//! `logging` depend on no other module; `policy` → `mcp` (its JSON scan); `engine` → `policy`;
+//! `crd` → `policy`; `cluster` → `crd`; `webhook` → `cluster`, `serve`; `controller` →
+//! `cluster`, `webhook` (it runs the webhook server), `serve`; `sidecar` → `engine`, `mcp`,
+//! `serve`.
 #![forbid(unsafe_code)]
 
 pub mod check;
 pub mod cli;
+pub mod cluster;
 pub mod controller;
 pub mod crd;
 pub mod demo;
@@ -33,5 +45,6 @@ pub mod logging;
 pub mod mcp;
 pub mod metrics;
 pub mod policy;
+pub mod serve;
 pub mod sidecar;
 pub mod webhook;

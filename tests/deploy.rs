@@ -339,9 +339,9 @@ fn each_deploy_example_runs_its_server_behind_the_sidecar_with_the_example_polic
             "{rel}: the Service must target the port by name, so it reaches the sidecar"
         );
         // The McpPolicy decides exactly as the example policy file.
-        let check = mcp_warden::check::check_document(policy);
+        let check = mcp_warden::crd::manifest::read_document(policy);
         assert!(
-            matches!(check, mcp_warden::check::DocResult::Policy { .. }),
+            matches!(check, mcp_warden::crd::manifest::Document::Policy { .. }),
             "{rel}: {check:?}"
         );
         let spec = normalize(&policy["spec"], Flavor::Spec, None);
@@ -352,6 +352,57 @@ fn each_deploy_example_runs_its_server_behind_the_sidecar_with_the_example_polic
             without(spec, &["name", "version"]),
             without(file, &["name", "version"]),
             "{rel}: the McpPolicy differs from examples/policies/{server}.yaml"
+        );
+    }
+}
+
+/// The webhook configurations the chart installs are the ones the controller builds (and
+/// registers itself in URL mode): same webhooks, rules, selectors, conditions and timeouts.
+/// `caBundle` is left out (the chart never sets it), and so are labels (Helm's differ).
+#[test]
+fn the_charts_webhook_configurations_are_the_codes() {
+    use mcp_warden::cluster::webhooks::{webhook_configurations, Endpoint};
+    let endpoint = Endpoint::Service {
+        namespace: "mcp-warden".into(),
+        name: "mcp-warden-webhook".into(),
+        port: 443,
+    };
+    let (mutating, validating) = webhook_configurations("mcp-warden", &endpoint, "", "mcp-warden");
+    let comparable = |v: Value| -> Value {
+        let mut v = v;
+        for hook in v["webhooks"].as_array_mut().expect("webhooks") {
+            hook["clientConfig"]
+                .as_object_mut()
+                .expect("clientConfig")
+                .remove("caBundle");
+        }
+        v.as_object_mut().expect("object").remove("metadata");
+        v.as_object_mut().expect("object").remove("apiVersion");
+        v.as_object_mut().expect("object").remove("kind");
+        v
+    };
+    for (kind, code) in [
+        (
+            "MutatingWebhookConfiguration",
+            serde_json::to_value(&mutating).unwrap(),
+        ),
+        (
+            "ValidatingWebhookConfiguration",
+            serde_json::to_value(&validating).unwrap(),
+        ),
+    ] {
+        let chart = docs("deploy/mcp-warden.yaml")
+            .into_iter()
+            .find(|d| d["kind"] == kind)
+            .unwrap_or_else(|| panic!("deploy/mcp-warden.yaml has no {kind}"));
+        assert_eq!(
+            chart["metadata"]["name"], code["metadata"]["name"],
+            "{kind} name"
+        );
+        assert_eq!(
+            comparable(chart),
+            comparable(code),
+            "{kind}: the chart's templates/webhooks.yaml and cluster::webhooks differ"
         );
     }
 }

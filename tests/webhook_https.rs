@@ -4,11 +4,11 @@
 
 use kube::runtime::reflector;
 use kube::runtime::watcher;
+use mcp_warden::cluster::InjectConfig;
 use mcp_warden::crd::McpPolicy;
 use mcp_warden::metrics::ControllerMetrics;
 use mcp_warden::webhook::server::{serve, WebhookState};
 use mcp_warden::webhook::tls::{self, Lifetimes, Material};
-use mcp_warden::webhook::InjectConfig;
 use serde_json::{json, Value};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;

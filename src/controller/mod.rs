@@ -9,14 +9,13 @@ pub mod rbac;
 pub mod reconcile;
 pub mod render;
 
+use crate::cluster::{InjectConfig, MANAGED_BY};
 use crate::crd::McpPolicy;
 use crate::metrics::ControllerMetrics;
+use crate::serve::admin;
 use crate::webhook::server::WebhookState;
-use crate::webhook::InjectConfig;
 use futures_util::StreamExt;
-use http::{Request, Response, StatusCode};
-use http_body_util::Full;
-use hyper::body::Incoming;
+use hyper_util::server::graceful::GracefulShutdown;
 use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::Api;
@@ -32,12 +31,12 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-/// The field manager of everything the controller applies.
-pub const MANAGER: &str = "mcp-warden";
-
 /// Reconciles in flight at once: each holds copies of what its policy depends on, so the bound
 /// keeps memory flat however many policies change together.
 const RECONCILE_CONCURRENCY: u16 = 8;
+
+/// Time a scrape or probe has to send its headers.
+const ADMIN_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How often `auto` re-checks the API server and kubelet versions.
 const NATIVE_RECHECK: Duration = Duration::from_secs(600);
@@ -211,11 +210,15 @@ pub async fn run(
         state.clone(),
         stop_rx.clone(),
     ));
-    let admin_task = tokio::spawn(serve_admin(
+    let admin_task = tokio::spawn(admin::serve(
         admin,
-        state.clone(),
-        draining.clone(),
         stop_rx.clone(),
+        Arc::new(GracefulShutdown::new()),
+        ADMIN_HEADER_TIMEOUT,
+        Arc::new(Health {
+            state: state.clone(),
+            draining: draining.clone(),
+        }),
     ));
 
     // Every replica: the serving certificate from the Secret.
@@ -352,11 +355,7 @@ async fn lead(client: kube::Client, cfg: Config, metrics: ControllerMetrics, rec
             }
         }
     };
-    let managed = watcher::Config::default().labels(&format!(
-        "{}={}",
-        render::MANAGED_BY.0,
-        render::MANAGED_BY.1
-    ));
+    let managed = watcher::Config::default().labels(&format!("{}={}", MANAGED_BY.0, MANAGED_BY.1));
     let (pods, pods_w) = reflector::store::<Pod>();
     let (services, services_w) = reflector::store::<Service>();
     let (configmaps, configmaps_w) = reflector::store::<ConfigMap>();
@@ -409,7 +408,7 @@ async fn lead(client: kube::Client, cfg: Config, metrics: ControllerMetrics, rec
         pod_store
             .state_filter(|p| {
                 p.metadata.namespace == ns
-                    && crate::webhook::inject::selector_matches(&p.spec.pod_selector, pod.labels())
+                    && crate::cluster::selector_matches(&p.spec.pod_selector, pod.labels())
             })
             .into_iter()
             .map(|p| ObjectRef::from_obj(&*p))
@@ -462,53 +461,23 @@ async fn lead(client: kube::Client, cfg: Config, metrics: ControllerMetrics, rec
     tokio::join!(certs_loop, run);
 }
 
-/// `/metrics`, `/livez`, `/readyz` (ready once the webhook can answer).
-async fn serve_admin(
-    listener: TcpListener,
+/// The admin port's view: ready once the webhook can answer, and not while draining.
+struct Health {
     state: Arc<WebhookState>,
     draining: Arc<AtomicBool>,
-    mut stop: watch::Receiver<bool>,
-) {
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let Ok((tcp, _)) = accepted else { continue };
-                let (st, dr) = (state.clone(), draining.clone());
-                tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                        let r = admin(&st, &dr, req.uri().path());
-                        async move { Ok::<_, std::convert::Infallible>(r) }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
-                        .await;
-                });
-            }
-            _ = stop.changed() => break,
-        }
-    }
 }
 
-fn admin(state: &WebhookState, draining: &AtomicBool, path: &str) -> Response<Full<bytes::Bytes>> {
-    let (status, body): (StatusCode, Vec<u8>) = match path {
-        "/metrics" => (StatusCode::OK, state.metrics.render()),
-        "/livez" => (StatusCode::OK, b"ok\n".to_vec()),
-        "/readyz" => match state.unready_reason() {
-            _ if draining.load(Ordering::Acquire) => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                b"not ready: draining\n".to_vec(),
-            ),
-            Some(why) => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("not ready: {why}\n").into_bytes(),
-            ),
-            None => (StatusCode::OK, b"ready\n".to_vec()),
-        },
-        _ => (StatusCode::NOT_FOUND, b"not found\n".to_vec()),
-    };
-    let mut r = Response::new(Full::new(body.into()));
-    *r.status_mut() = status;
-    r
+impl admin::Health for Health {
+    fn metrics(&self) -> Vec<u8> {
+        self.state.metrics.render()
+    }
+
+    fn unready(&self) -> Option<String> {
+        if self.draining.load(Ordering::Acquire) {
+            return Some("draining".into());
+        }
+        self.state.unready_reason().map(String::from)
+    }
 }
 
 #[cfg(test)]

@@ -3,10 +3,11 @@
 //! What is written is computed by [`desired`]; this module only reads caches and writes.
 
 use super::render::{self, cond};
-use super::MANAGER;
+use crate::cluster::{
+    configmap_name, in_namespace, selecting_policy, selector_matches, MANAGED_BY, MANAGER,
+};
 use crate::crd::{Isolation, McpPolicy, McpPolicyStatus};
 use crate::metrics::ControllerMetrics;
-use crate::webhook::inject::{configmap_name, selecting_policy, selector_matches};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -360,18 +361,6 @@ impl Warnings<'_> {
     }
 }
 
-/// The cached objects of one namespace, owned.
-pub fn in_namespace<K>(store: &Store<K>, ns: &str) -> Vec<K>
-where
-    K: kube::Resource<DynamicType = ()> + Clone + 'static,
-{
-    store
-        .state_filter(|o| o.meta().namespace.as_deref() == Some(ns))
-        .iter()
-        .map(|o| (**o).clone())
-        .collect()
-}
-
 fn same_data(a: Option<&ConfigMap>, b: &ConfigMap) -> bool {
     a.is_some_and(|a| {
         a.data == b.data && a.metadata.owner_references == b.metadata.owner_references
@@ -440,9 +429,9 @@ pub async fn reconcile(policy: Arc<McpPolicy>, ctx: Arc<Ctx>) -> Result<Action, 
         np.metadata
             .labels
             .as_ref()
-            .and_then(|l| l.get(render::MANAGED_BY.0))
+            .and_then(|l| l.get(MANAGED_BY.0))
             .map(String::as_str)
-            == Some(render::MANAGED_BY.1)
+            == Some(MANAGED_BY.1)
     });
     match (&d.network_policy, own_np) {
         (Some(np), cached) => {

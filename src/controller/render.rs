@@ -1,10 +1,11 @@
 //! What the controller writes, as pure functions of what it read: the policy ConfigMap, the
 //! isolating NetworkPolicy, the status conditions, and the warnings about bypasses.
 
-use crate::crd::{render, McpPolicy, Rendered};
-use crate::webhook::inject::{
-    configmap_name, selector_matches, sidecar_state, Carried, VERSION_ANNOTATION,
+use crate::cluster::{
+    configmap_name, selector_matches, sidecar_state, Carried, MANAGED_BY, MCP_PORT_NAME,
+    POLICY_KEY, POLICY_LABEL, VERSION_ANNOTATION,
 };
+use crate::crd::{render, McpPolicy, Rendered};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
 use k8s_openapi::api::networking::v1::{
     NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPort, NetworkPolicySpec,
@@ -15,12 +16,6 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
 use std::collections::{BTreeMap, BTreeSet};
-
-/// The key of the rendered policy in its ConfigMap.
-pub const POLICY_KEY: &str = crate::webhook::inject::POLICY_FILE;
-/// Labels on everything the controller creates.
-pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "mcp-warden");
-pub const POLICY_LABEL: &str = "mcpwarden.dev/policy";
 
 /// Condition types and reasons.
 pub mod cond {
@@ -244,7 +239,7 @@ pub fn reopening_network_policies(
         },
         // A named port resolves per pod; the `mcp` name belongs to the sidecar after injection,
         // but another name for the server's port would reach it.
-        Some(IntOrString::String(name)) => name != crate::webhook::inject::MCP_PORT_NAME,
+        Some(IntOrString::String(name)) => name != MCP_PORT_NAME,
     };
     let mut out: Vec<String> = network_policies
         .iter()

@@ -1,4 +1,5 @@
 use super::render::*;
+use crate::cluster::{POLICY_KEY, POLICY_LABEL};
 use crate::crd::McpPolicy;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
@@ -24,7 +25,8 @@ fn pod(name: &str, labels: Value, containers: Value, annotations: Value) -> Pod 
 
 /// A pod the webhook injected for [`policy`] at sidecar `version`.
 fn injected_pod(name: &str, version: &str) -> Pod {
-    use crate::webhook::inject::{mutate, InjectConfig, Mutation};
+    use crate::cluster::InjectConfig;
+    use crate::webhook::inject::{mutate, Mutation};
     let plain = pod(
         name,
         json!({"app": "jupyter-mcp"}),

@@ -9,8 +9,6 @@ pub mod sse;
 
 pub use lists::list_error;
 
-use crate::engine::{Decision, Outcome};
-use crate::policy::DenyAs;
 use http::StatusCode;
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -109,7 +107,7 @@ impl Refusal {
     }
 }
 
-fn raw_to_value(r: &RawValue) -> Value {
+pub fn raw_to_value(r: &RawValue) -> Value {
     serde_json::from_str(r.get()).unwrap_or(Value::Null)
 }
 
@@ -466,66 +464,6 @@ impl<'a> Message<'a> {
             arguments,
             protocol_version,
         })
-    }
-}
-
-/// The `_meta` decision record of a denial.
-fn decision_record(d: &Decision, tool: &str, policy: &str) -> Value {
-    let mut rec = json!({
-        "decision": d.outcome.as_str(),
-        "tool": tool,
-        "rule": d.rule,
-        "policy": policy,
-    });
-    if let Some(hit) = &d.limit {
-        rec["counter"] = json!(hit.counter.name);
-        rec["window"] = json!(hit.counter.window.text);
-        rec["max"] = json!(hit.counter.max.get());
-        rec["retryAfterSeconds"] = json!(retry_after_secs(d));
-    }
-    rec
-}
-
-/// Whole seconds to wait before retrying a rate-limited call (at least 1).
-pub fn retry_after_secs(d: &Decision) -> u64 {
-    d.limit
-        .as_ref()
-        .map_or(0, |h| (h.retry_after.as_secs_f64().ceil() as u64).max(1))
-}
-
-/// The JSON-RPC answer to a denied `tools/call` (as a JSON value, for batches). `version` is
-/// the call's protocol version: from 2026-07-28 on, a result states its `resultType`.
-pub fn denial(
-    id: &RawValue,
-    d: &Decision,
-    tool: &str,
-    policy: &str,
-    deny_as: DenyAs,
-    version: &str,
-) -> Value {
-    let rec = decision_record(d, tool, policy);
-    let id = raw_to_value(id);
-    match deny_as {
-        DenyAs::Result => {
-            let mut result = json!({
-                "content": [{"type": "text", "text": d.reason}],
-                "isError": true,
-                "_meta": {DECISION_META: rec}
-            });
-            if version_at_least(version, RESULT_TYPE_SINCE) {
-                result["resultType"] = json!("complete");
-            }
-            json!({"jsonrpc": "2.0", "id": id, "result": result})
-        }
-        DenyAs::Error => json!({
-            "jsonrpc": "2.0",
-            "id": id,
-            "error": {
-                "code": if d.outcome == Outcome::RateLimited { code::RATE_LIMITED } else { code::DENIED },
-                "message": d.reason,
-                "data": {DECISION_META: rec}
-            }
-        }),
     }
 }
 

@@ -1,6 +1,4 @@
 use super::*;
-use crate::engine::{Call, Engine, EngineOptions};
-use crate::policy::{compile, Flavor};
 
 fn kind_of(s: &str) -> Result<Kind, i64> {
     match parse(s.as_bytes()).map_err(|r| r.code)? {
@@ -133,76 +131,6 @@ fn batches_hold_each_message() {
     assert_eq!(
         b.messages()[1].raw.get(),
         r#"{"jsonrpc":"2.0","method":"b"}"#
-    );
-}
-
-#[test]
-fn denials_carry_the_reason_and_the_decision() {
-    let p = compile(
-        &json!({"tools": {"t": {"limits": [{"counter": "c", "window": "minute", "max": 1}]},
-                           "x": {"action": "deny", "reason": "No."}}}),
-        Flavor::File,
-        "",
-    )
-    .unwrap();
-    let e = Engine::new(p, None, EngineOptions::default());
-    let args = Value::Null;
-    let id = RawValue::from_string("\"req-1\"".into()).unwrap();
-    let d = e.decide(
-        &Call {
-            tool: "x",
-            args: &args,
-            grant: "g",
-            session: None,
-        },
-        0,
-    );
-    let v = denial(&id, &d, "x", "ns/p", DenyAs::Result, "2025-06-18");
-    assert_eq!(v["id"], "req-1");
-    assert!(
-        v["result"].get("resultType").is_none(),
-        "older revisions have no resultType"
-    );
-    let modern = denial(&id, &d, "x", "ns/p", DenyAs::Result, "2026-07-28");
-    assert_eq!(modern["result"]["resultType"], "complete");
-    assert_eq!(v["result"]["isError"], true);
-    assert_eq!(v["result"]["content"][0]["text"], "No.");
-    assert_eq!(
-        v["result"]["_meta"][DECISION_META],
-        json!({"decision": "deny", "tool": "x", "rule": "tools.x", "policy": "ns/p"})
-    );
-    e.decide(
-        &Call {
-            tool: "t",
-            args: &args,
-            grant: "g",
-            session: None,
-        },
-        0,
-    );
-    let d = e.decide(
-        &Call {
-            tool: "t",
-            args: &args,
-            grant: "g",
-            session: None,
-        },
-        0,
-    );
-    let v = denial(&id, &d, "t", "ns/p", DenyAs::Error, "2026-07-28");
-    assert_eq!(v["error"]["code"], 429);
-    let rec = &v["error"]["data"][DECISION_META];
-    assert_eq!(
-        (
-            rec["decision"].as_str(),
-            rec["counter"].as_str(),
-            rec["max"].as_u64()
-        ),
-        (Some("rate_limited"), Some("c"), Some(1))
-    );
-    assert_eq!(
-        rec["retryAfterSeconds"], 63,
-        "the call at 0 leaves the window at 63 s (one 3 s sub-bucket late)"
     );
 }
 

@@ -1,9 +1,11 @@
 //! What comes back from the server: every `tools/list` result on every stream the client can
 //! receive is filtered with the policy loaded at the time it passes (see [`crate::mcp::lists`]).
 
-use super::proxy::{content_type_is, is_event_stream, json_response, strip_hop_by_hop};
-use super::{full, ProxyBody, State};
+use super::proxy::{content_type_is, is_event_stream, strip_hop_by_hop};
+use super::State;
 use crate::mcp::{lists, sse};
+use crate::serve::json;
+use crate::serve::{full, Body};
 use http::header::{self, HeaderMap};
 use http::{Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
@@ -70,14 +72,14 @@ pub(super) async fn filter_response(
     state: Arc<State>,
     ids: Vec<Value>,
     resp: Response<Incoming>,
-) -> Response<ProxyBody> {
+) -> Response<Body> {
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     let id = ids.first().cloned().unwrap_or(Value::Null);
     let refuse = |why: &str| {
         let err = serde_json::to_vec(&lists::list_error(id.clone(), why))
             .expect("a JSON value serialises");
-        json_response(StatusCode::BAD_GATEWAY, err)
+        json(StatusCode::BAD_GATEWAY, err)
     };
     if !parts.status.is_success() || http_body::Body::size_hint(&body).exact() == Some(0) {
         return Response::from_parts(parts, body.map_err(Into::into).boxed_unsync());
@@ -90,7 +92,7 @@ pub(super) async fn filter_response(
         parts.headers.remove(header::CONTENT_LENGTH);
         let filter = Arc::new(ListFilter::new(state, ids));
         let body = sse::RewriteEvents::new(
-            body.map_err(super::BoxError::from),
+            body.map_err(crate::serve::BoxError::from),
             filter,
             MAX_LIST_RESPONSE,
         );

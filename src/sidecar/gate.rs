@@ -1,8 +1,8 @@
 //! The gate: what is read from a gated request and decided before anything is forwarded.
 
-use super::audit;
 use super::reload::LoadedPolicy;
 use super::State;
+use super::{audit, denial};
 use crate::engine::{monotonic_now, Call, Outcome};
 use crate::mcp::{self, code, Body, Kind, Refusal};
 use crate::policy::sha256_hex;
@@ -235,7 +235,7 @@ pub(super) fn decide_body(
                 .limit_hits
                 .with_label_values(&[label, &c.name, &c.window.text, c.scope.as_str()])
                 .inc();
-            retry_after = Some(mcp::retry_after_secs(&d));
+            retry_after = Some(denial::retry_after_secs(&d));
         }
         if audit::enabled() {
             let args_sha256 = call
@@ -258,7 +258,14 @@ pub(super) fn decide_body(
         } else {
             denied_any = true;
             let v = call.protocol_version.as_deref().unwrap_or(version);
-            answers.push(Some(mcp::denial(id, &d, &call.name, label, pol.deny_as, v)));
+            answers.push(Some(denial::denial(
+                id,
+                &d,
+                &call.name,
+                label,
+                pol.deny_as,
+                v,
+            )));
         }
     }
     if !denied_any {

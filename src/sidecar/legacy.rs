@@ -5,10 +5,11 @@
 //! (a replay after `Last-Event-ID` can carry an old `tools/list` answer too).
 
 use super::filter::{ListFilter, MAX_LIST_RESPONSE};
-use super::{BoxError, ProxyBody, State};
+use super::State;
 use crate::mcp::sse::{self, Rewrite, Splitter};
+use crate::serve::{Body, BoxError};
 use bytes::Bytes;
-use http_body::{Body, Frame};
+use http_body::Frame;
 use http_body_util::BodyExt;
 use serde_json::Value;
 use std::collections::HashMap;
@@ -80,7 +81,7 @@ impl LegacySession {
 
 /// Wraps a GET event stream: filters every event, and if the stream turns out to be a legacy
 /// one, registers its session.
-pub fn watch_stream(st: &Arc<State>, body: ProxyBody) -> ProxyBody {
+pub fn watch_stream(st: &Arc<State>, body: Body) -> Body {
     LegacyStream {
         inner: body,
         split: Splitter::new(MAX_LIST_RESPONSE),
@@ -94,7 +95,7 @@ pub fn watch_stream(st: &Arc<State>, body: ProxyBody) -> ProxyBody {
 }
 
 struct LegacyStream {
-    inner: ProxyBody,
+    inner: Body,
     split: Splitter,
     filter: ListFilter,
     state: Arc<State>,
@@ -169,7 +170,7 @@ impl Drop for LegacyStream {
     }
 }
 
-impl Body for LegacyStream {
+impl http_body::Body for LegacyStream {
     type Data = Bytes;
     type Error = BoxError;
 

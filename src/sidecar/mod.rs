@@ -5,7 +5,7 @@
 //! changes (a ConfigMap volume swaps a `..data` symlink); a bad file keeps the last good policy.
 
 mod audit;
-mod conns;
+mod denial;
 mod filter;
 mod gate;
 mod legacy;
@@ -14,7 +14,7 @@ mod proxy;
 mod reload;
 mod sessions;
 
-pub use conns::Limits;
+pub use crate::serve::Limits;
 pub use origin::Allowed;
 
 pub use crate::policy::sha256_hex;
@@ -22,11 +22,8 @@ pub use reload::{load_policy, LoadedPolicy};
 
 use crate::engine::EngineOptions;
 use crate::metrics::SidecarMetrics;
+use crate::serve::{self, admin, Body};
 use arc_swap::ArcSwapOption;
-use bytes::Bytes;
-use http::{Request, Response, StatusCode};
-use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full};
-use hyper::body::Incoming;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 use hyper_util::server::graceful::GracefulShutdown;
@@ -37,9 +34,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
-
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
 
 /// Everything the sidecar is told at start.
 #[derive(Debug, Clone)]
@@ -118,7 +112,7 @@ pub struct State {
     pub cfg: Config,
     pub policy: ArcSwapOption<LoadedPolicy>,
     pub metrics: SidecarMetrics,
-    client: Client<HttpConnector, ProxyBody>,
+    client: Client<HttpConnector, Body>,
     budget: Semaphore,
     draining: AtomicBool,
     upstream_authority: http::uri::Authority,
@@ -208,24 +202,20 @@ pub async fn run(
     let watcher = tokio::spawn(reload::watch(state.clone(), stop_rx.clone()));
     let graceful = Arc::new(GracefulShutdown::new());
     let proxy_state = state.clone();
-    let proxy_loop = tokio::spawn(conns::accept_loop(
+    let proxy_loop = tokio::spawn(serve::accept_loop(
         listeners.proxy,
         stop_rx.clone(),
         graceful.clone(),
         state.cfg.limits,
+        None,
         move |req| proxy::handle(proxy_state.clone(), req),
     ));
-    let admin_state = state.clone();
-    let admin_limits = Limits {
-        max_connections: 64,
-        ..state.cfg.limits
-    };
-    let admin_loop = tokio::spawn(conns::accept_loop(
+    let admin_loop = tokio::spawn(admin::serve(
         listeners.admin,
         stop_rx.clone(),
         graceful.clone(),
-        admin_limits,
-        move |req| std::future::ready(admin(&admin_state, &req)),
+        state.cfg.limits.header_timeout,
+        state.clone(),
     ));
 
     shutdown.await;
@@ -248,64 +238,24 @@ pub async fn run(
     Ok(())
 }
 
-/// `/metrics`, `/livez`, `/readyz`.
-fn admin(state: &State, req: &Request<Incoming>) -> Response<ProxyBody> {
-    match req.uri().path() {
-        "/metrics" => {
-            if let Some(p) = state.policy.load_full() {
-                state
-                    .metrics
-                    .counter_keys
-                    .with_label_values(&[&p.label])
-                    .set(p.engine.counter_keys() as i64);
-            }
-            let mut r = text(StatusCode::OK, state.metrics.render());
-            r.headers_mut().insert(
-                http::header::CONTENT_TYPE,
-                http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-            );
-            r
+impl admin::Health for State {
+    fn metrics(&self) -> Vec<u8> {
+        if let Some(p) = self.policy.load_full() {
+            self.metrics
+                .counter_keys
+                .with_label_values(&[&p.label])
+                .set(p.engine.counter_keys() as i64);
         }
-        "/livez" => text(StatusCode::OK, b"ok\n".to_vec()),
-        "/readyz" if state.ready() => text(StatusCode::OK, b"ready\n".to_vec()),
-        "/readyz" if state.policy.load().is_none() => text(
-            StatusCode::SERVICE_UNAVAILABLE,
-            b"not ready: no valid policy loaded\n".to_vec(),
-        ),
-        "/readyz" => text(
-            StatusCode::SERVICE_UNAVAILABLE,
-            b"not ready: draining\n".to_vec(),
-        ),
-        _ => text(StatusCode::NOT_FOUND, b"not found\n".to_vec()),
+        self.metrics.render()
     }
-}
 
-fn text(status: StatusCode, body: Vec<u8>) -> Response<ProxyBody> {
-    let mut r = Response::new(full(body));
-    *r.status_mut() = status;
-    r
-}
-
-pub(crate) fn full(body: impl Into<Bytes>) -> ProxyBody {
-    Full::new(body.into())
-        .map_err(|never| match never {})
-        .boxed_unsync()
-}
-
-/// Resolves on SIGTERM or Ctrl-C.
-pub async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
+    fn unready(&self) -> Option<String> {
+        if self.policy.load().is_none() {
+            Some("no valid policy loaded".into())
+        } else if self.draining.load(Ordering::Relaxed) {
+            Some("draining".into())
+        } else {
+            None
         }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
     }
 }

@@ -7,8 +7,9 @@
 use super::filter::filter_response;
 use super::gate::{check_headers, decide_body, too_large, Verdict};
 use super::legacy::{self, LegacySession};
-use super::{full, ProxyBody, State};
+use super::State;
 use crate::mcp::{code, Refusal};
+use crate::serve::{full, json, respond, Body};
 use crate::sidecar::reload::LoadedPolicy;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -32,7 +33,7 @@ const HOP_BY_HOP: &[&str] = &[
 ];
 
 /// Handles one request on the MCP port.
-pub(super) async fn handle(st: Arc<State>, req: Request<Incoming>) -> Response<ProxyBody> {
+pub(super) async fn handle(st: Arc<State>, req: Request<Incoming>) -> Response<Body> {
     let Some(policy) = st.policy.load_full() else {
         return refusal_closing(&Refusal::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -98,7 +99,7 @@ async fn gate(
     policy: &Arc<LoadedPolicy>,
     req: Request<Incoming>,
     session: Option<Arc<LegacySession>>,
-) -> Response<ProxyBody> {
+) -> Response<Body> {
     let started = Instant::now();
     if let Err(r) = check_headers(req.headers(), st.cfg.max_body_bytes) {
         return refusal_closing(&r);
@@ -116,14 +117,14 @@ async fn gate(
     let response = match verdict {
         Verdict::Answer { body, retry_after } => match &session {
             // Legacy transport: answers travel on the session's event stream.
-            Some(s) if s.inject(&body) => status_only(StatusCode::ACCEPTED),
+            Some(s) if s.inject(&body) => respond(StatusCode::ACCEPTED, Bytes::new()),
             Some(_) => refusal(&Refusal::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 code::INTERNAL_ERROR,
                 "this session's event stream has too many unread answers; read it, then retry",
             )),
             None => {
-                let mut r = json_response(StatusCode::OK, body);
+                let mut r = json(StatusCode::OK, body);
                 if let Some(secs) = retry_after {
                     r.headers_mut()
                         .insert(header::RETRY_AFTER, HeaderValue::from(secs));
@@ -208,9 +209,9 @@ async fn read_body(
 fn upstream_request(
     st: &State,
     parts: http::request::Parts,
-    body: ProxyBody,
+    body: Body,
     drop_accept_encoding: bool,
-) -> Request<ProxyBody> {
+) -> Request<Body> {
     let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let uri = http::Uri::builder()
         .scheme("http")
@@ -235,9 +236,9 @@ fn upstream_request(
 /// dropped, and URLs naming the upstream's authority pointed back at the one the client used.
 async fn send(
     st: &State,
-    req: Request<ProxyBody>,
+    req: Request<Body>,
     client_host: Option<HeaderValue>,
-) -> Result<Response<Incoming>, Response<ProxyBody>> {
+) -> Result<Response<Incoming>, Response<Body>> {
     let mut resp = st.client.request(req).await.map_err(|e| bad_gateway(&e))?;
     let h = resp.headers_mut();
     if let Some(id) = h.get("mcp-session-id") {
@@ -282,7 +283,7 @@ async fn forward_gated(
     parts: http::request::Parts,
     bytes: Bytes,
     filter: Option<Vec<Value>>,
-) -> Response<ProxyBody> {
+) -> Response<Body> {
     let host = parts.headers.get(header::HOST).cloned();
     let req = upstream_request(st, parts, full(bytes), filter.is_some());
     let resp = match send(st, req, host).await {
@@ -295,7 +296,7 @@ async fn forward_gated(
     }
 }
 
-async fn forward_streaming(st: &Arc<State>, req: Request<Incoming>) -> Response<ProxyBody> {
+async fn forward_streaming(st: &Arc<State>, req: Request<Incoming>) -> Response<Body> {
     let (parts, body) = req.into_parts();
     let is_get = parts.method == Method::GET;
     let host = parts.headers.get(header::HOST).cloned();
@@ -355,12 +356,12 @@ pub(super) fn strip_hop_by_hop(h: &mut HeaderMap) {
     }
 }
 
-fn passthrough(resp: Response<Incoming>) -> Response<ProxyBody> {
+fn passthrough(resp: Response<Incoming>) -> Response<Body> {
     let (parts, body) = resp.into_parts();
     Response::from_parts(parts, body.map_err(Into::into).boxed_unsync())
 }
 
-fn bad_gateway(e: &dyn std::fmt::Display) -> Response<ProxyBody> {
+fn bad_gateway(e: &dyn std::fmt::Display) -> Response<Body> {
     tracing::warn!(error = %e, "upstream request failed");
     refusal(&Refusal::new(
         StatusCode::BAD_GATEWAY,
@@ -369,25 +370,9 @@ fn bad_gateway(e: &dyn std::fmt::Display) -> Response<ProxyBody> {
     ))
 }
 
-pub(super) fn json_response(status: StatusCode, body: Vec<u8>) -> Response<ProxyBody> {
-    let mut r = Response::new(full(body));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    r
-}
-
-fn status_only(status: StatusCode) -> Response<ProxyBody> {
-    let mut r = Response::new(full(Bytes::new()));
-    *r.status_mut() = status;
-    r
-}
-
 /// A refusal sent before the request's body was read: the connection cannot carry another
 /// request (the unread body is in the way), so the client is told it closes.
-fn refusal_closing(r: &Refusal) -> Response<ProxyBody> {
+fn refusal_closing(r: &Refusal) -> Response<Body> {
     let mut resp = refusal(r);
     resp.headers_mut()
         .insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -395,6 +380,6 @@ fn refusal_closing(r: &Refusal) -> Response<ProxyBody> {
 }
 
 /// A refusal as an HTTP response with a JSON-RPC error body.
-pub(super) fn refusal(r: &Refusal) -> Response<ProxyBody> {
-    json_response(r.status, r.body())
+pub(super) fn refusal(r: &Refusal) -> Response<Body> {
+    json(r.status, r.body())
 }

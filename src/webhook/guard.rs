@@ -4,7 +4,7 @@
 //! carry the policy annotation (a match condition sends only those) and refuses what would
 //! weaken the gate.
 
-use super::inject::{CONTAINER, MCP_PORT_NAME, POLICY_ANNOTATION};
+use crate::cluster::{CONTAINER, MCP_PORT_NAME, POLICY_ANNOTATION};
 use k8s_openapi::api::core::v1::{Container, Pod};
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview};
 use kube::core::DynamicObject;

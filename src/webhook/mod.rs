@@ -9,7 +9,7 @@ pub mod review;
 pub mod server;
 pub mod tls;
 
-pub use inject::{mutate, InjectConfig, Mutation};
+pub use inject::{mutate, Mutation};
 pub use review::{review_pod, Outcome, PodReview};
 
 #[cfg(test)]

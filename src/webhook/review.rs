@@ -1,7 +1,9 @@
 //! AdmissionReview in, AdmissionReview out: the JSON layer between the HTTPS server and
 //! [`mutate`].
 
-use super::inject::{mutate, InjectConfig, Mutation};
+use super::inject::{mutate, Mutation};
+use crate::cluster::InjectConfig;
+use crate::crd::manifest::{read_document, Document};
 use crate::crd::McpPolicy;
 use k8s_openapi::api::core::v1::{ObjectReference, Pod};
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview};
@@ -152,11 +154,9 @@ pub fn review_policy(body: &[u8]) -> AdmissionReview<DynamicObject> {
     };
     let object =
         serde_json::to_value(obj).expect("serialising a value built in memory cannot fail");
-    match crate::check::check_document(&object) {
-        crate::check::DocResult::Policy { .. } | crate::check::DocResult::Skipped { .. } => {
-            response.into_review()
-        }
-        crate::check::DocResult::Invalid(errs) => {
+    match read_document(&object) {
+        Document::Policy { .. } | Document::Skipped { .. } => response.into_review(),
+        Document::Invalid(errs) => {
             let lines: Vec<String> = errs.0.iter().map(ToString::to_string).collect();
             response
                 .deny(format!("invalid McpPolicy: {}", lines.join("; ")))

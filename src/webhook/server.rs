@@ -3,16 +3,16 @@
 //! not ready, and it answers every review with a refusal rather than skip injection.
 
 use super::review::{review_pod, review_policy, Outcome};
-use super::InjectConfig;
+use crate::cluster::{in_namespace, InjectConfig};
 use crate::crd::McpPolicy;
 use crate::metrics::ControllerMetrics;
-use arc_swap::{ArcSwap, ArcSwapOption};
-use bytes::Bytes;
+use crate::serve::tls::{self, CertSlot};
+use crate::serve::{accept_loop, json, Body, Limits};
+use arc_swap::ArcSwap;
 use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::server::graceful::GracefulShutdown;
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::core::admission::AdmissionResponse;
 use kube::runtime::events::{Event, EventType, Recorder};
@@ -22,33 +22,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
-use tokio_rustls::rustls;
 
 /// Largest AdmissionReview accepted (the API server's own request limit is 3 MiB of object).
 pub const MAX_REVIEW_BYTES: usize = 8 << 20;
-
-/// The serving certificate, swapped in place when the Secret changes.
-#[derive(Debug, Default)]
-pub struct CertSlot(ArcSwapOption<rustls::sign::CertifiedKey>);
-
-impl CertSlot {
-    pub fn set(&self, key: Arc<rustls::sign::CertifiedKey>) {
-        self.0.store(Some(key));
-    }
-
-    pub fn loaded(&self) -> bool {
-        self.0.load().is_some()
-    }
-}
-
-impl rustls::server::ResolvesServerCert for CertSlot {
-    fn resolve(
-        &self,
-        _hello: rustls::server::ClientHello<'_>,
-    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
-        self.0.load_full()
-    }
-}
 
 /// What the handlers read.
 pub struct WebhookState {
@@ -94,72 +70,40 @@ impl WebhookState {
     }
 }
 
-/// The rustls configuration serving whatever [`CertSlot`] holds.
-pub fn tls_config(certs: Arc<CertSlot>) -> Arc<rustls::ServerConfig> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("ring supports the default protocol versions")
-        .with_no_client_auth()
-        .with_cert_resolver(certs);
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Arc::new(cfg)
-}
+/// Open connections at most: the API server keeps a few per replica.
+const MAX_CONNECTIONS: usize = 256;
+/// Time to finish the TLS handshake and send a request's headers.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves HTTPS until `stop` turns true.
-pub async fn serve(
-    listener: TcpListener,
-    state: Arc<WebhookState>,
-    mut stop: watch::Receiver<bool>,
-) {
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls_config(state.certs.clone()));
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let Ok((tcp, _)) = accepted else { continue };
-                let _ = tcp.set_nodelay(true);
-                let acceptor = acceptor.clone();
-                let st = state.clone();
-                tokio::spawn(async move {
-                    let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
-                        Ok(Ok(tls)) => tls,
-                        Ok(Err(e)) => {
-                            tracing::debug!(error = %e, "webhook TLS handshake failed");
-                            return;
-                        }
-                        Err(_) => return,
-                    };
-                    let svc = service_fn(move |req| {
-                        let st = st.clone();
-                        async move { Ok::<_, std::convert::Infallible>(handle(&st, req).await) }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(tls), svc)
-                        .await;
-                });
-            }
-            _ = stop.changed() => break,
-        }
-    }
-}
-
-fn json(status: StatusCode, body: Vec<u8>) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(Bytes::from(body)));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/json"),
-    );
-    r
+pub async fn serve(listener: TcpListener, state: Arc<WebhookState>, stop: watch::Receiver<bool>) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls::config(state.certs.clone()));
+    let limits = Limits {
+        header_timeout: HEADER_TIMEOUT,
+        max_connections: MAX_CONNECTIONS,
+    };
+    let graceful = Arc::new(GracefulShutdown::new());
+    accept_loop(
+        listener,
+        stop,
+        graceful,
+        limits,
+        Some(acceptor),
+        move |req| {
+            let st = state.clone();
+            async move { handle(&st, req).await }
+        },
+    )
+    .await
 }
 
 /// One request: route, read the review (bounded), answer.
-pub async fn handle(state: &Arc<WebhookState>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+pub async fn handle(state: &Arc<WebhookState>, req: Request<Incoming>) -> Response<Body> {
     let webhook = match (req.method(), req.uri().path()) {
         (&http::Method::POST, "/mutate") => "mutate",
         (&http::Method::POST, "/validate") => "validate",
         (&http::Method::POST, "/guard") => "guard",
-        _ => return json(StatusCode::NOT_FOUND, br#"{"error":"not found"}"#.to_vec()),
+        _ => return json(StatusCode::NOT_FOUND, &br#"{"error":"not found"}"#[..]),
     };
     let started = Instant::now();
     let body = match Limited::new(req.into_body(), MAX_REVIEW_BYTES)
@@ -219,11 +163,7 @@ pub fn answer(state: &Arc<WebhookState>, webhook: &str, body: &[u8]) -> Vec<u8> 
             .expect("serialising a value built in memory cannot fail");
     }
     let cfg = state.inject.load();
-    let r = review_pod(
-        body,
-        |ns| crate::controller::reconcile::in_namespace(&state.policies, ns),
-        &cfg,
-    );
+    let r = review_pod(body, |ns| in_namespace(&state.policies, ns), &cfg);
     state
         .metrics
         .injections

@@ -1,4 +1,5 @@
 use super::inject::*;
+use crate::cluster::*;
 use crate::crd::McpPolicy;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Container, Pod};

@@ -308,13 +308,3 @@ pub fn certified_key(
         tokio_rustls::rustls::sign::CertifiedKey::new(chain, signing),
     ))
 }
-
-/// The names a serving certificate for the in-cluster Service carries.
-pub fn service_names(service: &str, namespace: &str) -> Vec<String> {
-    vec![
-        format!("{service}.{namespace}.svc"),
-        format!("{service}.{namespace}.svc.cluster.local"),
-        format!("{service}.{namespace}"),
-        service.to_string(),
-    ]
-}

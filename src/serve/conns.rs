@@ -1,17 +1,18 @@
-//! Accepting connections without letting misbehaving clients starve the others.
+//! Accepting connections without letting misbehaving clients starve the others: the one
+//! accept loop of the sidecar's MCP and admin ports and the controller's webhook and admin ports.
 //!
 //! Header reads time out (and so do idle keep-alive connections, which hyper treats the same way:
 //! it waits for the next request's headers). Open connections are capped; at the cap the oldest
 //! connection that is not inside a request — one that is idle or still dribbling its headers —
 //! is closed to make room, so a client that sends whole requests is served while others stall.
 
-use super::ProxyBody;
+use super::Body;
 use http::{Request, Response};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -19,6 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify};
+use tokio_rustls::TlsAcceptor;
 
 /// How connections are bounded.
 #[derive(Debug, Clone, Copy)]
@@ -77,16 +79,45 @@ impl Drop for Busy {
     }
 }
 
-/// Serves HTTP/1 connections from `listener` with `handler` until `stop` changes.
+/// A response body that keeps its connection counted as inside a request until it ends. Its
+/// size hint is the inner body's, so whole answers keep their `Content-Length`.
+struct Tracked {
+    inner: Body,
+    _busy: Busy,
+}
+
+impl http_body::Body for Tracked {
+    type Data = bytes::Bytes;
+    type Error = super::BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Serves HTTP/1 connections from `listener` with `handler` until `stop` changes; over TLS
+/// when given an acceptor (the handshake must finish within the header timeout).
 pub async fn accept_loop<F, Fut>(
     listener: TcpListener,
     mut stop: watch::Receiver<bool>,
     graceful: Arc<GracefulShutdown>,
     limits: Limits,
+    tls: Option<TlsAcceptor>,
     handler: F,
 ) where
     F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = Response<ProxyBody>> + Send + 'static,
+    Fut: Future<Output = Response<Body>> + Send + 'static,
 {
     let open = Arc::new(Mutex::new(Open::default()));
     loop {
@@ -123,32 +154,60 @@ pub async fn accept_loop<F, Fut>(
             async move {
                 let resp = fut.await;
                 let (parts, body) = resp.into_parts();
-                let body = body
-                    .map_frame(move |f| {
-                        let _ = &guard;
-                        f
-                    })
-                    .boxed_unsync();
+                let body = Tracked {
+                    inner: body,
+                    _busy: guard,
+                }
+                .boxed_unsync();
                 Ok::<_, std::convert::Infallible>(Response::from_parts(parts, body))
             }
         });
-        let conn = hyper::server::conn::http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(limits.header_timeout)
-            .serve_connection(TokioIo::new(stream), service);
-        let conn = graceful.watch(conn);
-        let open = open.clone();
+        let (watcher, open, tls) = (graceful.watcher(), open.clone(), tls.clone());
         tokio::spawn(async move {
-            tokio::select! {
-                _ = conn => {}
-                // Dropping the connection closes its socket.
-                _ = evict.notified() => {}
+            match tls {
+                None => serve_connection(stream, service, limits, watcher, &evict).await,
+                Some(acceptor) => {
+                    let handshake =
+                        tokio::time::timeout(limits.header_timeout, acceptor.accept(stream));
+                    tokio::select! {
+                        done = handshake => match done {
+                            Ok(Ok(tls)) => serve_connection(tls, service, limits, watcher, &evict).await,
+                            Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+                            Err(_) => tracing::debug!("TLS handshake timed out"),
+                        },
+                        _ = evict.notified() => {}
+                    }
+                }
             }
             open.lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .conns
                 .remove(&id);
         });
+    }
+}
+
+/// Serves one connection until it ends, the shutdown closes it, or it is evicted (dropping it
+/// closes its socket).
+async fn serve_connection<I, S>(
+    io: I,
+    service: S,
+    limits: Limits,
+    graceful: Watcher,
+    evict: &Notify,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::HttpService<Incoming, ResBody = Body> + Send,
+    S::Future: Send,
+{
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .serve_connection(TokioIo::new(io), service);
+    let conn = graceful.watch(conn);
+    tokio::select! {
+        _ = conn => {}
+        _ = evict.notified() => {}
     }
 }
 

@@ -1,0 +1,198 @@
+//! The admission webhook configurations, built once: the controller registers them in URL mode
+//! and patches their `caBundle`; the chart installs the same (a test holds the two together).
+
+use super::{INJECT_LABEL, MANAGED_BY, NAMESPACE_LABEL};
+use k8s_openapi::api::admissionregistration::v1::{
+    MatchCondition, MutatingWebhook, MutatingWebhookConfiguration, RuleWithOperations,
+    ServiceReference, ValidatingWebhook, ValidatingWebhookConfiguration, WebhookClientConfig,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
+    LabelSelector, LabelSelectorRequirement, ObjectMeta,
+};
+use k8s_openapi::ByteString;
+
+/// Where the API server reaches the webhooks.
+#[derive(Debug, Clone)]
+pub enum Endpoint {
+    /// The in-cluster Service (the chart's).
+    Service {
+        namespace: String,
+        name: String,
+        port: i32,
+    },
+    /// A URL (development and tests outside the cluster); the controller then registers the
+    /// webhook configurations itself.
+    Url(String),
+}
+
+impl Endpoint {
+    /// The names the serving certificate must carry.
+    pub fn names(&self) -> Vec<String> {
+        match self {
+            Endpoint::Service {
+                namespace, name, ..
+            } => service_names(name, namespace),
+            Endpoint::Url(url) => {
+                let host = url
+                    .parse::<http::Uri>()
+                    .ok()
+                    .and_then(|u| u.host().map(|h| h.trim_matches(['[', ']']).to_string()))
+                    .unwrap_or_default();
+                vec![host]
+            }
+        }
+    }
+
+    pub fn client_config(&self, path: &str, ca_bundle: &str) -> WebhookClientConfig {
+        let ca = Some(ByteString(ca_bundle.as_bytes().to_vec()));
+        match self {
+            Endpoint::Service {
+                namespace,
+                name,
+                port,
+            } => WebhookClientConfig {
+                ca_bundle: ca,
+                service: Some(ServiceReference {
+                    namespace: namespace.clone(),
+                    name: name.clone(),
+                    path: Some(path.into()),
+                    port: Some(*port),
+                }),
+                url: None,
+            },
+            Endpoint::Url(url) => WebhookClientConfig {
+                ca_bundle: ca,
+                service: None,
+                url: Some(format!("{}{path}", url.trim_end_matches('/'))),
+            },
+        }
+    }
+}
+
+/// Only UPDATEs of pods the webhook injected go to `/guard`, so the rest of a namespace's pod
+/// updates never wait on (or fail with) the controller.
+pub const GUARDED_POD_CONDITION: &str =
+    "has(oldObject.metadata.annotations) && 'mcpwarden.dev/policy' in oldObject.metadata.annotations";
+
+/// The webhook configurations the chart installs, for URL mode: pods in namespaces labelled
+/// `mcpwarden.dev/injection=enabled` (never the controller's own), opt-out by pod label, and
+/// McpPolicy CREATE/UPDATE.
+pub fn webhook_configurations(
+    name: &str,
+    endpoint: &Endpoint,
+    bundle: &str,
+    own_namespace: &str,
+) -> (MutatingWebhookConfiguration, ValidatingWebhookConfiguration) {
+    let namespace_selector = LabelSelector {
+        match_labels: Some([(NAMESPACE_LABEL.to_string(), "enabled".to_string())].into()),
+        match_expressions: Some(vec![LabelSelectorRequirement {
+            key: "kubernetes.io/metadata.name".into(),
+            operator: "NotIn".into(),
+            values: Some(vec!["kube-system".into(), own_namespace.into()]),
+        }]),
+    };
+    let namespace_selector_guard = namespace_selector.clone();
+    let object_selector = LabelSelector {
+        match_expressions: Some(vec![LabelSelectorRequirement {
+            key: INJECT_LABEL.into(),
+            operator: "NotIn".into(),
+            values: Some(vec!["false".into()]),
+        }]),
+        match_labels: None,
+    };
+    let meta = ObjectMeta {
+        name: Some(name.into()),
+        labels: Some([(MANAGED_BY.0.to_string(), MANAGED_BY.1.to_string())].into()),
+        ..Default::default()
+    };
+    let m = MutatingWebhookConfiguration {
+        metadata: meta.clone(),
+        webhooks: Some(vec![MutatingWebhook {
+            name: "inject.mcpwarden.dev".into(),
+            admission_review_versions: vec!["v1".into()],
+            client_config: endpoint.client_config("/mutate", bundle),
+            failure_policy: Some("Fail".into()),
+            side_effects: "NoneOnDryRun".into(),
+            timeout_seconds: Some(10),
+            reinvocation_policy: Some("Never".into()),
+            match_policy: Some("Equivalent".into()),
+            namespace_selector: Some(namespace_selector),
+            object_selector: Some(object_selector),
+            rules: Some(vec![RuleWithOperations {
+                api_groups: Some(vec!["".into()]),
+                api_versions: Some(vec!["v1".into()]),
+                operations: Some(vec!["CREATE".into()]),
+                resources: Some(vec!["pods".into()]),
+                scope: Some("Namespaced".into()),
+            }]),
+            match_conditions: None,
+        }]),
+    };
+    let v = ValidatingWebhookConfiguration {
+        metadata: meta,
+        webhooks: Some(vec![
+            ValidatingWebhook {
+                name: "validate.mcpwarden.dev".into(),
+                admission_review_versions: vec!["v1".into()],
+                client_config: endpoint.client_config("/validate", bundle),
+                failure_policy: Some("Fail".into()),
+                side_effects: "None".into(),
+                timeout_seconds: Some(10),
+                match_policy: Some("Equivalent".into()),
+                namespace_selector: None,
+                object_selector: None,
+                rules: Some(vec![RuleWithOperations {
+                    api_groups: Some(vec!["mcpwarden.dev".into()]),
+                    api_versions: Some(vec!["v1alpha1".into()]),
+                    operations: Some(vec!["CREATE".into(), "UPDATE".into()]),
+                    resources: Some(vec!["mcppolicies".into()]),
+                    scope: Some("Namespaced".into()),
+                }]),
+                match_conditions: None,
+            },
+            ValidatingWebhook {
+                name: "guard.mcpwarden.dev".into(),
+                admission_review_versions: vec!["v1".into()],
+                client_config: endpoint.client_config("/guard", bundle),
+                failure_policy: Some("Fail".into()),
+                side_effects: "None".into(),
+                timeout_seconds: Some(10),
+                match_policy: Some("Equivalent".into()),
+                namespace_selector: Some(namespace_selector_guard),
+                object_selector: None,
+                rules: Some(vec![RuleWithOperations {
+                    api_groups: Some(vec!["".into()]),
+                    api_versions: Some(vec!["v1".into()]),
+                    operations: Some(vec!["UPDATE".into()]),
+                    resources: Some(vec!["pods".into(), "pods/ephemeralcontainers".into()]),
+                    scope: Some("Namespaced".into()),
+                }]),
+                match_conditions: Some(vec![MatchCondition {
+                    name: "guarded-pods-only".into(),
+                    expression: GUARDED_POD_CONDITION.into(),
+                }]),
+            },
+        ]),
+    };
+    (m, v)
+}
+
+/// The names a serving certificate for the in-cluster Service carries.
+pub fn service_names(service: &str, namespace: &str) -> Vec<String> {
+    vec![
+        format!("{service}.{namespace}.svc"),
+        format!("{service}.{namespace}.svc.cluster.local"),
+        format!("{service}.{namespace}"),
+        service.to_string(),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_guard_condition_reads_the_annotation_injection_writes() {
+        assert!(GUARDED_POD_CONDITION.contains(&format!("'{}'", super::super::POLICY_ANNOTATION)));
+    }
+}

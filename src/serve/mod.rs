@@ -1,0 +1,60 @@
+//! HTTP serving shared by the sidecar and the controller: the one accept loop ([`conns`]:
+//! timeouts, the connection cap, optional TLS), the admin endpoints ([`admin`]: `/metrics`,
+//! `/livez`, `/readyz`), the serving certificate swapped in place ([`tls`]), and the shutdown
+//! signal.
+
+pub mod admin;
+pub mod conns;
+pub mod tls;
+
+pub use conns::{accept_loop, Limits};
+
+use bytes::Bytes;
+use http::{Response, StatusCode};
+use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The body of every response served (whole answers and streamed upstream bodies alike).
+pub type Body = UnsyncBoxBody<Bytes, BoxError>;
+
+/// A whole body.
+pub fn full(body: impl Into<Bytes>) -> Body {
+    Full::new(body.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+/// A response with a whole body and no headers.
+pub fn respond(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
+    let mut r = Response::new(full(body));
+    *r.status_mut() = status;
+    r
+}
+
+/// A response with a whole JSON body.
+pub fn json(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
+    let mut r = respond(status, body);
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

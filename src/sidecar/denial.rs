@@ -1,0 +1,146 @@
+//! A denied `tools/call` written as MCP: a tool result with `isError` (or a JSON-RPC error),
+//! the reason the agent sees, and the decision record in `_meta`. Reading messages stays in
+//! [`crate::mcp`]; this is where the engine's decisions meet the wire.
+
+use crate::engine::{Decision, Outcome};
+use crate::mcp::{code, raw_to_value, version_at_least, DECISION_META, RESULT_TYPE_SINCE};
+use crate::policy::DenyAs;
+use serde_json::value::RawValue;
+use serde_json::{json, Value};
+
+/// The `_meta` decision record of a denial.
+fn decision_record(d: &Decision, tool: &str, policy: &str) -> Value {
+    let mut rec = json!({
+        "decision": d.outcome.as_str(),
+        "tool": tool,
+        "rule": d.rule,
+        "policy": policy,
+    });
+    if let Some(hit) = &d.limit {
+        rec["counter"] = json!(hit.counter.name);
+        rec["window"] = json!(hit.counter.window.text);
+        rec["max"] = json!(hit.counter.max.get());
+        rec["retryAfterSeconds"] = json!(retry_after_secs(d));
+    }
+    rec
+}
+
+/// Whole seconds to wait before retrying a rate-limited call (at least 1).
+pub fn retry_after_secs(d: &Decision) -> u64 {
+    d.limit
+        .as_ref()
+        .map_or(0, |h| (h.retry_after.as_secs_f64().ceil() as u64).max(1))
+}
+
+/// The JSON-RPC answer to a denied `tools/call` (as a JSON value, for batches). `version` is
+/// the call's protocol version: from 2026-07-28 on, a result states its `resultType`.
+pub fn denial(
+    id: &RawValue,
+    d: &Decision,
+    tool: &str,
+    policy: &str,
+    deny_as: DenyAs,
+    version: &str,
+) -> Value {
+    let rec = decision_record(d, tool, policy);
+    let id = raw_to_value(id);
+    match deny_as {
+        DenyAs::Result => {
+            let mut result = json!({
+                "content": [{"type": "text", "text": d.reason}],
+                "isError": true,
+                "_meta": {DECISION_META: rec}
+            });
+            if version_at_least(version, RESULT_TYPE_SINCE) {
+                result["resultType"] = json!("complete");
+            }
+            json!({"jsonrpc": "2.0", "id": id, "result": result})
+        }
+        DenyAs::Error => json!({
+            "jsonrpc": "2.0",
+            "id": id,
+            "error": {
+                "code": if d.outcome == Outcome::RateLimited { code::RATE_LIMITED } else { code::DENIED },
+                "message": d.reason,
+                "data": {DECISION_META: rec}
+            }
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::{Call, Engine, EngineOptions};
+    use crate::policy::{compile, Flavor};
+
+    #[test]
+    fn denials_carry_the_reason_and_the_decision() {
+        let p = compile(
+            &json!({"tools": {"t": {"limits": [{"counter": "c", "window": "minute", "max": 1}]},
+                               "x": {"action": "deny", "reason": "No."}}}),
+            Flavor::File,
+            "",
+        )
+        .unwrap();
+        let e = Engine::new(p, None, EngineOptions::default());
+        let args = Value::Null;
+        let id = RawValue::from_string("\"req-1\"".into()).unwrap();
+        let d = e.decide(
+            &Call {
+                tool: "x",
+                args: &args,
+                grant: "g",
+                session: None,
+            },
+            0,
+        );
+        let v = denial(&id, &d, "x", "ns/p", DenyAs::Result, "2025-06-18");
+        assert_eq!(v["id"], "req-1");
+        assert!(
+            v["result"].get("resultType").is_none(),
+            "older revisions have no resultType"
+        );
+        let modern = denial(&id, &d, "x", "ns/p", DenyAs::Result, "2026-07-28");
+        assert_eq!(modern["result"]["resultType"], "complete");
+        assert_eq!(v["result"]["isError"], true);
+        assert_eq!(v["result"]["content"][0]["text"], "No.");
+        assert_eq!(
+            v["result"]["_meta"][DECISION_META],
+            json!({"decision": "deny", "tool": "x", "rule": "tools.x", "policy": "ns/p"})
+        );
+        e.decide(
+            &Call {
+                tool: "t",
+                args: &args,
+                grant: "g",
+                session: None,
+            },
+            0,
+        );
+        let d = e.decide(
+            &Call {
+                tool: "t",
+                args: &args,
+                grant: "g",
+                session: None,
+            },
+            0,
+        );
+        let v = denial(&id, &d, "t", "ns/p", DenyAs::Error, "2026-07-28");
+        assert_eq!(v["error"]["code"], 429);
+        let rec = &v["error"]["data"][DECISION_META];
+        assert_eq!(
+            (
+                rec["decision"].as_str(),
+                rec["counter"].as_str(),
+                rec["max"].as_u64()
+            ),
+            (Some("rate_limited"), Some("c"), Some(1))
+        );
+        assert_eq!(
+            rec["retryAfterSeconds"], 63,
+            "the call at 0 leaves the window at 63 s (one 3 s sub-bucket late)"
+        );
+    }
+}

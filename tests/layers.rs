@@ -1,0 +1,121 @@
+//! The modules depend on each other one way: no cycle among `src`'s top-level modules (a module
+//! is `src/NAME.rs` with `src/NAME/`). Dependencies are read from `crate::NAME` paths in the
+//! source, tests included.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+fn rust_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            rust_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+/// Module → the modules it names.
+fn graph() -> BTreeMap<String, BTreeSet<String>> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let module_of = |p: &Path| -> Option<String> {
+        let rel = p.strip_prefix(&src).ok()?;
+        let first = rel.components().next()?.as_os_str().to_str()?;
+        let name = first.trim_end_matches(".rs");
+        (name != "lib" && name != "main").then(|| name.to_string())
+    };
+    let modules: BTreeSet<String> = files.iter().filter_map(|p| module_of(p)).collect();
+    let mut g: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for f in &files {
+        let Some(from) = module_of(f) else { continue };
+        let text = std::fs::read_to_string(f).unwrap();
+        let deps = g.entry(from.clone()).or_default();
+        for (i, _) in text.match_indices("crate::") {
+            let rest = &text[i + "crate::".len()..];
+            let name: String = rest
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            if modules.contains(&name) && name != from {
+                deps.insert(name);
+            }
+        }
+    }
+    g
+}
+
+/// A cycle through `node`, if there is one.
+fn cycle(
+    g: &BTreeMap<String, BTreeSet<String>>,
+    node: &str,
+    path: &mut Vec<String>,
+    done: &mut BTreeSet<String>,
+) -> Option<Vec<String>> {
+    if let Some(at) = path.iter().position(|n| n == node) {
+        let mut c = path[at..].to_vec();
+        c.push(node.to_string());
+        return Some(c);
+    }
+    if done.contains(node) {
+        return None;
+    }
+    path.push(node.to_string());
+    for next in g.get(node).into_iter().flatten() {
+        if let Some(c) = cycle(g, next, path, done) {
+            return Some(c);
+        }
+    }
+    path.pop();
+    done.insert(node.to_string());
+    None
+}
+
+#[test]
+fn the_modules_form_no_cycle() {
+    let g = graph();
+    assert!(g.len() >= 10, "too few modules found: {g:?}");
+    let mut done = BTreeSet::new();
+    for node in g.keys() {
+        if let Some(c) = cycle(&g, node, &mut Vec::new(), &mut done) {
+            panic!(
+                "the modules depend on each other in a cycle: {}",
+                c.join(" → ")
+            );
+        }
+    }
+}
+
+#[test]
+fn the_shared_layers_depend_on_neither_side() {
+    let g = graph();
+    for (lower, forbidden) in [
+        ("webhook", &["controller", "check", "cli"][..]),
+        ("cluster", &["controller", "webhook", "sidecar", "cli"]),
+        (
+            "serve",
+            &[
+                "controller",
+                "webhook",
+                "sidecar",
+                "cluster",
+                "policy",
+                "engine",
+                "mcp",
+            ],
+        ),
+        ("mcp", &["engine", "sidecar", "policy"]),
+        ("engine", &["sidecar", "mcp"]),
+        ("policy", &["engine", "sidecar", "crd"]),
+    ] {
+        for f in forbidden {
+            assert!(
+                !g[lower].contains(*f),
+                "{lower} depends on {f}: {:?}",
+                g[lower]
+            );
+        }
+    }
+}
