@@ -8,7 +8,7 @@ pub mod select;
 pub mod sidecar;
 pub mod webhooks;
 
-pub use select::{in_namespace, selecting_policy, selector_matches};
+pub use select::{in_namespace, label_selector_matches, selecting_policy, selector_matches};
 pub use sidecar::{sidecar_state, Carried, InjectConfig};
 
 /// The field manager of everything the controller applies.

@@ -2,6 +2,7 @@
 
 use crate::crd::{McpPolicy, PodSelector, SelectorOperator};
 use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::runtime::reflector::Store;
 use std::collections::BTreeMap;
 
@@ -28,23 +29,59 @@ pub fn selecting_policy<'p>(pod: &Pod, policies: &'p [McpPolicy]) -> Option<&'p 
 
 /// Standard label-selector semantics; an empty selector matches every pod.
 pub fn selector_matches(sel: &PodSelector, labels: &BTreeMap<String, String>) -> bool {
-    let labels_ok = sel
-        .match_labels
-        .iter()
+    let op = |o: SelectorOperator| match o {
+        SelectorOperator::In => "In",
+        SelectorOperator::NotIn => "NotIn",
+        SelectorOperator::Exists => "Exists",
+        SelectorOperator::DoesNotExist => "DoesNotExist",
+    };
+    matches(
+        sel.match_labels.as_ref(),
+        sel.match_expressions.iter().flatten().map(|e| {
+            (
+                op(e.operator),
+                e.key.as_str(),
+                e.values.as_deref().unwrap_or_default(),
+            )
+        }),
+        labels,
+    )
+}
+
+/// The same for a Kubernetes `LabelSelector` (a NetworkPolicy's); an unknown operator matches
+/// nothing.
+pub fn label_selector_matches(sel: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
+    matches(
+        sel.match_labels.as_ref(),
+        sel.match_expressions.iter().flatten().map(|e| {
+            (
+                e.operator.as_str(),
+                e.key.as_str(),
+                e.values.as_deref().unwrap_or_default(),
+            )
+        }),
+        labels,
+    )
+}
+
+/// Label-selector semantics over `(operator, key, values)` requirements.
+fn matches<'s>(
+    match_labels: Option<&BTreeMap<String, String>>,
+    mut requirements: impl Iterator<Item = (&'s str, &'s str, &'s [String])>,
+    labels: &BTreeMap<String, String>,
+) -> bool {
+    let by_label = match_labels
+        .into_iter()
         .flatten()
         .all(|(k, v)| labels.get(k) == Some(v));
-    let exprs_ok = sel.match_expressions.iter().flatten().all(|e| {
-        let values = e.values.as_deref().unwrap_or_default();
-        match (e.operator, labels.get(&e.key)) {
-            (SelectorOperator::In, Some(v)) => values.contains(v),
-            (SelectorOperator::In, None) => false,
-            (SelectorOperator::NotIn, Some(v)) => !values.contains(v),
-            (SelectorOperator::NotIn, None) => true,
-            (SelectorOperator::Exists, found) => found.is_some(),
-            (SelectorOperator::DoesNotExist, found) => found.is_none(),
-        }
-    });
-    labels_ok && exprs_ok
+    by_label
+        && requirements.all(|(op, key, values)| match (op, labels.get(key)) {
+            ("In", Some(v)) => values.contains(v),
+            ("NotIn", Some(v)) => !values.contains(v),
+            ("NotIn", None) | ("DoesNotExist", None) => true,
+            ("Exists", Some(_)) => true,
+            _ => false,
+        })
 }
 
 /// The objects of one namespace in a cache (the webhook's McpPolicies, the reconciler's

@@ -21,7 +21,7 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::Api;
 use kube::runtime::controller::{self, Controller};
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::ResourceExt;
 use std::net::SocketAddr;
@@ -116,7 +116,9 @@ async fn detect_native(client: &kube::Client) -> anyhow::Result<bool> {
     Ok(native_supported(api, &kubelets))
 }
 
-/// Runs the controller until `shutdown` resolves.
+/// Runs the controller until `shutdown` resolves: every replica watches McpPolicies, serves
+/// the webhooks and loads the serving certificate; the replica holding the Lease reconciles and
+/// manages certificates. On shutdown `/readyz` turns false for the drain delay first.
 pub async fn run(
     mut cfg: Config,
     shutdown: impl std::future::Future<Output = ()>,
@@ -130,191 +132,28 @@ pub async fn run(
         instance: Some(cfg.identity.clone()),
     };
     let recorder = Recorder::new(client.clone(), reporter);
-
-    // Every replica: the McpPolicy cache the webhook reads.
-    let (policies, writer) = reflector::store::<McpPolicy>();
-    let policy_watch = watcher(
-        Api::<McpPolicy>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .default_backoff()
-    .reflect(writer)
-    .for_each(|_| std::future::ready(()));
-    let policy_watch = tokio::spawn(policy_watch);
-
-    let mut inject = cfg.inject.clone();
-    inject.native_sidecar = match cfg.native_sidecar {
-        NativeSidecar::Always => true,
-        NativeSidecar::Never => false,
-        NativeSidecar::Auto => detect_native(&client).await.unwrap_or_else(|e| {
-            tracing::warn!(error = %e, "cannot tell whether the cluster supports native sidecars; injecting regular containers");
-            false
-        }),
-    };
-    tracing::info!(native_sidecar = inject.native_sidecar, "injection settings");
-    let state = WebhookState::new(
-        policies.clone(),
-        inject,
-        metrics.clone(),
-        Some(recorder.clone()),
-    );
-    {
-        let st = state.clone();
-        let store = policies.clone();
-        tokio::spawn(async move {
-            if store.wait_until_ready().await.is_ok() {
-                st.synced.store(true, Ordering::Release);
-                tracing::info!("McpPolicy cache synced");
-            }
-        });
-    }
-
     let (stop_tx, stop_rx) = watch::channel(false);
-    // Under `auto`, nodes joining with an older kubelet turn native sidecars off again.
+
+    let (policies, policy_watch) = watch_policies(&client);
+    let state = webhook_state(&client, &cfg, policies, &metrics, &recorder).await;
     let native_task = (cfg.native_sidecar == NativeSidecar::Auto).then(|| {
-        let (client, state, mut stop) = (client.clone(), state.clone(), stop_rx.clone());
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = tokio::time::sleep(NATIVE_RECHECK) => {}
-                    _ = stop.changed() => break,
-                }
-                let Ok(native) = detect_native(&client).await else {
-                    continue;
-                };
-                if native != state.inject.load().native_sidecar {
-                    tracing::info!(native_sidecar = native, "injection settings changed");
-                    let mut next = (**state.inject.load()).clone();
-                    next.native_sidecar = native;
-                    state.inject.store(Arc::new(next));
-                }
-            }
-        })
+        tokio::spawn(recheck_native(
+            client.clone(),
+            state.clone(),
+            stop_rx.clone(),
+        ))
     });
     let draining = Arc::new(AtomicBool::new(false));
-    let webhook = TcpListener::bind(cfg.webhook_listen)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", cfg.webhook_listen))?;
-    let admin = TcpListener::bind(cfg.admin_listen)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", cfg.admin_listen))?;
-    tracing::info!(
-        webhook = %webhook.local_addr()?,
-        admin = %admin.local_addr()?,
-        identity = %cfg.identity,
-        version = env!("CARGO_PKG_VERSION"),
-        "mcp-warden controller listening"
-    );
-    let webhook_task = tokio::spawn(crate::webhook::server::serve(
-        webhook,
-        state.clone(),
-        stop_rx.clone(),
-    ));
-    let admin_task = tokio::spawn(admin::serve(
-        admin,
-        stop_rx.clone(),
-        Arc::new(GracefulShutdown::new()),
-        ADMIN_HEADER_TIMEOUT,
-        Arc::new(Health {
-            state: state.clone(),
-            draining: draining.clone(),
-        }),
-    ));
-
-    // Every replica: the serving certificate from the Secret.
-    let cert_task = {
-        let (client, cfg, state, metrics, mut stop) = (
-            client.clone(),
-            cfg.clone(),
-            state.clone(),
-            metrics.clone(),
-            stop_rx.clone(),
-        );
-        tokio::spawn(async move {
-            let mut last = None;
-            loop {
-                if let Err(e) = certs::load_serving_cert(
-                    &client,
-                    &cfg.namespace,
-                    &cfg.certs.secret,
-                    &state.certs,
-                    &mut last,
-                    &metrics,
-                )
-                .await
-                {
-                    tracing::warn!(error = %e, "cannot load the serving certificate");
-                }
-                let wait = if state.certs.loaded() {
-                    cfg.cert_interval
-                } else {
-                    Duration::from_secs(1)
-                };
-                tokio::select! {
-                    _ = tokio::time::sleep(wait) => {}
-                    _ = stop.changed() => break,
-                }
-            }
-        })
-    };
-
-    // Leader election; the leader reconciles and manages certificates.
-    let (leader_tx, mut leader_rx) = watch::channel(false);
-    let owner = certs::installation_owner(&client, &cfg.certs.webhook_config).await;
-    cfg.certs.owner = owner.clone();
-    let election = leader::Election {
-        namespace: cfg.namespace.clone(),
-        name: cfg.lease_name.clone(),
-        identity: cfg.identity.clone(),
-        duration: cfg.lease_duration,
-        owner,
-    };
-    let campaign = tokio::spawn(leader::campaign(
+    let (webhook_task, admin_task) = serve(&cfg, &state, &draining, &stop_rx).await?;
+    let cert_task = tokio::spawn(load_certificates(
         client.clone(),
-        election,
-        leader_tx,
+        cfg.clone(),
+        state.clone(),
+        metrics.clone(),
         stop_rx.clone(),
     ));
-    let leading = {
-        let (client, cfg, metrics, recorder) = (
-            client.clone(),
-            cfg.clone(),
-            metrics.clone(),
-            recorder.clone(),
-        );
-        tokio::spawn(async move {
-            let mut work: Option<tokio::task::JoinHandle<()>> = None;
-            loop {
-                let is_leader = *leader_rx.borrow_and_update();
-                match (is_leader, work.is_some()) {
-                    (true, false) => {
-                        tracing::info!(
-                            "leading: reconciling McpPolicies and managing certificates"
-                        );
-                        work = Some(tokio::spawn(lead(
-                            client.clone(),
-                            cfg.clone(),
-                            metrics.clone(),
-                            recorder.clone(),
-                        )));
-                    }
-                    (false, true) => {
-                        tracing::info!("no longer leading");
-                        if let Some(w) = work.take() {
-                            w.abort();
-                        }
-                    }
-                    _ => {}
-                }
-                if leader_rx.changed().await.is_err() {
-                    break;
-                }
-            }
-            if let Some(w) = work.take() {
-                w.abort();
-            }
-        })
-    };
+    cfg.certs.owner = certs::installation_owner(&client, &cfg.certs.webhook_config).await;
+    let (campaign, leading) = elect(&client, &cfg, &metrics, &recorder, &stop_rx);
 
     shutdown.await;
     draining.store(true, Ordering::Release);
@@ -335,6 +174,211 @@ pub async fn run(
     }
     tracing::info!("controller stopped");
     Ok(())
+}
+
+/// Every replica: the McpPolicy cache the webhook reads, and the task filling it.
+fn watch_policies(client: &kube::Client) -> (Store<McpPolicy>, tokio::task::JoinHandle<()>) {
+    let (policies, writer) = reflector::store::<McpPolicy>();
+    let policy_watch = watcher(
+        Api::<McpPolicy>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .reflect(writer)
+    .for_each(|_| std::future::ready(()));
+    (policies, tokio::spawn(policy_watch))
+}
+
+/// The webhook's state, with the injection settings resolved (native sidecars under `auto`
+/// when the cluster supports them); marked synced once the McpPolicy cache is.
+async fn webhook_state(
+    client: &kube::Client,
+    cfg: &Config,
+    policies: Store<McpPolicy>,
+    metrics: &ControllerMetrics,
+    recorder: &Recorder,
+) -> Arc<WebhookState> {
+    let mut inject = cfg.inject.clone();
+    inject.native_sidecar = match cfg.native_sidecar {
+        NativeSidecar::Always => true,
+        NativeSidecar::Never => false,
+        NativeSidecar::Auto => detect_native(client).await.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot tell whether the cluster supports native sidecars; injecting regular containers");
+            false
+        }),
+    };
+    tracing::info!(native_sidecar = inject.native_sidecar, "injection settings");
+    let state = WebhookState::new(
+        policies.clone(),
+        inject,
+        metrics.clone(),
+        Some(recorder.clone()),
+    );
+    let st = state.clone();
+    tokio::spawn(async move {
+        if policies.wait_until_ready().await.is_ok() {
+            st.synced.store(true, Ordering::Release);
+            tracing::info!("McpPolicy cache synced");
+        }
+    });
+    state
+}
+
+/// Under `auto`: nodes joining with an older kubelet turn native sidecars off again.
+async fn recheck_native(
+    client: kube::Client,
+    state: Arc<WebhookState>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(NATIVE_RECHECK) => {}
+            _ = stop.changed() => break,
+        }
+        let Ok(native) = detect_native(&client).await else {
+            continue;
+        };
+        if native != state.inject.load().native_sidecar {
+            tracing::info!(native_sidecar = native, "injection settings changed");
+            let mut next = (**state.inject.load()).clone();
+            next.native_sidecar = native;
+            state.inject.store(Arc::new(next));
+        }
+    }
+}
+
+/// Binds and serves the webhook and admin ports.
+async fn serve(
+    cfg: &Config,
+    state: &Arc<WebhookState>,
+    draining: &Arc<AtomicBool>,
+    stop: &watch::Receiver<bool>,
+) -> anyhow::Result<(tokio::task::JoinHandle<()>, tokio::task::JoinHandle<()>)> {
+    let webhook = TcpListener::bind(cfg.webhook_listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", cfg.webhook_listen))?;
+    let admin = TcpListener::bind(cfg.admin_listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", cfg.admin_listen))?;
+    tracing::info!(
+        webhook = %webhook.local_addr()?,
+        admin = %admin.local_addr()?,
+        identity = %cfg.identity,
+        version = env!("CARGO_PKG_VERSION"),
+        "mcp-warden controller listening"
+    );
+    let webhook_task = tokio::spawn(crate::webhook::server::serve(
+        webhook,
+        state.clone(),
+        stop.clone(),
+    ));
+    let admin_task = tokio::spawn(admin::serve(
+        admin,
+        stop.clone(),
+        Arc::new(GracefulShutdown::new()),
+        ADMIN_HEADER_TIMEOUT,
+        Arc::new(Health {
+            state: state.clone(),
+            draining: draining.clone(),
+        }),
+    ));
+    Ok((webhook_task, admin_task))
+}
+
+/// Every replica: the serving certificate from the Secret, re-read every `cert_interval` (every
+/// second until one is loaded).
+async fn load_certificates(
+    client: kube::Client,
+    cfg: Config,
+    state: Arc<WebhookState>,
+    metrics: ControllerMetrics,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut last = None;
+    loop {
+        if let Err(e) = certs::load_serving_cert(
+            &client,
+            &cfg.namespace,
+            &cfg.certs.secret,
+            &state.certs,
+            &mut last,
+            &metrics,
+        )
+        .await
+        {
+            tracing::warn!(error = %e, "cannot load the serving certificate");
+        }
+        let wait = if state.certs.loaded() {
+            cfg.cert_interval
+        } else {
+            Duration::from_secs(1)
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.changed() => break,
+        }
+    }
+}
+
+/// Leader election, and the leader's work started and stopped with the Lease.
+fn elect(
+    client: &kube::Client,
+    cfg: &Config,
+    metrics: &ControllerMetrics,
+    recorder: &Recorder,
+    stop: &watch::Receiver<bool>,
+) -> (tokio::task::JoinHandle<()>, tokio::task::JoinHandle<()>) {
+    let (leader_tx, mut leader_rx) = watch::channel(false);
+    let election = leader::Election {
+        namespace: cfg.namespace.clone(),
+        name: cfg.lease_name.clone(),
+        identity: cfg.identity.clone(),
+        duration: cfg.lease_duration,
+        owner: cfg.certs.owner.clone(),
+    };
+    let campaign = tokio::spawn(leader::campaign(
+        client.clone(),
+        election,
+        leader_tx,
+        stop.clone(),
+    ));
+    let (client, cfg, metrics, recorder) = (
+        client.clone(),
+        cfg.clone(),
+        metrics.clone(),
+        recorder.clone(),
+    );
+    let leading = tokio::spawn(async move {
+        let mut work: Option<tokio::task::JoinHandle<()>> = None;
+        loop {
+            let is_leader = *leader_rx.borrow_and_update();
+            match (is_leader, work.is_some()) {
+                (true, false) => {
+                    tracing::info!("leading: reconciling McpPolicies and managing certificates");
+                    work = Some(tokio::spawn(lead(
+                        client.clone(),
+                        cfg.clone(),
+                        metrics.clone(),
+                        recorder.clone(),
+                    )));
+                }
+                (false, true) => {
+                    tracing::info!("no longer leading");
+                    if let Some(w) = work.take() {
+                        w.abort();
+                    }
+                }
+                _ => {}
+            }
+            if leader_rx.changed().await.is_err() {
+                break;
+            }
+        }
+        if let Some(w) = work.take() {
+            w.abort();
+        }
+    });
+    (campaign, leading)
 }
 
 /// The leader's work: the certificate loop and the reconciler, until aborted.

@@ -59,8 +59,49 @@ pub struct Desired {
     /// The render, when the policy is valid.
     pub configmap: Option<ConfigMap>,
     pub network_policy: Option<NetworkPolicy>,
-    /// Events worth recording: (warning?, reason, note).
-    pub events: Vec<(bool, &'static str, String)>,
+    /// Events worth recording.
+    pub events: Vec<PolicyEvent>,
+}
+
+/// An Event to record on the McpPolicy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyEvent {
+    pub warning: bool,
+    pub reason: &'static str,
+    pub note: String,
+}
+
+impl PolicyEvent {
+    pub fn normal(reason: &'static str, note: String) -> PolicyEvent {
+        PolicyEvent {
+            warning: false,
+            reason,
+            note,
+        }
+    }
+
+    pub fn warning(reason: &'static str, note: String) -> PolicyEvent {
+        PolicyEvent {
+            warning: true,
+            reason,
+            note,
+        }
+    }
+
+    /// The Event as kube-runtime publishes it.
+    fn event(&self) -> Event {
+        Event {
+            type_: if self.warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: self.reason.into(),
+            note: Some(self.note.clone()),
+            action: "Reconcile".into(),
+            secondary: None,
+        }
+    }
 }
 
 /// Longest condition message (the API's limit is 32768).
@@ -128,8 +169,7 @@ pub fn desired(
     let (configmap, network_policy) = match render::rendered_with_hosts(policy, &hosts) {
         Ok(r) => {
             if old.policy_hash.as_deref() != Some(r.hash.as_str()) {
-                events.push((
-                    false,
+                events.push(PolicyEvent::normal(
                     "Rendered",
                     format!(
                         "policy rendered to ConfigMap {} (hash {})",
@@ -168,7 +208,7 @@ pub fn desired(
                 .find(|c| c.type_ == cond::READY)
                 .map(|c| c.message.clone());
             if was.as_deref() != Some(message.as_str()) {
-                events.push((true, cond::INVALID_POLICY, message.clone()));
+                events.push(PolicyEvent::warning(cond::INVALID_POLICY, message.clone()));
             }
             render::set_condition(
                 conditions,
@@ -211,7 +251,7 @@ pub fn desired(
             .iter()
             .any(|c| c.type_ == cond::CONFLICT && c.status == "True")
         {
-            events.push((true, cond::CONFLICT, message.clone()));
+            events.push(PolicyEvent::warning(cond::CONFLICT, message.clone()));
         }
         render::set_condition(
             conditions,
@@ -275,7 +315,7 @@ fn isolation_condition(
     matched: &[Pod],
     old: &McpPolicyStatus,
     conditions: &mut Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>,
-    events: &mut Vec<(bool, &'static str, String)>,
+    events: &mut Vec<PolicyEvent>,
     generation: Option<i64>,
     now: Time,
 ) {
@@ -315,7 +355,7 @@ fn isolation_condition(
 struct Warnings<'a> {
     old: &'a McpPolicyStatus,
     conditions: &'a mut Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>,
-    events: &'a mut Vec<(bool, &'static str, String)>,
+    events: &'a mut Vec<PolicyEvent>,
     generation: Option<i64>,
 }
 
@@ -347,7 +387,8 @@ impl Warnings<'_> {
             .iter()
             .any(|c| c.type_ == type_ && c.status == "True");
         if !was_true {
-            self.events.push((true, type_, message.clone()));
+            self.events
+                .push(PolicyEvent::warning(type_, message.clone()));
         }
         render::set_condition(
             self.conditions,
@@ -459,19 +500,8 @@ pub async fn reconcile(policy: Arc<McpPolicy>, ctx: Arc<Ctx>) -> Result<Action, 
         api.patch_status(&name, &pp, &Patch::Apply(&body)).await?;
     }
     let reference = policy.object_ref(&());
-    for (warning, reason, note) in &d.events {
-        let ev = Event {
-            type_: if *warning {
-                EventType::Warning
-            } else {
-                EventType::Normal
-            },
-            reason: (*reason).into(),
-            note: Some(note.clone()),
-            action: "Reconcile".into(),
-            secondary: None,
-        };
-        if let Err(e) = ctx.recorder.publish(&ev, &reference).await {
+    for ev in &d.events {
+        if let Err(e) = ctx.recorder.publish(&ev.event(), &reference).await {
             tracing::debug!(error = %e, "could not record an Event");
         }
     }

@@ -2,8 +2,8 @@
 //! isolating NetworkPolicy, the status conditions, and the warnings about bypasses.
 
 use crate::cluster::{
-    configmap_name, selector_matches, sidecar_state, Carried, MANAGED_BY, MCP_PORT_NAME,
-    POLICY_KEY, POLICY_LABEL, VERSION_ANNOTATION,
+    configmap_name, label_selector_matches, selector_matches, sidecar_state, Carried, MANAGED_BY,
+    MCP_PORT_NAME, POLICY_KEY, POLICY_LABEL, VERSION_ANNOTATION,
 };
 use crate::crd::{render, McpPolicy, Rendered};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
@@ -200,26 +200,6 @@ pub fn rendered_with_hosts(
         policy.metadata.name.as_deref().unwrap_or_default(),
         &spec,
     )
-}
-
-/// Standard label-selector semantics for a Kubernetes `LabelSelector`; empty selects all.
-fn label_selector_matches(sel: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
-    let by_label = sel
-        .match_labels
-        .iter()
-        .flatten()
-        .all(|(k, v)| labels.get(k) == Some(v));
-    let by_expr = sel.match_expressions.iter().flatten().all(|e| {
-        let values = e.values.as_deref().unwrap_or_default();
-        match (e.operator.as_str(), labels.get(&e.key)) {
-            ("In", Some(v)) => values.contains(v),
-            ("NotIn", Some(v)) => !values.contains(v),
-            ("NotIn", None) | ("DoesNotExist", None) => true,
-            ("Exists", Some(_)) => true,
-            _ => false,
-        }
-    });
-    by_label && by_expr
 }
 
 /// NetworkPolicies other than the controller's that let traffic reach `upstream.port` of one

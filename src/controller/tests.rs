@@ -375,7 +375,7 @@ mod desired_state {
         );
         assert!(d.network_policy.is_none());
         assert_eq!(
-            d.events.iter().map(|e| e.1).collect::<Vec<_>>(),
+            d.events.iter().map(|e| e.reason).collect::<Vec<_>>(),
             vec!["Rendered"]
         );
     }
@@ -420,7 +420,7 @@ mod desired_state {
         );
         assert_eq!(ready.last_transition_time, at("2026-01-02T00:00:00Z"));
         assert_eq!(d.events.len(), 1);
-        assert!(d.events[0].0, "InvalidPolicy is a warning");
+        assert!(d.events[0].warning, "InvalidPolicy is a warning");
         // Reconciling the same invalid policy again records no new Event and keeps the time.
         bad.status = Some(d.status.clone());
         let again = alone(&bad, "2026-01-03T00:00:00Z");
@@ -457,7 +457,7 @@ mod desired_state {
         let c = cond(&d, cond::CONFLICT);
         assert_eq!(c.status, "True");
         assert!(c.message.contains("old"), "{}", c.message);
-        assert!(d.events.iter().any(|e| e.1 == cond::CONFLICT));
+        assert!(d.events.iter().any(|e| e.reason == cond::CONFLICT));
         let d_old = desired(
             &old,
             &Seen {
@@ -547,7 +547,7 @@ mod desired_state {
         assert!(d
             .events
             .iter()
-            .any(|e| e.0 && e.1 == cond::ISOLATION_INEFFECTIVE));
+            .any(|e| e.warning && e.reason == cond::ISOLATION_INEFFECTIVE));
         let d = desired(
             &p,
             &Seen {

@@ -3,7 +3,7 @@
 use super::reload::LoadedPolicy;
 use super::State;
 use super::{audit, denial};
-use crate::engine::{monotonic_now, Call, Outcome};
+use crate::engine::{monotonic_now, Call, Decision, Outcome};
 use crate::mcp::{self, code, Body, Kind, Refusal};
 use crate::policy::sha256_hex;
 use crate::policy::Identity;
@@ -103,14 +103,14 @@ pub(super) fn too_large(max: usize) -> Refusal {
     )
 }
 
-/// Parses, checks headers against the body, and decides every `tools/call`.
+/// Parses, checks headers against the body, and decides every `tools/call`: the body is
+/// forwarded when every call is allowed, and otherwise answered here in full.
 pub(super) fn decide_body(
     st: &State,
     policy: &LoadedPolicy,
     h: &HeaderMap,
     bytes: &[u8],
 ) -> Result<(Verdict, &'static str), Refusal> {
-    let label = policy.label.as_str();
     let body = mcp::parse(bytes)?;
     // For the duration metric: the method of a single message; batches count as `_other`.
     let method = match &body {
@@ -121,45 +121,27 @@ pub(super) fn decide_body(
         .get("mcp-protocol-version")
         .and_then(|v| v.to_str().ok())
         .unwrap_or("2025-03-26");
-    if let Body::Batch(_) = body {
-        if version != "2025-03-26" {
-            return Err(Refusal::new(
-                StatusCode::BAD_REQUEST,
-                code::INVALID_REQUEST,
-                format!("JSON-RPC batches are not allowed under protocol version {version}"),
-            ));
-        }
-    }
-    match &body {
-        Body::Single(m) => check_routing_headers(h, m)?,
-        // One header cannot describe several messages: a server routing on it would act on a
-        // message the sidecar did not decide.
-        Body::Batch(_) if h.contains_key("mcp-method") || h.contains_key("mcp-name") => {
-            return Err(Refusal::new(
-                StatusCode::BAD_REQUEST,
-                code::HEADER_MISMATCH,
-                "Mcp-Method and Mcp-Name headers cannot describe a batch",
-            ))
-        }
-        Body::Batch(_) => {}
-    }
-    let engine = &policy.engine;
-    let pol = engine.policy();
-    let mut grant: Option<String> = None;
-    // Only an id the server issued keys a session counter; another counts under the grant.
-    let session = h
-        .get("mcp-session-id")
-        .filter(|v| st.sessions.contains(v.as_bytes()))
-        .and_then(|v| v.to_str().ok());
+    check_framing(h, &body, version)?;
+    let mut gate = Gate {
+        st,
+        policy,
+        h,
+        version,
+        // Only an id the server issued keys a session counter; another counts under the grant.
+        session: h
+            .get("mcp-session-id")
+            .filter(|v| st.sessions.contains(v.as_bytes()))
+            .and_then(|v| v.to_str().ok()),
+        grant: None,
+        retry_after: None,
+    };
     let mut list_ids = Vec::new();
     let mut answers: Vec<Option<Value>> = Vec::new();
-    let mut denied_any = false;
-    let mut retry_after = None;
     for m in body.messages() {
         if let Some(method) = &m.method {
             st.metrics
                 .requests
-                .with_label_values(&[label, mcp::method_label(method)])
+                .with_label_values(&[&policy.label, mcp::method_label(method)])
                 .inc();
         }
         if m.is_method("tools/list") && m.kind == Kind::Request {
@@ -167,27 +149,78 @@ pub(super) fn decide_body(
                 serde_json::from_str(m.id.map_or("null", |i| i.get())).unwrap_or(Value::Null),
             );
         }
-        if !m.is_method("tools/call") {
-            answers.push(None);
-            continue;
+        answers.push(match m.is_method("tools/call") {
+            true => gate.call(m)?,
+            false => None,
+        });
+    }
+    if answers.iter().all(Option::is_none) {
+        return Ok((Verdict::Forward { list_ids }, method));
+    }
+    let verdict = Verdict::Answer {
+        body: answer_body(&body, answers),
+        retry_after: gate.retry_after,
+    };
+    Ok((verdict, method))
+}
+
+/// A batch only under the protocol version that has them, and the routing headers agreeing
+/// with the body.
+fn check_framing(h: &HeaderMap, body: &Body, version: &str) -> Result<(), Refusal> {
+    match body {
+        Body::Single(m) => check_routing_headers(h, m),
+        Body::Batch(_) if version != "2025-03-26" => Err(Refusal::new(
+            StatusCode::BAD_REQUEST,
+            code::INVALID_REQUEST,
+            format!("JSON-RPC batches are not allowed under protocol version {version}"),
+        )),
+        // One header cannot describe several messages: a server routing on it would act on a
+        // message the sidecar did not decide.
+        Body::Batch(_) if h.contains_key("mcp-method") || h.contains_key("mcp-name") => {
+            Err(Refusal::new(
+                StatusCode::BAD_REQUEST,
+                code::HEADER_MISMATCH,
+                "Mcp-Method and Mcp-Name headers cannot describe a batch",
+            ))
         }
-        let Some(id) = m.id else {
-            st.metrics
+        Body::Batch(_) => Ok(()),
+    }
+}
+
+/// The calls of one request, decided in turn.
+struct Gate<'a> {
+    st: &'a State,
+    policy: &'a LoadedPolicy,
+    h: &'a HeaderMap,
+    version: &'a str,
+    session: Option<&'a str>,
+    /// The caller's counter key, read at the first call.
+    grant: Option<String>,
+    /// Seconds until a limit that was hit lets calls through again.
+    retry_after: Option<u64>,
+}
+
+impl Gate<'_> {
+    /// Decides one `tools/call`: `None` to forward it, or the denial to answer with.
+    fn call(&mut self, m: &mcp::Message) -> Result<Option<Value>, Refusal> {
+        let label = self.policy.label.as_str();
+        let invalid = || {
+            self.st
+                .metrics
                 .decisions
                 .with_label_values(&[label, "_other", "invalid"])
                 .inc();
+        };
+        let Some(id) = m.id else {
+            invalid();
             return Err(Refusal::new(
                 StatusCode::BAD_REQUEST,
                 code::INVALID_REQUEST,
                 "tools/call needs an id",
             ));
         };
-        let call = m.tool_call().inspect_err(|_| {
-            st.metrics
-                .decisions
-                .with_label_values(&[label, "_other", "invalid"])
-                .inc();
-        })?;
+        let call = m.tool_call().inspect_err(|_| invalid())?;
+        let pol = self.policy.engine.policy();
         let args: Value = match (call.arguments, pol.arguments_read(&call.name)) {
             // Only what the rule's paths reach is kept: memory follows the policy, not the body.
             (Some(raw), Some(need)) => need.read(raw.get()).map_err(|_| {
@@ -200,42 +233,60 @@ pub(super) fn decide_body(
             })?,
             _ => Value::Null,
         };
-        if grant.is_none() {
-            grant = Some(grant_key(&pol.identity, h).map_err(|r| r.with_id(Some(id)))?);
+        if self.grant.is_none() {
+            self.grant = Some(grant_key(&pol.identity, self.h).map_err(|r| r.with_id(Some(id)))?);
         }
-        let grant = grant.as_deref().unwrap_or("anonymous");
+        let grant = self.grant.as_deref().unwrap_or("anonymous");
         let t0 = Instant::now();
-        let d = engine.decide(
+        let d = self.policy.engine.decide(
             &Call {
                 tool: &call.name,
                 args: &args,
                 grant,
-                session,
+                session: self.session,
             },
             monotonic_now(),
         );
         let took = t0.elapsed();
-        st.metrics
+        self.record(&call, &d, took);
+        if d.limit.is_some() {
+            self.retry_after = Some(denial::retry_after_secs(&d));
+        }
+        if d.outcome == Outcome::Allow {
+            return Ok(None);
+        }
+        let version = call.protocol_version.as_deref().unwrap_or(self.version);
+        Ok(Some(denial::denial(
+            id,
+            &d,
+            &call.name,
+            label,
+            pol.deny_as,
+            version,
+        )))
+    }
+
+    /// The decision's metrics and audit line.
+    fn record(&self, call: &mcp::ToolCall, d: &Decision, took: std::time::Duration) {
+        let label = self.policy.label.as_str();
+        let metrics = &self.st.metrics;
+        metrics
             .decision_duration
             .with_label_values(&[label])
             .observe(took.as_secs_f64());
-        st.metrics
+        metrics
             .decisions
             .with_label_values(&[label, d.tool_label, d.outcome.as_str()])
             .inc();
         if d.overflow {
-            st.metrics
-                .counter_overflow
-                .with_label_values(&[label])
-                .inc();
+            metrics.counter_overflow.with_label_values(&[label]).inc();
         }
         if let Some(hit) = &d.limit {
             let c = hit.counter;
-            st.metrics
+            metrics
                 .limit_hits
                 .with_label_values(&[label, &c.name, &c.window.text, c.scope.as_str()])
                 .inc();
-            retry_after = Some(denial::retry_after_secs(&d));
         }
         if audit::enabled() {
             let args_sha256 = call
@@ -246,36 +297,23 @@ pub(super) fn decide_body(
                 tool: &call.name,
                 decision: d.outcome.as_str(),
                 rule: d.rule,
-                identity: grant,
-                session: session.unwrap_or(""),
+                identity: self.grant.as_deref().unwrap_or("anonymous"),
+                session: self.session.unwrap_or(""),
                 counter: d.limit.as_ref().map_or("", |h| h.counter.name.as_str()),
                 latency_ns: took.as_nanos() as u64,
                 args_sha256: &args_sha256,
             });
         }
-        if d.outcome == Outcome::Allow {
-            answers.push(None);
-        } else {
-            denied_any = true;
-            let v = call.protocol_version.as_deref().unwrap_or(version);
-            answers.push(Some(denial::denial(
-                id,
-                &d,
-                &call.name,
-                label,
-                pol.deny_as,
-                v,
-            )));
-        }
     }
-    if !denied_any {
-        return Ok((Verdict::Forward { list_ids }, method));
-    }
-    let body = match &body {
-        Body::Single(_) => serde_json::to_vec(&answers[0])
-            .expect("serialising a value built in memory cannot fail"),
+}
+
+/// The answer to a request with a denied call: the denial, or for a batch an answer to every
+/// request in it (nothing of a batch with a denied call runs).
+fn answer_body(body: &Body, answers: Vec<Option<Value>>) -> Vec<u8> {
+    const INFALLIBLE: &str = "serialising a value built in memory cannot fail";
+    match body {
+        Body::Single(_) => serde_json::to_vec(&answers[0]).expect(INFALLIBLE),
         Body::Batch(msgs) => {
-            // Nothing of a batch with a denied call runs: every request gets an answer.
             let out: Vec<Value> = msgs
                 .iter()
                 .zip(answers)
@@ -285,10 +323,9 @@ pub(super) fn decide_body(
                     _ => None,
                 })
                 .collect();
-            serde_json::to_vec(&out).expect("serialising a value built in memory cannot fail")
+            serde_json::to_vec(&out).expect(INFALLIBLE)
         }
-    };
-    Ok((Verdict::Answer { body, retry_after }, method))
+    }
 }
 
 /// `Mcp-Method` and `Mcp-Name` (2026-07-28) must say what the body says.
