@@ -4,7 +4,7 @@
 //! serving certificate from the Secret and swaps it in without a restart.
 
 use crate::cluster::webhooks::{webhook_configurations, Endpoint};
-use crate::cluster::MANAGER;
+use crate::cluster::{MANAGED_BY, MANAGER};
 use crate::metrics::ControllerMetrics;
 use crate::serve::tls::CertSlot;
 use crate::webhook::tls::{self, Lifetimes, Material};
@@ -17,6 +17,15 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference}
 use k8s_openapi::ByteString;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use std::sync::Arc;
+
+/// Why the certificate work failed (it is retried).
+#[derive(Debug, thiserror::Error)]
+pub enum CertError {
+    #[error("Kubernetes API: {0}")]
+    Api(#[from] kube::Error),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+}
 
 /// The certificate manager's settings.
 #[derive(Debug, Clone)]
@@ -79,7 +88,7 @@ fn secret_data(m: &Material) -> std::collections::BTreeMap<String, ByteString> {
 }
 
 /// One pass of the leader's certificate work: the Secret, then `caBundle`. Returns the bundle.
-pub async fn reconcile_certs(client: &kube::Client, cfg: &CertConfig) -> anyhow::Result<String> {
+pub async fn reconcile_certs(client: &kube::Client, cfg: &CertConfig) -> Result<String, CertError> {
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &cfg.namespace);
     let names = cfg.endpoint.names();
     let current = secrets.get_opt(&cfg.secret).await?;
@@ -90,13 +99,7 @@ pub async fn reconcile_certs(client: &kube::Client, cfg: &CertConfig) -> anyhow:
                 metadata: ObjectMeta {
                     name: Some(cfg.secret.clone()),
                     namespace: Some(cfg.namespace.clone()),
-                    labels: Some(
-                        [(
-                            "app.kubernetes.io/managed-by".to_string(),
-                            "mcp-warden".to_string(),
-                        )]
-                        .into(),
-                    ),
+                    labels: Some([(MANAGED_BY.0.to_string(), MANAGED_BY.1.to_string())].into()),
                     owner_references: cfg.owner.clone().map(|o| vec![o]),
                     ..Default::default()
                 },
@@ -143,7 +146,7 @@ async fn publish_bundle(
     client: &kube::Client,
     cfg: &CertConfig,
     bundle: &str,
-) -> anyhow::Result<()> {
+) -> Result<(), CertError> {
     let mutating: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
     let validating: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
     if let Endpoint::Url(_) = cfg.endpoint {
@@ -206,7 +209,7 @@ async fn repatch<K>(
     name: &str,
     bundle: &str,
     hooks: impl Fn(K) -> Vec<(String, Option<ByteString>)>,
-) -> anyhow::Result<bool>
+) -> Result<bool, CertError>
 where
     K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
@@ -230,7 +233,7 @@ pub async fn load_serving_cert(
     slot: &Arc<CertSlot>,
     last: &mut Option<String>,
     metrics: &ControllerMetrics,
-) -> anyhow::Result<()> {
+) -> Result<(), CertError> {
     let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
     let Some(s) = secrets.get_opt(secret).await? else {
         return Ok(());

@@ -7,6 +7,19 @@ use super::fold::is_variant_of;
 use super::{scan, MAX_DEPTH};
 use serde_json::{json, Value};
 
+/// Why a message that might carry a tool list cannot be filtered with certainty.
+#[derive(Debug, thiserror::Error)]
+pub enum Unreadable {
+    #[error("the server's message is unreadable: {0}")]
+    Scan(#[from] scan::ScanError),
+    #[error("the server's message is unreadable: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("a {0:?} key spelled in another case")]
+    FoldedKey(&'static str),
+    #[error("\"tools\" in a result is not a list")]
+    ToolsNotAList,
+}
+
 /// Whether message data could hold a tool list: a key spelled `tools` in any case, an escape, or a
 /// non-ASCII byte (which could fold to one of its letters). Data without any of these passes
 /// unread, so the common stream of notifications and call results costs one byte scan.
@@ -22,14 +35,12 @@ pub fn might_carry_tools(data: &[u8]) -> bool {
 pub fn filter_data(
     data: &[u8],
     listable: &dyn Fn(&str) -> bool,
-) -> Result<Option<Vec<u8>>, String> {
+) -> Result<Option<Vec<u8>>, Unreadable> {
     if data.iter().all(u8::is_ascii_whitespace) || !might_carry_tools(data) {
         return Ok(None);
     }
-    scan::validate(data, MAX_DEPTH)
-        .map_err(|e| format!("the server's message is unreadable: {e}"))?;
-    let mut v: Value = serde_json::from_slice(data)
-        .map_err(|e| format!("the server's message is unreadable: {e}"))?;
+    scan::validate(data, MAX_DEPTH)?;
+    let mut v: Value = serde_json::from_slice(data)?;
     let changed = match &mut v {
         Value::Array(items) => {
             let mut any = false;
@@ -43,28 +54,30 @@ pub fn filter_data(
     if !changed {
         return Ok(None);
     }
-    serde_json::to_vec(&v).map(Some).map_err(|e| e.to_string())
+    Ok(Some(
+        serde_json::to_vec(&v).expect("a JSON value serialises"),
+    ))
 }
 
 /// Filters one message if its result carries `tools`; `Ok(true)` when tools were removed.
-fn filter_message(msg: &mut Value, listable: &dyn Fn(&str) -> bool) -> Result<bool, String> {
+fn filter_message(msg: &mut Value, listable: &dyn Fn(&str) -> bool) -> Result<bool, Unreadable> {
     let Some(obj) = msg.as_object_mut() else {
         return Ok(false);
     };
     if obj.keys().any(|k| is_variant_of(k, "result")) {
-        return Err("a \"result\" key spelled in another case".into());
+        return Err(Unreadable::FoldedKey("result"));
     }
     let Some(result) = obj.get_mut("result").and_then(Value::as_object_mut) else {
         return Ok(false);
     };
     if result.keys().any(|k| is_variant_of(k, "tools")) {
-        return Err("a \"tools\" key spelled in another case".into());
+        return Err(Unreadable::FoldedKey("tools"));
     }
     let Some(tools) = result.get_mut("tools") else {
         return Ok(false);
     };
     let Some(tools) = tools.as_array_mut() else {
-        return Err("\"tools\" in a result is not a list".into());
+        return Err(Unreadable::ToolsNotAList);
     };
     let before = tools.len();
     tools.retain(|t| t.get("name").and_then(Value::as_str).is_some_and(listable));
@@ -106,7 +119,7 @@ pub fn filter_or_refuse(
     match filter_data(data, listable) {
         Ok(new) => new,
         Err(why) => {
-            let err = list_error(error_id(data, pending), &why);
+            let err = list_error(error_id(data, pending), &why.to_string());
             Some(serde_json::to_vec(&err).expect("a JSON value serialises"))
         }
     }
@@ -122,6 +135,7 @@ mod tests {
 
     fn filtered(data: &str) -> Result<Option<Value>, String> {
         filter_data(data.as_bytes(), &keep)
+            .map_err(|e| e.to_string())
             .map(|o| o.map(|b| serde_json::from_slice(&b).expect("filtered output is JSON")))
     }
 

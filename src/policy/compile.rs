@@ -391,7 +391,9 @@ impl Compiler {
         });
         let window = o.require(F_WINDOW, &mut self.errs).and_then(|(v, wp)| {
             let s = reader::string(v, &wp, &mut self.errs)?;
-            Window::parse(s).map_err(|e| self.errs.push(&wp, e)).ok()
+            Window::parse(s)
+                .map_err(|e| self.errs.push(&wp, e.to_string()))
+                .ok()
         });
         let max = o.require(F_MAX, &mut self.errs).and_then(|(v, mp)| {
             match v.as_u64().map(u32::try_from) {

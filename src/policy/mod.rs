@@ -32,13 +32,7 @@ use window::Window;
 /// tokens and arguments appear in audit lines.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::{Digest, Sha256};
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(64);
-    for b in Sha256::digest(bytes) {
-        s.push(HEX[usize::from(b >> 4)] as char);
-        s.push(HEX[usize::from(b & 15)] as char);
-    }
-    s
+    format!("{:x}", Sha256::digest(bytes))
 }
 
 /// Bounds on a policy's size. The CRD schema uses the same numbers, so the API server and the

@@ -16,23 +16,30 @@ pub struct Window {
 /// The pattern the CRD schema uses for `window`; `parse` accepts exactly these strings.
 pub const WINDOW_PATTERN: &str = r"^(second|minute|hour|day|[1-9][0-9]{0,8}[smhd])$";
 
+/// Why a window is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WindowError {
+    #[error(
+        "unknown window {0:?} (expected second, minute, hour, day or a duration such as 90s, \
+         15m, 2h, 1d)"
+    )]
+    Unknown(String),
+    #[error("window {0:?} is longer than the 7-day maximum")]
+    TooLong(String),
+}
+
 impl Window {
-    pub fn parse(text: &str) -> Result<Window, String> {
+    pub fn parse(text: &str) -> Result<Window, WindowError> {
         let secs: u64 = match text {
             "second" => 1,
             "minute" => 60,
             "hour" => 3_600,
             "day" => 86_400,
-            _ => parse_duration(text).ok_or_else(|| {
-                format!(
-                    "unknown window {text:?} (expected second, minute, hour, day or a duration \
-                     such as 90s, 15m, 2h, 1d)"
-                )
-            })?,
+            _ => parse_duration(text).ok_or_else(|| WindowError::Unknown(text.to_owned()))?,
         };
         let length = Duration::from_secs(secs);
         if length > MAX_WINDOW {
-            return Err(format!("window {text:?} is longer than the 7-day maximum"));
+            return Err(WindowError::TooLong(text.to_owned()));
         }
         Ok(Window {
             length,

@@ -7,7 +7,7 @@
 
 use crate::logging::BatchedStderr;
 use std::io::Write;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 /// Everything an audit line says.
 pub struct AuditLine<'a> {
@@ -85,33 +85,17 @@ fn short_tool(tool: &str) -> Option<String> {
     ))
 }
 
+/// RFC 3339 in UTC with microseconds, as the log lines' timestamps.
 fn rfc3339(t: SystemTime, out: &mut Vec<u8>) {
-    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = d.as_secs();
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    let _ = write!(
-        out,
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        d.subsec_micros()
-    );
+    let ts = k8s_openapi::jiff::Timestamp::try_from(t)
+        .unwrap_or(k8s_openapi::jiff::Timestamp::UNIX_EPOCH);
+    let _ = write!(out, "{ts:.6}");
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::UNIX_EPOCH;
     use std::time::Duration;
 
     #[test]

@@ -115,6 +115,6 @@ pub(super) async fn filter_response(
             parts.headers.remove(header::CONTENT_LENGTH);
             Response::from_parts(parts, full(new))
         }
-        Err(why) => refuse(&why),
+        Err(why) => refuse(&why.to_string()),
     }
 }

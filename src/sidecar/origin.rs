@@ -5,6 +5,23 @@
 
 use http::header::{self, HeaderMap};
 
+/// Why a request's `Origin` or `Host` is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    #[error("the Origin header is not readable")]
+    UnreadableOrigin,
+    #[error(
+        "Origin {0:?} is not allowed (DNS-rebinding protection); allow it with --allowed-origin"
+    )]
+    Origin(String),
+    #[error("a Host header is required")]
+    NoHost,
+    #[error("more than one Host header")]
+    TwoHosts,
+    #[error("Host {0:?} is not allowed (DNS-rebinding protection); allow it with --allowed-host")]
+    Host(String),
+}
+
 /// Which `Host` and `Origin` values are accepted.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Allowed {
@@ -37,30 +54,22 @@ impl Allowed {
     }
 
     /// `Err` with the reason when the request must be refused (HTTP 403).
-    pub fn check(&self, h: &HeaderMap) -> Result<(), String> {
+    pub fn check(&self, h: &HeaderMap) -> Result<(), Refused> {
         if let Some(origin) = h.get(header::ORIGIN) {
-            let origin = origin
-                .to_str()
-                .map_err(|_| "the Origin header is not readable".to_owned())?;
+            let origin = origin.to_str().map_err(|_| Refused::UnreadableOrigin)?;
             if !self.origin_ok(origin) {
-                return Err(format!(
-                    "Origin {origin:?} is not allowed (DNS-rebinding protection); allow it with \
-                     --allowed-origin"
-                ));
+                return Err(Refused::Origin(origin.to_owned()));
             }
         }
         if self.check_host {
             let mut hosts = h.get_all(header::HOST).iter();
             let host = match (hosts.next(), hosts.next()) {
                 (Some(v), None) => v.to_str().unwrap_or(""),
-                (None, _) => return Err("a Host header is required".into()),
-                (Some(_), Some(_)) => return Err("more than one Host header".into()),
+                (None, _) => return Err(Refused::NoHost),
+                (Some(_), Some(_)) => return Err(Refused::TwoHosts),
             };
             if !self.host_ok(host) {
-                return Err(format!(
-                    "Host {host:?} is not allowed (DNS-rebinding protection); allow it with \
-                     --allowed-host"
-                ));
+                return Err(Refused::Host(host.to_owned()));
             }
         }
         Ok(())

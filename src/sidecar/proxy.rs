@@ -45,7 +45,7 @@ pub(super) async fn handle(st: Arc<State>, req: Request<Incoming>) -> Response<B
         return refusal_closing(&Refusal::new(
             StatusCode::FORBIDDEN,
             code::INVALID_REQUEST,
-            why,
+            why.to_string(),
         ));
     }
     let path = req.uri().path();

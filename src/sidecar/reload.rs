@@ -25,13 +25,33 @@ pub struct LoadedPolicy {
     pub allowed: std::sync::OnceLock<super::Allowed>,
 }
 
+/// Why a policy file was not loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{} is not UTF-8", path.display())]
+    NotUtf8 { path: std::path::PathBuf },
+    #[error("invalid policy {}: {}", path.display(), errors.to_string().replace('\n', "; "))]
+    Invalid {
+        path: std::path::PathBuf,
+        errors: policy::PolicyErrors,
+    },
+}
+
 /// Reads and compiles the policy at `path`, keeping counters of `previous` where they match.
 pub fn load_policy(
     path: &Path,
     previous: Option<&LoadedPolicy>,
     opts: EngineOptions,
-) -> Result<LoadedPolicy, String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+) -> Result<LoadedPolicy, LoadError> {
+    let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
     compile_bytes(path, &bytes, previous, opts)
 }
 
@@ -40,15 +60,13 @@ fn compile_bytes(
     bytes: &[u8],
     previous: Option<&LoadedPolicy>,
     opts: EngineOptions,
-) -> Result<LoadedPolicy, String> {
-    let text =
-        std::str::from_utf8(bytes).map_err(|_| format!("{} is not UTF-8", path.display()))?;
-    let policy = policy::load_str(text).map_err(|e| {
-        format!(
-            "invalid policy {}: {}",
-            path.display(),
-            e.to_string().replace('\n', "; ")
-        )
+) -> Result<LoadedPolicy, LoadError> {
+    let text = std::str::from_utf8(bytes).map_err(|_| LoadError::NotUtf8 {
+        path: path.to_owned(),
+    })?;
+    let policy = policy::load_str(text).map_err(|errors| LoadError::Invalid {
+        path: path.to_owned(),
+        errors,
     })?;
     let label = policy.name.clone().unwrap_or_else(|| file_label(path));
     let engine = Engine::new(policy, previous.map(|p| &p.engine), opts);
@@ -100,7 +118,7 @@ fn failed(state: &State, error: &str) {
 pub fn initial_load(state: &State) {
     match load_policy(&state.cfg.policy_path, None, state.cfg.engine) {
         Ok(p) => install(state, p),
-        Err(e) => failed(state, &e),
+        Err(e) => failed(state, &e.to_string()),
     }
 }
 
@@ -138,13 +156,16 @@ pub async fn watch(state: Arc<State>, mut stop: watch::Receiver<bool>) {
                     state.cfg.engine,
                 ) {
                     Ok(p) => install(&state, p),
-                    Err(e) => failed(&state, &e),
+                    Err(e) => failed(&state, &e.to_string()),
                 }
             }
-            (Err(e), _) => failed(
-                &state,
-                &format!("cannot read {}: {e}", state.cfg.policy_path.display()),
-            ),
+            (Err(source), _) => {
+                let e = LoadError::Read {
+                    path: state.cfg.policy_path.clone(),
+                    source,
+                };
+                failed(&state, &e.to_string())
+            }
         }
     }
 }

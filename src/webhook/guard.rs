@@ -9,8 +9,33 @@ use k8s_openapi::api::core::v1::{Container, Pod};
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview};
 use kube::core::DynamicObject;
 
+/// What an update of a guarded pod would weaken; each names the pod's McpPolicy.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Weakened {
+    #[error(
+        "pod is guarded by McpPolicy {0}: an ephemeral container would share its network and \
+         reach the MCP server around the mcp-warden sidecar. Debug a copy instead \
+         (kubectl debug --copy-to=NAME), which the webhook injects like any new pod"
+    )]
+    EphemeralContainer(String),
+    #[error(
+        "pod is guarded by McpPolicy {0}: the {POLICY_ANNOTATION} annotation cannot be changed \
+         or removed"
+    )]
+    Annotation(String),
+    #[error(
+        "pod is guarded by McpPolicy {0}: its mcp-warden sidecar cannot be changed (roll out a \
+         new pod instead)"
+    )]
+    Sidecar(String),
+    #[error(
+        "pod is guarded by McpPolicy {0}: the \"{MCP_PORT_NAME}\" port must stay on the sidecar"
+    )]
+    McpPort(String),
+}
+
 /// Why an update of a guarded pod is refused, or `Ok` when it keeps the gate as it was.
-pub fn check_update(old: &Pod, new: &Pod, sub_resource: Option<&str>) -> Result<(), String> {
+pub fn check_update(old: &Pod, new: &Pod, sub_resource: Option<&str>) -> Result<(), Weakened> {
     let Some(policy) = old
         .metadata
         .annotations
@@ -26,11 +51,7 @@ pub fn check_update(old: &Pod, new: &Pod, sub_resource: Option<&str>) -> Result<
             .map_or(0, Vec::len)
     };
     if ephemeral(new) > ephemeral(old) {
-        return Err(format!(
-            "pod is guarded by McpPolicy {policy}: an ephemeral container would share its network \
-             and reach the MCP server around the mcp-warden sidecar. Debug a copy instead \
-             (kubectl debug --copy-to=NAME), which the webhook injects like any new pod"
-        ));
+        return Err(Weakened::EphemeralContainer(policy.clone()));
     }
     if sub_resource.is_some_and(|s| !s.is_empty()) {
         return Ok(());
@@ -41,10 +62,7 @@ pub fn check_update(old: &Pod, new: &Pod, sub_resource: Option<&str>) -> Result<
         .as_ref()
         .and_then(|a| a.get(POLICY_ANNOTATION));
     if new_policy != Some(policy) {
-        return Err(format!(
-            "pod is guarded by McpPolicy {policy}: the {POLICY_ANNOTATION} annotation cannot be \
-             changed or removed"
-        ));
+        return Err(Weakened::Annotation(policy.clone()));
     }
     let sidecar = |p: &Pod| -> Option<Container> {
         let s = p.spec.as_ref()?;
@@ -55,10 +73,7 @@ pub fn check_update(old: &Pod, new: &Pod, sub_resource: Option<&str>) -> Result<
             .cloned()
     };
     if sidecar(old) != sidecar(new) {
-        return Err(format!(
-            "pod is guarded by McpPolicy {policy}: its mcp-warden sidecar cannot be changed \
-             (roll out a new pod instead)"
-        ));
+        return Err(Weakened::Sidecar(policy.clone()));
     }
     let routing = |p: &Pod| -> Vec<(String, Option<i32>)> {
         p.spec
@@ -78,10 +93,7 @@ pub fn check_update(old: &Pod, new: &Pod, sub_resource: Option<&str>) -> Result<
             .collect()
     };
     if routing(old) != routing(new) {
-        return Err(format!(
-            "pod is guarded by McpPolicy {policy}: the \"{MCP_PORT_NAME}\" port must stay on the \
-             sidecar"
-        ));
+        return Err(Weakened::McpPort(policy.clone()));
     }
     Ok(())
 }
@@ -106,7 +118,10 @@ pub fn review_update(body: &[u8]) -> (AdmissionReview<DynamicObject>, Option<Str
     };
     match check_update(old, new, req.sub_resource.as_deref()) {
         Ok(()) => (response.into_review(), None),
-        Err(why) => (response.deny(&why).into_review(), Some(why)),
+        Err(why) => {
+            let why = why.to_string();
+            (response.deny(&why).into_review(), Some(why))
+        }
     }
 }
 
@@ -147,22 +162,46 @@ mod tests {
 
         let mut image = old.clone();
         image.spec.as_mut().unwrap().containers[1].image = Some("evil:1".into());
-        assert!(check_update(&old, &image, None)
-            .unwrap_err()
-            .contains("sidecar cannot be changed"));
+        let policy = || "ns/jupyter".to_string();
+        assert_eq!(
+            check_update(&old, &image, None),
+            Err(Weakened::Sidecar(policy()))
+        );
+        let mut moved = old.clone();
+        let port = moved.spec.as_mut().unwrap().containers[1].ports.take();
+        moved.spec.as_mut().unwrap().containers[0].ports = port;
+        assert_eq!(
+            check_update(&old, &moved, None),
+            Err(Weakened::Sidecar(policy())),
+            "the sidecar's own ports are part of it"
+        );
+        let mut second = old.clone();
+        second.spec.as_mut().unwrap().containers[0].ports = Some(vec![serde_json::from_value(
+            json!({"name": MCP_PORT_NAME, "containerPort": 8888}),
+        )
+        .unwrap()]);
+        assert_eq!(
+            check_update(&old, &second, None),
+            Err(Weakened::McpPort(policy())),
+            "no other container may take the mcp port name"
+        );
         let mut unannotated = old.clone();
         unannotated.metadata.annotations = None;
-        assert!(check_update(&old, &unannotated, None)
-            .unwrap_err()
-            .contains("annotation"));
+        assert_eq!(
+            check_update(&old, &unannotated, None),
+            Err(Weakened::Annotation(policy()))
+        );
         let mut debug = old.clone();
         debug.spec.as_mut().unwrap().ephemeral_containers = Some(vec![serde_json::from_value(
             json!({"name": "debugger", "image": "busybox"}),
         )
         .unwrap()]);
-        assert!(check_update(&old, &debug, Some("ephemeralcontainers"))
+        let refused = check_update(&old, &debug, Some("ephemeralcontainers"));
+        assert_eq!(refused, Err(Weakened::EphemeralContainer(policy())));
+        assert!(refused
             .unwrap_err()
-            .contains("ephemeral container"));
+            .to_string()
+            .contains("kubectl debug --copy-to"));
         let mut unguarded = old.clone();
         unguarded.metadata.annotations = None;
         assert_eq!(
