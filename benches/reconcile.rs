@@ -9,6 +9,7 @@
 
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use mcp_warden::crd::build::PolicyBuilder;
 use mcp_warden::crd::McpPolicy;
 use serde_json::json;
 use std::process::{Command, Stdio};
@@ -99,13 +100,10 @@ async fn run(count: usize) {
         let (policies, chunk, ns) = (policies.clone(), chunk.to_vec(), ns.clone());
         tasks.push(tokio::spawn(async move {
             for i in chunk {
-                let p: McpPolicy = serde_json::from_value(json!({
-                    "apiVersion": "mcpwarden.dev/v1alpha1", "kind": "McpPolicy",
-                    "metadata": {"name": format!("p{i:04}"), "namespace": ns},
-                    "spec": {"podSelector": {"matchLabels": {"app": format!("a{i}")}}, "upstream": {"port": 8888}, "default": "deny",
-                             "tools": {"run_cell": {"limits": [{"counter": "c", "window": "minute", "max": 10}]}}}
-                }))
-                .unwrap();
+                let p = PolicyBuilder::new(&ns, &format!("p{i:04}"))
+                    .app(&format!("a{i}"))
+                    .spec(json!({"tools": {"run_cell": {"limits": [{"counter": "c", "window": "minute", "max": 10}]}}}))
+                    .build();
                 policies.create(&PostParams::default(), &p).await.unwrap();
             }
         }));

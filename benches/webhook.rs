@@ -7,6 +7,7 @@
 
 use kube::runtime::{reflector, watcher};
 use mcp_warden::cluster::InjectConfig;
+use mcp_warden::crd::build::PolicyBuilder;
 use mcp_warden::crd::McpPolicy;
 use mcp_warden::metrics::ControllerMetrics;
 use mcp_warden::webhook::server::{serve, WebhookState};
@@ -26,13 +27,12 @@ fn policy(ns: &str, name: &str, app: &str, created: u32) -> McpPolicy {
             json!({"limits": [{"counter": format!("c{t}"), "window": "minute", "max": 10}]}),
         );
     }
-    serde_json::from_value(json!({
-        "apiVersion": "mcpwarden.dev/v1alpha1", "kind": "McpPolicy",
-        "metadata": {"name": name, "namespace": ns, "uid": format!("{ns}-{name}"),
-                     "creationTimestamp": format!("2026-01-01T00:{:02}:{:02}Z", created / 60 % 60, created % 60)},
-        "spec": {"podSelector": {"matchLabels": {"app": app}}, "upstream": {"port": 8888}, "default": "deny", "tools": tools}
-    }))
-    .unwrap()
+    PolicyBuilder::new(ns, name)
+        .app(app)
+        .created(created % 3600)
+        .metadata(json!({"uid": format!("{ns}-{name}")}))
+        .spec(json!({ "tools": tools }))
+        .build()
 }
 
 async fn one(

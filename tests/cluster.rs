@@ -13,6 +13,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::core::DynamicObject;
 use mcp_warden::controller::rbac::{Rule, RULES, URL_MODE_RULES};
+use mcp_warden::crd::build::PolicyBuilder;
 use mcp_warden::crd::McpPolicy;
 use serde_json::{json, Value};
 use std::process::{Child, Command, Stdio};
@@ -130,17 +131,10 @@ fn free_port() -> u16 {
 }
 
 fn policy_manifest(ns: &str, name: &str, extra: Value) -> Value {
-    let mut spec = json!({
-        "podSelector": {"matchLabels": {"app": "jupyter-mcp"}},
-        "upstream": {"port": 8888},
-        "default": "deny",
-        "tools": {"run_cell": {"limits": [{"counter": "run_cell_rate", "window": "minute", "max": 10, "scope": "grant"}]}}
-    });
-    if let (Some(s), Value::Object(e)) = (spec.as_object_mut(), extra) {
-        s.extend(e);
-    }
-    json!({"apiVersion": "mcpwarden.dev/v1alpha1", "kind": "McpPolicy",
-           "metadata": {"name": name, "namespace": ns}, "spec": spec})
+    PolicyBuilder::new(ns, name)
+        .spec(json!({"tools": {"run_cell": {"limits": [{"counter": "run_cell_rate", "window": "minute", "max": 10, "scope": "grant"}]}}}))
+        .spec(extra)
+        .manifest()
 }
 
 fn pod_manifest(name: &str, labels: Value, with_mcp_port: bool) -> Pod {

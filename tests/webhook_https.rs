@@ -5,6 +5,7 @@
 use kube::runtime::reflector;
 use kube::runtime::watcher;
 use mcp_warden::cluster::InjectConfig;
+use mcp_warden::crd::build::PolicyBuilder;
 use mcp_warden::crd::McpPolicy;
 use mcp_warden::metrics::ControllerMetrics;
 use mcp_warden::webhook::server::{serve, WebhookState};
@@ -23,12 +24,11 @@ fn names() -> Vec<String> {
 }
 
 fn policy(ns: &str, name: &str, app: &str) -> McpPolicy {
-    serde_json::from_value(json!({
-        "apiVersion": "mcpwarden.dev/v1alpha1", "kind": "McpPolicy",
-        "metadata": {"name": name, "namespace": ns, "creationTimestamp": "2026-01-01T00:00:00Z", "uid": "u-1"},
-        "spec": {"podSelector": {"matchLabels": {"app": app}}, "upstream": {"port": 8888}, "default": "deny"}
-    }))
-    .unwrap()
+    PolicyBuilder::new(ns, name)
+        .app(app)
+        .created(0)
+        .metadata(json!({"uid": "u-1"}))
+        .build()
 }
 
 /// A webhook server on 127.0.0.1 with the given certificate material and policies.
@@ -244,19 +244,16 @@ async fn an_unsynced_replica_refuses_instead_of_skipping_injection() {
 async fn the_validating_webhook_names_the_field_of_a_bad_regex() {
     let m = fresh();
     let (addr, _state, _stop) = start(&m, vec![], true).await;
-    let bad = json!({
-        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
-        "request": {
-            "uid": "abc", "kind": {"group": "mcpwarden.dev", "version": "v1alpha1", "kind": "McpPolicy"},
-            "resource": {"group": "mcpwarden.dev", "version": "v1alpha1", "resource": "mcppolicies"},
-            "namespace": "notebooks", "operation": "CREATE", "userInfo": {"username": "alice"},
-            "object": {"apiVersion": "mcpwarden.dev/v1alpha1", "kind": "McpPolicy",
-                "metadata": {"name": "p", "namespace": "notebooks"},
-                "spec": {"podSelector": {"matchLabels": {"app": "x"}}, "upstream": {"port": 8888},
-                         "tools": {"run_cell": {"denyIf": [{"conditions": [{"path": "args.code", "op": "regex", "value": "(unclosed"}]}]}}}},
-            "dryRun": false
-        }
-    });
+    let mut bad: Value = serde_json::from_slice(
+        &std::fs::read(format!(
+            "{}/tests/fixtures/admission/mcppolicy-create.json",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    bad["request"]["object"]["spec"]["tools"] = json!({"run_cell": {"denyIf": [{"conditions": [
+        {"path": "args.code", "op": "regex", "value": "(unclosed"}]}]}});
     let (_, v) = post(
         addr,
         &m[tls::CA_BUNDLE],
@@ -265,7 +262,7 @@ async fn the_validating_webhook_names_the_field_of_a_bad_regex() {
     )
     .await
     .unwrap();
-    assert_eq!(v["response"]["uid"], "abc");
+    assert_eq!(v["response"]["uid"], "3c1b6d4e-9a7f-4e21-8d55-2f0a8c9e1b77");
     assert_eq!(v["response"]["allowed"], false);
     let msg = v["response"]["status"]["message"].as_str().unwrap();
     assert!(

@@ -1,20 +1,17 @@
 use super::render::*;
 use crate::cluster::{POLICY_KEY, POLICY_LABEL};
+use crate::crd::build::PolicyBuilder;
 use crate::crd::McpPolicy;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use serde_json::{json, Value};
 
 fn policy(spec_extra: Value) -> McpPolicy {
-    let mut spec = json!({"podSelector": {"matchLabels": {"app": "jupyter-mcp"}}, "upstream": {"port": 8888}, "default": "deny",
-                          "tools": {"run_cell": {}}});
-    if let (Some(s), Value::Object(extra)) = (spec.as_object_mut(), spec_extra) {
-        s.extend(extra);
-    }
-    serde_json::from_value(json!({"apiVersion": "mcpwarden.dev/v1alpha1", "kind": "McpPolicy",
-        "metadata": {"name": "jupyter", "namespace": "notebooks", "uid": "11111111-2222-3333-4444-555555555555"},
-        "spec": spec}))
-    .unwrap()
+    PolicyBuilder::new("notebooks", "jupyter")
+        .metadata(json!({"uid": "11111111-2222-3333-4444-555555555555"}))
+        .spec(json!({"tools": {"run_cell": {}}}))
+        .spec(spec_extra)
+        .build()
 }
 
 fn pod(name: &str, labels: Value, containers: Value, annotations: Value) -> Pod {

@@ -95,8 +95,8 @@ fn rfc3339(t: SystemTime, out: &mut Vec<u8>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::UNIX_EPOCH;
     use std::time::Duration;
+    use std::time::UNIX_EPOCH;
 
     #[test]
     fn long_tool_names_are_cut_with_a_hash() {

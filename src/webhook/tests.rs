@@ -1,5 +1,6 @@
 use super::inject::*;
 use crate::cluster::*;
+use crate::crd::build::PolicyBuilder;
 use crate::crd::McpPolicy;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Container, Pod};
@@ -23,16 +24,12 @@ fn fixture_pod(file: &str) -> Pod {
     }
 }
 
-fn policy(ns: &str, name: &str, labels: Value, created_secs: i64) -> McpPolicy {
-    let mut p: McpPolicy = serde_json::from_value(json!({
-        "apiVersion": "mcpwarden.dev/v1alpha1", "kind": "McpPolicy",
-        "metadata": {"name": name, "namespace": ns},
-        "spec": {"podSelector": {"matchLabels": labels}, "upstream": {"port": 8888, "path": "/mcp"}, "default": "deny"}
-    }))
-    .unwrap();
-    let t = chrono_time(created_secs);
-    p.metadata.creation_timestamp = Some(t);
-    p
+fn policy(ns: &str, name: &str, labels: Value, created_secs: u32) -> McpPolicy {
+    PolicyBuilder::new(ns, name)
+        .selecting(labels)
+        .spec(json!({"upstream": {"port": 8888, "path": "/mcp"}}))
+        .created(created_secs)
+        .build()
 }
 
 fn chrono_time(secs: i64) -> Time {
@@ -608,18 +605,13 @@ mod policy_reviews {
     use super::*;
     use crate::webhook::review::review_policy;
 
+    /// The fixture review of an McpPolicy CREATE, with `spec` as the object's spec.
     fn review(spec: Value) -> Value {
-        let body = json!({
-            "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
-            "request": {
-                "uid": "u-1", "kind": {"group": "mcpwarden.dev", "version": "v1alpha1", "kind": "McpPolicy"},
-                "resource": {"group": "mcpwarden.dev", "version": "v1alpha1", "resource": "mcppolicies"},
-                "namespace": "ns", "operation": "CREATE", "userInfo": {"username": "alice"},
-                "object": {"apiVersion": "mcpwarden.dev/v1alpha1", "kind": "McpPolicy",
-                           "metadata": {"name": "p", "namespace": "ns"}, "spec": spec},
-                "dryRun": false
-            }
-        });
+        let mut body: Value = serde_json::from_str(include_str!(
+            "../../tests/fixtures/admission/mcppolicy-create.json"
+        ))
+        .unwrap();
+        body["request"]["object"]["spec"] = spec;
         serde_json::to_value(review_policy(&serde_json::to_vec(&body).unwrap())).unwrap()
     }
 
@@ -627,7 +619,7 @@ mod policy_reviews {
     fn a_valid_policy_is_allowed() {
         let r = review(json!({"podSelector": {}, "upstream": {"port": 8888}, "tools": {"a": {}}}));
         assert_eq!(r["response"]["allowed"], true, "{r}");
-        assert_eq!(r["response"]["uid"], "u-1");
+        assert_eq!(r["response"]["uid"], "3c1b6d4e-9a7f-4e21-8d55-2f0a8c9e1b77");
     }
 
     #[test]
