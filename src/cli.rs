@@ -43,6 +43,40 @@ pub enum Command {
     Controller(Box<ControllerArgs>),
     /// Print the McpPolicy CustomResourceDefinition (YAML), generated from the Rust types.
     Crd(CrdArgs),
+    /// Regenerate every generated file of a checkout: both CRD copies, the README reference,
+    /// deploy/mcp-warden.yaml.
+    Generate(GenerateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    /// The checkout to write into.
+    #[arg(long, value_name = "DIR", default_value = ".")]
+    pub root: PathBuf,
+    /// The Helm binary that renders deploy/mcp-warden.yaml (default: MCP_WARDEN_HELM, the one
+    /// `.ci/run` installs, or `helm`).
+    #[arg(long, value_name = "FILE")]
+    pub helm: Option<PathBuf>,
+    /// Only report stale files (exit 1 when any is), writing nothing.
+    #[arg(long)]
+    pub check: bool,
+}
+
+/// Regenerates (or checks) the generated files and says which changed.
+pub fn run_generate(a: &GenerateArgs) -> anyhow::Result<bool> {
+    let helm = a
+        .helm
+        .clone()
+        .unwrap_or_else(|| crate::generate::default_helm(&a.root));
+    let changed = crate::generate::run(&a.root, Some(&helm), a.check)?;
+    let verb = if a.check { "stale" } else { "regenerated" };
+    for path in &changed {
+        println!("{verb}: {path}");
+    }
+    if changed.is_empty() {
+        println!("every generated file is current");
+    }
+    Ok(!(a.check && !changed.is_empty()))
 }
 
 #[derive(Debug, Args)]

@@ -19,6 +19,7 @@
 //!   injected pods).
 //! - [`check`]: offline validation and explanation of policies (`mcp-warden check`).
 //! - [`demo`]: the no-cluster demonstration.
+//! - [`generate`]: regenerating every generated file (`mcp-warden generate`).
 //! - [`cli`], [`logging`]: the command line, and batched logs and audit lines.
 //!
 //! The path of an agent's request through the sidecar: `serve::conns` (accept, timeouts,
@@ -41,6 +42,7 @@ pub mod controller;
 pub mod crd;
 pub mod demo;
 pub mod engine;
+pub mod generate;
 pub mod logging;
 pub mod mcp;
 pub mod metrics;

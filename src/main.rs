@@ -21,6 +21,7 @@ fn main() -> ExitCode {
         Command::Sidecar(a) => cli::run_sidecar(a),
         Command::Demo(a) => cli::run_demo(a),
         Command::Controller(a) => cli::run_controller(a),
+        Command::Generate(a) => cli::run_generate(a),
         Command::Crd(a) => {
             if a.reference {
                 print!("{}", mcp_warden::crd::reference::markdown());

@@ -20,7 +20,8 @@ fn read(rel: &str) -> String {
 fn the_charts_crd_is_the_generated_one() {
     assert!(
         read("charts/mcp-warden/crds/mcppolicy.yaml") == mcp_warden::crd::crd_yaml(),
-        "charts/mcp-warden/crds/mcppolicy.yaml is stale: run `mcp-warden crd > charts/mcp-warden/crds/mcppolicy.yaml`"
+        "charts/mcp-warden/crds/mcppolicy.yaml is stale: run `{}`",
+        mcp_warden::generate::COMMAND
     );
 }
 
@@ -207,50 +208,16 @@ fn helm() -> Option<PathBuf> {
     None
 }
 
-/// `deploy/mcp-warden.yaml`: the chart with default values, plus its namespace.
-pub fn render_plain_manifests(helm: &Path) -> String {
-    let out = Command::new(helm)
-        .args(["template", "mcp-warden"])
-        .arg(root().join("charts/mcp-warden"))
-        .args([
-            "--namespace",
-            "mcp-warden",
-            "--kube-version",
-            "1.33.0",
-            // Offline, Helm knows only the APIs of its own client: say the cluster has
-            // ValidatingAdmissionPolicy (1.30+), so the plain manifests carry the chart's.
-            "--api-versions",
-            "admissionregistration.k8s.io/v1/ValidatingAdmissionPolicy",
-            "--include-crds",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let chart = String::from_utf8(out.stdout).unwrap();
-    format!(
-        "# mcp-warden for clusters without Helm: the chart with default values, rendered.\n\
-         # Generated; do not edit. Regenerate: MCP_WARDEN_WRITE=1 cargo test --test deploy\n\
-         #   kubectl apply --server-side -f deploy/mcp-warden.yaml\n\
-         apiVersion: v1\nkind: Namespace\nmetadata:\n  name: mcp-warden\n{chart}"
-    )
-}
-
 #[test]
 fn the_plain_manifests_are_the_rendered_chart() {
     let Some(helm) = helm() else { return };
-    let want = render_plain_manifests(&helm);
-    let path = root().join("deploy/mcp-warden.yaml");
-    if std::env::var_os("MCP_WARDEN_WRITE").is_some() {
-        std::fs::write(&path, &want).unwrap();
-    }
-    let have = std::fs::read_to_string(&path).unwrap_or_default();
+    let want = mcp_warden::generate::plain_manifests(root(), &helm).unwrap();
+    let have = read("deploy/mcp-warden.yaml");
     assert!(
         have == want,
-        "deploy/mcp-warden.yaml drifted from the chart: run `MCP_WARDEN_WRITE=1 cargo test --test deploy`"
+        "deploy/mcp-warden.yaml drifted from the chart: run `{} --helm {}`",
+        mcp_warden::generate::COMMAND,
+        helm.display()
     );
 }
 

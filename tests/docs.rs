@@ -69,14 +69,10 @@ fn readme_documents_flags_of(command: &str) {
 #[test]
 fn the_readme_field_reference_is_generated_from_the_crd() {
     let text = readme();
-    let start = text
-        .find("<!-- reference:start -->\n")
-        .expect("README reference markers")
-        + "<!-- reference:start -->\n".len();
-    let end = text.find("<!-- reference:end -->").unwrap();
     assert!(
-        text[start..end] == mcp_warden::crd::reference::markdown(),
-        "the README's McpPolicy reference is stale: replace it with `mcp-warden crd --reference`"
+        mcp_warden::generate::readme_with_reference(&text).unwrap() == text,
+        "the README's McpPolicy reference is stale: run `{}`",
+        mcp_warden::generate::COMMAND
     );
     let missing = mcp_warden::crd::reference::missing_examples();
     assert!(

@@ -39,7 +39,8 @@ fn the_checked_in_crd_is_what_the_code_generates() {
     let on_disk = std::fs::read_to_string(CRD_FILE).unwrap_or_default();
     assert!(
         on_disk == crd_yaml(),
-        "crds/mcppolicy.yaml is out of date: run `mcp-warden crd > crds/mcppolicy.yaml`"
+        "crds/mcppolicy.yaml is out of date: run `{}`",
+        crate::generate::COMMAND
     );
 }
 
