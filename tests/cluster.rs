@@ -849,6 +849,30 @@ async fn the_operator_end_to_end_on_a_real_api_server() {
     .await;
     assert!(message.contains("allow-same-namespace"), "{message}");
 
+    // Isolation turned off: the controller deletes its NetworkPolicy (and only its own).
+    policies
+        .patch(
+            "jupyter",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"isolation": "None"}})),
+        )
+        .await
+        .unwrap();
+    wait_for("the controller's NetworkPolicy to be deleted", 30, || {
+        let nps = nps.clone();
+        async move {
+            nps.get_opt("jupyter-mcp-warden")
+                .await
+                .ok()
+                .and_then(|np| np.is_none().then_some(()))
+        }
+    })
+    .await;
+    assert!(
+        nps.get_opt("allow-same-namespace").await.unwrap().is_some(),
+        "another NetworkPolicy is never touched"
+    );
+
     // Deleting the policy: its ConfigMap goes by garbage collection (when the cluster runs a
     // garbage collector; a bare API server has none).
     policies

@@ -6,8 +6,9 @@
 #   eval "$(tests/cluster/up.sh)"     # builds on first use, starts, exports KUBECONFIG
 #   tests/cluster/down.sh             # stops the processes by PID (add --wipe to delete state)
 #
-# Only the export lines go to stdout: KUBECONFIG, and MCP_WARDEN_SERVICE_ROUTES (the file where
-# a test maps a Service's CLUSTER_IP:PORT to the loopback address serving it; see svcproxy/).
+# Only the export lines go to stdout: KUBECONFIG, MCP_WARDEN_SERVICE_ROUTES (the file where
+# a test maps a Service's CLUSTER_IP:PORT to the loopback address serving it; see svcproxy/), and
+# MCP_WARDEN_AUDIT_LOG (the API server's audit log, JSON lines).
 # Progress goes to stderr. Everything lives under target/cluster/ (binaries in bin/, the running
 # cluster in run/); a second `up.sh` while the cluster runs only prints the exports again.
 #
@@ -33,6 +34,7 @@ die() { say "error: $*"; exit 1; }
 exports() {
   echo "export KUBECONFIG=$run/admin.kubeconfig"
   echo "export MCP_WARDEN_SERVICE_ROUTES=$run/service-routes"
+  echo "export MCP_WARDEN_AUDIT_LOG=$run/audit.log"
 }
 
 alive() { [ -f "$run/$1.pid" ] && kill -0 "$(cat "$run/$1.pid")" 2>/dev/null; }
@@ -154,6 +156,20 @@ egressSelections:
           clientKey: $pki/egress.key
 EOF
 
+# The API server's audit log records every call but the control plane's own, so tests/rbac.rs
+# can compare the calls the controller made with what its RBAC grants.
+cat > "$run/audit-policy.yaml" <<EOF
+apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: ["RequestReceived"]
+rules:
+- level: None
+  userGroups: ["system:serviceaccounts:kube-system", "system:nodes"]
+- level: None
+  users: ["system:kube-controller-manager", "system:apiserver"]
+- level: Metadata
+EOF
+
 # 5. kube-apiserver: RBAC, the admission plugins the operator depends on, and ServiceAccount
 # tokens signed by sa.key. The Service IP range is never routed (no kube-proxy).
 # shellcheck disable=SC2086
@@ -172,6 +188,8 @@ start kube-apiserver "$bin/kube-apiserver" \
   --cert-dir "$run/apiserver-certs" \
   --egress-selector-config-file "$run/egress.yaml" \
   --profiling=false \
+  --audit-policy-file "$run/audit-policy.yaml" --audit-log-path "$run/audit.log" \
+  --audit-log-format json --audit-log-maxsize 0 \
   ${CLUSTER_EXTRA_APISERVER_FLAGS:-}
 api() { curl -sf --cacert "$pki/ca.crt" --cert "$pki/admin.crt" --key "$pki/admin.key" "https://127.0.0.1:$api_port$1"; }
 wait_ok kube-apiserver 120 api /readyz
