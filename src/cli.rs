@@ -76,7 +76,7 @@ pub fn run_generate(a: &GenerateArgs) -> anyhow::Result<bool> {
     if changed.is_empty() {
         println!("every generated file is current");
     }
-    Ok(!(a.check && !changed.is_empty()))
+    Ok(!a.check || changed.is_empty())
 }
 
 #[derive(Debug, Args)]

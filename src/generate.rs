@@ -160,6 +160,15 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_checked_in_generated_files_are_current() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        for g in files(root, None).unwrap() {
+            let on_disk = std::fs::read_to_string(root.join(g.path)).unwrap_or_default();
+            assert!(on_disk == g.content, "{} is out of date: run `{COMMAND}`", g.path);
+        }
+    }
+
+    #[test]
     fn the_reference_replaces_only_what_is_between_the_markers() {
         let readme = format!("# Title\n{REFERENCE_START}old text\n{REFERENCE_END}\nafter\n");
         let new = readme_with_reference(&readme).unwrap();

@@ -74,6 +74,20 @@ where
     }
 }
 
+/// Waits until `name` no longer exists.
+async fn wait_gone<K>(what: &str, api: &Api<K>, name: &str, secs: u64)
+where
+    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    wait_for(what, secs, || async {
+        api.get_opt(name)
+            .await
+            .ok()
+            .and_then(|o| o.is_none().then_some(()))
+    })
+    .await
+}
+
 fn apply() -> PatchParams {
     PatchParams::apply("mcp-warden-test").force()
 }
@@ -858,15 +872,12 @@ async fn the_operator_end_to_end_on_a_real_api_server() {
         )
         .await
         .unwrap();
-    wait_for("the controller's NetworkPolicy to be deleted", 30, || {
-        let nps = nps.clone();
-        async move {
-            nps.get_opt("jupyter-mcp-warden")
-                .await
-                .ok()
-                .and_then(|np| np.is_none().then_some(()))
-        }
-    })
+    wait_gone(
+        "the controller's NetworkPolicy to be deleted",
+        &nps,
+        "jupyter-mcp-warden",
+        30,
+    )
     .await;
     assert!(
         nps.get_opt("allow-same-namespace").await.unwrap().is_some(),
@@ -879,15 +890,12 @@ async fn the_operator_end_to_end_on_a_real_api_server() {
         .delete("jupyter", &DeleteParams::foreground())
         .await
         .unwrap();
-    wait_for("the ConfigMap to be garbage-collected", 60, || {
-        let cms = cms.clone();
-        async move {
-            cms.get_opt("jupyter-mcp-warden")
-                .await
-                .ok()
-                .and_then(|c| c.is_none().then_some(()))
-        }
-    })
+    wait_gone(
+        "the ConfigMap to be garbage-collected",
+        &cms,
+        "jupyter-mcp-warden",
+        60,
+    )
     .await;
 
     env.cleanup().await;

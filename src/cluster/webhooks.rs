@@ -74,6 +74,35 @@ impl Endpoint {
 pub const GUARDED_POD_CONDITION: &str =
     "has(oldObject.metadata.annotations) && 'mcpwarden.dev/policy' in oldObject.metadata.annotations";
 
+/// A namespaced rule.
+fn rule(group: &str, version: &str, operations: &[&str], resources: &[&str]) -> RuleWithOperations {
+    let strings = |v: &[&str]| Some(v.iter().map(|s| s.to_string()).collect());
+    RuleWithOperations {
+        api_groups: Some(vec![group.into()]),
+        api_versions: Some(vec![version.into()]),
+        operations: strings(operations),
+        resources: strings(resources),
+        scope: Some("Namespaced".into()),
+    }
+}
+
+/// A validating webhook's settings shared by both: fail closed, no side effects, 10 s.
+fn validating(client_config: WebhookClientConfig) -> ValidatingWebhook {
+    ValidatingWebhook {
+        name: String::new(),
+        admission_review_versions: vec!["v1".into()],
+        client_config,
+        failure_policy: Some("Fail".into()),
+        side_effects: "None".into(),
+        timeout_seconds: Some(10),
+        match_policy: Some("Equivalent".into()),
+        namespace_selector: None,
+        object_selector: None,
+        rules: None,
+        match_conditions: None,
+    }
+}
+
 /// The webhook configurations the chart installs, for URL mode: pods in namespaces labelled
 /// `mcpwarden.dev/injection=enabled` (never the controller's own), opt-out by pod label, and
 /// McpPolicy CREATE/UPDATE.
@@ -118,61 +147,38 @@ pub fn webhook_configurations(
             match_policy: Some("Equivalent".into()),
             namespace_selector: Some(namespace_selector),
             object_selector: Some(object_selector),
-            rules: Some(vec![RuleWithOperations {
-                api_groups: Some(vec!["".into()]),
-                api_versions: Some(vec!["v1".into()]),
-                operations: Some(vec!["CREATE".into()]),
-                resources: Some(vec!["pods".into()]),
-                scope: Some("Namespaced".into()),
-            }]),
+            rules: Some(vec![rule("", "v1", &["CREATE"], &["pods"])]),
             match_conditions: None,
         }]),
     };
+    let validate = ValidatingWebhook {
+        name: "validate.mcpwarden.dev".into(),
+        rules: Some(vec![rule(
+            "mcpwarden.dev",
+            "v1alpha1",
+            &["CREATE", "UPDATE"],
+            &["mcppolicies"],
+        )]),
+        ..validating(endpoint.client_config("/validate", bundle))
+    };
+    let guard = ValidatingWebhook {
+        name: "guard.mcpwarden.dev".into(),
+        namespace_selector: Some(namespace_selector_guard),
+        rules: Some(vec![rule(
+            "",
+            "v1",
+            &["UPDATE"],
+            &["pods", "pods/ephemeralcontainers"],
+        )]),
+        match_conditions: Some(vec![MatchCondition {
+            name: "guarded-pods-only".into(),
+            expression: GUARDED_POD_CONDITION.into(),
+        }]),
+        ..validating(endpoint.client_config("/guard", bundle))
+    };
     let v = ValidatingWebhookConfiguration {
         metadata: meta,
-        webhooks: Some(vec![
-            ValidatingWebhook {
-                name: "validate.mcpwarden.dev".into(),
-                admission_review_versions: vec!["v1".into()],
-                client_config: endpoint.client_config("/validate", bundle),
-                failure_policy: Some("Fail".into()),
-                side_effects: "None".into(),
-                timeout_seconds: Some(10),
-                match_policy: Some("Equivalent".into()),
-                namespace_selector: None,
-                object_selector: None,
-                rules: Some(vec![RuleWithOperations {
-                    api_groups: Some(vec!["mcpwarden.dev".into()]),
-                    api_versions: Some(vec!["v1alpha1".into()]),
-                    operations: Some(vec!["CREATE".into(), "UPDATE".into()]),
-                    resources: Some(vec!["mcppolicies".into()]),
-                    scope: Some("Namespaced".into()),
-                }]),
-                match_conditions: None,
-            },
-            ValidatingWebhook {
-                name: "guard.mcpwarden.dev".into(),
-                admission_review_versions: vec!["v1".into()],
-                client_config: endpoint.client_config("/guard", bundle),
-                failure_policy: Some("Fail".into()),
-                side_effects: "None".into(),
-                timeout_seconds: Some(10),
-                match_policy: Some("Equivalent".into()),
-                namespace_selector: Some(namespace_selector_guard),
-                object_selector: None,
-                rules: Some(vec![RuleWithOperations {
-                    api_groups: Some(vec!["".into()]),
-                    api_versions: Some(vec!["v1".into()]),
-                    operations: Some(vec!["UPDATE".into()]),
-                    resources: Some(vec!["pods".into(), "pods/ephemeralcontainers".into()]),
-                    scope: Some("Namespaced".into()),
-                }]),
-                match_conditions: Some(vec![MatchCondition {
-                    name: "guarded-pods-only".into(),
-                    expression: GUARDED_POD_CONDITION.into(),
-                }]),
-            },
-        ]),
+        webhooks: Some(vec![validate, guard]),
     };
     (m, v)
 }
