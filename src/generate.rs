@@ -164,7 +164,11 @@ mod tests {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
         for g in files(root, None).unwrap() {
             let on_disk = std::fs::read_to_string(root.join(g.path)).unwrap_or_default();
-            assert!(on_disk == g.content, "{} is out of date: run `{COMMAND}`", g.path);
+            assert!(
+                on_disk == g.content,
+                "{} is out of date: run `{COMMAND}`",
+                g.path
+            );
         }
     }
 

@@ -3,7 +3,6 @@ use kube::core::cel::Validator;
 use kube::CustomResourceExt;
 use serde_json::json;
 
-
 fn schema() -> Value {
     let crd = McpPolicy::crd();
     let s = crd.spec.versions[0]
