@@ -8,6 +8,8 @@
 //! - [`sidecar`]: the enforcing reverse proxy (gate, forwarding, denials, reload, audit).
 //! - [`serve`]: HTTP serving shared by the sidecar and the controller: the one accept loop
 //!   (timeouts, connection cap, optional TLS), the admin port, the shutdown signal.
+//! - [`identity`]: bearer tokens (ServiceAccount, OIDC) verified offline against a key set, with
+//!   a bounded cache of verified tokens.
 //! - [`metrics`]: the Prometheus metrics of the sidecar and the controller.
 //! - [`crd`]: the McpPolicy resource, its CRD and reference docs.
 //! - [`cluster`]: what the controller and the webhooks share: names and keys of what mcp-warden
@@ -43,6 +45,7 @@ pub mod crd;
 pub mod demo;
 pub mod engine;
 pub mod generate;
+pub mod identity;
 pub mod logging;
 pub mod mcp;
 pub mod metrics;

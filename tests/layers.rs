@@ -108,6 +108,17 @@ fn the_shared_layers_depend_on_neither_side() {
         ),
         ("mcp", &["engine", "sidecar", "policy"]),
         ("engine", &["sidecar", "mcp"]),
+        (
+            "identity",
+            &[
+                "sidecar",
+                "controller",
+                "webhook",
+                "engine",
+                "policy",
+                "mcp",
+            ],
+        ),
         ("policy", &["engine", "sidecar", "crd"]),
     ] {
         for f in forbidden {

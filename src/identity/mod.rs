@@ -1,0 +1,199 @@
+//! Who is calling: bearer tokens verified offline against a JSON Web Key Set (projected
+//! ServiceAccount tokens against the cluster's keys, or an external OIDC issuer's), with the
+//! verified ones cached until they expire so a request costs a signature check only the first
+//! time a token is seen.
+//!
+//! Only RS256 and ES256 are accepted, each with a key of its own kind: `alg: none`, HMAC (where a
+//! public key could be used as the secret) and anything else are refused before any key is used.
+
+mod cache;
+
+pub use cache::VerifiedCache;
+
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// Seconds of clock skew allowed on `exp` and `nbf`.
+pub const LEEWAY_SECS: u64 = 30;
+
+/// Why a token does not identify its caller. The text is what the client is told.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    #[error("no bearer token")]
+    Missing,
+    #[error("the token is not a JWT: {0}")]
+    Malformed(String),
+    #[error("the token's algorithm {0:?} is not accepted (RS256 or ES256)")]
+    Algorithm(String),
+    #[error("the token names no key id, or one the issuer's key set does not have")]
+    UnknownKey,
+    #[error("the token's signature does not verify")]
+    BadSignature,
+    #[error("the token has expired")]
+    Expired,
+    #[error("the token is not valid yet")]
+    NotYetValid,
+    #[error("the token is for another audience")]
+    WrongAudience,
+    #[error("the token is from another issuer")]
+    WrongIssuer,
+    #[error("the token lacks the {0} claim")]
+    MissingClaim(String),
+}
+
+/// Why a key set cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum KeySetError {
+    #[error("not a JSON Web Key Set: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("key {kid:?}: {why}")]
+    Key { kid: String, why: String },
+    #[error("the key set has no usable RS256 or ES256 key")]
+    Empty,
+}
+
+/// A verified caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    /// The `sub` claim: `system:serviceaccount:NS:NAME` for a ServiceAccount.
+    pub subject: Arc<str>,
+    /// The `exp` claim (seconds since the epoch).
+    pub expires: u64,
+}
+
+/// One key of the set, and the algorithm it verifies.
+struct Key {
+    alg: Algorithm,
+    key: DecodingKey,
+}
+
+/// Verifies tokens from one issuer for the given audiences.
+pub struct Verifier {
+    issuer: String,
+    audiences: Vec<String>,
+    keys: HashMap<String, Key>,
+}
+
+#[derive(Deserialize)]
+struct Claims {
+    sub: Option<String>,
+    exp: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct RawHeader {
+    alg: Option<String>,
+}
+
+impl Verifier {
+    /// A verifier for tokens of `issuer` for any of `audiences`, with the keys of `jwks` (a JSON
+    /// Web Key Set document). Keys without a `kid`, or of another kind than RSA or EC P-256, are
+    /// left out; a set with no usable key is an error.
+    pub fn new(issuer: &str, audiences: &[String], jwks: &[u8]) -> Result<Verifier, KeySetError> {
+        let set: JwkSet = serde_json::from_slice(jwks)?;
+        let mut keys = HashMap::new();
+        for jwk in &set.keys {
+            let Some(kid) = jwk.common.key_id.clone() else {
+                continue;
+            };
+            let alg = match &jwk.algorithm {
+                AlgorithmParameters::RSA(_) => Algorithm::RS256,
+                AlgorithmParameters::EllipticCurve(ec) if ec.curve == EllipticCurve::P256 => {
+                    Algorithm::ES256
+                }
+                _ => continue,
+            };
+            let key = DecodingKey::from_jwk(jwk).map_err(|e| KeySetError::Key {
+                kid: kid.clone(),
+                why: e.to_string(),
+            })?;
+            keys.insert(kid, Key { alg, key });
+        }
+        if keys.is_empty() {
+            return Err(KeySetError::Empty);
+        }
+        Ok(Verifier {
+            issuer: issuer.to_owned(),
+            audiences: audiences.to_vec(),
+            keys,
+        })
+    }
+
+    /// The issuer whose tokens this verifies.
+    pub fn issuer(&self) -> &str {
+        &self.issuer
+    }
+
+    /// Verifies `token`: its algorithm, its key, its signature, then `iss`, `aud`, `exp` and
+    /// `nbf` (with [`LEEWAY_SECS`]), and that it names a subject.
+    pub fn verify(&self, token: &str) -> Result<Verified, TokenError> {
+        let alg = raw_algorithm(token)?;
+        let alg = match alg.as_str() {
+            "RS256" => Algorithm::RS256,
+            "ES256" => Algorithm::ES256,
+            _ => return Err(TokenError::Algorithm(alg)),
+        };
+        let header =
+            jsonwebtoken::decode_header(token).map_err(|e| TokenError::Malformed(e.to_string()))?;
+        let key = header
+            .kid
+            .as_deref()
+            .and_then(|kid| self.keys.get(kid))
+            .filter(|k| k.alg == alg)
+            .ok_or(TokenError::UnknownKey)?;
+        let mut v = Validation::new(alg);
+        v.leeway = LEEWAY_SECS;
+        v.validate_nbf = true;
+        v.set_issuer(&[&self.issuer]);
+        v.set_audience(&self.audiences);
+        v.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        let data = jsonwebtoken::decode::<Claims>(token, &key.key, &v).map_err(classify)?;
+        let (Some(sub), Some(exp)) = (data.claims.sub, data.claims.exp) else {
+            return Err(TokenError::MissingClaim("sub or exp".into()));
+        };
+        Ok(Verified {
+            subject: sub.into(),
+            expires: exp,
+        })
+    }
+}
+
+/// The `alg` of a token's header as written, before anything is trusted.
+fn raw_algorithm(token: &str) -> Result<String, TokenError> {
+    use base64::Engine as _;
+    let mut parts = token.split('.');
+    let (Some(head), Some(_), Some(_), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(TokenError::Malformed(
+            "a JWT has three dot-separated parts".into(),
+        ));
+    };
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(head)
+        .map_err(|_| TokenError::Malformed("the header is not base64url".into()))?;
+    let h: RawHeader = serde_json::from_slice(&bytes)
+        .map_err(|_| TokenError::Malformed("the header is not JSON".into()))?;
+    h.alg
+        .ok_or_else(|| TokenError::Malformed("the header names no algorithm".into()))
+}
+
+fn classify(e: jsonwebtoken::errors::Error) -> TokenError {
+    use jsonwebtoken::errors::ErrorKind as K;
+    match e.into_kind() {
+        K::InvalidSignature => TokenError::BadSignature,
+        K::ExpiredSignature => TokenError::Expired,
+        K::ImmatureSignature => TokenError::NotYetValid,
+        K::InvalidAudience => TokenError::WrongAudience,
+        K::InvalidIssuer => TokenError::WrongIssuer,
+        K::MissingRequiredClaim(c) => TokenError::MissingClaim(c),
+        K::InvalidAlgorithm | K::MissingAlgorithm => TokenError::Algorithm("mismatched".into()),
+        other => TokenError::Malformed(format!("{other:?}")),
+    }
+}
+
+#[cfg(test)]
+mod tests;
