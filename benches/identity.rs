@@ -1,4 +1,4 @@
-//! Token verification: `cargo bench --bench identity`.
+//! Token verification (signatures by `ring`): `cargo bench --bench identity`.
 //!
 //! A projected-ServiceAccount-shaped token (RS256 with the fixture 2048-bit key, and ES256 with
 //! a fresh P-256 key) verified once per call (uncached: what a new token costs) and through the
@@ -6,7 +6,7 @@
 
 use base64::Engine as _;
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
-use mcp_warden::identity::{VerifiedCache, Verifier};
+use mcp_warden::identity::{install_crypto, VerifiedCache, Verifier};
 use serde_json::json;
 use std::hint::black_box;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -34,6 +34,7 @@ fn median_ns(rounds: usize, per_round: u32, mut f: impl FnMut()) -> f64 {
 }
 
 fn main() {
+    install_crypto();
     let root = env!("CARGO_MANIFEST_DIR");
     let rsa_pem =
         std::fs::read(format!("{root}/tests/fixtures/identity/rsa-test-key.pem")).unwrap();

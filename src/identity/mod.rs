@@ -3,12 +3,15 @@
 //! verified ones cached until they expire so a request costs a signature check only the first
 //! time a token is seen.
 //!
-//! Only RS256 and ES256 are accepted, each with a key of its own kind: `alg: none`, HMAC (where a
+//! Signatures are checked by `ring` ([`crypto`]). Only RS256 and ES256 are accepted, each with a
+//! key of its own kind: `alg: none`, HMAC (where a
 //! public key could be used as the secret) and anything else are refused before any key is used.
 
 mod cache;
+mod crypto;
 
 pub use cache::VerifiedCache;
+pub use crypto::install as install_crypto;
 
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
@@ -93,6 +96,7 @@ impl Verifier {
     /// Web Key Set document). Keys without a `kid`, or of another kind than RSA or EC P-256, are
     /// left out; a set with no usable key is an error.
     pub fn new(issuer: &str, audiences: &[String], jwks: &[u8]) -> Result<Verifier, KeySetError> {
+        crypto::install();
         let set: JwkSet = serde_json::from_slice(jwks)?;
         let mut keys = HashMap::new();
         for jwk in &set.keys {
