@@ -121,15 +121,21 @@ fn recorded(audit_log: &str) -> BTreeSet<Grant> {
     out
 }
 
-/// After the cluster tests and the journey (`.ci/run` runs it then, with the audit log of the
-/// test control plane): the controller called the API for exactly what its rules grant. RBAC
-/// already refuses a call outside them (a 403, which fails the test that made it); this adds
-/// that every grant was needed.
+/// After the cluster tests and the journey: the controller called the API for exactly what its
+/// rules grant. RBAC already refuses a call outside them (a 403, which fails the test that made
+/// it); this adds that every grant was needed. It reads the test control plane's audit log once
+/// everything has run on it, so it runs only when `MCP_WARDEN_CHECK_AUDIT_LOG` names that log
+/// (`.ci/run` sets it in its last step); otherwise it says it skipped.
 #[test]
-#[ignore = "reads the audit log of a test control plane the cluster tests and journey ran on; .ci/run runs it after them"]
 fn the_controller_called_the_api_for_exactly_what_the_rules_grant() {
-    let Some(path) = std::env::var_os("MCP_WARDEN_AUDIT_LOG") else {
-        panic!("MCP_WARDEN_AUDIT_LOG is not set: start the test control plane (tests/cluster/up.sh) and run the cluster tests first");
+    let Some(path) = std::env::var_os("MCP_WARDEN_CHECK_AUDIT_LOG") else {
+        use std::io::Write as _;
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED least-privilege check: set MCP_WARDEN_CHECK_AUDIT_LOG to the audit log of a test \
+             control plane the cluster tests and journey ran on (.ci/run does, after them)"
+        );
+        return;
     };
     let log = std::fs::read_to_string(&path).expect("the audit log");
     let used = recorded(&log);

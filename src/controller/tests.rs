@@ -325,6 +325,27 @@ mod desired_state {
         )
     }
 
+    /// `desired` for `p` alone in its namespace on 2026-01-01, with the chart's sidecar ports.
+    fn desired_alone(
+        p: &McpPolicy,
+        pods: &[Pod],
+        services: &[Service],
+        network_policies: &[k8s_openapi::api::networking::v1::NetworkPolicy],
+    ) -> super::super::reconcile::Desired {
+        desired(
+            p,
+            &Seen {
+                policies: std::slice::from_ref(p),
+                pods,
+                services,
+                network_policies,
+            },
+            "0.1.0",
+            &[9480, 9481],
+            at("2026-01-01T00:00:00Z"),
+        )
+    }
+
     fn cond<'a>(d: &'a super::super::reconcile::Desired, t: &str) -> &'a Condition {
         d.status.conditions.iter().find(|c| c.type_ == t).unwrap()
     }
@@ -334,18 +355,7 @@ mod desired_state {
         let mut p = policy(json!({}));
         p.metadata.generation = Some(3);
         let pods = [injected_pod("a", "0.1.0"), injected_pod("b", "0.0.9")];
-        let d = desired(
-            &p,
-            &Seen {
-                policies: std::slice::from_ref(&p),
-                pods: &pods,
-                services: &[],
-                network_policies: &[],
-            },
-            "0.1.0",
-            &[9480, 9481],
-            at("2026-01-01T00:00:00Z"),
-        );
+        let d = desired_alone(&p, &pods, &[], &[]);
         let r = rendered(&p).unwrap();
         assert_eq!(d.status.policy_hash.as_deref(), Some(r.hash.as_str()));
         assert_eq!(d.status.observed_generation, Some(3));
@@ -519,18 +529,7 @@ mod desired_state {
             reopening_network_policies(&p, &[rendered], &pods).is_empty(),
             "the controller's own is not counted"
         );
-        let d = desired(
-            &p,
-            &Seen {
-                policies: std::slice::from_ref(&p),
-                pods: &pods,
-                services: &[],
-                network_policies: &nps,
-            },
-            "0.1.0",
-            &[9480, 9481],
-            at("2026-01-01T00:00:00Z"),
-        );
+        let d = desired_alone(&p, &pods, &[], &nps);
         let c = cond(&d, cond::ISOLATION_INEFFECTIVE);
         assert_eq!(
             (c.status.as_str(), c.reason.as_str()),
@@ -545,32 +544,10 @@ mod desired_state {
             .events
             .iter()
             .any(|e| e.warning && e.reason == cond::ISOLATION_INEFFECTIVE));
-        let d = desired(
-            &p,
-            &Seen {
-                policies: std::slice::from_ref(&p),
-                pods: &pods,
-                services: &[],
-                network_policies: &nps[1..2],
-            },
-            "0.1.0",
-            &[9480, 9481],
-            at("2026-01-01T00:00:00Z"),
-        );
+        let d = desired_alone(&p, &pods, &[], &nps[1..2]);
         assert_eq!(cond(&d, cond::ISOLATION_INEFFECTIVE).status, "False");
         let off = policy(json!({}));
-        let d = desired(
-            &off,
-            &Seen {
-                policies: std::slice::from_ref(&off),
-                pods: &pods,
-                services: &[],
-                network_policies: &nps,
-            },
-            "0.1.0",
-            &[],
-            at("2026-01-01T00:00:00Z"),
-        );
+        let d = desired_alone(&off, &pods, &[], &nps);
         assert!(
             d.status
                 .conditions
@@ -585,18 +562,7 @@ mod desired_state {
         let p = policy(json!({"isolation": "NetworkPolicy"}));
         let pods = [injected_pod("a", "0.1.0")];
         let services = [svc("direct", json!(8888)), svc("good", json!("mcp"))];
-        let d = desired(
-            &p,
-            &Seen {
-                policies: std::slice::from_ref(&p),
-                pods: &pods,
-                services: &services,
-                network_policies: &[],
-            },
-            "0.1.0",
-            &[9480, 9481],
-            at("2026-01-01T00:00:00Z"),
-        );
+        let d = desired_alone(&p, &pods, &services, &[]);
         let c = cond(&d, cond::SERVICE_BYPASS);
         assert_eq!(c.status, "True");
         assert!(

@@ -89,6 +89,7 @@ struct Claims {
 #[derive(Deserialize)]
 struct RawHeader {
     alg: Option<String>,
+    kid: Option<String>,
 }
 
 impl Verifier {
@@ -134,14 +135,15 @@ impl Verifier {
     /// Verifies `token`: its algorithm, its key, its signature, then `iss`, `aud`, `exp` and
     /// `nbf` (with [`LEEWAY_SECS`]), and that it names a subject.
     pub fn verify(&self, token: &str) -> Result<Verified, TokenError> {
-        let alg = raw_algorithm(token)?;
+        let header = raw_header(token)?;
+        let alg = header
+            .alg
+            .ok_or_else(|| TokenError::Malformed("the header names no algorithm".into()))?;
         let alg = match alg.as_str() {
             "RS256" => Algorithm::RS256,
             "ES256" => Algorithm::ES256,
             _ => return Err(TokenError::Algorithm(alg)),
         };
-        let header =
-            jsonwebtoken::decode_header(token).map_err(|e| TokenError::Malformed(e.to_string()))?;
         let key = header
             .kid
             .as_deref()
@@ -165,8 +167,9 @@ impl Verifier {
     }
 }
 
-/// The `alg` of a token's header as written, before anything is trusted.
-fn raw_algorithm(token: &str) -> Result<String, TokenError> {
+/// A token's header as written, read before anything is trusted (`decode` reads it again,
+/// strictly, with the signature).
+fn raw_header(token: &str) -> Result<RawHeader, TokenError> {
     use base64::Engine as _;
     let mut parts = token.split('.');
     let (Some(head), Some(_), Some(_), None) =
@@ -179,10 +182,8 @@ fn raw_algorithm(token: &str) -> Result<String, TokenError> {
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(head)
         .map_err(|_| TokenError::Malformed("the header is not base64url".into()))?;
-    let h: RawHeader = serde_json::from_slice(&bytes)
-        .map_err(|_| TokenError::Malformed("the header is not JSON".into()))?;
-    h.alg
-        .ok_or_else(|| TokenError::Malformed("the header names no algorithm".into()))
+    serde_json::from_slice(&bytes)
+        .map_err(|_| TokenError::Malformed("the header is not JSON".into()))
 }
 
 fn classify(e: jsonwebtoken::errors::Error) -> TokenError {
