@@ -87,7 +87,8 @@ fn main() {
         exact.push(Call {
             tool: n,
             args: &allowed_args,
-            grant: &grants[i % 64],
+            caller: &grants[i % 64],
+            grant: None,
             session: None,
         });
     }
@@ -95,7 +96,8 @@ fn main() {
         globbed.push(Call {
             tool: n,
             args: &allowed_args,
-            grant: &grants[i % 64],
+            caller: &grants[i % 64],
+            grant: None,
             session: None,
         });
     }
@@ -104,14 +106,16 @@ fn main() {
         .map(|n| Call {
             tool: n,
             args: &denied_args,
-            grant: &grants[0],
+            caller: &grants[0],
+            grant: None,
             session: None,
         })
         .collect();
     let unknown = [Call {
         tool: "unlisted_tool",
         args: &allowed_args,
-        grant: &grants[0],
+        caller: &grants[0],
+        grant: None,
         session: None,
     }];
 
@@ -180,7 +184,8 @@ fn main() {
                         let call = Call {
                             tool: "t",
                             args: &args,
-                            grant: &grants[i as usize % grants.len()],
+                            caller: &grants[i as usize % grants.len()],
+                            grant: None,
                             session: None,
                         };
                         black_box(counters.decide(&call, i));

@@ -13,7 +13,8 @@ use std::path::Path;
 pub struct Explain {
     pub tool: String,
     pub args: Value,
-    pub grant: String,
+    /// The caller's identity (`--identity`); without it the call is anonymous.
+    pub identity: Option<String>,
     pub session: Option<String>,
     /// Make the call this many times (at one instant) and explain the last: shows limits acting.
     pub calls: u32,
@@ -78,7 +79,7 @@ pub fn warnings(p: &Policy) -> Vec<String> {
     use crate::policy::{Identity, Scope};
     let mut out = Vec::new();
     for c in &p.counters {
-        match (c.scope, &p.identity) {
+        match (c.scope, &p.identity.source) {
             (Scope::Session, _) => out.push(format!(
                 "counter {:?} has scope session: it counts per session id the server issued \
                  (calls with another id count per caller), so it limits nothing on a server \
@@ -107,15 +108,19 @@ fn summary(label: &str, p: &Policy) -> String {
         policy::DefaultDecision::Allow => "allow",
         policy::DefaultDecision::Deny => "deny",
     };
-    format!(
-        "{label}: default {default}, {} tool rule{}, {} counter{}, {} hidden pattern{}",
-        p.rules.len(),
-        plural(p.rules.len()),
+    let rules = p.tools.rules.len();
+    let mut s = format!(
+        "{label}: default {default}, {rules} tool rule{}, {} counter{}, {} hidden pattern{}",
+        plural(rules),
         p.counters.len(),
         plural(p.counters.len()),
         p.hide.len(),
         plural(p.hide.len())
-    )
+    );
+    if !p.grants.is_empty() {
+        let _ = write!(s, ", {} grant{}", p.grants.len(), plural(p.grants.len()));
+    }
+    s
 }
 
 fn plural(n: usize) -> &'static str {
@@ -129,10 +134,13 @@ fn plural(n: usize) -> &'static str {
 /// Writes what the policy decides for the call, on fresh counters.
 pub fn explain_call(policy: &Policy, x: &Explain, out: &mut String) {
     let engine = Engine::new(policy.clone(), None, EngineOptions::default());
+    // Only a named caller can match a grant; an anonymous one gets the base rules.
+    let grant = x.identity.as_deref().and_then(|id| policy.grant_for(id));
     let call = Call {
         tool: &x.tool,
         args: &x.args,
-        grant: &x.grant,
+        caller: x.identity.as_deref().unwrap_or("anonymous"),
+        grant,
         session: x.session.as_deref(),
     };
     let calls = x.calls.max(1);
@@ -151,6 +159,15 @@ pub fn explain_call(policy: &Policy, x: &Explain, out: &mut String) {
             calls - 1
         );
     }
+    let who = x.identity.as_deref().unwrap_or("anonymous (no --identity)");
+    let _ = match d.grant {
+        Some(g) => writeln!(out, "  caller:   {who}, under {g}"),
+        None if policy.grants.is_empty() => writeln!(out, "  caller:   {who}"),
+        None => writeln!(
+            out,
+            "  caller:   {who}, no grant names it: the base rules apply"
+        ),
+    };
     let _ = writeln!(out, "  decision: {}", d.outcome.as_str());
     let _ = writeln!(out, "  rule:     {}", d.rule);
     if !d.reason.is_empty() {
@@ -160,7 +177,9 @@ pub fn explain_call(policy: &Policy, x: &Explain, out: &mut String) {
         let _ = writeln!(out, "  retry in: {:.1} s", hit.retry_after.as_secs_f64());
     }
     if d.outcome == Outcome::Allow {
-        let rule = policy.find_rule(&x.tool).unwrap_or(&policy.default_rule);
+        let rule = policy
+            .rule_for(&x.tool, grant)
+            .unwrap_or_else(|| policy.default_rule_for(grant));
         for l in &rule.limits {
             let c = &policy.counters[l.counter];
             let _ = writeln!(
@@ -177,7 +196,7 @@ pub fn explain_call(policy: &Policy, x: &Explain, out: &mut String) {
     let _ = writeln!(
         out,
         "  listed:   {}",
-        if policy.listable(&x.tool) {
+        if policy.listable(&x.tool, grant) {
             "yes"
         } else {
             "no (never callable)"

@@ -36,7 +36,7 @@ pub enum Command {
     /// Validate policy files and McpPolicy manifests; optionally explain a decision.
     Check(CheckArgs),
     /// Run the enforcing proxy in front of an MCP server.
-    Sidecar(SidecarArgs),
+    Sidecar(Box<SidecarArgs>),
     /// Show the main job with no cluster: a sample MCP server behind the sidecar, driven by a script.
     Demo(DemoArgs),
     /// Run the operator: reconcile McpPolicies and serve the admission webhooks.
@@ -108,6 +108,11 @@ pub struct SidecarArgs {
     /// The policy file (JSON or YAML); reloaded when it changes.
     #[arg(long, env = "MCP_WARDEN_POLICY", value_name = "FILE")]
     pub policy: PathBuf,
+    /// The JSON Web Key Set that `identity.serviceAccount` and `identity.jwt` tokens are verified
+    /// with (in a cluster the controller renders it beside the policy; its `issuer` member names
+    /// a ServiceAccount token's issuer). Reloaded when it changes.
+    #[arg(long, env = "MCP_WARDEN_JWKS", value_name = "FILE")]
+    pub jwks: Option<PathBuf>,
     /// The MCP server, e.g. http://127.0.0.1:8888/mcp; its path is the gated MCP path.
     #[arg(long, env = "MCP_WARDEN_UPSTREAM", value_name = "URL")]
     pub upstream: http::Uri,
@@ -191,6 +196,7 @@ impl SidecarArgs {
                 .map_err(|_| anyhow::anyhow!("--{name} must be a non-negative number of seconds"))
         };
         let mut c = crate::sidecar::Config::new(self.upstream.clone(), self.policy.clone());
+        c.jwks_path = self.jwks.clone();
         c.listen = self.listen;
         c.admin_listen = self.admin_listen;
         c.passthrough_paths = self.passthrough_paths.clone();
@@ -255,9 +261,11 @@ pub struct CheckArgs {
     /// The call's arguments, as a JSON object.
     #[arg(long, value_name = "JSON", default_value = "{}", requires = "explain")]
     pub args: String,
-    /// Caller identity key for `scope: grant` counters.
-    #[arg(long, default_value = "anonymous", requires = "explain")]
-    pub identity: String,
+    /// The caller's identity (a ServiceAccount's `system:serviceaccount:NS:NAME`, a JWT subject or
+    /// a gateway header's value): picks the grant that applies and keys `scope: grant` counters.
+    /// Without it the call is anonymous and gets the base rules.
+    #[arg(long, requires = "explain")]
+    pub identity: Option<String>,
     /// Session id for `scope: session` counters.
     #[arg(long, requires = "explain")]
     pub session: Option<String>,
@@ -279,7 +287,7 @@ pub fn run_check(a: &CheckArgs) -> anyhow::Result<bool> {
             Some(Explain {
                 tool: tool.clone(),
                 args,
-                grant: a.identity.clone(),
+                identity: a.identity.clone(),
                 session: a.session.clone(),
                 calls: a.calls,
             })

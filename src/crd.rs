@@ -43,6 +43,7 @@ use std::collections::BTreeMap;
     )
 )]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::cel::Rule::new("!has(self.grants) || size(self.grants) == 0 || has(self.identity)").message("grants need an identity that names the caller: identity.serviceAccount, identity.jwt or identity.header").field_path(".grants"))]
 pub struct McpPolicySpec {
     /// The pods this policy guards, in this namespace (a standard label selector). When two
     /// policies select the same pod, the older one applies and the other reports `Conflict`.
@@ -60,7 +61,9 @@ pub struct McpPolicySpec {
     /// What happens to tools no rule names: `deny` (default) or `allow`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default: Option<DefaultAction>,
-    /// Who the caller is, for `scope: grant` limits. Default: the SHA-256 of the bearer token.
+    /// Who the caller is, for `grants` and `scope: grant` limits: a verified ServiceAccount
+    /// token, a verified JWT of an external issuer, or a gateway's header. Default: the SHA-256
+    /// of the bearer token, which names no one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub identity: Option<IdentitySpec>,
     /// Tool-name globs (`*`, `?`) never listed in tools/list, and denied.
@@ -82,6 +85,37 @@ pub struct McpPolicySpec {
     /// a longer glob beats a shorter one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(extend("maxProperties" = bounds::TOOLS))]
+    #[x_kube(validation = kube::core::cel::Rule::new("self.all(name, size(name) >= 1 && size(name) <= 128 && !name.contains(' '))").message("tool names are 1 to 128 characters with no spaces"))]
+    pub tools: Option<BTreeMap<String, ToolRule>>,
+    /// Rules per caller. The first grant whose `subjects` match the caller's identity applies:
+    /// a tool it names replaces the base rule for that tool, its `default` the base default, its
+    /// `allTools` the base `allTools`; tools it does not name fall back to the base rules.
+    /// Callers without an identity get the base rules.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = bounds::GRANTS))]
+    pub grants: Option<Vec<GrantSpec>>,
+}
+
+/// Rules for the callers a grant names.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GrantSpec {
+    /// Identities the grant applies to, exact or glob (`*`, `?`): a ServiceAccount as
+    /// `system:serviceaccount:NAMESPACE:NAME` (`system:serviceaccount:agents:*` for a namespace),
+    /// a JWT's `sub`, or the identity header's value.
+    #[schemars(length(min = 1, max = bounds::SUBJECTS), inner(length(min = 1, max = bounds::SUBJECT)))]
+    pub subjects: Vec<String>,
+    /// Replaces the base `default` for these callers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default: Option<DefaultAction>,
+    /// Replaces the base `allTools` for these callers (same fields).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub all_tools: Option<AllTools>,
+    /// Rules by tool name that replace the base rules for these callers (same fields as
+    /// `spec.tools`). Counters are shared by name across the whole policy: give a grant's limit
+    /// its own counter name to count these callers apart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("maxProperties" = bounds::GRANT_TOOLS))]
     #[x_kube(validation = kube::core::cel::Rule::new("self.all(name, size(name) >= 1 && size(name) <= 128 && !name.contains(' '))").message("tool names are 1 to 128 characters with no spaces"))]
     pub tools: Option<BTreeMap<String, ToolRule>>,
 }
@@ -169,13 +203,56 @@ pub enum DenyAs {
     Error,
 }
 
-/// Caller identity from a request header.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+/// Who the caller is: exactly one of `serviceAccount`, `jwt` and `header`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::cel::Rule::new("(has(self.header) ? 1 : 0) + (has(self.serviceAccount) ? 1 : 0) + (has(self.jwt) ? 1 : 0) == 1").message("name exactly one source of identity: serviceAccount, jwt or header"))]
 pub struct IdentitySpec {
+    /// Projected ServiceAccount tokens (`Authorization: Bearer`), verified in the sidecar
+    /// against the cluster's keys, which the controller renders beside the policy; the caller is
+    /// `system:serviceaccount:NAMESPACE:NAME`. Mount a token with one of `audiences`, or mint one
+    /// with `kubectl create token SA --audience AUDIENCE`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account: Option<ServiceAccountIdentity>,
+    /// JWTs from an external OIDC issuer, verified in the sidecar against the issuer's keys,
+    /// which the controller fetches from `jwksFrom`; the caller is the token's `sub`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwt: Option<JwtIdentity>,
     /// The header carrying the caller's identity. Trust it only when an authenticating gateway in
     /// front of the sidecar sets it: clients can send any header.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = bounds::HEADER), pattern(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$"))]
-    pub header: String,
+    pub header: Option<String>,
+    /// `true`: a request without a valid identity is refused with HTTP 401 and
+    /// `WWW-Authenticate: Bearer`, naming why (no token, expired, wrong audience, bad
+    /// signature…). `false` (default): a request without a token is served as `anonymous` with
+    /// the base rules; a token that is sent must still be valid.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub required: Option<bool>,
+}
+
+/// Projected ServiceAccount tokens of this cluster.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+pub struct ServiceAccountIdentity {
+    /// Audiences a token may be for (`aud`); at least one. Use one of your own, such as
+    /// `mcp-warden`, not the API server's, so a token for this server cannot be replayed at it.
+    #[schemars(length(min = 1, max = bounds::AUDIENCES), inner(length(min = 1, max = bounds::SUBJECT)))]
+    pub audiences: Vec<String>,
+}
+
+/// JWTs from an external OIDC issuer.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct JwtIdentity {
+    /// The issuer (`iss`), an https:// URL.
+    #[schemars(length(min = 9, max = bounds::URL), pattern(r"^https://[^\s]+$"))]
+    pub issuer: String,
+    /// Audiences a token may be for (`aud`); at least one.
+    #[schemars(length(min = 1, max = bounds::AUDIENCES), inner(length(min = 1, max = bounds::SUBJECT)))]
+    pub audiences: Vec<String>,
+    /// The https:// URL of the issuer's JSON Web Key Set, fetched by the controller.
+    #[schemars(length(min = 9, max = bounds::URL), pattern(r"^https://[^\s]+$"))]
+    pub jwks_from: String,
 }
 
 /// What the sidecar accepts in `Host` and `Origin`.
@@ -432,7 +509,7 @@ pub fn render(namespace: &str, name: &str, spec: &McpPolicySpec) -> Result<Rende
     Ok(Rendered {
         json,
         hash,
-        tool_count: compiled.rules.len(),
+        tool_count: compiled.tools.rules.len(),
     })
 }
 

@@ -18,6 +18,8 @@ pub const SIDECAR_METRICS: &[&str] = &[
     "mcp_warden_policy_info",
     "mcp_warden_counter_keys",
     "mcp_warden_counter_overflow_total",
+    "mcp_warden_grant_decisions_total",
+    "mcp_warden_unauthenticated_total",
 ];
 
 /// The sidecar's metrics.
@@ -33,6 +35,8 @@ pub struct SidecarMetrics {
     pub policy_info: IntGaugeVec,
     pub counter_keys: IntGaugeVec,
     pub counter_overflow: IntCounterVec,
+    pub grant_decisions: IntCounterVec,
+    pub unauthenticated: IntCounterVec,
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -127,6 +131,16 @@ impl SidecarMetrics {
                 "counter_overflow_total",
                 "Calls counted in a shared overflow counter because the key cap was full of live keys",
                 &["policy"],
+            ),
+            grant_decisions: counter(
+                "grant_decisions_total",
+                "tools/call decisions made under a grant's rules, by grant (grants[0], …)",
+                &["policy", "grant", "decision"],
+            ),
+            unauthenticated: counter(
+                "unauthenticated_total",
+                "Requests refused with 401 because the caller's identity could not be verified, by reason",
+                &["policy", "reason"],
             ),
             registry: b.registry.clone(),
         }
@@ -241,6 +255,10 @@ mod tests {
         m.policy_info.with_label_values(&["p", "abc"]).set(1);
         m.counter_keys.with_label_values(&["p"]).set(3);
         m.counter_overflow.with_label_values(&["p"]).inc();
+        m.grant_decisions
+            .with_label_values(&["p", "grants[0]", "allow"])
+            .inc();
+        m.unauthenticated.with_label_values(&["p", "expired"]).inc();
         let text = String::from_utf8(m.render()).unwrap();
         for name in SIDECAR_METRICS {
             assert!(text.contains(&format!("# TYPE {name} ")), "{name} missing");

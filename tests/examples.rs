@@ -60,7 +60,8 @@ fn check_example(path: &Path) -> usize {
             let call = Call {
                 tool: &x.tool,
                 args: &x.args,
-                grant: "agent-1",
+                caller: "agent-1",
+                grant: None,
                 session: None,
             };
             for i in 1..x.calls {
@@ -92,7 +93,7 @@ fn check_example(path: &Path) -> usize {
         } else if let Some(list) = line.strip_prefix("# listed: ") {
             for t in names(list) {
                 assert!(
-                    policy.listable(t),
+                    policy.listable(t, None),
                     "{}: {t} should be listed",
                     path.display()
                 );
@@ -101,7 +102,7 @@ fn check_example(path: &Path) -> usize {
         } else if let Some(list) = line.strip_prefix("# not listed: ") {
             for t in names(list) {
                 assert!(
-                    !policy.listable(t),
+                    !policy.listable(t, None),
                     "{}: {t} should not be listed",
                     path.display()
                 );

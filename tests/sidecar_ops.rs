@@ -138,6 +138,7 @@ async fn reload_through_a_configmap_symlink_swap_under_traffic_fails_no_request(
     let hash = mcp_warden::sidecar::load_policy(
         &dir.join("..2026_11_22_00_00_02.000000/policy.json"),
         None,
+        None,
         Default::default(),
     )
     .unwrap()

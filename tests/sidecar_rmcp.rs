@@ -70,7 +70,9 @@ async fn rules_act(stateful: bool, json_replies: bool) {
     let meta = serde_json::to_value(&r.meta).unwrap();
     assert_eq!(
         meta["dev.mcpwarden/decision"],
-        json!({"decision": "deny", "tool": "clear_session", "rule": "tools.clear_session.deny_if[0]", "policy": "policy"})
+        json!({"decision": "deny", "tool": "clear_session", "rule": "tools.clear_session.deny_if[0]", "policy": "policy",
+               // An opaque bearer token appears only as its hash.
+               "identity": mcp_warden::sidecar::sha256_hex(b"token-a")})
     );
     let r = c.call_tool(call("delete_all", json!({}))).await.unwrap();
     assert_eq!(

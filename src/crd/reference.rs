@@ -24,8 +24,41 @@ const EXAMPLES: &[(&str, &str)] = &[
     ("spec.isolation", "`NetworkPolicy`"),
     ("spec.default", "`deny`"),
     ("spec.denyAs", "`result`"),
-    ("spec.identity", "`{header: X-Agent-Id}`"),
+    (
+        "spec.identity",
+        "`{serviceAccount: {audiences: [mcp-warden]}, required: true}`",
+    ),
+    (
+        "spec.identity.serviceAccount",
+        "`{audiences: [mcp-warden]}`",
+    ),
+    ("spec.identity.serviceAccount.audiences", "`[mcp-warden]`"),
+    (
+        "spec.identity.jwt",
+        "`{issuer: https://id.example.com, audiences: [mcp], jwksFrom: https://id.example.com/jwks}`",
+    ),
+    ("spec.identity.jwt.issuer", "`https://id.example.com`"),
+    ("spec.identity.jwt.audiences", "`[mcp]`"),
+    ("spec.identity.jwt.jwksFrom", "`https://id.example.com/jwks`"),
     ("spec.identity.header", "`X-Agent-Id`"),
+    ("spec.identity.required", "`true`"),
+    (
+        "spec.grants",
+        "`[{subjects: [system:serviceaccount:ci:agent], tools: {write_file: {}}}]`",
+    ),
+    (
+        "spec.grants[].subjects",
+        "`[system:serviceaccount:agents:*]`",
+    ),
+    ("spec.grants[].default", "`allow`"),
+    (
+        "spec.grants[].allTools",
+        "`{limits: [{counter: ci_all, window: minute, max: 1200}]}`",
+    ),
+    (
+        "spec.grants[].tools",
+        "`{write_file: {limits: [{counter: ci_writes, window: hour, max: 100, scope: grant}]}}`",
+    ),
     ("spec.transport", "`{allowedHosts: [mcp.example.com]}`"),
     ("spec.transport.allowedHosts", "`[mcp.example.com]`"),
     (
@@ -123,7 +156,10 @@ fn walk(node: &Value, path: &str, out: &mut Vec<(String, String, String)>) {
                 .replace('\n', " ")
                 .replace('|', "\\|");
             out.push((p.clone(), kind(v), doc));
-            walk(v, &p, out);
+            // A grant's rules have the fields of the base rules, documented there.
+            if p != "spec.grants[].tools" && p != "spec.grants[].allTools" {
+                walk(v, &p, out);
+            }
         }
     }
     if node["type"] == "array" {

@@ -179,6 +179,53 @@ fn cel_rules_refuse_what_crosses_fields_with_the_field_named() {
     );
 }
 
+#[test]
+fn cel_rules_keep_identity_and_grants_coherent() {
+    let with = |extra: Value| {
+        let mut spec = spec_with_tools(json!({"write_file": {}}));
+        for (k, v) in extra.as_object().unwrap() {
+            spec[k] = v.clone();
+        }
+        let obj = object(spec);
+        // The compiler agrees with the API server on every case.
+        let compiled = policy::compile(&obj["spec"], policy::Flavor::Spec, "spec").is_ok();
+        (cel_errors(&obj), compiled)
+    };
+    let grant = json!([{"subjects": ["system:serviceaccount:ci:*"],
+                        "tools": {"write_file": {"limits": [
+                            {"counter": "ci", "window": "hour", "max": 100, "scope": "grant"}]}}}]);
+    let (errs, compiled) = with(
+        json!({"identity": {"serviceAccount": {"audiences": ["mcp-warden"]},
+                                                    "required": true},
+                                       "grants": grant}),
+    );
+    assert_eq!((errs, compiled), (Vec::<String>::new(), true));
+    let cases = [
+        (json!({"grants": grant}), "grants need an identity"),
+        (
+            json!({"identity": {"header": "x", "serviceAccount": {"audiences": ["a"]}}}),
+            "exactly one source of identity",
+        ),
+        (
+            json!({"identity": {"required": true}}),
+            "exactly one source of identity",
+        ),
+        (
+            json!({"grants": [{"subjects": ["a"], "tools": {"bad name": {}}}],
+                   "identity": {"header": "x"}}),
+            "tool names are 1 to 128 characters",
+        ),
+    ];
+    for (extra, message) in cases {
+        let (errs, compiled) = with(extra.clone());
+        assert!(
+            errs.iter().any(|e| e.contains(message)),
+            "{extra}: expected {message:?}, got {errs:?}"
+        );
+        assert!(!compiled, "{extra}: the compiler must refuse it too");
+    }
+}
+
 /// The API server compiles a rule against the schema's types, and a field with no `type` (our
 /// condition `value`, any JSON) is invisible to CEL there: a rule naming it makes the whole CRD
 /// invalid (found against a real kube-apiserver; kube's evaluator accepts such rules).
@@ -289,7 +336,7 @@ fn render_produces_the_policy_file_the_sidecar_loads() {
     // The sidecar's strict parser accepts it, and decides the same way.
     let p = crate::policy::load_str(std::str::from_utf8(&r.json).unwrap()).unwrap();
     assert_eq!(p.name.as_deref(), Some("ml/interpreter"));
-    assert!(!p.listable("clear_session"));
+    assert!(!p.listable("clear_session", None));
     // Rendering is deterministic: the same spec, the same bytes.
     assert_eq!(render("ml", "interpreter", &spec).unwrap(), r);
     assert!(render("ml", "other", &spec).unwrap().hash != r.hash);

@@ -37,8 +37,11 @@ pub struct Call<'a> {
     pub tool: &'a str,
     /// `params.arguments`, or `Value::Null` when absent.
     pub args: &'a Value,
-    /// The caller's identity key (a token hash, a header value, or `anonymous`).
-    pub grant: &'a str,
+    /// The caller's identity: what `scope: grant` counters key on (a verified subject, a
+    /// gateway's header value, a token hash, or `anonymous`).
+    pub caller: &'a str,
+    /// The grant that applies to the caller ([`Policy::grant_for`]), by index.
+    pub grant: Option<usize>,
     /// `Mcp-Session-Id`, when the transport has one.
     pub session: Option<&'a str>,
 }
@@ -82,6 +85,8 @@ pub struct Decision<'p> {
     /// Bounded label for metrics: the rule key that matched, or `_other`.
     pub tool_label: &'p str,
     pub limit: Option<LimitHit<'p>>,
+    /// The grant whose rules applied (`grants[0]`), if any.
+    pub grant: Option<&'p str>,
     /// Whether any counter of this call was the shared overflow counter.
     pub overflow: bool,
 }
@@ -140,7 +145,8 @@ impl Engine {
     /// allows. The order: rule, hide/deny/default, require, deny_if, limits.
     pub fn decide(&self, call: &Call, now: u64) -> Decision<'_> {
         let p = &self.policy;
-        let rule = p.find_rule(call.tool);
+        let rule = p.rule_for(call.tool, call.grant);
+        let grant = p.grant_path(call.grant);
         let tool_label = rule.map_or("_other", |r| r.key.as_str());
         let denied = if let Some(hide) = p.hidden_by(call.tool) {
             Some((
@@ -150,7 +156,7 @@ impl Engine {
             ))
         } else {
             match rule {
-                None if p.default == DefaultDecision::Deny => Some((
+                None if p.default_for(call.grant) == DefaultDecision::Deny => Some((
                     Outcome::Deny,
                     "default",
                     format!("Tool {:?} is not allowed by this policy", call.tool).into(),
@@ -166,10 +172,11 @@ impl Engine {
                 reason,
                 tool_label,
                 limit: None,
+                grant,
                 overflow: false,
             };
         }
-        let rule = rule.unwrap_or(&p.default_rule);
+        let rule = rule.unwrap_or_else(|| p.default_rule_for(call.grant));
         let (limit, overflow) = self.take(rule, call, now);
         match limit {
             None => Decision {
@@ -178,6 +185,7 @@ impl Engine {
                 reason: Cow::Borrowed(""),
                 tool_label,
                 limit: None,
+                grant,
                 overflow,
             },
             Some(hit) => Decision {
@@ -194,6 +202,7 @@ impl Engine {
                 .into(),
                 tool_label,
                 limit: Some(hit),
+                grant,
                 overflow,
             },
         }
@@ -283,8 +292,8 @@ impl Engine {
 fn key_for<'a>(scope: Scope, call: &Call<'a>) -> &'a str {
     match scope {
         Scope::Pod => "",
-        Scope::Grant => call.grant,
-        Scope::Session => call.session.unwrap_or(call.grant),
+        Scope::Grant => call.caller,
+        Scope::Session => call.session.unwrap_or(call.caller),
     }
 }
 

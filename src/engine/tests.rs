@@ -16,7 +16,8 @@ fn call<'a>(tool: &'a str, args: &'a Value) -> Call<'a> {
     Call {
         tool,
         args,
-        grant: "g1",
+        caller: "g1",
+        grant: None,
         session: None,
     }
 }
@@ -424,7 +425,8 @@ fn scopes_pick_their_keys() {
             &Call {
                 tool,
                 args: &args,
-                grant,
+                caller: grant,
+                grant: None,
                 session,
             },
             0,
@@ -476,7 +478,8 @@ fn a_million_identities_keep_memory_flat_and_escape_no_limit() {
             &Call {
                 tool: "t",
                 args: &args,
-                grant: &id,
+                caller: &id,
+                grant: None,
                 session: None,
             },
             u64::from(i),
@@ -497,7 +500,8 @@ fn a_million_identities_keep_memory_flat_and_escape_no_limit() {
         &Call {
             tool: "t",
             args: &args,
-            grant: "id-0",
+            caller: "id-0",
+            grant: None,
             session: None,
         },
         2 * SEC,
@@ -510,7 +514,8 @@ fn a_million_identities_keep_memory_flat_and_escape_no_limit() {
         &Call {
             tool: "t",
             args: &args,
-            grant: "fresh",
+            caller: "fresh",
+            grant: None,
             session: None,
         },
         later,
@@ -533,7 +538,8 @@ fn leaving_the_overflow_does_not_reset_a_callers_count() {
             &Call {
                 tool: "t",
                 args: &args,
-                grant,
+                caller: grant,
+                grant: None,
                 session: None,
             },
             t,
@@ -584,4 +590,41 @@ fn counters_survive_a_reload_when_name_window_and_scope_are_unchanged() {
         e1.decide(&call("t", &args), SEC).outcome,
         Outcome::RateLimited
     );
+}
+
+#[test]
+fn a_grant_s_limits_count_per_caller_and_others_keep_the_base_limits() {
+    let e = engine(json!({
+        "identity": {"header": "x-agent"},
+        "tools": {"write_file": {"limits": [
+            {"counter": "writes", "window": "hour", "max": 2, "scope": "grant"}]}},
+        "grants": [{"subjects": ["system:serviceaccount:ci:*"], "tools": {"write_file": {"limits": [
+            {"counter": "ci_writes", "window": "hour", "max": 3, "scope": "grant"}]}}}]}));
+    let args = json!({});
+    let p = e.policy();
+    let call = |caller: &str, now| {
+        let d = e.decide(
+            &Call {
+                tool: "write_file",
+                args: &args,
+                caller,
+                grant: p.grant_for(caller),
+                session: None,
+            },
+            now,
+        );
+        (d.outcome, d.grant.map(str::to_owned))
+    };
+    let ci = "system:serviceaccount:ci:builder";
+    for i in 0..3 {
+        assert_eq!(call(ci, i), (Outcome::Allow, Some("grants[0]".into())));
+    }
+    assert_eq!(call(ci, 3).0, Outcome::RateLimited, "the grant's max is 3");
+    // Another ServiceAccount of the same grant has a counter of its own.
+    assert_eq!(call("system:serviceaccount:ci:other", 4).0, Outcome::Allow);
+    // Callers no grant names get the base limit of 2, each their own.
+    assert_eq!(call("someone", 5), (Outcome::Allow, None));
+    assert_eq!(call("someone", 6).0, Outcome::Allow);
+    assert_eq!(call("someone", 7).0, Outcome::RateLimited);
+    assert_eq!(call("someone-else", 8).0, Outcome::Allow);
 }

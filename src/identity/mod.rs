@@ -47,6 +47,24 @@ pub enum TokenError {
     MissingClaim(String),
 }
 
+impl TokenError {
+    /// A bounded metric label for the reason.
+    pub fn label(&self) -> &'static str {
+        match self {
+            TokenError::Missing => "missing",
+            TokenError::Malformed(_) => "malformed",
+            TokenError::Algorithm(_) => "algorithm",
+            TokenError::UnknownKey => "unknown_key",
+            TokenError::BadSignature => "bad_signature",
+            TokenError::Expired => "expired",
+            TokenError::NotYetValid => "not_yet_valid",
+            TokenError::WrongAudience => "wrong_audience",
+            TokenError::WrongIssuer => "wrong_issuer",
+            TokenError::MissingClaim(_) => "missing_claim",
+        }
+    }
+}
+
 /// Why a key set cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum KeySetError {
@@ -125,6 +143,11 @@ impl Verifier {
             audiences: audiences.to_vec(),
             keys,
         })
+    }
+
+    /// The audiences a token may be for.
+    pub fn audiences(&self) -> &[String] {
+        &self.audiences
     }
 
     /// The issuer whose tokens this verifies.

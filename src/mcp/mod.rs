@@ -30,6 +30,8 @@ pub mod code {
     pub const DENIED: i64 = 403;
     /// `denyAs: error`: rate limited.
     pub const RATE_LIMITED: i64 = 429;
+    /// No valid identity where the policy needs one (sent with HTTP 401).
+    pub const UNAUTHORIZED: i64 = 401;
 }
 
 /// Key of the decision in a denial's `_meta`.
@@ -78,6 +80,8 @@ pub struct Refusal {
     pub message: String,
     /// The request id, when one could be read.
     pub id: Option<Box<RawValue>>,
+    /// A `WWW-Authenticate` challenge to send with a 401.
+    pub challenge: Option<String>,
 }
 
 impl Refusal {
@@ -87,6 +91,7 @@ impl Refusal {
             code,
             message: message.into(),
             id: None,
+            challenge: None,
         }
     }
 

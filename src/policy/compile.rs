@@ -9,10 +9,9 @@ use super::reader::{
 use super::window::Window;
 use super::{
     bounds, normalize, source, spec, Condition, Counter, DefaultDecision, DenyAs, DenyIf, Flavor,
-    Identity, LimitRef, Policy, Requirement, Rule, Scope,
+    Grant, Identity, IdentitySettings, LimitRef, Policy, Requirement, Rule, RuleSet, Scope,
 };
 use serde_json::Value;
-use std::collections::HashMap;
 use std::num::NonZeroU32;
 
 const F_VERSION: Field = Field::new(&["version"]);
@@ -24,6 +23,14 @@ const F_ALL_TOOLS: Field = Field::new(&["all_tools", "allTools"]);
 const F_TOOLS: Field = Field::new(&["tools"]);
 const F_DENY_AS: Field = Field::new(&["deny_as", "denyAs"]);
 const F_HEADER: Field = Field::new(&["header"]);
+const F_SERVICE_ACCOUNT: Field = Field::new(&["service_account", "serviceAccount"]);
+const F_JWT: Field = Field::new(&["jwt"]);
+const F_REQUIRED: Field = Field::new(&["required"]);
+const F_AUDIENCES: Field = Field::new(&["audiences"]);
+const F_ISSUER: Field = Field::new(&["issuer"]);
+const F_JWKS_FROM: Field = Field::new(&["jwks_from", "jwksFrom"]);
+const F_GRANTS: Field = Field::new(&["grants"]);
+const F_SUBJECTS: Field = Field::new(&["subjects"]);
 const F_LIMITS: Field = Field::new(&["limits"]);
 const F_ACTION: Field = Field::new(&["action"]);
 const F_REASON: Field = Field::new(&["reason"]);
@@ -53,10 +60,14 @@ const POLICY_FIELDS: &[Field] = &[
     F_TOOLS,
     F_DENY_AS,
     F_TRANSPORT,
+    F_GRANTS,
     F_NAME,
 ];
 const SPEC_FIELDS: &[Field] = POLICY_FIELDS.split_at(POLICY_FIELDS.len() - 1).0;
-const IDENTITY_FIELDS: &[Field] = &[F_HEADER];
+const IDENTITY_FIELDS: &[Field] = &[F_HEADER, F_SERVICE_ACCOUNT, F_JWT, F_REQUIRED];
+const SERVICE_ACCOUNT_FIELDS: &[Field] = &[F_AUDIENCES];
+const JWT_FIELDS: &[Field] = &[F_ISSUER, F_AUDIENCES, F_JWKS_FROM];
+const GRANT_FIELDS: &[Field] = &[F_SUBJECTS, F_DEFAULT, F_ALL_TOOLS, F_TOOLS];
 const TRANSPORT_FIELDS: &[Field] = &[F_ALLOWED_HOSTS, F_ALLOWED_ORIGINS];
 const ALL_TOOLS_FIELDS: &[Field] = &[F_LIMITS];
 const RULE_FIELDS: &[Field] = &[F_ACTION, F_REASON, F_LIMITS, F_REQUIRE, F_DENY_IF];
@@ -96,13 +107,7 @@ pub fn compile(doc: &Value, flavor: Flavor, prefix: &str) -> Result<Policy, Poli
         .get(F_NAME, &mut c.errs)
         .and_then(|(v, p)| bounded_string(v, &p, bounds::NAME, &mut c.errs))
         .map(str::to_owned);
-    let default = match top.get(F_DEFAULT, &mut c.errs) {
-        Some((v, p)) => match choice(v, &p, &["allow", "deny"], &mut c.errs) {
-            Some("allow") => DefaultDecision::Allow,
-            _ => DefaultDecision::Deny,
-        },
-        None => DefaultDecision::Deny,
-    };
+    let default = c.default(&top).unwrap_or(DefaultDecision::Deny);
     let deny_as = match top.get(F_DENY_AS, &mut c.errs) {
         Some((v, p)) => match choice(v, &p, &["result", "error"], &mut c.errs) {
             Some("error") => DenyAs::Error,
@@ -113,72 +118,13 @@ pub fn compile(doc: &Value, flavor: Flavor, prefix: &str) -> Result<Policy, Poli
     let identity = c.identity(&top);
     let transport = c.transport(&top);
     let hide = c.hide(&top);
-
-    let all_tools_limits = match top.get(F_ALL_TOOLS, &mut c.errs) {
-        Some((v, p)) => match Obj::new(v, p, ALL_TOOLS_FIELDS, &mut c.errs) {
-            Some(o) => c.limits(&o),
-            None => Vec::new(),
-        },
-        None => Vec::new(),
-    };
-
-    let mut rules = Vec::new();
-    if let Some((v, p)) = top.get(F_TOOLS, &mut c.errs) {
-        match v {
-            Value::Object(m) if m.len() > bounds::TOOLS => c.errs.push(
-                &p,
-                format!(
-                    "at most {} tools are allowed, found {}",
-                    bounds::TOOLS,
-                    m.len()
-                ),
-            ),
-            Value::Object(m) => {
-                for (key, rule) in m {
-                    if let Some(r) = c.rule(key, rule, &p, &all_tools_limits) {
-                        rules.push(r);
-                    }
-                }
-            }
-            Value::Null => {}
-            other => c.errs.push(
-                &p,
-                format!("expected a mapping, found {}", reader::kind(other)),
-            ),
-        }
-    }
+    let all_tools_limits = c.all_tools(&top).unwrap_or_default();
+    let rules = c.tools(&top, bounds::TOOLS, &all_tools_limits);
+    let grants = c.grants(&top, &identity, &all_tools_limits, doc, flavor);
     if flavor == Flavor::Spec {
         spec::check_placement(&top, &mut c.errs);
     }
-    let default_rule = Rule {
-        key: String::new(),
-        path: "default".into(),
-        deny: None,
-        require: Vec::new(),
-        deny_if: Vec::new(),
-        counter_order: sorted_counters(&all_tools_limits),
-        limits: all_tools_limits,
-        reads: Default::default(),
-    };
-
-    let mut exact = HashMap::new();
-    let mut globs = Vec::new();
-    for (i, r) in rules.iter().enumerate() {
-        if Glob::is_glob(&r.key) {
-            globs.push((Glob::new(&r.key), i));
-        } else {
-            exact.insert(r.key.clone(), i);
-        }
-    }
-    // Longest glob first; among equal lengths, the lexically smaller pattern, so the order is
-    // fixed whatever order the document lists them in.
-    globs.sort_by(|(a, _), (b, _)| {
-        b.pattern()
-            .chars()
-            .count()
-            .cmp(&a.pattern().chars().count())
-            .then(a.pattern().cmp(b.pattern()))
-    });
+    let default_rule = default_rule(all_tools_limits);
 
     let Compiler { errs, counters, .. } = c;
     let document = if errs.is_empty() {
@@ -193,13 +139,26 @@ pub fn compile(doc: &Value, flavor: Flavor, prefix: &str) -> Result<Policy, Poli
         identity,
         deny_as,
         hide,
-        rules,
-        exact,
-        globs,
+        tools: RuleSet::new(rules),
+        grants,
         counters,
         default_rule,
         document,
     })
+}
+
+/// The limits of tools no rule names.
+fn default_rule(all_tools: Vec<LimitRef>) -> Rule {
+    Rule {
+        key: String::new(),
+        path: "default".into(),
+        deny: None,
+        require: Vec::new(),
+        deny_if: Vec::new(),
+        counter_order: sorted_counters(&all_tools),
+        limits: all_tools,
+        reads: Default::default(),
+    }
 }
 
 /// Parses and compiles a policy file's text (JSON or YAML, one document).
@@ -221,25 +180,265 @@ struct Compiler {
 }
 
 impl Compiler {
-    fn identity(&mut self, top: &Obj) -> Identity {
-        let Some((v, p)) = top.get(F_IDENTITY, &mut self.errs) else {
-            return Identity::Bearer;
-        };
-        let Some(o) = Obj::new(v, p, IDENTITY_FIELDS, &mut self.errs) else {
-            return Identity::Bearer;
-        };
-        let Some((hv, hp)) = o.require(F_HEADER, &mut self.errs) else {
-            return Identity::Bearer;
-        };
-        match bounded_string(hv, &hp, bounds::HEADER, &mut self.errs) {
-            Some(h) if is_header_name(h) => Identity::Header(h.to_ascii_lowercase()),
-            Some(h) => {
-                self.errs
-                    .push(&hp, format!("{h:?} is not a valid HTTP header name"));
-                Identity::Bearer
-            }
-            None => Identity::Bearer,
+    /// `default: allow | deny`, when given.
+    fn default(&mut self, o: &Obj) -> Option<DefaultDecision> {
+        let (v, p) = o.get(F_DEFAULT, &mut self.errs)?;
+        match choice(v, &p, &["allow", "deny"], &mut self.errs)? {
+            "allow" => Some(DefaultDecision::Allow),
+            _ => Some(DefaultDecision::Deny),
         }
+    }
+
+    /// `all_tools.limits`, when `all_tools` is given.
+    fn all_tools(&mut self, o: &Obj) -> Option<Vec<LimitRef>> {
+        let (v, p) = o
+            .get(F_ALL_TOOLS, &mut self.errs)
+            .filter(|(v, _)| !v.is_null())?;
+        Some(match Obj::new(v, p, ALL_TOOLS_FIELDS, &mut self.errs) {
+            Some(a) => self.limits(&a),
+            None => Vec::new(),
+        })
+    }
+
+    /// The rules of `tools`, each with `all_tools` limits before its own.
+    fn tools(&mut self, o: &Obj, max: usize, all_tools: &[LimitRef]) -> Vec<Rule> {
+        let mut rules = Vec::new();
+        let Some((v, p)) = o.get(F_TOOLS, &mut self.errs) else {
+            return rules;
+        };
+        match v {
+            Value::Object(m) if m.len() > max => self.errs.push(
+                &p,
+                format!("at most {max} tools are allowed, found {}", m.len()),
+            ),
+            Value::Object(m) => {
+                for (key, rule) in m {
+                    if let Some(r) = self.rule(key, rule, &p, all_tools) {
+                        rules.push(r);
+                    }
+                }
+            }
+            Value::Null => {}
+            other => self.errs.push(
+                &p,
+                format!("expected a mapping, found {}", reader::kind(other)),
+            ),
+        }
+        rules
+    }
+
+    /// `grants`: per-caller rules, each replacing the base rules for what it names.
+    fn grants(
+        &mut self,
+        top: &Obj,
+        identity: &IdentitySettings,
+        base_all_tools: &[LimitRef],
+        doc: &Value,
+        flavor: Flavor,
+    ) -> Vec<Grant> {
+        let Some((v, p)) = top.get(F_GRANTS, &mut self.errs) else {
+            return Vec::new();
+        };
+        let Some(items) = list(v, &p, bounds::GRANTS, &mut self.errs) else {
+            return Vec::new();
+        };
+        if identity.source == Identity::Bearer && !items.is_empty() {
+            self.errs.push(
+                &p,
+                "grants need an identity that names the caller: identity.serviceAccount, \
+                 identity.jwt or identity.header (a bearer token's hash names no one)",
+            );
+        }
+        let mut out = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            let gp = p.index(i);
+            let Some(o) = Obj::new(item, gp.clone(), GRANT_FIELDS, &mut self.errs) else {
+                continue;
+            };
+            let subjects = self.subjects(&o);
+            let default = self.default(&o);
+            let own_all_tools = self.all_tools(&o);
+            let effective = own_all_tools.as_deref().unwrap_or(base_all_tools);
+            let tools = self.tools(&o, bounds::GRANT_TOOLS, effective);
+            let all_tools = own_all_tools.map(|limits| {
+                (
+                    RuleSet::new(self.base_rules_with(doc, flavor, &limits)),
+                    default_rule(limits),
+                )
+            });
+            out.push(Grant {
+                path: gp.as_str().to_owned(),
+                subjects,
+                default,
+                tools: RuleSet::new(tools),
+                all_tools,
+            });
+        }
+        out
+    }
+
+    fn subjects(&mut self, o: &Obj) -> Vec<Glob> {
+        let Some((v, p)) = o.require(F_SUBJECTS, &mut self.errs) else {
+            return Vec::new();
+        };
+        let Some(items) = list(v, &p, bounds::SUBJECTS, &mut self.errs) else {
+            return Vec::new();
+        };
+        if items.is_empty() {
+            self.errs.push(&p, "a grant names at least one subject");
+        }
+        let mut out = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            let ip = p.index(i);
+            match bounded_string(item, &ip, bounds::SUBJECT, &mut self.errs) {
+                Some("") => self.errs.push(&ip, "a subject cannot be empty"),
+                Some(s) if s.chars().any(char::is_control) => self
+                    .errs
+                    .push(&ip, "a subject cannot hold control characters"),
+                Some(s) => out.push(Glob::new(s)),
+                None => {}
+            }
+        }
+        out
+    }
+
+    /// The base rules compiled again with other `all_tools` limits, without reporting.
+    fn base_rules_with(&mut self, doc: &Value, flavor: Flavor, limits: &[LimitRef]) -> Vec<Rule> {
+        self.quietly(|c| {
+            let top = c.top(doc, flavor)?;
+            Some(c.tools(&top, bounds::TOOLS, limits))
+        })
+        .unwrap_or_default()
+    }
+
+    fn top<'a>(&mut self, doc: &'a Value, flavor: Flavor) -> Option<Obj<'a>> {
+        let (fields, extra) = match flavor {
+            Flavor::File => (POLICY_FIELDS, &[][..]),
+            Flavor::Spec => (SPEC_FIELDS, spec::SPEC_ONLY_FIELDS),
+        };
+        Obj::with_extra(doc, FieldPath::root(""), fields, extra, &mut self.errs)
+    }
+
+    /// Runs `f` with its errors dropped: for parts read a second time.
+    fn quietly<T>(&mut self, f: impl FnOnce(&mut Compiler) -> T) -> T {
+        let saved = std::mem::take(&mut self.errs);
+        let out = f(self);
+        self.errs = saved;
+        out
+    }
+
+    fn identity(&mut self, top: &Obj) -> IdentitySettings {
+        let mut out = IdentitySettings {
+            source: Identity::Bearer,
+            required: false,
+        };
+        let Some((v, p)) = top.get(F_IDENTITY, &mut self.errs) else {
+            return out;
+        };
+        let Some(o) = Obj::new(v, p.clone(), IDENTITY_FIELDS, &mut self.errs) else {
+            return out;
+        };
+        let mut sources = Vec::new();
+        if let Some((hv, hp)) = o.get(F_HEADER, &mut self.errs) {
+            sources.push(hp.as_str().to_owned());
+            match bounded_string(hv, &hp, bounds::HEADER, &mut self.errs) {
+                Some(h) if is_header_name(h) => {
+                    out.source = Identity::Header(h.to_ascii_lowercase())
+                }
+                Some(h) => self
+                    .errs
+                    .push(&hp, format!("{h:?} is not a valid HTTP header name")),
+                None => {}
+            }
+        }
+        if let Some((sv, sp)) = o.get(F_SERVICE_ACCOUNT, &mut self.errs) {
+            sources.push(sp.as_str().to_owned());
+            if let Some(so) = Obj::new(sv, sp, SERVICE_ACCOUNT_FIELDS, &mut self.errs) {
+                let audiences = self.audiences(&so);
+                out.source = Identity::ServiceAccount { audiences };
+            }
+        }
+        if let Some((jv, jp)) = o.get(F_JWT, &mut self.errs) {
+            sources.push(jp.as_str().to_owned());
+            if let Some(jo) = Obj::new(jv, jp, JWT_FIELDS, &mut self.errs) {
+                let issuer = self.url(&jo, F_ISSUER);
+                let audiences = self.audiences(&jo);
+                let jwks_from = self.url(&jo, F_JWKS_FROM);
+                out.source = Identity::Jwt {
+                    issuer: issuer.unwrap_or_default(),
+                    audiences,
+                    jwks_from: jwks_from.unwrap_or_default(),
+                };
+            }
+        }
+        if sources.len() > 1 {
+            self.errs.push(
+                &p,
+                format!(
+                    "one source of identity, not {} ({})",
+                    sources.len(),
+                    sources.join(", ")
+                ),
+            );
+        }
+        if let Some((rv, rp)) = o.get(F_REQUIRED, &mut self.errs) {
+            match rv {
+                Value::Bool(b) => out.required = *b,
+                other => self.errs.push(
+                    &rp,
+                    format!("expected true or false, found {}", reader::kind(other)),
+                ),
+            }
+            if out.required && sources.is_empty() {
+                self.errs.push(
+                    &rp,
+                    "required needs identity.serviceAccount, identity.jwt or identity.header",
+                );
+            }
+        }
+        if sources.is_empty() && !o.is_empty() && !out.required {
+            self.errs.push(
+                &p,
+                "name a source of identity: serviceAccount, jwt or header",
+            );
+        }
+        out
+    }
+
+    fn audiences(&mut self, o: &Obj) -> Vec<String> {
+        let Some((v, p)) = o.require(F_AUDIENCES, &mut self.errs) else {
+            return Vec::new();
+        };
+        let Some(items) = list(v, &p, bounds::AUDIENCES, &mut self.errs) else {
+            return Vec::new();
+        };
+        if items.is_empty() {
+            self.errs.push(&p, "name at least one audience");
+        }
+        let mut out = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            let ip = p.index(i);
+            match bounded_string(item, &ip, bounds::SUBJECT, &mut self.errs) {
+                Some("") => self.errs.push(&ip, "an audience cannot be empty"),
+                Some(s) => out.push(s.to_owned()),
+                None => {}
+            }
+        }
+        out
+    }
+
+    /// A required `https://` URL field (an issuer, a key set's address).
+    fn url(&mut self, o: &Obj, field: Field) -> Option<String> {
+        let (v, p) = o.require(field, &mut self.errs)?;
+        let s = bounded_string(v, &p, bounds::URL, &mut self.errs)?;
+        let rest = s.strip_prefix("https://");
+        if rest
+            .is_none_or(|r| r.is_empty() || r.chars().any(|c| c.is_whitespace() || c.is_control()))
+        {
+            self.errs.push(&p, format!("{s:?} is not an https:// URL"));
+            return None;
+        }
+        Some(s.to_owned())
     }
 
     fn transport(&mut self, top: &Obj) -> super::Transport {

@@ -53,6 +53,13 @@ pub mod bounds {
     pub const HEADER: usize = 128;
     pub const HOSTS: usize = 128;
     pub const HOST: usize = 270;
+    pub const GRANTS: usize = 16;
+    pub const GRANT_TOOLS: usize = 64;
+    pub const SUBJECTS: usize = 32;
+    /// A subject or an audience.
+    pub const SUBJECT: usize = 256;
+    pub const AUDIENCES: usize = 8;
+    pub const URL: usize = 1024;
 }
 
 /// Which `Host` and `Origin` values the sidecar accepts besides loopback ones (DNS-rebinding
@@ -79,13 +86,54 @@ pub enum DenyAs {
     Error,
 }
 
-/// Where the caller identity for `scope: grant` comes from.
+/// Where the caller identity for `scope: grant` and grants comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Identity {
-    /// SHA-256 of the `Authorization` bearer token.
+    /// SHA-256 of the `Authorization` bearer token: an opaque key that names no one.
     Bearer,
     /// A header set by an authenticating gateway in front (lower-cased name).
     Header(String),
+    /// A projected ServiceAccount token, verified against the cluster's keys (the issuer comes
+    /// with the keys the controller renders).
+    ServiceAccount { audiences: Vec<String> },
+    /// A JWT from an external OIDC issuer, verified against its keys.
+    Jwt {
+        issuer: String,
+        audiences: Vec<String>,
+        /// Where the controller fetches the issuer's JSON Web Key Set.
+        jwks_from: String,
+    },
+}
+
+impl Identity {
+    /// Whether the identity is a signed token the sidecar verifies (and so needs keys).
+    pub fn verifies_tokens(&self) -> bool {
+        matches!(self, Identity::ServiceAccount { .. } | Identity::Jwt { .. })
+    }
+
+    /// The audiences a verified token must be for.
+    pub fn audiences(&self) -> &[String] {
+        match self {
+            Identity::ServiceAccount { audiences } | Identity::Jwt { audiences, .. } => audiences,
+            _ => &[],
+        }
+    }
+
+    /// The issuer a JWT identity names (a ServiceAccount's comes with the cluster's keys).
+    pub fn issuer(&self) -> Option<&str> {
+        match self {
+            Identity::Jwt { issuer, .. } => Some(issuer),
+            _ => None,
+        }
+    }
+}
+
+/// Who the caller is, as the policy reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdentitySettings {
+    pub source: Identity,
+    /// A gated request without a valid identity is refused with 401.
+    pub required: bool,
 }
 
 /// Who shares one counter.
@@ -257,6 +305,77 @@ impl Rule {
     }
 }
 
+/// Tool rules by name: exact names, then globs, most specific first.
+#[derive(Debug, Clone, Default)]
+pub struct RuleSet {
+    pub rules: Vec<Rule>,
+    exact: HashMap<String, usize>,
+    /// Glob rules, most specific first.
+    globs: Vec<(Glob, usize)>,
+}
+
+impl RuleSet {
+    pub(crate) fn new(rules: Vec<Rule>) -> RuleSet {
+        let mut exact = HashMap::new();
+        let mut globs = Vec::new();
+        for (i, r) in rules.iter().enumerate() {
+            if Glob::is_glob(&r.key) {
+                globs.push((Glob::new(&r.key), i));
+            } else {
+                exact.insert(r.key.clone(), i);
+            }
+        }
+        // Longest glob first; among equal lengths, the lexically smaller pattern, so the order is
+        // fixed whatever order the document lists them in.
+        globs.sort_by(|(a, _), (b, _)| {
+            b.pattern()
+                .chars()
+                .count()
+                .cmp(&a.pattern().chars().count())
+                .then(a.pattern().cmp(b.pattern()))
+        });
+        RuleSet {
+            rules,
+            exact,
+            globs,
+        }
+    }
+
+    /// The rule for a tool: exact name, else the most specific glob.
+    pub fn find(&self, tool: &str) -> Option<&Rule> {
+        if let Some(&i) = self.exact.get(tool) {
+            return Some(&self.rules[i]);
+        }
+        self.globs
+            .iter()
+            .find(|(g, _)| g.matches(tool))
+            .map(|(_, i)| &self.rules[*i])
+    }
+}
+
+/// Rules for the callers a grant names, in place of the base policy's for what it names.
+#[derive(Debug, Clone)]
+pub struct Grant {
+    /// `grants[0]`: audit lines, `_meta`, explanations and the `grant` metric label.
+    pub path: String,
+    /// Identities it applies to, exact or glob.
+    pub subjects: Vec<Glob>,
+    /// Replaces the base `default`.
+    pub default: Option<DefaultDecision>,
+    /// Replace the base rules of the tools they name.
+    pub tools: RuleSet,
+    /// With `all_tools`: the base rules again, with the grant's `all_tools` limits in place of
+    /// the base's, and the limits of tools no rule names.
+    pub all_tools: Option<(RuleSet, Rule)>,
+}
+
+impl Grant {
+    /// Whether the grant names this caller.
+    pub fn names(&self, caller: &str) -> bool {
+        self.subjects.iter().any(|g| g.matches(caller))
+    }
+}
+
 /// A validated policy, ready for the engine.
 #[derive(Debug, Clone)]
 pub struct Policy {
@@ -265,14 +384,13 @@ pub struct Policy {
     /// `namespace/name` for McpPolicies, the file name for files; labels every metric.
     pub name: Option<String>,
     pub default: DefaultDecision,
-    pub identity: Identity,
+    pub identity: IdentitySettings,
     pub deny_as: DenyAs,
     /// Hidden globs, with their rule paths (`hide[0]`).
     pub hide: Vec<(Glob, String)>,
-    pub rules: Vec<Rule>,
-    pub(crate) exact: HashMap<String, usize>,
-    /// Glob rules, most specific first.
-    pub(crate) globs: Vec<(Glob, usize)>,
+    pub tools: RuleSet,
+    /// First match wins.
+    pub grants: Vec<Grant>,
     pub counters: Vec<Counter>,
     /// Limits of tools no rule names (under `default: allow`).
     pub default_rule: Rule,
@@ -290,30 +408,63 @@ pub enum Flavor {
 }
 
 impl Policy {
-    /// The rule for a tool: exact name, else the most specific glob, else `None` (default).
+    /// The first grant that names the caller, by index.
+    pub fn grant_for(&self, caller: &str) -> Option<usize> {
+        self.grants.iter().position(|g| g.names(caller))
+    }
+
+    /// The rule for a tool under a grant: the grant's own, else the base rule (exact name, else
+    /// the most specific glob), else `None` (the default decides).
+    pub fn rule_for(&self, tool: &str, grant: Option<usize>) -> Option<&Rule> {
+        let Some(g) = grant.and_then(|i| self.grants.get(i)) else {
+            return self.tools.find(tool);
+        };
+        g.tools.find(tool).or_else(|| match &g.all_tools {
+            Some((base, _)) => base.find(tool),
+            None => self.tools.find(tool),
+        })
+    }
+
+    /// The base rule for a tool (no grant).
     pub fn find_rule(&self, tool: &str) -> Option<&Rule> {
-        if let Some(&i) = self.exact.get(tool) {
-            return Some(&self.rules[i]);
+        self.rule_for(tool, None)
+    }
+
+    /// What happens to tools no rule names, under a grant.
+    pub fn default_for(&self, grant: Option<usize>) -> DefaultDecision {
+        grant
+            .and_then(|i| self.grants.get(i)?.default)
+            .unwrap_or(self.default)
+    }
+
+    /// The limits of tools no rule names, under a grant.
+    pub fn default_rule_for(&self, grant: Option<usize>) -> &Rule {
+        match grant.and_then(|i| self.grants.get(i)?.all_tools.as_ref()) {
+            Some((_, default_rule)) => default_rule,
+            None => &self.default_rule,
         }
-        self.globs
-            .iter()
-            .find(|(g, _)| g.matches(tool))
-            .map(|(_, i)| &self.rules[*i])
+    }
+
+    /// The grant's path (`grants[0]`), for audit lines and labels.
+    pub fn grant_path(&self, grant: Option<usize>) -> Option<&str> {
+        grant
+            .and_then(|i| self.grants.get(i))
+            .map(|g| g.path.as_str())
     }
 
     /// Whether deciding a call to this tool reads its arguments (a `require` or a conditional
     /// `deny_if`), so callers can skip parsing them otherwise.
-    pub fn reads_arguments(&self, tool: &str) -> bool {
-        self.find_rule(tool).is_some_and(|r| {
+    pub fn reads_arguments(&self, tool: &str, grant: Option<usize>) -> bool {
+        self.rule_for(tool, grant).is_some_and(|r| {
             r.deny.is_none()
                 && (!r.require.is_empty() || r.deny_if.iter().any(|d| !d.conditions.is_empty()))
         })
     }
 
     /// The parts of this tool's arguments its rule reads, when it reads any.
-    pub fn arguments_read(&self, tool: &str) -> Option<&prune::Need> {
-        self.find_rule(tool)
-            .filter(|_| self.reads_arguments(tool))
+    pub fn arguments_read(&self, tool: &str, grant: Option<usize>) -> Option<&prune::Need> {
+        self.rule_for(tool, grant)
+            .filter(|_| self.reads_arguments(tool, grant))
             .map(|r| &r.reads)
     }
 
@@ -325,14 +476,15 @@ impl Policy {
             .map(|(_, p)| p.as_str())
     }
 
-    /// Whether `tools/list` may show the tool: some call to it could be allowed.
-    pub fn listable(&self, tool: &str) -> bool {
+    /// Whether `tools/list` may show the tool to a caller under this grant: some call to it
+    /// could be allowed.
+    pub fn listable(&self, tool: &str, grant: Option<usize>) -> bool {
         if self.hidden_by(tool).is_some() {
             return false;
         }
-        match self.find_rule(tool) {
+        match self.rule_for(tool, grant) {
             Some(r) => !r.always_denied(),
-            None => self.default == DefaultDecision::Allow,
+            None => self.default_for(grant) == DefaultDecision::Allow,
         }
     }
 

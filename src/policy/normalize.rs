@@ -1,78 +1,108 @@
 //! The canonical snake_case form of a valid policy document.
+//!
+//! Keys are renamed only where the policy defines them: tool names (map keys under `tools`) and
+//! condition values are the user's and stay as written.
 
 use super::Flavor;
 use serde_json::{Map, Value};
 
+fn snake(k: &str) -> String {
+    match k {
+        "allTools" => "all_tools",
+        "denyIf" => "deny_if",
+        "onDeny" => "on_deny",
+        "denyAs" => "deny_as",
+        "allowedHosts" => "allowed_hosts",
+        "allowedOrigins" => "allowed_origins",
+        "serviceAccount" => "service_account",
+        "jwksFrom" => "jwks_from",
+        other => other,
+    }
+    .to_owned()
+}
+
+/// A mapping with its keys renamed and each value passed through `f(key, value)`.
+fn rename(v: &Value, f: impl Fn(&str, &Value) -> Value) -> Value {
+    match v {
+        Value::Object(m) => Value::Object(
+            m.iter()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, v)| (snake(k), f(k, v)))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
+/// A mapping whose keys are renamed and whose values are kept.
+fn flat(v: &Value) -> Value {
+    rename(v, |_, v| v.clone())
+}
+
+fn each(v: &Value, f: impl Fn(&Value) -> Value) -> Value {
+    match v {
+        Value::Array(items) => Value::Array(items.iter().map(f).collect()),
+        other => other.clone(),
+    }
+}
+
+fn rule(v: &Value) -> Value {
+    match v {
+        Value::Object(_) => rename(v, |k, v| match k {
+            "denyIf" | "deny_if" => each(v, flat),
+            _ => v.clone(),
+        }),
+        _ => Value::Object(Map::new()),
+    }
+}
+
+fn tools(v: &Value) -> Value {
+    match v {
+        Value::Object(m) => Value::Object(m.iter().map(|(k, r)| (k.clone(), rule(r))).collect()),
+        other => other.clone(),
+    }
+}
+
+fn identity(v: &Value) -> Value {
+    rename(v, |k, v| match k {
+        "jwt" | "serviceAccount" | "service_account" => flat(v),
+        _ => v.clone(),
+    })
+}
+
+fn grant(v: &Value) -> Value {
+    rename(v, |k, v| match k {
+        "tools" => tools(v),
+        _ => v.clone(),
+    })
+}
+
 /// The canonical snake_case document of a valid policy: what the controller renders into
 /// `policy.json`. Spec-only fields are dropped; `name` is set when given.
 pub fn normalize(doc: &Value, flavor: Flavor, name: Option<&str>) -> Value {
-    fn rename(
-        m: &Map<String, Value>,
-        f: impl Fn(&str, &Value) -> Option<(String, Value)>,
-    ) -> Value {
-        Value::Object(m.iter().filter_map(|(k, v)| f(k, v)).collect())
-    }
-    fn snake(k: &str) -> String {
-        match k {
-            "allTools" => "all_tools",
-            "denyIf" => "deny_if",
-            "onDeny" => "on_deny",
-            "denyAs" => "deny_as",
-            "allowedHosts" => "allowed_hosts",
-            "allowedOrigins" => "allowed_origins",
-            other => other,
-        }
-        .to_owned()
-    }
     let Value::Object(top) = doc else {
         return doc.clone();
     };
-    let mut out = rename(top, |k, v| {
-        if flavor == Flavor::Spec && matches!(k, "podSelector" | "upstream" | "isolation") {
-            return None;
-        }
-        if v.is_null() {
-            return None;
-        }
-        let v = if k == "transport" {
-            match v {
-                Value::Object(t) => rename(t, |tk, tv| Some((snake(tk), tv.clone()))),
-                other => other.clone(),
-            }
-        } else if k == "tools" {
-            match v {
-                Value::Object(tools) => rename(tools, |tool, rule| {
-                    let rule = match rule {
-                        Value::Object(r) => rename(r, |rk, rv| {
-                            let rv = match (rk, rv) {
-                                ("denyIf" | "deny_if", Value::Array(entries)) => Value::Array(
-                                    entries
-                                        .iter()
-                                        .map(|e| match e {
-                                            Value::Object(em) => {
-                                                rename(em, |ek, ev| Some((snake(ek), ev.clone())))
-                                            }
-                                            other => other.clone(),
-                                        })
-                                        .collect(),
-                                ),
-                                (_, other) => other.clone(),
-                            };
-                            Some((snake(rk), rv))
-                        }),
-                        _ => Value::Object(Map::new()),
-                    };
-                    Some((tool.to_owned(), rule))
-                }),
-                other => other.clone(),
-            }
-        } else {
-            v.clone()
-        };
-        Some((snake(k), v))
-    });
-    if let (Some(n), Value::Object(m)) = (name, &mut out) {
-        m.insert("name".into(), Value::String(n.to_owned()));
+    let mut out: Map<String, Value> = top
+        .iter()
+        .filter(|(k, v)| {
+            let placement = flavor == Flavor::Spec
+                && matches!(k.as_str(), "podSelector" | "upstream" | "isolation");
+            !v.is_null() && !placement
+        })
+        .map(|(k, v)| {
+            let v = match k.as_str() {
+                "transport" => flat(v),
+                "tools" => tools(v),
+                "identity" => identity(v),
+                "grants" => each(v, grant),
+                _ => v.clone(),
+            };
+            (snake(k), v)
+        })
+        .collect();
+    if let Some(n) = name {
+        out.insert("name".into(), Value::String(n.to_owned()));
     }
-    out
+    Value::Object(out)
 }

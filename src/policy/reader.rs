@@ -215,6 +215,11 @@ impl<'a> Obj<'a> {
         found.map(|(k, v)| (v, self.path.key(k)))
     }
 
+    /// Whether the mapping has no fields at all.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
     pub fn require(&self, field: Field, errs: &mut Errors) -> Option<(&'a Value, FieldPath)> {
         let got = self.get(field, errs);
         if got.is_none() {

@@ -23,7 +23,7 @@ fn the_policylayer_seed_policy_loads_unchanged() {
     let text = r#"{"version":"1","default":"deny","tools":{"run_cell":{"limits":[{"counter":"run_cell_rate","window":"minute","max":10,"scope":"grant"}]},"notebook_validate":{},"clear_session":{"deny_if":[{"conditions":[],"on_deny":"Blocked by default. Requires approval."}]}}}"#;
     let p = load_str(text).unwrap();
     assert_eq!(p.default, DefaultDecision::Deny);
-    assert_eq!(p.rules.len(), 3);
+    assert_eq!(p.tools.rules.len(), 3);
     assert_eq!(p.counters.len(), 1);
     assert_eq!(p.counters[0].max.get(), 10);
     assert_eq!(p.counters[0].scope, Scope::Grant);
@@ -48,7 +48,7 @@ fn camel_case_and_snake_case_are_one_model() {
     );
     assert_eq!(a.document, snake);
     assert_eq!(b.deny_as, DenyAs::Error);
-    assert_eq!(b.rules[0].deny_if[0].on_deny, "no");
+    assert_eq!(b.tools.rules[0].deny_if[0].on_deny, "no");
     assert_eq!(b.default_rule.limits.len(), 1);
 }
 
@@ -290,7 +290,7 @@ fn versions_identity_and_reasons_are_validated() {
         assert!(paths_contains(&got, p), "missing {p} in {got:?}");
     }
     let p = compile_file(json!({"version": 1, "identity": {"header": "X-Agent-Id"}})).unwrap();
-    assert_eq!(p.identity, Identity::Header("x-agent-id".into()));
+    assert_eq!(p.identity.source, Identity::Header("x-agent-id".into()));
 }
 
 #[test]
@@ -348,30 +348,191 @@ fn listable_follows_hide_action_default_and_unconditional_deny_if() {
         "limited": {"limits": [{"counter": "l", "window": "second", "max": 1}]}
     }}))
     .unwrap();
-    assert!(p.listable("read"));
+    assert!(p.listable("read", None));
     assert!(
-        p.listable("write"),
+        p.listable("write", None),
         "a conditional deny_if leaves the tool callable"
     );
-    assert!(p.listable("limited"), "limits do not hide a tool");
+    assert!(p.listable("limited", None), "limits do not hide a tool");
     assert!(
-        !p.listable("debug_dump"),
+        !p.listable("debug_dump", None),
         "hidden even though a rule allows it"
     );
-    assert!(!p.listable("debug_other"));
-    assert!(!p.listable("drop"));
-    assert!(!p.listable("clear"));
-    assert!(!p.listable("unnamed"), "default deny");
+    assert!(!p.listable("debug_other", None));
+    assert!(!p.listable("drop", None));
+    assert!(!p.listable("clear", None));
+    assert!(!p.listable("unnamed", None), "default deny");
     let open = compile_file(json!({"default": "allow"})).unwrap();
-    assert!(open.listable("anything"));
+    assert!(open.listable("anything", None));
 }
 
 #[test]
 fn yaml_policies_with_empty_rules_load() {
     let p = load_str("default: deny\ntools:\n  notebook_read:\n  run_cell: {}\n").unwrap();
-    assert_eq!(p.rules.len(), 2);
-    assert!(p.listable("notebook_read"));
+    assert_eq!(p.tools.rules.len(), 2);
+    assert!(p.listable("notebook_read", None));
     let e = load_str("tools: [").unwrap_err();
     assert_eq!(e.0.len(), 1);
     assert_eq!(e.0[0].path, "");
+}
+
+#[test]
+fn identities_read_in_both_spellings_and_one_source_at_a_time() {
+    let p = compile_file(
+        json!({"identity": {"service_account": {"audiences": ["mcp-warden"]},
+        "required": true}}),
+    )
+    .unwrap();
+    assert_eq!(
+        p.identity,
+        IdentitySettings {
+            source: Identity::ServiceAccount {
+                audiences: vec!["mcp-warden".into()]
+            },
+            required: true
+        }
+    );
+    let spec = compile(
+        &json!({"podSelector": {}, "upstream": {"port": 8888},
+            "identity": {"jwt": {"issuer": "https://id.example.com", "audiences": ["mcp"],
+                                 "jwksFrom": "https://id.example.com/jwks"}}}),
+        Flavor::Spec,
+        "spec",
+    )
+    .unwrap();
+    assert_eq!(
+        spec.identity.source,
+        Identity::Jwt {
+            issuer: "https://id.example.com".into(),
+            audiences: vec!["mcp".into()],
+            jwks_from: "https://id.example.com/jwks".into()
+        }
+    );
+    assert!(!spec.identity.required);
+    assert_eq!(
+        spec.document["identity"],
+        json!({"jwt": {"issuer": "https://id.example.com", "audiences": ["mcp"],
+                       "jwks_from": "https://id.example.com/jwks"}}),
+        "the rendered file is snake_case"
+    );
+    let got =
+        errors(json!({"identity": {"header": "x-a", "service_account": {"audiences": ["a"]}}}));
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].0, "identity");
+    assert!(got[0].1.contains("one source of identity"), "{got:?}");
+    let got = paths(json!({"identity": {"required": true}}));
+    assert_eq!(got, vec!["identity.required"]);
+    let got = paths(
+        json!({"identity": {"jwt": {"issuer": "http://plain", "audiences": [],
+        "jwks_from": "ftp://x"}}}),
+    );
+    assert_eq!(
+        got,
+        vec![
+            "identity.jwt.issuer",
+            "identity.jwt.audiences",
+            "identity.jwt.jwks_from"
+        ]
+    );
+    let got = paths(json!({"identity": {"service_account": {}}}));
+    assert_eq!(got, vec!["identity.service_account.audiences"]);
+    let got = paths(json!({"identity": {"required": "yes", "header": "x"}}));
+    assert_eq!(got, vec!["identity.required"]);
+}
+
+#[test]
+fn grants_replace_the_base_rules_for_what_they_name() {
+    let p = compile_file(json!({
+    "identity": {"header": "x-agent"},
+    "default": "deny",
+    "all_tools": {"limits": [{"counter": "all", "window": "minute", "max": 100}]},
+    "tools": {"read": {}, "write_file": {"limits": [
+        {"counter": "writes", "window": "hour", "max": 30, "scope": "grant"}]},
+        "drop": {"action": "deny"}},
+    "grants": [
+        {"subjects": ["system:serviceaccount:ci:*"], "tools": {"write_file": {"limits": [
+            {"counter": "ci_writes", "window": "hour", "max": 100, "scope": "grant"}]},
+            "drop": {}}},
+        {"subjects": ["admin"], "default": "allow",
+         "all_tools": {"limits": [{"counter": "admin_all", "window": "minute", "max": 5}]}}
+    ]}))
+    .unwrap();
+    let ci = p.grant_for("system:serviceaccount:ci:builder");
+    assert_eq!(ci, Some(0));
+    assert_eq!(p.grant_for("system:serviceaccount:other:x"), None);
+    assert_eq!(p.grant_path(ci), Some("grants[0]"));
+    let w = p.rule_for("write_file", ci).unwrap();
+    assert_eq!(w.path, "grants[0].tools.write_file");
+    assert_eq!(
+        w.limits
+            .iter()
+            .map(|l| p.counters[l.counter].name.as_str())
+            .collect::<Vec<_>>(),
+        ["all", "ci_writes"],
+        "the base all_tools still applies to a grant without its own"
+    );
+    assert_eq!(
+        p.rule_for("read", ci).unwrap().path,
+        "tools.read",
+        "unnamed: base"
+    );
+    assert!(p.listable("drop", ci) && !p.listable("drop", None));
+    assert!(!p.listable("other", ci), "the base default");
+
+    let admin = p.grant_for("admin");
+    assert_eq!(admin, Some(1));
+    assert_eq!(p.default_for(admin), DefaultDecision::Allow);
+    assert!(p.listable("other", admin));
+    let read = p.rule_for("read", admin).unwrap();
+    assert_eq!(read.path, "tools.read");
+    assert_eq!(
+        read.limits
+            .iter()
+            .map(|l| p.counters[l.counter].name.as_str())
+            .collect::<Vec<_>>(),
+        ["admin_all"],
+        "the grant's all_tools replaces the base's, on base rules too"
+    );
+    assert_eq!(p.default_rule_for(admin).limits.len(), 1);
+    assert_eq!(
+        p.counters[p.default_rule_for(admin).limits[0].counter].name,
+        "admin_all"
+    );
+    assert_eq!(
+        p.document["grants"][0]["tools"]["write_file"]["limits"][0]["counter"],
+        "ci_writes"
+    );
+}
+
+#[test]
+fn grants_are_checked_with_their_paths() {
+    let got = errors(json!({"grants": [{"subjects": ["a"]}]}));
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].0, "grants");
+    assert!(got[0].1.contains("names no one"), "{got:?}");
+    let got = paths(json!({"identity": {"header": "x"}, "grants": [
+        {"subjects": []},
+        {"tools": {"t": {"limits": [{"counter": "c", "window": "week", "max": 1}]}}},
+        {"subjects": [""], "default": "maybe", "extra": 1},
+        {"subjects": ["a"], "tools": {"t": {"limits": [{"counter": "base", "window": "hour", "max": 2}]}}}
+    ], "tools": {"u": {"limits": [{"counter": "base", "window": "minute", "max": 2}]}}}));
+    assert_eq!(
+        got,
+        vec![
+            "grants[0].subjects",
+            "grants[1].subjects",
+            "grants[1].tools.t.limits[0].window",
+            "grants[2].extra",
+            "grants[2].subjects[0]",
+            "grants[2].default",
+            "grants[3].tools.t.limits[0]",
+        ]
+    );
+    let many: Vec<Value> = (0..17)
+        .map(|i| json!({"subjects": [format!("s{i}")]}))
+        .collect();
+    assert_eq!(
+        paths(json!({"identity": {"header": "x"}, "grants": many})),
+        vec!["grants"]
+    );
 }

@@ -3,7 +3,8 @@
 //! Written directly (not through tracing's generic JSON formatter) because it is on every call's
 //! path. It is emitted when the log filter enables target `mcp_warden::audit` at `info`, so
 //! `MCP_WARDEN_LOG=info,mcp_warden::audit=off` silences it. Arguments never appear, only their
-//! SHA-256; the caller appears only as the hash of its token or identity header.
+//! SHA-256. The caller appears in the clear when it is a verified subject or a gateway's identity
+//! header (names, not secrets), and only as a hash when all it sent is an opaque bearer token.
 
 use crate::logging::BatchedStderr;
 use std::io::Write;
@@ -16,6 +17,8 @@ pub struct AuditLine<'a> {
     pub decision: &'a str,
     pub rule: &'a str,
     pub identity: &'a str,
+    /// The grant whose rules applied (`grants[0]`), or empty.
+    pub grant: &'a str,
     pub session: &'a str,
     pub counter: &'a str,
     pub latency_ns: u64,
@@ -56,6 +59,9 @@ fn encode(l: &AuditLine, now: SystemTime, out: &mut Vec<u8>) {
     field(out, "decision", l.decision);
     field(out, "rule", l.rule);
     field(out, "identity", l.identity);
+    if !l.grant.is_empty() {
+        field(out, "grant", l.grant);
+    }
     field(out, "session", l.session);
     field(out, "counter", l.counter);
     let _ = write!(out, ",\"latency_ns\":{}", l.latency_ns);
@@ -116,6 +122,7 @@ mod tests {
             decision: "deny",
             rule: "default",
             identity: "anonymous",
+            grant: "",
             session: "",
             counter: "",
             latency_ns: 412,

@@ -8,14 +8,26 @@ use crate::policy::DenyAs;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
+/// What a denial is about: the tool, the policy's label, and the caller.
+pub struct Subject<'a> {
+    pub tool: &'a str,
+    pub policy: &'a str,
+    /// The caller's identity as audit lines show it (a name, a token's hash, or `anonymous`).
+    pub caller: &'a str,
+}
+
 /// The `_meta` decision record of a denial.
-fn decision_record(d: &Decision, tool: &str, policy: &str) -> Value {
+fn decision_record(d: &Decision, s: &Subject) -> Value {
     let mut rec = json!({
         "decision": d.outcome.as_str(),
-        "tool": tool,
+        "tool": s.tool,
         "rule": d.rule,
-        "policy": policy,
+        "policy": s.policy,
+        "identity": s.caller,
     });
+    if let Some(g) = d.grant {
+        rec["grant"] = json!(g);
+    }
     if let Some(hit) = &d.limit {
         rec["counter"] = json!(hit.counter.name);
         rec["window"] = json!(hit.counter.window.text);
@@ -37,12 +49,11 @@ pub fn retry_after_secs(d: &Decision) -> u64 {
 pub fn denial(
     id: &RawValue,
     d: &Decision,
-    tool: &str,
-    policy: &str,
+    subject: &Subject,
     deny_as: DenyAs,
     version: &str,
 ) -> Value {
-    let rec = decision_record(d, tool, policy);
+    let rec = decision_record(d, subject);
     let id = raw_to_value(id);
     match deny_as {
         DenyAs::Result => {
@@ -90,30 +101,38 @@ mod tests {
             &Call {
                 tool: "x",
                 args: &args,
-                grant: "g",
+                caller: "g",
+                grant: None,
                 session: None,
             },
             0,
         );
-        let v = denial(&id, &d, "x", "ns/p", DenyAs::Result, "2025-06-18");
+        let subject = |tool| Subject {
+            tool,
+            policy: "ns/p",
+            caller: "system:serviceaccount:agents:ci",
+        };
+        let v = denial(&id, &d, &subject("x"), DenyAs::Result, "2025-06-18");
         assert_eq!(v["id"], "req-1");
         assert!(
             v["result"].get("resultType").is_none(),
             "older revisions have no resultType"
         );
-        let modern = denial(&id, &d, "x", "ns/p", DenyAs::Result, "2026-07-28");
+        let modern = denial(&id, &d, &subject("x"), DenyAs::Result, "2026-07-28");
         assert_eq!(modern["result"]["resultType"], "complete");
         assert_eq!(v["result"]["isError"], true);
         assert_eq!(v["result"]["content"][0]["text"], "No.");
         assert_eq!(
             v["result"]["_meta"][DECISION_META],
-            json!({"decision": "deny", "tool": "x", "rule": "tools.x", "policy": "ns/p"})
+            json!({"decision": "deny", "tool": "x", "rule": "tools.x", "policy": "ns/p",
+                   "identity": "system:serviceaccount:agents:ci"})
         );
         e.decide(
             &Call {
                 tool: "t",
                 args: &args,
-                grant: "g",
+                caller: "g",
+                grant: None,
                 session: None,
             },
             0,
@@ -122,12 +141,13 @@ mod tests {
             &Call {
                 tool: "t",
                 args: &args,
-                grant: "g",
+                caller: "g",
+                grant: None,
                 session: None,
             },
             0,
         );
-        let v = denial(&id, &d, "t", "ns/p", DenyAs::Error, "2026-07-28");
+        let v = denial(&id, &d, &subject("t"), DenyAs::Error, "2026-07-28");
         assert_eq!(v["error"]["code"], 429);
         let rec = &v["error"]["data"][DECISION_META];
         assert_eq!(

@@ -1,6 +1,7 @@
 //! What comes back from the server: every `tools/list` result on every stream the client can
 //! receive is filtered with the policy loaded at the time it passes (see [`crate::mcp::lists`]).
 
+use super::caller::Caller;
 use super::proxy::{content_type_is, is_event_stream, strip_hop_by_hop};
 use super::State;
 use crate::mcp::{lists, sse};
@@ -22,11 +23,17 @@ pub(super) const MAX_LIST_RESPONSE: usize = 16 << 20;
 pub(super) struct ListFilter {
     state: Arc<State>,
     pending: Vec<Value>,
+    /// Who the list is for: a grant may show tools the base rules hide, or hide others.
+    caller: Caller,
 }
 
 impl ListFilter {
-    pub(super) fn new(state: Arc<State>, pending: Vec<Value>) -> ListFilter {
-        ListFilter { state, pending }
+    pub(super) fn new(state: Arc<State>, pending: Vec<Value>, caller: Caller) -> ListFilter {
+        ListFilter {
+            state,
+            pending,
+            caller,
+        }
     }
 
     /// Filtered data, or the error that replaces it; `None` when it passes unchanged.
@@ -35,7 +42,8 @@ impl ListFilter {
             return Some(self.error(data, "no policy is loaded"));
         };
         let pol = policy.engine.policy();
-        lists::filter_or_refuse(data, pending, &|name| pol.listable(name))
+        let grant = self.caller.grant(pol);
+        lists::filter_or_refuse(data, pending, &|name| pol.listable(name, grant))
     }
 
     fn error(&self, data: &[u8], why: &str) -> Vec<u8> {
@@ -72,6 +80,7 @@ pub(super) async fn filter_response(
     state: Arc<State>,
     ids: Vec<Value>,
     resp: Response<Incoming>,
+    caller: Caller,
 ) -> Response<Body> {
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
@@ -90,7 +99,7 @@ pub(super) async fn filter_response(
     if is_event_stream(&parts.headers) {
         // Events may be rewritten: the upstream's framing no longer holds.
         parts.headers.remove(header::CONTENT_LENGTH);
-        let filter = Arc::new(ListFilter::new(state, ids));
+        let filter = Arc::new(ListFilter::new(state, ids, caller));
         let body = sse::RewriteEvents::new(
             body.map_err(crate::serve::BoxError::from),
             filter,
@@ -109,7 +118,8 @@ pub(super) async fn filter_response(
         return refuse("no policy is loaded");
     };
     let pol = policy.engine.policy();
-    match lists::filter_data(&bytes, &|name| pol.listable(name)) {
+    let grant = caller.grant(pol);
+    match lists::filter_data(&bytes, &|name| pol.listable(name, grant)) {
         Ok(None) => Response::from_parts(parts, full(bytes)),
         Ok(Some(new)) => {
             parts.headers.remove(header::CONTENT_LENGTH);

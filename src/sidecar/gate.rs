@@ -1,13 +1,13 @@
 //! The gate: what is read from a gated request and decided before anything is forwarded.
 
+use super::caller::Caller;
 use super::reload::LoadedPolicy;
 use super::State;
 use super::{audit, denial};
 use crate::engine::{monotonic_now, Call, Decision, Outcome};
 use crate::mcp::{self, code, Body, Kind, Refusal};
 use crate::policy::sha256_hex;
-use crate::policy::Identity;
-use http::header::{self, HeaderMap, HeaderValue};
+use http::header::{self, HeaderMap};
 use http::StatusCode;
 use serde_json::Value;
 use std::time::Instant;
@@ -110,6 +110,7 @@ pub(super) fn decide_body(
     policy: &LoadedPolicy,
     h: &HeaderMap,
     bytes: &[u8],
+    caller: &Caller,
 ) -> Result<(Verdict, &'static str), Refusal> {
     let body = mcp::parse(bytes)?;
     // For the duration metric: the method of a single message; batches count as `_other`.
@@ -125,14 +126,14 @@ pub(super) fn decide_body(
     let mut gate = Gate {
         st,
         policy,
-        h,
         version,
+        caller,
+        grant: caller.grant(policy.engine.policy()),
         // Only an id the server issued keys a session counter; another counts under the grant.
         session: h
             .get("mcp-session-id")
             .filter(|v| st.sessions.contains(v.as_bytes()))
             .and_then(|v| v.to_str().ok()),
-        grant: None,
         retry_after: None,
     };
     let mut list_ids = Vec::new();
@@ -191,11 +192,11 @@ fn check_framing(h: &HeaderMap, body: &Body, version: &str) -> Result<(), Refusa
 struct Gate<'a> {
     st: &'a State,
     policy: &'a LoadedPolicy,
-    h: &'a HeaderMap,
     version: &'a str,
+    caller: &'a Caller,
+    /// The grant whose rules apply to the caller.
+    grant: Option<usize>,
     session: Option<&'a str>,
-    /// The caller's counter key, read at the first call.
-    grant: Option<String>,
     /// Seconds until a limit that was hit lets calls through again.
     retry_after: Option<u64>,
 }
@@ -221,7 +222,7 @@ impl Gate<'_> {
         };
         let call = m.tool_call().inspect_err(|_| invalid())?;
         let pol = self.policy.engine.policy();
-        let args: Value = match (call.arguments, pol.arguments_read(&call.name)) {
+        let args: Value = match (call.arguments, pol.arguments_read(&call.name, self.grant)) {
             // Only what the rule's paths reach is kept: memory follows the policy, not the body.
             (Some(raw), Some(need)) => need.read(raw.get()).map_err(|_| {
                 Refusal::new(
@@ -233,16 +234,13 @@ impl Gate<'_> {
             })?,
             _ => Value::Null,
         };
-        if self.grant.is_none() {
-            self.grant = Some(grant_key(&pol.identity, self.h).map_err(|r| r.with_id(Some(id)))?);
-        }
-        let grant = self.grant.as_deref().unwrap_or("anonymous");
         let t0 = Instant::now();
         let d = self.policy.engine.decide(
             &Call {
                 tool: &call.name,
                 args: &args,
-                grant,
+                caller: &self.caller.id,
+                grant: self.grant,
                 session: self.session,
             },
             monotonic_now(),
@@ -259,8 +257,11 @@ impl Gate<'_> {
         Ok(Some(denial::denial(
             id,
             &d,
-            &call.name,
-            label,
+            &denial::Subject {
+                tool: &call.name,
+                policy: label,
+                caller: &self.caller.id,
+            },
             pol.deny_as,
             version,
         )))
@@ -278,6 +279,12 @@ impl Gate<'_> {
             .decisions
             .with_label_values(&[label, d.tool_label, d.outcome.as_str()])
             .inc();
+        if let Some(g) = d.grant {
+            metrics
+                .grant_decisions
+                .with_label_values(&[label, g, d.outcome.as_str()])
+                .inc();
+        }
         if d.overflow {
             metrics.counter_overflow.with_label_values(&[label]).inc();
         }
@@ -297,7 +304,8 @@ impl Gate<'_> {
                 tool: &call.name,
                 decision: d.outcome.as_str(),
                 rule: d.rule,
-                identity: self.grant.as_deref().unwrap_or("anonymous"),
+                identity: &self.caller.id,
+                grant: d.grant.unwrap_or(""),
                 session: self.session.unwrap_or(""),
                 counter: d.limit.as_ref().map_or("", |h| h.counter.name.as_str()),
                 latency_ns: took.as_nanos() as u64,
@@ -349,33 +357,4 @@ fn check_routing_headers(h: &HeaderMap, m: &mcp::Message) -> Result<(), Refusal>
         }
     }
     Ok(())
-}
-
-/// The counter key of the caller: SHA-256 of its bearer token or identity header, or `anonymous`.
-/// The header must come once: with two, the sidecar and the server could each read another.
-fn grant_key(identity: &Identity, h: &HeaderMap) -> Result<String, Refusal> {
-    let name = match identity {
-        Identity::Bearer => header::AUTHORIZATION.as_str(),
-        Identity::Header(name) => name.as_str(),
-    };
-    let mut values = h.get_all(name).iter();
-    let (first, second) = (values.next(), values.next());
-    if second.is_some() {
-        return Err(Refusal::new(
-            StatusCode::BAD_REQUEST,
-            code::INVALID_REQUEST,
-            format!("the {name} header is sent more than once"),
-        ));
-    }
-    let value = match identity {
-        Identity::Bearer => first.and_then(|v| {
-            let v = v.as_bytes();
-            (v.len() > 7 && v[..7].eq_ignore_ascii_case(b"bearer ")).then(|| &v[7..])
-        }),
-        Identity::Header(_) => first.map(HeaderValue::as_bytes),
-    };
-    Ok(match value {
-        Some(v) if !v.is_empty() => sha256_hex(v),
-        _ => "anonymous".to_owned(),
-    })
 }

@@ -81,11 +81,11 @@ impl LegacySession {
 
 /// Wraps a GET event stream: filters every event, and if the stream turns out to be a legacy
 /// one, registers its session.
-pub fn watch_stream(st: &Arc<State>, body: Body) -> Body {
+pub fn watch_stream(st: &Arc<State>, body: Body, caller: super::caller::Caller) -> Body {
     LegacyStream {
         inner: body,
         split: Splitter::new(MAX_LIST_RESPONSE),
-        filter: ListFilter::new(st.clone(), Vec::new()),
+        filter: ListFilter::new(st.clone(), Vec::new(), caller),
         state: st.clone(),
         session: None,
         rx: None,

@@ -5,6 +5,7 @@
 //! changes (a ConfigMap volume swaps a `..data` symlink); a bad file keeps the last good policy.
 
 mod audit;
+mod caller;
 mod denial;
 mod filter;
 mod gate;
@@ -43,6 +44,8 @@ pub struct Config {
     /// The MCP server, e.g. `http://127.0.0.1:8888/mcp`. Its path is the gated MCP path.
     pub upstream: http::Uri,
     pub policy_path: PathBuf,
+    /// The JSON Web Key Set tokens are verified with (`identity.serviceAccount`/`jwt`).
+    pub jwks_path: Option<PathBuf>,
     /// Paths besides the MCP path where POSTs are forwarded ungated (e.g. an OAuth endpoint).
     pub passthrough_paths: Vec<String>,
     /// Largest gated body accepted.
@@ -73,6 +76,7 @@ impl Config {
             admin_listen: ([0, 0, 0, 0], 9481).into(),
             upstream,
             policy_path,
+            jwks_path: None,
             passthrough_paths: Vec::new(),
             max_body_bytes: 4 << 20,
             inflight_body_bytes: 16 << 20,

@@ -4,6 +4,7 @@
 //! Everything else streams through untouched, so a client that disconnects closes its upstream
 //! stream too. Anything that cannot be read with certainty is refused, never forwarded.
 
+use super::caller::{identify, Caller};
 use super::filter::filter_response;
 use super::gate::{check_headers, decide_body, too_large, Verdict};
 use super::legacy::{self, LegacySession};
@@ -49,13 +50,25 @@ pub(super) async fn handle(st: Arc<State>, req: Request<Incoming>) -> Response<B
         ));
     }
     let path = req.uri().path();
+    let passthrough = st.cfg.passthrough_paths.iter().any(|p| p == path);
+    // Every request but a CORS preflight (which carries no credentials) and the ungated
+    // passthrough paths (an OAuth endpoint serves callers that have no token yet) proves who it
+    // is from before anything is forwarded.
+    let caller = match *req.method() {
+        Method::OPTIONS => Caller::anonymous(),
+        _ if passthrough && !st.cfg.is_mcp_path(path) => Caller::anonymous(),
+        _ => match identify(&st, &policy, req.headers()) {
+            Ok(c) => c,
+            Err(r) => return refusal_closing(&r),
+        },
+    };
     let is_post = req.method() == Method::POST;
     if is_post && st.cfg.is_mcp_path(path) {
-        return gate(&st, &policy, req, None).await;
+        return gate(&st, &policy, req, None, caller).await;
     }
     if is_post {
         if let Some(session) = st.legacy.session_for(req.uri()) {
-            return gate(&st, &policy, req, Some(session)).await;
+            return gate(&st, &policy, req, Some(session), caller).await;
         }
     }
     if !is_post && hyper::body::Body::size_hint(req.body()).exact() != Some(0) {
@@ -70,12 +83,12 @@ pub(super) async fn handle(st: Arc<State>, req: Request<Incoming>) -> Response<B
             ),
         ));
     }
-    if st.cfg.passthrough_paths.iter().any(|p| p == path) {
-        return forward_streaming(&st, req).await;
+    if passthrough {
+        return forward_streaming(&st, req, caller).await;
     }
     match *req.method() {
         Method::GET | Method::HEAD | Method::DELETE | Method::OPTIONS => {
-            forward_streaming(&st, req).await
+            forward_streaming(&st, req, caller).await
         }
         Method::POST => refusal_closing(&Refusal::new(
             StatusCode::NOT_FOUND,
@@ -99,6 +112,7 @@ async fn gate(
     policy: &Arc<LoadedPolicy>,
     req: Request<Incoming>,
     session: Option<Arc<LegacySession>>,
+    caller: Caller,
 ) -> Response<Body> {
     let started = Instant::now();
     if let Err(r) = check_headers(req.headers(), st.cfg.max_body_bytes) {
@@ -109,7 +123,7 @@ async fn gate(
         Ok(b) => b,
         Err(r) => return refusal_closing(&r),
     };
-    let (verdict, method) = match decide_body(st, policy, &parts.headers, &bytes) {
+    let (verdict, method) = match decide_body(st, policy, &parts.headers, &bytes, &caller) {
         Ok(v) => v,
         Err(r) => return refusal(&r),
     };
@@ -137,7 +151,7 @@ async fn gate(
                 s.expect_tool_lists(&list_ids);
             }
             let filter = (!list_ids.is_empty() && session.is_none()).then_some(list_ids);
-            forward_gated(st, parts, bytes.clone(), filter).await
+            forward_gated(st, parts, bytes.clone(), filter, caller).await
         }
     };
     st.metrics
@@ -283,6 +297,7 @@ async fn forward_gated(
     parts: http::request::Parts,
     bytes: Bytes,
     filter: Option<Vec<Value>>,
+    caller: Caller,
 ) -> Response<Body> {
     let host = parts.headers.get(header::HOST).cloned();
     let req = upstream_request(st, parts, full(bytes), filter.is_some());
@@ -292,11 +307,15 @@ async fn forward_gated(
     };
     match filter {
         None => passthrough(resp),
-        Some(ids) => filter_response(st.clone(), ids, resp).await,
+        Some(ids) => filter_response(st.clone(), ids, resp, caller).await,
     }
 }
 
-async fn forward_streaming(st: &Arc<State>, req: Request<Incoming>) -> Response<Body> {
+async fn forward_streaming(
+    st: &Arc<State>,
+    req: Request<Incoming>,
+    caller: Caller,
+) -> Response<Body> {
     let (parts, body) = req.into_parts();
     let is_get = parts.method == Method::GET;
     let host = parts.headers.get(header::HOST).cloned();
@@ -322,7 +341,7 @@ async fn forward_streaming(st: &Arc<State>, req: Request<Incoming>) -> Response<
             ));
         }
         p.headers.remove(header::CONTENT_LENGTH);
-        let body = legacy::watch_stream(st, b.map_err(Into::into).boxed_unsync());
+        let body = legacy::watch_stream(st, b.map_err(Into::into).boxed_unsync(), caller);
         return Response::from_parts(p, body);
     }
     passthrough(resp)
@@ -381,5 +400,13 @@ fn refusal_closing(r: &Refusal) -> Response<Body> {
 
 /// A refusal as an HTTP response with a JSON-RPC error body.
 pub(super) fn refusal(r: &Refusal) -> Response<Body> {
-    json(r.status, r.body())
+    let mut resp = json(r.status, r.body());
+    if let Some(c) = r
+        .challenge
+        .as_deref()
+        .and_then(|c| HeaderValue::from_str(c).ok())
+    {
+        resp.headers_mut().insert(header::WWW_AUTHENTICATE, c);
+    }
+    resp
 }

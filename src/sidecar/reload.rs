@@ -5,10 +5,15 @@
 //! comes back. A new policy replaces the old one atomically (requests in flight finish on the one
 //! they started with); counters carry over per the engine's rules. A missing or invalid file keeps
 //! the last good policy and counts `policy_reloads_total{result="error"}` once per change.
+//!
+//! The key set (`--jwks`) is read with the policy and watched the same way: a policy that
+//! verifies tokens is built with a verifier for its keys. A key set that cannot be read keeps the
+//! last good keys; with none, tokens are refused (401), never accepted unverified.
 
 use super::State;
 use crate::engine::{Engine, EngineOptions};
-use crate::policy::{self, sha256_hex};
+use crate::identity::{VerifiedCache, Verifier};
+use crate::policy::{self, sha256_hex, Identity};
 use std::path::Path;
 use std::sync::Arc;
 use tokio::sync::watch;
@@ -23,6 +28,104 @@ pub struct LoadedPolicy {
     /// The accepted hosts and origins: the flags' plus the policy's `transport` (built on first
     /// use, so once per load).
     pub allowed: std::sync::OnceLock<super::Allowed>,
+    /// The keys tokens are verified with, when the policy verifies tokens.
+    pub keys: Keys,
+}
+
+/// The keys of a policy that verifies tokens.
+pub enum Keys {
+    /// The policy reads no tokens (`identity.header`, or a token's hash).
+    NotNeeded,
+    Ready(Arc<KeyRing>),
+    /// Why there are none: every token is refused.
+    Unavailable(String),
+}
+
+/// A verifier and the tokens it has verified.
+pub struct KeyRing {
+    pub verifier: Verifier,
+    pub cache: VerifiedCache,
+    /// SHA-256 of the key set file, to tell whether it changed.
+    pub hash: String,
+}
+
+/// Verified tokens remembered per key set.
+const VERIFIED_TOKENS: usize = 10_000;
+
+/// The key set file: a JSON Web Key Set, with an `issuer` member when the controller renders it
+/// (a ServiceAccount identity learns its issuer there).
+#[derive(serde::Deserialize)]
+struct KeySetFile {
+    issuer: Option<String>,
+}
+
+/// The keys `identity` needs, from the key set file's bytes. `previous` is kept when the new
+/// bytes cannot be used and it verifies for the same issuer and audiences.
+fn keys_for(
+    identity: &Identity,
+    jwks: Option<&Result<Vec<u8>, String>>,
+    previous: Option<&Keys>,
+) -> Keys {
+    if !identity.verifies_tokens() {
+        return Keys::NotNeeded;
+    }
+    let built = match jwks {
+        None => Err("no key set: start the sidecar with --jwks FILE".to_owned()),
+        Some(Err(e)) => Err(e.clone()),
+        Some(Ok(bytes)) => {
+            let hash = sha256_hex(bytes);
+            if let Some(Keys::Ready(ring)) = previous {
+                if ring.hash == hash && same_audience(ring, identity) {
+                    return Keys::Ready(ring.clone());
+                }
+            }
+            ring_for(identity, bytes).map(|verifier| KeyRing {
+                verifier,
+                cache: VerifiedCache::new(VERIFIED_TOKENS),
+                hash,
+            })
+        }
+    };
+    match built {
+        Ok(ring) => Keys::Ready(Arc::new(ring)),
+        Err(why) => match previous {
+            Some(Keys::Ready(ring)) if same_audience(ring, identity) => {
+                tracing::error!(%why, "key set not reloaded; the last good keys stay in force");
+                Keys::Ready(ring.clone())
+            }
+            _ => {
+                tracing::error!(%why, "no keys to verify tokens with: every token is refused");
+                Keys::Unavailable(why)
+            }
+        },
+    }
+}
+
+fn same_audience(ring: &KeyRing, identity: &Identity) -> bool {
+    ring.verifier.audiences() == identity.audiences()
+        && identity
+            .issuer()
+            .is_none_or(|i| i == ring.verifier.issuer())
+}
+
+fn ring_for(identity: &Identity, bytes: &[u8]) -> Result<Verifier, String> {
+    let file: KeySetFile =
+        serde_json::from_slice(bytes).map_err(|e| format!("the key set is not JSON: {e}"))?;
+    let issuer = match (identity.issuer(), file.issuer.as_deref()) {
+        (Some(want), Some(got)) if want != got => {
+            return Err(format!(
+                "the key set is for issuer {got:?}, the policy names {want:?}"
+            ))
+        }
+        (Some(want), _) => want.to_owned(),
+        (None, Some(got)) => got.to_owned(),
+        (None, None) => {
+            return Err("the key set names no issuer (an \"issuer\" member), which \
+                 identity.serviceAccount needs"
+                .into())
+        }
+    };
+    Verifier::new(&issuer, identity.audiences(), bytes).map_err(|e| format!("the key set: {e}"))
 }
 
 /// Why a policy file was not loaded.
@@ -42,9 +145,11 @@ pub enum LoadError {
     },
 }
 
-/// Reads and compiles the policy at `path`, keeping counters of `previous` where they match.
+/// Reads and compiles the policy at `path` with the key set at `jwks`, keeping counters (and
+/// keys) of `previous` where they match.
 pub fn load_policy(
     path: &Path,
+    jwks: Option<&Path>,
     previous: Option<&LoadedPolicy>,
     opts: EngineOptions,
 ) -> Result<LoadedPolicy, LoadError> {
@@ -52,12 +157,18 @@ pub fn load_policy(
         path: path.to_owned(),
         source,
     })?;
-    compile_bytes(path, &bytes, previous, opts)
+    let jwks = jwks.map(read_key_set);
+    compile_bytes(path, &bytes, jwks.as_ref(), previous, opts)
+}
+
+fn read_key_set(path: &Path) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
 }
 
 fn compile_bytes(
     path: &Path,
     bytes: &[u8],
+    jwks: Option<&Result<Vec<u8>, String>>,
     previous: Option<&LoadedPolicy>,
     opts: EngineOptions,
 ) -> Result<LoadedPolicy, LoadError> {
@@ -69,12 +180,14 @@ fn compile_bytes(
         errors,
     })?;
     let label = policy.name.clone().unwrap_or_else(|| file_label(path));
+    let keys = keys_for(&policy.identity.source, jwks, previous.map(|p| &p.keys));
     let engine = Engine::new(policy, previous.map(|p| &p.engine), opts);
     Ok(LoadedPolicy {
         engine,
         label,
         hash: sha256_hex(bytes),
         allowed: std::sync::OnceLock::new(),
+        keys,
     })
 }
 
@@ -116,17 +229,21 @@ fn failed(state: &State, error: &str) {
 
 /// The first load, at start. Failure leaves the sidecar unready; the watcher keeps trying.
 pub fn initial_load(state: &State) {
-    match load_policy(&state.cfg.policy_path, None, state.cfg.engine) {
+    match load_policy(
+        &state.cfg.policy_path,
+        state.cfg.jwks_path.as_deref(),
+        None,
+        state.cfg.engine,
+    ) {
         Ok(p) => install(state, p),
         Err(e) => failed(state, &e.to_string()),
     }
 }
 
-/// Re-reads the file every interval until `stop` changes.
+/// Re-reads the files every interval until `stop` changes.
 pub async fn watch(state: Arc<State>, mut stop: watch::Receiver<bool>) {
-    // What the file looked like last time: its hash, or the error reading it gave.
-    let mut last_seen: Option<Result<String, String>> =
-        state.policy.load().as_ref().map(|p| Ok(p.hash.clone()));
+    // What the files looked like last time: their hashes, or the errors reading them gave.
+    let mut last_seen: Option<Seen> = None;
     let mut tick = tokio::time::interval(state.cfg.reload_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -134,32 +251,45 @@ pub async fn watch(state: Arc<State>, mut stop: watch::Receiver<bool>) {
             _ = tick.tick() => {}
             _ = stop.changed() => return,
         }
-        let path = state.cfg.policy_path.clone();
-        let read = tokio::task::spawn_blocking(move || std::fs::read(&path)).await;
-        let Ok(read) = read else { continue };
-        let seen = match &read {
-            Ok(bytes) => Ok(sha256_hex(bytes)),
-            Err(e) => Err(e.to_string()),
+        let (path, jwks_path) = (state.cfg.policy_path.clone(), state.cfg.jwks_path.clone());
+        let read = tokio::task::spawn_blocking(move || {
+            (std::fs::read(&path), jwks_path.as_deref().map(read_key_set))
+        })
+        .await;
+        let Ok((read, jwks)) = read else { continue };
+        let seen = Seen {
+            policy: match &read {
+                Ok(bytes) => Ok(sha256_hex(bytes)),
+                Err(e) => Err(e.to_string()),
+            },
+            jwks: jwks
+                .as_ref()
+                .map(|j| j.as_ref().map(|b| sha256_hex(b)).map_err(Clone::clone)),
         };
+        let first = last_seen.is_none();
         if last_seen.as_ref() == Some(&seen) {
             continue;
         }
         last_seen = Some(seen.clone());
         let current = state.policy.load_full();
-        match (read, seen) {
-            (Ok(_), Ok(hash)) if current.as_ref().is_some_and(|c| c.hash == hash) => {}
-            (Ok(bytes), _) => {
-                match compile_bytes(
-                    &state.cfg.policy_path,
-                    &bytes,
-                    current.as_deref(),
-                    state.cfg.engine,
-                ) {
-                    Ok(p) => install(&state, p),
-                    Err(e) => failed(&state, &e.to_string()),
-                }
-            }
-            (Err(source), _) => {
+        let unchanged = current.as_ref().is_some_and(|c| {
+            seen.policy.as_ref().is_ok_and(|h| *h == c.hash) && keys_match(&c.keys, &seen.jwks)
+        });
+        if first && unchanged {
+            continue;
+        }
+        match read {
+            Ok(bytes) => match compile_bytes(
+                &state.cfg.policy_path,
+                &bytes,
+                jwks.as_ref(),
+                current.as_deref(),
+                state.cfg.engine,
+            ) {
+                Ok(p) => install(&state, p),
+                Err(e) => failed(&state, &e.to_string()),
+            },
+            Err(source) => {
                 let e = LoadError::Read {
                     path: state.cfg.policy_path.clone(),
                     source,
@@ -167,5 +297,21 @@ pub async fn watch(state: Arc<State>, mut stop: watch::Receiver<bool>) {
                 failed(&state, &e.to_string())
             }
         }
+    }
+}
+
+/// The files' contents by hash (or the error reading them).
+#[derive(Clone, PartialEq, Eq)]
+struct Seen {
+    policy: Result<String, String>,
+    jwks: Option<Result<String, String>>,
+}
+
+/// Whether the keys in force came from the key set file as it is now.
+fn keys_match(keys: &Keys, jwks: &Option<Result<String, String>>) -> bool {
+    match (keys, jwks) {
+        (Keys::Ready(ring), Some(Ok(h))) => ring.hash == *h,
+        (Keys::NotNeeded, _) => true,
+        _ => false,
     }
 }

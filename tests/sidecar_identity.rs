@@ -1,0 +1,440 @@
+//! Verified identities through the sidecar: ServiceAccount-style tokens signed with test keys,
+//! checked against the key set file, refused with 401 for every reason a token can be bad, and
+//! grants applied per caller with the official Rust SDK as client and server.
+
+mod common;
+
+use base64::Engine as _;
+use common::*;
+use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+use rmcp::model::CallToolRequestParams;
+use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+use rmcp::transport::StreamableHttpClientTransport;
+use rmcp::ServiceExt;
+use serde_json::{json, Value};
+use std::time::Duration;
+
+const ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
+const CI: &str = "system:serviceaccount:ci:builder";
+const OTHER: &str = "system:serviceaccount:agents:helper";
+const JWKS: &str = include_str!("fixtures/identity/rsa-test-jwks.json");
+const RSA_PEM: &str = include_str!("fixtures/identity/rsa-test-key.pem");
+
+/// ServiceAccount tokens required; `write_file` 2 per hour per caller, 3 for the CI grant.
+fn policy(required: bool) -> String {
+    format!(
+        r#"
+version: "1"
+default: deny
+identity:
+  service_account: {{audiences: [mcp-warden]}}
+  required: {required}
+tools:
+  notebook_read: {{}}
+  write_file:
+    limits: [{{counter: writes, window: hour, max: 2, scope: grant}}]
+  clear_session: {{action: deny, reason: "Only CI may clear sessions"}}
+grants:
+  - subjects: ["system:serviceaccount:ci:*"]
+    tools:
+      write_file:
+        limits: [{{counter: ci_writes, window: hour, max: 3, scope: grant}}]
+      clear_session: {{}}
+"#
+    )
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// The fixture key set with the issuer the controller renders beside it.
+fn key_set_with_issuer(jwks: &str) -> String {
+    let mut v: Value = serde_json::from_str(jwks).unwrap();
+    v["issuer"] = json!(ISSUER);
+    v.to_string()
+}
+
+fn claims(sub: &str, over: Value) -> Value {
+    let t = now();
+    let mut c = json!({"iss": ISSUER, "aud": ["mcp-warden"], "sub": sub,
+                       "iat": t, "nbf": t - 1, "exp": t + 600});
+    for (k, v) in over.as_object().unwrap() {
+        c[k] = v.clone();
+    }
+    c
+}
+
+fn sign_with(alg: Algorithm, kid: &str, key: &EncodingKey, claims: &Value) -> String {
+    mcp_warden::identity::install_crypto();
+    let mut h = Header::new(alg);
+    h.kid = Some(kid.into());
+    encode(&h, claims, key).unwrap()
+}
+
+fn token(sub: &str, over: Value) -> String {
+    let key = EncodingKey::from_rsa_pem(RSA_PEM.as_bytes()).unwrap();
+    sign_with(Algorithm::RS256, "test-rsa", &key, &claims(sub, over))
+}
+
+/// A token signed with the header and signature given as text (for `alg: none` and HMAC).
+fn forged(header: &str, claims: &Value, sign: impl Fn(&[u8]) -> Vec<u8>) -> String {
+    let message = format!(
+        "{}.{}",
+        b64(header.as_bytes()),
+        b64(claims.to_string().as_bytes())
+    );
+    let sig = sign(message.as_bytes());
+    format!("{message}.{}", b64(&sig))
+}
+
+async fn start(required: bool, jwks: &str) -> (Upstream, Sidecar) {
+    let up = upstream(false, true).await;
+    let dir = temp_dir("identity");
+    std::fs::write(dir.join("policy.yaml"), policy(required)).unwrap();
+    std::fs::write(dir.join("jwks.json"), jwks).unwrap();
+    let jwks_path = dir.join("jwks.json");
+    let sc = sidecar_at(&up.url(), &dir.join("policy.yaml"), |c| {
+        c.jwks_path = Some(jwks_path)
+    })
+    .await;
+    (up, sc)
+}
+
+const LIST: &str = r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#;
+
+async fn post_with_token(url: &str, token: Option<&str>, body: &str) -> Raw {
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let mut h: Vec<(&str, &str)> = vec![("mcp-protocol-version", "2025-06-18")];
+    if let Some(a) = &auth {
+        h.push(("authorization", a));
+    }
+    post_json(url, &h, body).await
+}
+
+/// The 401 a request gets, checked in full: status, challenge, JSON-RPC body; the reason text.
+fn unauthorized(raw: &Raw) -> (String, String) {
+    assert_eq!(raw.0, 401, "{:?}", String::from_utf8_lossy(&raw.2));
+    let challenge = raw
+        .1
+        .get("www-authenticate")
+        .expect("a 401 carries WWW-Authenticate")
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(challenge.starts_with("Bearer "), "{challenge}");
+    let body: Value = serde_json::from_slice(&raw.2).unwrap();
+    assert_eq!(body["jsonrpc"], "2.0");
+    assert_eq!(body["error"]["code"], 401);
+    (
+        body["error"]["message"].as_str().unwrap().to_owned(),
+        challenge,
+    )
+}
+
+#[tokio::test]
+async fn every_bad_token_is_refused_with_its_reason_and_nothing_is_forwarded() {
+    let (up, sc) = start(true, &key_set_with_issuer(JWKS)).await;
+    let before = up.requests();
+    let t = now();
+    let hs256 = forged(
+        r#"{"alg":"HS256","typ":"JWT","kid":"test-rsa"}"#,
+        &claims(CI, json!({})),
+        |m| {
+            let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, JWKS.as_bytes());
+            ring::hmac::sign(&key, m).as_ref().to_vec()
+        },
+    );
+    let none = forged(
+        r#"{"alg":"none","typ":"JWT","kid":"test-rsa"}"#,
+        &claims(CI, json!({})),
+        |_| Vec::new(),
+    );
+    let good = token(CI, json!({}));
+    let (head, rest) = good.split_once('.').unwrap();
+    let (_, sig) = rest.split_once('.').unwrap();
+    let tampered = format!(
+        "{head}.{}.{sig}",
+        b64(claims(OTHER, json!({})).to_string().as_bytes())
+    );
+    let es_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let unknown_key = sign_with(
+        Algorithm::ES256,
+        "not-in-the-set",
+        &EncodingKey::from_ec_pem(es_key.serialize_pem().as_bytes()).unwrap(),
+        &claims(CI, json!({})),
+    );
+    let cases: Vec<(&str, Option<String>, &str, &str)> = vec![
+        ("no token", None, "no bearer token", "missing"),
+        (
+            "expired",
+            Some(token(
+                CI,
+                json!({"exp": t - 120, "iat": t - 700, "nbf": t - 700}),
+            )),
+            "expired",
+            "expired",
+        ),
+        (
+            "not yet valid",
+            Some(token(CI, json!({"nbf": t + 600}))),
+            "not valid yet",
+            "not_yet_valid",
+        ),
+        (
+            "another audience",
+            Some(token(
+                CI,
+                json!({"aud": ["https://kubernetes.default.svc"]}),
+            )),
+            "another audience",
+            "wrong_audience",
+        ),
+        (
+            "another issuer",
+            Some(token(CI, json!({"iss": "https://evil.example.com"}))),
+            "another issuer",
+            "wrong_issuer",
+        ),
+        (
+            "a changed payload",
+            Some(tampered),
+            "signature",
+            "bad_signature",
+        ),
+        (
+            "an unknown key id",
+            Some(unknown_key),
+            "key id",
+            "unknown_key",
+        ),
+        ("alg none", Some(none), "\"none\"", "algorithm"),
+        (
+            "HS256 with the public key as secret",
+            Some(hs256),
+            "HS256",
+            "algorithm",
+        ),
+        (
+            "not a JWT",
+            Some("opaque-token".into()),
+            "not a JWT",
+            "malformed",
+        ),
+    ];
+    for (what, tok, reason, label) in &cases {
+        let raw = post_with_token(&sc.url(), tok.as_deref(), LIST).await;
+        let (message, challenge) = unauthorized(&raw);
+        assert!(message.contains(reason), "{what}: {message}");
+        match tok {
+            None => assert!(!challenge.contains("error="), "{what}: {challenge}"),
+            Some(_) => assert!(
+                challenge.contains(r#"error="invalid_token""#),
+                "{what}: {challenge}"
+            ),
+        }
+        assert!(
+            metric(
+                &sc,
+                "mcp_warden_unauthenticated_total",
+                &[&format!("reason=\"{label}\"")]
+            )
+            .await
+            .is_some_and(|n| n >= 1.0),
+            "{what}: counted as {label}"
+        );
+    }
+    // A token in the query string is not read: the request has no token.
+    let url = format!("{}?access_token={good}", sc.url());
+    let (message, _) = unauthorized(&post_with_token(&url, None, LIST).await);
+    assert!(message.contains("no bearer token"), "{message}");
+    // GET streams and DELETEs need the identity too.
+    let raw = request("GET", &sc.url(), &[("accept", "text/event-stream")], "").await;
+    unauthorized(&raw);
+    assert_eq!(up.requests(), before, "nothing was forwarded");
+
+    // The good token passes.
+    let raw = post_with_token(&sc.url(), Some(&good), LIST).await;
+    assert_eq!(raw.0, 200);
+    assert_eq!(up.requests(), before + 1);
+}
+
+fn call(name: &'static str) -> CallToolRequestParams {
+    let mut p = CallToolRequestParams::new(name);
+    p.arguments = Some(serde_json::Map::new());
+    p
+}
+
+async fn client(url: &str, token: &str) -> rmcp::service::RunningService<rmcp::RoleClient, ()> {
+    let cfg =
+        StreamableHttpClientTransportConfig::with_uri(url.to_owned()).auth_header(token.to_owned());
+    ().serve(StreamableHttpClientTransport::from_config(cfg))
+        .await
+        .expect("client connects through the sidecar")
+}
+
+async fn names(c: &rmcp::service::RunningService<rmcp::RoleClient, ()>) -> Vec<String> {
+    let mut n: Vec<String> = c
+        .list_all_tools()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.name.to_string())
+        .collect();
+    n.sort();
+    n
+}
+
+#[tokio::test]
+async fn grants_apply_per_service_account_through_an_sdk_client() {
+    let (_up, sc) = start(true, &key_set_with_issuer(JWKS)).await;
+    let ci = client(&sc.url(), &token(CI, json!({}))).await;
+    let other = client(&sc.url(), &token(OTHER, json!({}))).await;
+
+    // Listing follows the caller's grant: only CI may clear sessions.
+    assert_eq!(
+        names(&ci).await,
+        ["clear_session", "notebook_read", "write_file"]
+    );
+    assert_eq!(names(&other).await, ["notebook_read", "write_file"]);
+
+    // CI's grant: 3 writes per hour; everyone else: 2, each caller its own counter.
+    for _ in 0..3 {
+        let r = ci.call_tool(call("write_file")).await.unwrap();
+        assert_eq!(r.is_error, Some(false));
+    }
+    let r = ci.call_tool(call("write_file")).await.unwrap();
+    assert_eq!(r.is_error, Some(true));
+    let meta = serde_json::to_value(&r.meta).unwrap();
+    let rec = &meta["dev.mcpwarden/decision"];
+    assert_eq!(rec["decision"], "rate_limited");
+    assert_eq!(rec["counter"], "ci_writes");
+    assert_eq!(
+        rec["identity"], CI,
+        "a ServiceAccount is named in the clear"
+    );
+    assert_eq!(rec["grant"], "grants[0]");
+    for _ in 0..2 {
+        let r = other.call_tool(call("write_file")).await.unwrap();
+        assert_eq!(r.is_error, Some(false));
+    }
+    let r = other.call_tool(call("write_file")).await.unwrap();
+    let meta = serde_json::to_value(&r.meta).unwrap();
+    assert_eq!(meta["dev.mcpwarden/decision"]["counter"], "writes");
+    assert_eq!(meta["dev.mcpwarden/decision"]["identity"], OTHER);
+    assert!(meta["dev.mcpwarden/decision"].get("grant").is_none());
+
+    let r = other.call_tool(call("clear_session")).await.unwrap();
+    assert_eq!(r.is_error, Some(true));
+    let r = ci.call_tool(call("clear_session")).await.unwrap();
+    assert_eq!(
+        r.is_error,
+        Some(false),
+        "the grant allows what the base denies"
+    );
+
+    // Under the grant: 3 writes and clear_session allowed, 1 write limited.
+    let under_grant = |decision: &'static str| {
+        let sc = &sc;
+        async move {
+            metric(
+                sc,
+                "mcp_warden_grant_decisions_total",
+                &["grant=\"grants[0]\"", &format!("decision=\"{decision}\"")],
+            )
+            .await
+        }
+    };
+    assert_eq!(under_grant("allow").await, Some(4.0));
+    assert_eq!(under_grant("rate_limited").await, Some(1.0));
+}
+
+#[tokio::test]
+async fn without_required_a_caller_with_no_token_is_anonymous_but_a_bad_token_is_refused() {
+    let (up, sc) = start(false, &key_set_with_issuer(JWKS)).await;
+    let raw = post_with_token(&sc.url(), None, LIST).await;
+    assert_eq!(raw.0, 200, "no token: served with the base rules");
+    let listed: Vec<String> = messages(&raw)[0]["result"]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(!listed.contains(&"clear_session".to_owned()), "{listed:?}");
+    let before = up.requests();
+    let expired = token(CI, json!({"exp": now() - 120}));
+    let (message, _) = unauthorized(&post_with_token(&sc.url(), Some(&expired), LIST).await);
+    assert!(message.contains("expired"), "{message}");
+    assert_eq!(
+        up.requests(),
+        before,
+        "a bad token never falls back to anonymous"
+    );
+}
+
+#[tokio::test]
+async fn rotated_keys_are_picked_up_and_a_broken_key_set_keeps_the_last_good_one() {
+    let (_up, sc) = start(true, &key_set_with_issuer(JWKS)).await;
+    let rsa = token(CI, json!({}));
+    assert_eq!(post_with_token(&sc.url(), Some(&rsa), LIST).await.0, 200);
+
+    // A broken key set: the keys in force stay.
+    std::fs::write(sc.dir.join("jwks.json"), "{not json").unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(post_with_token(&sc.url(), Some(&rsa), LIST).await.0, 200);
+
+    // The issuer rotates to an ES256 key: its tokens pass, the removed key's are refused.
+    let kp = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let raw = kp.public_key_raw();
+    let set = json!({"issuer": ISSUER, "keys": [{"kty": "EC", "crv": "P-256", "kid": "es-1",
+        "use": "sig", "alg": "ES256", "x": b64(&raw[1..33]), "y": b64(&raw[33..65])}]});
+    std::fs::write(sc.dir.join("jwks.json"), set.to_string()).unwrap();
+    let es = sign_with(
+        Algorithm::ES256,
+        "es-1",
+        &EncodingKey::from_ec_pem(kp.serialize_pem().as_bytes()).unwrap(),
+        &claims(CI, json!({})),
+    );
+    wait_until("the new key set is loaded", async || {
+        post_with_token(&sc.url(), Some(&es), LIST).await.0 == 200
+    })
+    .await;
+    let (message, _) = unauthorized(&post_with_token(&sc.url(), Some(&rsa), LIST).await);
+    assert!(message.contains("key id"), "{message}");
+}
+
+#[tokio::test]
+async fn without_a_key_set_every_token_is_refused() {
+    let up = upstream(false, true).await;
+    let dir = temp_dir("identity-nokeys");
+    std::fs::write(dir.join("policy.yaml"), policy(false)).unwrap();
+    let sc = sidecar_at(&up.url(), &dir.join("policy.yaml"), |_| {}).await;
+    let (message, _) =
+        unauthorized(&post_with_token(&sc.url(), Some(&token(CI, json!({}))), LIST).await);
+    assert!(message.contains("--jwks"), "{message}");
+    assert_eq!(
+        metric(
+            &sc,
+            "mcp_warden_unauthenticated_total",
+            &["reason=\"no_keys\""]
+        )
+        .await,
+        Some(1.0)
+    );
+    // A key set for no issuer cannot verify ServiceAccount tokens either.
+    std::fs::write(dir.join("jwks.json"), JWKS).unwrap();
+    let sc = sidecar_at(&up.url(), &dir.join("policy.yaml"), |c| {
+        c.jwks_path = Some(dir.join("jwks.json"))
+    })
+    .await;
+    let (message, _) =
+        unauthorized(&post_with_token(&sc.url(), Some(&token(CI, json!({}))), LIST).await);
+    assert!(message.contains("names no issuer"), "{message}");
+}
