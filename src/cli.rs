@@ -365,6 +365,10 @@ pub struct ControllerArgs {
     /// Seconds between certificate checks (reload on every replica, Secret and caBundle on the leader).
     #[arg(long, env = "MCP_WARDEN_CERT_INTERVAL_SECONDS", default_value_t = 30)]
     pub cert_interval_seconds: u64,
+    /// Seconds between fetches of the key sets sidecars verify tokens with (the cluster's
+    /// ServiceAccount keys, an OIDC issuer's `jwksFrom`); a failed fetch is retried after 30 s.
+    #[arg(long, env = "MCP_WARDEN_JWKS_REFRESH_SECONDS", default_value_t = 300)]
+    pub jwks_refresh_seconds: u64,
     /// The leader-election Lease.
     #[arg(
         long,
@@ -499,6 +503,7 @@ impl ControllerArgs {
             })?,
             cert_interval: Duration::from_secs(self.cert_interval_seconds.max(1)),
             manage_certificates: self.manage_certificates,
+            jwks_refresh: Duration::from_secs(self.jwks_refresh_seconds.max(1)),
         })
     }
 }

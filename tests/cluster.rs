@@ -12,7 +12,7 @@ use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBind
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::core::DynamicObject;
-use mcp_warden::controller::rbac::{Rule, RULES, URL_MODE_RULES};
+use mcp_warden::controller::rbac::{Rule, NON_RESOURCE_URLS, RULES, URL_MODE_RULES};
 use mcp_warden::crd::build::PolicyBuilder;
 use mcp_warden::crd::McpPolicy;
 use serde_json::{json, Value};
@@ -95,7 +95,7 @@ fn apply() -> PatchParams {
 /// The table's rules as RBAC JSON; rules on the controller's own objects name `own` (its
 /// webhook configurations).
 fn rules(namespaced: bool, keep: fn(&Rule) -> bool, own: &str) -> Value {
-    RULES
+    let mut out: Vec<Value> = RULES
         .iter()
         .filter(|r| r.namespaced == namespaced && keep(r))
         .map(|r| {
@@ -106,7 +106,13 @@ fn rules(namespaced: bool, keep: fn(&Rule) -> bool, own: &str) -> Value {
             }
             rule
         })
-        .collect()
+        .collect();
+    if !namespaced {
+        for (url, verbs) in NON_RESOURCE_URLS {
+            out.push(json!({"nonResourceURLs": [url], "verbs": verbs}));
+        }
+    }
+    Value::Array(out)
 }
 
 /// A kubeconfig that acts as the controller's ServiceAccount.

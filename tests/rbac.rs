@@ -3,11 +3,14 @@
 //! - the calls the controller made to a real API server, recorded in its audit log, are exactly
 //!   those rules (a call the table does not grant fails, and so does a grant nothing used).
 
-use mcp_warden::controller::rbac::{Rule, RULES, URL_MODE_RULES};
+use mcp_warden::controller::rbac::{Rule, NON_RESOURCE_URLS, RULES, URL_MODE_RULES};
 use serde_json::Value;
 use std::collections::BTreeSet;
 
 type Grant = (String, String, String);
+
+/// The group a non-resource URL is listed under in a [`Grant`].
+const NON_RESOURCE: &str = "nonResourceURL";
 
 fn grants(rules: &[Rule], namespaced: bool) -> BTreeSet<Grant> {
     rules
@@ -17,6 +20,18 @@ fn grants(rules: &[Rule], namespaced: bool) -> BTreeSet<Grant> {
             r.verbs
                 .iter()
                 .map(move |v| (r.group.to_string(), r.resource.to_string(), v.to_string()))
+        })
+        .collect()
+}
+
+/// The non-resource URLs of the ClusterRole, as grants.
+fn url_grants() -> BTreeSet<Grant> {
+    NON_RESOURCE_URLS
+        .iter()
+        .flat_map(|(url, verbs)| {
+            verbs
+                .iter()
+                .map(move |v| (NON_RESOURCE.to_string(), url.to_string(), v.to_string()))
         })
         .collect()
 }
@@ -48,6 +63,18 @@ fn chart_roles() -> Vec<Value> {
 fn role_grants(doc: &Value) -> BTreeSet<Grant> {
     let mut out = BTreeSet::new();
     for r in doc["rules"].as_array().unwrap() {
+        if let Some(urls) = r["nonResourceURLs"].as_array() {
+            for u in urls {
+                for v in r["verbs"].as_array().unwrap() {
+                    out.insert((
+                        NON_RESOURCE.into(),
+                        u.as_str().unwrap().into(),
+                        v.as_str().unwrap().into(),
+                    ));
+                }
+            }
+            continue;
+        }
         for g in r["apiGroups"].as_array().unwrap() {
             for res in r["resources"].as_array().unwrap() {
                 for v in r["verbs"].as_array().unwrap() {
@@ -71,9 +98,11 @@ fn the_chart_grants_exactly_the_rules_the_controller_needs() {
             .find(|d| d["kind"] == kind)
             .unwrap_or_else(|| panic!("no {kind} in the chart"))
     };
+    let mut cluster_wide = grants(RULES, false);
+    cluster_wide.extend(url_grants());
     assert_eq!(
         role_grants(find("ClusterRole")),
-        grants(RULES, false),
+        cluster_wide,
         "ClusterRole differs from controller::rbac::RULES"
     );
     assert_eq!(
@@ -104,7 +133,23 @@ fn recorded(audit_log: &str) -> BTreeSet<Grant> {
             .or(ev["user"]["username"].as_str())
             .unwrap_or_default();
         let refd = &ev["objectRef"];
-        if !is_controller(user) || refd.is_null() || ev["responseStatus"]["code"] == 403 {
+        if !is_controller(user) || ev["responseStatus"]["code"] == 403 {
+            continue;
+        }
+        if refd.is_null() {
+            // A non-resource URL; discovery (`/version`, `/api`, `/apis`, `/openapi`, health)
+            // is open to every authenticated user and needs no rule.
+            let uri = ev["requestURI"].as_str().unwrap_or_default();
+            let path = uri.split('?').next().unwrap_or_default();
+            let open = [
+                "/version", "/api", "/apis", "/openapi", "/healthz", "/livez", "/readyz",
+            ]
+            .iter()
+            .any(|p| path == *p || path.starts_with(&format!("{p}/")));
+            if !open && !path.is_empty() {
+                let verb = ev["verb"].as_str().unwrap_or_default().to_string();
+                out.insert((NON_RESOURCE.to_string(), path.to_string(), verb));
+            }
             continue;
         }
         let group = refd["apiGroup"].as_str().unwrap_or_default().to_string();
@@ -146,6 +191,7 @@ fn the_controller_called_the_api_for_exactly_what_the_rules_grant() {
     let mut granted = grants(RULES, false);
     granted.extend(grants(RULES, true));
     granted.extend(grants(URL_MODE_RULES, false));
+    granted.extend(url_grants());
     let missing: Vec<_> = used.difference(&granted).collect();
     assert!(
         missing.is_empty(),
@@ -166,6 +212,7 @@ fn audit_events_are_read_as_grants() {
         r#"{"verb":"delete","user":{"username":"system:serviceaccount:mcp-warden:mcp-warden"},"objectRef":{"resource":"secrets"},"responseStatus":{"code":403}}"#,
         r#"{"verb":"list","user":{"username":"system:serviceaccount:default:other"},"objectRef":{"resource":"pods"},"responseStatus":{"code":200}}"#,
         r#"{"verb":"get","user":{"username":"system:serviceaccount:mcp-warden:mcp-warden"},"requestURI":"/version","responseStatus":{"code":200}}"#,
+        r#"{"verb":"get","user":{"username":"system:serviceaccount:mcp-warden:mcp-warden"},"requestURI":"/openid/v1/jwks","responseStatus":{"code":200}}"#,
     ]
     .join("\n");
     let g = |a: &str, b: &str, c: &str| (a.to_string(), b.to_string(), c.to_string());
@@ -175,6 +222,7 @@ fn audit_events_are_read_as_grants() {
             g("", "configmaps", "patch"),
             g("", "configmaps", "create"),
             g("mcpwarden.dev", "mcppolicies/status", "patch"),
+            g("nonResourceURL", "/openid/v1/jwks", "get"),
         ])
     );
 }

@@ -33,6 +33,9 @@ pub const VOLUME: &str = "mcp-warden-policy";
 pub const MOUNT_PATH: &str = "/etc/mcp-warden";
 /// The rendered policy's key in its ConfigMap, and so the file the sidecar reads in the mount.
 pub const POLICY_KEY: &str = "policy.json";
+/// The ConfigMap key of the key set sidecars verify tokens with (`identity.serviceAccount`,
+/// `identity.jwt`).
+pub const KEYS_KEY: &str = "jwks.json";
 /// The container port name Services route to.
 pub const MCP_PORT_NAME: &str = "mcp";
 /// The sidecar's admin port name (probes, scraping).

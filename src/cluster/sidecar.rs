@@ -3,8 +3,8 @@
 //! to count guarded pods).
 
 use super::{
-    configmap_name, ADMIN_PORT_NAME, CONTAINER, MCP_PORT_NAME, MOUNT_PATH, POLICY_ANNOTATION,
-    POLICY_KEY, VOLUME,
+    configmap_name, ADMIN_PORT_NAME, CONTAINER, KEYS_KEY, MCP_PORT_NAME, MOUNT_PATH,
+    POLICY_ANNOTATION, POLICY_KEY, VOLUME,
 };
 use crate::crd::McpPolicy;
 use k8s_openapi::api::core::v1::{
@@ -147,6 +147,7 @@ pub fn sidecar_container(cfg: &InjectConfig, upstream: &str) -> Container {
         ..Default::default()
     };
     let policy_file = format!("{MOUNT_PATH}/{POLICY_KEY}");
+    let keys_file = format!("{MOUNT_PATH}/{KEYS_KEY}");
     Container {
         name: CONTAINER.into(),
         image: Some(cfg.image.clone()),
@@ -162,6 +163,8 @@ pub fn sidecar_container(cfg: &InjectConfig, upstream: &str) -> Container {
                 &format!("0.0.0.0:{}", cfg.proxy_port),
                 "--admin-listen",
                 &format!("0.0.0.0:{}", cfg.admin_port),
+                "--jwks",
+                &keys_file,
             ]
             .map(String::from)
             .to_vec(),

@@ -4,6 +4,7 @@
 //! the pure functions of [`render`] and [`reconcile::desired`]; the I/O around them stays thin.
 
 pub mod certs;
+pub mod keys;
 pub mod leader;
 pub mod rbac;
 pub mod reconcile;
@@ -70,6 +71,8 @@ pub struct Config {
     pub cert_interval: Duration,
     /// Whether the leader manages the webhook certificate (false under cert-manager).
     pub manage_certificates: bool,
+    /// How often the key sets of `identity.serviceAccount` and `identity.jwt` are fetched again.
+    pub jwks_refresh: Duration,
 }
 
 /// Whether native sidecars can be used: API server and every kubelet at 1.32 or newer (older
@@ -480,6 +483,7 @@ async fn lead(client: kube::Client, cfg: Config, metrics: ControllerMetrics, rec
         sidecar_ports: vec![cfg.inject.proxy_port, cfg.inject.admin_port],
         failures: Mutex::default(),
         exported: Mutex::default(),
+        keys: keys::KeySets::new(cfg.jwks_refresh),
     });
     let run = controller
         .owns_stream(cm_stream)

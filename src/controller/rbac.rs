@@ -77,6 +77,13 @@ pub const RULES: &[Rule] = &[
     ),
 ];
 
+/// URLs outside the resource API the controller reads (ClusterRole `nonResourceURLs`): the
+/// cluster's ServiceAccount issuer and keys, rendered for `identity.serviceAccount`.
+pub const NON_RESOURCE_URLS: &[(&str, &[&str])] = &[
+    ("/.well-known/openid-configuration", &["get"]),
+    ("/openid/v1/jwks", &["get"]),
+];
+
 /// What `--webhook-url` mode needs besides [`RULES`]: it registers the webhook configurations
 /// itself (in a cluster the chart creates them).
 pub const URL_MODE_RULES: &[Rule] = &[

@@ -4,7 +4,7 @@
 
 use super::render::{self, cond};
 use crate::cluster::{
-    configmap_name, in_namespace, selecting_policy, selector_matches, MANAGED_BY, MANAGER,
+    configmap_name, in_namespace, selecting_policy, selector_matches, KEYS_KEY, MANAGED_BY, MANAGER,
 };
 use crate::crd::{Isolation, McpPolicy, McpPolicyStatus};
 use crate::metrics::ControllerMetrics;
@@ -50,6 +50,8 @@ pub struct Ctx {
     pub failures: Mutex<HashMap<ObjectRef<McpPolicy>, u32>>,
     /// The hash exported per policy in `policy_rendered_info`.
     pub exported: Mutex<HashMap<String, String>>,
+    /// The key sets sidecars verify tokens with, by source.
+    pub keys: super::keys::KeySets,
 }
 
 /// What the policy's status should be, and what to write besides.
@@ -127,6 +129,16 @@ pub struct Seen<'a> {
     pub pods: &'a [Pod],
     pub services: &'a [Service],
     pub network_policies: &'a [NetworkPolicy],
+    /// For a policy that verifies tokens: the key set as fetched (or why not), and as the
+    /// policy's ConfigMap holds it now.
+    pub keys: Option<SeenKeys<'a>>,
+}
+
+/// A policy's key set, fetched and as last rendered.
+#[derive(Debug, Clone, Copy)]
+pub struct SeenKeys<'a> {
+    pub fetched: Result<&'a str, &'a str>,
+    pub rendered: Option<&'a str>,
 }
 
 /// The cluster's DNS domain, for the Service names sidecars accept in `Host`.
@@ -146,6 +158,7 @@ pub fn desired(
         pods,
         services,
         network_policies,
+        keys,
     } = *seen;
     let old = policy.status.clone().unwrap_or_default();
     let generation = policy.metadata.generation;
@@ -194,7 +207,9 @@ pub fn desired(
             status.tool_count = Some(r.tool_count as i32);
             let np = (policy.spec.isolation == Some(Isolation::NetworkPolicy))
                 .then(|| render::network_policy(policy, &matched, sidecar_ports));
-            (Some(render::configmap(policy, &r)), np)
+            // A failed fetch keeps the keys already rendered: sidecars never lose good keys.
+            let key_text = keys.and_then(|k| k.fetched.ok().or(k.rendered));
+            (Some(render::configmap(policy, &r, key_text)), np)
         }
         Err(errs) => {
             let lines: Vec<String> = errs.0.iter().map(ToString::to_string).collect();
@@ -287,6 +302,27 @@ pub fn desired(
         ),
         now,
     );
+    match keys {
+        None => conditions.retain(|c| c.type_ != cond::KEYS_UNAVAILABLE),
+        Some(k) => {
+            let failed = k.fetched.err().map(|why| {
+                let kept = match k.rendered {
+                    Some(_) => "sidecars keep the keys rendered before",
+                    None => "sidecars have no keys and refuse every token",
+                };
+                (cond::KEYS_FETCH_FAILED, format!("{why}; {kept}"))
+            });
+            warn.set(
+                cond::KEYS_UNAVAILABLE,
+                failed,
+                (
+                    cond::KEYS_FETCHED,
+                    "the issuer's keys are rendered beside the policy",
+                ),
+                now_isolation.clone(),
+            );
+        }
+    }
     isolation_condition(
         policy,
         network_policies,
@@ -440,6 +476,20 @@ pub async fn reconcile(policy: Arc<McpPolicy>, ctx: Arc<Ctx>) -> Result<Action, 
         .collect();
     let services = in_namespace(&ctx.services, &ns);
     let network_policies = in_namespace(&ctx.network_policies, &ns);
+    let cm_name = configmap_name(&name);
+    let cached_cm = ctx.configmaps.get(&ObjectRef::new(&cm_name).within(&ns));
+    let source = super::keys::Source::of(&policy.spec);
+    let fetched = match &source {
+        Some(src) => Some(ctx.keys.get(&ctx.client, src).await),
+        None => None,
+    };
+    let keys = fetched.as_ref().map(|f| SeenKeys {
+        fetched: f.as_deref().map_err(String::as_str),
+        rendered: cached_cm
+            .as_ref()
+            .and_then(|cm| cm.data.as_ref()?.get(KEYS_KEY))
+            .map(String::as_str),
+    });
     let now = Time(k8s_openapi::jiff::Timestamp::now());
     let d = desired(
         &policy,
@@ -448,16 +498,15 @@ pub async fn reconcile(policy: Arc<McpPolicy>, ctx: Arc<Ctx>) -> Result<Action, 
             pods: &pods,
             services: &services,
             network_policies: &network_policies,
+            keys,
         },
         &ctx.version,
         &ctx.sidecar_ports,
         now,
     );
     let pp = PatchParams::apply(MANAGER).force();
-    let cm_name = configmap_name(&name);
     if let Some(cm) = &d.configmap {
-        let cached = ctx.configmaps.get(&ObjectRef::new(&cm_name).within(&ns));
-        if !same_data(cached.as_deref(), cm) {
+        if !same_data(cached_cm.as_deref(), cm) {
             let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ns);
             api.patch(&cm_name, &pp, &Patch::Apply(cm)).await?;
         }
@@ -523,7 +572,11 @@ pub async fn reconcile(policy: Arc<McpPolicy>, ctx: Arc<Ctx>) -> Result<Action, 
         .lock()
         .expect("failures lock")
         .remove(&ObjectRef::from_obj(&*policy));
-    Ok(Action::requeue(RESYNC))
+    // Key sets rotate: a policy that renders one is looked at again when it may have changed.
+    Ok(Action::requeue(match source {
+        Some(_) => ctx.keys.refresh().min(RESYNC),
+        None => RESYNC,
+    }))
 }
 
 /// `policy_rendered_info{policy,hash}`: one series per live policy, its latest hash; policies

@@ -2,8 +2,8 @@
 //! isolating NetworkPolicy, the status conditions, and the warnings about bypasses.
 
 use crate::cluster::{
-    configmap_name, label_selector_matches, selector_matches, sidecar_state, Carried, MANAGED_BY,
-    MCP_PORT_NAME, POLICY_KEY, POLICY_LABEL, VERSION_ANNOTATION,
+    configmap_name, label_selector_matches, selector_matches, sidecar_state, Carried, KEYS_KEY,
+    MANAGED_BY, MCP_PORT_NAME, POLICY_KEY, POLICY_LABEL, VERSION_ANNOTATION,
 };
 use crate::crd::{render, McpPolicy, Rendered};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
@@ -29,6 +29,9 @@ pub mod cond {
     pub const ISOLATION_INEFFECTIVE: &str = "IsolationIneffective";
     pub const OTHER_POLICY_ADMITS: &str = "OtherNetworkPolicyAdmits";
     pub const NO_OTHER_INGRESS: &str = "NoOtherIngress";
+    pub const KEYS_UNAVAILABLE: &str = "KeysUnavailable";
+    pub const KEYS_FETCHED: &str = "Fetched";
+    pub const KEYS_FETCH_FAILED: &str = "FetchFailed";
 }
 
 fn labels(policy_name: &str) -> BTreeMap<String, String> {
@@ -60,18 +63,20 @@ pub fn rendered(policy: &McpPolicy) -> Result<Rendered, crate::policy::PolicyErr
 }
 
 /// The ConfigMap `<name>-mcp-warden` sidecars mount, owned by the policy (so deleting the policy
-/// deletes it).
-pub fn configmap(policy: &McpPolicy, r: &Rendered) -> ConfigMap {
+/// deletes it): the policy, and the key set tokens are verified with when it verifies tokens.
+pub fn configmap(policy: &McpPolicy, r: &Rendered, keys: Option<&str>) -> ConfigMap {
     let name = configmap_name(policy.metadata.name.as_deref().unwrap_or_default());
+    let mut data: BTreeMap<String, String> = [(
+        POLICY_KEY.to_string(),
+        String::from_utf8_lossy(&r.json).into_owned(),
+    )]
+    .into();
+    if let Some(k) = keys {
+        data.insert(KEYS_KEY.to_string(), k.to_owned());
+    }
     ConfigMap {
         metadata: owned_meta(policy, name),
-        data: Some(
-            [(
-                POLICY_KEY.to_string(),
-                String::from_utf8_lossy(&r.json).into_owned(),
-            )]
-            .into(),
-        ),
+        data: Some(data),
         ..Default::default()
     }
 }

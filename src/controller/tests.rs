@@ -48,7 +48,7 @@ fn time(s: &str) -> Time {
 fn the_configmap_holds_the_render_and_is_owned_by_the_policy() {
     let p = policy(json!({}));
     let r = rendered(&p).unwrap();
-    let cm = configmap(&p, &r);
+    let cm = configmap(&p, &r, None);
     assert_eq!(cm.metadata.name.as_deref(), Some("jupyter-mcp-warden"));
     assert_eq!(cm.metadata.namespace.as_deref(), Some("notebooks"));
     let owner = &cm.metadata.owner_references.as_ref().unwrap()[0];
@@ -318,6 +318,7 @@ mod desired_state {
                 pods: &[],
                 services: &[],
                 network_policies: &[],
+                keys: None,
             },
             "0.1.0",
             &[],
@@ -339,6 +340,7 @@ mod desired_state {
                 pods,
                 services,
                 network_policies,
+                keys: None,
             },
             "0.1.0",
             &[9480, 9481],
@@ -348,6 +350,88 @@ mod desired_state {
 
     fn cond<'a>(d: &'a super::super::reconcile::Desired, t: &str) -> &'a Condition {
         d.status.conditions.iter().find(|c| c.type_ == t).unwrap()
+    }
+
+    #[test]
+    fn keys_are_rendered_beside_the_policy_and_a_failed_fetch_keeps_the_last_ones() {
+        use super::super::reconcile::SeenKeys;
+        let mut p = policy(json!({"tools": {"t": {}},
+            "identity": {"serviceAccount": {"audiences": ["mcp-warden"]}}}));
+        let with = |p: &McpPolicy, keys: SeenKeys| {
+            desired(
+                p,
+                &Seen {
+                    policies: std::slice::from_ref(p),
+                    pods: &[],
+                    services: &[],
+                    network_policies: &[],
+                    keys: Some(keys),
+                },
+                "0.1.0",
+                &[9480, 9481],
+                at("2026-01-01T00:00:00Z"),
+            )
+        };
+        let key_data = |d: &super::super::reconcile::Desired| {
+            d.configmap
+                .as_ref()
+                .unwrap()
+                .data
+                .as_ref()
+                .unwrap()
+                .get("jwks.json")
+                .cloned()
+        };
+        let d = with(
+            &p,
+            SeenKeys {
+                fetched: Ok("{\"keys\":1}"),
+                rendered: None,
+            },
+        );
+        assert_eq!(key_data(&d).as_deref(), Some("{\"keys\":1}"));
+        assert_eq!(cond(&d, "KeysUnavailable").status, "False");
+        assert!(d.events.iter().all(|e| !e.warning));
+
+        p.status = Some(d.status.clone());
+        let d = with(
+            &p,
+            SeenKeys {
+                fetched: Err("HTTP 503"),
+                rendered: Some("{\"keys\":1}"),
+            },
+        );
+        assert_eq!(
+            key_data(&d).as_deref(),
+            Some("{\"keys\":1}"),
+            "the last good keys stay"
+        );
+        let c = cond(&d, "KeysUnavailable");
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("True", "FetchFailed")
+        );
+        assert!(
+            c.message.contains("HTTP 503") && c.message.contains("keep"),
+            "{}",
+            c.message
+        );
+        assert!(d
+            .events
+            .iter()
+            .any(|e| e.warning && e.reason == "KeysUnavailable"));
+
+        let d = with(
+            &p,
+            SeenKeys {
+                fetched: Err("refused"),
+                rendered: None,
+            },
+        );
+        assert_eq!(key_data(&d), None);
+        assert!(cond(&d, "KeysUnavailable")
+            .message
+            .contains("refuse every token"));
     }
 
     #[test]
@@ -456,6 +540,7 @@ mod desired_state {
                 pods: &pods,
                 services: &[],
                 network_policies: &[],
+                keys: None,
             },
             "0.1.0",
             &[],
@@ -472,6 +557,7 @@ mod desired_state {
                 pods: &pods,
                 services: &[],
                 network_policies: &[],
+                keys: None,
             },
             "0.1.0",
             &[],

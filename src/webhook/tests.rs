@@ -153,7 +153,9 @@ fn a_selected_pod_gets_the_sidecar_and_its_mcp_port() {
             "--listen",
             "0.0.0.0:9480",
             "--admin-listen",
-            "0.0.0.0:9481"
+            "0.0.0.0:9481",
+            "--jwks",
+            "/etc/mcp-warden/jwks.json"
         ]
     );
     assert_eq!(
