@@ -7,6 +7,8 @@
 //! code makes that the role does not grant fails the test. Pods stay Pending on a cluster with
 //! no nodes: the test reads their stored spec.
 
+mod common;
+
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -1035,5 +1037,213 @@ async fn an_unsynced_replica_refuses_instead_of_skipping() {
     create_pod(&plain, "plain", json!({"app": "jupyter-mcp"}), true)
         .await
         .expect("namespaces that did not opt in are not affected");
+    env.cleanup().await;
+}
+
+/// A token for ServiceAccount `ns/name` from the TokenRequest API, for `audience`.
+async fn service_account_token(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+    audience: &str,
+) -> String {
+    use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
+    if sas.get_opt(name).await.unwrap().is_none() {
+        sas.create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": name}})).unwrap(),
+        )
+        .await
+        .unwrap();
+    }
+    let req = TokenRequest {
+        spec: TokenRequestSpec {
+            audiences: vec![audience.to_owned()],
+            expiration_seconds: Some(600),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    sas.create_token_request(name, &PostParams::default(), &req)
+        .await
+        .expect("the TokenRequest API mints a token")
+        .status
+        .expect("a minted token")
+        .token
+}
+
+/// Identity end to end: the controller renders the API server's issuer and keys beside the
+/// policy, the sidecar (fed that ConfigMap, as its volume would be) admits tokens the TokenRequest
+/// API minted for the policy's audience, applies the CI ServiceAccount's grant per
+/// ServiceAccount, and refuses a token for another audience.
+#[tokio::test]
+async fn service_account_identities_are_verified_with_the_clusters_keys() {
+    let Some((client, _serial)) = cluster_alone().await else {
+        return;
+    };
+    let env = Env::new(client.clone(), "id").await;
+    let on = env.on.clone();
+    let (_controller, _admin) = env.controller(&[]).await;
+    let ci = format!("system:serviceaccount:{on}:ci-agent");
+    let policies: Api<McpPolicy> = Api::namespaced(client.clone(), &on);
+    let p: McpPolicy = serde_json::from_value(
+        PolicyBuilder::new(&on, "agents")
+            .spec(json!({
+                "identity": {"serviceAccount": {"audiences": ["mcp-warden"]}, "required": true},
+                "tools": {"notebook_read": {}, "write_file": {"limits": [
+                    {"counter": "writes", "window": "hour", "max": 2, "scope": "grant"}]}},
+                "grants": [{"subjects": [ci], "tools": {"write_file": {"limits": [
+                    {"counter": "ci_writes", "window": "hour", "max": 3, "scope": "grant"}]}}}]
+            }))
+            .manifest(),
+    )
+    .unwrap();
+    policies
+        .create(&PostParams::default(), &p)
+        .await
+        .expect("the API server accepts an McpPolicy with identity and grants");
+
+    // The rendered keys are the API server's own.
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &on);
+    let cm = wait_for("the ConfigMap with the cluster's keys", 30, || {
+        let cms = cms.clone();
+        async move {
+            cms.get_opt("agents-mcp-warden")
+                .await
+                .ok()
+                .flatten()
+                .filter(|cm| {
+                    cm.data
+                        .as_ref()
+                        .is_some_and(|d| d.contains_key("jwks.json"))
+                })
+        }
+    })
+    .await;
+    let data = cm.data.unwrap();
+    let rendered: Value = serde_json::from_str(&data["jwks.json"]).unwrap();
+    let discovery: Value = serde_json::from_str(
+        &client
+            .request_text(
+                http::Request::get("/.well-known/openid-configuration")
+                    .body(vec![])
+                    .unwrap(),
+            )
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    let jwks: Value = serde_json::from_str(
+        &client
+            .request_text(http::Request::get("/openid/v1/jwks").body(vec![]).unwrap())
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(rendered["issuer"], discovery["issuer"]);
+    assert_eq!(rendered["keys"], jwks["keys"]);
+    let status = wait_for("KeysUnavailable=False in the status", 30, || {
+        let policies = policies.clone();
+        async move {
+            let s = policies.get("agents").await.ok()?.status?;
+            s.conditions
+                .iter()
+                .any(|c| c.type_ == "KeysUnavailable" && c.status == "False")
+                .then_some(s)
+        }
+    })
+    .await;
+    assert!(status
+        .conditions
+        .iter()
+        .any(|c| c.type_ == "Ready" && c.status == "True"));
+
+    // The sidecar reads the ConfigMap's two keys, as from its volume.
+    let dir = env.dir.join("sidecar");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("policy.json"), &data["policy.json"]).unwrap();
+    std::fs::write(dir.join("jwks.json"), &data["jwks.json"]).unwrap();
+    let up = common::upstream(false, true).await;
+    let keys = dir.join("jwks.json");
+    let sc = common::sidecar_at(&up.url(), &dir.join("policy.json"), |c| {
+        c.jwks_path = Some(keys)
+    })
+    .await;
+
+    let ci_token = service_account_token(&client, &on, "ci-agent", "mcp-warden").await;
+    let helper_token = service_account_token(&client, &on, "helper", "mcp-warden").await;
+    let wrong_audience = service_account_token(&client, &on, "helper", "other-audience").await;
+    let call = |id: u64| {
+        format!(
+            r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"write_file","arguments":{{}}}}}}"#
+        )
+    };
+    let write = |token: String, id: u64| {
+        let url = sc.url();
+        async move {
+            let auth = format!("Bearer {token}");
+            let raw = common::post_json(
+                &url,
+                &[
+                    ("authorization", &auth),
+                    ("mcp-protocol-version", "2025-06-18"),
+                ],
+                &call(id),
+            )
+            .await;
+            assert_eq!(raw.0, 200, "{}", String::from_utf8_lossy(&raw.2));
+            let msg = &common::messages(&raw)[0];
+            let rec = msg["result"]["_meta"]["dev.mcpwarden/decision"].clone();
+            match msg["result"]["isError"].as_bool() {
+                Some(true) => (rec["decision"].as_str().unwrap().to_owned(), rec),
+                _ => ("allow".to_owned(), rec),
+            }
+        }
+    };
+    for id in 0..3 {
+        assert_eq!(write(ci_token.clone(), id).await.0, "allow");
+    }
+    let (decision, rec) = write(ci_token.clone(), 3).await;
+    assert_eq!(decision, "rate_limited");
+    assert_eq!(rec["identity"], ci.as_str());
+    assert_eq!(rec["grant"], "grants[0]");
+    assert_eq!(rec["counter"], "ci_writes");
+    for id in 10..12 {
+        assert_eq!(write(helper_token.clone(), id).await.0, "allow");
+    }
+    let (decision, rec) = write(helper_token.clone(), 12).await;
+    assert_eq!(decision, "rate_limited");
+    assert_eq!(
+        rec["counter"], "writes",
+        "another ServiceAccount gets the base limit"
+    );
+
+    let before = up.requests();
+    let auth = format!("Bearer {wrong_audience}");
+    let raw = common::post_json(
+        &sc.url(),
+        &[
+            ("authorization", &auth),
+            ("mcp-protocol-version", "2025-06-18"),
+        ],
+        &call(20),
+    )
+    .await;
+    assert_eq!(raw.0, 401);
+    assert!(raw.1["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .starts_with("Bearer "));
+    let body: Value = serde_json::from_slice(&raw.2).unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("another audience"),
+        "{body}"
+    );
+    assert_eq!(up.requests(), before, "nothing was forwarded");
     env.cleanup().await;
 }
