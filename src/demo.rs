@@ -1,7 +1,9 @@
 //! `mcp-warden demo`: the main job on one machine, no cluster. A small built-in MCP server
 //! shaped like MCP Python Interpreter, the sidecar in front of it with the example policy, and a
 //! scripted client showing an allowed call, denials with their reasons, a rate-limit hit, a
-//! filtered `tools/list`, and the metrics that resulted.
+//! filtered `tools/list`, and the metrics that resulted. The client calls as a ServiceAccount:
+//! the demo signs it a token with a key of its own, which the sidecar verifies (`--jwks`), and
+//! shows a forged token refused.
 
 use crate::metrics::SidecarMetrics;
 use crate::sidecar::{self, Config, Listeners, State};
@@ -119,6 +121,36 @@ struct DemoClient {
     http: Client<HttpConnector, Full<Bytes>>,
     url: String,
     next_id: u64,
+    /// `Authorization` value sent with every request.
+    auth: String,
+}
+
+/// The ServiceAccount the demo's agent calls as.
+const DEMO_AGENT: &str = "system:serviceaccount:sandbox:demo-agent";
+/// The issuer the demo's key set signs for (a cluster's usual one).
+const DEMO_ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
+
+/// A fresh P-256 key: the key set file the sidecar reads, and a token signed for the demo agent.
+fn demo_identity() -> anyhow::Result<(String, String)> {
+    use base64::Engine as _;
+    let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+    let kp = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let raw = kp.public_key_raw();
+    let jwks = json!({"issuer": DEMO_ISSUER, "keys": [{"kty": "EC", "crv": "P-256", "kid": "demo",
+        "use": "sig", "alg": "ES256", "x": b64(&raw[1..33]), "y": b64(&raw[33..65])}]});
+    crate::identity::install_crypto();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+    header.kid = Some("demo".into());
+    let token = jsonwebtoken::encode(
+        &header,
+        &json!({"iss": DEMO_ISSUER, "aud": ["mcp-warden"], "sub": DEMO_AGENT,
+                "iat": now, "nbf": now, "exp": now + 3600}),
+        &jsonwebtoken::EncodingKey::from_ec_pem(kp.serialize_pem().as_bytes())?,
+    )?;
+    Ok((jwks.to_string(), token))
 }
 
 impl DemoClient {
@@ -134,7 +166,7 @@ impl DemoClient {
             .header("content-type", "application/json")
             .header("accept", "application/json, text/event-stream")
             .header("mcp-protocol-version", "2025-06-18")
-            .header("authorization", "Bearer demo-agent-token")
+            .header("authorization", &self.auth)
             .body(Full::new(Bytes::from(body.to_string())))?;
         let resp = self.http.request(req).await?;
         let (parts, body) = resp.into_parts();
@@ -183,10 +215,14 @@ pub async fn run(policy_file: Option<PathBuf>) -> anyhow::Result<String> {
             p
         }
     };
+    let (jwks, token) = demo_identity()?;
+    let jwks_path = dir.join("jwks.json");
+    std::fs::write(&jwks_path, jwks)?;
     let mut cfg = Config::new(
         format!("http://{upstream}/mcp").parse()?,
         policy_path.clone(),
     );
+    cfg.jwks_path = Some(jwks_path);
     cfg.listen = "127.0.0.1:0".parse()?;
     cfg.admin_listen = "127.0.0.1:0".parse()?;
     cfg.drain_delay = Duration::ZERO;
@@ -216,11 +252,16 @@ pub async fn run(policy_file: Option<PathBuf>) -> anyhow::Result<String> {
         out,
         "mcp-warden sidecar  http://{proxy}/mcp   (metrics on http://{admin}/metrics)"
     );
-    let _ = writeln!(out, "policy              {}\n", policy_path.display());
+    let _ = writeln!(out, "policy              {}", policy_path.display());
+    let _ = writeln!(
+        out,
+        "agent               {DEMO_AGENT} (a signed token the sidecar verifies)\n"
+    );
     let mut c = DemoClient {
         http,
         url: format!("http://{proxy}/mcp"),
         next_id: 0,
+        auth: format!("Bearer {token}"),
     };
     c.send("initialize", json!({"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "demo", "version": "1"}})).await?;
 
@@ -290,16 +331,42 @@ pub async fn run(policy_file: Option<PathBuf>) -> anyhow::Result<String> {
         describe(&last.1)
     );
 
+    // The same token with its subject changed: the signature no longer holds.
+    let (head, rest) = token.split_once('.').unwrap_or_default();
+    let sig = rest.split_once('.').map_or("", |(_, s)| s);
+    let forged_claims = {
+        use base64::Engine as _;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(
+            json!({"iss": DEMO_ISSUER, "aud": ["mcp-warden"],
+                   "sub": "system:serviceaccount:ci:ci-agent", "exp": u32::MAX})
+            .to_string(),
+        )
+    };
+    let honest = std::mem::replace(&mut c.auth, format!("Bearer {head}.{forged_claims}.{sig}"));
+    let (status, headers, v) = c.send("tools/list", json!({})).await?;
+    c.auth = honest;
+    let _ = writeln!(
+        out,
+        "6. a forged token claiming to be the CI agent (which may write more)\n   refused: HTTP {} {:?}\n   WWW-Authenticate: {}\n",
+        status.as_u16(),
+        v["error"]["message"].as_str().unwrap_or_default(),
+        headers
+            .get("www-authenticate")
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("-")
+    );
+
     let metrics = c
         .http
         .request(Request::get(format!("http://{admin}/metrics")).body(Full::new(Bytes::new()))?)
         .await?;
     let text = String::from_utf8(metrics.into_body().collect().await?.to_bytes().to_vec())?;
-    let _ = writeln!(out, "6. metrics that changed (http://{admin}/metrics):");
+    let _ = writeln!(out, "7. metrics that changed (http://{admin}/metrics):");
     for line in text.lines() {
         let interesting = [
             "mcp_warden_decisions_total{",
             "mcp_warden_limit_hits_total{",
+            "mcp_warden_unauthenticated_total{",
             "mcp_warden_policy_info{",
         ];
         if interesting.iter().any(|p| line.starts_with(p)) && !line.ends_with(" 0") {

@@ -30,6 +30,10 @@ fn the_demo_shows_every_part_of_the_main_job() {
         "DENIED (rate_limited, rule tools.list_directory.limits[0]): Rate limit exceeded: list_directory_rate allows 60 calls per minute",
         "mcp_warden_decisions_total{decision=\"allow\",policy=\"mcp-python-interpreter\",tool=\"list_directory\"} 60",
         "mcp_warden_limit_hits_total{counter=\"list_directory_rate\",policy=\"mcp-python-interpreter\",scope=\"grant\",window=\"minute\"} 1",
+        "agent               system:serviceaccount:sandbox:demo-agent",
+        "refused: HTTP 401 \"unauthorized: the token's signature does not verify\"",
+        "WWW-Authenticate: Bearer realm=\"mcp-warden\", error=\"invalid_token\"",
+        "mcp_warden_unauthenticated_total{policy=\"mcp-python-interpreter\",reason=\"bad_signature\"} 1",
     ] {
         assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
     }
@@ -40,19 +44,25 @@ fn the_demo_shows_every_part_of_the_main_job() {
     );
 }
 
-#[tokio::test]
-async fn the_sidecar_binary_audits_every_decision_and_exits_cleanly_on_sigterm() {
-    let up = upstream(false, true).await;
-    let dir = temp_dir("binary");
-    let policy = dir.join("policy.yaml");
-    std::fs::write(&policy, POLICY).unwrap();
+/// Starts the sidecar binary with its logs on a channel; returns it, the channel, the lines read
+/// up to "listening", and the address it listens on.
+fn spawn_sidecar(
+    policy: &std::path::Path,
+    upstream: &str,
+    extra: &[&str],
+) -> (
+    std::process::Child,
+    std::sync::mpsc::Receiver<Value>,
+    Vec<Value>,
+    String,
+) {
     let mut child = Command::new(BIN)
         .args([
             "sidecar",
             "--policy",
             policy.to_str().unwrap(),
             "--upstream",
-            &up.url(),
+            upstream,
         ])
         .args([
             "--listen",
@@ -62,6 +72,7 @@ async fn the_sidecar_binary_audits_every_decision_and_exits_cleanly_on_sigterm()
             "--drain-delay-seconds",
             "0.2",
         ])
+        .args(extra)
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
@@ -85,6 +96,90 @@ async fn the_sidecar_binary_audits_every_decision_and_exits_cleanly_on_sigterm()
             break v["listen"].as_str().unwrap().to_owned();
         }
     };
+    (child, rx, lines, listen)
+}
+
+/// With `identity.serviceAccount`, audit lines name the verified ServiceAccount in the clear and
+/// the grant that applied; the token itself never appears.
+#[tokio::test]
+async fn audit_lines_name_a_verified_service_account_and_its_grant() {
+    use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+    let up = upstream(false, true).await;
+    let dir = temp_dir("binary-identity");
+    let policy = dir.join("policy.yaml");
+    std::fs::write(
+        &policy,
+        r#"{"version": "1", "identity": {"service_account": {"audiences": ["mcp-warden"]}},
+            "tools": {"notebook_read": {}},
+            "grants": [{"subjects": ["system:serviceaccount:ci:*"], "tools": {"write_file": {}}}]}"#,
+    )
+    .unwrap();
+    let mut jwks: Value =
+        serde_json::from_str(include_str!("fixtures/identity/rsa-test-jwks.json")).unwrap();
+    jwks["issuer"] = json!("https://kubernetes.default.svc.cluster.local");
+    let jwks_path = dir.join("jwks.json");
+    std::fs::write(&jwks_path, jwks.to_string()).unwrap();
+    let (mut child, rx, mut lines, listen) =
+        spawn_sidecar(&policy, &up.url(), &["--jwks", jwks_path.to_str().unwrap()]);
+
+    mcp_warden::identity::install_crypto();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let mut header = Header::new(Algorithm::RS256);
+    header.kid = Some("test-rsa".into());
+    let token = encode(
+        &header,
+        &json!({"iss": "https://kubernetes.default.svc.cluster.local", "aud": "mcp-warden",
+                "sub": "system:serviceaccount:ci:builder", "exp": now + 600}),
+        &EncodingKey::from_rsa_pem(include_bytes!("fixtures/identity/rsa-test-key.pem")).unwrap(),
+    )
+    .unwrap();
+    let auth = format!("Bearer {token}");
+    let url = format!("http://{listen}/mcp");
+    let r = post_json(
+        &url,
+        &[
+            ("authorization", &auth),
+            ("mcp-protocol-version", "2026-07-28"),
+            ("mcp-method", "tools/call"),
+            ("mcp-name", "write_file"),
+        ],
+        &call_v26(1, "write_file", json!({}), json!({})),
+    )
+    .await;
+    let answered = messages(&r)[0]["result"]["isError"].clone();
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    child.wait().unwrap();
+    lines.extend(rx.try_iter());
+    assert_eq!(
+        answered,
+        false,
+        "the grant allows write_file: {}",
+        String::from_utf8_lossy(&r.2)
+    );
+    let audit = lines
+        .iter()
+        .find(|l| l["target"] == "mcp_warden::audit")
+        .unwrap_or_else(|| panic!("{lines:#?}"));
+    assert_eq!(audit["identity"], "system:serviceaccount:ci:builder");
+    assert_eq!(audit["grant"], "grants[0]");
+    assert_eq!(audit["rule"], "grants[0].tools.write_file");
+    let all = lines.iter().map(Value::to_string).collect::<String>();
+    assert!(!all.contains(&token), "the token never appears in logs");
+}
+
+#[tokio::test]
+async fn the_sidecar_binary_audits_every_decision_and_exits_cleanly_on_sigterm() {
+    let up = upstream(false, true).await;
+    let dir = temp_dir("binary");
+    let policy = dir.join("policy.yaml");
+    std::fs::write(&policy, POLICY).unwrap();
+    let (mut child, rx, mut lines, listen) = spawn_sidecar(&policy, &up.url(), &[]);
     let url = format!("http://{listen}/mcp");
     let secret = "Bearer s3cret-token-value";
     let body = |id: u64, name: &str, args: Value| call_v26(id, name, args, json!({}));

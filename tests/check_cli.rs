@@ -27,7 +27,7 @@ fn examples_are_valid() {
     ]);
     assert_eq!(code, 0, "{out}");
     assert_eq!(out.matches(": ok: ").count(), 3, "{out}");
-    assert!(out.contains("mcp-python-interpreter.yaml (document 1): ok: policy: default deny, 9 tool rules, 3 counters"), "{out}");
+    assert!(out.contains("mcp-python-interpreter.yaml (document 1): ok: policy: default deny, 9 tool rules, 4 counters, 0 hidden patterns, 1 grant"), "{out}");
 }
 
 #[test]
@@ -129,6 +129,47 @@ fn explain_shows_the_decision_and_why() {
         out.contains("reason:   Timeouts above 120 s are not allowed"),
         "{out}"
     );
+}
+
+#[test]
+fn explain_with_an_identity_shows_the_grant_that_applied() {
+    let p = "examples/policies/mcp-python-interpreter.yaml";
+    let ci = "system:serviceaccount:ci:ci-agent";
+    let (code, out) = check(&[p, "--explain", "write_file", "--identity", ci]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains(&format!("caller:   {ci}, under grants[0]")),
+        "{out}"
+    );
+    assert!(
+        out.contains("rule:     grants[0].tools.write_file"),
+        "{out}"
+    );
+    assert!(out.contains("counts:   ci_write_file_rate (100 per hour, scope grant, declared at grants[0].tools.write_file.limits[0])"), "{out}");
+    let (_, out) = check(&[
+        p,
+        "--explain",
+        "write_file",
+        "--identity",
+        ci,
+        "--calls",
+        "101",
+    ]);
+    assert!(out.contains("100 of the first 100 allowed"), "{out}");
+    let (_, out) = check(&[
+        p,
+        "--explain",
+        "write_file",
+        "--identity",
+        "system:serviceaccount:agents:helper",
+    ]);
+    assert!(
+        out.contains("no grant names it: the base rules apply"),
+        "{out}"
+    );
+    assert!(out.contains("rule:     tools.write_file"), "{out}");
+    let (_, out) = check(&[p, "--explain", "write_file"]);
+    assert!(out.contains("caller:   anonymous (no --identity)"), "{out}");
 }
 
 #[test]

@@ -9,6 +9,8 @@ struct Expect {
     tool: String,
     args: Value,
     calls: u32,
+    /// `as IDENTITY`: the caller, whose grant applies (anonymous without it).
+    identity: Option<String>,
     outcome: Outcome,
     detail: Option<String>,
 }
@@ -18,6 +20,11 @@ fn parse_expect(line: &str) -> Expect {
         .rsplit_once(" -> ")
         .expect("`-> outcome` in an expect line");
     let (tool, mut rest) = left.split_once(' ').expect("tool and arguments");
+    let mut identity = None;
+    if let Some((r, id)) = rest.rsplit_once(" as ") {
+        identity = Some(id.trim().to_owned());
+        rest = r;
+    }
     let mut calls = 1;
     if let Some((json, n)) = rest.rsplit_once(" x") {
         if let Ok(n) = n.parse() {
@@ -39,6 +46,7 @@ fn parse_expect(line: &str) -> Expect {
         tool: tool.into(),
         args: serde_json::from_str(rest).expect("arguments JSON"),
         calls,
+        identity,
         outcome,
         detail,
     }
@@ -60,8 +68,8 @@ fn check_example(path: &Path) -> usize {
             let call = Call {
                 tool: &x.tool,
                 args: &x.args,
-                caller: "agent-1",
-                grant: None,
+                caller: x.identity.as_deref().unwrap_or("anonymous"),
+                grant: x.identity.as_deref().and_then(|id| policy.grant_for(id)),
                 session: None,
             };
             for i in 1..x.calls {

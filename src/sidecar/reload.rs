@@ -30,6 +30,8 @@ pub struct LoadedPolicy {
     pub allowed: std::sync::OnceLock<super::Allowed>,
     /// The keys tokens are verified with, when the policy verifies tokens.
     pub keys: Keys,
+    /// The key set file as it was read for this load: its hash, or the error reading it.
+    keys_seen: Option<Result<String, String>>,
 }
 
 /// The keys of a policy that verifies tokens.
@@ -161,6 +163,10 @@ pub fn load_policy(
     compile_bytes(path, &bytes, jwks.as_ref(), previous, opts)
 }
 
+fn seen_hash(read: &Result<Vec<u8>, String>) -> Result<String, String> {
+    read.as_ref().map(|b| sha256_hex(b)).map_err(Clone::clone)
+}
+
 fn read_key_set(path: &Path) -> Result<Vec<u8>, String> {
     std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
 }
@@ -188,6 +194,7 @@ fn compile_bytes(
         hash: sha256_hex(bytes),
         allowed: std::sync::OnceLock::new(),
         keys,
+        keys_seen: jwks.map(seen_hash),
     })
 }
 
@@ -273,7 +280,7 @@ pub async fn watch(state: Arc<State>, mut stop: watch::Receiver<bool>) {
         last_seen = Some(seen.clone());
         let current = state.policy.load_full();
         let unchanged = current.as_ref().is_some_and(|c| {
-            seen.policy.as_ref().is_ok_and(|h| *h == c.hash) && keys_match(&c.keys, &seen.jwks)
+            seen.policy.as_ref().is_ok_and(|h| *h == c.hash) && c.keys_seen == seen.jwks
         });
         if first && unchanged {
             continue;
@@ -305,13 +312,4 @@ pub async fn watch(state: Arc<State>, mut stop: watch::Receiver<bool>) {
 struct Seen {
     policy: Result<String, String>,
     jwks: Option<Result<String, String>>,
-}
-
-/// Whether the keys in force came from the key set file as it is now.
-fn keys_match(keys: &Keys, jwks: &Option<Result<String, String>>) -> bool {
-    match (keys, jwks) {
-        (Keys::Ready(ring), Some(Ok(h))) => ring.hash == *h,
-        (Keys::NotNeeded, _) => true,
-        _ => false,
-    }
 }
