@@ -49,7 +49,8 @@ async fn upstream() -> SocketAddr {
     addr
 }
 
-fn policy_file(dir: &std::path::Path) -> std::path::PathBuf {
+/// The bench policy; with `identity`, callers are ServiceAccounts whose tokens are verified.
+fn policy_file(dir: &std::path::Path, identity: bool) -> std::path::PathBuf {
     let mut tools = Map::new();
     for i in 0..100 {
         let name = format!("tool_{i:03}");
@@ -62,14 +63,51 @@ fn policy_file(dir: &std::path::Path) -> std::path::PathBuf {
             ]
         }));
     }
-    let path = dir.join("bench-policy.json");
-    std::fs::write(
-        &path,
-        json!({"version": "1", "name": "bench/policy", "default": "deny", "tools": tools})
-            .to_string(),
-    )
-    .unwrap();
+    let mut doc =
+        json!({"version": "1", "name": "bench/policy", "default": "deny", "tools": tools});
+    let mut path = dir.join("bench-policy.json");
+    if identity {
+        doc["identity"] =
+            json!({"service_account": {"audiences": ["mcp-warden"]}, "required": true});
+        path = dir.join("bench-policy-identity.json");
+    }
+    std::fs::write(&path, doc.to_string()).unwrap();
     path
+}
+
+const ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
+
+/// The fixture key set (with its issuer) written to `dir`, and RS256 tokens for 8 agents.
+fn identities(dir: &std::path::Path) -> (std::path::PathBuf, Vec<String>) {
+    let mut jwks: serde_json::Value = serde_json::from_str(include_str!(
+        "../tests/fixtures/identity/rsa-test-jwks.json"
+    ))
+    .unwrap();
+    jwks["issuer"] = json!(ISSUER);
+    let path = dir.join("jwks.json");
+    std::fs::write(&path, jwks.to_string()).unwrap();
+    mcp_warden::identity::install_crypto();
+    let key = jsonwebtoken::EncodingKey::from_rsa_pem(include_bytes!(
+        "../tests/fixtures/identity/rsa-test-key.pem"
+    ))
+    .unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+    header.kid = Some("test-rsa".into());
+    let tokens = (0..8)
+        .map(|i| {
+            let claims = json!({"iss": ISSUER, "aud": ["mcp-warden"], "exp": now + 3600,
+                                "sub": format!("system:serviceaccount:agents:agent-{i}")});
+            format!(
+                "Bearer {}",
+                jsonwebtoken::encode(&header, &claims, &key).unwrap()
+            )
+        })
+        .collect();
+    (path, tokens)
 }
 
 fn free_port() -> u16 {
@@ -98,7 +136,7 @@ impl Sidecar {
         Sidecar { child, addr }
     }
 
-    fn start(upstream: SocketAddr, policy: &std::path::Path) -> Sidecar {
+    fn start(upstream: SocketAddr, policy: &std::path::Path, extra: &[&str]) -> Sidecar {
         let (port, admin) = (free_port(), free_port());
         let mut child = Command::new(env!("CARGO_BIN_EXE_mcp-warden"))
             .args([
@@ -114,6 +152,7 @@ impl Sidecar {
                 "--admin-listen",
                 &format!("127.0.0.1:{admin}"),
             ])
+            .args(extra)
             // Extra sidecar flags, e.g. MCP_WARDEN_BENCH_ARGS="--worker-threads 2".
             .args(
                 std::env::var("MCP_WARDEN_BENCH_ARGS")
@@ -208,13 +247,20 @@ fn clock_ticks() -> u64 {
         .unwrap_or(100)
 }
 
-/// One load phase: `conns` clients, each on its own keep-alive connection, for `secs`.
-/// Returns per-request latencies (ns) and the request count.
+/// One load phase: `conns` clients, each on its own keep-alive connection, for `secs`, with
+/// opaque bearer tokens (8 callers).
 async fn load(target: SocketAddr, conns: usize, secs: f64) -> Vec<u64> {
+    let opaque: Vec<String> = (0..8).map(|i| format!("Bearer agent-{i}")).collect();
+    load_as(target, conns, secs, &opaque).await
+}
+
+/// Like [`load`], client `c` sending `auth[c % auth.len()]`. Returns per-request latencies (ns).
+async fn load_as(target: SocketAddr, conns: usize, secs: f64, auth: &[String]) -> Vec<u64> {
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
     for c in 0..conns {
         let stop = stop.clone();
+        let auth = auth[c % auth.len()].clone();
         tasks.push(tokio::spawn(async move {
             let stream = tokio::net::TcpStream::connect(target).await.unwrap();
             stream.set_nodelay(true).unwrap();
@@ -234,7 +280,7 @@ async fn load(target: SocketAddr, conns: usize, secs: f64) -> Vec<u64> {
                     .header("content-type", "application/json")
                     .header("accept", "application/json, text/event-stream")
                     .header("mcp-protocol-version", "2025-06-18")
-                    .header("authorization", format!("Bearer agent-{}", c % 8))
+                    .header("authorization", &auth)
                     .body(Full::new(body.clone()))
                     .unwrap();
                 let t = Instant::now();
@@ -329,7 +375,7 @@ fn main() {
         let dir = std::env::temp_dir().join(format!("mcp-warden-bench-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let up = upstream().await;
-        let sc = Sidecar::start(up, &policy_file(&dir));
+        let sc = Sidecar::start(up, &policy_file(&dir, false), &[]);
         // Sanity: the call is allowed through the sidecar (a denial would be a much cheaper path).
         let warm = load(sc.addr, 1, 0.2).await;
         assert!(!warm.is_empty());
@@ -398,6 +444,34 @@ fn main() {
         all_ok &= row("peak RSS under load", format!("{peak:.1} MiB"), "<= 20 MiB", Some(peak <= 20.0));
         let idle = idle_rss as f64 / 1024.0;
         all_ok &= row("idle RSS (policy loaded, after warm-up)", format!("{idle:.1} MiB"), "<= 8 MiB", Some(idle <= 8.0));
+        // identity.serviceAccount on: the same load as 8 ServiceAccounts with RS256 tokens, against
+        // the same sidecar without identity, interleaved.
+        let (jwks, tokens) = identities(&dir);
+        let ids = Sidecar::start(
+            up,
+            &policy_file(&dir, true),
+            &["--jwks", jwks.to_str().unwrap()],
+        );
+        assert!(!load_as(ids.addr, 1, 0.2, &tokens).await.is_empty());
+        let (mut n_plain, mut n_ids) = (0usize, 0usize);
+        let (mut cpu_plain, mut cpu_ids) = (Duration::ZERO, Duration::ZERO);
+        for _ in 0..rounds {
+            let before = sc.cpu();
+            n_plain += load(sc.addr, 16, secs).await.len();
+            cpu_plain += sc.cpu() - before;
+            let before = ids.cpu();
+            n_ids += load_as(ids.addr, 16, secs, &tokens).await.len();
+            cpu_ids += ids.cpu() - before;
+        }
+        let plain = cpu_plain.as_secs_f64() * 1e6 / n_plain as f64;
+        let verified = cpu_ids.as_secs_f64() * 1e6 / n_ids as f64;
+        all_ok &= row(
+            &format!("c=16 CPU/request with identity.serviceAccount ({plain:.1} -> {verified:.1} µs)"),
+            format!("{:.2}x", verified / plain),
+            "<= 1.10x",
+            Some(verified / plain <= 1.10),
+        );
+        drop(ids);
         // Reference: the same measurement for a bare forwarder, to show what the hop itself costs.
         drop(sc);
         let bare = Sidecar::start_bare(up);
