@@ -229,6 +229,8 @@ struct Env {
     role_name: String,
     dir: std::path::PathBuf,
     kubeconfig: std::path::PathBuf,
+    /// A CA bundle the controller trusts besides the system's (`SSL_CERT_FILE`).
+    extra_roots: Option<std::path::PathBuf>,
 }
 
 async fn install_crd(client: &kube::Client) {
@@ -275,6 +277,7 @@ impl Env {
             role_name: format!("mcp-warden-{id}"),
             dir: std::env::temp_dir().join(format!("mcp-warden-cluster-{id}")),
             kubeconfig: Default::default(),
+            extra_roots: None,
             client,
         };
         install_crd(&env.client).await;
@@ -398,9 +401,12 @@ impl Env {
             "text",
         ];
         args.extend_from_slice(extra);
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_mcp-warden"));
+        if let Some(roots) = &self.extra_roots {
+            cmd.env("SSL_CERT_FILE", roots);
+        }
         let child = Controller(
-            Command::new(env!("CARGO_BIN_EXE_mcp-warden"))
-                .args(&args)
+            cmd.args(&args)
                 .env("KUBECONFIG", &self.kubeconfig)
                 .stdout(Stdio::null())
                 .stderr(log)
@@ -1245,5 +1251,145 @@ async fn service_account_identities_are_verified_with_the_clusters_keys() {
         "{body}"
     );
     assert_eq!(up.requests(), before, "nothing was forwarded");
+    env.cleanup().await;
+}
+
+/// An OIDC issuer's key set endpoint over HTTPS (a certificate from a CA of its own): its URL,
+/// the CA's PEM, and the body it serves, which the test may change.
+async fn jwks_endpoint(body: String) -> (String, String, std::sync::Arc<std::sync::Mutex<String>>) {
+    use mcp_warden::serve::{accept_loop, full, tls as stls, Limits};
+    use mcp_warden::webhook::tls::{certified_key, issue, new_ca, TLS_CERT, TLS_KEY};
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let (ca, ca_key) = new_ca(now, Duration::from_secs(3600)).unwrap();
+    let (cert, key) = issue(
+        &ca,
+        &ca_key,
+        &["127.0.0.1".into()],
+        now,
+        Duration::from_secs(3600),
+    )
+    .unwrap();
+    let slot = std::sync::Arc::new(stls::CertSlot::default());
+    slot.set(
+        certified_key(&[(TLS_CERT.to_string(), cert), (TLS_KEY.to_string(), key)].into()).unwrap(),
+    );
+    let acceptor = tokio_rustls::TlsAcceptor::from(stls::config(slot));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let served = std::sync::Arc::new(std::sync::Mutex::new(body));
+    let s = served.clone();
+    let (_stop_tx, stop) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        let _keep = _stop_tx;
+        accept_loop(
+            listener,
+            stop,
+            std::sync::Arc::new(hyper_util::server::graceful::GracefulShutdown::new()),
+            Limits {
+                header_timeout: Duration::from_secs(10),
+                max_connections: 16,
+            },
+            Some(acceptor),
+            move |_req| {
+                let body = s.lock().unwrap().clone();
+                async move {
+                    let mut r = http::Response::new(full(bytes::Bytes::from(body)));
+                    r.headers_mut()
+                        .insert("content-type", "application/json".parse().unwrap());
+                    r
+                }
+            },
+        )
+        .await;
+    });
+    (format!("https://127.0.0.1:{port}/jwks"), ca, served)
+}
+
+/// `identity.jwt`: the controller fetches an external issuer's key set from `jwksFrom` over
+/// HTTPS, renders it with the policy's issuer, and renders the issuer's next keys after a
+/// rotation, within the refresh interval.
+#[tokio::test]
+async fn an_external_issuers_keys_are_fetched_and_follow_a_rotation() {
+    let Some((client, _serial)) = cluster_alone().await else {
+        return;
+    };
+    let first = include_str!("fixtures/identity/rsa-test-jwks.json").to_string();
+    let (url, ca, served) = jwks_endpoint(first.clone()).await;
+    let mut env = Env::new(client.clone(), "jwt").await;
+    let roots = env.dir.join("roots.pem");
+    std::fs::write(&roots, &ca).unwrap();
+    env.extra_roots = Some(roots);
+    let on = env.on.clone();
+    let (_controller, _admin) = env.controller(&["--jwks-refresh-seconds", "2"]).await;
+    let policies: Api<McpPolicy> = Api::namespaced(client.clone(), &on);
+    let p: McpPolicy = serde_json::from_value(
+        PolicyBuilder::new(&on, "external")
+            .spec(
+                json!({"identity": {"jwt": {"issuer": "https://id.example.com",
+                          "audiences": ["mcp"], "jwksFrom": url}, "required": true},
+                         "tools": {"notebook_read": {}}}),
+            )
+            .manifest(),
+    )
+    .unwrap();
+    policies.create(&PostParams::default(), &p).await.unwrap();
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &on);
+    let keys_of = |cms: Api<ConfigMap>| async move {
+        let cm = cms.get_opt("external-mcp-warden").await.ok()??;
+        serde_json::from_str::<Value>(cm.data?.get("jwks.json")?).ok()
+    };
+    let rendered = wait_for("the issuer's keys in the ConfigMap", 30, || {
+        let cms = cms.clone();
+        async move { keys_of(cms).await }
+    })
+    .await;
+    let want: Value = serde_json::from_str(&first).unwrap();
+    assert_eq!(rendered["issuer"], "https://id.example.com");
+    assert_eq!(rendered["keys"], want["keys"]);
+
+    // The issuer rotates to a new key: it reaches the ConfigMap without any change to the policy.
+    let kp = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let raw = kp.public_key_raw();
+    use base64::Engine as _;
+    let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+    let rotated = json!({"keys": [{"kty": "EC", "crv": "P-256", "kid": "rotated", "alg": "ES256",
+        "use": "sig", "x": b64(&raw[1..33]), "y": b64(&raw[33..65])}]});
+    *served.lock().unwrap() = rotated.to_string();
+    wait_for("the rotated key in the ConfigMap", 60, || {
+        let cms = cms.clone();
+        async move {
+            keys_of(cms)
+                .await
+                .filter(|k| k["keys"][0]["kid"] == "rotated")
+        }
+    })
+    .await;
+
+    // The issuer breaks: the rotated keys stay and the policy says why.
+    *served.lock().unwrap() = "<html>maintenance</html>".into();
+    let status = wait_for("KeysUnavailable=True", 90, || {
+        let policies = policies.clone();
+        async move {
+            let s = policies.get("external").await.ok()?.status?;
+            s.conditions
+                .iter()
+                .any(|c| c.type_ == "KeysUnavailable" && c.status == "True")
+                .then_some(s)
+        }
+    })
+    .await;
+    let c = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "KeysUnavailable")
+        .unwrap();
+    assert!(c.message.contains("keep the keys"), "{}", c.message);
+    assert_eq!(
+        keys_of(cms.clone()).await.unwrap()["keys"][0]["kid"],
+        "rotated"
+    );
     env.cleanup().await;
 }
