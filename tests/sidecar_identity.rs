@@ -8,9 +8,6 @@ use base64::Engine as _;
 use common::*;
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use rmcp::model::CallToolRequestParams;
-use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
-use rmcp::transport::StreamableHttpClientTransport;
-use rmcp::ServiceExt;
 use serde_json::{json, Value};
 use std::time::Duration;
 
@@ -272,14 +269,6 @@ fn call(name: &'static str) -> CallToolRequestParams {
     p
 }
 
-async fn client(url: &str, token: &str) -> rmcp::service::RunningService<rmcp::RoleClient, ()> {
-    let cfg =
-        StreamableHttpClientTransportConfig::with_uri(url.to_owned()).auth_header(token.to_owned());
-    ().serve(StreamableHttpClientTransport::from_config(cfg))
-        .await
-        .expect("client connects through the sidecar")
-}
-
 async fn names(c: &rmcp::service::RunningService<rmcp::RoleClient, ()>) -> Vec<String> {
     let mut n: Vec<String> = c
         .list_all_tools()
@@ -295,8 +284,8 @@ async fn names(c: &rmcp::service::RunningService<rmcp::RoleClient, ()>) -> Vec<S
 #[tokio::test]
 async fn grants_apply_per_service_account_through_an_sdk_client() {
     let (_up, sc) = start(true, &key_set_with_issuer(JWKS)).await;
-    let ci = client(&sc.url(), &token(CI, json!({}))).await;
-    let other = client(&sc.url(), &token(OTHER, json!({}))).await;
+    let ci = rmcp_client(&sc.url(), &token(CI, json!({}))).await;
+    let other = rmcp_client(&sc.url(), &token(OTHER, json!({}))).await;
 
     // Listing follows the caller's grant: only CI may clear sessions.
     assert_eq!(

@@ -5,18 +5,7 @@ mod common;
 
 use common::*;
 use rmcp::model::CallToolRequestParams;
-use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
-use rmcp::transport::StreamableHttpClientTransport;
-use rmcp::ServiceExt;
 use serde_json::{json, Value};
-
-async fn client(url: &str, token: &str) -> rmcp::service::RunningService<rmcp::RoleClient, ()> {
-    let cfg =
-        StreamableHttpClientTransportConfig::with_uri(url.to_owned()).auth_header(token.to_owned());
-    ().serve(StreamableHttpClientTransport::from_config(cfg))
-        .await
-        .expect("client connects through the sidecar")
-}
 
 fn call(name: &'static str, args: Value) -> CallToolRequestParams {
     let mut p = CallToolRequestParams::new(name);
@@ -35,7 +24,7 @@ fn text_of(r: &rmcp::model::CallToolResult) -> String {
 async fn rules_act(stateful: bool, json_replies: bool) {
     let up = upstream(stateful, json_replies).await;
     let sc = sidecar(&up, POLICY).await;
-    let c = client(&sc.url(), "token-a").await;
+    let c = rmcp_client(&sc.url(), "token-a").await;
 
     // tools/list: hidden, always-denied and unnamed tools are gone, pagination is kept.
     let tools: Vec<String> = c
@@ -145,7 +134,7 @@ async fn rules_act(stateful: bool, json_replies: bool) {
             .unwrap()
             >= 60
     );
-    let other = client(&sc.url(), "token-b").await;
+    let other = rmcp_client(&sc.url(), "token-b").await;
     let r = other
         .call_tool(call("run_cell", json!({"code": 0})))
         .await

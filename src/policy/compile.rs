@@ -278,24 +278,33 @@ impl Compiler {
     }
 
     fn subjects(&mut self, o: &Obj) -> Vec<Glob> {
-        let Some((v, p)) = o.require(F_SUBJECTS, &mut self.errs) else {
+        self.names(o, F_SUBJECTS, bounds::SUBJECTS, "subject")
+            .iter()
+            .map(|s| Glob::new(s))
+            .collect()
+    }
+
+    /// A required, non-empty list of bounded names without control characters (subjects,
+    /// audiences); `what` names one in the errors.
+    fn names(&mut self, o: &Obj, field: Field, max: usize, what: &str) -> Vec<String> {
+        let Some((v, p)) = o.require(field, &mut self.errs) else {
             return Vec::new();
         };
-        let Some(items) = list(v, &p, bounds::SUBJECTS, &mut self.errs) else {
+        let Some(items) = list(v, &p, max, &mut self.errs) else {
             return Vec::new();
         };
         if items.is_empty() {
-            self.errs.push(&p, "a grant names at least one subject");
+            self.errs.push(&p, format!("name at least one {what}"));
         }
         let mut out = Vec::new();
         for (i, item) in items.iter().enumerate() {
             let ip = p.index(i);
             match bounded_string(item, &ip, bounds::SUBJECT, &mut self.errs) {
-                Some("") => self.errs.push(&ip, "a subject cannot be empty"),
+                Some("") => self.errs.push(&ip, format!("a {what} cannot be empty")),
                 Some(s) if s.chars().any(char::is_control) => self
                     .errs
-                    .push(&ip, "a subject cannot hold control characters"),
-                Some(s) => out.push(Glob::new(s)),
+                    .push(&ip, format!("a {what} cannot hold control characters")),
+                Some(s) => out.push(s.to_owned()),
                 None => {}
             }
         }
@@ -406,25 +415,7 @@ impl Compiler {
     }
 
     fn audiences(&mut self, o: &Obj) -> Vec<String> {
-        let Some((v, p)) = o.require(F_AUDIENCES, &mut self.errs) else {
-            return Vec::new();
-        };
-        let Some(items) = list(v, &p, bounds::AUDIENCES, &mut self.errs) else {
-            return Vec::new();
-        };
-        if items.is_empty() {
-            self.errs.push(&p, "name at least one audience");
-        }
-        let mut out = Vec::new();
-        for (i, item) in items.iter().enumerate() {
-            let ip = p.index(i);
-            match bounded_string(item, &ip, bounds::SUBJECT, &mut self.errs) {
-                Some("") => self.errs.push(&ip, "an audience cannot be empty"),
-                Some(s) => out.push(s.to_owned()),
-                None => {}
-            }
-        }
-        out
+        self.names(o, F_AUDIENCES, bounds::AUDIENCES, "audience")
     }
 
     /// A required `https://` URL field (an issuer, a key set's address).

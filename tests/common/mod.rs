@@ -495,3 +495,18 @@ pub fn sse_answer(data: &str) -> Canned {
         chunks: vec![Bytes::from(format!("event: message\ndata: {data}\n\n"))],
     }
 }
+
+/// An rmcp (official Rust SDK) client through `url`, sending `token` as its bearer token.
+pub async fn rmcp_client(
+    url: &str,
+    token: &str,
+) -> rmcp::service::RunningService<rmcp::RoleClient, ()> {
+    use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
+    use rmcp::transport::StreamableHttpClientTransport;
+    use rmcp::ServiceExt;
+    let cfg =
+        StreamableHttpClientTransportConfig::with_uri(url.to_owned()).auth_header(token.to_owned());
+    ().serve(StreamableHttpClientTransport::from_config(cfg))
+        .await
+        .expect("client connects through the sidecar")
+}
