@@ -79,14 +79,17 @@ pub(super) fn identify(
             // anonymous by sending a bad one.
             let ring = match &policy.keys {
                 Keys::Ready(ring) => ring,
-                Keys::Unavailable(why) => {
+                other => {
                     st.metrics
                         .unauthenticated
                         .with_label_values(&[&policy.label, "no_keys"])
                         .inc();
+                    let why = match other {
+                        Keys::Unavailable(why) => why.as_str(),
+                        _ => "none were loaded",
+                    };
                     return Err(no_keys(why));
                 }
-                Keys::NotNeeded => unreachable!("a policy that verifies tokens loads keys"),
             };
             let KeyRing {
                 verifier, cache, ..
