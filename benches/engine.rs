@@ -90,6 +90,7 @@ fn main() {
             caller: &grants[i % 64],
             grant: None,
             session: None,
+            approved: false,
         });
     }
     for (i, n) in gnames.iter().enumerate() {
@@ -99,6 +100,7 @@ fn main() {
             caller: &grants[i % 64],
             grant: None,
             session: None,
+            approved: false,
         });
     }
     let denied: Vec<Call> = names
@@ -109,6 +111,7 @@ fn main() {
             caller: &grants[0],
             grant: None,
             session: None,
+            approved: false,
         })
         .collect();
     let unknown = [Call {
@@ -117,6 +120,7 @@ fn main() {
         caller: &grants[0],
         grant: None,
         session: None,
+        approved: false,
     }];
 
     // Sanity: the mix decides as intended, so the timings are of the real paths.
@@ -187,6 +191,7 @@ fn main() {
                             caller: &grants[i as usize % grants.len()],
                             grant: None,
                             session: None,
+                            approved: false,
                         };
                         black_box(counters.decide(&call, i));
                     }

@@ -142,6 +142,7 @@ pub fn explain_call(policy: &Policy, x: &Explain, out: &mut String) {
         caller: x.identity.as_deref().unwrap_or("anonymous"),
         grant,
         session: x.session.as_deref(),
+        approved: false,
     };
     let calls = x.calls.max(1);
     let mut allowed = 0u32;

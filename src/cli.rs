@@ -113,6 +113,10 @@ pub struct SidecarArgs {
     /// a ServiceAccount token's issuer). Reloaded when it changes.
     #[arg(long, env = "MCP_WARDEN_JWKS", value_name = "FILE")]
     pub jwks: Option<PathBuf>,
+    /// Granted approvals for tools that need one (`{"approvals": [{"id", "uses", "expires_at"}]}`;
+    /// in a cluster the controller renders it). Reloaded when it changes.
+    #[arg(long, env = "MCP_WARDEN_APPROVALS", value_name = "FILE")]
+    pub approvals: Option<PathBuf>,
     /// The MCP server, e.g. http://127.0.0.1:8888/mcp; its path is the gated MCP path.
     #[arg(long, env = "MCP_WARDEN_UPSTREAM", value_name = "URL")]
     pub upstream: http::Uri,
@@ -197,6 +201,7 @@ impl SidecarArgs {
         };
         let mut c = crate::sidecar::Config::new(self.upstream.clone(), self.policy.clone());
         c.jwks_path = self.jwks.clone();
+        c.approvals_path = self.approvals.clone();
         c.listen = self.listen;
         c.admin_listen = self.admin_listen;
         c.passthrough_paths = self.passthrough_paths.clone();

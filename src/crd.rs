@@ -285,10 +285,18 @@ pub struct AllTools {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = kube::core::cel::Rule::new("!has(self.reason) || (has(self.action) && self.action == 'deny')").message("reason is only used with action: deny").field_path(".reason"))]
+#[x_kube(validation = kube::core::cel::Rule::new("!has(self.approval) || !has(self.action) || self.action != 'deny'").message("a denied tool cannot also require approval").field_path(".approval"))]
 pub struct ToolRule {
-    /// `allow` (default) or `deny`: deny whatever the arguments, with `reason`.
+    /// `allow` (default); `deny`: deny whatever the arguments, with `reason`;
+    /// `require_approval`: the short form of `approval: {}` (one use within an hour).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub action: Option<DefaultAction>,
+    pub action: Option<ToolAction>,
+    /// The call runs only with a person's approval of exactly it: this tool, these arguments
+    /// (compared canonically), this caller. Checked after `require` and `denyIf`, before the
+    /// limits. Without one the agent is told the request is recorded and to repeat the identical
+    /// call once it is approved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<ApprovalSpec>,
     /// The text the agent sees when `action: deny` refuses a call.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = bounds::REASON))]
@@ -307,6 +315,28 @@ pub struct ToolRule {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = bounds::DENY_IF))]
     pub deny_if: Option<Vec<DenyIf>>,
+}
+
+/// What a tool rule does before its checks.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ToolAction {
+    Allow,
+    Deny,
+    RequireApproval,
+}
+
+/// How long, and for how many calls, an approval holds.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+pub struct ApprovalSpec {
+    /// How long an approval holds once given (default `1h`): `90s`, `15m`, `2h`, `1d`, …
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 12), pattern(WINDOW_PATTERN))]
+    pub ttl: Option<String>,
+    /// Calls one approval allows (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub uses: Option<u32>,
 }
 
 /// A rate limit.

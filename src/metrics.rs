@@ -20,6 +20,8 @@ pub const SIDECAR_METRICS: &[&str] = &[
     "mcp_warden_counter_overflow_total",
     "mcp_warden_grant_decisions_total",
     "mcp_warden_unauthenticated_total",
+    "mcp_warden_approvals_total",
+    "mcp_warden_approvals_pending",
 ];
 
 /// The sidecar's metrics.
@@ -37,6 +39,8 @@ pub struct SidecarMetrics {
     pub counter_overflow: IntCounterVec,
     pub grant_decisions: IntCounterVec,
     pub unauthenticated: IntCounterVec,
+    pub approvals: IntCounterVec,
+    pub approvals_pending: IntGaugeVec,
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -141,6 +145,16 @@ impl SidecarMetrics {
                 "unauthenticated_total",
                 "Requests refused with 401 because the caller's identity could not be verified, by reason",
                 &["policy", "reason"],
+            ),
+            approvals: counter(
+                "approvals_total",
+                "Calls of tools that need approval, by result (requested, used)",
+                &["policy", "tool", "result"],
+            ),
+            approvals_pending: gauge(
+                "approvals_pending",
+                "Requests waiting for a person's approval",
+                &["policy"],
             ),
             registry: b.registry.clone(),
         }
@@ -259,6 +273,10 @@ mod tests {
             .with_label_values(&["p", "grants[0]", "allow"])
             .inc();
         m.unauthenticated.with_label_values(&["p", "expired"]).inc();
+        m.approvals
+            .with_label_values(&["p", "t", "requested"])
+            .inc();
+        m.approvals_pending.with_label_values(&["p"]).set(1);
         let text = String::from_utf8(m.render()).unwrap();
         for name in SIDECAR_METRICS {
             assert!(text.contains(&format!("# TYPE {name} ")), "{name} missing");

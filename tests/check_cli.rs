@@ -42,7 +42,7 @@ fn a_broken_policy_reports_every_error_with_file_document_and_path() {
         "tools.write_file.limits[0].max: max must be a whole number from 1",
         "tools.run_cell.require[0].value: invalid regex: unclosed group",
         "tools.run_python.limits[0]: counter \"cells\" is declared at tools.run_cell.limits[0] with window minute, scope pod, max 5; here with window hour",
-        "tools.read_file.alow: unknown field (expected one of: action, reason, limits, require, deny_if)",
+        "tools.read_file.alow: unknown field (expected one of: action, reason, limits, require, deny_if, approval)",
     ];
     for e in expected {
         assert!(

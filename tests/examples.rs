@@ -71,6 +71,7 @@ fn check_example(path: &Path) -> usize {
                 caller: x.identity.as_deref().unwrap_or("anonymous"),
                 grant: x.identity.as_deref().and_then(|id| policy.grant_for(id)),
                 session: None,
+                approved: false,
             };
             for i in 1..x.calls {
                 let d = engine.decide(&call, u64::from(i));

@@ -79,7 +79,10 @@ const EXAMPLES: &[(&str, &str)] = &[
     ("spec.allTools.limits[].max", "`600`"),
     ("spec.allTools.limits[].scope", "`pod`"),
     ("spec.tools", "`{run_cell: {}, delete_*: {action: deny}}`"),
-    ("spec.tools.<tool>.action", "`deny`"),
+    ("spec.tools.<tool>.action", "`deny`, `require_approval`"),
+    ("spec.tools.<tool>.approval", "`{ttl: 1h, uses: 1}`"),
+    ("spec.tools.<tool>.approval.ttl", "`1h`"),
+    ("spec.tools.<tool>.approval.uses", "`1`"),
     ("spec.tools.<tool>.reason", "`Deleting cells is disabled`"),
     (
         "spec.tools.<tool>.limits",

@@ -157,6 +157,10 @@ fn cel_rules_refuse_what_crosses_fields_with_the_field_named() {
             "tool names are 1 to 128 characters with no spaces",
         ),
         (
+            json!({"a": {"action": "deny", "approval": {"uses": 2}}}),
+            "a denied tool cannot also require approval",
+        ),
+        (
             json!({"x".repeat(129): {}}),
             "tool names are 1 to 128 characters with no spaces",
         ),

@@ -44,6 +44,8 @@ pub struct Call<'a> {
     pub grant: Option<usize>,
     /// `Mcp-Session-Id`, when the transport has one.
     pub session: Option<&'a str>,
+    /// Whether a live approval of exactly this call is held for it (the caller reserved one use).
+    pub approved: bool,
 }
 
 /// The kind of a decision.
@@ -52,6 +54,8 @@ pub enum Outcome {
     Allow,
     Deny,
     RateLimited,
+    /// The rule needs a person's approval of this exact call, and none is held.
+    ApprovalRequired,
 }
 
 impl Outcome {
@@ -61,6 +65,7 @@ impl Outcome {
             Outcome::Allow => "allow",
             Outcome::Deny => "deny",
             Outcome::RateLimited => "rate_limited",
+            Outcome::ApprovalRequired => "approval_required",
         }
     }
 }
@@ -162,7 +167,21 @@ impl Engine {
                     format!("Tool {:?} is not allowed by this policy", call.tool).into(),
                 )),
                 None => None,
-                Some(r) => self.check_rule(r, call.args),
+                Some(r) => self.check_rule(r, call.args).or_else(|| {
+                    (r.approval.is_some() && !call.approved).then(|| {
+                        (
+                            Outcome::ApprovalRequired,
+                            r.path.as_str(),
+                            format!(
+                                "Tool {:?} needs a person's approval of this exact call (these \
+                                 arguments, this caller). The request is recorded; once it is \
+                                 approved, make the identical call again.",
+                                call.tool
+                            )
+                            .into(),
+                        )
+                    })
+                }),
             }
         };
         if let Some((outcome, rule, reason)) = denied {

@@ -19,6 +19,7 @@ fn call<'a>(tool: &'a str, args: &'a Value) -> Call<'a> {
         caller: "g1",
         grant: None,
         session: None,
+        approved: false,
     }
 }
 
@@ -428,6 +429,7 @@ fn scopes_pick_their_keys() {
                 caller: grant,
                 grant: None,
                 session,
+                approved: false,
             },
             0,
         )
@@ -481,6 +483,7 @@ fn a_million_identities_keep_memory_flat_and_escape_no_limit() {
                 caller: &id,
                 grant: None,
                 session: None,
+                approved: false,
             },
             u64::from(i),
         );
@@ -503,6 +506,7 @@ fn a_million_identities_keep_memory_flat_and_escape_no_limit() {
             caller: "id-0",
             grant: None,
             session: None,
+            approved: false,
         },
         2 * SEC,
     );
@@ -517,6 +521,7 @@ fn a_million_identities_keep_memory_flat_and_escape_no_limit() {
             caller: "fresh",
             grant: None,
             session: None,
+            approved: false,
         },
         later,
     );
@@ -541,6 +546,7 @@ fn leaving_the_overflow_does_not_reset_a_callers_count() {
                 caller: grant,
                 grant: None,
                 session: None,
+                approved: false,
             },
             t,
         )
@@ -610,6 +616,7 @@ fn a_grant_s_limits_count_per_caller_and_others_keep_the_base_limits() {
                 caller,
                 grant: p.grant_for(caller),
                 session: None,
+                approved: false,
             },
             now,
         );
@@ -627,4 +634,44 @@ fn a_grant_s_limits_count_per_caller_and_others_keep_the_base_limits() {
     assert_eq!(call("someone", 6).0, Outcome::Allow);
     assert_eq!(call("someone", 7).0, Outcome::RateLimited);
     assert_eq!(call("someone-else", 8).0, Outcome::Allow);
+}
+
+#[test]
+fn a_call_needing_approval_runs_only_when_approved_and_after_every_other_check() {
+    let e = engine(json!({"tools": {"clear": {
+        "action": "require_approval",
+        "deny_if": [{"conditions": [{"path": "args.all", "op": "eq", "value": true}], "on_deny": "never all"}],
+        "limits": [{"counter": "c", "window": "minute", "max": 1}]}}}));
+    let decide = |args: Value, approved: bool, now| {
+        let d = e.decide(
+            &Call {
+                approved,
+                ..call("clear", &args)
+            },
+            now,
+        );
+        (d.outcome, d.rule.to_owned())
+    };
+    let (o, rule) = decide(json!({}), false, 0);
+    assert_eq!(
+        (o, rule.as_str()),
+        (Outcome::ApprovalRequired, "tools.clear")
+    );
+    assert_eq!(Outcome::ApprovalRequired.as_str(), "approval_required");
+    assert_eq!(
+        decide(json!({"all": true}), true, 0).0,
+        Outcome::Deny,
+        "an approval does not lift a deny_if"
+    );
+    assert_eq!(
+        decide(json!({}), false, 0).0,
+        Outcome::ApprovalRequired,
+        "no counter taken"
+    );
+    assert_eq!(decide(json!({}), true, 0).0, Outcome::Allow);
+    assert_eq!(
+        decide(json!({}), true, 1).0,
+        Outcome::RateLimited,
+        "limits still apply to approved calls"
+    );
 }

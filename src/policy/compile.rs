@@ -8,8 +8,8 @@ use super::reader::{
 };
 use super::window::Window;
 use super::{
-    bounds, normalize, source, spec, Condition, Counter, DefaultDecision, DenyAs, DenyIf, Flavor,
-    Grant, Identity, IdentitySettings, LimitRef, Policy, Requirement, Rule, RuleSet, Scope,
+    bounds, normalize, source, spec, Approval, Condition, Counter, DefaultDecision, DenyAs, DenyIf,
+    Flavor, Grant, Identity, IdentitySettings, LimitRef, Policy, Requirement, Rule, RuleSet, Scope,
 };
 use serde_json::Value;
 use std::num::NonZeroU32;
@@ -31,6 +31,9 @@ const F_ISSUER: Field = Field::new(&["issuer"]);
 const F_JWKS_FROM: Field = Field::new(&["jwks_from", "jwksFrom"]);
 const F_GRANTS: Field = Field::new(&["grants"]);
 const F_SUBJECTS: Field = Field::new(&["subjects"]);
+const F_APPROVAL: Field = Field::new(&["approval"]);
+const F_TTL: Field = Field::new(&["ttl"]);
+const F_USES: Field = Field::new(&["uses"]);
 const F_LIMITS: Field = Field::new(&["limits"]);
 const F_ACTION: Field = Field::new(&["action"]);
 const F_REASON: Field = Field::new(&["reason"]);
@@ -70,7 +73,10 @@ const JWT_FIELDS: &[Field] = &[F_ISSUER, F_AUDIENCES, F_JWKS_FROM];
 const GRANT_FIELDS: &[Field] = &[F_SUBJECTS, F_DEFAULT, F_ALL_TOOLS, F_TOOLS];
 const TRANSPORT_FIELDS: &[Field] = &[F_ALLOWED_HOSTS, F_ALLOWED_ORIGINS];
 const ALL_TOOLS_FIELDS: &[Field] = &[F_LIMITS];
-const RULE_FIELDS: &[Field] = &[F_ACTION, F_REASON, F_LIMITS, F_REQUIRE, F_DENY_IF];
+const RULE_FIELDS: &[Field] = &[
+    F_ACTION, F_REASON, F_LIMITS, F_REQUIRE, F_DENY_IF, F_APPROVAL,
+];
+const APPROVAL_FIELDS: &[Field] = &[F_TTL, F_USES];
 const REQUIRE_FIELDS: &[Field] = &[F_PATH, F_OP, F_VALUE, F_REASON];
 const DENY_IF_FIELDS: &[Field] = &[F_CONDITIONS, F_ON_DENY];
 const CONDITION_FIELDS: &[Field] = &[F_PATH, F_OP, F_VALUE];
@@ -152,6 +158,7 @@ fn default_rule(all_tools: Vec<LimitRef>) -> Rule {
     Rule {
         key: String::new(),
         path: "default".into(),
+        approval: None,
         deny: None,
         require: Vec::new(),
         deny_if: Vec::new(),
@@ -502,9 +509,14 @@ impl Compiler {
             check_tool_key(key, &p, &mut self.errs)
         };
         let o = Obj::new(v, p.clone(), RULE_FIELDS, &mut self.errs)?;
-        let action = o
-            .get(F_ACTION, &mut self.errs)
-            .and_then(|(v, ap)| choice(v, &ap, &["allow", "deny"], &mut self.errs));
+        let action = o.get(F_ACTION, &mut self.errs).and_then(|(v, ap)| {
+            choice(
+                v,
+                &ap,
+                &["allow", "deny", "require_approval"],
+                &mut self.errs,
+            )
+        });
         let reason = o
             .get(F_REASON, &mut self.errs)
             .and_then(|(v, rp)| bounded_string(v, &rp, bounds::REASON, &mut self.errs));
@@ -525,6 +537,7 @@ impl Compiler {
         }
         let require = self.require(&o);
         let deny_if = self.deny_if(&o);
+        let approval = self.approval(&o, action);
         if !key_ok {
             return None;
         }
@@ -538,6 +551,7 @@ impl Compiler {
         Some(Rule {
             key: key.to_owned(),
             path: p.as_str().to_owned(),
+            approval,
             deny,
             require,
             deny_if,
@@ -545,6 +559,47 @@ impl Compiler {
             limits,
             reads,
         })
+    }
+
+    /// `approval: {ttl, uses}`, or `action: require_approval` (one use within an hour).
+    fn approval(&mut self, o: &Obj, action: Option<&str>) -> Option<Approval> {
+        let given = o.get(F_APPROVAL, &mut self.errs);
+        let Some((v, p)) = given else {
+            return (action == Some("require_approval")).then_some(Approval::default());
+        };
+        if action == Some("deny") {
+            self.errs
+                .push(&p, "a denied tool cannot also require approval");
+            return None;
+        }
+        let a = Obj::new(v, p, APPROVAL_FIELDS, &mut self.errs)?;
+        let mut out = Approval::default();
+        if let Some((tv, tp)) = a.get(F_TTL, &mut self.errs) {
+            let text = reader::string(tv, &tp, &mut self.errs)?;
+            match Window::parse(text) {
+                Ok(w) => out.ttl = w.length,
+                Err(e) => {
+                    self.errs.push(&tp, e.to_string().replace("window", "ttl"));
+                    return None;
+                }
+            }
+        }
+        if let Some((uv, up)) = a.get(F_USES, &mut self.errs) {
+            match uv.as_u64() {
+                Some(n) if (1..=bounds::APPROVAL_USES as u64).contains(&n) => out.uses = n as u32,
+                _ => {
+                    self.errs.push(
+                        &up,
+                        format!(
+                            "uses must be a whole number from 1 to {}, found {uv}",
+                            bounds::APPROVAL_USES
+                        ),
+                    );
+                    return None;
+                }
+            }
+        }
+        Some(out)
     }
 
     fn limits(&mut self, o: &Obj) -> Vec<LimitRef> {

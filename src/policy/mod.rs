@@ -60,6 +60,24 @@ pub mod bounds {
     pub const SUBJECT: usize = 256;
     pub const AUDIENCES: usize = 8;
     pub const URL: usize = 1024;
+    pub const APPROVAL_USES: usize = 1000;
+}
+
+/// `approval`: a call runs only with a person's approval of exactly it (policy, tool, arguments,
+/// caller), which allows `uses` calls within `ttl` of being granted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Approval {
+    pub ttl: std::time::Duration,
+    pub uses: u32,
+}
+
+impl Default for Approval {
+    fn default() -> Approval {
+        Approval {
+            ttl: std::time::Duration::from_secs(3600),
+            uses: 1,
+        }
+    }
 }
 
 /// Which `Host` and `Origin` values the sidecar accepts besides loopback ones (DNS-rebinding
@@ -288,6 +306,8 @@ pub struct Rule {
     pub path: String,
     /// `action: deny` with its reason.
     pub deny: Option<String>,
+    /// `approval` / `action: require_approval`: checked after everything else but the limits.
+    pub approval: Option<Approval>,
     pub require: Vec<Requirement>,
     pub deny_if: Vec<DenyIf>,
     /// `all_tools.limits` followed by the rule's own, one entry per distinct counter.

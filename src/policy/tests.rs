@@ -536,3 +536,45 @@ fn grants_are_checked_with_their_paths() {
         vec!["grants"]
     );
 }
+
+#[test]
+fn approvals_read_in_both_forms_and_are_checked() {
+    let p = compile_file(json!({"tools": {
+        "clear_session": {"action": "require_approval"},
+        "drop_table": {"approval": {"ttl": "15m", "uses": 3}},
+        "read": {}}}))
+    .unwrap();
+    assert_eq!(
+        p.find_rule("clear_session").unwrap().approval,
+        Some(Approval::default())
+    );
+    assert_eq!(
+        p.find_rule("drop_table").unwrap().approval,
+        Some(Approval {
+            ttl: std::time::Duration::from_secs(900),
+            uses: 3
+        })
+    );
+    assert_eq!(p.find_rule("read").unwrap().approval, None);
+    assert!(
+        p.listable("clear_session", None),
+        "an approved call can run"
+    );
+    let got = paths(json!({"tools": {
+        "a": {"action": "deny", "approval": {}},
+        "b": {"approval": {"ttl": "fortnight"}},
+        "c": {"approval": {"uses": 0}},
+        "d": {"approval": {"uses": 1001, "extra": 1}},
+        "e": {"action": "maybe"}}}));
+    assert_eq!(
+        got,
+        vec![
+            "tools.a.approval",
+            "tools.b.approval.ttl",
+            "tools.c.approval.uses",
+            "tools.d.approval.extra",
+            "tools.d.approval.uses",
+            "tools.e.action"
+        ]
+    );
+}

@@ -105,7 +105,8 @@ pub(super) fn identify(
     }
 }
 
-fn unix_now() -> u64 {
+/// Seconds since the epoch.
+pub(super) fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())

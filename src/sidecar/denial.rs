@@ -14,6 +14,8 @@ pub struct Subject<'a> {
     pub policy: &'a str,
     /// The caller's identity as audit lines show it (a name, a token's hash, or `anonymous`).
     pub caller: &'a str,
+    /// For `approval_required`: the id an approval of this exact call must carry.
+    pub approval_id: Option<&'a str>,
 }
 
 /// The `_meta` decision record of a denial.
@@ -27,6 +29,9 @@ fn decision_record(d: &Decision, s: &Subject) -> Value {
     });
     if let Some(g) = d.grant {
         rec["grant"] = json!(g);
+    }
+    if let Some(id) = s.approval_id {
+        rec["approvalId"] = json!(id);
     }
     if let Some(hit) = &d.limit {
         rec["counter"] = json!(hit.counter.name);
@@ -104,6 +109,7 @@ mod tests {
                 caller: "g",
                 grant: None,
                 session: None,
+                approved: false,
             },
             0,
         );
@@ -111,6 +117,7 @@ mod tests {
             tool,
             policy: "ns/p",
             caller: "system:serviceaccount:agents:ci",
+            approval_id: None,
         };
         let v = denial(&id, &d, &subject("x"), DenyAs::Result, "2025-06-18");
         assert_eq!(v["id"], "req-1");
@@ -134,6 +141,7 @@ mod tests {
                 caller: "g",
                 grant: None,
                 session: None,
+                approved: false,
             },
             0,
         );
@@ -144,6 +152,7 @@ mod tests {
                 caller: "g",
                 grant: None,
                 session: None,
+                approved: false,
             },
             0,
         );

@@ -1,5 +1,6 @@
 //! The gate: what is read from a gated request and decided before anything is forwarded.
 
+use super::approvals;
 use super::caller::Caller;
 use super::reload::LoadedPolicy;
 use super::State;
@@ -234,6 +235,32 @@ impl Gate<'_> {
             })?,
             _ => Value::Null,
         };
+        // A rule that needs approval: the exact call's approval id, and a use of it if one is
+        // granted (reserved now, spent only if the call is allowed).
+        let needs_approval = pol
+            .rule_for(&call.name, self.grant)
+            .is_some_and(|r| r.approval.is_some());
+        let approval = match (needs_approval, call.arguments) {
+            (false, _) => None,
+            (true, raw) => {
+                let full: Value = match raw {
+                    Some(r) => serde_json::from_str(r.get()).map_err(|_| {
+                        Refusal::new(
+                            StatusCode::BAD_REQUEST,
+                            code::INVALID_PARAMS,
+                            "unreadable arguments",
+                        )
+                        .with_id(Some(id))
+                    })?,
+                    None => Value::Object(Default::default()),
+                };
+                let text = approvals::canonical(&full);
+                let sha = sha256_hex(text.as_bytes());
+                let aid = approvals::approval_id(label, &call.name, &sha, &self.caller.id);
+                let held = self.st.approvals.reserve(&aid, super::caller::unix_now());
+                Some((aid, text, sha, held))
+            }
+        };
         let t0 = Instant::now();
         let d = self.policy.engine.decide(
             &Call {
@@ -242,11 +269,46 @@ impl Gate<'_> {
                 caller: &self.caller.id,
                 grant: self.grant,
                 session: self.session,
+                approved: approval.as_ref().is_some_and(|a| a.3.is_some()),
             },
             monotonic_now(),
         );
         let took = t0.elapsed();
         self.record(&call, &d, took);
+        let approval_id = match approval {
+            None => None,
+            Some((aid, text, sha, held)) => {
+                let result = match (d.outcome, held) {
+                    (Outcome::Allow, Some(r)) => {
+                        r.commit();
+                        Some("used")
+                    }
+                    (Outcome::ApprovalRequired, _) => self
+                        .st
+                        .approvals
+                        .request(approvals::Pending {
+                            id: aid.clone(),
+                            policy: label.to_owned(),
+                            tool: call.name.to_string(),
+                            arguments: Some(text),
+                            arguments_sha256: sha,
+                            identity: self.caller.id.to_string(),
+                            requested_at: super::caller::unix_now(),
+                        })
+                        .then_some("requested"),
+                    // Refused for another reason: the reserved use (if any) is given back.
+                    _ => None,
+                };
+                if let Some(result) = result {
+                    self.st
+                        .metrics
+                        .approvals
+                        .with_label_values(&[label, d.tool_label, result])
+                        .inc();
+                }
+                Some(aid)
+            }
+        };
         if d.limit.is_some() {
             self.retry_after = Some(denial::retry_after_secs(&d));
         }
@@ -261,6 +323,9 @@ impl Gate<'_> {
                 tool: &call.name,
                 policy: label,
                 caller: &self.caller.id,
+                approval_id: approval_id
+                    .as_deref()
+                    .filter(|_| d.outcome == Outcome::ApprovalRequired),
             },
             pol.deny_as,
             version,

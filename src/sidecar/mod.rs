@@ -4,6 +4,7 @@
 //! policy is loaded it is not ready and forwards nothing. The policy file is re-read when it
 //! changes (a ConfigMap volume swaps a `..data` symlink); a bad file keeps the last good policy.
 
+pub mod approvals;
 mod audit;
 mod caller;
 mod denial;
@@ -46,6 +47,8 @@ pub struct Config {
     pub policy_path: PathBuf,
     /// The JSON Web Key Set tokens are verified with (`identity.serviceAccount`/`jwt`).
     pub jwks_path: Option<PathBuf>,
+    /// The granted approvals (`approval` rules), re-read when it changes.
+    pub approvals_path: Option<PathBuf>,
     /// Paths besides the MCP path where POSTs are forwarded ungated (e.g. an OAuth endpoint).
     pub passthrough_paths: Vec<String>,
     /// Largest gated body accepted.
@@ -77,6 +80,7 @@ impl Config {
             upstream,
             policy_path,
             jwks_path: None,
+            approvals_path: None,
             passthrough_paths: Vec::new(),
             max_body_bytes: 4 << 20,
             inflight_body_bytes: 16 << 20,
@@ -125,6 +129,8 @@ pub struct State {
     legacy: legacy::LegacySessions,
     /// Session ids the server issued through this sidecar.
     sessions: sessions::Issued,
+    /// Granted approvals, the uses taken of them, and pending requests.
+    pub approvals: Arc<approvals::Approvals>,
 }
 
 impl State {
@@ -153,6 +159,7 @@ impl State {
             upstream_authority: authority,
             legacy: legacy::LegacySessions::default(),
             sessions: sessions::Issued::default(),
+            approvals: Arc::default(),
             cfg,
         }))
     }
@@ -249,6 +256,10 @@ impl admin::Health for State {
                 .counter_keys
                 .with_label_values(&[&p.label])
                 .set(p.engine.counter_keys() as i64);
+            self.metrics
+                .approvals_pending
+                .with_label_values(&[&p.label])
+                .set(self.approvals.pending().len() as i64);
         }
         self.metrics.render()
     }

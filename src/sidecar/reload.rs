@@ -234,6 +234,28 @@ fn failed(state: &State, error: &str) {
     }
 }
 
+/// Re-reads the approvals file, if there is one. A file that cannot be read keeps the approvals
+/// in force; its error is logged once until it changes.
+fn load_approvals(state: &State, last_error: &mut Option<String>) {
+    let Some(path) = &state.cfg.approvals_path else {
+        return;
+    };
+    match state.approvals.load(path) {
+        Ok(true) => {
+            *last_error = None;
+            tracing::info!(path = %path.display(), "approvals loaded");
+        }
+        Ok(false) => *last_error = None,
+        Err(e) => {
+            let e = e.to_string();
+            if last_error.as_deref() != Some(e.as_str()) {
+                tracing::warn!(error = %e, "approvals not reloaded; the approvals in force stay");
+                *last_error = Some(e);
+            }
+        }
+    }
+}
+
 /// The first load, at start. Failure leaves the sidecar unready; the watcher keeps trying.
 pub fn initial_load(state: &State) {
     match load_policy(
@@ -253,11 +275,13 @@ pub async fn watch(state: Arc<State>, mut stop: watch::Receiver<bool>) {
     let mut last_seen: Option<Seen> = None;
     let mut tick = tokio::time::interval(state.cfg.reload_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut approvals_error = None;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = stop.changed() => return,
         }
+        load_approvals(&state, &mut approvals_error);
         let (path, jwks_path) = (state.cfg.policy_path.clone(), state.cfg.jwks_path.clone());
         let read = tokio::task::spawn_blocking(move || {
             (std::fs::read(&path), jwks_path.as_deref().map(read_key_set))
