@@ -223,16 +223,17 @@ impl Gate<'_> {
         };
         let call = m.tool_call().inspect_err(|_| invalid())?;
         let pol = self.policy.engine.policy();
+        let unreadable = || {
+            Refusal::new(
+                StatusCode::BAD_REQUEST,
+                code::INVALID_PARAMS,
+                "unreadable arguments",
+            )
+            .with_id(Some(id))
+        };
         let args: Value = match (call.arguments, pol.arguments_read(&call.name, self.grant)) {
             // Only what the rule's paths reach is kept: memory follows the policy, not the body.
-            (Some(raw), Some(need)) => need.read(raw.get()).map_err(|_| {
-                Refusal::new(
-                    StatusCode::BAD_REQUEST,
-                    code::INVALID_PARAMS,
-                    "unreadable arguments",
-                )
-                .with_id(Some(id))
-            })?,
+            (Some(raw), Some(need)) => need.read(raw.get()).map_err(|_| unreadable())?,
             _ => Value::Null,
         };
         // A rule that needs approval: the exact call's approval id, and a use of it if one is
@@ -244,14 +245,7 @@ impl Gate<'_> {
             (false, _) => None,
             (true, raw) => {
                 let full: Value = match raw {
-                    Some(r) => serde_json::from_str(r.get()).map_err(|_| {
-                        Refusal::new(
-                            StatusCode::BAD_REQUEST,
-                            code::INVALID_PARAMS,
-                            "unreadable arguments",
-                        )
-                        .with_id(Some(id))
-                    })?,
+                    Some(r) => serde_json::from_str(r.get()).map_err(|_| unreadable())?,
                     None => Value::Object(Default::default()),
                 };
                 let text = approvals::canonical(&full);
