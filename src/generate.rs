@@ -88,15 +88,16 @@ pub fn plain_manifests(root: &Path, helm: &Path) -> Result<String, GenerateError
     ))
 }
 
-/// Every generated file under `root`; `deploy/mcp-warden.yaml` only with a Helm binary.
-pub fn files(root: &Path, helm: Option<&Path>) -> Result<Vec<Generated>, GenerateError> {
+/// Every generated file under `root` that needs no Helm (`deploy/mcp-warden.yaml` is rendered
+/// by [`run`]).
+pub fn files(root: &Path) -> Result<Vec<Generated>, GenerateError> {
     let crd = crate::crd::crd_yaml();
     let readme_path = root.join("README.md");
     let readme = std::fs::read_to_string(&readme_path).map_err(|source| GenerateError::Io {
         path: readme_path.display().to_string(),
         source,
     })?;
-    let mut out = vec![
+    let out = vec![
         Generated {
             path: "crds/mcppolicy.yaml",
             content: crd.clone(),
@@ -110,12 +111,6 @@ pub fn files(root: &Path, helm: Option<&Path>) -> Result<Vec<Generated>, Generat
             content: readme_with_reference(&readme)?,
         },
     ];
-    if let Some(helm) = helm {
-        out.push(Generated {
-            path: "deploy/mcp-warden.yaml",
-            content: plain_manifests(root, helm)?,
-        });
-    }
     Ok(out)
 }
 
@@ -132,17 +127,18 @@ pub fn default_helm(root: &Path) -> PathBuf {
 }
 
 /// Writes every generated file that differs (or with `check`, only reports them). Returns the
-/// paths that differed.
+/// paths that differed. The chart is rendered from its CRD copy on disk, so that copy is written
+/// before `deploy/mcp-warden.yaml` is rendered.
 pub fn run(
     root: &Path,
     helm: Option<&Path>,
     check: bool,
 ) -> Result<Vec<&'static str>, GenerateError> {
     let mut changed = Vec::new();
-    for g in files(root, helm)? {
+    let mut write = |g: Generated| -> Result<(), GenerateError> {
         let path = root.join(g.path);
         if std::fs::read_to_string(&path).ok().as_deref() == Some(g.content.as_str()) {
-            continue;
+            return Ok(());
         }
         changed.push(g.path);
         if !check {
@@ -151,6 +147,16 @@ pub fn run(
                 source,
             })?;
         }
+        Ok(())
+    };
+    for g in files(root)? {
+        write(g)?;
+    }
+    if let Some(helm) = helm {
+        write(Generated {
+            path: "deploy/mcp-warden.yaml",
+            content: plain_manifests(root, helm)?,
+        })?;
     }
     Ok(changed)
 }
@@ -162,7 +168,7 @@ mod tests {
     #[test]
     fn the_checked_in_generated_files_are_current() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-        for g in files(root, None).unwrap() {
+        for g in files(root).unwrap() {
             let on_disk = std::fs::read_to_string(root.join(g.path)).unwrap_or_default();
             assert!(
                 on_disk == g.content,
