@@ -110,7 +110,7 @@ async fn audit_lines_name_a_verified_service_account_and_its_grant() {
     std::fs::write(
         &policy,
         r#"{"version": "1", "identity": {"service_account": {"audiences": ["mcp-warden"]}},
-            "tools": {"notebook_read": {}},
+            "tools": {"notebook_read": {}, "clear_session": {"action": "require_approval"}},
             "grants": [{"subjects": ["system:serviceaccount:ci:*"], "tools": {"write_file": {}}}]}"#,
     )
     .unwrap();
@@ -150,6 +150,19 @@ async fn audit_lines_name_a_verified_service_account_and_its_grant() {
     )
     .await;
     let answered = messages(&r)[0]["result"]["isError"].clone();
+    let r = post_json(
+        &url,
+        &[
+            ("authorization", &auth),
+            ("mcp-protocol-version", "2026-07-28"),
+            ("mcp-method", "tools/call"),
+            ("mcp-name", "clear_session"),
+        ],
+        &call_v26(2, "clear_session", json!({"session_id": "s"}), json!({})),
+    )
+    .await;
+    let approval_id =
+        messages(&r)[0]["result"]["_meta"]["dev.mcpwarden/decision"]["approvalId"].clone();
     Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -169,6 +182,20 @@ async fn audit_lines_name_a_verified_service_account_and_its_grant() {
     assert_eq!(audit["identity"], "system:serviceaccount:ci:builder");
     assert_eq!(audit["grant"], "grants[0]");
     assert_eq!(audit["rule"], "grants[0].tools.write_file");
+    assert!(audit.get("approval_id").is_none());
+    let requested = lines
+        .iter()
+        .find(|l| l["target"] == "mcp_warden::audit" && l["tool"] == "clear_session")
+        .unwrap_or_else(|| panic!("{lines:#?}"));
+    assert_eq!(requested["decision"], "approval_required");
+    assert!(
+        approval_id.as_str().is_some_and(|id| id.len() == 64),
+        "{approval_id}"
+    );
+    assert_eq!(
+        requested["approval_id"], approval_id,
+        "the audit line records the request"
+    );
     let all = lines.iter().map(Value::to_string).collect::<String>();
     assert!(!all.contains(&token), "the token never appears in logs");
 }

@@ -19,6 +19,9 @@ pub struct AuditLine<'a> {
     pub identity: &'a str,
     /// The grant whose rules applied (`grants[0]`), or empty.
     pub grant: &'a str,
+    /// The approval id of a call that needs one (requested when refused, used when allowed),
+    /// or empty.
+    pub approval: &'a str,
     pub session: &'a str,
     pub counter: &'a str,
     pub latency_ns: u64,
@@ -61,6 +64,9 @@ fn encode(l: &AuditLine, now: SystemTime, out: &mut Vec<u8>) {
     field(out, "identity", l.identity);
     if !l.grant.is_empty() {
         field(out, "grant", l.grant);
+    }
+    if !l.approval.is_empty() {
+        field(out, "approval_id", l.approval);
     }
     field(out, "session", l.session);
     field(out, "counter", l.counter);
@@ -123,6 +129,7 @@ mod tests {
             rule: "default",
             identity: "anonymous",
             grant: "",
+            approval: "",
             session: "",
             counter: "",
             latency_ns: 412,
@@ -140,6 +147,25 @@ mod tests {
         assert_eq!(v["latency_ns"], 412);
         assert_eq!(v["target"], "mcp_warden::audit");
         assert_eq!(v["timestamp"], "2026-11-22T01:54:56.123456Z");
+        assert!(v.get("grant").is_none() && v.get("approval_id").is_none());
+
+        let with = AuditLine {
+            grant: "grants[0]",
+            approval: "a1b2",
+            decision: "approval_required",
+            ..line
+        };
+        let mut out = Vec::new();
+        encode(&with, UNIX_EPOCH, &mut out);
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(
+            (
+                v["grant"].as_str(),
+                v["approval_id"].as_str(),
+                v["decision"].as_str()
+            ),
+            (Some("grants[0]"), Some("a1b2"), Some("approval_required"))
+        );
     }
 
     #[test]

@@ -268,7 +268,7 @@ impl Gate<'_> {
             monotonic_now(),
         );
         let took = t0.elapsed();
-        self.record(&call, &d, took);
+        self.record(&call, &d, took, approval.as_ref().map(|a| a.0.as_str()));
         let approval_id = match approval {
             None => None,
             Some((aid, text, sha, held)) => {
@@ -327,7 +327,15 @@ impl Gate<'_> {
     }
 
     /// The decision's metrics and audit line.
-    fn record(&self, call: &mcp::ToolCall, d: &Decision, took: std::time::Duration) {
+    /// `approval`: the approval id of a call whose rule needs one (the request when refused, the
+    /// use when allowed).
+    fn record(
+        &self,
+        call: &mcp::ToolCall,
+        d: &Decision,
+        took: std::time::Duration,
+        approval: Option<&str>,
+    ) {
         let label = self.policy.label.as_str();
         let metrics = &self.st.metrics;
         metrics
@@ -365,6 +373,7 @@ impl Gate<'_> {
                 rule: d.rule,
                 identity: &self.caller.id,
                 grant: d.grant.unwrap_or(""),
+                approval: approval.unwrap_or(""),
                 session: self.session.unwrap_or(""),
                 counter: d.limit.as_ref().map_or("", |h| h.counter.name.as_str()),
                 latency_ns: took.as_nanos() as u64,
