@@ -4,7 +4,6 @@
 //! a fresh P-256 key) verified once per call (uncached: what a new token costs) and through the
 //! cache of verified tokens (what every later request with the same token costs).
 
-use base64::Engine as _;
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use mcp_warden::identity::{install_crypto, VerifiedCache, Verifier};
 use serde_json::json;
@@ -42,10 +41,7 @@ fn main() {
         &std::fs::read(format!("{root}/tests/fixtures/identity/rsa-test-jwks.json")).unwrap(),
     )
     .unwrap();
-    let kp = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-    let raw = kp.public_key_raw();
-    let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
-    let es_jwk = json!({"kty": "EC", "crv": "P-256", "kid": "es", "x": b64(&raw[1..33]), "y": b64(&raw[33..65])});
+    let (es_jwk, es_key) = mcp_warden::identity::p256_signing_key("es");
     let set = json!({"keys": [rsa_set["keys"][0].clone(), es_jwk]});
     let issuer = "https://kubernetes.default.svc.cluster.local";
     let verifier = Verifier::new(
@@ -67,11 +63,7 @@ fn main() {
         "test-rsa",
         &EncodingKey::from_rsa_pem(&rsa_pem).unwrap(),
     );
-    let es = token(
-        Algorithm::ES256,
-        "es",
-        &EncodingKey::from_ec_pem(kp.serialize_pem().as_bytes()).unwrap(),
-    );
+    let es = token(Algorithm::ES256, "es", &es_key);
     println!("token verification, median of 50 rounds");
     println!("{:<52} {:>12}", "figure", "measured");
     for (name, t) in [("RS256", &rs), ("ES256", &es)] {

@@ -132,13 +132,8 @@ const DEMO_ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
 
 /// A fresh P-256 key: the key set file the sidecar reads, and a token signed for the demo agent.
 fn demo_identity() -> anyhow::Result<(String, String)> {
-    use base64::Engine as _;
-    let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
-    let kp = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
-    let raw = kp.public_key_raw();
-    let jwks = json!({"issuer": DEMO_ISSUER, "keys": [{"kty": "EC", "crv": "P-256", "kid": "demo",
-        "use": "sig", "alg": "ES256", "x": b64(&raw[1..33]), "y": b64(&raw[33..65])}]});
-    crate::identity::install_crypto();
+    let (jwk, key) = crate::identity::p256_signing_key("demo");
+    let jwks = json!({"issuer": DEMO_ISSUER, "keys": [jwk]});
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_secs();
@@ -148,7 +143,7 @@ fn demo_identity() -> anyhow::Result<(String, String)> {
         &header,
         &json!({"iss": DEMO_ISSUER, "aud": ["mcp-warden"], "sub": DEMO_AGENT,
                 "iat": now, "nbf": now, "exp": now + 3600}),
-        &jsonwebtoken::EncodingKey::from_ec_pem(kp.serialize_pem().as_bytes())?,
+        &key,
     )?;
     Ok((jwks.to_string(), token))
 }

@@ -1351,12 +1351,8 @@ async fn an_external_issuers_keys_are_fetched_and_follow_a_rotation() {
     assert_eq!(rendered["keys"], want["keys"]);
 
     // The issuer rotates to a new key: it reaches the ConfigMap without any change to the policy.
-    let kp = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-    let raw = kp.public_key_raw();
-    use base64::Engine as _;
-    let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
-    let rotated = json!({"keys": [{"kty": "EC", "crv": "P-256", "kid": "rotated", "alg": "ES256",
-        "use": "sig", "x": b64(&raw[1..33]), "y": b64(&raw[33..65])}]});
+    let (jwk, _) = mcp_warden::identity::p256_signing_key("rotated");
+    let rotated = json!({"keys": [jwk]});
     *served.lock().unwrap() = rotated.to_string();
     wait_for("the rotated key in the ConfigMap", 60, || {
         let cms = cms.clone();

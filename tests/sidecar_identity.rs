@@ -9,7 +9,6 @@ use common::*;
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use rmcp::model::CallToolRequestParams;
 use serde_json::{json, Value};
-use std::time::Duration;
 
 const ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
 const CI: &str = "system:serviceaccount:ci:builder";
@@ -161,11 +160,11 @@ async fn every_bad_token_is_refused_with_its_reason_and_nothing_is_forwarded() {
         "{head}.{}.{sig}",
         b64(claims(OTHER, json!({})).to_string().as_bytes())
     );
-    let es_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let (_, es_key) = mcp_warden::identity::p256_signing_key("not-in-the-set");
     let unknown_key = sign_with(
         Algorithm::ES256,
         "not-in-the-set",
-        &EncodingKey::from_ec_pem(es_key.serialize_pem().as_bytes()).unwrap(),
+        &es_key,
         &claims(CI, json!({})),
     );
     let cases: Vec<(&str, Option<String>, &str, &str)> = vec![
@@ -270,13 +269,7 @@ fn call(name: &'static str) -> CallToolRequestParams {
 }
 
 async fn names(c: &rmcp::service::RunningService<rmcp::RoleClient, ()>) -> Vec<String> {
-    let mut n: Vec<String> = c
-        .list_all_tools()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|t| t.name.to_string())
-        .collect();
+    let mut n = rmcp_tool_names(c).await;
     n.sort();
     n
 }
@@ -376,21 +369,22 @@ async fn rotated_keys_are_picked_up_and_a_broken_key_set_keeps_the_last_good_one
 
     // A broken key set: the keys in force stay.
     std::fs::write(sc.dir.join("jwks.json"), "{not json").unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let broken = Ok(mcp_warden::sidecar::sha256_hex(b"{not json"));
+    wait_until("the broken key set is read", async || {
+        sc.state
+            .policy
+            .load()
+            .as_ref()
+            .is_some_and(|p| p.keys_seen.as_ref() == Some(&broken))
+    })
+    .await;
     assert_eq!(post_with_token(&sc.url(), Some(&rsa), LIST).await.0, 200);
 
     // The issuer rotates to an ES256 key: its tokens pass, the removed key's are refused.
-    let kp = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-    let raw = kp.public_key_raw();
-    let set = json!({"issuer": ISSUER, "keys": [{"kty": "EC", "crv": "P-256", "kid": "es-1",
-        "use": "sig", "alg": "ES256", "x": b64(&raw[1..33]), "y": b64(&raw[33..65])}]});
+    let (jwk, es_key) = mcp_warden::identity::p256_signing_key("es-1");
+    let set = json!({"issuer": ISSUER, "keys": [jwk]});
     std::fs::write(sc.dir.join("jwks.json"), set.to_string()).unwrap();
-    let es = sign_with(
-        Algorithm::ES256,
-        "es-1",
-        &EncodingKey::from_ec_pem(kp.serialize_pem().as_bytes()).unwrap(),
-        &claims(CI, json!({})),
-    );
+    let es = sign_with(Algorithm::ES256, "es-1", &es_key, &claims(CI, json!({})));
     wait_until("the new key set is loaded", async || {
         post_with_token(&sc.url(), Some(&es), LIST).await.0 == 200
     })

@@ -27,13 +27,7 @@ async fn rules_act(stateful: bool, json_replies: bool) {
     let c = rmcp_client(&sc.url(), "token-a").await;
 
     // tools/list: hidden, always-denied and unnamed tools are gone, pagination is kept.
-    let tools: Vec<String> = c
-        .list_all_tools()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|t| t.name.to_string())
-        .collect();
+    let tools = rmcp_tool_names(&c).await;
     assert_eq!(
         tools,
         vec!["run_cell", "notebook_read", "write_file", "slow_report"]

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Limited};
 use serde_json::Value;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 /// Largest key set (or discovery document) read.
@@ -68,9 +68,13 @@ struct Entry {
 /// Key sets by source, fetched when stale.
 pub struct KeySets {
     refresh: Duration,
-    entries: tokio::sync::Mutex<HashMap<Source, Entry>>,
-    https: Mutex<Option<HttpsClient>>,
+    /// One slot per source, each locked on its own: a slow issuer holds up only the policies
+    /// that use it.
+    entries: Mutex<HashMap<Source, Slot>>,
+    https: OnceLock<HttpsClient>,
 }
+
+type Slot = Arc<tokio::sync::Mutex<Option<Entry>>>;
 
 type HttpsClient = hyper_util::client::legacy::Client<
     hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
@@ -81,8 +85,8 @@ impl KeySets {
     pub fn new(refresh: Duration) -> KeySets {
         KeySets {
             refresh,
-            entries: tokio::sync::Mutex::default(),
-            https: Mutex::default(),
+            entries: Mutex::default(),
+            https: OnceLock::new(),
         }
     }
 
@@ -94,8 +98,15 @@ impl KeySets {
     /// The rendered key set of `source` (`{"issuer": …, "keys": […]}`), fetched if stale, or
     /// why it could not be had. One fetch per source at a time: concurrent reconciles wait.
     pub async fn get(&self, client: &kube::Client, source: &Source) -> Result<Arc<str>, String> {
-        let mut entries = self.entries.lock().await;
-        if let Some(e) = entries.get(source) {
+        let slot: Slot = self
+            .entries
+            .lock()
+            .expect("key set slots lock")
+            .entry(source.clone())
+            .or_default()
+            .clone();
+        let mut entry = slot.lock().await;
+        if let Some(e) = entry.as_ref() {
             let ttl = match e.result {
                 Ok(_) => self.refresh,
                 Err(_) => RETRY_AFTER_FAILURE.min(self.refresh),
@@ -117,13 +128,10 @@ impl KeySets {
         if let Err(why) = &result {
             tracing::warn!(?source, %why, "could not fetch the key set");
         }
-        entries.insert(
-            source.clone(),
-            Entry {
-                at: Instant::now(),
-                result: result.clone(),
-            },
-        );
+        *entry = Some(Entry {
+            at: Instant::now(),
+            result: result.clone(),
+        });
         result
     }
 
@@ -149,10 +157,7 @@ impl KeySets {
     }
 
     async fn https_get(&self, url: &str) -> Result<Vec<u8>, FetchError> {
-        let client = {
-            let mut slot = self.https.lock().expect("https client lock");
-            slot.get_or_insert_with(https_client).clone()
-        };
+        let client = self.https.get_or_init(https_client);
         let uri: http::Uri = url
             .parse()
             .map_err(|e| FetchError::Http(format!("{url}: {e}")))?;
@@ -193,6 +198,7 @@ fn https_client() -> HttpsClient {
         .build(connector)
 }
 
+/// A GET of the API server (trusted: its answer is read whole, then checked for size).
 async fn api_get(client: &kube::Client, path: &'static str) -> Result<String, FetchError> {
     let req = http::Request::get(path)
         .body(Vec::new())

@@ -76,6 +76,22 @@ pub enum KeySetError {
     Empty,
 }
 
+/// A fresh P-256 key for signing ES256 tokens, and its public JWK (kid `kid`): what an issuer
+/// holds. The demo signs its agent's token with one; tests use them as issuers.
+pub fn p256_signing_key(kid: &str) -> (serde_json::Value, jsonwebtoken::EncodingKey) {
+    use base64::Engine as _;
+    crypto::install();
+    let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+    let kp = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+        .expect("ring generates P-256 keys");
+    let raw = kp.public_key_raw();
+    let jwk = serde_json::json!({"kty": "EC", "crv": "P-256", "kid": kid, "use": "sig",
+        "alg": "ES256", "x": b64(&raw[1..33]), "y": b64(&raw[33..65])});
+    let key = jsonwebtoken::EncodingKey::from_ec_pem(kp.serialize_pem().as_bytes())
+        .expect("a key serialised here reads back");
+    (jwk, key)
+}
+
 /// A verified caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Verified {

@@ -19,14 +19,7 @@ fn b64(bytes: &[u8]) -> String {
 
 /// A fresh P-256 key: its JWK and its signing key.
 fn es_key(kid: &str) -> (Value, EncodingKey) {
-    let kp = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-    let raw = kp.public_key_raw();
-    let jwk = json!({"kty": "EC", "crv": "P-256", "kid": kid, "use": "sig", "alg": "ES256",
-                     "x": b64(&raw[1..33]), "y": b64(&raw[33..65])});
-    (
-        jwk,
-        EncodingKey::from_ec_pem(kp.serialize_pem().as_bytes()).unwrap(),
-    )
+    p256_signing_key(kid)
 }
 
 /// The fixture RSA key (kid `test-rsa`): its JWK and its signing key.

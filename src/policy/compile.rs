@@ -126,7 +126,7 @@ pub fn compile(doc: &Value, flavor: Flavor, prefix: &str) -> Result<Policy, Poli
     let hide = c.hide(&top);
     let all_tools_limits = c.all_tools(&top).unwrap_or_default();
     let rules = c.tools(&top, bounds::TOOLS, &all_tools_limits);
-    let grants = c.grants(&top, &identity, &all_tools_limits, doc, flavor);
+    let grants = c.grants(&top, &identity, &all_tools_limits);
     if flavor == Flavor::Spec {
         spec::check_placement(&top, &mut c.errs);
     }
@@ -240,8 +240,6 @@ impl Compiler {
         top: &Obj,
         identity: &IdentitySettings,
         base_all_tools: &[LimitRef],
-        doc: &Value,
-        flavor: Flavor,
     ) -> Vec<Grant> {
         let Some((v, p)) = top.get(F_GRANTS, &mut self.errs) else {
             return Vec::new();
@@ -269,7 +267,7 @@ impl Compiler {
             let tools = self.tools(&o, bounds::GRANT_TOOLS, effective);
             let all_tools = own_all_tools.map(|limits| {
                 (
-                    RuleSet::new(self.base_rules_with(doc, flavor, &limits)),
+                    RuleSet::new(self.base_rules_with(top, &limits)),
                     default_rule(limits),
                 )
             });
@@ -318,29 +316,13 @@ impl Compiler {
         out
     }
 
-    /// The base rules compiled again with other `all_tools` limits, without reporting.
-    fn base_rules_with(&mut self, doc: &Value, flavor: Flavor, limits: &[LimitRef]) -> Vec<Rule> {
-        self.quietly(|c| {
-            let top = c.top(doc, flavor)?;
-            Some(c.tools(&top, bounds::TOOLS, limits))
-        })
-        .unwrap_or_default()
-    }
-
-    fn top<'a>(&mut self, doc: &'a Value, flavor: Flavor) -> Option<Obj<'a>> {
-        let (fields, extra) = match flavor {
-            Flavor::File => (POLICY_FIELDS, &[][..]),
-            Flavor::Spec => (SPEC_FIELDS, spec::SPEC_ONLY_FIELDS),
-        };
-        Obj::with_extra(doc, FieldPath::root(""), fields, extra, &mut self.errs)
-    }
-
-    /// Runs `f` with its errors dropped: for parts read a second time.
-    fn quietly<T>(&mut self, f: impl FnOnce(&mut Compiler) -> T) -> T {
-        let saved = std::mem::take(&mut self.errs);
-        let out = f(self);
-        self.errs = saved;
-        out
+    /// The base rules compiled again with other `all_tools` limits. Their errors were reported
+    /// the first time, so this reading's are dropped.
+    fn base_rules_with(&mut self, top: &Obj, limits: &[LimitRef]) -> Vec<Rule> {
+        let reported = std::mem::take(&mut self.errs);
+        let rules = self.tools(top, bounds::TOOLS, limits);
+        self.errs = reported;
+        rules
     }
 
     fn identity(&mut self, top: &Obj) -> IdentitySettings {
@@ -574,14 +556,15 @@ impl Compiler {
         }
         let a = Obj::new(v, p, APPROVAL_FIELDS, &mut self.errs)?;
         let mut out = Approval::default();
+        let mut valid = true;
         if let Some((tv, tp)) = a.get(F_TTL, &mut self.errs) {
-            let text = reader::string(tv, &tp, &mut self.errs)?;
-            match Window::parse(text) {
-                Ok(w) => out.ttl = w.length,
-                Err(e) => {
+            match reader::string(tv, &tp, &mut self.errs).map(Window::parse) {
+                Some(Ok(w)) => out.ttl = w.length,
+                Some(Err(e)) => {
                     self.errs.push(&tp, e.to_string().replace("window", "ttl"));
-                    return None;
+                    valid = false;
                 }
+                None => valid = false,
             }
         }
         if let Some((uv, up)) = a.get(F_USES, &mut self.errs) {
@@ -595,11 +578,11 @@ impl Compiler {
                             bounds::APPROVAL_USES
                         ),
                     );
-                    return None;
+                    valid = false;
                 }
             }
         }
-        Some(out)
+        valid.then_some(out)
     }
 
     fn limits(&mut self, o: &Obj) -> Vec<LimitRef> {

@@ -28,8 +28,10 @@ pub(super) struct Caller {
 impl Caller {
     /// A caller that proved nothing.
     pub fn anonymous() -> Caller {
+        // Most requests of a policy without identity are anonymous: one shared allocation.
+        static ANONYMOUS: std::sync::OnceLock<Arc<str>> = std::sync::OnceLock::new();
         Caller {
-            id: Arc::from("anonymous"),
+            id: ANONYMOUS.get_or_init(|| Arc::from("anonymous")).clone(),
             named: false,
         }
     }

@@ -189,6 +189,14 @@ fn check_framing(h: &HeaderMap, body: &Body, version: &str) -> Result<(), Refusa
     }
 }
 
+/// The approval a call needs: its id, its canonical arguments, and a reserved use if one is held.
+struct Asked {
+    id: String,
+    arguments: String,
+    arguments_sha256: String,
+    held: Option<approvals::Reservation>,
+}
+
 /// The calls of one request, decided in turn.
 struct Gate<'a> {
     st: &'a State,
@@ -236,24 +244,12 @@ impl Gate<'_> {
             (Some(raw), Some(need)) => need.read(raw.get()).map_err(|_| unreadable())?,
             _ => Value::Null,
         };
-        // A rule that needs approval: the exact call's approval id, and a use of it if one is
-        // granted (reserved now, spent only if the call is allowed).
-        let needs_approval = pol
+        let approval = match pol
             .rule_for(&call.name, self.grant)
-            .is_some_and(|r| r.approval.is_some());
-        let approval = match (needs_approval, call.arguments) {
-            (false, _) => None,
-            (true, raw) => {
-                let full: Value = match raw {
-                    Some(r) => serde_json::from_str(r.get()).map_err(|_| unreadable())?,
-                    None => Value::Object(Default::default()),
-                };
-                let text = approvals::canonical(&full);
-                let sha = sha256_hex(text.as_bytes());
-                let aid = approvals::approval_id(label, &call.name, &sha, &self.caller.id);
-                let held = self.st.approvals.reserve(&aid, super::caller::unix_now());
-                Some((aid, text, sha, held))
-            }
+            .is_some_and(|r| r.approval.is_some())
+        {
+            true => Some(self.ask_approval(&call, label).map_err(|_| unreadable())?),
+            false => None,
         };
         let t0 = Instant::now();
         let d = self.policy.engine.decide(
@@ -263,46 +259,13 @@ impl Gate<'_> {
                 caller: &self.caller.id,
                 grant: self.grant,
                 session: self.session,
-                approved: approval.as_ref().is_some_and(|a| a.3.is_some()),
+                approved: approval.as_ref().is_some_and(|a| a.held.is_some()),
             },
             monotonic_now(),
         );
         let took = t0.elapsed();
-        self.record(&call, &d, took, approval.as_ref().map(|a| a.0.as_str()));
-        let approval_id = match approval {
-            None => None,
-            Some((aid, text, sha, held)) => {
-                let result = match (d.outcome, held) {
-                    (Outcome::Allow, Some(r)) => {
-                        r.commit();
-                        Some("used")
-                    }
-                    (Outcome::ApprovalRequired, _) => self
-                        .st
-                        .approvals
-                        .request(approvals::Pending {
-                            id: aid.clone(),
-                            policy: label.to_owned(),
-                            tool: call.name.to_string(),
-                            arguments: Some(text),
-                            arguments_sha256: sha,
-                            identity: self.caller.id.to_string(),
-                            requested_at: super::caller::unix_now(),
-                        })
-                        .then_some("requested"),
-                    // Refused for another reason: the reserved use (if any) is given back.
-                    _ => None,
-                };
-                if let Some(result) = result {
-                    self.st
-                        .metrics
-                        .approvals
-                        .with_label_values(&[label, d.tool_label, result])
-                        .inc();
-                }
-                Some(aid)
-            }
-        };
+        self.record(&call, &d, took, approval.as_ref().map(|a| a.id.as_str()));
+        let approval_id = approval.map(|a| self.settle_approval(a, &d, &call, label));
         if d.limit.is_some() {
             self.retry_after = Some(denial::retry_after_secs(&d));
         }
@@ -327,6 +290,59 @@ impl Gate<'_> {
     }
 
     /// The decision's metrics and audit line.
+    /// The approval a call whose rule needs one must match, and a use of it if one is granted
+    /// (reserved now, spent only if the call is allowed). The arguments are read whole: the id
+    /// covers all of them.
+    fn ask_approval(&self, call: &mcp::ToolCall, label: &str) -> Result<Asked, serde_json::Error> {
+        let full: Value = match call.arguments {
+            Some(r) => serde_json::from_str(r.get())?,
+            None => Value::Object(Default::default()),
+        };
+        let arguments = approvals::canonical(&full);
+        let arguments_sha256 = sha256_hex(arguments.as_bytes());
+        let id = approvals::approval_id(label, &call.name, &arguments_sha256, &self.caller.id);
+        let held = self.st.approvals.reserve(&id, super::caller::unix_now());
+        Ok(Asked {
+            id,
+            arguments,
+            arguments_sha256,
+            held,
+        })
+    }
+
+    /// After the decision: an allowed call spends its use, a call with none becomes a pending
+    /// request, any other refusal gives the reserved use back (by dropping it). Returns the id.
+    fn settle_approval(&self, a: Asked, d: &Decision, call: &mcp::ToolCall, label: &str) -> String {
+        let result = match (d.outcome, a.held) {
+            (Outcome::Allow, Some(r)) => {
+                r.commit();
+                Some("used")
+            }
+            (Outcome::ApprovalRequired, _) => self
+                .st
+                .approvals
+                .request(approvals::Pending {
+                    id: a.id.clone(),
+                    policy: label.to_owned(),
+                    tool: call.name.to_string(),
+                    arguments: Some(a.arguments),
+                    arguments_sha256: a.arguments_sha256,
+                    identity: self.caller.id.to_string(),
+                    requested_at: super::caller::unix_now(),
+                })
+                .then_some("requested"),
+            _ => None,
+        };
+        if let Some(result) = result {
+            self.st
+                .metrics
+                .approvals
+                .with_label_values(&[label, d.tool_label, result])
+                .inc();
+        }
+        a.id
+    }
+
     /// `approval`: the approval id of a call whose rule needs one (the request when refused, the
     /// use when allowed).
     fn record(

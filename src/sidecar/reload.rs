@@ -31,7 +31,7 @@ pub struct LoadedPolicy {
     /// The keys tokens are verified with, when the policy verifies tokens.
     pub keys: Keys,
     /// The key set file as it was read for this load: its hash, or the error reading it.
-    keys_seen: Option<Result<String, String>>,
+    pub keys_seen: Option<Result<String, String>>,
 }
 
 /// The keys of a policy that verifies tokens.

@@ -510,3 +510,15 @@ pub async fn rmcp_client(
         .await
         .expect("client connects through the sidecar")
 }
+
+/// The names of every tool an rmcp client is shown, all pages, in order.
+pub async fn rmcp_tool_names(
+    c: &rmcp::service::RunningService<rmcp::RoleClient, ()>,
+) -> Vec<String> {
+    c.list_all_tools()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.name.to_string())
+        .collect()
+}
