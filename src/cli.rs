@@ -41,8 +41,16 @@ pub enum Command {
     Demo(DemoArgs),
     /// Run the operator: reconcile McpPolicies and serve the admission webhooks.
     Controller(Box<ControllerArgs>),
-    /// Print the McpPolicy CustomResourceDefinition (YAML), generated from the Rust types.
+    /// Print the McpPolicy and McpApproval CustomResourceDefinitions (YAML), generated from the Rust types.
     Crd(CrdArgs),
+    /// Requests for approval: `approvals list` shows McpApprovals (or, with --admin, one sidecar's
+    /// pending requests).
+    Approvals(ApprovalsArgs),
+    /// Approve a call: an McpApproval by name (as the kubeconfig's user), or with --admin a
+    /// sidecar's pending request by id.
+    Approve(DecideArgs),
+    /// Deny a call, the same way.
+    Reject(DecideArgs),
     /// Regenerate every generated file of a checkout: both CRD copies, the README reference,
     /// deploy/mcp-warden.yaml.
     Generate(GenerateArgs),
@@ -77,6 +85,87 @@ pub fn run_generate(a: &GenerateArgs) -> anyhow::Result<bool> {
         println!("every generated file is current");
     }
     Ok(!a.check || changed.is_empty())
+}
+
+#[derive(Debug, Args)]
+pub struct ApprovalsArgs {
+    #[command(subcommand)]
+    pub command: ApprovalsCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ApprovalsCommand {
+    /// List McpApprovals, pending first (or a sidecar's pending requests with --admin).
+    List(ListArgs),
+}
+
+/// Where approvals live: the kubeconfig's cluster, or one sidecar's admin API.
+#[derive(Debug, Args)]
+pub struct Where {
+    /// Namespace (default: the kubeconfig context's).
+    #[arg(short, long)]
+    pub namespace: Option<String>,
+    /// A sidecar's admin API instead of a cluster, e.g. http://127.0.0.1:9481.
+    #[arg(long, value_name = "URL", requires = "admin_token_file")]
+    pub admin: Option<String>,
+    /// The file holding the sidecar's admin token (its --admin-token-file).
+    #[arg(long, value_name = "FILE", requires = "admin")]
+    pub admin_token_file: Option<PathBuf>,
+}
+
+impl Where {
+    fn target(&self, all: bool) -> crate::approve::Target<'_> {
+        match (&self.admin, &self.admin_token_file) {
+            (Some(url), Some(token_file)) => crate::approve::Target::Admin { url, token_file },
+            _ => crate::approve::Target::Cluster {
+                namespace: self.namespace.as_deref(),
+                all,
+            },
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    #[command(flatten)]
+    pub at: Where,
+    /// Every namespace.
+    #[arg(short = 'A', long, conflicts_with_all = ["namespace", "admin"])]
+    pub all_namespaces: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DecideArgs {
+    /// The McpApproval's name (with --admin: the request's approval id).
+    pub name: String,
+    #[command(flatten)]
+    pub at: Where,
+}
+
+fn block_on<T>(f: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(f)
+}
+
+/// Runs `approvals list`.
+pub fn run_approvals(a: &ApprovalsArgs) -> anyhow::Result<bool> {
+    let ApprovalsCommand::List(l) = &a.command;
+    print!(
+        "{}",
+        block_on(crate::approve::list(l.at.target(l.all_namespaces)))?
+    );
+    Ok(true)
+}
+
+/// Runs `approve` (`approve: true`) or `reject`.
+pub fn run_decide(a: &DecideArgs, approve: bool) -> anyhow::Result<bool> {
+    print!(
+        "{}",
+        block_on(crate::approve::decide(a.at.target(false), &a.name, approve))?
+    );
+    Ok(true)
 }
 
 #[derive(Debug, Args)]
@@ -117,6 +206,19 @@ pub struct SidecarArgs {
     /// in a cluster the controller renders it). Reloaded when it changes.
     #[arg(long, env = "MCP_WARDEN_APPROVALS", value_name = "FILE")]
     pub approvals: Option<PathBuf>,
+    /// This pod's name (the downward API's `metadata.name`): approvals rendered for another pod
+    /// are not honoured here.
+    #[arg(long, env = "POD_NAME")]
+    pub pod_name: Option<String>,
+    /// The admin API (`/approvals` on the admin port) accepts ServiceAccount tokens for audience
+    /// `mcp-warden-admin` verified with this file (`{"issuer", "subject", "keys"}`; in a cluster
+    /// the controller renders it, naming its own ServiceAccount).
+    #[arg(long, env = "MCP_WARDEN_ADMIN_KEYS", value_name = "FILE")]
+    pub admin_keys: Option<PathBuf>,
+    /// The admin API accepts the bearer token in this file (without a cluster); read on every
+    /// request.
+    #[arg(long, env = "MCP_WARDEN_ADMIN_TOKEN_FILE", value_name = "FILE")]
+    pub admin_token_file: Option<PathBuf>,
     /// The MCP server, e.g. http://127.0.0.1:8888/mcp; its path is the gated MCP path.
     #[arg(long, env = "MCP_WARDEN_UPSTREAM", value_name = "URL")]
     pub upstream: http::Uri,
@@ -202,6 +304,9 @@ impl SidecarArgs {
         let mut c = crate::sidecar::Config::new(self.upstream.clone(), self.policy.clone());
         c.jwks_path = self.jwks.clone();
         c.approvals_path = self.approvals.clone();
+        c.pod_name = self.pod_name.clone();
+        c.admin_keys_path = self.admin_keys.clone();
+        c.admin_token_file = self.admin_token_file.clone();
         c.listen = self.listen;
         c.admin_listen = self.admin_listen;
         c.passthrough_paths = self.passthrough_paths.clone();
@@ -374,6 +479,28 @@ pub struct ControllerArgs {
     /// ServiceAccount keys, an OIDC issuer's `jwksFrom`); a failed fetch is retried after 30 s.
     #[arg(long, env = "MCP_WARDEN_JWKS_REFRESH_SECONDS", default_value_t = 300)]
     pub jwks_refresh_seconds: u64,
+    /// The controller's ServiceAccount (the downward API's `spec.serviceAccountName`): the one
+    /// subject sidecars' admin APIs accept.
+    #[arg(long, env = "SERVICE_ACCOUNT_NAME", default_value = "mcp-warden")]
+    pub service_account: String,
+    /// A token of that ServiceAccount for audience `mcp-warden-admin` (a projected volume the
+    /// kubelet refreshes), sent to sidecars' admin APIs; read before every poll.
+    #[arg(
+        long,
+        env = "MCP_WARDEN_ADMIN_TOKEN_FILE",
+        default_value = "/var/run/secrets/mcp-warden/admin/token"
+    )]
+    pub admin_token_file: PathBuf,
+    /// Seconds between polls of the admin APIs of injected pods whose policy has approval rules.
+    #[arg(long, env = "MCP_WARDEN_APPROVALS_POLL_SECONDS", default_value_t = 5.0)]
+    pub approvals_poll_seconds: f64,
+    /// Seconds a decided, used or expired McpApproval is kept before it is deleted.
+    #[arg(
+        long,
+        env = "MCP_WARDEN_APPROVAL_RETENTION_SECONDS",
+        default_value_t = 86_400
+    )]
+    pub approval_retention_seconds: u64,
     /// The leader-election Lease.
     #[arg(
         long,
@@ -509,6 +636,20 @@ impl ControllerArgs {
             cert_interval: Duration::from_secs(self.cert_interval_seconds.max(1)),
             manage_certificates: self.manage_certificates,
             jwks_refresh: Duration::from_secs(self.jwks_refresh_seconds.max(1)),
+            approvals: crate::controller::approvals::ApprovalsConfig {
+                subject: format!(
+                    "system:serviceaccount:{}:{}",
+                    self.namespace, self.service_account
+                ),
+                token_file: self.admin_token_file.clone(),
+                poll: Duration::try_from_secs_f64(self.approvals_poll_seconds)
+                    .ok()
+                    .filter(|d| !d.is_zero())
+                    .ok_or_else(|| {
+                        anyhow::anyhow!("--approvals-poll-seconds must be more than zero")
+                    })?,
+                retention: Duration::from_secs(self.approval_retention_seconds),
+            },
         })
     }
 }

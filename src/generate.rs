@@ -107,6 +107,14 @@ pub fn files(root: &Path) -> Result<Vec<Generated>, GenerateError> {
             content: crd,
         },
         Generated {
+            path: "crds/mcpapproval.yaml",
+            content: crate::crd::approval::crd_yaml(),
+        },
+        Generated {
+            path: "charts/mcp-warden/crds/mcpapproval.yaml",
+            content: crate::crd::approval::crd_yaml(),
+        },
+        Generated {
             path: "README.md",
             content: readme_with_reference(&readme)?,
         },

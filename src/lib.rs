@@ -19,6 +19,7 @@
 //!   webhook certificates; leader election; the RBAC rules table.
 //! - [`webhook`]: the admission webhooks (inject at pod CREATE, validate McpPolicies, guard
 //!   injected pods).
+//! - [`approve`]: listing and deciding approval requests (`mcp-warden approvals|approve|reject`).
 //! - [`check`]: offline validation and explanation of policies (`mcp-warden check`).
 //! - [`demo`]: the no-cluster demonstration.
 //! - [`generate`]: regenerating every generated file (`mcp-warden generate`).
@@ -33,10 +34,11 @@
 //! Dependencies run one way (`tests/layers.rs` holds them): `serve`, `mcp`, `metrics` and
 //! `logging` depend on no other module; `policy` → `mcp` (its JSON scan); `engine` → `policy`;
 //! `crd` → `policy`; `cluster` → `crd`; `webhook` → `cluster`, `serve`; `controller` →
-//! `cluster`, `webhook` (it runs the webhook server), `serve`; `sidecar` → `engine`, `mcp`,
-//! `serve`.
+//! `cluster`, `webhook` (it runs the webhook server), `serve`, `sidecar` (the admin API's
+//! approval types); `sidecar` → `engine`, `mcp`, `serve`, `identity`.
 #![forbid(unsafe_code)]
 
+pub mod approve;
 pub mod check;
 pub mod cli;
 pub mod cluster;

@@ -1,12 +1,30 @@
 #![forbid(unsafe_code)]
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 use mcp_warden::cli::{self, Cli, Command};
 use mcp_warden::logging;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // Installed as `kubectl-mcp_warden`, the binary is the kubectl plugin `kubectl mcp-warden`.
+    let plugin = std::env::args_os()
+        .next()
+        .and_then(|a| {
+            std::path::Path::new(&a)
+                .file_name()
+                .map(|n| n.to_string_lossy().starts_with("kubectl-"))
+        })
+        .unwrap_or(false);
+    let mut command = Cli::command();
+    if plugin {
+        command = command
+            .name("kubectl mcp-warden")
+            .bin_name("kubectl mcp-warden");
+    }
+    let cli = match Cli::from_arg_matches(&command.get_matches()) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
     let default_level = if matches!(cli.command, Command::Demo(_)) {
         "warn"
     } else {
@@ -22,11 +40,18 @@ fn main() -> ExitCode {
         Command::Demo(a) => cli::run_demo(a),
         Command::Controller(a) => cli::run_controller(a),
         Command::Generate(a) => cli::run_generate(a),
+        Command::Approvals(a) => cli::run_approvals(a),
+        Command::Approve(a) => cli::run_decide(a, true),
+        Command::Reject(a) => cli::run_decide(a, false),
         Command::Crd(a) => {
             if a.reference {
                 print!("{}", mcp_warden::crd::reference::markdown());
             } else {
-                print!("{}", mcp_warden::crd::crd_yaml());
+                print!(
+                    "{}---\n{}",
+                    mcp_warden::crd::crd_yaml(),
+                    mcp_warden::crd::approval::crd_yaml()
+                );
             }
             Ok(true)
         }

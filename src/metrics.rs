@@ -22,6 +22,7 @@ pub const SIDECAR_METRICS: &[&str] = &[
     "mcp_warden_unauthenticated_total",
     "mcp_warden_approvals_total",
     "mcp_warden_approvals_pending",
+    "mcp_warden_approvals_oldest_pending_seconds",
 ];
 
 /// The sidecar's metrics.
@@ -41,6 +42,7 @@ pub struct SidecarMetrics {
     pub unauthenticated: IntCounterVec,
     pub approvals: IntCounterVec,
     pub approvals_pending: IntGaugeVec,
+    pub approvals_oldest_pending: IntGaugeVec,
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -148,12 +150,17 @@ impl SidecarMetrics {
             ),
             approvals: counter(
                 "approvals_total",
-                "Calls of tools that need approval, by result (requested, used)",
+                "Calls of tools that need approval, by result (requested, approved, denied, used)",
                 &["policy", "tool", "result"],
             ),
             approvals_pending: gauge(
                 "approvals_pending",
                 "Requests waiting for a person's approval",
+                &["policy"],
+            ),
+            approvals_oldest_pending: gauge(
+                "approvals_oldest_pending_seconds",
+                "Seconds the oldest request still waiting for approval has waited (0 with none)",
                 &["policy"],
             ),
             registry: b.registry.clone(),
@@ -277,6 +284,7 @@ mod tests {
             .with_label_values(&["p", "t", "requested"])
             .inc();
         m.approvals_pending.with_label_values(&["p"]).set(1);
+        m.approvals_oldest_pending.with_label_values(&["p"]).set(30);
         let text = String::from_utf8(m.render()).unwrap();
         for name in SIDECAR_METRICS {
             assert!(text.contains(&format!("# TYPE {name} ")), "{name} missing");

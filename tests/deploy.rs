@@ -23,6 +23,11 @@ fn the_charts_crd_is_the_generated_one() {
         "charts/mcp-warden/crds/mcppolicy.yaml is stale: run `{}`",
         mcp_warden::generate::COMMAND
     );
+    assert!(
+        read("charts/mcp-warden/crds/mcpapproval.yaml") == mcp_warden::crd::approval::crd_yaml(),
+        "charts/mcp-warden/crds/mcpapproval.yaml is stale: run `{}`",
+        mcp_warden::generate::COMMAND
+    );
 }
 
 /// Metric names in a text (PromQL), without histogram suffixes.
@@ -132,6 +137,7 @@ fn the_alerts_query_only_metrics_the_code_exports() {
         "McpWardenCounterOverflow",
         "McpWardenPolicyReloadErrors",
         "McpWardenSidecarPolicyStale",
+        "McpWardenApprovalWaiting",
         "McpWardenWebhookErrors",
         "McpWardenWebhookSlow",
         "McpWardenCertificateExpiry",

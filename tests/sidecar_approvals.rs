@@ -176,3 +176,195 @@ async fn an_expired_approval_allows_nothing() {
     );
     assert_eq!(up.server.calls.load(Ordering::SeqCst), before);
 }
+
+/// A sidecar whose admin API takes `auth` (`--admin-token-file` or `--admin-keys`).
+async fn start_with_admin(
+    auth: impl FnOnce(&mut mcp_warden::sidecar::Config, &std::path::Path),
+) -> (Upstream, Sidecar) {
+    let up = upstream(false, true).await;
+    let dir = temp_dir("approvals-admin");
+    std::fs::write(dir.join("policy.yaml"), POLICY).unwrap();
+    let d = dir.clone();
+    let sc = sidecar_at(&up.url(), &dir.join("policy.yaml"), move |c| auth(c, &d)).await;
+    (up, sc)
+}
+
+async fn admin(sc: &Sidecar, method: &str, token: Option<&str>, body: &str) -> (u16, Value) {
+    let bearer = token.map(|t| format!("Bearer {t}"));
+    let mut h = vec![("content-type", "application/json")];
+    if let Some(b) = &bearer {
+        h.push(("authorization", b.as_str()));
+    }
+    let raw = request(method, &sc.admin_url("/approvals"), &h, body.to_owned()).await;
+    (raw.0, serde_json::from_slice(&raw.2).unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn without_a_cluster_the_admin_api_lists_and_decides_requests_for_its_token_only() {
+    let (up, sc) = start_with_admin(|c, d| {
+        std::fs::write(d.join("admin-token"), "s3cret-admin-token\n").unwrap();
+        c.admin_token_file = Some(d.join("admin-token"));
+    })
+    .await;
+    let args = json!({"session_id": "default"});
+    let id = clear(&sc, "alice", 1, args.clone()).await["approvalId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // No token, a wrong token: 401 with a challenge; nothing is shown.
+    let (status, body) = admin(&sc, "GET", None, "").await;
+    assert_eq!(status, 401, "{body}");
+    let (status, body) = admin(&sc, "GET", Some("s3cret-admin-tokeN"), "").await;
+    assert_eq!(status, 401);
+    assert!(!body.to_string().contains("session_id"));
+    let token = Some("s3cret-admin-token");
+    let (status, body) = admin(&sc, "GET", token, "").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["pending"][0]["id"], id.as_str());
+    assert_eq!(
+        body["pending"][0]["arguments"],
+        r#"{"session_id":"default"}"#
+    );
+    assert_eq!(body["pending"][0]["uses"], 1);
+    assert_eq!(body["pending"][0]["ttl_seconds"], 3600);
+    // Bad decisions are refused with the reason.
+    let (status, body) = admin(
+        &sc,
+        "POST",
+        token,
+        r#"{"id": "nope", "decision": "approve"}"#,
+    )
+    .await;
+    assert_eq!(status, 404);
+    assert!(body["error"]
+        .as_str()
+        .unwrap()
+        .contains("no pending request"));
+    let (status, _) = admin(&sc, "POST", token, r#"{"id": "x", "decision": "maybe"}"#).await;
+    assert_eq!(status, 400);
+    let (status, _) = admin(
+        &sc,
+        "POST",
+        token,
+        &format!("{{\"id\": \"{}\"}}", "x".repeat(5000)),
+    )
+    .await;
+    assert_eq!(status, 413);
+    // Approve: the identical call runs once.
+    let ran = up.server.calls.load(Ordering::SeqCst);
+    let (status, body) = admin(
+        &sc,
+        "POST",
+        token,
+        &json!({"id": id, "decision": "approve"}).to_string(),
+    )
+    .await;
+    assert_eq!(
+        (status, body["decision"].as_str()),
+        (200, Some("approved")),
+        "{body}"
+    );
+    assert_eq!(
+        clear(&sc, "alice", 2, args.clone()).await["decision"],
+        "ran"
+    );
+    assert_eq!(up.server.calls.load(Ordering::SeqCst), ran + 1);
+    assert_eq!(
+        clear(&sc, "alice", 3, args.clone()).await["decision"],
+        "approval_required"
+    );
+    let (_, body) = admin(&sc, "GET", token, "").await;
+    assert_eq!(body["used"][0]["used"], 1);
+    // Reject the new request: it leaves, nothing runs.
+    let (status, body) = admin(
+        &sc,
+        "POST",
+        token,
+        &json!({"id": id, "decision": "reject"}).to_string(),
+    )
+    .await;
+    assert_eq!((status, body["decision"].as_str()), (200, Some("denied")));
+    assert_eq!(
+        clear(&sc, "alice", 4, args).await["decision"],
+        "approval_required"
+    );
+    assert_eq!(up.server.calls.load(Ordering::SeqCst), ran + 1);
+    for result in ["approved", "denied", "used"] {
+        assert_eq!(
+            metric(
+                &sc,
+                "mcp_warden_approvals_total",
+                &[&format!("result=\"{result}\"")]
+            )
+            .await,
+            Some(1.0),
+            "{result}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn in_a_cluster_the_admin_api_takes_only_the_controllers_token_for_its_audience() {
+    let (jwk, key) = mcp_warden::identity::p256_signing_key("admin-key");
+    let issuer = "https://kubernetes.default.svc";
+    let controller = "system:serviceaccount:mcp-warden:mcp-warden";
+    let keys = json!({"issuer": issuer, "subject": controller, "keys": [jwk]}).to_string();
+    let (_up, sc) = start_with_admin(move |c, d| {
+        std::fs::write(d.join("admin.json"), keys).unwrap();
+        c.admin_keys_path = Some(d.join("admin.json"));
+    })
+    .await;
+    clear(&sc, "alice", 1, json!({})).await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let token = |sub: &str, aud: &str| {
+        let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+        h.kid = Some("admin-key".into());
+        jsonwebtoken::encode(
+            &h,
+            &json!({"iss": issuer, "sub": sub, "aud": [aud], "exp": now + 600, "iat": now}),
+            &key,
+        )
+        .unwrap()
+    };
+    let (status, body) = admin(&sc, "GET", Some(&token(controller, "mcp-warden-admin")), "").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["pending"][0]["identity"], "alice");
+    // The API server's audience (a token that would also work against the cluster) is refused.
+    let (status, _) = admin(
+        &sc,
+        "GET",
+        Some(&token(controller, "https://kubernetes.default.svc")),
+        "",
+    )
+    .await;
+    assert_eq!(status, 401);
+    // Another ServiceAccount of the cluster, even for the right audience.
+    let (status, body) = admin(
+        &sc,
+        "GET",
+        Some(&token(
+            "system:serviceaccount:agents:bot",
+            "mcp-warden-admin",
+        )),
+        "",
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    // A forged token (payload changed after signing).
+    let t = token(controller, "mcp-warden-admin");
+    let mut parts: Vec<String> = t.split('.').map(String::from).collect();
+    parts[1].insert(3, 'x');
+    let (status, _) = admin(&sc, "GET", Some(&parts.join(".")), "").await;
+    assert_eq!(status, 401);
+}
+
+#[tokio::test]
+async fn the_admin_api_is_off_unless_configured() {
+    let (_up, sc) = start_with_admin(|_, _| {}).await;
+    let (status, body) = admin(&sc, "GET", Some("anything"), "").await;
+    assert_eq!(status, 403);
+    assert!(body["error"].as_str().unwrap().contains("admin API is off"));
+}

@@ -36,6 +36,13 @@ pub const POLICY_KEY: &str = "policy.json";
 /// The ConfigMap key of the key set sidecars verify tokens with (`identity.serviceAccount`,
 /// `identity.jwt`).
 pub const KEYS_KEY: &str = "jwks.json";
+/// The ConfigMap key of the approvals the sidecar honours (written by the controller's approval
+/// loop under its own field manager, [`APPROVALS_MANAGER`]).
+pub const APPROVALS_KEY: &str = "approvals.json";
+/// The ConfigMap key of the keys the sidecar's admin API verifies the controller's token with.
+pub const ADMIN_KEYS_KEY: &str = "admin.json";
+/// The field manager of the approvals key.
+pub const APPROVALS_MANAGER: &str = "mcp-warden-approvals";
 /// The container port name Services route to.
 pub const MCP_PORT_NAME: &str = "mcp";
 /// The sidecar's admin port name (probes, scraping).

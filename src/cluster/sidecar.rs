@@ -3,13 +3,14 @@
 //! to count guarded pods).
 
 use super::{
-    configmap_name, ADMIN_PORT_NAME, CONTAINER, KEYS_KEY, MCP_PORT_NAME, MOUNT_PATH,
-    POLICY_ANNOTATION, POLICY_KEY, VOLUME,
+    configmap_name, ADMIN_KEYS_KEY, ADMIN_PORT_NAME, APPROVALS_KEY, CONTAINER, KEYS_KEY,
+    MCP_PORT_NAME, MOUNT_PATH, POLICY_ANNOTATION, POLICY_KEY, VOLUME,
 };
 use crate::crd::McpPolicy;
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, HTTPGetAction, Pod, Probe, ResourceRequirements,
-    SeccompProfile, SecurityContext, VolumeMount,
+    Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
+    ObjectFieldSelector, Pod, Probe, ResourceRequirements, SeccompProfile, SecurityContext,
+    VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
@@ -148,6 +149,8 @@ pub fn sidecar_container(cfg: &InjectConfig, upstream: &str) -> Container {
     };
     let policy_file = format!("{MOUNT_PATH}/{POLICY_KEY}");
     let keys_file = format!("{MOUNT_PATH}/{KEYS_KEY}");
+    let approvals_file = format!("{MOUNT_PATH}/{APPROVALS_KEY}");
+    let admin_keys_file = format!("{MOUNT_PATH}/{ADMIN_KEYS_KEY}");
     Container {
         name: CONTAINER.into(),
         image: Some(cfg.image.clone()),
@@ -165,6 +168,10 @@ pub fn sidecar_container(cfg: &InjectConfig, upstream: &str) -> Container {
                 &format!("0.0.0.0:{}", cfg.admin_port),
                 "--jwks",
                 &keys_file,
+                "--approvals",
+                &approvals_file,
+                "--admin-keys",
+                &admin_keys_file,
             ]
             .map(String::from)
             .to_vec(),
@@ -183,6 +190,18 @@ pub fn sidecar_container(cfg: &InjectConfig, upstream: &str) -> Container {
                 ..Default::default()
             },
         ]),
+        // Approvals name the pod whose sidecar saw the request.
+        env: Some(vec![EnvVar {
+            name: "POD_NAME".into(),
+            value_from: Some(EnvVarSource {
+                field_ref: Some(ObjectFieldSelector {
+                    field_path: "metadata.name".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }]),
         readiness_probe: Some(http_probe("/readyz", 2)),
         liveness_probe: Some(http_probe("/livez", 10)),
         resources: Some(cfg.resources.clone()),

@@ -136,20 +136,42 @@ pub fn webhook_configurations(
     };
     let m = MutatingWebhookConfiguration {
         metadata: meta.clone(),
-        webhooks: Some(vec![MutatingWebhook {
-            name: "inject.mcpwarden.dev".into(),
-            admission_review_versions: vec!["v1".into()],
-            client_config: endpoint.client_config("/mutate", bundle),
-            failure_policy: Some("Fail".into()),
-            side_effects: "NoneOnDryRun".into(),
-            timeout_seconds: Some(10),
-            reinvocation_policy: Some("Never".into()),
-            match_policy: Some("Equivalent".into()),
-            namespace_selector: Some(namespace_selector),
-            object_selector: Some(object_selector),
-            rules: Some(vec![rule("", "v1", &["CREATE"], &["pods"])]),
-            match_conditions: None,
-        }]),
+        webhooks: Some(vec![
+            MutatingWebhook {
+                name: "inject.mcpwarden.dev".into(),
+                admission_review_versions: vec!["v1".into()],
+                client_config: endpoint.client_config("/mutate", bundle),
+                failure_policy: Some("Fail".into()),
+                side_effects: "NoneOnDryRun".into(),
+                timeout_seconds: Some(10),
+                reinvocation_policy: Some("Never".into()),
+                match_policy: Some("Equivalent".into()),
+                namespace_selector: Some(namespace_selector),
+                object_selector: Some(object_selector),
+                rules: Some(vec![rule("", "v1", &["CREATE"], &["pods"])]),
+                match_conditions: None,
+            },
+            MutatingWebhook {
+                name: "approval.mcpwarden.dev".into(),
+                admission_review_versions: vec!["v1".into()],
+                client_config: endpoint.client_config("/mutate-approval", bundle),
+                // Always closed: without the stamp, nobody can tell who decided.
+                failure_policy: Some("Fail".into()),
+                side_effects: "None".into(),
+                timeout_seconds: Some(10),
+                reinvocation_policy: Some("Never".into()),
+                match_policy: Some("Equivalent".into()),
+                namespace_selector: None,
+                object_selector: None,
+                rules: Some(vec![rule(
+                    "mcpwarden.dev",
+                    "v1alpha1",
+                    &["CREATE", "UPDATE"],
+                    &["mcpapprovals"],
+                )]),
+                match_conditions: None,
+            },
+        ]),
     };
     let validate = ValidatingWebhook {
         name: "validate.mcpwarden.dev".into(),
@@ -176,9 +198,19 @@ pub fn webhook_configurations(
         }]),
         ..validating(endpoint.client_config("/guard", bundle))
     };
+    let approval = ValidatingWebhook {
+        name: "approval.mcpwarden.dev".into(),
+        rules: Some(vec![rule(
+            "mcpwarden.dev",
+            "v1alpha1",
+            &["CREATE", "UPDATE"],
+            &["mcpapprovals"],
+        )]),
+        ..validating(endpoint.client_config("/validate-approval", bundle))
+    };
     let v = ValidatingWebhookConfiguration {
         metadata: meta,
-        webhooks: Some(vec![validate, guard]),
+        webhooks: Some(vec![validate, guard, approval]),
     };
     (m, v)
 }

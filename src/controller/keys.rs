@@ -229,6 +229,15 @@ pub fn render(issuer: &str, jwks: &[u8], what: &str) -> Result<String, FetchErro
     Ok(serde_json::to_string(&doc).expect("a JSON value serialises"))
 }
 
+/// The admin API's key file: a rendered key set with the one subject the sidecar accepts.
+pub fn with_subject(rendered: &str, subject: &str) -> String {
+    let mut doc: Value = serde_json::from_str(rendered).unwrap_or_default();
+    if let Some(o) = doc.as_object_mut() {
+        o.insert("subject".into(), Value::String(subject.to_owned()));
+    }
+    serde_json::to_string(&doc).expect("a JSON value serialises")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,6 +3,7 @@
 //! replica holding the Lease, manages the webhook certificates. What it writes is computed by
 //! the pure functions of [`render`] and [`reconcile::desired`]; the I/O around them stays thin.
 
+pub mod approvals;
 pub mod certs;
 pub mod keys;
 pub mod leader;
@@ -73,6 +74,8 @@ pub struct Config {
     pub manage_certificates: bool,
     /// How often the key sets of `identity.serviceAccount` and `identity.jwt` are fetched again.
     pub jwks_refresh: Duration,
+    /// Polling sidecars for approval requests, and keeping McpApprovals.
+    pub approvals: approvals::ApprovalsConfig,
 }
 
 /// Whether native sidecars can be used: API server and every kubelet at 1.32 or newer (older
@@ -284,6 +287,7 @@ async fn serve(
             state: state.clone(),
             draining: draining.clone(),
         }),
+        None,
     ));
     Ok((webhook_task, admin_task))
 }
@@ -410,9 +414,15 @@ async fn lead(client: kube::Client, cfg: Config, metrics: ControllerMetrics, rec
     let pod_stream = watcher(Api::<Pod>::all(client.clone()), watcher::Config::default())
         .default_backoff()
         .modify(|p| {
-            // Keep what counts and warnings need; drop the rest to bound memory.
+            // Keep what counts and warnings need (and the pod IP, for approvals); drop the rest
+            // to bound memory.
             p.managed_fields_mut().clear();
-            p.status = None;
+            p.status = p.status.take().and_then(|s| s.pod_ip).map(|ip| {
+                k8s_openapi::api::core::v1::PodStatus {
+                    pod_ip: Some(ip),
+                    ..Default::default()
+                }
+            });
         })
         .reflect(pods_w)
         .touched_objects();
@@ -484,7 +494,16 @@ async fn lead(client: kube::Client, cfg: Config, metrics: ControllerMetrics, rec
         failures: Mutex::default(),
         exported: Mutex::default(),
         keys: keys::KeySets::new(cfg.jwks_refresh),
+        admin_subject: cfg.approvals.subject.clone(),
     });
+    let keeper = approvals::Keeper::new(
+        client.clone(),
+        cfg.approvals.clone(),
+        controller.store(),
+        pods.clone(),
+        cfg.inject.admin_port,
+        ctx.recorder.clone(),
+    );
     let run = controller
         .owns_stream(cm_stream)
         .watches_stream(pod_stream, policies_of_pod)
@@ -506,7 +525,7 @@ async fn lead(client: kube::Client, cfg: Config, metrics: ControllerMetrics, rec
             ctx,
         )
         .for_each(|_| std::future::ready(()));
-    tokio::join!(certs_loop, run);
+    tokio::join!(certs_loop, run, keeper.run());
 }
 
 /// The admin port's view: ready once the webhook can answer, and not while draining.

@@ -52,7 +52,18 @@ pub const RULES: &[Rule] = &[
     cluster("mcpwarden.dev", "mcppolicies", &["list", "watch"]),
     cluster("mcpwarden.dev", "mcppolicies/status", &["patch"]),
     // Rendered policies and isolation, applied server-side in the policies' namespaces.
-    cluster("", "configmaps", &["list", "watch", "patch", "create"]),
+    cluster(
+        "",
+        "configmaps",
+        &["get", "list", "watch", "patch", "create"],
+    ),
+    // Approval requests read from sidecars, their status, and their deletion after retention.
+    cluster(
+        "mcpwarden.dev",
+        "mcpapprovals",
+        &["list", "create", "delete"],
+    ),
+    cluster("mcpwarden.dev", "mcpapprovals/status", &["patch"]),
     cluster(
         "networking.k8s.io",
         "networkpolicies",

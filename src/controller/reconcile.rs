@@ -4,7 +4,8 @@
 
 use super::render::{self, cond};
 use crate::cluster::{
-    configmap_name, in_namespace, selecting_policy, selector_matches, KEYS_KEY, MANAGED_BY, MANAGER,
+    configmap_name, in_namespace, selecting_policy, selector_matches, ADMIN_KEYS_KEY,
+    APPROVALS_KEY, KEYS_KEY, MANAGED_BY, MANAGER,
 };
 use crate::crd::{Isolation, McpPolicy, McpPolicyStatus};
 use crate::metrics::ControllerMetrics;
@@ -52,6 +53,9 @@ pub struct Ctx {
     pub exported: Mutex<HashMap<String, String>>,
     /// The key sets sidecars verify tokens with, by source.
     pub keys: super::keys::KeySets,
+    /// The controller's own ServiceAccount (`system:serviceaccount:NS:NAME`): the one subject
+    /// sidecars' admin APIs accept.
+    pub admin_subject: String,
 }
 
 /// What the policy's status should be, and what to write besides.
@@ -132,6 +136,9 @@ pub struct Seen<'a> {
     /// For a policy that verifies tokens: the key set as fetched (or why not), and as the
     /// policy's ConfigMap holds it now.
     pub keys: Option<SeenKeys<'a>>,
+    /// For a policy with approval rules: the admin API's key file (the cluster's keys and the
+    /// controller's subject), as fetched or, when the fetch failed, as rendered before.
+    pub admin_keys: Option<&'a str>,
 }
 
 /// A policy's key set, fetched and as last rendered.
@@ -159,6 +166,7 @@ pub fn desired(
         services,
         network_policies,
         keys,
+        admin_keys,
     } = *seen;
     let old = policy.status.clone().unwrap_or_default();
     let generation = policy.metadata.generation;
@@ -209,7 +217,10 @@ pub fn desired(
                 .then(|| render::network_policy(policy, &matched, sidecar_ports));
             // A failed fetch keeps the keys already rendered: sidecars never lose good keys.
             let key_text = keys.and_then(|k| k.fetched.ok().or(k.rendered));
-            (Some(render::configmap(policy, &r, key_text)), np)
+            (
+                Some(render::configmap(policy, &r, key_text, admin_keys)),
+                np,
+            )
         }
         Err(errs) => {
             let lines: Vec<String> = errs.0.iter().map(ToString::to_string).collect();
@@ -438,9 +449,16 @@ impl Warnings<'_> {
     }
 }
 
+/// Whether the cached ConfigMap already holds what the reconciler renders (the approvals key is
+/// the approval loop's).
 fn same_data(a: Option<&ConfigMap>, b: &ConfigMap) -> bool {
+    let ours = |cm: &ConfigMap| {
+        let mut d = cm.data.clone().unwrap_or_default();
+        d.remove(APPROVALS_KEY);
+        d
+    };
     a.is_some_and(|a| {
-        a.data == b.data && a.metadata.owner_references == b.metadata.owner_references
+        ours(a) == ours(b) && a.metadata.owner_references == b.metadata.owner_references
     })
 }
 
@@ -490,6 +508,21 @@ pub async fn reconcile(policy: Arc<McpPolicy>, ctx: Arc<Ctx>) -> Result<Action, 
             .and_then(|cm| cm.data.as_ref()?.get(KEYS_KEY))
             .map(String::as_str),
     });
+    let rendered_admin = cached_cm
+        .as_ref()
+        .and_then(|cm| cm.data.as_ref()?.get(ADMIN_KEYS_KEY).cloned());
+    let admin_keys = match policy.spec.has_approvals() {
+        false => None,
+        true => match ctx
+            .keys
+            .get(&ctx.client, &super::keys::Source::Cluster)
+            .await
+        {
+            Ok(set) => Some(super::keys::with_subject(&set, &ctx.admin_subject)),
+            // A failed fetch keeps what sidecars have.
+            Err(_) => rendered_admin,
+        },
+    };
     let now = Time(k8s_openapi::jiff::Timestamp::now());
     let d = desired(
         &policy,
@@ -499,6 +532,7 @@ pub async fn reconcile(policy: Arc<McpPolicy>, ctx: Arc<Ctx>) -> Result<Action, 
             services: &services,
             network_policies: &network_policies,
             keys,
+            admin_keys: admin_keys.as_deref(),
         },
         &ctx.version,
         &ctx.sidecar_ports,
@@ -573,10 +607,12 @@ pub async fn reconcile(policy: Arc<McpPolicy>, ctx: Arc<Ctx>) -> Result<Action, 
         .expect("failures lock")
         .remove(&ObjectRef::from_obj(&*policy));
     // Key sets rotate: a policy that renders one is looked at again when it may have changed.
-    Ok(Action::requeue(match source {
-        Some(_) => ctx.keys.refresh().min(RESYNC),
-        None => RESYNC,
-    }))
+    Ok(Action::requeue(
+        match source.is_some() || policy.spec.has_approvals() {
+            true => ctx.keys.refresh().min(RESYNC),
+            false => RESYNC,
+        },
+    ))
 }
 
 /// `policy_rendered_info{policy,hash}`: one series per live policy, its latest hash; policies

@@ -2,8 +2,9 @@
 //! isolating NetworkPolicy, the status conditions, and the warnings about bypasses.
 
 use crate::cluster::{
-    configmap_name, label_selector_matches, selector_matches, sidecar_state, Carried, KEYS_KEY,
-    MANAGED_BY, MCP_PORT_NAME, POLICY_KEY, POLICY_LABEL, VERSION_ANNOTATION,
+    configmap_name, label_selector_matches, selector_matches, sidecar_state, Carried,
+    ADMIN_KEYS_KEY, KEYS_KEY, MANAGED_BY, MCP_PORT_NAME, POLICY_KEY, POLICY_LABEL,
+    VERSION_ANNOTATION,
 };
 use crate::crd::{render, McpPolicy, Rendered};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
@@ -64,7 +65,13 @@ pub fn rendered(policy: &McpPolicy) -> Result<Rendered, crate::policy::PolicyErr
 
 /// The ConfigMap `<name>-mcp-warden` sidecars mount, owned by the policy (so deleting the policy
 /// deletes it): the policy, and the key set tokens are verified with when it verifies tokens.
-pub fn configmap(policy: &McpPolicy, r: &Rendered, keys: Option<&str>) -> ConfigMap {
+/// With approval rules, also the admin API's key file.
+pub fn configmap(
+    policy: &McpPolicy,
+    r: &Rendered,
+    keys: Option<&str>,
+    admin_keys: Option<&str>,
+) -> ConfigMap {
     let name = configmap_name(policy.metadata.name.as_deref().unwrap_or_default());
     let mut data: BTreeMap<String, String> = [(
         POLICY_KEY.to_string(),
@@ -73,6 +80,9 @@ pub fn configmap(policy: &McpPolicy, r: &Rendered, keys: Option<&str>) -> Config
     .into();
     if let Some(k) = keys {
         data.insert(KEYS_KEY.to_string(), k.to_owned());
+    }
+    if let Some(k) = admin_keys {
+        data.insert(ADMIN_KEYS_KEY.to_string(), k.to_owned());
     }
     ConfigMap {
         metadata: owned_meta(policy, name),

@@ -48,7 +48,7 @@ fn time(s: &str) -> Time {
 fn the_configmap_holds_the_render_and_is_owned_by_the_policy() {
     let p = policy(json!({}));
     let r = rendered(&p).unwrap();
-    let cm = configmap(&p, &r, None);
+    let cm = configmap(&p, &r, None, None);
     assert_eq!(cm.metadata.name.as_deref(), Some("jupyter-mcp-warden"));
     assert_eq!(cm.metadata.namespace.as_deref(), Some("notebooks"));
     let owner = &cm.metadata.owner_references.as_ref().unwrap()[0];
@@ -319,6 +319,7 @@ mod desired_state {
                 services: &[],
                 network_policies: &[],
                 keys: None,
+                admin_keys: None,
             },
             "0.1.0",
             &[],
@@ -341,6 +342,7 @@ mod desired_state {
                 services,
                 network_policies,
                 keys: None,
+                admin_keys: None,
             },
             "0.1.0",
             &[9480, 9481],
@@ -366,6 +368,7 @@ mod desired_state {
                     services: &[],
                     network_policies: &[],
                     keys: Some(keys),
+                    admin_keys: None,
                 },
                 "0.1.0",
                 &[9480, 9481],
@@ -541,6 +544,7 @@ mod desired_state {
                 services: &[],
                 network_policies: &[],
                 keys: None,
+                admin_keys: None,
             },
             "0.1.0",
             &[],
@@ -558,6 +562,7 @@ mod desired_state {
                 services: &[],
                 network_policies: &[],
                 keys: None,
+                admin_keys: None,
             },
             "0.1.0",
             &[],

@@ -1,5 +1,5 @@
 //! The admin port of the sidecar and the controller: `/metrics` (Prometheus text), `/livez`
-//! and `/readyz` (with the reason when not ready).
+//! and `/readyz` (with the reason when not ready), and any API the process adds ([`Api`]).
 
 use super::{respond, Body, Limits};
 use http::{Request, Response, StatusCode};
@@ -43,6 +43,16 @@ pub fn answer(health: &dyn Health, path: &str) -> Response<Body> {
     }
 }
 
+/// An API served on the admin port besides the probes: the paths it takes, and its handler.
+pub struct Api {
+    pub handles: fn(&str) -> bool,
+    pub handle: Box<
+        dyn Fn(Request<Incoming>) -> futures_util::future::BoxFuture<'static, Response<Body>>
+            + Send
+            + Sync,
+    >,
+}
+
 /// Serves the admin port until `stop` changes.
 pub async fn serve(
     listener: TcpListener,
@@ -50,7 +60,9 @@ pub async fn serve(
     graceful: Arc<GracefulShutdown>,
     header_timeout: std::time::Duration,
     health: Arc<dyn Health>,
+    api: Option<Api>,
 ) {
+    let api = api.map(Arc::new);
     let limits = Limits {
         header_timeout,
         max_connections: MAX_CONNECTIONS,
@@ -61,7 +73,12 @@ pub async fn serve(
         graceful,
         limits,
         None,
-        move |req: Request<Incoming>| std::future::ready(answer(&*health, req.uri().path())),
+        move |req: Request<Incoming>| -> futures_util::future::BoxFuture<'static, Response<Body>> {
+            match &api {
+                Some(api) if (api.handles)(req.uri().path()) => (api.handle)(req),
+                _ => Box::pin(std::future::ready(answer(&*health, req.uri().path()))),
+            }
+        },
     )
     .await
 }

@@ -7,10 +7,15 @@
 //! counted here, by approval id, across reloads: a use is reserved under one lock before the call
 //! is decided, so two identical calls racing for the last use never both run, and given back if
 //! the call is refused for another reason (a limit). Calls that needed an approval and had none
-//! are kept as pending requests, bounded (the oldest is dropped).
+//! are kept as pending requests, bounded (the oldest is dropped) and dropped once their time to
+//! live has passed. Without a cluster, the admin API decides pending requests directly
+//! ([`Approvals::decide`]); such approvals live in memory beside the file's.
+//!
+//! In a cluster an approval names the pod whose sidecar saw the request: uses are counted per
+//! sidecar, so an approval is honoured on that pod only, and `uses: 1` means one call.
 
 use crate::policy::sha256_hex;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::{HashMap, VecDeque};
 use std::path::Path;
@@ -53,7 +58,7 @@ pub fn canonical(v: &Value) -> String {
 }
 
 /// One granted approval, as the file lists it.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct Granted {
     pub id: String,
@@ -61,12 +66,28 @@ pub struct Granted {
     pub uses: u32,
     /// Seconds since the epoch after which it allows nothing.
     pub expires_at: u64,
+    /// The pod whose sidecar may honour it (its request came from there); any when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+    /// What tells this approval from another of the same call (the McpApproval's name): uses
+    /// are counted per name, so a call approved again after its first approval was used up
+    /// runs again. The id when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+impl Granted {
+    /// The key its uses are counted under.
+    fn key(&self) -> &str {
+        self.name.as_deref().unwrap_or(&self.id)
+    }
+}
+
+/// The approvals file.
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-struct ApprovalsFile {
-    approvals: Vec<Granted>,
+pub struct ApprovalsFile {
+    pub approvals: Vec<Granted>,
 }
 
 /// Why an approvals file was not loaded.
@@ -87,7 +108,7 @@ pub enum ApprovalsError {
 }
 
 /// A call that needed an approval and had none.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Pending {
     pub id: String,
     pub policy: String,
@@ -98,12 +119,52 @@ pub struct Pending {
     pub identity: String,
     /// Seconds since the epoch.
     pub requested_at: u64,
+    /// What the rule grants once approved: calls, within seconds of the approval. Undecided,
+    /// the request lapses as many seconds after it was made.
+    pub uses: u32,
+    pub ttl_seconds: u64,
+    /// The tool's metric label (its rule's name; bounded, unlike the tool name).
+    #[serde(skip)]
+    pub tool_label: String,
 }
+
+impl Pending {
+    /// Seconds since the epoch after which the request, undecided, lapses.
+    pub fn expires_at(&self) -> u64 {
+        self.requested_at.saturating_add(self.ttl_seconds)
+    }
+}
+
+/// How much of an approval this sidecar has spent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Spent {
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub used: u32,
+    pub uses: u32,
+    pub expires_at: u64,
+}
+
+/// What the admin API's `GET /approvals` answers.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Report {
+    pub pending: Vec<Pending>,
+    pub used: Vec<Spent>,
+}
+
+/// Why a decision through the admin API was not taken.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("no pending request has approval id {0:?} (decided, expired, or never made here)")]
+pub struct NotPending(pub String);
 
 #[derive(Default)]
 struct Inner {
+    /// The file's approvals.
     granted: HashMap<String, Granted>,
-    /// Uses taken per approval id (kept across reloads of the file).
+    /// Approvals decided through the admin API (no cluster).
+    local: HashMap<String, Granted>,
+    /// Uses taken per approval ([`Granted::key`]; kept across reloads of the file).
     used: HashMap<String, u32>,
     pending: VecDeque<Pending>,
     /// The file's hash, to tell whether it changed.
@@ -114,13 +175,16 @@ struct Inner {
 #[derive(Default)]
 pub struct Approvals {
     inner: Mutex<Inner>,
+    /// This sidecar's pod: approvals naming another pod are not honoured here.
+    pod: Option<String>,
 }
 
 /// A use of an approval, reserved for one call: kept by [`Reservation::commit`], given back when
 /// dropped otherwise.
 pub struct Reservation {
     approvals: Arc<Approvals>,
-    id: String,
+    /// The approval's [`Granted::key`].
+    key: String,
     committed: bool,
 }
 
@@ -129,10 +193,12 @@ impl Reservation {
     pub fn commit(mut self) -> u32 {
         self.committed = true;
         let inner = self.approvals.lock();
-        let used = inner.used.get(&self.id).copied().unwrap_or(0);
+        let used = inner.used.get(&self.key).copied().unwrap_or(0);
         inner
             .granted
-            .get(&self.id)
+            .values()
+            .chain(inner.local.values())
+            .find(|g| g.key() == self.key)
             .map_or(0, |g| g.uses.saturating_sub(used))
     }
 }
@@ -141,26 +207,51 @@ impl Drop for Reservation {
     fn drop(&mut self) {
         if !self.committed {
             let mut inner = self.approvals.lock();
-            if let Some(n) = inner.used.get_mut(&self.id) {
+            if let Some(n) = inner.used.get_mut(&self.key) {
                 *n = n.saturating_sub(1);
             }
         }
     }
 }
 
+impl Inner {
+    /// The approval of call `id` that has uses left, if any.
+    fn live(&self, id: &str) -> Option<&Granted> {
+        [self.granted.get(id), self.local.get(id)]
+            .into_iter()
+            .flatten()
+            .find(|g| self.used.get(g.key()).copied().unwrap_or(0) < g.uses)
+    }
+}
+
 impl Approvals {
+    /// The approvals of the sidecar of pod `pod` (none outside a cluster).
+    pub fn for_pod(pod: Option<String>) -> Approvals {
+        Approvals {
+            pod,
+            ..Approvals::default()
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Replaces the granted approvals with the file's, if it changed. Uses already taken stay
-    /// counted; requests the file now approves leave the pending list.
+    /// Replaces the granted approvals with the file's, if it changed; a missing file grants
+    /// none (a policy without approvals has no such key in its ConfigMap). Uses already taken
+    /// stay counted; requests the file now approves leave the pending list.
     pub fn load(&self, path: &Path) -> Result<bool, ApprovalsError> {
         let shown = path.display().to_string();
-        let bytes = std::fs::read(path).map_err(|source| ApprovalsError::Read {
-            path: shown.clone(),
-            source,
-        })?;
+        let bytes = match std::fs::read(path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => br#"{"approvals":[]}"#.to_vec(),
+            Err(source) => {
+                return Err(ApprovalsError::Read {
+                    path: shown,
+                    source,
+                })
+            }
+        };
         let hash = sha256_hex(&bytes);
         if self.lock().file_hash.as_deref() == Some(hash.as_str()) {
             return Ok(false);
@@ -174,12 +265,15 @@ impl Approvals {
         inner.granted = file
             .approvals
             .into_iter()
+            .filter(|g| g.pod.is_none() || g.pod == self.pod)
             .map(|g| (g.id.clone(), g))
             .collect();
-        let Inner {
-            granted, pending, ..
-        } = &mut *inner;
-        pending.retain(|p| !granted.contains_key(&p.id));
+        let requested: Vec<String> = inner.pending.iter().map(|p| p.id.clone()).collect();
+        let approved: std::collections::HashSet<String> = requested
+            .into_iter()
+            .filter(|id| inner.live(id).is_some())
+            .collect();
+        inner.pending.retain(|p| !approved.contains(&p.id));
         inner.file_hash = Some(hash);
         Ok(true)
     }
@@ -188,25 +282,21 @@ impl Approvals {
     /// unexpired and has uses left.
     pub fn reserve(self: &Arc<Self>, id: &str, now: u64) -> Option<Reservation> {
         let mut inner = self.lock();
-        let g = inner.granted.get(id)?;
+        let g = inner.live(id)?;
         if now > g.expires_at {
             return None;
         }
-        let uses = g.uses;
-        let used = inner.used.entry(id.to_owned()).or_insert(0);
-        if *used >= uses {
-            return None;
-        }
-        *used += 1;
+        let key = g.key().to_owned();
+        *inner.used.entry(key.clone()).or_insert(0) += 1;
         Some(Reservation {
             approvals: self.clone(),
-            id: id.to_owned(),
+            key,
             committed: false,
         })
     }
 
-    /// Records a request that needed an approval (once per id; the oldest is dropped beyond
-    /// [`MAX_PENDING`]). Returns whether it was new.
+    /// Records a request that needed an approval (once per id; lapsed ones and, beyond
+    /// [`MAX_PENDING`], the oldest are dropped). Returns whether it was new.
     pub fn request(&self, mut p: Pending) -> bool {
         if p.arguments
             .as_ref()
@@ -215,6 +305,8 @@ impl Approvals {
             p.arguments = None;
         }
         let mut inner = self.lock();
+        let now = p.requested_at;
+        inner.pending.retain(|q| q.expires_at() >= now);
         if inner.pending.iter().any(|q| q.id == p.id) {
             return false;
         }
@@ -228,6 +320,69 @@ impl Approvals {
     /// The pending requests, oldest first.
     pub fn pending(&self) -> Vec<Pending> {
         self.lock().pending.iter().cloned().collect()
+    }
+
+    /// The pending requests still within their time at `now`, and the uses spent of every
+    /// approval this sidecar holds.
+    pub fn report(&self, now: u64) -> Report {
+        let inner = self.lock();
+        let pending = inner
+            .pending
+            .iter()
+            .filter(|p| p.expires_at() >= now)
+            .cloned()
+            .collect();
+        let mut used: Vec<Spent> = inner
+            .granted
+            .values()
+            .chain(inner.local.values())
+            .map(|g| Spent {
+                id: g.id.clone(),
+                name: g.name.clone(),
+                used: inner.used.get(g.key()).copied().unwrap_or(0),
+                uses: g.uses,
+                expires_at: g.expires_at,
+            })
+            .collect();
+        used.sort_by(|a, b| a.id.cmp(&b.id));
+        Report { pending, used }
+    }
+
+    /// Seconds the oldest pending request has waited at `now` (0 with none).
+    pub fn oldest_pending_age(&self, now: u64) -> u64 {
+        let inner = self.lock();
+        inner
+            .pending
+            .iter()
+            .filter(|p| p.expires_at() >= now)
+            .map(|p| now.saturating_sub(p.requested_at))
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Decides a pending request through the admin API: approved, it allows the rule's uses
+    /// for the rule's time to live from now; either way it leaves the pending list.
+    pub fn decide(&self, id: &str, approve: bool, now: u64) -> Result<Pending, NotPending> {
+        let mut inner = self.lock();
+        let at = inner
+            .pending
+            .iter()
+            .position(|p| p.id == id && p.expires_at() >= now)
+            .ok_or_else(|| NotPending(id.to_owned()))?;
+        let p = inner.pending.remove(at).expect("the position is in range");
+        if approve {
+            inner.local.insert(
+                p.id.clone(),
+                Granted {
+                    id: p.id.clone(),
+                    uses: p.uses,
+                    expires_at: now.saturating_add(p.ttl_seconds),
+                    pod: None,
+                    name: Some(format!("{}@{now}", p.id)),
+                },
+            );
+        }
+        Ok(p)
     }
 }
 
@@ -336,6 +491,9 @@ mod tests {
             arguments_sha256: String::new(),
             identity: "a".into(),
             requested_at: 0,
+            uses: 1,
+            ttl_seconds: 3600,
+            tool_label: "t".into(),
         };
         assert!(a.request(req(0)));
         assert!(!a.request(req(0)), "once per id");
@@ -356,5 +514,85 @@ mod tests {
         ))
         .unwrap();
         assert!(a.pending().iter().all(|p| p.id != "id-5"));
+    }
+
+    #[test]
+    fn approvals_for_another_pod_are_not_honoured_and_a_missing_file_grants_none() {
+        let d = dir().join("pods");
+        std::fs::create_dir_all(&d).unwrap();
+        let a = Arc::new(Approvals::for_pod(Some("web-0".into())));
+        assert!(
+            a.load(&d.join("absent.json")).unwrap(),
+            "a missing file is an empty set"
+        );
+        let path = file(
+            &d,
+            json!([
+                {"id": "mine", "uses": 1, "expires_at": 100, "pod": "web-0"},
+                {"id": "theirs", "uses": 1, "expires_at": 100, "pod": "web-1"},
+                {"id": "any", "uses": 1, "expires_at": 100}
+            ]),
+        );
+        a.load(&path).unwrap();
+        assert!(a.reserve("theirs", 1).is_none());
+        assert!(a.reserve("mine", 1).is_some());
+        assert!(a.reserve("any", 1).is_some());
+    }
+
+    #[test]
+    fn the_admin_api_decides_pending_requests_once_within_their_time() {
+        let a = Arc::new(Approvals::default());
+        let req = |id: &str, at: u64| Pending {
+            id: id.into(),
+            policy: "p".into(),
+            tool: "clear_session".into(),
+            arguments: Some("{}".into()),
+            arguments_sha256: sha256_hex(b"{}"),
+            identity: "alice".into(),
+            requested_at: at,
+            uses: 2,
+            ttl_seconds: 60,
+            tool_label: "clear_session".into(),
+        };
+        a.request(req("a", 100));
+        a.request(req("b", 100));
+        assert_eq!(a.oldest_pending_age(130), 30);
+        assert_eq!(
+            a.decide("a", true, 130).unwrap().tool,
+            "clear_session",
+            "approved"
+        );
+        assert_eq!(
+            a.decide("a", true, 130),
+            Err(NotPending("a".into())),
+            "a decision is made once"
+        );
+        assert!(a.reserve("a", 130).unwrap().commit() == 1);
+        let r = a.report(131);
+        assert_eq!(r.pending.len(), 1);
+        assert_eq!(
+            r.used,
+            vec![Spent {
+                id: "a".into(),
+                name: Some("a@130".into()),
+                used: 1,
+                uses: 2,
+                expires_at: 190
+            }]
+        );
+        assert!(
+            a.reserve("a", 191).is_none(),
+            "the approval lapses ttl after it was given"
+        );
+        // A rejected request leaves; nothing is granted.
+        a.decide("b", false, 131).unwrap();
+        assert!(a.reserve("b", 131).is_none());
+        // A lapsed request cannot be approved, is not reported, and is dropped on the next one.
+        a.request(req("c", 100));
+        assert!(a.decide("c", true, 161).is_err());
+        assert!(a.report(161).pending.is_empty());
+        assert_eq!(a.oldest_pending_age(161), 0);
+        a.request(req("d", 200));
+        assert_eq!(a.pending().len(), 1);
     }
 }

@@ -130,7 +130,7 @@ fn single<'h>(h: &'h HeaderMap, name: &str) -> Result<Option<&'h http::HeaderVal
 }
 
 /// The bearer token of `Authorization`, if it carries one.
-fn bearer(h: &HeaderMap) -> Result<Option<&str>, Refusal> {
+pub(super) fn bearer(h: &HeaderMap) -> Result<Option<&str>, Refusal> {
     let Some(v) = single(h, header::AUTHORIZATION.as_str())? else {
         return Ok(None);
     };

@@ -192,6 +192,8 @@ fn check_framing(h: &HeaderMap, body: &Body, version: &str) -> Result<(), Refusa
 /// The approval a call needs: its id, its canonical arguments, and a reserved use if one is held.
 struct Asked {
     id: String,
+    /// What an approval of it grants.
+    grants: crate::policy::Approval,
     arguments: String,
     arguments_sha256: String,
     held: Option<approvals::Reservation>,
@@ -246,10 +248,13 @@ impl Gate<'_> {
         };
         let approval = match pol
             .rule_for(&call.name, self.grant)
-            .is_some_and(|r| r.approval.is_some())
+            .and_then(|r| r.approval)
         {
-            true => Some(self.ask_approval(&call, label).map_err(|_| unreadable())?),
-            false => None,
+            Some(grants) => Some(
+                self.ask_approval(&call, label, grants)
+                    .map_err(|_| unreadable())?,
+            ),
+            None => None,
         };
         let t0 = Instant::now();
         let d = self.policy.engine.decide(
@@ -293,7 +298,12 @@ impl Gate<'_> {
     /// The approval a call whose rule needs one must match, and a use of it if one is granted
     /// (reserved now, spent only if the call is allowed). The arguments are read whole: the id
     /// covers all of them.
-    fn ask_approval(&self, call: &mcp::ToolCall, label: &str) -> Result<Asked, serde_json::Error> {
+    fn ask_approval(
+        &self,
+        call: &mcp::ToolCall,
+        label: &str,
+        grants: crate::policy::Approval,
+    ) -> Result<Asked, serde_json::Error> {
         let full: Value = match call.arguments {
             Some(r) => serde_json::from_str(r.get())?,
             None => Value::Object(Default::default()),
@@ -304,6 +314,7 @@ impl Gate<'_> {
         let held = self.st.approvals.reserve(&id, super::caller::unix_now());
         Ok(Asked {
             id,
+            grants,
             arguments,
             arguments_sha256,
             held,
@@ -329,6 +340,9 @@ impl Gate<'_> {
                     arguments_sha256: a.arguments_sha256,
                     identity: self.caller.id.to_string(),
                     requested_at: super::caller::unix_now(),
+                    uses: a.grants.uses,
+                    ttl_seconds: a.grants.ttl.as_secs(),
+                    tool_label: d.tool_label.to_owned(),
                 })
                 .then_some("requested"),
             _ => None,

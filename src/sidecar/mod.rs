@@ -4,6 +4,7 @@
 //! policy is loaded it is not ready and forwards nothing. The policy file is re-read when it
 //! changes (a ConfigMap volume swaps a `..data` symlink); a bad file keeps the last good policy.
 
+mod admin_api;
 pub mod approvals;
 mod audit;
 mod caller;
@@ -17,6 +18,7 @@ mod reload;
 mod sessions;
 
 pub use crate::serve::Limits;
+pub use admin_api::ADMIN_AUDIENCE;
 pub use origin::Allowed;
 
 pub use crate::policy::sha256_hex;
@@ -49,6 +51,12 @@ pub struct Config {
     pub jwks_path: Option<PathBuf>,
     /// The granted approvals (`approval` rules), re-read when it changes.
     pub approvals_path: Option<PathBuf>,
+    /// The pod this sidecar runs in: approvals naming another pod are not honoured.
+    pub pod_name: Option<String>,
+    /// The admin API's static token (without a cluster).
+    pub admin_token_file: Option<PathBuf>,
+    /// The admin API's key file: issuer, keys and the one subject allowed (in a cluster).
+    pub admin_keys_path: Option<PathBuf>,
     /// Paths besides the MCP path where POSTs are forwarded ungated (e.g. an OAuth endpoint).
     pub passthrough_paths: Vec<String>,
     /// Largest gated body accepted.
@@ -81,6 +89,9 @@ impl Config {
             policy_path,
             jwks_path: None,
             approvals_path: None,
+            pod_name: None,
+            admin_token_file: None,
+            admin_keys_path: None,
             passthrough_paths: Vec::new(),
             max_body_bytes: 4 << 20,
             inflight_body_bytes: 16 << 20,
@@ -131,6 +142,8 @@ pub struct State {
     sessions: sessions::Issued,
     /// Granted approvals, the uses taken of them, and pending requests.
     pub approvals: Arc<approvals::Approvals>,
+    /// Who may use the admin API.
+    admin: admin_api::AdminAuth,
 }
 
 impl State {
@@ -159,7 +172,11 @@ impl State {
             upstream_authority: authority,
             legacy: legacy::LegacySessions::default(),
             sessions: sessions::Issued::default(),
-            approvals: Arc::default(),
+            approvals: Arc::new(approvals::Approvals::for_pod(cfg.pod_name.clone())),
+            admin: admin_api::AdminAuth::new(
+                cfg.admin_token_file.clone(),
+                cfg.admin_keys_path.clone(),
+            ),
             cfg,
         }))
     }
@@ -227,6 +244,13 @@ pub async fn run(
         graceful.clone(),
         state.cfg.limits.header_timeout,
         state.clone(),
+        Some(admin::Api {
+            handles: admin_api::handles,
+            handle: {
+                let state = state.clone();
+                Box::new(move |req| Box::pin(admin_api::handle(state.clone(), req)))
+            },
+        }),
     ));
 
     shutdown.await;
@@ -256,10 +280,16 @@ impl admin::Health for State {
                 .counter_keys
                 .with_label_values(&[&p.label])
                 .set(p.engine.counter_keys() as i64);
+            let now = caller::unix_now();
+            let report = self.approvals.report(now);
             self.metrics
                 .approvals_pending
                 .with_label_values(&[&p.label])
-                .set(self.approvals.pending().len() as i64);
+                .set(report.pending.len() as i64);
+            self.metrics
+                .approvals_oldest_pending
+                .with_label_values(&[&p.label])
+                .set(self.approvals.oldest_pending_age(now) as i64);
         }
         self.metrics.render()
     }

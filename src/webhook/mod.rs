@@ -1,8 +1,10 @@
 //! The admission webhooks: `/mutate` injects the sidecar into pods an McpPolicy selects,
 //! `/validate` checks McpPolicies, `/guard` keeps injected pods guarded through UPDATEs and
-//! ephemeral containers. The decisions are pure functions ([`inject::mutate`],
-//! [`guard::check_update`]); the HTTPS layer around them stays thin.
+//! ephemeral containers, `/mutate-approval` and `/validate-approval` stamp and check decisions
+//! on McpApprovals. The decisions are pure functions ([`inject::mutate`],
+//! [`guard::check_update`], [`approval::refusal`]); the HTTPS layer around them stays thin.
 
+pub mod approval;
 pub mod guard;
 pub mod inject;
 pub mod review;

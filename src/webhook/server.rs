@@ -14,6 +14,7 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper_util::server::graceful::GracefulShutdown;
 use k8s_openapi::api::core::v1::ObjectReference;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::core::admission::AdmissionResponse;
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::reflector::Store;
@@ -103,6 +104,8 @@ pub async fn handle(state: &Arc<WebhookState>, req: Request<Incoming>) -> Respon
         (&http::Method::POST, "/mutate") => "mutate",
         (&http::Method::POST, "/validate") => "validate",
         (&http::Method::POST, "/guard") => "guard",
+        (&http::Method::POST, "/mutate-approval") => "mutate-approval",
+        (&http::Method::POST, "/validate-approval") => "validate-approval",
         _ => return json(StatusCode::NOT_FOUND, &br#"{"error":"not found"}"#[..]),
     };
     let started = Instant::now();
@@ -152,6 +155,18 @@ pub fn answer(state: &Arc<WebhookState>, webhook: &str, body: &[u8]) -> Vec<u8> 
     }
     if webhook == "validate" {
         return serde_json::to_vec(&review_policy(body))
+            .expect("serialising a value built in memory cannot fail");
+    }
+    if webhook == "mutate-approval" {
+        let now = Time(k8s_openapi::jiff::Timestamp::now());
+        return encode(&super::approval::mutate(body, now));
+    }
+    if webhook == "validate-approval" {
+        let (review, refused) = super::approval::validate(body);
+        if let Some(why) = refused {
+            tracing::info!(reason = %why, "refused an McpApproval change");
+        }
+        return serde_json::to_vec(&review)
             .expect("serialising a value built in memory cannot fail");
     }
     if webhook == "guard" {

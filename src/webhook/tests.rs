@@ -155,7 +155,11 @@ fn a_selected_pod_gets_the_sidecar_and_its_mcp_port() {
             "--admin-listen",
             "0.0.0.0:9481",
             "--jwks",
-            "/etc/mcp-warden/jwks.json"
+            "/etc/mcp-warden/jwks.json",
+            "--approvals",
+            "/etc/mcp-warden/approvals.json",
+            "--admin-keys",
+            "/etc/mcp-warden/admin.json"
         ]
     );
     assert_eq!(

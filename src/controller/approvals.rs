@@ -1,0 +1,677 @@
+//! Approvals in a cluster, on the leader: every poll interval, for each McpPolicy with approval
+//! rules,
+//!
+//! 1. read `GET /approvals` from the admin API of each injected pod of the policy (with a token
+//!    of the controller's ServiceAccount for audience `mcp-warden-admin`);
+//! 2. create an McpApproval for each pending request not yet known (Event `Requested`);
+//! 3. move each McpApproval's `status` on — Pending → Approved | Denied | Expired, Approved →
+//!    Used | Expired — from its decision, its times and the uses its sidecar reports (an Event
+//!    and an audit line per change), and delete final ones after the retention;
+//! 4. render the live approvals (approved, unexpired, uses left, and matching what was asked)
+//!    into the policy's ConfigMap under `approvals.json`, with a field manager of their own, so
+//!    the reconciler's writes and these never undo each other.
+//!
+//! What is decided is computed by the pure functions [`next_status`], [`new_approval`] and
+//! [`live`]; this module's loop only reads and writes.
+
+use crate::cluster::{
+    configmap_name, APPROVALS_KEY, APPROVALS_MANAGER, MANAGED_BY, POLICY_ANNOTATION, POLICY_LABEL,
+};
+use crate::crd::approval::{
+    approval_name, ApprovalDecision, ApprovalPhase, McpApproval, McpApprovalSpec, McpApprovalStatus,
+};
+use crate::crd::McpPolicy;
+use crate::policy::sha256_hex;
+use crate::sidecar::approvals::{approval_id, ApprovalsFile, Granted, Pending, Report};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Limited};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::reflector::Store;
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// How the leader keeps approvals.
+#[derive(Debug, Clone)]
+pub struct ApprovalsConfig {
+    /// The controller's ServiceAccount, `system:serviceaccount:NS:NAME`.
+    pub subject: String,
+    /// Its token for audience `mcp-warden-admin`.
+    pub token_file: PathBuf,
+    pub poll: Duration,
+    /// How long final McpApprovals are kept.
+    pub retention: Duration,
+}
+
+/// Time one admin API read may take.
+const READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest admin API answer read (256 pending requests of 16 KiB arguments fit).
+const MAX_REPORT: usize = 8 << 20;
+
+type HttpClient = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    Empty<Bytes>,
+>;
+
+/// The seconds-since-epoch form the sidecar uses, as a Kubernetes time.
+fn time(secs: u64) -> Time {
+    Time(Timestamp::from_second(secs.min(i64::MAX as u64) as i64).unwrap_or(Timestamp::MAX))
+}
+
+fn secs(t: &Time) -> u64 {
+    t.0.as_second().max(0) as u64
+}
+
+/// The McpApproval for a pending request the sidecar of `pod` reported, for policy `policy` in
+/// namespace `ns`.
+pub fn new_approval(ns: &str, policy: &str, pod: &str, p: &Pending) -> McpApproval {
+    // The name tells this request from an earlier one of the same call (approved and used).
+    let key = sha256_hex(format!("{}:{pod}:{}", p.id, p.requested_at).as_bytes());
+    let mut a = McpApproval::new(
+        &approval_name(&p.tool, &key),
+        McpApprovalSpec {
+            policy: policy.to_owned(),
+            tool: p.tool.clone(),
+            arguments: p.arguments.clone(),
+            arguments_hash: p.arguments_sha256.clone(),
+            identity: p.identity.clone(),
+            pod: pod.to_owned(),
+            approval_id: p.id.clone(),
+            requested_at: time(p.requested_at),
+            expires_at: time(p.expires_at()),
+            uses: p.uses.max(1),
+            ttl_seconds: p.ttl_seconds.max(1),
+            decision: None,
+            decided_by: None,
+            decided_at: None,
+        },
+    );
+    a.metadata.namespace = Some(ns.to_owned());
+    a.metadata.labels = Some(
+        [
+            (POLICY_LABEL.to_owned(), policy.to_owned()),
+            (MANAGED_BY.0.to_owned(), MANAGED_BY.1.to_owned()),
+        ]
+        .into(),
+    );
+    a
+}
+
+/// Why an McpApproval cannot be honoured whatever its decision: it does not describe the call
+/// its id stands for (only the controller writes these fields, and the webhook keeps them; this
+/// holds even against an object written around both).
+pub fn mismatch(ns: &str, spec: &McpApprovalSpec) -> Option<String> {
+    let label = format!("{ns}/{}", spec.policy);
+    if approval_id(&label, &spec.tool, &spec.arguments_hash, &spec.identity) != spec.approval_id {
+        return Some(
+            "approvalId does not match the policy, tool, argumentsHash and identity".into(),
+        );
+    }
+    if let Some(a) = &spec.arguments {
+        if sha256_hex(a.as_bytes()) != spec.arguments_hash {
+            return Some("argumentsHash does not match the arguments".into());
+        }
+    }
+    None
+}
+
+/// A status change worth an Event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    pub warning: bool,
+    pub reason: &'static str,
+    pub note: String,
+}
+
+/// The status `a` should have at `now` (seconds), given the uses its sidecar reports spent, and
+/// the Event when the phase changes.
+pub fn next_status(
+    ns: &str,
+    a: &McpApproval,
+    reported_used: Option<u32>,
+    now: u64,
+) -> (McpApprovalStatus, Option<Change>) {
+    let old = a.status.clone().unwrap_or_default();
+    let s = &a.spec;
+    let used = old.used.max(reported_used.unwrap_or(0));
+    let approval_expires = s
+        .decided_at
+        .as_ref()
+        .filter(|_| s.decision == Some(ApprovalDecision::Approved))
+        .map(|t| secs(t).saturating_add(s.ttl_seconds));
+    let bad = mismatch(ns, s);
+    let phase = match (s.decision, approval_expires) {
+        (Some(ApprovalDecision::Denied), _) => ApprovalPhase::Denied,
+        (Some(ApprovalDecision::Approved), _) if bad.is_some() => ApprovalPhase::Denied,
+        (Some(ApprovalDecision::Approved), _) if used >= s.uses => ApprovalPhase::Used,
+        (Some(ApprovalDecision::Approved), Some(until)) if now > until => ApprovalPhase::Expired,
+        (Some(ApprovalDecision::Approved), _) => ApprovalPhase::Approved,
+        (None, _) if now > secs(&s.expires_at) => ApprovalPhase::Expired,
+        (None, _) => ApprovalPhase::Pending,
+    };
+    let by = s.decided_by.as_deref().unwrap_or("someone");
+    let message = match phase {
+        ApprovalPhase::Pending => format!(
+            "waiting for a decision: kubectl mcp-warden approve {} -n {ns}",
+            a.name_any()
+        ),
+        ApprovalPhase::Approved => format!(
+            "approved by {by}: {} of {} uses left",
+            s.uses - used.min(s.uses),
+            s.uses
+        ),
+        ApprovalPhase::Denied => match &bad {
+            Some(why) => format!("not honoured: {why}"),
+            None => format!("denied by {by}"),
+        },
+        ApprovalPhase::Used => format!("approved by {by}; all {} uses spent", s.uses),
+        ApprovalPhase::Expired if s.decision.is_none() => {
+            "nobody decided before expiresAt".to_owned()
+        }
+        ApprovalPhase::Expired => format!(
+            "approved by {by}; {} of {} uses spent before the ttl ended",
+            used, s.uses
+        ),
+    };
+    let was = old.phase;
+    let finished_at = match (phase.is_final(), &old.finished_at) {
+        (true, Some(t)) => Some(t.clone()),
+        (true, None) => Some(time(now)),
+        (false, _) => None,
+    };
+    let status = McpApprovalStatus {
+        phase: Some(phase),
+        used,
+        approval_expires_at: approval_expires.map(time),
+        finished_at,
+        message: Some(message.clone()),
+    };
+    let change = (was != Some(phase)).then(|| Change {
+        warning: matches!(phase, ApprovalPhase::Denied | ApprovalPhase::Expired),
+        reason: match phase {
+            ApprovalPhase::Pending => "Requested",
+            ApprovalPhase::Approved => "Approved",
+            ApprovalPhase::Denied => "Denied",
+            ApprovalPhase::Used => "Used",
+            ApprovalPhase::Expired => "Expired",
+        },
+        note: match phase {
+            ApprovalPhase::Pending => format!(
+                "{} asked to call {} on pod {}: {}",
+                s.identity, s.tool, s.pod, message
+            ),
+            _ => message,
+        },
+    });
+    (status, change)
+}
+
+/// The approvals file for a policy's sidecars: its approvals whose phase is Approved.
+pub fn live(approvals: &[McpApproval]) -> ApprovalsFile {
+    let mut out: Vec<Granted> = approvals
+        .iter()
+        .filter(|a| a.status.as_ref().and_then(|s| s.phase) == Some(ApprovalPhase::Approved))
+        .filter_map(|a| {
+            let until = a.status.as_ref()?.approval_expires_at.as_ref()?;
+            Some(Granted {
+                id: a.spec.approval_id.clone(),
+                uses: a.spec.uses,
+                expires_at: secs(until),
+                pod: Some(a.spec.pod.clone()),
+                name: Some(a.name_any()),
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    ApprovalsFile { approvals: out }
+}
+
+/// Whether a final McpApproval has been kept long enough.
+pub fn expired_retention(a: &McpApproval, retention: Duration, now: u64) -> bool {
+    a.status
+        .as_ref()
+        .filter(|s| s.phase.is_some_and(ApprovalPhase::is_final))
+        .and_then(|s| s.finished_at.as_ref())
+        .is_some_and(|t| now.saturating_sub(secs(t)) >= retention.as_secs())
+}
+
+/// The loop's state across polls.
+pub struct Keeper {
+    client: kube::Client,
+    cfg: ApprovalsConfig,
+    policies: Store<McpPolicy>,
+    pods: Store<Pod>,
+    admin_port: u16,
+    recorder: Recorder,
+    http: HttpClient,
+    /// The approvals text last written per ConfigMap (namespace/name).
+    written: HashMap<String, String>,
+    token_error: Option<String>,
+}
+
+impl Keeper {
+    pub fn new(
+        client: kube::Client,
+        cfg: ApprovalsConfig,
+        policies: Store<McpPolicy>,
+        pods: Store<Pod>,
+        admin_port: u16,
+        recorder: Recorder,
+    ) -> Keeper {
+        let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
+        connector.set_connect_timeout(Some(Duration::from_secs(2)));
+        Keeper {
+            client,
+            cfg,
+            policies,
+            pods,
+            admin_port,
+            recorder,
+            http: hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build(connector),
+            written: HashMap::new(),
+            token_error: None,
+        }
+    }
+
+    /// Polls until the task is aborted (when leadership ends).
+    pub async fn run(mut self) {
+        loop {
+            let policies: Vec<_> = self
+                .policies
+                .state()
+                .into_iter()
+                .filter(|p| p.spec.has_approvals())
+                .collect();
+            for p in policies {
+                if let Err(e) = self.policy(&p).await {
+                    tracing::warn!(
+                        policy = %format!("{}/{}", p.namespace().unwrap_or_default(), p.name_any()),
+                        error = %e,
+                        "approval work failed; retrying next poll"
+                    );
+                }
+            }
+            tokio::time::sleep(self.cfg.poll).await;
+        }
+    }
+
+    fn token(&mut self) -> Option<String> {
+        match std::fs::read_to_string(&self.cfg.token_file) {
+            Ok(t) if !t.trim().is_empty() => {
+                self.token_error = None;
+                Some(t.trim().to_owned())
+            }
+            r => {
+                let why = match r {
+                    Ok(_) => "empty".to_owned(),
+                    Err(e) => e.to_string(),
+                };
+                if self.token_error.as_deref() != Some(why.as_str()) {
+                    tracing::error!(
+                        file = %self.cfg.token_file.display(),
+                        %why,
+                        "no admin token: sidecars' approval requests cannot be read"
+                    );
+                    self.token_error = Some(why);
+                }
+                None
+            }
+        }
+    }
+
+    /// One admin API read.
+    async fn report(&self, ip: &str, token: &str) -> Result<Report, String> {
+        let host = if ip.contains(':') {
+            format!("[{ip}]")
+        } else {
+            ip.to_owned()
+        };
+        let req = http::Request::get(format!("http://{host}:{}/approvals", self.admin_port))
+            .header(http::header::AUTHORIZATION, format!("Bearer {token}"))
+            .body(Empty::new())
+            .map_err(|e| e.to_string())?;
+        let read = async {
+            let res = self.http.request(req).await.map_err(|e| e.to_string())?;
+            let status = res.status();
+            let body = Limited::new(res.into_body(), MAX_REPORT)
+                .collect()
+                .await
+                .map_err(|e| e.to_string())?
+                .to_bytes();
+            if !status.is_success() {
+                return Err(format!(
+                    "{status}: {}",
+                    String::from_utf8_lossy(&body[..body.len().min(300)])
+                ));
+            }
+            serde_json::from_slice::<Report>(&body).map_err(|e| e.to_string())
+        };
+        tokio::time::timeout(READ_TIMEOUT, read)
+            .await
+            .unwrap_or_else(|_| Err("no answer in time".into()))
+    }
+
+    async fn policy(&mut self, policy: &McpPolicy) -> Result<(), kube::Error> {
+        let ns = policy.namespace().unwrap_or_default();
+        let name = policy.name_any();
+        let label = format!("{ns}/{name}");
+        let api: Api<McpApproval> = Api::namespaced(self.client.clone(), &ns);
+        let mut known = api
+            .list(&ListParams::default().labels(&format!("{POLICY_LABEL}={name}")))
+            .await?
+            .items;
+        // 1. what the sidecars report
+        let pods: Vec<(String, String)> = self
+            .pods
+            .state()
+            .iter()
+            .filter(|p| p.metadata.namespace.as_deref() == Some(ns.as_str()))
+            .filter(|p| {
+                p.annotations().get(POLICY_ANNOTATION).map(String::as_str) == Some(label.as_str())
+                    && p.metadata.deletion_timestamp.is_none()
+            })
+            .filter_map(|p| Some((p.name_any(), p.status.as_ref()?.pod_ip.clone()?)))
+            .collect();
+        let mut used: HashMap<String, u32> = HashMap::new();
+        if !pods.is_empty() {
+            if let Some(token) = self.token() {
+                for (pod, ip) in &pods {
+                    let report = match self.report(ip, &token).await {
+                        Ok(r) => r,
+                        Err(why) => {
+                            tracing::warn!(pod = %format!("{ns}/{pod}"), %why, "cannot read the sidecar's approvals");
+                            continue;
+                        }
+                    };
+                    for s in &report.used {
+                        if let Some(n) = &s.name {
+                            used.insert(n.clone(), s.used);
+                        }
+                    }
+                    // 2. new requests
+                    for p in report.pending.iter().filter(|p| p.policy == label) {
+                        if known.iter().any(|a| {
+                            a.spec.approval_id == p.id
+                                && a.spec.pod == *pod
+                                && secs(&a.spec.requested_at) == p.requested_at
+                        }) {
+                            continue;
+                        }
+                        let a = new_approval(&ns, &name, pod, p);
+                        match api.create(&PostParams::default(), &a).await {
+                            Ok(created) => {
+                                tracing::info!(
+                                    target: "mcp_warden::audit",
+                                    approval = %created.name_any(),
+                                    namespace = %ns,
+                                    policy = %label,
+                                    tool = %p.tool,
+                                    identity = %p.identity,
+                                    pod = %pod,
+                                    approval_id = %p.id,
+                                    "approval requested"
+                                );
+                                known.push(created);
+                            }
+                            Err(kube::Error::Api(e)) if e.code == 409 => {}
+                            Err(e) => return Err(e),
+                        }
+                    }
+                }
+            }
+        }
+        // 3. statuses, Events, retention
+        let now = Timestamp::now().as_second().max(0) as u64;
+        let mut kept = Vec::with_capacity(known.len());
+        for mut a in known {
+            if expired_retention(&a, self.cfg.retention, now) {
+                match api.delete(&a.name_any(), &DeleteParams::default()).await {
+                    Ok(_) => {}
+                    Err(kube::Error::Api(e)) if e.code == 404 => {}
+                    Err(e) => return Err(e),
+                }
+                continue;
+            }
+            let (status, change) = next_status(&ns, &a, used.get(&a.name_any()).copied(), now);
+            if a.status.as_ref() != Some(&status) {
+                let body = json!({
+                    "apiVersion": "mcpwarden.dev/v1alpha1",
+                    "kind": "McpApproval",
+                    "status": status,
+                });
+                api.patch_status(
+                    &a.name_any(),
+                    &PatchParams::apply(APPROVALS_MANAGER).force(),
+                    &Patch::Apply(&body),
+                )
+                .await?;
+                if let Some(c) = change {
+                    self.record(&a, &c).await;
+                    if matches!(c.reason, "Approved" | "Denied") {
+                        tracing::info!(
+                            target: "mcp_warden::audit",
+                            approval = %a.name_any(),
+                            namespace = %ns,
+                            policy = %label,
+                            tool = %a.spec.tool,
+                            identity = %a.spec.identity,
+                            approval_id = %a.spec.approval_id,
+                            decision = c.reason,
+                            decided_by = a.spec.decided_by.as_deref().unwrap_or_default(),
+                            "approval decided"
+                        );
+                    }
+                }
+                a.status = Some(status);
+            }
+            kept.push(a);
+        }
+        // 4. the approvals sidecars honour
+        self.render(&ns, &name, &live(&kept)).await
+    }
+
+    async fn record(&self, a: &McpApproval, c: &Change) {
+        let ev = Event {
+            type_: if c.warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: c.reason.into(),
+            note: Some(c.note.clone()),
+            action: "Approval".into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&ev, &a.object_ref(&())).await {
+            tracing::debug!(error = %e, "could not record an Event");
+        }
+    }
+
+    async fn render(
+        &mut self,
+        ns: &str,
+        policy: &str,
+        file: &ApprovalsFile,
+    ) -> Result<(), kube::Error> {
+        let text = serde_json::to_string(file).expect("an approvals file serialises");
+        let cm_name = configmap_name(policy);
+        let key = format!("{ns}/{cm_name}");
+        if self.written.get(&key) == Some(&text) {
+            return Ok(());
+        }
+        let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), ns);
+        // Only into the reconciler's ConfigMap: never create one without its owner.
+        let Some(cm) = api.get_opt(&cm_name).await? else {
+            return Ok(());
+        };
+        if cm.data.as_ref().and_then(|d| d.get(APPROVALS_KEY)) != Some(&text) {
+            let body = ConfigMap {
+                metadata: ObjectMeta {
+                    name: Some(cm_name.clone()),
+                    namespace: Some(ns.to_owned()),
+                    ..Default::default()
+                },
+                data: Some(BTreeMap::from([(APPROVALS_KEY.to_owned(), text.clone())])),
+                ..Default::default()
+            };
+            api.patch(
+                &cm_name,
+                &PatchParams::apply(APPROVALS_MANAGER).force(),
+                &Patch::Apply(&body),
+            )
+            .await?;
+        }
+        self.written.insert(key, text);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sidecar::approvals::canonical;
+
+    const NS: &str = "sandbox";
+
+    fn pending(at: u64) -> Pending {
+        let arguments = canonical(&json!({"session_id": "default"}));
+        let arguments_sha256 = sha256_hex(arguments.as_bytes());
+        let identity = "system:serviceaccount:agents:bot";
+        Pending {
+            id: approval_id(
+                "sandbox/interp",
+                "clear_session",
+                &arguments_sha256,
+                identity,
+            ),
+            policy: "sandbox/interp".into(),
+            tool: "clear_session".into(),
+            arguments: Some(arguments),
+            arguments_sha256,
+            identity: identity.into(),
+            requested_at: at,
+            uses: 2,
+            ttl_seconds: 600,
+            tool_label: "clear_session".into(),
+        }
+    }
+
+    fn decided(a: &McpApproval, d: ApprovalDecision, at: u64) -> McpApproval {
+        let mut a = a.clone();
+        a.spec.decision = Some(d);
+        a.spec.decided_by = Some("alice".into());
+        a.spec.decided_at = Some(time(at));
+        a
+    }
+
+    fn with_status(mut a: McpApproval, s: McpApprovalStatus) -> McpApproval {
+        a.status = Some(s);
+        a
+    }
+
+    #[test]
+    fn a_request_becomes_an_mcpapproval_naming_the_call_and_the_pod() {
+        let a = new_approval(NS, "interp", "interp-0", &pending(1_000));
+        assert!(a.name_any().starts_with("clear-session-"));
+        assert_eq!(a.spec.pod, "interp-0");
+        assert_eq!(secs(&a.spec.expires_at), 1_600);
+        assert_eq!(a.labels()[POLICY_LABEL], "interp");
+        assert_eq!(mismatch(NS, &a.spec), None);
+        // The same call asked again later is another request, with another name.
+        assert_ne!(
+            a.name_any(),
+            new_approval(NS, "interp", "interp-0", &pending(2_000)).name_any()
+        );
+        let mut forged = a.spec.clone();
+        forged.arguments = Some("{\"session_id\":\"all\"}".into());
+        assert!(mismatch(NS, &forged).unwrap().contains("argumentsHash"));
+        forged = a.spec.clone();
+        forged.identity = "system:serviceaccount:agents:other".into();
+        assert!(mismatch(NS, &forged).unwrap().contains("approvalId"));
+    }
+
+    #[test]
+    fn phases_follow_the_decision_the_uses_and_the_clock() {
+        let a = new_approval(NS, "interp", "interp-0", &pending(1_000));
+        let (s, c) = next_status(NS, &a, None, 1_100);
+        assert_eq!(s.phase, Some(ApprovalPhase::Pending));
+        assert_eq!(c.unwrap().reason, "Requested");
+        let a = with_status(a, s);
+        assert_eq!(
+            next_status(NS, &a, None, 1_200).1,
+            None,
+            "no change, no Event"
+        );
+        // Nobody decides in time.
+        let (s, c) = next_status(NS, &a, None, 1_601);
+        assert_eq!(s.phase, Some(ApprovalPhase::Expired));
+        assert!(c.unwrap().warning);
+        assert!(s.finished_at.is_some());
+
+        // Approved at 1 200: live until 1 800, then used up.
+        let ok = decided(&a, ApprovalDecision::Approved, 1_200);
+        let (s, c) = next_status(NS, &ok, None, 1_700);
+        assert_eq!(s.phase, Some(ApprovalPhase::Approved), "{s:?}");
+        assert_eq!(c.unwrap().reason, "Approved");
+        assert_eq!(secs(s.approval_expires_at.as_ref().unwrap()), 1_800);
+        let ok = with_status(ok, s);
+        let file = live(std::slice::from_ref(&ok));
+        assert_eq!(file.approvals.len(), 1);
+        assert_eq!(file.approvals[0].pod.as_deref(), Some("interp-0"));
+        assert_eq!(file.approvals[0].expires_at, 1_800);
+        assert_eq!(
+            file.approvals[0].name.as_deref(),
+            Some(ok.name_any().as_str())
+        );
+        let (s, _) = next_status(NS, &ok, Some(1), 1_700);
+        assert_eq!((s.phase, s.used), (Some(ApprovalPhase::Approved), 1));
+        let (s, c) = next_status(NS, &with_status(ok.clone(), s), Some(2), 1_700);
+        assert_eq!(s.phase, Some(ApprovalPhase::Used));
+        assert_eq!(c.unwrap().reason, "Used");
+        assert!(live(&[with_status(ok.clone(), s.clone())])
+            .approvals
+            .is_empty());
+        // A sidecar that restarted reports fewer uses: the count never goes back.
+        let (s2, _) = next_status(NS, &with_status(ok.clone(), s), Some(0), 1_700);
+        assert_eq!(s2.used, 2);
+        // Approved but not used up within the ttl.
+        assert_eq!(
+            next_status(NS, &ok, Some(1), 1_801).0.phase,
+            Some(ApprovalPhase::Expired)
+        );
+        // Denied.
+        let no = decided(&a, ApprovalDecision::Denied, 1_200);
+        assert_eq!(
+            next_status(NS, &no, None, 1_300).0.phase,
+            Some(ApprovalPhase::Denied)
+        );
+        // An approval that does not describe its call is never honoured.
+        let mut forged = decided(&a, ApprovalDecision::Approved, 1_200);
+        forged.spec.identity = "system:serviceaccount:agents:other".into();
+        let (s, _) = next_status(NS, &forged, None, 1_300);
+        assert_eq!(s.phase, Some(ApprovalPhase::Denied));
+        assert!(live(&[with_status(forged, s)]).approvals.is_empty());
+    }
+
+    #[test]
+    fn final_approvals_are_deleted_after_the_retention_only() {
+        let a = new_approval(NS, "interp", "interp-0", &pending(1_000));
+        let (s, _) = next_status(NS, &a, None, 2_000);
+        let done = with_status(a.clone(), s);
+        let keep = Duration::from_secs(3_600);
+        assert!(!expired_retention(&done, keep, 2_000 + 3_599));
+        assert!(expired_retention(&done, keep, 2_000 + 3_600));
+        let (s, _) = next_status(NS, &a, None, 1_100);
+        assert!(
+            !expired_retention(&with_status(a, s), keep, 1_000_000),
+            "pending stays"
+        );
+    }
+}
