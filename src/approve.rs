@@ -117,7 +117,7 @@ pub fn report_table(r: &Report, now: u64) -> String {
         .to_vec()];
     for p in &r.pending {
         rows.push(vec![
-            p.id.clone(),
+            p.id[..p.id.len().min(crate::sidecar::approvals::MIN_ID_PREFIX)].to_owned(),
             p.tool.clone(),
             p.identity.clone(),
             age(now as i64 - p.requested_at as i64),
@@ -280,6 +280,10 @@ mod tests {
         let t = report_table(&r, 1_300);
         let lines: Vec<&str> = t.lines().collect();
         assert!(lines[0].starts_with("ID "));
+        assert!(
+            lines[1].starts_with(&format!("{} ", "f".repeat(12))),
+            "ids are shown by prefix"
+        );
         assert!(lines[1].contains("clear_session") && lines[1].contains("5m"));
         assert!(
             lines[1].ends_with('…'),

@@ -1,9 +1,11 @@
 //! `mcp-warden demo`: the main job on one machine, no cluster. A small built-in MCP server
 //! shaped like MCP Python Interpreter, the sidecar in front of it with the example policy, and a
-//! scripted client showing an allowed call, denials with their reasons, a rate-limit hit, a
-//! filtered `tools/list`, and the metrics that resulted. The client calls as a ServiceAccount:
-//! the demo signs it a token with a key of its own, which the sidecar verifies (`--jwks`), and
-//! shows a forged token refused.
+//! scripted client showing an allowed call, a call that needs a person's approval (listed and
+//! approved through the sidecar's admin API, as `mcp-warden approvals list` / `approve --admin`
+//! do, then run once), denials with their reasons, a rate-limit hit, a filtered `tools/list`, and
+//! the metrics that resulted. The client calls as a ServiceAccount: the demo signs it a token
+//! with a key of its own, which the sidecar verifies (`--jwks`), and shows a forged token
+//! refused.
 
 use crate::metrics::SidecarMetrics;
 use crate::sidecar::{self, Config, Listeners, State};
@@ -218,6 +220,15 @@ pub async fn run(policy_file: Option<PathBuf>) -> anyhow::Result<String> {
         policy_path.clone(),
     );
     cfg.jwks_path = Some(jwks_path);
+    // Without a cluster, a person approves through the admin API with this token.
+    let admin_token = dir.join("admin-token");
+    std::fs::write(
+        &admin_token,
+        crate::policy::sha256_hex(
+            format!("{:?}{}", std::time::SystemTime::now(), std::process::id()).as_bytes(),
+        ),
+    )?;
+    cfg.admin_token_file = Some(admin_token.clone());
     cfg.listen = "127.0.0.1:0".parse()?;
     cfg.admin_listen = "127.0.0.1:0".parse()?;
     cfg.drain_delay = Duration::ZERO;
@@ -289,10 +300,46 @@ pub async fn run(policy_file: Option<PathBuf>) -> anyhow::Result<String> {
         "2. run_python_code {{\"code\": \"print(1 + 1)\"}}\n   {}\n",
         describe(&v)
     );
-    let (_, v) = c
-        .call("clear_session", json!({"session_id": "default"}))
-        .await?;
-    let _ = writeln!(out, "3. clear_session\n   {}\n", describe(&v));
+    let clear = json!({"session_id": "default"});
+    let (_, v) = c.call("clear_session", clear.clone()).await?;
+    let id = v["result"]["_meta"]["dev.mcpwarden/decision"]["approvalId"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let _ = writeln!(
+        out,
+        "3. clear_session {{\"session_id\": \"default\"}} needs a person's approval\n   {}",
+        describe(&v)
+    );
+    let admin_url = format!("http://{admin}");
+    let at = || crate::approve::Target::Admin {
+        url: &admin_url,
+        token_file: &admin_token,
+    };
+    let listed = crate::approve::list(at()).await?;
+    let _ = writeln!(
+        out,
+        "   $ mcp-warden approvals list --admin {admin_url} --admin-token-file TOKEN"
+    );
+    for line in listed.lines() {
+        let _ = writeln!(out, "     {line}");
+    }
+    let prefix = &id[..id.len().min(crate::sidecar::approvals::MIN_ID_PREFIX)];
+    let decided = crate::approve::decide(at(), prefix, true).await?;
+    let _ = writeln!(
+        out,
+        "   $ mcp-warden approve --admin {admin_url} --admin-token-file TOKEN {}\n     {}",
+        prefix,
+        decided.trim_end()
+    );
+    let (_, v) = c.call("clear_session", clear.clone()).await?;
+    let _ = writeln!(out, "   the identical call again: {}", describe(&v));
+    let (_, v) = c.call("clear_session", clear).await?;
+    let _ = writeln!(
+        out,
+        "   and once more (the one use is spent): {}\n",
+        describe(&v).split(':').next().unwrap_or_default()
+    );
     let (_, v) = c
         .call(
             "run_python_code",
@@ -362,6 +409,7 @@ pub async fn run(policy_file: Option<PathBuf>) -> anyhow::Result<String> {
             "mcp_warden_decisions_total{",
             "mcp_warden_limit_hits_total{",
             "mcp_warden_unauthenticated_total{",
+            "mcp_warden_approvals_total{",
             "mcp_warden_policy_info{",
         ];
         if interesting.iter().any(|p| line.starts_with(p)) && !line.ends_with(" 0") {

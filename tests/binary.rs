@@ -21,10 +21,16 @@ fn the_demo_shows_every_part_of_the_main_job() {
     );
     let text = String::from_utf8(out.stdout).unwrap();
     for expected in [
-        "the server offers 10 tools; the agent sees 7",
-        "removed (never callable): run_python_file, install_package, clear_session",
+        "the server offers 10 tools; the agent sees 8",
+        "removed (never callable): run_python_file, install_package\n",
         "allowed, server answered \"2\"",
-        "DENIED (deny, rule tools.clear_session.deny_if[0]): Blocked by default. Requires approval.",
+        "DENIED (approval_required, rule tools.clear_session): Tool \"clear_session\" needs a person's approval",
+        "clear_session   system:serviceaccount:sandbox:demo-agent",
+        "{\"session_id\":\"default\"}",
+        "approved clear_session for system:serviceaccount:sandbox:demo-agent (1 use(s) within 3600 s)",
+        "the identical call again: allowed, server answered \"clear_session done\"",
+        "and once more (the one use is spent): DENIED (approval_required",
+        "mcp_warden_approvals_total{policy=\"mcp-python-interpreter\",result=\"used\",tool=\"clear_session\"} 1",
         "DENIED (deny, rule tools.run_python_code.deny_if[0]): Destructive code is not allowed",
         "list_directory, 61 times: 60 allowed, then",
         "DENIED (rate_limited, rule tools.list_directory.limits[0]): Rate limit exceeded: list_directory_rate allows 60 calls per minute",

@@ -93,13 +93,17 @@ fn explain_shows_the_decision_and_why() {
     let p = "examples/policies/mcp-python-interpreter.yaml";
     let (code, out) = check(&[p, "--explain", "clear_session"]);
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains("decision: deny"), "{out}");
+    assert!(out.contains("decision: approval_required"), "{out}");
+    assert!(out.contains("rule:     tools.clear_session\n"), "{out}");
     assert!(
-        out.contains("rule:     tools.clear_session.deny_if[0]"),
+        out.contains("needs a person's approval of this exact call"),
         "{out}"
     );
+    assert!(out.contains("listed:   yes"), "{out}");
+    let (_, out) = check(&[p, "--explain", "install_package"]);
+    assert!(out.contains("decision: deny"), "{out}");
     assert!(
-        out.contains("reason:   Blocked by default. Requires approval."),
+        out.contains("reason:   Package installs are disabled in this namespace"),
         "{out}"
     );
     assert!(out.contains("listed:   no"), "{out}");

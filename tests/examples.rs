@@ -40,6 +40,7 @@ fn parse_expect(line: &str) -> Expect {
         "allow" => Outcome::Allow,
         "deny" => Outcome::Deny,
         "rate_limited" => Outcome::RateLimited,
+        "approval_required" => Outcome::ApprovalRequired,
         other => panic!("unknown outcome {other:?}"),
     };
     Expect {

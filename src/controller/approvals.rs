@@ -150,6 +150,14 @@ pub fn next_status(
         (Some(ApprovalDecision::Denied), _) => ApprovalPhase::Denied,
         (Some(ApprovalDecision::Approved), _) if bad.is_some() => ApprovalPhase::Denied,
         (Some(ApprovalDecision::Approved), _) if used >= s.uses => ApprovalPhase::Used,
+        // Decided after the request had lapsed: the agent must ask again.
+        (Some(ApprovalDecision::Approved), _)
+            if s.decided_at
+                .as_ref()
+                .is_some_and(|d| secs(d) > secs(&s.expires_at)) =>
+        {
+            ApprovalPhase::Expired
+        }
         (Some(ApprovalDecision::Approved), Some(until)) if now > until => ApprovalPhase::Expired,
         (Some(ApprovalDecision::Approved), _) => ApprovalPhase::Approved,
         (None, _) if now > secs(&s.expires_at) => ApprovalPhase::Expired,
@@ -173,6 +181,9 @@ pub fn next_status(
         ApprovalPhase::Used => format!("approved by {by}; all {} uses spent", s.uses),
         ApprovalPhase::Expired if s.decision.is_none() => {
             "nobody decided before expiresAt".to_owned()
+        }
+        ApprovalPhase::Expired if used == 0 && approval_expires.is_some_and(|u| now <= u) => {
+            format!("approved by {by} after the request had lapsed (expiresAt); the agent must ask again")
         }
         ApprovalPhase::Expired => format!(
             "approved by {by}; {} of {} uses spent before the ttl ended",
@@ -241,6 +252,15 @@ pub fn expired_retention(a: &McpApproval, retention: Duration, now: u64) -> bool
         .is_some_and(|t| now.saturating_sub(secs(t)) >= retention.as_secs())
 }
 
+/// Aborts a task when dropped (the keeper's watch ends with it).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// The loop's state across polls.
 pub struct Keeper {
     client: kube::Client,
@@ -280,8 +300,26 @@ impl Keeper {
         }
     }
 
-    /// Polls until the task is aborted (when leadership ends).
+    /// Polls until the task is aborted (when leadership ends): every poll interval, and at once
+    /// when an McpApproval changes (a person's decision reaches sidecars without waiting).
     pub async fn run(mut self) {
+        use futures_util::StreamExt;
+        use kube::runtime::{watcher, WatchStreamExt};
+        let wake = std::sync::Arc::new(tokio::sync::Notify::new());
+        let changes = {
+            let wake = wake.clone();
+            watcher(
+                Api::<McpApproval>::all(self.client.clone()),
+                watcher::Config::default(),
+            )
+            .default_backoff()
+            .touched_objects()
+            .for_each(move |_| {
+                wake.notify_one();
+                std::future::ready(())
+            })
+        };
+        let _changes = AbortOnDrop(tokio::spawn(changes));
         loop {
             let policies: Vec<_> = self
                 .policies
@@ -298,7 +336,10 @@ impl Keeper {
                     );
                 }
             }
-            tokio::time::sleep(self.cfg.poll).await;
+            tokio::select! {
+                _ = tokio::time::sleep(self.cfg.poll) => {}
+                _ = wake.notified() => {}
+            }
         }
     }
 
@@ -641,6 +682,18 @@ mod tests {
         // A sidecar that restarted reports fewer uses: the count never goes back.
         let (s2, _) = next_status(NS, &with_status(ok.clone(), s), Some(0), 1_700);
         assert_eq!(s2.used, 2);
+        // Approved after the request lapsed (undecided past expiresAt).
+        assert_eq!(
+            next_status(
+                NS,
+                &decided(&a, ApprovalDecision::Approved, 1_601),
+                None,
+                1_602
+            )
+            .0
+            .phase,
+            Some(ApprovalPhase::Expired)
+        );
         // Approved but not used up within the ttl.
         assert_eq!(
             next_status(NS, &ok, Some(1), 1_801).0.phase,

@@ -61,7 +61,7 @@ pub const RULES: &[Rule] = &[
     cluster(
         "mcpwarden.dev",
         "mcpapprovals",
-        &["list", "create", "delete"],
+        &["list", "watch", "create", "delete"],
     ),
     cluster("mcpwarden.dev", "mcpapprovals/status", &["patch"]),
     cluster(

@@ -21,6 +21,9 @@ use std::collections::{HashMap, VecDeque};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
+/// The shortest id prefix a decision may name a request by.
+pub const MIN_ID_PREFIX: usize = 12;
+
 /// Pending requests kept at most.
 pub const MAX_PENDING: usize = 256;
 /// Largest canonical arguments kept with a pending request (larger ones keep only their hash).
@@ -155,7 +158,10 @@ pub struct Report {
 
 /// Why a decision through the admin API was not taken.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("no pending request has approval id {0:?} (decided, expired, or never made here)")]
+#[error(
+    "no pending request has approval id {0:?} (decided, expired, never made here, or a prefix \
+     shorter than 12 characters or naming several)"
+)]
 pub struct NotPending(pub String);
 
 #[derive(Default)]
@@ -364,11 +370,20 @@ impl Approvals {
     /// for the rule's time to live from now; either way it leaves the pending list.
     pub fn decide(&self, id: &str, approve: bool, now: u64) -> Result<Pending, NotPending> {
         let mut inner = self.lock();
-        let at = inner
+        // The id, or a prefix of at least 12 characters naming one request (as lists show it).
+        let matches: Vec<usize> = inner
             .pending
             .iter()
-            .position(|p| p.id == id && p.expires_at() >= now)
-            .ok_or_else(|| NotPending(id.to_owned()))?;
+            .enumerate()
+            .filter(|(_, p)| {
+                p.expires_at() >= now
+                    && (p.id == id || (id.len() >= MIN_ID_PREFIX && p.id.starts_with(id)))
+            })
+            .map(|(i, _)| i)
+            .collect();
+        let [at] = matches[..] else {
+            return Err(NotPending(id.to_owned()));
+        };
         let p = inner.pending.remove(at).expect("the position is in range");
         if approve {
             inner.local.insert(
@@ -557,6 +572,21 @@ mod tests {
         a.request(req("a", 100));
         a.request(req("b", 100));
         assert_eq!(a.oldest_pending_age(130), 30);
+        a.request(req("0123456789abcdef-1", 100));
+        a.request(req("0123456789abcdef-2", 100));
+        assert!(
+            a.decide("0123456789ab", true, 130).is_err(),
+            "a prefix naming two"
+        );
+        assert!(
+            a.decide("0123456", true, 130).is_err(),
+            "a prefix too short"
+        );
+        assert!(a.decide("0123456789abcdef-2", false, 130).is_ok());
+        assert!(
+            a.decide("0123456789ab", false, 130).is_ok(),
+            "now names one"
+        );
         assert_eq!(
             a.decide("a", true, 130).unwrap().tool,
             "clear_session",

@@ -186,9 +186,19 @@ impl State {
         policy.allowed.get_or_init(|| {
             let t = &policy.engine.policy().transport;
             let join = |a: &[String], b: &[String]| [a, b].concat();
+            let loopback = self.cfg.listen.ip().is_loopback();
+            let mut hosts = join(&self.cfg.allowed_hosts, &t.allowed_hosts);
+            // Where Host is checked, the address the sidecar listens on is a name clients may
+            // use: an IP literal, which no rebinding can point elsewhere.
+            if (loopback || !hosts.is_empty()) && !self.cfg.listen.ip().is_unspecified() {
+                hosts.push(match self.cfg.listen.ip() {
+                    std::net::IpAddr::V4(ip) => ip.to_string(),
+                    std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+                });
+            }
             Allowed::new(
-                self.cfg.listen.ip().is_loopback(),
-                &join(&self.cfg.allowed_hosts, &t.allowed_hosts),
+                loopback,
+                &hosts,
                 &join(&self.cfg.allowed_origins, &t.allowed_origins),
             )
         })

@@ -94,6 +94,7 @@ pub fn refusal(
     old: Option<&McpApprovalSpec>,
     new: &McpApprovalSpec,
     user: &str,
+    now: &Time,
 ) -> Option<String> {
     if *operation == Operation::Create {
         return new.decision.is_some().then(|| {
@@ -115,6 +116,10 @@ pub fn refusal(
             "the decision ({was:?}) was made by {} and is final",
             old.decided_by.as_deref().unwrap_or("someone")
         )),
+        (None, Some(_)) if now.0 > new.expires_at.0 => Some(format!(
+            "the request lapsed at {} undecided: the agent must make the call again",
+            new.expires_at.0
+        )),
         (None, Some(_)) if user == new.identity => Some(format!(
             "{user} asked for this call and cannot decide it: another person must approve"
         )),
@@ -126,7 +131,7 @@ pub fn refusal(
 }
 
 /// The `/validate-approval` answer, and the refusal when there is one.
-pub fn validate(body: &[u8]) -> (AdmissionReview<DynamicObject>, Option<String>) {
+pub fn validate(body: &[u8], now: Time) -> (AdmissionReview<DynamicObject>, Option<String>) {
     let req = match read(body) {
         Ok(r) => r,
         Err(why) => return (AdmissionResponse::invalid(&why).into_review(), Some(why)),
@@ -141,6 +146,7 @@ pub fn validate(body: &[u8]) -> (AdmissionReview<DynamicObject>, Option<String>)
         req.old_object.as_ref().map(|o| &o.spec),
         &new.spec,
         user,
+        &now,
     ) {
         None => (response.into_review(), None),
         Some(why) => (response.deny(&why).into_review(), Some(why)),
@@ -247,11 +253,11 @@ mod tests {
         let mut new = spec();
         new.decision = Some(ApprovalDecision::Approved);
         new.decided_by = Some(user.into());
-        let (_, why) = validate(&review("UPDATE", Some(&old), &new, user));
+        let (_, why) = validate(&review("UPDATE", Some(&old), &new, user), now());
         assert!(why.unwrap().contains("cannot decide it"));
 
         new.decided_by = Some("alice".into());
-        let (r, why) = validate(&review("UPDATE", Some(&old), &new, "alice"));
+        let (r, why) = validate(&review("UPDATE", Some(&old), &new, "alice"), now());
         assert_eq!(why, None);
         assert!(serde_json::to_value(&r).unwrap()["response"]["allowed"]
             .as_bool()
@@ -259,27 +265,31 @@ mod tests {
 
         let mut flipped = new.clone();
         flipped.decision = Some(ApprovalDecision::Denied);
-        let (_, why) = validate(&review("UPDATE", Some(&new), &flipped, "bob"));
+        let (_, why) = validate(&review("UPDATE", Some(&new), &flipped, "bob"), now());
         assert!(why.unwrap().contains("was made by alice and is final"));
         let mut cleared = new.clone();
         cleared.decision = None;
-        assert!(validate(&review("UPDATE", Some(&new), &cleared, "bob"))
-            .1
-            .is_some());
+        assert!(
+            validate(&review("UPDATE", Some(&new), &cleared, "bob"), now())
+                .1
+                .is_some()
+        );
 
         let mut other_args = new.clone();
         other_args.arguments = Some("{\"session_id\":\"all\"}".into());
-        let (_, why) = validate(&review("UPDATE", Some(&new), &other_args, "alice"));
+        let (_, why) = validate(&review("UPDATE", Some(&new), &other_args, "alice"), now());
         assert!(why.unwrap().contains("only spec.decision can be changed"));
 
-        let (_, why) = validate(&review("CREATE", None, &new, "alice"));
+        let (_, why) = validate(&review("CREATE", None, &new, "alice"), now());
         assert!(why.unwrap().contains("created without a decision"));
-        assert_eq!(validate(&review("CREATE", None, &old, "x")).1, None);
+        assert_eq!(validate(&review("CREATE", None, &old, "x"), now()).1, None);
         // A decision whose stamp is not the deciding user (the mutating webhook did not run).
         let mut forged = new.clone();
         forged.decided_by = Some("carol".into());
-        assert!(validate(&review("UPDATE", Some(&old), &forged, "alice"))
-            .1
-            .is_some());
+        assert!(
+            validate(&review("UPDATE", Some(&old), &forged, "alice"), now())
+                .1
+                .is_some()
+        );
     }
 }

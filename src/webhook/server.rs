@@ -162,7 +162,8 @@ pub fn answer(state: &Arc<WebhookState>, webhook: &str, body: &[u8]) -> Vec<u8> 
         return encode(&super::approval::mutate(body, now));
     }
     if webhook == "validate-approval" {
-        let (review, refused) = super::approval::validate(body);
+        let now = Time(k8s_openapi::jiff::Timestamp::now());
+        let (review, refused) = super::approval::validate(body, now);
         if let Some(why) = refused {
             tracing::info!(reason = %why, "refused an McpApproval change");
         }

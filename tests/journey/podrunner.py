@@ -5,10 +5,13 @@ exactly the container's command and args (the image's entrypoint resolved by a t
 gives), its env (values and the downward-API fields the chart uses), and its ConfigMap volumes
 projected into a directory the way the kubelet writes them (a timestamped directory, a `..data`
 symlink swapped atomically on every change, and one symlink per key), kept in sync while the
-pod runs. Two things differ from a node, both because every "pod" shares this machine's
-loopback: listen addresses `0.0.0.0:PORT` become `127.0.0.1:PORT` (a pod's own network
-namespace), optionally with the port remapped, and a volume's mount path is replaced by its
-local directory in args.
+pod runs (every `sync_seconds`, the kubelet's sync period), and its projected ServiceAccount
+tokens issued by the API server's TokenRequest API for the audience the volume names, bound to
+the pod. Two things differ from a node, both because every "pod" shares this machine's
+loopback: listen addresses `0.0.0.0:PORT` become `127.0.0.1:PORT`, optionally with the port
+remapped — or, given a `pod_ip` (a loopback address of its own, 127.x.y.z), `POD_IP:PORT`, with
+that address written into the pod's status as the kubelet would, so other components reach the
+pod by its IP — and a volume's mount path is replaced by its local directory in args.
 """
 
 from __future__ import annotations
@@ -127,7 +130,7 @@ def _env(pod: dict, container: dict) -> dict[str, str]:
     return env
 
 
-def _localise(arg: str, ports: dict[int, int], mounts: dict[str, Path]) -> str:
+def _localise(arg: str, ports: dict[int, int], mounts: dict[str, Path], ip: str = "127.0.0.1") -> str:
     for mount, local in mounts.items():
         if arg.startswith(mount + "/") or arg == mount:
             arg = str(local) + arg[len(mount):]
@@ -136,14 +139,14 @@ def _localise(arg: str, ports: dict[int, int], mounts: dict[str, Path]) -> str:
             arg = f"{k}={local}{v[len(mount):]}"
     if "0.0.0.0:" in arg:
         head, port = arg.rsplit("0.0.0.0:", 1)
-        arg = f"{head}127.0.0.1:{ports.get(int(port), int(port))}"
+        arg = f"{head}{ip}:{ports.get(int(port), int(port))}"
     return arg
 
 
 def run_pod(pod: dict, images: dict[str, list[str]], workdir: Path,
             stand_ins: dict[str, list[str]] | None = None, ports: dict[int, int] | None = None,
             extra_env: dict[str, dict[str, str]] | None = None,
-            sync_seconds: float = 1.0) -> RunningPod:
+            sync_seconds: float = 1.0, pod_ip: str | None = None) -> RunningPod:
     """Starts every container of `pod` (init containers with `restartPolicy: Always`, i.e.
     native sidecars, first). `images` maps an image to its entrypoint as a local command, and
     the container's args follow it, as the kubelet runs them. `stand_ins` replace a container
@@ -154,7 +157,31 @@ def run_pod(pod: dict, images: dict[str, list[str]], workdir: Path,
     running = RunningPod(ns, name, ports=dict(ports or {}))
     workdir.mkdir(parents=True, exist_ok=True)
     for v in pod["spec"].get("volumes", []):
-        if "configMap" in v:
+        if "projected" in v:
+            d = workdir / "volumes" / v["name"]
+            d.mkdir(parents=True, exist_ok=True)
+            for src in v["projected"].get("sources", []):
+                if "serviceAccountToken" in src:
+                    sat = src["serviceAccountToken"]
+                    audience = ["--audience", sat["audience"]] if sat.get("audience") else []
+                    token = kubectl("create", "token", pod["spec"].get("serviceAccountName", "default"), "-n", ns,
+                                    *audience, "--duration", f"{sat.get('expirationSeconds', 3600)}s",
+                                    "--bound-object-kind", "Pod", "--bound-object-name", name).strip()
+                    (d / sat["path"]).write_text(token)
+                elif "configMap" in src:
+                    data = get_json("configmap", "-n", ns, src["configMap"]["name"]).get("data", {})
+                    for item in src["configMap"].get("items", [{"key": k, "path": k} for k in data]):
+                        (d / item["path"]).write_text(data.get(item["key"], ""))
+                elif "downwardAPI" in src:
+                    for item in src["downwardAPI"].get("items", []):
+                        field = item.get("fieldRef", {}).get("fieldPath")
+                        value = {"metadata.namespace": ns, "metadata.name": name}.get(field)
+                        if value is None:
+                            raise RuntimeError(f"pod runner: unsupported downward API field {field}")
+                        (d / item["path"]).write_text(value)
+                else:
+                    raise RuntimeError(f"pod runner: unsupported projected source in {v['name']}")
+        elif "configMap" in v:
             cm = v["configMap"]
             vol = ConfigMapVolume(ns, cm["name"], cm.get("optional", False), workdir / "volumes" / v["name"])
             vol.sync()
@@ -173,7 +200,7 @@ def run_pod(pod: dict, images: dict[str, list[str]], workdir: Path,
             entry = images.get(c.get("image", ""))
             if entry is None or c.get("command"):
                 raise RuntimeError(f"pod runner: cannot run {c['name']} ({c.get('image')}) here")
-            cmd = [*entry, *(_localise(a, running.ports, mounts) for a in c.get("args", []))]
+            cmd = [*entry, *(_localise(a, running.ports, mounts, pod_ip or "127.0.0.1") for a in c.get("args", []))]
         env = _env(pod, c)
         env.update((extra_env or {}).get(c["name"], {}))
         log = workdir / f"{c['name']}.log"
@@ -189,9 +216,18 @@ def run_pod(pod: dict, images: dict[str, list[str]], workdir: Path,
                 except Exception:  # the API server may be restarting; the kubelet retries too
                     pass
 
+    if pod_ip:
+        kubectl("patch", "pod", "-n", ns, name, "--subresource=status", "--type=merge", "-p",
+                json.dumps({"status": {"podIP": pod_ip, "podIPs": [{"ip": pod_ip}]}}))
     running._sync = threading.Thread(target=sync_loop, daemon=True)
     running._sync.start()
     return running
+
+
+def free_pod_ip() -> str:
+    """A loopback address no other pod of this run uses (Linux routes all of 127/8 to lo)."""
+    import random
+    return f"127.{random.randint(1, 254)}.{random.randint(1, 254)}.{random.randint(2, 254)}"
 
 
 def free_port() -> int:

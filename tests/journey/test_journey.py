@@ -24,12 +24,14 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from podrunner import RunningPod, free_port, get_json, kubectl, run_pod, temp_dir
+from podrunner import RunningPod, free_pod_ip, free_port, get_json, kubectl, run_pod, temp_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = os.environ.get("MCP_WARDEN_BIN", "")
 HELM = os.environ.get("MCP_WARDEN_HELM_CURRENT", "")
 ROUTES = Path(os.environ.get("MCP_WARDEN_SERVICE_ROUTES", "/nonexistent"))
+# The kubelet's ConfigMap sync period the pod runner keeps (a real kubelet's is about a minute).
+SYNC_SECONDS = float(os.environ.get("MCP_WARDEN_SYNC_SECONDS", "1"))
 NS, RELEASE, APP_NS = "mcp-warden", "mcp-warden", "sandbox"
 EXAMPLE = ROOT / "deploy" / "examples" / "mcp-python-interpreter.yaml"
 PROM_OPERATOR = "github.com/prometheus-operator/prometheus-operator@v0.85.0"
@@ -83,8 +85,10 @@ class World:
         self.admin: dict[str, int] = {}
         self.webhook: dict[str, int] = {}
         self.app: RunningPod | None = None
-        self.proxy_port = free_port()
-        self.proxy_admin = free_port()
+        # The app pod's own address: the controller reaches its sidecar's admin port there.
+        self.app_ip = free_pod_ip()
+        self.proxy = f"http://{self.app_ip}:9480"
+        self.proxy_admin = f"http://{self.app_ip}:9481"
 
     # -- the controller replicas ------------------------------------------------------------
 
@@ -225,16 +229,18 @@ def start_app(world) -> None:
         world.dir / "app",
         stand_ins={"interpreter": [sys.executable, str(peer), "--kind", "interpreter",
                                    "--port", str(upstream), "--dir", str(work)]},
-        ports={9480: world.proxy_port, 9481: world.proxy_admin})
-    wait("the injected sidecar ready", lambda: http_get(f"http://127.0.0.1:{world.proxy_admin}/readyz")[0] == 200)
+        pod_ip=world.app_ip, sync_seconds=SYNC_SECONDS)
+    wait("the injected sidecar ready", lambda: http_get(f"{world.proxy_admin}/readyz")[0] == 200)
 
 
 @contextlib.asynccontextmanager
-async def client(world):
+async def client(world, token: str | None = None):
     from mcp import ClientSession
-    from mcp.client.streamable_http import streamable_http_client
+    from mcp.client.streamable_http import create_mcp_http_client, streamable_http_client
 
-    async with streamable_http_client(f"http://127.0.0.1:{world.proxy_port}/mcp") as streams:
+    headers = {"Authorization": f"Bearer {token}"} if token else None
+    async with create_mcp_http_client(headers=headers) as http, \
+            streamable_http_client(f"{world.proxy}/mcp", http_client=http) as streams:
         async with ClientSession(streams[0], streams[1]) as s:
             await s.initialize()
             yield s
@@ -245,8 +251,14 @@ async def call(s, name: str, args: dict | None = None) -> tuple[bool, str]:
     return bool(r.isError), (r.content[0].text if r.content else "")
 
 
+async def call_meta(s, name: str, args: dict) -> tuple[bool, str, dict]:
+    r = await s.call_tool(name, args)
+    meta = getattr(r, "meta", None) or getattr(r, "_meta", None) or {}
+    return bool(r.isError), (r.content[0].text if r.content else ""), meta.get("dev.mcpwarden/decision", {})
+
+
 def sidecar_metrics(world) -> str:
-    return http_get(f"http://127.0.0.1:{world.proxy_admin}/metrics")[1]
+    return http_get(f"{world.proxy_admin}/metrics")[1]
 
 
 @pytest.mark.anyio
@@ -257,8 +269,9 @@ async def test_a_real_client_is_governed_by_the_policy(world):
         assert {"run_python_code", "write_file", "list_directory"} <= names
         assert "install_package" not in names, "a denied tool is not listed"
         assert "run_python_file" not in names, "a tool default: deny never allows is not listed"
+        assert "clear_session" in names, "a tool that needs approval is listed"
 
-        assert await call(s, "clear_session", {"session_id": "default"}) == (True, "Blocked by default. Requires approval.")
+        assert await call(s, "install_package", {"package_name": "x"}) == (True, "Package installs are disabled in this namespace")
         err, text = await call(s, "run_python_code", {"code": "print(6 * 7)"})
         assert not err and "42" in text
         for i in range(60):
@@ -268,7 +281,7 @@ async def test_a_real_client_is_governed_by_the_policy(world):
         assert err and text.startswith("Rate limit exceeded: list_directory_rate allows 60 calls per minute"), text
     m = sidecar_metrics(world)
     policy = f"{APP_NS}/python-interpreter"
-    assert metric(m, "mcp_warden_decisions_total", policy=policy, tool="clear_session", decision="deny") == 1
+    assert metric(m, "mcp_warden_decisions_total", policy=policy, tool="install_package", decision="deny") == 1
     assert metric(m, "mcp_warden_decisions_total", policy=policy, tool="list_directory", decision="allow") == 60
     assert metric(m, "mcp_warden_decisions_total", policy=policy, tool="list_directory", decision="rate_limited") == 1
 
@@ -291,6 +304,121 @@ async def test_an_edit_reaches_the_running_sidecar_without_a_restart(world):
         assert await call(s, "read_file", {"file_path": "x"}) == (True, "Reading is paused")
     events = get_json("events", "-n", APP_NS, "--field-selector", "involvedObject.name=python-interpreter")["items"]
     assert any(e.get("reason") == "Rendered" for e in events), [e.get("reason") for e in events]
+
+
+def impersonating_kubeconfig(world, user: str) -> Path:
+    """The admin's kubeconfig acting as `user` (kubeconfig `as:`), as a person's would."""
+    cfg = json.loads(kubectl("config", "view", "--raw", "-o", "json"))
+    for u in cfg["users"]:
+        u["user"]["as"] = user
+    path = world.dir / f"{user.replace(':', '_')}.kubeconfig"
+    path.write_text(json.dumps(cfg))
+    return path
+
+
+def plugin(world, kubeconfig: Path, *args: str) -> subprocess.CompletedProcess:
+    """`kubectl mcp-warden ARGS`: the binary installed as the kubectl plugin, found on PATH."""
+    bindir = world.dir / "plugins"
+    bindir.mkdir(exist_ok=True)
+    link = bindir / "kubectl-mcp_warden"
+    if not link.exists():
+        link.symlink_to(BIN)
+    env = dict(os.environ, KUBECONFIG=str(kubeconfig), PATH=f"{bindir}:{os.environ['PATH']}")
+    return subprocess.run([os.environ.get("MCP_WARDEN_KUBECTL", "kubectl"), "mcp-warden", *args],
+                          capture_output=True, text=True, timeout=60, env=env)
+
+
+def approval_for(approval_id: str) -> dict:
+    items = get_json("mcpa", "-n", APP_NS)["items"]
+    return next((a for a in items if a["spec"]["approvalId"] == approval_id), {})
+
+
+@pytest.mark.anyio
+async def test_a_person_approves_an_agents_call(world):
+    agent = f"system:serviceaccount:{APP_NS}:agent"
+    kubectl("create", "serviceaccount", "agent", "-n", APP_NS)
+    token = kubectl("create", "token", "agent", "-n", APP_NS, "--audience", "mcp-warden").strip()
+    # alice approves; so could the agent's own ServiceAccount (a careless binding) — the webhook
+    # still refuses it its own requests.
+    kubectl("create", "rolebinding", "approvers", "-n", APP_NS, f"--clusterrole={RELEASE}-approver",
+            "--user=alice", f"--serviceaccount={APP_NS}:agent")
+    alice = impersonating_kubeconfig(world, "alice")
+    args = {"session_id": "default"}
+    async with client(world, token) as s:
+        err, text, d = await call_meta(s, "clear_session", args)
+        assert err and d["decision"] == "approval_required" and "needs a person's approval" in text, text
+        approval_id = d["approvalId"]
+        assert d["identity"] == agent
+        # The controller reads the sidecar's admin API (with its own token) and makes an McpApproval.
+        a = wait("the McpApproval", lambda: approval_for(approval_id), timeout=60)
+        name = a["metadata"]["name"]
+        assert (a["spec"]["tool"], a["spec"]["identity"], a["spec"]["pod"]) == ("clear_session", agent, mcp_pod()["metadata"]["name"])
+        assert json.loads(a["spec"]["arguments"]) == args
+        wait("phase Pending", lambda: get_json("mcpa", "-n", APP_NS, name).get("status", {}).get("phase") == "Pending")
+        listed = plugin(world, alice, "approvals", "list", "-n", APP_NS)
+        assert listed.returncode == 0 and name in listed.stdout and '{"session_id":"default"}' in listed.stdout, listed
+
+        # The agent approving its own call: refused by the webhook, though RBAC would allow it.
+        self_approval = subprocess.run(
+            [os.environ.get("MCP_WARDEN_KUBECTL", "kubectl"), "--as", agent, "patch", "mcpa", "-n", APP_NS, name,
+             "--type=merge", "-p", '{"spec":{"decision":"Approved"}}'], capture_output=True, text=True)
+        assert self_approval.returncode != 0 and "cannot decide it" in self_approval.stderr, self_approval.stderr
+        assert "decision" not in get_json("mcpa", "-n", APP_NS, name)["spec"]
+
+        # alice approves with the kubectl plugin; decidedBy is hers whatever a client writes.
+        started = time.monotonic()
+        done = plugin(world, alice, "approve", name, "-n", APP_NS)
+        assert done.returncode == 0 and "approved by alice" in done.stdout, (done.stdout, done.stderr)
+        spec = get_json("mcpa", "-n", APP_NS, name)["spec"]
+        assert (spec["decision"], spec["decidedBy"]) == ("Approved", "alice")
+        # A decision is final.
+        flip = plugin(world, alice, "reject", name, "-n", APP_NS)
+        assert flip.returncode != 0 and "is final" in flip.stderr, (flip.stdout, flip.stderr)
+
+        # The identical call runs once the approval reaches the sidecar.
+        while True:
+            err, text, d = await call_meta(s, "clear_session", args)
+            if not err:
+                break
+            assert d.get("decision") == "approval_required", text
+            assert time.monotonic() - started < 60, "the approval never reached the sidecar"
+            await anyio_sleep(0.1)
+        latency = time.monotonic() - started
+        sys.stderr.write(f"approval to call: {latency:.2f} s (sync period {SYNC_SECONDS} s)\n")
+        (world.dir.parent / "mcp-warden-approval-latency.txt").write_text(f"{latency:.2f}\n")
+        # Once: the second identical call needs approval again; other arguments are another call.
+        err, _, d = await call_meta(s, "clear_session", args)
+        assert err and d["decision"] == "approval_required" and d["approvalId"] == approval_id
+        err, _, d = await call_meta(s, "clear_session", {"session_id": "other"})
+        assert err and d["decision"] == "approval_required" and d["approvalId"] != approval_id
+    wait("phase Used", lambda: get_json("mcpa", "-n", APP_NS, name)["status"]["phase"] == "Used", timeout=30)
+    events = get_json("events", "-n", APP_NS, "--field-selector", f"involvedObject.name={name}")["items"]
+    assert {"Requested", "Approved", "Used"} <= {e.get("reason") for e in events}, [e.get("reason") for e in events]
+    assert metric(sidecar_metrics(world), "mcp_warden_approvals_total", tool="clear_session", result="used") == 1
+
+    # An approval that has expired allows nothing: a short ttl, approved, then waited out.
+    before = get_json("mcpp", "-n", APP_NS, "python-interpreter")["status"]["policyHash"]
+    kubectl("patch", "mcpp", "-n", APP_NS, "python-interpreter", "--type", "merge", "-p",
+            json.dumps({"spec": {"tools": {"clear_session": {"action": None, "approval": {"ttl": "20s"}}}}}))
+    hash_ = wait("the new render", lambda: (
+        h := get_json("mcpp", "-n", APP_NS, "python-interpreter")["status"]["policyHash"]) != before and h)
+    wait("the sidecar on the short ttl", lambda: metric(sidecar_metrics(world), "mcp_warden_policy_info", hash=hash_) == 1, timeout=60)
+    async with client(world, token) as s:
+        err, _, d = await call_meta(s, "clear_session", {"session_id": "later"})
+        assert err and d["decision"] == "approval_required"
+        late_approval = wait("the McpApproval", lambda: approval_for(d["approvalId"]), timeout=60)
+        assert late_approval["spec"]["ttlSeconds"] == 20
+        late = late_approval["metadata"]["name"]
+        assert plugin(world, alice, "approve", late, "-n", APP_NS).returncode == 0
+        wait("phase Approved", lambda: get_json("mcpa", "-n", APP_NS, late)["status"]["phase"] == "Approved", timeout=30)
+        wait("phase Expired", lambda: get_json("mcpa", "-n", APP_NS, late)["status"]["phase"] == "Expired", timeout=60)
+        err, _, d = await call_meta(s, "clear_session", {"session_id": "later"})
+        assert err and d["decision"] == "approval_required", "an expired approval allows nothing"
+
+
+async def anyio_sleep(seconds: float) -> None:
+    import anyio
+    await anyio.sleep(seconds)
 
 
 def test_metrics_show_decisions_injections_and_reconciles(world):

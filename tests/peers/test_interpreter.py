@@ -2,8 +2,10 @@
 with the seed policy: every rule of examples/policies/mcp-python-interpreter.yaml acting on the
 server's real tools. Runs in the 1.x venv (the package needs mcp<2)."""
 
+import subprocess
+
 import pytest
-from conftest import ROOT, SDK_MAJOR, stack
+from conftest import BIN, ROOT, SDK_MAJOR, stack
 from test_python_sdk import connect
 
 POLICY = ROOT / "examples" / "policies" / "mcp-python-interpreter.yaml"
@@ -14,17 +16,34 @@ pytestmark = pytest.mark.skipif(SDK_MAJOR >= 2, reason="mcp-python-interpreter n
 @pytest.mark.anyio
 @pytest.mark.parametrize("transport", ["streamable-http", "sse"])
 async def test_the_seed_policy_acts_on_the_real_server(transport, tmp_path):
-    with stack(kind="interpreter", transport=transport, policy=POLICY, workdir=tmp_path) as s:
+    token = tmp_path / "admin-token"
+    token.write_text("interpreter-admin-token")
+    with stack(kind="interpreter", transport=transport, policy=POLICY, workdir=tmp_path,
+               sidecar_args=["--admin-token-file", str(token)]) as s:
         async with connect(s.url, transport) as c:
             names = set(await c.names())
-            assert {"run_python_code", "write_file", "list_directory", "read_file"} <= names
-            assert not names & {"clear_session", "install_package", "run_python_file"}
+            assert {"run_python_code", "write_file", "list_directory", "read_file", "clear_session"} <= names
+            assert not names & {"install_package", "run_python_file"}
 
             err, text, _ = await c.call("run_python_code", {"code": "print(6 * 7)"})
             assert not err and "42" in text
 
+            # clear_session needs a person's approval of exactly this call: refused with an id,
+            # approved with `mcp-warden approve --admin`, then the real server runs it once.
+            err, text, meta = await c.call("clear_session", {"session_id": "default"})
+            assert err and "needs a person's approval" in text, text
+            approval = meta["dev.mcpwarden/decision"]["approvalId"]
+            listed = subprocess.run([BIN, "approvals", "list", "--admin", s.admin, "--admin-token-file", str(token)],
+                                    capture_output=True, text=True, check=True).stdout
+            assert approval[:12] in listed and '{"session_id":"default"}' in listed, listed
+            done = subprocess.run([BIN, "approve", "--admin", s.admin, "--admin-token-file", str(token), approval[:12]],
+                                  capture_output=True, text=True)
+            assert done.returncode == 0 and "approved clear_session" in done.stdout, done.stderr
             err, text, _ = await c.call("clear_session", {"session_id": "default"})
-            assert (err, text) == (True, "Blocked by default. Requires approval.")
+            assert not err, text
+            err, text, _ = await c.call("clear_session", {"session_id": "default"})
+            assert err and "needs a person's approval" in text, "one use"
+            assert "mcp_warden_approvals_total{policy=\"mcp-python-interpreter\",result=\"used\",tool=\"clear_session\"} 1" in s.metrics()
             err, text, _ = await c.call("run_python_code", {"code": "import shutil; shutil.rmtree('/tmp/x')"})
             assert (err, text) == (True, "Destructive code is not allowed")
             err, text, _ = await c.call("install_package", {"package_name": "requests"})
