@@ -150,7 +150,7 @@ impl SidecarMetrics {
             ),
             approvals: counter(
                 "approvals_total",
-                "Calls of tools that need approval, by result (requested, approved, denied, used)",
+                "Calls of tools that need approval, by result (requested, approved, denied, used, expired)",
                 &["policy", "tool", "result"],
             ),
             approvals_pending: gauge(

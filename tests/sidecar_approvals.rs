@@ -353,6 +353,15 @@ async fn in_a_cluster_the_admin_api_takes_only_the_controllers_token_for_its_aud
     )
     .await;
     assert_eq!(status, 403, "{body}");
+    // The controller's token reads; decisions are McpApprovals, never POSTs.
+    let (status, body) = admin(
+        &sc,
+        "POST",
+        Some(&token(controller, "mcp-warden-admin")),
+        r#"{"id": "x", "decision": "approve"}"#,
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
     // A forged token (payload changed after signing).
     let t = token(controller, "mcp-warden-admin");
     let mut parts: Vec<String> = t.split('.').map(String::from).collect();

@@ -15,7 +15,8 @@
 //! [`live`]; this module's loop only reads and writes.
 
 use crate::cluster::{
-    configmap_name, APPROVALS_KEY, APPROVALS_MANAGER, MANAGED_BY, POLICY_ANNOTATION, POLICY_LABEL,
+    configmap_name, sidecar_state, Carried, APPROVALS_KEY, APPROVALS_MANAGER, MANAGED_BY,
+    POLICY_ANNOTATION, POLICY_LABEL,
 };
 use crate::crd::approval::{
     approval_name, ApprovalDecision, ApprovalPhase, McpApproval, McpApprovalSpec, McpApprovalStatus,
@@ -29,7 +30,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::events::Recorder;
 use kube::runtime::reflector::Store;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
@@ -121,13 +122,8 @@ pub fn mismatch(ns: &str, spec: &McpApprovalSpec) -> Option<String> {
     None
 }
 
-/// A status change worth an Event.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Change {
-    pub warning: bool,
-    pub reason: &'static str,
-    pub note: String,
-}
+/// A status change worth an Event (recorded on the McpApproval).
+pub type Change = super::reconcile::PolicyEvent;
 
 /// The status `a` should have at `now` (seconds), given the uses its sidecar reports spent, and
 /// the Event when the phase changes.
@@ -267,7 +263,8 @@ pub struct Keeper {
     cfg: ApprovalsConfig,
     policies: Store<McpPolicy>,
     pods: Store<Pod>,
-    admin_port: u16,
+    /// The sidecar this controller injects: only pods carrying exactly it are sent the token.
+    inject: crate::cluster::InjectConfig,
     recorder: Recorder,
     http: HttpClient,
     /// The approvals text last written per ConfigMap (namespace/name).
@@ -281,7 +278,7 @@ impl Keeper {
         cfg: ApprovalsConfig,
         policies: Store<McpPolicy>,
         pods: Store<Pod>,
-        admin_port: u16,
+        inject: crate::cluster::InjectConfig,
         recorder: Recorder,
     ) -> Keeper {
         let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
@@ -291,7 +288,7 @@ impl Keeper {
             cfg,
             policies,
             pods,
-            admin_port,
+            inject,
             recorder,
             http: hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
                 .build(connector),
@@ -374,10 +371,13 @@ impl Keeper {
         } else {
             ip.to_owned()
         };
-        let req = http::Request::get(format!("http://{host}:{}/approvals", self.admin_port))
-            .header(http::header::AUTHORIZATION, format!("Bearer {token}"))
-            .body(Empty::new())
-            .map_err(|e| e.to_string())?;
+        let req = http::Request::get(format!(
+            "http://{host}:{}/approvals",
+            self.inject.admin_port
+        ))
+        .header(http::header::AUTHORIZATION, format!("Bearer {token}"))
+        .body(Empty::new())
+        .map_err(|e| e.to_string())?;
         let read = async {
             let res = self.http.request(req).await.map_err(|e| e.to_string())?;
             let status = res.status();
@@ -414,9 +414,12 @@ impl Keeper {
             .state()
             .iter()
             .filter(|p| p.metadata.namespace.as_deref() == Some(ns.as_str()))
+            // The token goes only to pods carrying exactly the sidecar this controller injects
+            // for this policy (not to a pod that merely claims the policy's annotation).
             .filter(|p| {
                 p.annotations().get(POLICY_ANNOTATION).map(String::as_str) == Some(label.as_str())
                     && p.metadata.deletion_timestamp.is_none()
+                    && sidecar_state(p, policy, Some(&self.inject)) == Carried::Ours
             })
             .filter_map(|p| Some((p.name_any(), p.status.as_ref()?.pod_ip.clone()?)))
             .collect();
@@ -519,17 +522,7 @@ impl Keeper {
     }
 
     async fn record(&self, a: &McpApproval, c: &Change) {
-        let ev = Event {
-            type_: if c.warning {
-                EventType::Warning
-            } else {
-                EventType::Normal
-            },
-            reason: c.reason.into(),
-            note: Some(c.note.clone()),
-            action: "Approval".into(),
-            secondary: None,
-        };
+        let ev = c.event_for("Approval");
         if let Err(e) = self.recorder.publish(&ev, &a.object_ref(&())).await {
             tracing::debug!(error = %e, "could not record an Event");
         }

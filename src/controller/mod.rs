@@ -501,7 +501,7 @@ async fn lead(client: kube::Client, cfg: Config, metrics: ControllerMetrics, rec
         cfg.approvals.clone(),
         controller.store(),
         pods.clone(),
-        cfg.inject.admin_port,
+        cfg.inject.clone(),
         ctx.recorder.clone(),
     );
     let run = controller

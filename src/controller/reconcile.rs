@@ -96,6 +96,11 @@ impl PolicyEvent {
 
     /// The Event as kube-runtime publishes it.
     fn event(&self) -> Event {
+        self.event_for("Reconcile")
+    }
+
+    /// The Event, for an `action` of the controller's.
+    pub(super) fn event_for(&self, action: &str) -> Event {
         Event {
             type_: if self.warning {
                 EventType::Warning
@@ -104,7 +109,7 @@ impl PolicyEvent {
             },
             reason: self.reason.into(),
             note: Some(self.note.clone()),
-            action: "Reconcile".into(),
+            action: action.into(),
             secondary: None,
         }
     }

@@ -3,8 +3,8 @@
 //! - `GET /approvals`: the pending requests (with their arguments) and the uses spent of every
 //!   approval held ([`approvals::Report`]);
 //! - `POST /approvals` with `{"id": ID, "decision": "approve"|"reject"}`: decides a pending
-//!   request (without a cluster; in one, people decide McpApprovals and the controller renders
-//!   them).
+//!   request — without a cluster only (`--admin-token-file`); in one, people decide McpApprovals
+//!   and the controller renders them, and the controller's token can only read.
 //!
 //! Arguments are not for everyone who can reach the pod, so both need a bearer token:
 //! - `--admin-keys FILE` (in a cluster; the controller renders it): a ServiceAccount token for
@@ -201,6 +201,12 @@ pub async fn handle(st: Arc<State>, req: Request<Incoming>) -> Response<Body> {
                 serde_json::to_vec(&report).expect("a report serialises"),
             )
         }
+        // In a cluster, people decide McpApprovals (where RBAC and the webhooks apply); the
+        // controller's token only reads.
+        Method::POST if matches!(st.admin, AdminAuth::Keys { .. }) => error(
+            StatusCode::FORBIDDEN,
+            "in a cluster, decide the McpApproval: kubectl mcp-warden approve NAME",
+        ),
         Method::POST => {
             let body = match Limited::new(req.into_body(), MAX_DECISION_BYTES)
                 .collect()

@@ -168,8 +168,13 @@ pub struct NotPending(pub String);
 struct Inner {
     /// The file's approvals.
     granted: HashMap<String, Granted>,
-    /// Approvals decided through the admin API (no cluster).
+    /// Approvals decided through the admin API (no cluster), with their metric labels
+    /// (policy, tool).
     local: HashMap<String, Granted>,
+    local_labels: HashMap<String, (String, String)>,
+    /// Requests that lapsed undecided and local approvals that lapsed unused, as metric labels
+    /// (policy, tool), until [`Approvals::take_lapsed`] counts them.
+    lapsed: Vec<(String, String)>,
     /// Uses taken per approval ([`Granted::key`]; kept across reloads of the file).
     used: HashMap<String, u32>,
     pending: VecDeque<Pending>,
@@ -221,6 +226,36 @@ impl Drop for Reservation {
 }
 
 impl Inner {
+    /// Drops pending requests and local approvals whose time has passed at `now`, noting those
+    /// that lapsed without being decided or used up.
+    fn prune(&mut self, now: u64) {
+        let Inner {
+            pending,
+            lapsed,
+            local,
+            local_labels,
+            used,
+            ..
+        } = self;
+        pending.retain(|p| {
+            let live = p.expires_at() >= now;
+            if !live {
+                lapsed.push((p.policy.clone(), p.tool_label.clone()));
+            }
+            live
+        });
+        local.retain(|id, g| {
+            let live = now <= g.expires_at;
+            if !live {
+                let labels = local_labels.remove(id).unwrap_or_default();
+                if used.remove(g.key()).unwrap_or(0) < g.uses {
+                    lapsed.push(labels);
+                }
+            }
+            live
+        });
+    }
+
     /// The approval of call `id` that has uses left, if any.
     fn live(&self, id: &str) -> Option<&Granted> {
         [self.granted.get(id), self.local.get(id)]
@@ -311,8 +346,7 @@ impl Approvals {
             p.arguments = None;
         }
         let mut inner = self.lock();
-        let now = p.requested_at;
-        inner.pending.retain(|q| q.expires_at() >= now);
+        inner.prune(p.requested_at);
         if inner.pending.iter().any(|q| q.id == p.id) {
             return false;
         }
@@ -331,13 +365,9 @@ impl Approvals {
     /// The pending requests still within their time at `now`, and the uses spent of every
     /// approval this sidecar holds.
     pub fn report(&self, now: u64) -> Report {
-        let inner = self.lock();
-        let pending = inner
-            .pending
-            .iter()
-            .filter(|p| p.expires_at() >= now)
-            .cloned()
-            .collect();
+        let mut inner = self.lock();
+        inner.prune(now);
+        let pending = inner.pending.iter().cloned().collect();
         let mut used: Vec<Spent> = inner
             .granted
             .values()
@@ -356,14 +386,22 @@ impl Approvals {
 
     /// Seconds the oldest pending request has waited at `now` (0 with none).
     pub fn oldest_pending_age(&self, now: u64) -> u64 {
-        let inner = self.lock();
+        let mut inner = self.lock();
+        inner.prune(now);
         inner
             .pending
             .iter()
-            .filter(|p| p.expires_at() >= now)
             .map(|p| now.saturating_sub(p.requested_at))
             .max()
             .unwrap_or(0)
+    }
+
+    /// The (policy, tool) of each request that lapsed undecided and each local approval that
+    /// lapsed unused since the last call, for `approvals_total{result="expired"}`.
+    pub fn take_lapsed(&self, now: u64) -> Vec<(String, String)> {
+        let mut inner = self.lock();
+        inner.prune(now);
+        std::mem::take(&mut inner.lapsed)
     }
 
     /// Decides a pending request through the admin API: approved, it allows the rule's uses
@@ -386,6 +424,9 @@ impl Approvals {
         };
         let p = inner.pending.remove(at).expect("the position is in range");
         if approve {
+            inner
+                .local_labels
+                .insert(p.id.clone(), (p.policy.clone(), p.tool_label.clone()));
             inner.local.insert(
                 p.id.clone(),
                 Granted {
@@ -624,5 +665,10 @@ mod tests {
         assert_eq!(a.oldest_pending_age(161), 0);
         a.request(req("d", 200));
         assert_eq!(a.pending().len(), 1);
+        // Counted as expired: c (lapsed undecided) and a (approved at 130, one of two uses spent,
+        // lapsed at 190); b was rejected, which is not a lapse.
+        let lapsed = a.take_lapsed(200);
+        assert_eq!(lapsed.len(), 2, "{lapsed:?}");
+        assert!(a.take_lapsed(200).is_empty(), "counted once");
     }
 }

@@ -291,6 +291,12 @@ impl admin::Health for State {
                 .with_label_values(&[&p.label])
                 .set(p.engine.counter_keys() as i64);
             let now = caller::unix_now();
+            for (policy, tool) in self.approvals.take_lapsed(now) {
+                self.metrics
+                    .approvals
+                    .with_label_values(&[&policy, &tool, "expired"])
+                    .inc();
+            }
             let report = self.approvals.report(now);
             self.metrics
                 .approvals_pending

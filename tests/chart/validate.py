@@ -64,9 +64,12 @@ def check_object(obj, where):
     if kind == "ConfigMap" and "mcp-warden.json" in (obj.get("data") or {}):
         json.loads(obj["data"]["mcp-warden.json"])
     if kind == "CustomResourceDefinition":
-        crd_text = (ROOT / "crds" / "mcppolicy.yaml").read_text()
-        if obj != yaml.safe_load(crd_text):
-            failures.append(f"{where}: the rendered CRD is not crds/mcppolicy.yaml")
+        file = {"mcppolicies.mcpwarden.dev": "mcppolicy.yaml",
+                "mcpapprovals.mcpwarden.dev": "mcpapproval.yaml"}.get(obj["metadata"]["name"])
+        if file is None:
+            failures.append(f"{where}: an unknown CRD {obj['metadata']['name']}")
+        elif obj != yaml.safe_load((ROOT / "crds" / file).read_text()):
+            failures.append(f"{where}: the rendered CRD is not crds/{file}")
 
 
 def main():
