@@ -25,6 +25,26 @@ pub const SIDECAR_METRICS: &[&str] = &[
     "mcp_warden_approvals_oldest_pending_seconds",
 ];
 
+/// `request_duration_seconds`: what the sidecar adds is tens of microseconds and a small
+/// server answers in about a millisecond, so the buckets start at 100 µs; they end at 30 s for
+/// slow tools (streams are timed to their response headers).
+pub const REQUEST_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0,
+];
+
+/// `decision_duration_seconds`: a decision takes a few hundred nanoseconds (a regex or a long
+/// argument path, microseconds), so 100 ns to 1 ms.
+pub const DECISION_BUCKETS: &[f64] = &[
+    1e-7, 2.5e-7, 5e-7, 1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 1e-4, 1e-3,
+];
+
+/// Admission and reconciliation: milliseconds (an AdmissionReview is answered in about
+/// 0.3 ms; a reconcile waits on API writes), up to the API server's 10 s webhook timeout.
+pub const CONTROLLER_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
 /// The sidecar's metrics.
 #[derive(Clone)]
 pub struct SidecarMetrics {
@@ -122,13 +142,13 @@ impl SidecarMetrics {
                 "request_duration_seconds",
                 "Time from request received to response headers sent",
                 &["policy", "method"],
-                vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0],
+                REQUEST_BUCKETS.to_vec(),
             ),
             decision_duration: histogram(
                 "decision_duration_seconds",
                 "Time to decide one tools/call",
                 &["policy"],
-                vec![1e-7, 2.5e-7, 5e-7, 1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 1e-4, 1e-3],
+                DECISION_BUCKETS.to_vec(),
             ),
             reloads: counter("policy_reloads_total", "Policy loads, by result (ok, error)", &["policy", "result"]),
             policy_info: gauge("policy_info", "The policy being enforced (value 1), by hash", &["policy", "hash"]),
@@ -198,10 +218,8 @@ pub struct ControllerMetrics {
 impl ControllerMetrics {
     pub fn new() -> ControllerMetrics {
         let b = Builder::new();
-        let latency = vec![
-            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-        ];
-        ControllerMetrics {
+        let latency = CONTROLLER_BUCKETS.to_vec();
+        let m = ControllerMetrics {
             reconciliations: b.counter(
                 "reconciliations_total",
                 "McpPolicy reconciliations, by result (ok, invalid, error)",
@@ -220,7 +238,7 @@ impl ControllerMetrics {
             ),
             admission_duration: b.histogram(
                 "admission_duration_seconds",
-                "Time to answer one AdmissionReview, by webhook (mutate, validate)",
+                "Time to answer one AdmissionReview, by webhook (mutate, validate, guard, mutate-approval, validate-approval)",
                 &["webhook"],
                 latency,
             ),
@@ -235,7 +253,25 @@ impl ControllerMetrics {
                 &[],
             ),
             registry: b.registry.clone(),
+        };
+        // Every result and webhook exists at zero from the start, so the first admission or
+        // reconcile is a change rate() and increase() see.
+        for r in ["ok", "invalid", "error"] {
+            m.reconciliations.with_label_values(&[r]);
         }
+        for r in ["injected", "skipped", "refused", "error"] {
+            m.injections.with_label_values(&[r]);
+        }
+        for w in [
+            "mutate",
+            "validate",
+            "guard",
+            "mutate-approval",
+            "validate-approval",
+        ] {
+            m.admission_duration.with_label_values(&[w]);
+        }
+        m
     }
 
     /// The text exposition of every metric.

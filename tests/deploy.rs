@@ -66,6 +66,126 @@ fn exported() -> BTreeSet<String> {
         .collect()
 }
 
+/// What Grafana needs to import the dashboard, and the conventions users expect of one: a
+/// datasource variable, `$__rate_interval`/`$__range` windows, a unit on every panel, a row per
+/// part, a grid without overlaps, and recording rules that the chart defines.
+#[test]
+fn the_dashboard_follows_grafana_conventions() {
+    let dash: Value =
+        serde_json::from_str(&read("charts/mcp-warden/dashboards/mcp-warden.json")).unwrap();
+    for field in [
+        "title",
+        "uid",
+        "schemaVersion",
+        "panels",
+        "templating",
+        "time",
+        "editable",
+    ] {
+        assert!(!dash[field].is_null(), "the dashboard has no {field}");
+    }
+    assert!(dash["schemaVersion"].as_u64().unwrap() >= 36);
+    assert!(dash["time"]["from"].is_string() && dash["time"]["to"].is_string());
+    let vars = dash["templating"]["list"].as_array().unwrap();
+    let ds = vars
+        .iter()
+        .find(|v| v["name"] == "datasource")
+        .expect("a datasource variable");
+    assert_eq!(
+        (ds["type"].as_str(), ds["query"].as_str()),
+        (Some("datasource"), Some("prometheus"))
+    );
+    for v in vars.iter().filter(|v| v["type"] == "query") {
+        assert_eq!(
+            v["datasource"]["uid"], "${datasource}",
+            "variable {}",
+            v["name"]
+        );
+    }
+    let panels = dash["panels"].as_array().unwrap();
+    let mut ids = BTreeSet::new();
+    let mut cells = BTreeSet::new();
+    let mut rows = Vec::new();
+    let rules = read("charts/mcp-warden/templates/prometheusrule.yaml");
+    let window = regex::Regex::new(r"(rate|increase)\([^\[]*\[([^\]]+)\]").unwrap();
+    for p in panels {
+        let title = p["title"].as_str().unwrap_or_default();
+        assert!(
+            ids.insert(p["id"].as_u64().expect("numeric id")),
+            "duplicate id in {title}"
+        );
+        let g = &p["gridPos"];
+        let (x, y, w, h) = (
+            g["x"].as_u64().unwrap(),
+            g["y"].as_u64().unwrap(),
+            g["w"].as_u64().unwrap(),
+            g["h"].as_u64().unwrap(),
+        );
+        assert!(x + w <= 24 && w > 0 && h > 0, "{title} is off the grid");
+        for cx in x..x + w {
+            for cy in y..y + h {
+                assert!(cells.insert((cx, cy)), "{title} overlaps another panel");
+            }
+        }
+        if p["type"] == "row" {
+            rows.push(title.to_owned());
+            continue;
+        }
+        assert!(!rows.is_empty(), "{title} is above the first row");
+        assert!(
+            ["timeseries", "bargauge", "table", "stat"].contains(&p["type"].as_str().unwrap()),
+            "{title}: panel type"
+        );
+        assert_eq!(
+            p["datasource"]["uid"], "${datasource}",
+            "{title}: datasource"
+        );
+        assert!(
+            p["fieldConfig"]["defaults"]["unit"]
+                .as_str()
+                .is_some_and(|u| !u.is_empty()),
+            "{title} has no unit"
+        );
+        let targets = p["targets"].as_array().expect("targets");
+        let refs: BTreeSet<&str> = targets
+            .iter()
+            .map(|t| t["refId"].as_str().unwrap())
+            .collect();
+        assert_eq!(refs.len(), targets.len(), "{title}: refIds are unique");
+        for t in targets {
+            let expr = t["expr"].as_str().unwrap();
+            for c in window.captures_iter(expr) {
+                assert!(
+                    ["$__rate_interval", "$__range"].contains(&&c[2]),
+                    "{title}: {} over a fixed [{}] instead of $__rate_interval",
+                    &c[1],
+                    &c[2]
+                );
+            }
+            for rec in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':')) {
+                if rec.contains(':') && rec.starts_with(|c: char| c.is_ascii_alphabetic()) {
+                    assert!(
+                        rules.contains(&format!("record: {rec}")),
+                        "{title} reads recording rule {rec}, which the chart does not define"
+                    );
+                }
+            }
+        }
+    }
+    assert_eq!(
+        rows,
+        [
+            "Decisions",
+            "Limits",
+            "Approvals",
+            "Latency",
+            "Reloads",
+            "Operator"
+        ],
+        "a row per part"
+    );
+}
+
 #[test]
 fn the_dashboard_queries_only_metrics_the_code_exports() {
     let dash: Value =

@@ -212,8 +212,65 @@ fn install(state: &State, loaded: LoadedPolicy) {
         .with_label_values(&[&loaded.label, &loaded.hash])
         .set(1);
     m.reloads.with_label_values(&[&loaded.label, "ok"]).inc();
+    m.reloads.with_label_values(&[&loaded.label, "error"]);
+    seed_series(m, &loaded.label, loaded.engine.policy());
     tracing::info!(policy = %loaded.label, hash = %loaded.hash, "policy loaded");
     state.policy.store(Some(Arc::new(loaded)));
+}
+
+/// Creates, at zero, the series of every outcome the policy can decide: a counter's first
+/// increment is then a change Prometheus sees (`rate` and `increase` miss the value a series
+/// is born with), so a dashboard shows exactly the calls made. Bounded by the policy's rules.
+fn seed_series(m: &crate::metrics::SidecarMetrics, label: &str, policy: &policy::Policy) {
+    let rules = policy
+        .tools
+        .rules
+        .iter()
+        .chain(policy.grants.iter().flat_map(|g| g.tools.rules.iter()));
+    for rule in rules {
+        let mut outcomes = Vec::new();
+        if !rule.always_denied() {
+            outcomes.push("allow");
+        }
+        if rule.deny.is_some() || !rule.require.is_empty() || !rule.deny_if.is_empty() {
+            outcomes.push("deny");
+        }
+        if !rule.limits.is_empty() {
+            outcomes.push("rate_limited");
+        }
+        if rule.approval.is_some() {
+            outcomes.push("approval_required");
+            for result in ["requested", "used"] {
+                m.approvals.with_label_values(&[label, &rule.key, result]);
+            }
+        }
+        for outcome in outcomes {
+            m.decisions.with_label_values(&[label, &rule.key, outcome]);
+        }
+    }
+    let other = match policy.default {
+        policy::DefaultDecision::Allow => "allow",
+        policy::DefaultDecision::Deny => "deny",
+    };
+    m.decisions.with_label_values(&[label, "_other", other]);
+    m.decisions.with_label_values(&[label, "_other", "invalid"]);
+    if !policy.default_rule.limits.is_empty() {
+        m.decisions
+            .with_label_values(&[label, "_other", "rate_limited"]);
+    }
+    if !policy.counters.is_empty() {
+        m.counter_overflow.with_label_values(&[label]);
+    }
+    // What every agent sends (other methods' series appear with their first request).
+    for method in ["initialize", "tools/list", "tools/call"] {
+        m.requests.with_label_values(&[label, method]);
+        m.request_duration.with_label_values(&[label, method]);
+    }
+    m.decision_duration.with_label_values(&[label]);
+    for c in &policy.counters {
+        m.limit_hits
+            .with_label_values(&[label, &c.name, &c.window.text, c.scope.as_str()]);
+    }
 }
 
 fn failed(state: &State, error: &str) {

@@ -437,6 +437,80 @@ def test_metrics_show_decisions_injections_and_reconciles(world):
 # -- 3. operations ------------------------------------------------------------------------------
 
 
+def test_the_operator_panels_and_alerts_on_a_real_prometheus(world):
+    """The dashboard's operator panels (and the policy-hash table) evaluated by a real
+    Prometheus scraping both controller replicas and the injected sidecar, with new admissions
+    made while it watches; no alert fires on this healthy installation."""
+    sys.path.insert(0, str(ROOT / "tests" / "prometheus"))
+    import promlib
+
+    rules = promlib.render_rules(world.dir)
+    pod_name = mcp_pod()["metadata"]["name"]
+    targets = [(f"127.0.0.1:{port}", {"namespace": NS, "pod": name}) for name, port in world.admin.items()]
+    targets.append((f"{world.app_ip}:9481", {"namespace": APP_NS, "pod": pod_name}))
+    with promlib.prometheus(targets, rules) as prom:
+        prom.wait_scraped()
+        # The replicas are scraped at different instants, so a sum over them is extrapolated at
+        # the end by up to one scrape interval of the window's average slope: 20 s of samples
+        # before the admissions keep that under a tenth of a call.
+        time.sleep(20)
+        started = time.time() - 20
+        # One pod the policy selects (injected) and one it does not (skipped).
+        for name, app in (("panel-selected", "python-interpreter"), ("panel-other", "other")):
+            kubectl("create", "-f", "-", input=json.dumps({
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": name, "namespace": APP_NS, "labels": {"app": app}},
+                "spec": {"containers": [{"name": "server", "image": "python:3.12-slim",
+                                         "ports": [{"name": "mcp", "containerPort": 8000}]}]}}))
+        before = get_json("mcpp", "-n", APP_NS, "python-interpreter")["status"]["policyHash"]
+        kubectl("patch", "mcpp", "-n", APP_NS, "python-interpreter", "--type", "merge", "-p",
+                json.dumps({"spec": {"tools": {"list_sessions": {"action": "deny", "reason": "Paused"}}}}))
+        rendered = wait("the new render", lambda: (
+            h := get_json("mcpp", "-n", APP_NS, "python-interpreter")["status"]["policyHash"]) != before and h)
+        wait("the sidecar on it", lambda: metric(sidecar_metrics(world), "mcp_warden_policy_info", hash=rendered) == 1)
+        prom.wait_scraped()
+        at = float(prom.query("max(timestamp(mcp_warden_reconciliations_total))")[0]["value"][1])
+        range_s = int(at - started) + 3
+        checked = set()
+        for panel in promlib.panels():
+            for target in panel["targets"]:
+                expr = promlib.substitute(target["expr"], range_s, rate_interval=f"{range_s}s")
+                controller_only = any(m in target["expr"] for m in (
+                    "injections", "admission", "reconcil", "certificate", "policy_rendered_info"))
+                if not controller_only and panel["title"] != "Policy hash per pod vs rendered":
+                    continue
+                result = prom.query(expr, at=at)
+                assert result, f"panel {panel['title']!r} returned nothing: {expr}"
+                for series in result:
+                    missing = promlib.legend_labels(target.get("legendFormat")) - set(series["metric"])
+                    assert not missing, f"{panel['title']}: series without {missing}: {series}"
+                values = {tuple(sorted(r["metric"].items())): float(r["value"][1]) for r in result}
+                title = panel["title"]
+                if title == "Injections":
+                    made = {dict(k)["result"]: round(v * range_s) for k, v in values.items() if v > 0}
+                    assert made == {"injected": 1, "skipped": 1}, made
+                elif title == "Reconciliations and errors" and "duration" not in (target.get("legendFormat") or ""):
+                    by = {dict(k)["result"]: v * range_s for k, v in values.items()}
+                    assert by["ok"] >= 1 and by["error"] == 0 and by["invalid"] == 0, by
+                elif title in ("Admission latency", "Reconciliations and errors"):
+                    assert all(0 < v < 10 for v in values.values() if v == v), values
+                    assert any(v == v for v in values.values()), f"{title}: every quantile is NaN"
+                elif title == "Webhook certificate expires in":
+                    expiry = min(float(r["value"][1]) for r in prom.query(
+                        "mcp_warden_webhook_certificate_expiry_timestamp_seconds", at=at))
+                    assert abs(list(values.values())[0] - (expiry - at)) < 1 and expiry - at > 86400 * 300
+                elif title == "Policy hash per pod vs rendered":
+                    hashes = {dict(k).get("hash") for k in values}
+                    assert hashes == {rendered}, f"sidecar and controller agree on the hash: {values}"
+                checked.add(title)
+        assert checked >= {"Injections", "Admission latency", "Reconciliations and errors",
+                           "Webhook certificate expires in", "Policy hash per pod vs rendered"}, checked
+        firing = prom.query('ALERTS{alertstate="firing"}', at=at)
+        assert firing == [], f"no alert fires on a healthy installation: {firing}"
+    for name in ("panel-selected", "panel-other"):
+        kubectl("delete", "pod", "-n", APP_NS, name, "--wait=false", check=False)
+
+
 def test_the_lease_moves_when_the_leader_dies_and_work_continues(world):
     leader = world.leader()
     survivor = next(n for n in world.controllers if n != leader)
