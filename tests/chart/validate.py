@@ -54,8 +54,9 @@ def check_object(obj, where):
         if kind == "PrometheusRule":
             for g in obj["spec"]["groups"]:
                 for r in g["rules"]:
-                    if not r.get("alert") or not r.get("expr") or "{{" in r["expr"]:
-                        failures.append(f"{where}: rule {r.get('alert')} is not rendered")
+                    name = r.get("alert") or r.get("record")
+                    if not name or not r.get("expr") or "{{" in r["expr"]:
+                        failures.append(f"{where}: rule {name} is not rendered")
         return
     try:
         kubernetes_validate.validate(obj, K8S, strict=True)
