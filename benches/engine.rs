@@ -91,6 +91,7 @@ fn main() {
             grant: None,
             session: None,
             approved: false,
+            seen: None,
         });
     }
     for (i, n) in gnames.iter().enumerate() {
@@ -101,6 +102,7 @@ fn main() {
             grant: None,
             session: None,
             approved: false,
+            seen: None,
         });
     }
     let denied: Vec<Call> = names
@@ -112,6 +114,7 @@ fn main() {
             grant: None,
             session: None,
             approved: false,
+            seen: None,
         })
         .collect();
     let unknown = [Call {
@@ -121,6 +124,7 @@ fn main() {
         grant: None,
         session: None,
         approved: false,
+        seen: None,
     }];
 
     // Sanity: the mix decides as intended, so the timings are of the real paths.
@@ -192,6 +196,7 @@ fn main() {
                             grant: None,
                             session: None,
                             approved: false,
+                            seen: None,
                         };
                         black_box(counters.decide(&call, i));
                     }

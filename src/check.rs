@@ -2,8 +2,10 @@
 //! `--explain` shows what a policy would decide for one call and why.
 
 use crate::crd::manifest::{read_document, Document};
-use crate::engine::{Call, Engine, EngineOptions, Outcome};
+use crate::engine::{Call, Engine, EngineOptions, Outcome, Seen};
 use crate::policy::{self, source, Policy};
+use crate::tools::client::Listing;
+use crate::tools::{report, ToolDef};
 use serde_json::Value;
 use std::fmt::Write as _;
 use std::path::Path;
@@ -20,8 +22,16 @@ pub struct Explain {
     pub calls: u32,
 }
 
-/// Checks every file, writing a report to `out`. Returns whether everything was valid.
-pub fn run(paths: &[impl AsRef<Path>], explain: Option<&Explain>, out: &mut String) -> bool {
+/// Checks every file, writing a report to `out`. Returns whether everything was valid (and, with
+/// a server's `listing`, whether every policy matches its tools).
+pub fn run(
+    paths: &[impl AsRef<Path>],
+    explain: Option<&Explain>,
+    listing: Option<&Listing>,
+    out: &mut String,
+) -> bool {
+    let tools: Option<Vec<ToolDef>> =
+        listing.map(|l| l.tools.iter().filter_map(ToolDef::read).collect());
     let mut ok = true;
     for path in paths {
         let path = path.as_ref();
@@ -63,8 +73,22 @@ pub fn run(paths: &[impl AsRef<Path>], explain: Option<&Explain>, out: &mut Stri
                     for w in warnings(&policy) {
                         let _ = writeln!(out, "{at}: warning: {w}");
                     }
+                    if let Some(tools) = &tools {
+                        let r = report::report(&policy, tools);
+                        for line in r.to_string().lines() {
+                            let _ = writeln!(out, "{at}: server: {line}");
+                        }
+                        if r.clean() {
+                            let _ = writeln!(
+                                out,
+                                "{at}: server: every rule names a tool the server offers"
+                            );
+                        } else {
+                            ok = false;
+                        }
+                    }
                     if let Some(x) = explain {
-                        explain_call(&policy, x, out);
+                        explain_call(&policy, x, tools.as_deref(), out);
                     }
                 }
             }
@@ -103,6 +127,69 @@ pub fn warnings(p: &Policy) -> Vec<String> {
     out
 }
 
+/// One line on what was listed: `server http://…: 4 tools (streamable-http, 2025-06-18)`.
+pub fn listing_summary(l: &Listing, url: &http::Uri) -> String {
+    let name = l
+        .server_info
+        .as_ref()
+        .and_then(|i| i.get("name"))
+        .and_then(serde_json::Value::as_str)
+        .map(|n| format!(" {n:?}"))
+        .unwrap_or_default();
+    format!(
+        "server {url}{name}: {} tool{} ({}, {})\n",
+        l.tools.len(),
+        plural(l.tools.len()),
+        l.transport,
+        l.protocol_version
+    )
+}
+
+/// The one valid policy a file holds (for `pin`).
+pub fn load_one(path: &Path) -> anyhow::Result<Policy> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+    let docs = source::parse_documents(&text)
+        .map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.message))?;
+    let mut found = Vec::new();
+    for doc in &docs {
+        match read_document(doc) {
+            Document::Policy { policy, .. } => found.push(*policy),
+            Document::Invalid(errs) => anyhow::bail!("{}: {errs}", path.display()),
+            Document::Skipped { .. } => {}
+        }
+    }
+    match found.len() {
+        1 => Ok(found.remove(0)),
+        n => anyhow::bail!("{} holds {n} policies; pin reads one", path.display()),
+    }
+}
+
+/// A `pins:` block for a server's tools — with a policy, only the tools it lets agents call.
+pub fn pins_block(l: &Listing, policy: Option<&Policy>, url: &http::Uri) -> String {
+    let mut defs: Vec<ToolDef> = l.tools.iter().filter_map(ToolDef::read).collect();
+    defs.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut out = format!(
+        "# mcp-warden pin --server {url}: {} of {} tools{}\npins:\n",
+        defs.iter()
+            .filter(|d| policy.is_none_or(|p| p.listable(&d.name, None, Some(d.hints))))
+            .count(),
+        defs.len(),
+        if policy.is_some() {
+            " (those the policy lets agents call)"
+        } else {
+            ""
+        }
+    );
+    for d in defs {
+        if policy.is_none_or(|p| p.listable(&d.name, None, Some(d.hints))) {
+            let name = serde_json::to_string(&d.name).expect("a string serialises");
+            let _ = writeln!(out, "  {name}: \"{}\"", d.hash);
+        }
+    }
+    out
+}
+
 fn summary(label: &str, p: &Policy) -> String {
     let default = match p.default {
         policy::DefaultDecision::Allow => "allow",
@@ -120,6 +207,16 @@ fn summary(label: &str, p: &Policy) -> String {
     if !p.grants.is_empty() {
         let _ = write!(s, ", {} grant{}", p.grants.len(), plural(p.grants.len()));
     }
+    if p.categories.in_use() {
+        let names: Vec<&str> = p.categories.named().iter().map(|c| c.names().0).collect();
+        let _ = write!(s, ", categories {}", names.join(", "));
+    }
+    if !p.pins.is_empty() {
+        let _ = write!(s, ", {} pin{}", p.pins.len(), plural(p.pins.len()));
+    }
+    if p.pinning == policy::Pinning::FirstSeen {
+        s.push_str(", pinning firstSeen");
+    }
     s
 }
 
@@ -131,9 +228,17 @@ fn plural(n: usize) -> &'static str {
     }
 }
 
-/// Writes what the policy decides for the call, on fresh counters.
-pub fn explain_call(policy: &Policy, x: &Explain, out: &mut String) {
+/// Writes what the policy decides for the call, on fresh counters; with a server's tools, as
+/// the sidecar would decide having listed them.
+pub fn explain_call(policy: &Policy, x: &Explain, tools: Option<&[ToolDef]>, out: &mut String) {
     let engine = Engine::new(policy.clone(), None, EngineOptions::default());
+    let seen = tools
+        .and_then(|t| t.iter().find(|d| d.name == x.tool))
+        .map(|d| Seen {
+            hints: d.hints,
+            hash: &d.hash,
+            first: &d.hash,
+        });
     // Only a named caller can match a grant; an anonymous one gets the base rules.
     let grant = x.identity.as_deref().and_then(|id| policy.grant_for(id));
     let call = Call {
@@ -143,6 +248,7 @@ pub fn explain_call(policy: &Policy, x: &Explain, out: &mut String) {
         grant,
         session: x.session.as_deref(),
         approved: false,
+        seen,
     };
     let calls = x.calls.max(1);
     let mut allowed = 0u32;
@@ -197,7 +303,7 @@ pub fn explain_call(policy: &Policy, x: &Explain, out: &mut String) {
     let _ = writeln!(
         out,
         "  listed:   {}",
-        if policy.listable(&x.tool, grant) {
+        if policy.listable(&x.tool, grant, seen.map(|s| s.hints)) {
             "yes"
         } else {
             "no (never callable)"

@@ -51,6 +51,9 @@ pub enum Command {
     Approve(DecideArgs),
     /// Deny a call, the same way.
     Reject(DecideArgs),
+    /// Print `pins:` for a live server's tools (the definition hashes a policy pins, so a tool
+    /// whose definition changes under the same name is refused).
+    Pin(PinArgs),
     /// Regenerate every generated file of a checkout: both CRD copies, the README reference,
     /// deploy/mcp-warden.yaml.
     Generate(GenerateArgs),
@@ -228,6 +231,18 @@ pub struct SidecarArgs {
     /// Where /metrics, /livez and /readyz are served.
     #[arg(long, env = "MCP_WARDEN_ADMIN_LISTEN", default_value = "0.0.0.0:9481")]
     pub admin_listen: std::net::SocketAddr,
+    /// Seconds between the sidecar's own lists of the server's tools (it also lists at start,
+    /// on `notifications/tools/list_changed`, and when a call names a tool it has not seen).
+    #[arg(
+        long,
+        env = "MCP_WARDEN_TOOLS_REFRESH_SECONDS",
+        default_value_t = 300.0
+    )]
+    pub tools_refresh_seconds: f64,
+    /// Where a legacy (HTTP+SSE) MCP server's event stream is, for the sidecar's own tool
+    /// listing when the MCP path takes no POSTs.
+    #[arg(long, env = "MCP_WARDEN_LEGACY_SSE_PATH", default_value = "/sse")]
+    pub legacy_sse_path: String,
     /// A path besides the MCP path where POSTs are forwarded ungated (repeatable).
     #[arg(
         long = "passthrough-path",
@@ -328,6 +343,8 @@ impl SidecarArgs {
         c.limits.header_timeout = positive("header-timeout-seconds", self.header_timeout_seconds)?;
         c.body_timeout = positive("body-timeout-seconds", self.body_timeout_seconds)?;
         c.limits.max_connections = self.max_connections.max(1);
+        c.tools_refresh = positive("tools-refresh-seconds", self.tools_refresh_seconds)?;
+        c.legacy_sse_path = self.legacy_sse_path.clone();
         Ok(c)
     }
 }
@@ -382,6 +399,65 @@ pub struct CheckArgs {
     /// Make the call N times at one instant and explain the last (shows limits acting).
     #[arg(long, default_value_t = 1, value_name = "N", requires = "explain")]
     pub calls: u32,
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+/// A live MCP server to read the tools of.
+#[derive(Debug, Args)]
+pub struct ServerArgs {
+    /// An MCP server's URL (streamable HTTP, e.g. http://127.0.0.1:8888/mcp; https works too):
+    /// its tools are listed and each policy is checked against them — rule names and globs that
+    /// match no tool, conditions on arguments a tool does not take, changed pins (each makes the
+    /// exit code non-zero) and tools only `default: allow` lets through.
+    #[arg(long, value_name = "URL")]
+    pub server: Option<http::Uri>,
+    /// Where a legacy (HTTP+SSE) server's event stream is, when the URL takes no POSTs.
+    #[arg(long, value_name = "PATH", default_value = "/sse", requires = "server")]
+    pub sse_path: String,
+}
+
+impl ServerArgs {
+    /// The server's tools, when a server is named.
+    fn tools(&self) -> anyhow::Result<Option<crate::tools::client::Listing>> {
+        let Some(url) = &self.server else {
+            return Ok(None);
+        };
+        let lister = crate::tools::client::Lister::https(url.clone(), &self.sse_path);
+        let listing = block_on(async { Ok(lister.list().await?) })
+            .with_context(|| format!("cannot list the tools of {url}"))?;
+        Ok(Some(listing))
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct PinArgs {
+    #[command(flatten)]
+    pub server: ServerArgs,
+    /// Pin only the tools this policy file (or McpPolicy manifest) lets agents call.
+    #[arg(value_name = "FILE")]
+    pub policy: Option<PathBuf>,
+}
+
+/// Runs `pin --server URL [FILE]`: prints a `pins:` block to paste into a policy.
+pub fn run_pin(a: &PinArgs) -> anyhow::Result<bool> {
+    if a.server.server.is_none() {
+        bail!("pin needs --server URL");
+    }
+    let listing = a.server.tools()?.expect("a server was named");
+    let policy = match &a.policy {
+        Some(path) => Some(check::load_one(path)?),
+        None => None,
+    };
+    print!(
+        "{}",
+        check::pins_block(
+            &listing,
+            policy.as_ref(),
+            a.server.server.as_ref().expect("named")
+        )
+    );
+    Ok(true)
 }
 
 /// Runs `check`; the process exit code is 0 only when every document is valid.
@@ -403,8 +479,12 @@ pub fn run_check(a: &CheckArgs) -> anyhow::Result<bool> {
             })
         }
     };
+    let listing = a.server.tools()?;
     let mut out = String::new();
-    let ok = check::run(&a.files, explain.as_ref(), &mut out);
+    if let (Some(l), Some(url)) = (&listing, &a.server.server) {
+        out.push_str(&check::listing_summary(l, url));
+    }
+    let ok = check::run(&a.files, explain.as_ref(), listing.as_ref(), &mut out);
     print!("{out}");
     Ok(ok)
 }

@@ -94,6 +94,53 @@ pub struct McpPolicySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = bounds::GRANTS))]
     pub grants: Option<Vec<GrantSpec>>,
+    /// Rules by what the server says of a tool (its MCP annotations), for tools no name or glob
+    /// in `tools` matches: `destructive`, `readOnly`, `openWorld`, `idempotent` (same fields as a
+    /// tool rule). A hint the server does not set counts as the MCP default: an unannotated tool
+    /// is destructive and open-world. A tool in several categories gets all their rules (the
+    /// strictest wins). Order: exact name, glob, category, `default`. A call to a tool the
+    /// sidecar has not yet seen listed is refused with a retryable error until it has.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub categories: Option<CategoriesSpec>,
+    /// Pinned tool definitions: tool name → `sha256:…` of its name, description, input and
+    /// output schema and annotations (`mcp-warden pin --server URL` prints them). A tool whose
+    /// definition differs is removed from tools/list and its calls are denied (rule
+    /// `pins.TOOL`) — a "rug pull" under the same name cannot slip through.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("maxProperties" = bounds::TOOLS, "additionalProperties" = {"type": "string", "maxLength": 71}))]
+    #[x_kube(validation = kube::core::cel::Rule::new("self.all(name, size(name) >= 1 && size(name) <= 128 && !name.contains(' ') && !name.contains('*') && !name.contains('?') && self[name].matches('^sha256:[0-9a-f]{64}$'))").message("pins map a tool name (no globs) to \"sha256:\" and 64 lower-case hex digits"))]
+    pub pins: Option<BTreeMap<String, String>>,
+    /// `explicit` (default): only the tools in `pins` are pinned. `firstSeen`: every tool is
+    /// pinned to the definition each sidecar first saw it with (lost when the pod restarts; use
+    /// `pins` for pins that last).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pinning: Option<Pinning>,
+}
+
+/// Rules by MCP tool annotations.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CategoriesSpec {
+    /// Tools that may destroy data: `destructiveHint` true or unset, and not read-only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destructive: Option<ToolRule>,
+    /// Tools that change nothing: `readOnlyHint` true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_only: Option<ToolRule>,
+    /// Tools that reach outside systems: `openWorldHint` true or unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub open_world: Option<ToolRule>,
+    /// Tools that can be repeated safely: `idempotentHint` true, and not read-only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotent: Option<ToolRule>,
+}
+
+/// Which tools' definitions are pinned.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum Pinning {
+    Explicit,
+    FirstSeen,
 }
 
 /// Rules for the callers a grant names.
@@ -515,7 +562,13 @@ impl McpPolicySpec {
     pub fn has_approvals(&self) -> bool {
         let needs =
             |r: &ToolRule| r.approval.is_some() || r.action == Some(ToolAction::RequireApproval);
+        let categories = self.categories.iter().flat_map(|c| {
+            [&c.destructive, &c.read_only, &c.open_world, &c.idempotent]
+                .into_iter()
+                .flatten()
+        });
         self.tools.as_ref().is_some_and(|t| t.values().any(needs))
+            || categories.into_iter().any(needs)
             || self
                 .grants
                 .iter()

@@ -19,6 +19,9 @@
 //!   webhook certificates; leader election; the RBAC rules table.
 //! - [`webhook`]: the admission webhooks (inject at pod CREATE, validate McpPolicies, guard
 //!   injected pods).
+//! - [`tools`]: knowing the server's tools: mcp-warden's own MCP client that lists them,
+//!   definition hashes (pins) and categories (annotations), the sidecar's live catalog, and the
+//!   policy checked against the list.
 //! - [`approve`]: listing and deciding approval requests (`mcp-warden approvals|approve|reject`).
 //! - [`check`]: offline validation and explanation of policies (`mcp-warden check`).
 //! - [`demo`]: the no-cluster demonstration.
@@ -35,7 +38,8 @@
 //! `logging` depend on no other module; `policy` → `mcp` (its JSON scan); `engine` → `policy`;
 //! `crd` → `policy`; `cluster` → `crd`; `webhook` → `cluster`, `serve`; `controller` →
 //! `cluster`, `webhook` (it runs the webhook server), `serve`, `sidecar` (the admin API's
-//! approval types); `sidecar` → `engine`, `mcp`, `serve`, `identity`.
+//! approval types); `tools` → `policy`, `engine`, `mcp`; `sidecar` → `engine`, `mcp`, `serve`,
+//! `identity`, `tools`; `check` → `tools`.
 #![forbid(unsafe_code)]
 
 pub mod approve;
@@ -54,4 +58,5 @@ pub mod metrics;
 pub mod policy;
 pub mod serve;
 pub mod sidecar;
+pub mod tools;
 pub mod webhook;

@@ -40,6 +40,7 @@ fn main() -> ExitCode {
         Command::Demo(a) => cli::run_demo(a),
         Command::Controller(a) => cli::run_controller(a),
         Command::Generate(a) => cli::run_generate(a),
+        Command::Pin(a) => cli::run_pin(a),
         Command::Approvals(a) => cli::run_approvals(a),
         Command::Approve(a) => cli::run_decide(a, true),
         Command::Reject(a) => cli::run_decide(a, false),

@@ -23,6 +23,9 @@ pub const SIDECAR_METRICS: &[&str] = &[
     "mcp_warden_approvals_total",
     "mcp_warden_approvals_pending",
     "mcp_warden_approvals_oldest_pending_seconds",
+    "mcp_warden_tool_definition_changes_total",
+    "mcp_warden_tool_lists_total",
+    "mcp_warden_tools_offered",
 ];
 
 /// `request_duration_seconds`: what the sidecar adds is tens of microseconds and a small
@@ -63,6 +66,9 @@ pub struct SidecarMetrics {
     pub approvals: IntCounterVec,
     pub approvals_pending: IntGaugeVec,
     pub approvals_oldest_pending: IntGaugeVec,
+    pub tool_definition_changes: IntCounterVec,
+    pub tool_lists: IntCounterVec,
+    pub tools_offered: IntGaugeVec,
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -181,6 +187,22 @@ impl SidecarMetrics {
             approvals_oldest_pending: gauge(
                 "approvals_oldest_pending_seconds",
                 "Seconds the oldest request still waiting for approval has waited (0 with none)",
+                &["policy"],
+            ),
+            tool_definition_changes: counter(
+                "tool_definition_changes_total",
+                "Tools whose definition changed under the same name since the sidecar first \
+                 saw them (pinned ones are then denied)",
+                &["policy", "tool"],
+            ),
+            tool_lists: counter(
+                "tool_lists_total",
+                "Lists of the server's tools the sidecar read itself, by result (ok, error)",
+                &["policy", "result"],
+            ),
+            tools_offered: gauge(
+                "tools_offered",
+                "Tools in the server's latest list",
                 &["policy"],
             ),
             registry: b.registry.clone(),
@@ -321,6 +343,11 @@ mod tests {
             .inc();
         m.approvals_pending.with_label_values(&["p"]).set(1);
         m.approvals_oldest_pending.with_label_values(&["p"]).set(30);
+        m.tool_definition_changes
+            .with_label_values(&["p", "t"])
+            .inc();
+        m.tool_lists.with_label_values(&["p", "ok"]).inc();
+        m.tools_offered.with_label_values(&["p"]).set(4);
         let text = String::from_utf8(m.render()).unwrap();
         for name in SIDECAR_METRICS {
             assert!(text.contains(&format!("# TYPE {name} ")), "{name} missing");

@@ -73,6 +73,7 @@ fn check_example(path: &Path) -> usize {
                 grant: x.identity.as_deref().and_then(|id| policy.grant_for(id)),
                 session: None,
                 approved: false,
+                seen: None,
             };
             for i in 1..x.calls {
                 let d = engine.decide(&call, u64::from(i));
@@ -103,7 +104,7 @@ fn check_example(path: &Path) -> usize {
         } else if let Some(list) = line.strip_prefix("# listed: ") {
             for t in names(list) {
                 assert!(
-                    policy.listable(t, None),
+                    policy.listable(t, None, None),
                     "{}: {t} should be listed",
                     path.display()
                 );
@@ -112,7 +113,7 @@ fn check_example(path: &Path) -> usize {
         } else if let Some(list) = line.strip_prefix("# not listed: ") {
             for t in names(list) {
                 assert!(
-                    !policy.listable(t, None),
+                    !policy.listable(t, None, None),
                     "{}: {t} should not be listed",
                     path.display()
                 );

@@ -67,6 +67,23 @@ const EXAMPLES: &[(&str, &str)] = &[
     ),
     ("spec.hide", "`[debug_*, admin_*]`"),
     (
+        "spec.categories",
+        "`{destructive: {action: deny}, readOnly: {}}`",
+    ),
+    (
+        "spec.categories.destructive",
+        "`{action: deny, reason: Destructive tools are off here}`",
+    ),
+    ("spec.categories.readOnly", "`{}`"),
+    (
+        "spec.categories.openWorld",
+        "`{limits: [{counter: outside, window: minute, max: 30}]}`",
+    ),
+    ("spec.categories.idempotent", "`{}`"),
+    ("spec.pins", "`{run_python_code: \"sha256:5b0c…\"}`"),
+    ("spec.pins.<tool>", "`\"sha256:5b0c…\"`"),
+    ("spec.pinning", "`firstSeen`"),
+    (
         "spec.allTools",
         "`{limits: [{counter: all, window: minute, max: 600}]}`",
     ),
@@ -159,8 +176,12 @@ fn walk(node: &Value, path: &str, out: &mut Vec<(String, String, String)>) {
                 .replace('\n', " ")
                 .replace('|', "\\|");
             out.push((p.clone(), kind(v), doc));
-            // A grant's rules have the fields of the base rules, documented there.
-            if p != "spec.grants[].tools" && p != "spec.grants[].allTools" {
+            // A grant's and a category's rules have the fields of the base rules, documented
+            // there.
+            if p != "spec.grants[].tools"
+                && p != "spec.grants[].allTools"
+                && !p.starts_with("spec.categories.")
+            {
                 walk(v, &p, out);
             }
         }

@@ -340,7 +340,7 @@ fn render_produces_the_policy_file_the_sidecar_loads() {
     // The sidecar's strict parser accepts it, and decides the same way.
     let p = crate::policy::load_str(std::str::from_utf8(&r.json).unwrap()).unwrap();
     assert_eq!(p.name.as_deref(), Some("ml/interpreter"));
-    assert!(!p.listable("clear_session", None));
+    assert!(!p.listable("clear_session", None, None));
     // Rendering is deterministic: the same spec, the same bytes.
     assert_eq!(render("ml", "interpreter", &spec).unwrap(), r);
     assert!(render("ml", "other", &spec).unwrap().hash != r.hash);

@@ -6,7 +6,7 @@
 
 pub mod counters;
 
-use crate::policy::{Counter, DefaultDecision, Policy, Rule, Scope};
+use crate::policy::{Counter, DefaultDecision, Hints, Lookup, Pinning, Policy, Rule, Scope};
 use counters::Family;
 use serde_json::Value;
 use std::borrow::Cow;
@@ -46,6 +46,18 @@ pub struct Call<'a> {
     pub session: Option<&'a str>,
     /// Whether a live approval of exactly this call is held for it (the caller reserved one use).
     pub approved: bool,
+    /// What the server's tool list says of the tool; `None` when the sidecar has not seen it.
+    pub seen: Option<Seen<'a>>,
+}
+
+/// What the sidecar knows of a tool from the server's tool list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Seen<'a> {
+    pub hints: Hints,
+    /// `sha256:…` of its definition as last listed.
+    pub hash: &'a str,
+    /// The hash of the definition it was first seen with (what `pinning: firstSeen` holds to).
+    pub first: &'a str,
 }
 
 /// The kind of a decision.
@@ -56,6 +68,9 @@ pub enum Outcome {
     RateLimited,
     /// The rule needs a person's approval of this exact call, and none is held.
     ApprovalRequired,
+    /// Only the server's description of the tool can decide (its categories, its pin), and the
+    /// sidecar has not seen it listed yet: retry shortly.
+    Unlisted,
 }
 
 impl Outcome {
@@ -66,6 +81,7 @@ impl Outcome {
             Outcome::Deny => "deny",
             Outcome::RateLimited => "rate_limited",
             Outcome::ApprovalRequired => "approval_required",
+            Outcome::Unlisted => "unlisted",
         }
     }
 }
@@ -150,7 +166,11 @@ impl Engine {
     /// allows. The order: rule, hide/deny/default, require, deny_if, limits.
     pub fn decide(&self, call: &Call, now: u64) -> Decision<'_> {
         let p = &self.policy;
-        let rule = p.rule_for(call.tool, call.grant);
+        let lookup = p.lookup(call.tool, call.grant, call.seen.map(|s| s.hints));
+        let rule = match lookup {
+            Lookup::Rule(r) => Some(r),
+            _ => None,
+        };
         let grant = p.grant_path(call.grant);
         let tool_label = rule.map_or("_other", |r| r.key.as_str());
         let denied = if let Some(hide) = p.hidden_by(call.tool) {
@@ -159,15 +179,20 @@ impl Engine {
                 hide,
                 format!("Unknown tool: {}", call.tool).into(),
             ))
+        } else if let Some(refused) = self.check_pin(call) {
+            Some(refused)
         } else {
-            match rule {
-                None if p.default_for(call.grant) == DefaultDecision::Deny => Some((
+            match lookup {
+                Lookup::Unlisted => {
+                    Some((Outcome::Unlisted, "categories", unlisted_reason(call.tool)))
+                }
+                Lookup::Default if p.default_for(call.grant) == DefaultDecision::Deny => Some((
                     Outcome::Deny,
                     "default",
                     format!("Tool {:?} is not allowed by this policy", call.tool).into(),
                 )),
-                None => None,
-                Some(r) => self.check_rule(r, call.args).or_else(|| {
+                Lookup::Default => None,
+                Lookup::Rule(r) => self.check_rule(r, call.args).or_else(|| {
                     (r.approval.is_some() && !call.approved).then(|| {
                         (
                             Outcome::ApprovalRequired,
@@ -224,6 +249,31 @@ impl Engine {
                 grant,
                 overflow,
             },
+        }
+    }
+
+    /// A pinned tool (by `pins`, or every tool under `pinning: firstSeen`) whose definition is
+    /// not the pinned one is denied; one the sidecar has not seen listed cannot be checked yet.
+    fn check_pin<'p>(&'p self, call: &Call) -> Option<(Outcome, &'p str, Cow<'p, str>)> {
+        let p = &self.policy;
+        let (rule, pinned) = match (p.pins.get(call.tool), call.seen) {
+            (Some(pin), seen) => (pin.rule.as_str(), seen.map(|_| pin.hash.as_str())),
+            (None, seen) if p.pinning == Pinning::FirstSeen => ("pinning", seen.map(|s| s.first)),
+            (None, _) => return None,
+        };
+        match (pinned, call.seen) {
+            (Some(pinned), Some(seen)) if seen.hash == pinned => None,
+            (Some(_), Some(_)) => Some((
+                Outcome::Deny,
+                rule,
+                format!(
+                    "The definition of tool {:?} has changed since it was pinned, so mcp-warden \
+                     refuses it until the policy's pin is updated (the change could be a rug pull)",
+                    call.tool
+                )
+                .into(),
+            )),
+            _ => Some((Outcome::Unlisted, rule, unlisted_reason(call.tool))),
         }
     }
 
@@ -306,6 +356,14 @@ impl Engine {
             overflow,
         )
     }
+}
+
+fn unlisted_reason(tool: &str) -> Cow<'static, str> {
+    format!(
+        "mcp-warden has not yet seen tool {tool:?} in the server's tool list, which decides how \
+         the policy treats it; it is reading the list now, retry in a few seconds"
+    )
+    .into()
 }
 
 fn key_for<'a>(scope: Scope, call: &Call<'a>) -> &'a str {

@@ -20,6 +20,7 @@ fn call<'a>(tool: &'a str, args: &'a Value) -> Call<'a> {
         grant: None,
         session: None,
         approved: false,
+        seen: None,
     }
 }
 
@@ -430,6 +431,7 @@ fn scopes_pick_their_keys() {
                 grant: None,
                 session,
                 approved: false,
+                seen: None,
             },
             0,
         )
@@ -484,6 +486,7 @@ fn a_million_identities_keep_memory_flat_and_escape_no_limit() {
                 grant: None,
                 session: None,
                 approved: false,
+                seen: None,
             },
             u64::from(i),
         );
@@ -507,6 +510,7 @@ fn a_million_identities_keep_memory_flat_and_escape_no_limit() {
             grant: None,
             session: None,
             approved: false,
+            seen: None,
         },
         2 * SEC,
     );
@@ -522,6 +526,7 @@ fn a_million_identities_keep_memory_flat_and_escape_no_limit() {
             grant: None,
             session: None,
             approved: false,
+            seen: None,
         },
         later,
     );
@@ -547,6 +552,7 @@ fn leaving_the_overflow_does_not_reset_a_callers_count() {
                 grant: None,
                 session: None,
                 approved: false,
+                seen: None,
             },
             t,
         )
@@ -617,6 +623,7 @@ fn a_grant_s_limits_count_per_caller_and_others_keep_the_base_limits() {
                 grant: p.grant_for(caller),
                 session: None,
                 approved: false,
+                seen: None,
             },
             now,
         );
@@ -674,4 +681,153 @@ fn a_call_needing_approval_runs_only_when_approved_and_after_every_other_check()
         Outcome::RateLimited,
         "limits still apply to approved calls"
     );
+}
+
+fn seen_as<'a>(
+    tool: &'a str,
+    args: &'a Value,
+    annotations: Value,
+    hash: &'a str,
+    first: &'a str,
+) -> Call<'a> {
+    Call {
+        seen: Some(Seen {
+            hints: crate::policy::Hints::of_tool(
+                &json!({"name": tool, "annotations": annotations}),
+            ),
+            hash,
+            first,
+        }),
+        ..call(tool, args)
+    }
+}
+
+#[test]
+fn categories_decide_tools_no_name_matches_in_order_name_glob_category_default() {
+    let e = engine(json!({"default": "deny", "tools": {
+            "drop_table": {},
+            "read_*": {"action": "deny", "reason": "glob"}},
+        "categories": {
+            "destructive": {"action": "deny", "reason": "Destructive tools need a person"},
+            "read_only": {"limits": [{"counter": "ro", "window": "minute", "max": 1}]},
+            "open_world": {"require": [{"path": "args.url", "op": "prefix", "value": "https://"}]}}}));
+    let args = json!({"url": "https://example.com"});
+    let destructive = json!({"destructiveHint": true, "openWorldHint": false});
+    let d = e.decide(
+        &seen_as("drop_table", &args, destructive.clone(), "h", "h"),
+        0,
+    );
+    assert_eq!(
+        (d.outcome, d.rule),
+        (Outcome::Allow, "tools.drop_table"),
+        "a name beats a category"
+    );
+    let d = e.decide(
+        &seen_as("read_x", &args, json!({"readOnlyHint": true}), "h", "h"),
+        0,
+    );
+    assert_eq!(d.rule, "tools.read_*", "a glob beats a category");
+    let d = e.decide(&seen_as("wipe", &args, destructive, "h", "h"), 0);
+    assert_eq!(
+        (d.outcome, d.rule),
+        (Outcome::Deny, "categories.destructive")
+    );
+    assert_eq!(d.reason, "Destructive tools need a person");
+    assert_eq!(d.tool_label, "categories.destructive");
+    // Unannotated: destructive and open-world, so the deny of the strictest category wins.
+    let d = e.decide(&seen_as("mystery", &args, json!(null), "h", "h"), 0);
+    assert_eq!(d.outcome, Outcome::Deny);
+    // Read-only and open-world: both rules apply (the require, then the limit).
+    let ro = json!({"readOnlyHint": true});
+    let bad = json!({"url": "http://plain"});
+    let d = e.decide(&seen_as("fetch", &bad, ro.clone(), "h", "h"), 0);
+    assert_eq!(
+        (d.outcome, d.rule),
+        (Outcome::Deny, "categories.open_world.require[0]")
+    );
+    let d = e.decide(&seen_as("fetch", &args, ro.clone(), "h", "h"), 0);
+    assert_eq!(
+        (d.outcome, d.tool_label),
+        (Outcome::Allow, "categories.open_world+read_only")
+    );
+    let d = e.decide(&seen_as("fetch", &args, ro.clone(), "h", "h"), 0);
+    assert_eq!(
+        (d.outcome, d.rule),
+        (Outcome::RateLimited, "categories.read_only.limits[0]")
+    );
+    // Idempotent only, which no category rule names: the default.
+    let d = e.decide(
+        &seen_as(
+            "set",
+            &args,
+            json!({"destructiveHint": false, "openWorldHint": false, "idempotentHint": true}),
+            "h",
+            "h",
+        ),
+        0,
+    );
+    assert_eq!((d.outcome, d.rule), (Outcome::Deny, "default"));
+}
+
+#[test]
+fn under_categories_a_tool_not_yet_listed_is_refused_until_it_is() {
+    let e = engine(json!({"default": "allow", "tools": {"named": {}},
+        "categories": {"destructive": {"action": "deny"}}}));
+    let args = json!({});
+    let d = e.decide(&call("unlisted", &args), 0);
+    assert_eq!((d.outcome, d.rule), (Outcome::Unlisted, "categories"));
+    assert!(d.reason.contains("retry"), "{}", d.reason);
+    assert_eq!(
+        e.decide(&call("named", &args), 0).outcome,
+        Outcome::Allow,
+        "a tool the policy names needs no listing"
+    );
+    let plain = engine(json!({"default": "allow"}));
+    assert_eq!(
+        plain.decide(&call("unlisted", &args), 0).outcome,
+        Outcome::Allow,
+        "without categories or pins nothing waits for the list"
+    );
+}
+
+#[test]
+fn a_pinned_tool_whose_definition_changed_is_denied() {
+    let pin = format!("sha256:{}", "a".repeat(64));
+    let other = format!("sha256:{}", "b".repeat(64));
+    let e = engine(json!({"default": "allow", "pins": {"run": pin}}));
+    let args = json!({});
+    let d = e.decide(&seen_as("run", &args, json!(null), &pin, &pin), 0);
+    assert_eq!(d.outcome, Outcome::Allow);
+    let d = e.decide(&seen_as("run", &args, json!(null), &other, &pin), 0);
+    assert_eq!((d.outcome, d.rule), (Outcome::Deny, "pins.run"));
+    assert!(
+        d.reason.contains("changed since it was pinned"),
+        "{}",
+        d.reason
+    );
+    let d = e.decide(&call("run", &args), 0);
+    assert_eq!(
+        (d.outcome, d.rule),
+        (Outcome::Unlisted, "pins.run"),
+        "not seen: cannot be checked"
+    );
+    assert_eq!(
+        e.decide(&call("other", &args), 0).outcome,
+        Outcome::Allow,
+        "explicit pinning leaves other tools alone"
+    );
+
+    let first = engine(json!({"default": "allow", "pinning": "firstSeen"}));
+    let d = first.decide(&seen_as("any", &args, json!(null), &pin, &pin), 0);
+    assert_eq!(d.outcome, Outcome::Allow);
+    let d = first.decide(&seen_as("any", &args, json!(null), &other, &pin), 0);
+    assert_eq!((d.outcome, d.rule), (Outcome::Deny, "pinning"));
+    assert_eq!(
+        first.decide(&call("any", &args), 0).outcome,
+        Outcome::Unlisted
+    );
+    // An explicit pin wins over the first-seen definition.
+    let both = engine(json!({"default": "allow", "pinning": "firstSeen", "pins": {"any": other}}));
+    let d = both.decide(&seen_as("any", &args, json!(null), &other, &pin), 0);
+    assert_eq!(d.outcome, Outcome::Allow);
 }

@@ -28,13 +28,14 @@ pub fn might_carry_tools(data: &[u8]) -> bool {
         || data.windows(5).any(|w| w.eq_ignore_ascii_case(b"tools"))
 }
 
-/// Filters the data of one message (or batch) with `listable`: `Ok(None)` when nothing changes,
+/// Filters the data of one message (or batch) with `listable` (given each tool's definition;
+/// one without a string `name` is always removed): `Ok(None)` when nothing changes,
 /// `Ok(Some(new))` with tools removed, `Err` when the data might carry a tool list but cannot be
 /// read with certainty (invalid or duplicate-keyed JSON, a number no parser agrees on, a
 /// case-folded `tools`/`result` key, a `tools` that is not a list).
 pub fn filter_data(
     data: &[u8],
-    listable: &dyn Fn(&str) -> bool,
+    listable: &dyn Fn(&Value) -> bool,
 ) -> Result<Option<Vec<u8>>, Unreadable> {
     if data.iter().all(u8::is_ascii_whitespace) || !might_carry_tools(data) {
         return Ok(None);
@@ -60,7 +61,7 @@ pub fn filter_data(
 }
 
 /// Filters one message if its result carries `tools`; `Ok(true)` when tools were removed.
-fn filter_message(msg: &mut Value, listable: &dyn Fn(&str) -> bool) -> Result<bool, Unreadable> {
+fn filter_message(msg: &mut Value, listable: &dyn Fn(&Value) -> bool) -> Result<bool, Unreadable> {
     let Some(obj) = msg.as_object_mut() else {
         return Ok(false);
     };
@@ -80,7 +81,7 @@ fn filter_message(msg: &mut Value, listable: &dyn Fn(&str) -> bool) -> Result<bo
         return Err(Unreadable::ToolsNotAList);
     };
     let before = tools.len();
-    tools.retain(|t| t.get("name").and_then(Value::as_str).is_some_and(listable));
+    tools.retain(|t| t.get("name").and_then(Value::as_str).is_some() && listable(t));
     Ok(tools.len() != before)
 }
 
@@ -114,7 +115,7 @@ pub fn error_id(data: &[u8], pending: &[Value]) -> Value {
 pub fn filter_or_refuse(
     data: &[u8],
     pending: &[Value],
-    listable: &dyn Fn(&str) -> bool,
+    listable: &dyn Fn(&Value) -> bool,
 ) -> Option<Vec<u8>> {
     match filter_data(data, listable) {
         Ok(new) => new,
@@ -129,8 +130,8 @@ pub fn filter_or_refuse(
 mod tests {
     use super::*;
 
-    fn keep(n: &str) -> bool {
-        !n.starts_with("debug_")
+    fn keep(t: &Value) -> bool {
+        !t["name"].as_str().unwrap().starts_with("debug_")
     }
 
     fn filtered(data: &str) -> Result<Option<Value>, String> {

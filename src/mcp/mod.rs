@@ -30,6 +30,8 @@ pub mod code {
     pub const DENIED: i64 = 403;
     /// `denyAs: error`: rate limited.
     pub const RATE_LIMITED: i64 = 429;
+    /// A call that cannot be decided yet (its tool is not listed yet): retry shortly.
+    pub const UNAVAILABLE: i64 = 503;
     /// No valid identity where the policy needs one (sent with HTTP 401).
     pub const UNAUTHORIZED: i64 = 401;
 }
@@ -110,6 +112,27 @@ impl Refusal {
         }))
         .unwrap_or_default()
     }
+}
+
+/// A JSON value as one canonical text: object keys sorted, no whitespace. What approvals hash
+/// arguments with and pins hash tool definitions with.
+pub fn canonical_json(v: &Value) -> String {
+    fn sorted(v: &Value) -> Value {
+        match v {
+            Value::Object(m) => {
+                let mut keys: Vec<&String> = m.keys().collect();
+                keys.sort();
+                Value::Object(
+                    keys.into_iter()
+                        .map(|k| (k.clone(), sorted(&m[k])))
+                        .collect(),
+                )
+            }
+            Value::Array(items) => Value::Array(items.iter().map(sorted).collect()),
+            other => other.clone(),
+        }
+    }
+    serde_json::to_string(&sorted(v)).expect("a JSON value serialises")
 }
 
 pub fn raw_to_value(r: &RawValue) -> Value {

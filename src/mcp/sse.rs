@@ -161,6 +161,14 @@ pub fn event_data(event: &[u8]) -> Option<Vec<u8>> {
     data
 }
 
+/// The event's type (its `event:` field), if it names one.
+pub fn event_name(event: &[u8]) -> Option<String> {
+    lines(event)
+        .into_iter()
+        .find_map(|l| l.strip_prefix(b"event:"))
+        .map(|v| String::from_utf8_lossy(v).trim().to_owned())
+}
+
 /// Rebuilds an event with new data, keeping its other fields (`event:`, `id:`, `retry:`).
 pub fn with_data(event: &[u8], data: &[u8]) -> Bytes {
     let mut out = Vec::with_capacity(event.len() + data.len());

@@ -1,6 +1,7 @@
 //! Compiling a policy document: every field read, checked and turned into the engine's form,
 //! with every error reported at once with its field path.
 
+use super::category::{Categories, Category};
 use super::condition::{self, Matcher};
 use super::glob::Glob;
 use super::reader::{
@@ -9,9 +10,11 @@ use super::reader::{
 use super::window::Window;
 use super::{
     bounds, normalize, source, spec, Approval, Condition, Counter, DefaultDecision, DenyAs, DenyIf,
-    Flavor, Grant, Identity, IdentitySettings, LimitRef, Policy, Requirement, Rule, RuleSet, Scope,
+    Flavor, Grant, Identity, IdentitySettings, LimitRef, Pin, Pinning, Policy, Requirement, Rule,
+    RuleSet, Scope,
 };
 use serde_json::Value;
+use std::collections::HashMap;
 use std::num::NonZeroU32;
 
 const F_VERSION: Field = Field::new(&["version"]);
@@ -48,6 +51,13 @@ const F_COUNTER: Field = Field::new(&["counter"]);
 const F_WINDOW: Field = Field::new(&["window"]);
 const F_MAX: Field = Field::new(&["max"]);
 const F_SCOPE: Field = Field::new(&["scope"]);
+const F_CATEGORIES: Field = Field::new(&["categories"]);
+const F_PINS: Field = Field::new(&["pins"]);
+const F_PINNING: Field = Field::new(&["pinning"]);
+const F_DESTRUCTIVE: Field = Field::new(&["destructive"]);
+const F_READ_ONLY: Field = Field::new(&["read_only", "readOnly"]);
+const F_OPEN_WORLD: Field = Field::new(&["open_world", "openWorld"]);
+const F_IDEMPOTENT: Field = Field::new(&["idempotent"]);
 const F_TRANSPORT: Field = Field::new(&["transport"]);
 const F_ALLOWED_HOSTS: Field = Field::new(&["allowed_hosts", "allowedHosts"]);
 const F_ALLOWED_ORIGINS: Field = Field::new(&["allowed_origins", "allowedOrigins"]);
@@ -64,8 +74,12 @@ const POLICY_FIELDS: &[Field] = &[
     F_DENY_AS,
     F_TRANSPORT,
     F_GRANTS,
+    F_CATEGORIES,
+    F_PINS,
+    F_PINNING,
     F_NAME,
 ];
+const CATEGORY_FIELDS: &[Field] = &[F_DESTRUCTIVE, F_READ_ONLY, F_OPEN_WORLD, F_IDEMPOTENT];
 const SPEC_FIELDS: &[Field] = POLICY_FIELDS.split_at(POLICY_FIELDS.len() - 1).0;
 const IDENTITY_FIELDS: &[Field] = &[F_HEADER, F_SERVICE_ACCOUNT, F_JWT, F_REQUIRED];
 const SERVICE_ACCOUNT_FIELDS: &[Field] = &[F_AUDIENCES];
@@ -126,6 +140,9 @@ pub fn compile(doc: &Value, flavor: Flavor, prefix: &str) -> Result<Policy, Poli
     let hide = c.hide(&top);
     let all_tools_limits = c.all_tools(&top).unwrap_or_default();
     let rules = c.tools(&top, bounds::TOOLS, &all_tools_limits);
+    let categories = c.categories(&top, &all_tools_limits);
+    let pins = c.pins(&top);
+    let pinning = c.pinning(&top);
     let grants = c.grants(&top, &identity, &all_tools_limits);
     if flavor == Flavor::Spec {
         spec::check_placement(&top, &mut c.errs);
@@ -146,6 +163,9 @@ pub fn compile(doc: &Value, flavor: Flavor, prefix: &str) -> Result<Policy, Poli
         deny_as,
         hide,
         tools: RuleSet::new(rules),
+        categories: Categories::new(categories),
+        pins,
+        pinning,
         grants,
         counters,
         default_rule,
@@ -232,6 +252,105 @@ impl Compiler {
             ),
         }
         rules
+    }
+
+    /// `categories`: rules by MCP tool annotations, each compiled like a tool rule.
+    fn categories(&mut self, top: &Obj, all_tools: &[LimitRef]) -> Vec<(Category, Rule)> {
+        let Some((v, p)) = top.get(F_CATEGORIES, &mut self.errs) else {
+            return Vec::new();
+        };
+        let Some(o) = Obj::new(v, p, CATEGORY_FIELDS, &mut self.errs) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for (c, field) in [
+            (Category::Destructive, F_DESTRUCTIVE),
+            (Category::ReadOnly, F_READ_ONLY),
+            (Category::OpenWorld, F_OPEN_WORLD),
+            (Category::Idempotent, F_IDEMPOTENT),
+        ] {
+            let Some((rv, rp)) = o.get(field, &mut self.errs) else {
+                continue;
+            };
+            let key = format!("categories.{}", c.names().0);
+            if let Some(r) = self.rule_at(&key, rv, rp, all_tools) {
+                out.push((c, r));
+            }
+        }
+        out
+    }
+
+    /// `pins`: tool name → `sha256:` and 64 lower-case hex digits of its definition.
+    fn pins(&mut self, top: &Obj) -> HashMap<String, Pin> {
+        let mut out = HashMap::new();
+        let Some((v, p)) = top.get(F_PINS, &mut self.errs) else {
+            return out;
+        };
+        let m = match v {
+            Value::Object(m) if m.len() > bounds::TOOLS => {
+                self.errs.push(
+                    &p,
+                    format!(
+                        "at most {} pins are allowed, found {}",
+                        bounds::TOOLS,
+                        m.len()
+                    ),
+                );
+                return out;
+            }
+            Value::Object(m) => m,
+            Value::Null => return out,
+            other => {
+                self.errs.push(
+                    &p,
+                    format!("expected a mapping, found {}", reader::kind(other)),
+                );
+                return out;
+            }
+        };
+        for (tool, hash) in m {
+            let tp = p.key(tool);
+            if tool.chars().count() > bounds::TOOL_NAME
+                || !check_tool_key(tool, &tp, &mut self.errs)
+            {
+                continue;
+            }
+            if Glob::is_glob(tool) {
+                self.errs
+                    .push(&tp, "a pin names one tool exactly, not a glob");
+                continue;
+            }
+            match hash.as_str() {
+                Some(h) if is_pin_hash(h) => {
+                    out.insert(
+                        tool.clone(),
+                        Pin {
+                            hash: h.to_owned(),
+                            rule: format!("pins.{tool}"),
+                        },
+                    );
+                }
+                _ => self.errs.push(
+                    &tp,
+                    format!(
+                        "expected \"sha256:\" and 64 lower-case hex digits (as `mcp-warden pin \
+                         --server URL` prints), found {hash}"
+                    ),
+                ),
+            }
+        }
+        out
+    }
+
+    /// `pinning: explicit | firstSeen`.
+    fn pinning(&mut self, top: &Obj) -> Pinning {
+        match top.get(F_PINNING, &mut self.errs) {
+            Some((v, p)) => match choice(v, &p, &["explicit", "firstSeen"], &mut self.errs) {
+                Some("firstSeen") => Pinning::FirstSeen,
+                _ => Pinning::Explicit,
+            },
+            None => Pinning::Explicit,
+        }
     }
 
     /// `grants`: per-caller rules, each replacing the base rules for what it names.
@@ -490,6 +609,18 @@ impl Compiler {
         } else {
             check_tool_key(key, &p, &mut self.errs)
         };
+        let r = self.rule_at(key, v, p, all_tools)?;
+        key_ok.then_some(r)
+    }
+
+    /// A rule's fields, at `p`, under the name `key`.
+    fn rule_at(
+        &mut self,
+        key: &str,
+        v: &Value,
+        p: FieldPath,
+        all_tools: &[LimitRef],
+    ) -> Option<Rule> {
         let o = Obj::new(v, p.clone(), RULE_FIELDS, &mut self.errs)?;
         let action = o.get(F_ACTION, &mut self.errs).and_then(|(v, ap)| {
             choice(
@@ -520,9 +651,6 @@ impl Compiler {
         let require = self.require(&o);
         let deny_if = self.deny_if(&o);
         let approval = self.approval(&o, action);
-        if !key_ok {
-            return None;
-        }
         let reads = super::prune::Need::of(
             require.iter().map(|r| r.condition.steps.as_slice()).chain(
                 deny_if
@@ -836,6 +964,15 @@ fn check_tool_key(key: &str, p: &FieldPath, errs: &mut Errors) -> bool {
         return false;
     }
     true
+}
+
+/// `sha256:` and 64 lower-case hex digits.
+fn is_pin_hash(s: &str) -> bool {
+    s.strip_prefix("sha256:").is_some_and(|h| {
+        h.len() == 64
+            && h.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
 }
 
 fn is_counter_name(s: &str) -> bool {

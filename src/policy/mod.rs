@@ -7,6 +7,7 @@
 //! each with its field path.
 
 pub mod argpath;
+pub mod category;
 pub mod compare;
 mod compile;
 pub mod condition;
@@ -18,6 +19,7 @@ pub mod source;
 mod spec;
 pub mod window;
 
+pub use category::{Category, Hints};
 pub use compile::{compile, load_str, DEFAULT_ON_DENY};
 use condition::{Matcher, Step, Truth};
 use glob::Glob;
@@ -319,6 +321,62 @@ pub struct Rule {
 }
 
 impl Rule {
+    /// Several rules acting as one (a tool in several categories): the first denial denies,
+    /// every `require`, `deny_if` and limit applies, and an approval is needed if any rule asks
+    /// for one (the shortest ttl, the fewest uses). `None` for no rules.
+    pub fn merged(rules: &[&Rule]) -> Option<Rule> {
+        let (first, rest) = rules.split_first()?;
+        if rest.is_empty() {
+            return Some((*first).clone());
+        }
+        let keys: Vec<&str> = rules
+            .iter()
+            .map(|r| r.key.trim_start_matches("categories."))
+            .collect();
+        let key = format!("categories.{}", keys.join("+"));
+        let denier = rules.iter().find(|r| r.deny.is_some());
+        let mut out = Rule {
+            path: denier.map_or_else(|| key.clone(), |r| r.path.clone()),
+            key,
+            deny: denier.and_then(|r| r.deny.clone()),
+            approval: None,
+            require: Vec::new(),
+            deny_if: Vec::new(),
+            limits: Vec::new(),
+            counter_order: Vec::new(),
+            reads: prune::Need::default(),
+        };
+        for r in rules {
+            out.approval = match (out.approval, r.approval) {
+                (Some(a), Some(b)) => Some(Approval {
+                    ttl: a.ttl.min(b.ttl),
+                    uses: a.uses.min(b.uses),
+                }),
+                (a, b) => a.or(b),
+            };
+            out.require.extend(r.require.iter().cloned());
+            out.deny_if.extend(r.deny_if.iter().cloned());
+            for l in &r.limits {
+                if !out.limits.iter().any(|x| x.counter == l.counter) {
+                    out.limits.push(l.clone());
+                }
+            }
+        }
+        out.counter_order = out.limits.iter().map(|l| l.counter).collect();
+        out.counter_order.sort_unstable();
+        out.reads = prune::Need::of(
+            out.require
+                .iter()
+                .map(|r| r.condition.steps.as_slice())
+                .chain(
+                    out.deny_if
+                        .iter()
+                        .flat_map(|d| d.conditions.iter().map(|c| c.steps.as_slice())),
+                ),
+        );
+        Some(out)
+    }
+
     /// Denied whatever the arguments: `action: deny` or a `deny_if` with no conditions.
     pub fn always_denied(&self) -> bool {
         self.deny.is_some() || self.deny_if.iter().any(|d| d.conditions.is_empty())
@@ -396,6 +454,35 @@ impl Grant {
     }
 }
 
+/// Which tools' definitions are pinned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Pinning {
+    /// Only the tools `pins` names (the default).
+    #[default]
+    Explicit,
+    /// Every tool, at the definition the sidecar first saw (`pins` still wins for what it names).
+    FirstSeen,
+}
+
+/// A pinned tool definition: its hash (`sha256:` and 64 hex digits) and where it is declared.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pin {
+    pub hash: String,
+    /// `pins.run_cell`: the rule of the denial when the definition differs.
+    pub rule: String,
+}
+
+/// How the tool a call names is to be found, once exact names and globs are tried.
+#[derive(Debug, Clone, Copy)]
+pub enum Lookup<'p> {
+    Rule(&'p Rule),
+    /// No rule: the default decides.
+    Default,
+    /// Only the server's description of the tool can say which rule applies (categories are in
+    /// use), and the sidecar has not seen it in the server's tool list.
+    Unlisted,
+}
+
 /// A validated policy, ready for the engine.
 #[derive(Debug, Clone)]
 pub struct Policy {
@@ -409,6 +496,11 @@ pub struct Policy {
     /// Hidden globs, with their rule paths (`hide[0]`).
     pub hide: Vec<(Glob, String)>,
     pub tools: RuleSet,
+    /// Rules by MCP tool annotations, for tools no name or glob matches.
+    pub categories: category::Categories,
+    /// Pinned tool definitions, by tool name.
+    pub pins: HashMap<String, Pin>,
+    pub pinning: Pinning,
     /// First match wins.
     pub grants: Vec<Grant>,
     pub counters: Vec<Counter>,
@@ -445,6 +537,43 @@ impl Policy {
         })
     }
 
+    /// The rule for a tool under a grant, with what the server says of the tool (`None`: the
+    /// sidecar has not seen it listed): a name or glob first, then its categories, then the
+    /// default.
+    pub fn lookup(
+        &self,
+        tool: &str,
+        grant: Option<usize>,
+        hints: Option<category::Hints>,
+    ) -> Lookup<'_> {
+        if let Some(r) = self.rule_for(tool, grant) {
+            return Lookup::Rule(r);
+        }
+        if !self.categories.in_use() {
+            return Lookup::Default;
+        }
+        match hints {
+            None => Lookup::Unlisted,
+            Some(h) => self
+                .categories
+                .rule(h)
+                .map_or(Lookup::Default, Lookup::Rule),
+        }
+    }
+
+    /// Whether a call to this tool needs the server's description of it: its categories decide,
+    /// or its definition is pinned.
+    pub fn needs_listing(&self, tool: &str, grant: Option<usize>) -> bool {
+        self.pinning == Pinning::FirstSeen
+            || self.pins.contains_key(tool)
+            || (self.categories.in_use() && self.rule_for(tool, grant).is_none())
+    }
+
+    /// Whether the policy reads what the server says of its tools (categories or pins).
+    pub fn uses_tool_knowledge(&self) -> bool {
+        self.categories.in_use() || !self.pins.is_empty() || self.pinning == Pinning::FirstSeen
+    }
+
     /// The base rule for a tool (no grant).
     pub fn find_rule(&self, tool: &str) -> Option<&Rule> {
         self.rule_for(tool, None)
@@ -474,18 +603,27 @@ impl Policy {
 
     /// Whether deciding a call to this tool reads its arguments (a `require` or a conditional
     /// `deny_if`), so callers can skip parsing them otherwise.
-    pub fn reads_arguments(&self, tool: &str, grant: Option<usize>) -> bool {
-        self.rule_for(tool, grant).is_some_and(|r| {
-            r.deny.is_none()
-                && (!r.require.is_empty() || r.deny_if.iter().any(|d| !d.conditions.is_empty()))
-        })
+    pub fn reads_arguments(&self, tool: &str, grant: Option<usize>, hints: Option<Hints>) -> bool {
+        self.arguments_read(tool, grant, hints).is_some()
     }
 
     /// The parts of this tool's arguments its rule reads, when it reads any.
-    pub fn arguments_read(&self, tool: &str, grant: Option<usize>) -> Option<&prune::Need> {
-        self.rule_for(tool, grant)
-            .filter(|_| self.reads_arguments(tool, grant))
-            .map(|r| &r.reads)
+    pub fn arguments_read(
+        &self,
+        tool: &str,
+        grant: Option<usize>,
+        hints: Option<Hints>,
+    ) -> Option<&prune::Need> {
+        match self.lookup(tool, grant, hints) {
+            Lookup::Rule(r)
+                if r.deny.is_none()
+                    && (!r.require.is_empty()
+                        || r.deny_if.iter().any(|d| !d.conditions.is_empty())) =>
+            {
+                Some(&r.reads)
+            }
+            _ => None,
+        }
     }
 
     /// The `hide` entry that hides this tool, if any.
@@ -497,22 +635,24 @@ impl Policy {
     }
 
     /// Whether `tools/list` may show the tool to a caller under this grant: some call to it
-    /// could be allowed.
-    pub fn listable(&self, tool: &str, grant: Option<usize>) -> bool {
+    /// could be allowed. `hints`: the tool's categories, from its listed definition.
+    pub fn listable(&self, tool: &str, grant: Option<usize>, hints: Option<Hints>) -> bool {
         if self.hidden_by(tool).is_some() {
             return false;
         }
-        match self.rule_for(tool, grant) {
-            Some(r) => !r.always_denied(),
-            None => self.default_for(grant) == DefaultDecision::Allow,
+        match self.lookup(tool, grant, hints) {
+            Lookup::Rule(r) => !r.always_denied(),
+            Lookup::Default => self.default_for(grant) == DefaultDecision::Allow,
+            Lookup::Unlisted => true,
         }
     }
 
-    /// A bounded metric label for a tool: its exact rule name, the glob that matched, or `_other`.
-    pub fn tool_label<'a>(&'a self, tool: &str) -> &'a str {
-        match self.find_rule(tool) {
-            Some(r) => &r.key,
-            None => "_other",
+    /// A bounded metric label for a tool: its exact rule name, the glob that matched, the
+    /// categories' rule (`categories.destructive`), or `_other`.
+    pub fn tool_label<'a>(&'a self, tool: &str, hints: Option<Hints>) -> &'a str {
+        match self.lookup(tool, None, hints) {
+            Lookup::Rule(r) => &r.key,
+            _ => "_other",
         }
     }
 }

@@ -16,6 +16,8 @@ fn snake(k: &str) -> String {
         "allowedOrigins" => "allowed_origins",
         "serviceAccount" => "service_account",
         "jwksFrom" => "jwks_from",
+        "readOnly" => "read_only",
+        "openWorld" => "open_world",
         other => other,
     }
     .to_owned()
@@ -96,6 +98,7 @@ pub fn normalize(doc: &Value, flavor: Flavor, name: Option<&str>) -> Value {
                 "tools" => tools(v),
                 "identity" => identity(v),
                 "grants" => each(v, grant),
+                "categories" => rename(v, |_, r| rule(r)),
                 _ => v.clone(),
             };
             (snake(k), v)

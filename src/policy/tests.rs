@@ -331,10 +331,10 @@ fn exact_names_beat_globs_and_longer_globs_beat_shorter() {
     assert_eq!(p.find_rule("delete_tmp_x").unwrap().key, "?elete_tmp_*");
     assert_eq!(p.find_rule("delete_users").unwrap().key, "delete_*");
     assert_eq!(p.find_rule("read").unwrap().key, "*");
-    assert_eq!(p.tool_label("delete_users"), "delete_*");
+    assert_eq!(p.tool_label("delete_users", None), "delete_*");
     let none = compile_file(json!({"tools": {"a": {}}})).unwrap();
     assert!(none.find_rule("b").is_none());
-    assert_eq!(none.tool_label("b"), "_other");
+    assert_eq!(none.tool_label("b", None), "_other");
 }
 
 #[test]
@@ -348,29 +348,32 @@ fn listable_follows_hide_action_default_and_unconditional_deny_if() {
         "limited": {"limits": [{"counter": "l", "window": "second", "max": 1}]}
     }}))
     .unwrap();
-    assert!(p.listable("read", None));
+    assert!(p.listable("read", None, None));
     assert!(
-        p.listable("write", None),
+        p.listable("write", None, None),
         "a conditional deny_if leaves the tool callable"
     );
-    assert!(p.listable("limited", None), "limits do not hide a tool");
     assert!(
-        !p.listable("debug_dump", None),
+        p.listable("limited", None, None),
+        "limits do not hide a tool"
+    );
+    assert!(
+        !p.listable("debug_dump", None, None),
         "hidden even though a rule allows it"
     );
-    assert!(!p.listable("debug_other", None));
-    assert!(!p.listable("drop", None));
-    assert!(!p.listable("clear", None));
-    assert!(!p.listable("unnamed", None), "default deny");
+    assert!(!p.listable("debug_other", None, None));
+    assert!(!p.listable("drop", None, None));
+    assert!(!p.listable("clear", None, None));
+    assert!(!p.listable("unnamed", None, None), "default deny");
     let open = compile_file(json!({"default": "allow"})).unwrap();
-    assert!(open.listable("anything", None));
+    assert!(open.listable("anything", None, None));
 }
 
 #[test]
 fn yaml_policies_with_empty_rules_load() {
     let p = load_str("default: deny\ntools:\n  notebook_read:\n  run_cell: {}\n").unwrap();
     assert_eq!(p.tools.rules.len(), 2);
-    assert!(p.listable("notebook_read", None));
+    assert!(p.listable("notebook_read", None, None));
     let e = load_str("tools: [").unwrap_err();
     assert_eq!(e.0.len(), 1);
     assert_eq!(e.0[0].path, "");
@@ -476,13 +479,13 @@ fn grants_replace_the_base_rules_for_what_they_name() {
         "tools.read",
         "unnamed: base"
     );
-    assert!(p.listable("drop", ci) && !p.listable("drop", None));
-    assert!(!p.listable("other", ci), "the base default");
+    assert!(p.listable("drop", ci, None) && !p.listable("drop", None, None));
+    assert!(!p.listable("other", ci, None), "the base default");
 
     let admin = p.grant_for("admin");
     assert_eq!(admin, Some(1));
     assert_eq!(p.default_for(admin), DefaultDecision::Allow);
-    assert!(p.listable("other", admin));
+    assert!(p.listable("other", admin, None));
     let read = p.rule_for("read", admin).unwrap();
     assert_eq!(read.path, "tools.read");
     assert_eq!(
@@ -557,7 +560,7 @@ fn approvals_read_in_both_forms_and_are_checked() {
     );
     assert_eq!(p.find_rule("read").unwrap().approval, None);
     assert!(
-        p.listable("clear_session", None),
+        p.listable("clear_session", None, None),
         "an approved call can run"
     );
     let got = paths(json!({"tools": {
@@ -577,4 +580,49 @@ fn approvals_read_in_both_forms_and_are_checked() {
             "tools.e.action"
         ]
     );
+}
+
+#[test]
+fn categories_and_pins_compile_in_both_spellings_and_bad_ones_name_the_field() {
+    let hash = format!("sha256:{}", "0".repeat(64));
+    let file = compile(
+        &json!({"categories": {"read_only": {}, "open_world": {"action": "deny"}},
+                "pins": {"run": hash}, "pinning": "firstSeen"}),
+        Flavor::File,
+        "",
+    )
+    .unwrap();
+    assert!(file.categories.in_use());
+    assert_eq!(file.pins["run"].rule, "pins.run");
+    assert_eq!(file.pinning, super::Pinning::FirstSeen);
+    let spec = compile(
+        &json!({"podSelector": {}, "upstream": {"port": 8888},
+                "categories": {"readOnly": {}, "openWorld": {"action": "deny"}}}),
+        Flavor::Spec,
+        "spec",
+    )
+    .unwrap();
+    assert_eq!(
+        spec.document["categories"],
+        json!({"read_only": {}, "open_world": {"action": "deny"}}),
+        "rendered in snake_case"
+    );
+    let errs = compile(
+        &json!({"categories": {"dangerous": {}, "destructive": {"action": "maybe"}},
+                "pins": {"a": "md5:x", "b*": hash},
+                "pinning": "always"}),
+        Flavor::File,
+        "",
+    )
+    .unwrap_err();
+    let text = errs.to_string();
+    for want in [
+        "categories.dangerous: unknown field",
+        "categories.destructive.action",
+        "pins.a: expected \"sha256:\"",
+        "pins.b*: a pin names one tool exactly",
+        "pinning",
+    ] {
+        assert!(text.contains(want), "{want} in {text}");
+    }
 }

@@ -2,6 +2,9 @@
 //!
 //! - `GET /approvals`: the pending requests (with their arguments) and the uses spent of every
 //!   approval held ([`approvals::Report`]);
+//! - `GET /tools`: the server's tools as the sidecar last listed them (hash, first-seen hash,
+//!   categories, argument names) and the loaded policy checked against them
+//!   ([`crate::tools::report`]);
 //! - `POST /approvals` with `{"id": ID, "decision": "approve"|"reject"}`: decides a pending
 //!   request — without a cluster only (`--admin-token-file`); in one, people decide McpApprovals
 //!   and the controller renders them, and the controller's token can only read.
@@ -177,7 +180,7 @@ enum Decision {
 
 /// Whether `path` is the admin API's.
 pub fn handles(path: &str) -> bool {
-    path == "/approvals"
+    path == "/approvals" || path == "/tools"
 }
 
 /// Answers one admin API request.
@@ -193,6 +196,12 @@ pub async fn handle(st: Arc<State>, req: Request<Incoming>) -> Response<Body> {
             return error(status, &why);
         }
     };
+    if req.uri().path() == "/tools" {
+        return match *req.method() {
+            Method::GET => tools(&st),
+            _ => error(StatusCode::METHOD_NOT_ALLOWED, "GET"),
+        };
+    }
     match *req.method() {
         Method::GET => {
             let report = st.approvals.report(unix_now());
@@ -235,6 +244,38 @@ pub async fn handle(st: Arc<State>, req: Request<Incoming>) -> Response<Body> {
         }
         _ => error(StatusCode::METHOD_NOT_ALLOWED, "GET or POST"),
     }
+}
+
+/// `GET /tools`: what the sidecar knows of the server's tools, and the policy against them.
+fn tools(st: &State) -> Response<Body> {
+    let snapshot = st.tools.snapshot();
+    let policy = st.policy.load_full();
+    let entries = snapshot.sorted();
+    let defs: Vec<crate::tools::ToolDef> = entries.iter().map(|e| e.def.clone()).collect();
+    let tools: Vec<serde_json::Value> = entries
+        .iter()
+        .map(|e| {
+            let mut v = serde_json::to_value(e).expect("an entry serialises");
+            v["changed"] = json!(e.def.hash != e.first_hash);
+            v
+        })
+        .collect();
+    let report = match (&policy, snapshot.listed_at) {
+        (Some(p), Some(_)) => Some(crate::tools::report::report(p.engine.policy(), &defs)),
+        _ => None,
+    };
+    json(
+        StatusCode::OK,
+        serde_json::to_vec(&json!({
+            "policy": policy.as_ref().map(|p| p.label.as_str()),
+            "listedAt": snapshot.listed_at,
+            "error": snapshot.error,
+            "dropped": snapshot.dropped,
+            "tools": tools,
+            "report": report,
+        }))
+        .expect("a JSON value serialises"),
+    )
 }
 
 fn decide(st: &State, d: &DecisionBody, who: &str) -> Response<Body> {

@@ -16,7 +16,6 @@
 
 use crate::policy::sha256_hex;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use std::collections::{HashMap, VecDeque};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -41,24 +40,7 @@ pub fn approval_id(policy: &str, tool: &str, arguments_sha256: &str, caller: &st
 }
 
 /// Arguments as one canonical text: object keys sorted, no whitespace.
-pub fn canonical(v: &Value) -> String {
-    fn sorted(v: &Value) -> Value {
-        match v {
-            Value::Object(m) => {
-                let mut keys: Vec<&String> = m.keys().collect();
-                keys.sort();
-                Value::Object(
-                    keys.into_iter()
-                        .map(|k| (k.clone(), sorted(&m[k])))
-                        .collect(),
-                )
-            }
-            Value::Array(items) => Value::Array(items.iter().map(sorted).collect()),
-            other => other.clone(),
-        }
-    }
-    serde_json::to_string(&sorted(v)).expect("a JSON value serialises")
-}
+pub use crate::mcp::canonical_json as canonical;
 
 /// One granted approval, as the file lists it.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
@@ -445,7 +427,7 @@ impl Approvals {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{json, Value};
 
     fn file(dir: &Path, approvals: Value) -> std::path::PathBuf {
         let p = dir.join("approvals.json");

@@ -37,13 +37,22 @@ fn decision_record(d: &Decision, s: &Subject) -> Value {
         rec["counter"] = json!(hit.counter.name);
         rec["window"] = json!(hit.counter.window.text);
         rec["max"] = json!(hit.counter.max.get());
+    }
+    if d.limit.is_some() || d.outcome == Outcome::Unlisted {
         rec["retryAfterSeconds"] = json!(retry_after_secs(d));
     }
     rec
 }
 
-/// Whole seconds to wait before retrying a rate-limited call (at least 1).
+/// Seconds to wait before a call refused because its tool is not listed yet is retried.
+pub const UNLISTED_RETRY_SECS: u64 = 2;
+
+/// Whole seconds to wait before retrying a rate-limited call (at least 1), or one refused
+/// because the sidecar has not seen its tool listed yet.
 pub fn retry_after_secs(d: &Decision) -> u64 {
+    if d.outcome == Outcome::Unlisted {
+        return UNLISTED_RETRY_SECS;
+    }
     d.limit
         .as_ref()
         .map_or(0, |h| (h.retry_after.as_secs_f64().ceil() as u64).max(1))
@@ -76,7 +85,11 @@ pub fn denial(
             "jsonrpc": "2.0",
             "id": id,
             "error": {
-                "code": if d.outcome == Outcome::RateLimited { code::RATE_LIMITED } else { code::DENIED },
+                "code": match d.outcome {
+                    Outcome::RateLimited => code::RATE_LIMITED,
+                    Outcome::Unlisted => code::UNAVAILABLE,
+                    _ => code::DENIED,
+                },
                 "message": d.reason,
                 "data": {DECISION_META: rec}
             }
@@ -110,6 +123,7 @@ mod tests {
                 grant: None,
                 session: None,
                 approved: false,
+                seen: None,
             },
             0,
         );
@@ -142,6 +156,7 @@ mod tests {
                 grant: None,
                 session: None,
                 approved: false,
+                seen: None,
             },
             0,
         );
@@ -153,6 +168,7 @@ mod tests {
                 grant: None,
                 session: None,
                 approved: false,
+                seen: None,
             },
             0,
         );

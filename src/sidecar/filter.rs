@@ -5,8 +5,10 @@ use super::caller::Caller;
 use super::proxy::{content_type_is, is_event_stream, strip_hop_by_hop};
 use super::State;
 use crate::mcp::{lists, sse};
+use crate::policy::{Hints, Pinning, Policy};
 use crate::serve::json;
 use crate::serve::{full, Body};
+use crate::tools::definition_hash;
 use http::header::{self, HeaderMap};
 use http::{Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
@@ -43,7 +45,7 @@ impl ListFilter {
         };
         let pol = policy.engine.policy();
         let grant = self.caller.grant(pol);
-        lists::filter_or_refuse(data, pending, &|name| pol.listable(name, grant))
+        lists::filter_or_refuse(data, pending, &|t| shown(&self.state, pol, grant, t))
     }
 
     fn error(&self, data: &[u8], why: &str) -> Vec<u8> {
@@ -64,6 +66,31 @@ impl sse::Rewrite for ListFilter {
     fn pass_rest(&self, rest: &[u8]) -> bool {
         !lists::might_carry_tools(rest)
     }
+}
+
+/// Whether the client may see a listed tool: some call to it could be allowed (by its rule, or
+/// its categories as the definition states them), and its definition is the pinned one.
+fn shown(st: &State, pol: &Policy, grant: Option<usize>, tool: &Value) -> bool {
+    let Some(name) = tool.get("name").and_then(Value::as_str) else {
+        return false;
+    };
+    let hints = pol.categories.in_use().then(|| Hints::of_tool(tool));
+    if !pol.listable(name, grant, hints) {
+        return false;
+    }
+    if pol.pins.is_empty() && pol.pinning != Pinning::FirstSeen {
+        return true;
+    }
+    let hash = definition_hash(tool);
+    if st.tools.snapshot().tools.get(name).map(|e| &e.def.hash) != Some(&hash) {
+        // The client sees a definition the sidecar has not listed: list again.
+        st.tools.wake();
+    }
+    let pinned = match pol.pins.get(name) {
+        Some(pin) => Some(pin.hash.clone()),
+        None => st.tools.first_hash(name),
+    };
+    pinned.is_none_or(|p| p == hash)
 }
 
 /// Whether a response body is compressed (the sidecar does not decode, so cannot filter, it).
@@ -119,7 +146,7 @@ pub(super) async fn filter_response(
     };
     let pol = policy.engine.policy();
     let grant = caller.grant(pol);
-    match lists::filter_data(&bytes, &|name| pol.listable(name, grant)) {
+    match lists::filter_data(&bytes, &|t| shown(&state, pol, grant, t)) {
         Ok(None) => Response::from_parts(parts, full(bytes)),
         Ok(Some(new)) => {
             parts.headers.remove(header::CONTENT_LENGTH);

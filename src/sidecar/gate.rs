@@ -241,15 +241,22 @@ impl Gate<'_> {
             )
             .with_id(Some(id))
         };
-        let args: Value = match (call.arguments, pol.arguments_read(&call.name, self.grant)) {
+        let tools = self.st.tools.snapshot();
+        let seen = tools.seen(&call.name);
+        let hints = seen.map(|s| s.hints);
+        let args: Value = match (
+            call.arguments,
+            pol.arguments_read(&call.name, self.grant, hints),
+        ) {
             // Only what the rule's paths reach is kept: memory follows the policy, not the body.
             (Some(raw), Some(need)) => need.read(raw.get()).map_err(|_| unreadable())?,
             _ => Value::Null,
         };
-        let approval = match pol
-            .rule_for(&call.name, self.grant)
-            .and_then(|r| r.approval)
-        {
+        let rule_approval = match pol.lookup(&call.name, self.grant, hints) {
+            crate::policy::Lookup::Rule(r) => r.approval,
+            _ => None,
+        };
+        let approval = match rule_approval {
             Some(grants) => Some(
                 self.ask_approval(&call, label, grants)
                     .map_err(|_| unreadable())?,
@@ -265,14 +272,18 @@ impl Gate<'_> {
                 grant: self.grant,
                 session: self.session,
                 approved: approval.as_ref().is_some_and(|a| a.held.is_some()),
+                seen,
             },
             monotonic_now(),
         );
         let took = t0.elapsed();
         self.record(&call, &d, took, approval.as_ref().map(|a| a.id.as_str()));
         let approval_id = approval.map(|a| self.settle_approval(a, &d, &call, label));
-        if d.limit.is_some() {
+        if d.limit.is_some() || d.outcome == Outcome::Unlisted {
             self.retry_after = Some(denial::retry_after_secs(&d));
+        }
+        if d.outcome == Outcome::Unlisted {
+            self.st.tools.wake();
         }
         if d.outcome == Outcome::Allow {
             return Ok(None);

@@ -117,12 +117,15 @@ impl LegacyStream {
     /// `Some` when the event must be replaced.
     fn process(&mut self, event: &[u8]) -> Option<Bytes> {
         let data = sse::event_data(event)?;
-        if self.session.is_none() && event_name(event).as_deref() == Some("endpoint") {
+        if self.session.is_none() && sse::event_name(event).as_deref() == Some("endpoint") {
             return self.open_session(&data).map(Bytes::from);
         }
         if !crate::mcp::lists::might_carry_tools(&data) {
             // Most events (tool results, notifications): no lock, no copy of the pending ids.
             return None;
+        }
+        if crate::tools::announces_list_change(&data) {
+            self.state.tools.wake();
         }
         let pending = match &self.session {
             Some((_, s)) => s
@@ -153,13 +156,6 @@ impl LegacyStream {
         (uri.authority().is_some())
             .then(|| format!("event: endpoint\ndata: {key}\n\n").into_bytes())
     }
-}
-
-fn event_name(event: &[u8]) -> Option<String> {
-    event
-        .split(|&b| b == b'\n' || b == b'\r')
-        .find_map(|l| l.strip_prefix(b"event:"))
-        .map(|v| String::from_utf8_lossy(v).trim().to_owned())
 }
 
 impl Drop for LegacyStream {

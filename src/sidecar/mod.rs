@@ -9,6 +9,7 @@ pub mod approvals;
 mod audit;
 mod caller;
 mod denial;
+mod discovery;
 mod filter;
 mod gate;
 mod legacy;
@@ -57,6 +58,11 @@ pub struct Config {
     pub admin_token_file: Option<PathBuf>,
     /// The admin API's key file: issuer, keys and the one subject allowed (in a cluster).
     pub admin_keys_path: Option<PathBuf>,
+    /// How often the sidecar lists the server's tools itself, besides at start and when told
+    /// the list changed.
+    pub tools_refresh: Duration,
+    /// Where a legacy (HTTP+SSE) server's event stream is, for the sidecar's own listing.
+    pub legacy_sse_path: String,
     /// Paths besides the MCP path where POSTs are forwarded ungated (e.g. an OAuth endpoint).
     pub passthrough_paths: Vec<String>,
     /// Largest gated body accepted.
@@ -92,6 +98,8 @@ impl Config {
             pod_name: None,
             admin_token_file: None,
             admin_keys_path: None,
+            tools_refresh: Duration::from_secs(300),
+            legacy_sse_path: "/sse".into(),
             passthrough_paths: Vec::new(),
             max_body_bytes: 4 << 20,
             inflight_body_bytes: 16 << 20,
@@ -144,6 +152,8 @@ pub struct State {
     pub approvals: Arc<approvals::Approvals>,
     /// Who may use the admin API.
     admin: admin_api::AdminAuth,
+    /// The server's tools, as the sidecar last listed them.
+    pub tools: Arc<crate::tools::catalog::Catalog>,
 }
 
 impl State {
@@ -177,6 +187,7 @@ impl State {
                 cfg.admin_token_file.clone(),
                 cfg.admin_keys_path.clone(),
             ),
+            tools: Arc::default(),
             cfg,
         }))
     }
@@ -238,6 +249,7 @@ pub async fn run(
     reload::initial_load(&state);
     let (stop_tx, stop_rx) = watch::channel(false);
     let watcher = tokio::spawn(reload::watch(state.clone(), stop_rx.clone()));
+    let discovery = tokio::spawn(discovery::run(state.clone(), stop_rx.clone()));
     let graceful = Arc::new(GracefulShutdown::new());
     let proxy_state = state.clone();
     let proxy_loop = tokio::spawn(serve::accept_loop(
@@ -274,6 +286,7 @@ pub async fn run(
     let _ = proxy_loop.await;
     let _ = admin_loop.await;
     watcher.abort();
+    discovery.abort();
     let graceful = Arc::try_unwrap(graceful)
         .map_err(|_| anyhow::anyhow!("accept loops still hold the shutdown handle"))?;
     match tokio::time::timeout(state.cfg.shutdown_timeout, graceful.shutdown()).await {

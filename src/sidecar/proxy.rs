@@ -306,6 +306,12 @@ async fn forward_gated(
         Err(r) => return r,
     };
     match filter {
+        None if is_event_stream(resp.headers()) => {
+            // A stream of answers may carry a tools/list_changed notification.
+            let (parts, body) = resp.into_parts();
+            let body = super::discovery::WatchListChanged::new(body, st.clone());
+            Response::from_parts(parts, body.map_err(Into::into).boxed_unsync())
+        }
         None => passthrough(resp),
         Some(ids) => filter_response(st.clone(), ids, resp, caller).await,
     }

@@ -112,6 +112,15 @@ impl ServerHandler for Notebook {
     }
 }
 
+/// Whether a request is the sidecar's own listing of the server's tools (not a client's, so
+/// the servers here do not count it).
+pub fn from_sidecar_listing<B>(req: &http::Request<B>) -> bool {
+    req.headers()
+        .get(http::header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        == Some(mcp_warden::tools::client::USER_AGENT)
+}
+
 /// A running upstream server.
 pub struct Upstream {
     pub addr: SocketAddr,
@@ -161,8 +170,10 @@ pub async fn upstream(stateful: bool, json: bool) -> Upstream {
             let seen = seen.clone();
             tokio::spawn(async move {
                 let svc = tower::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                    counted.fetch_add(1, Ordering::SeqCst);
-                    *seen.lock().unwrap() = req.headers().clone();
+                    if !from_sidecar_listing(&req) {
+                        counted.fetch_add(1, Ordering::SeqCst);
+                        *seen.lock().unwrap() = req.headers().clone();
+                    }
                     let mut svc = svc.clone();
                     async move { tower::Service::call(&mut svc, req).await }
                 });
@@ -462,7 +473,9 @@ pub async fn stub_upstream(
             tokio::spawn(async move {
                 let svc =
                     hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                        counted.fetch_add(1, Ordering::SeqCst);
+                        if !from_sidecar_listing(&req) {
+                            counted.fetch_add(1, Ordering::SeqCst);
+                        }
                         let c = answer(req.method().as_str(), req.uri().path());
                         async move {
                             let frames = c.chunks.into_iter().map(|b| {

@@ -114,4 +114,6 @@ async def test_a_client_with_a_bad_token_is_refused_before_the_server():
                 await c.list_tools()
         metrics = s.metrics()
         assert 'reason="wrong_audience"' in metrics, metrics
-        assert "mcp_warden_requests_total{" not in metrics, "nothing was decided, so nothing forwarded"
+        requests = [l for l in metrics.splitlines() if l.startswith("mcp_warden_requests_total{")]
+        assert requests, "the request series exist at zero from the policy's load"
+        assert all(l.endswith(" 0") for l in requests), ("nothing was decided, so nothing forwarded", requests)
