@@ -2,6 +2,7 @@
 
 use mcp_warden::engine::{Call, Engine, EngineOptions, Outcome};
 use mcp_warden::policy;
+use mcp_warden::tools::{report, ToolDef};
 use serde_json::Value;
 use std::path::Path;
 
@@ -147,5 +148,71 @@ fn example_policies_decide_as_their_comments_say() {
             "{}: only {n} expectations; every example documents its behaviour",
             f.display()
         );
+    }
+}
+
+/// The tools a server offers, as `tests/fixtures/tools/NAME.json` records them.
+fn server_tools(example: &Path) -> Vec<ToolDef> {
+    let stem = example.file_stem().unwrap().to_str().unwrap();
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/tools")
+        .join(format!("{stem}.json"));
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: every example names its server's tools: {e}",
+            path.display()
+        )
+    }))
+    .unwrap();
+    v["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| ToolDef::read(t).unwrap())
+        .collect()
+}
+
+/// Each example names only tools its server offers and only arguments those tools take — in
+/// its rules and in its `# expect:` lines — so no rule silently never fires.
+#[test]
+fn example_policies_match_their_servers_tools() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/policies");
+    for f in std::fs::read_dir(&dir).unwrap() {
+        let path = f.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let policy = policy::load_str(&text).unwrap();
+        let tools = server_tools(&path);
+        let report = report::report(&policy, &tools);
+        assert!(report.clean(), "{}:\n{report}", path.display());
+        for line in text.lines() {
+            let named: Vec<(String, Option<Value>)> =
+                if let Some(x) = line.strip_prefix("# expect: ") {
+                    let x = parse_expect(x);
+                    vec![(x.tool, Some(x.args))]
+                } else if let Some(list) = line
+                    .strip_prefix("# listed: ")
+                    .or_else(|| line.strip_prefix("# not listed: "))
+                {
+                    names(list).map(|t| (t.to_owned(), None)).collect()
+                } else {
+                    continue;
+                };
+            for (tool, args) in named {
+                let t = tools.iter().find(|t| t.name == tool).unwrap_or_else(|| {
+                    panic!(
+                        "{}: `{line}`: the server has no tool {tool}",
+                        path.display()
+                    )
+                });
+                let declared = t.arguments.clone().unwrap_or_default();
+                for key in args.iter().flat_map(|a| a.as_object().unwrap().keys()) {
+                    assert!(
+                        declared.contains(key),
+                        "{}: `{line}`: {tool} takes no argument {key:?} (it takes {declared:?})",
+                        path.display()
+                    );
+                }
+            }
+        }
     }
 }

