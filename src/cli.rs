@@ -574,6 +574,9 @@ pub struct ControllerArgs {
     /// Seconds between polls of the admin APIs of injected pods whose policy has approval rules.
     #[arg(long, env = "MCP_WARDEN_APPROVALS_POLL_SECONDS", default_value_t = 5.0)]
     pub approvals_poll_seconds: f64,
+    /// Seconds between reads of injected pods' tool lists (`GET /tools`) into McpPolicy status.
+    #[arg(long, env = "MCP_WARDEN_TOOLS_POLL_SECONDS", default_value_t = 30.0)]
+    pub tools_poll_seconds: f64,
     /// Seconds a decided, used or expired McpApproval is kept before it is deleted.
     #[arg(
         long,
@@ -727,6 +730,12 @@ impl ControllerArgs {
                     .filter(|d| !d.is_zero())
                     .ok_or_else(|| {
                         anyhow::anyhow!("--approvals-poll-seconds must be more than zero")
+                    })?,
+                tools_poll: Duration::try_from_secs_f64(self.tools_poll_seconds)
+                    .ok()
+                    .filter(|d| !d.is_zero())
+                    .ok_or_else(|| {
+                        anyhow::anyhow!("--tools-poll-seconds must be more than zero")
                     })?,
                 retention: Duration::from_secs(self.approval_retention_seconds),
             },

@@ -8,7 +8,7 @@
 //! webhook, the controller, the sidecar and `mcp-warden check` share.
 
 use crate::policy::{self, bounds, window::WINDOW_PATTERN, Flavor, Policy, PolicyErrors};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -546,6 +546,40 @@ pub struct McpPolicyStatus {
     /// Injected pods whose sidecar is older than the controller.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outdated_pods: Option<i32>,
+    /// The tools the server offers, as its sidecars last listed them (the first 256 by name),
+    /// each with its definition hash and MCP-annotation categories. Conditions `UnknownTools`,
+    /// `UnknownArguments` and `ToolDefinitionChanged` compare the policy with them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
+    pub observed_tools: Option<Vec<ObservedTool>>,
+    /// How many tools the server offers (all of them, where `observedTools` stops at 256).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_tool_count: Option<i32>,
+    /// When a sidecar last listed the server's tools.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tools_observed_at: Option<Time>,
+    /// Offered tools that no rule names and only `default: allow` lets through (the first 256).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256), inner(length(max = 128)))]
+    pub tools_allowed_by_default: Option<Vec<String>>,
+}
+
+/// One tool the server offers.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ObservedTool {
+    #[schemars(length(max = 128))]
+    pub name: String,
+    /// `sha256:…` of its definition (what `pins` holds).
+    #[schemars(length(max = 71))]
+    pub hash: String,
+    /// `destructive`, `read_only`, `open_world`, `idempotent`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 4), inner(length(max = 16)))]
+    pub categories: Vec<String>,
+    /// Its definition changed since a sidecar first saw it, or differs from its pin.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub changed: bool,
 }
 
 /// A rendered policy: the bytes of `policy.json` and their SHA-256.

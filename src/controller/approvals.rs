@@ -46,6 +46,8 @@ pub struct ApprovalsConfig {
     /// Its token for audience `mcp-warden-admin`.
     pub token_file: PathBuf,
     pub poll: Duration,
+    /// How often the sidecars' tool lists are read into McpPolicy status.
+    pub tools_poll: Duration,
     /// How long final McpApprovals are kept.
     pub retention: Duration,
 }
@@ -259,13 +261,13 @@ impl Drop for AbortOnDrop {
 
 /// The loop's state across polls.
 pub struct Keeper {
-    client: kube::Client,
+    pub(super) client: kube::Client,
     cfg: ApprovalsConfig,
     policies: Store<McpPolicy>,
     pods: Store<Pod>,
     /// The sidecar this controller injects: only pods carrying exactly it are sent the token.
     inject: crate::cluster::InjectConfig,
-    recorder: Recorder,
+    pub(super) recorder: Recorder,
     http: HttpClient,
     /// The approvals text last written per ConfigMap (namespace/name).
     written: HashMap<String, String>,
@@ -317,30 +319,35 @@ impl Keeper {
             })
         };
         let _changes = AbortOnDrop(tokio::spawn(changes));
+        let mut tools_read: Option<std::time::Instant> = None;
         loop {
-            let policies: Vec<_> = self
-                .policies
-                .state()
-                .into_iter()
-                .filter(|p| p.spec.has_approvals())
-                .collect();
+            let policies = self.policies.state();
+            let read_tools = tools_read.is_none_or(|t| t.elapsed() >= self.cfg.tools_poll);
+            if read_tools {
+                tools_read = Some(std::time::Instant::now());
+            }
             for p in policies {
-                if let Err(e) = self.policy(&p).await {
-                    tracing::warn!(
-                        policy = %format!("{}/{}", p.namespace().unwrap_or_default(), p.name_any()),
-                        error = %e,
-                        "approval work failed; retrying next poll"
-                    );
+                let at = format!("{}/{}", p.namespace().unwrap_or_default(), p.name_any());
+                if p.spec.has_approvals() {
+                    if let Err(e) = self.policy(&p).await {
+                        tracing::warn!(policy = %at, error = %e, "approval work failed; retrying next poll");
+                    }
+                }
+                // An invalid policy keeps its last render; its tools status waits for a valid one.
+                if let (true, Ok(compiled)) = (read_tools, p.spec.compile()) {
+                    if let Err(e) = self.tools(&p, &compiled).await {
+                        tracing::warn!(policy = %at, error = %e, "reading the sidecars' tools failed; retrying next poll");
+                    }
                 }
             }
             tokio::select! {
-                _ = tokio::time::sleep(self.cfg.poll) => {}
+                _ = tokio::time::sleep(self.cfg.poll.min(self.cfg.tools_poll)) => {}
                 _ = wake.notified() => {}
             }
         }
     }
 
-    fn token(&mut self) -> Option<String> {
+    pub(super) fn token(&mut self) -> Option<String> {
         match std::fs::read_to_string(&self.cfg.token_file) {
             Ok(t) if !t.trim().is_empty() => {
                 self.token_error = None;
@@ -364,20 +371,22 @@ impl Keeper {
         }
     }
 
-    /// One admin API read.
-    async fn report(&self, ip: &str, token: &str) -> Result<Report, String> {
+    /// One admin API read: the JSON at `path` on the pod's admin port.
+    pub(super) async fn admin_get(
+        &self,
+        ip: &str,
+        token: &str,
+        path: &str,
+    ) -> Result<serde_json::Value, String> {
         let host = if ip.contains(':') {
             format!("[{ip}]")
         } else {
             ip.to_owned()
         };
-        let req = http::Request::get(format!(
-            "http://{host}:{}/approvals",
-            self.inject.admin_port
-        ))
-        .header(http::header::AUTHORIZATION, format!("Bearer {token}"))
-        .body(Empty::new())
-        .map_err(|e| e.to_string())?;
+        let req = http::Request::get(format!("http://{host}:{}{path}", self.inject.admin_port))
+            .header(http::header::AUTHORIZATION, format!("Bearer {token}"))
+            .body(Empty::new())
+            .map_err(|e| e.to_string())?;
         let read = async {
             let res = self.http.request(req).await.map_err(|e| e.to_string())?;
             let status = res.status();
@@ -392,11 +401,30 @@ impl Keeper {
                     String::from_utf8_lossy(&body[..body.len().min(300)])
                 ));
             }
-            serde_json::from_slice::<Report>(&body).map_err(|e| e.to_string())
+            serde_json::from_slice(&body).map_err(|e| e.to_string())
         };
         tokio::time::timeout(READ_TIMEOUT, read)
             .await
             .unwrap_or_else(|_| Err("no answer in time".into()))
+    }
+
+    /// The policy's pods that carry exactly the sidecar this controller injects for it, with
+    /// their IPs: the only ones sent the admin token (not a pod that merely claims the policy's
+    /// annotation).
+    pub(super) fn pods_of(&self, policy: &McpPolicy) -> Vec<(String, String)> {
+        let ns = policy.namespace().unwrap_or_default();
+        let label = format!("{ns}/{}", policy.name_any());
+        self.pods
+            .state()
+            .iter()
+            .filter(|p| p.metadata.namespace.as_deref() == Some(ns.as_str()))
+            .filter(|p| {
+                p.annotations().get(POLICY_ANNOTATION).map(String::as_str) == Some(label.as_str())
+                    && p.metadata.deletion_timestamp.is_none()
+                    && sidecar_state(p, policy, Some(&self.inject)) == Carried::Ours
+            })
+            .filter_map(|p| Some((p.name_any(), p.status.as_ref()?.pod_ip.clone()?)))
+            .collect()
     }
 
     async fn policy(&mut self, policy: &McpPolicy) -> Result<(), kube::Error> {
@@ -409,25 +437,14 @@ impl Keeper {
             .await?
             .items;
         // 1. what the sidecars report
-        let pods: Vec<(String, String)> = self
-            .pods
-            .state()
-            .iter()
-            .filter(|p| p.metadata.namespace.as_deref() == Some(ns.as_str()))
-            // The token goes only to pods carrying exactly the sidecar this controller injects
-            // for this policy (not to a pod that merely claims the policy's annotation).
-            .filter(|p| {
-                p.annotations().get(POLICY_ANNOTATION).map(String::as_str) == Some(label.as_str())
-                    && p.metadata.deletion_timestamp.is_none()
-                    && sidecar_state(p, policy, Some(&self.inject)) == Carried::Ours
-            })
-            .filter_map(|p| Some((p.name_any(), p.status.as_ref()?.pod_ip.clone()?)))
-            .collect();
+        let pods = self.pods_of(policy);
         let mut used: HashMap<String, u32> = HashMap::new();
         if !pods.is_empty() {
             if let Some(token) = self.token() {
                 for (pod, ip) in &pods {
-                    let report = match self.report(ip, &token).await {
+                    let report = match self.admin_get(ip, &token, "/approvals").await.and_then(
+                        |v| serde_json::from_value::<Report>(v).map_err(|e| e.to_string()),
+                    ) {
                         Ok(r) => r,
                         Err(why) => {
                             tracing::warn!(pod = %format!("{ns}/{pod}"), %why, "cannot read the sidecar's approvals");

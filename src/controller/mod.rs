@@ -10,6 +10,7 @@ pub mod leader;
 pub mod rbac;
 pub mod reconcile;
 pub mod render;
+pub mod tools;
 
 use crate::cluster::{InjectConfig, MANAGED_BY};
 use crate::crd::McpPolicy;

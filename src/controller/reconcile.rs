@@ -404,16 +404,16 @@ fn isolation_condition(
 
 /// Setting warning conditions: True with a Warning Event when the condition becomes True, False
 /// with a reason otherwise.
-struct Warnings<'a> {
-    old: &'a McpPolicyStatus,
-    conditions: &'a mut Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>,
-    events: &'a mut Vec<PolicyEvent>,
-    generation: Option<i64>,
+pub(super) struct Warnings<'a> {
+    pub old: &'a McpPolicyStatus,
+    pub conditions: &'a mut Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>,
+    pub events: &'a mut Vec<PolicyEvent>,
+    pub generation: Option<i64>,
 }
 
 impl Warnings<'_> {
     /// `found`: the reason and message when the warning holds.
-    fn set(
+    pub fn set(
         &mut self,
         type_: &'static str,
         found: Option<(&str, String)>,
@@ -516,17 +516,16 @@ pub async fn reconcile(policy: Arc<McpPolicy>, ctx: Arc<Ctx>) -> Result<Action, 
     let rendered_admin = cached_cm
         .as_ref()
         .and_then(|cm| cm.data.as_ref()?.get(ADMIN_KEYS_KEY).cloned());
-    let admin_keys = match policy.spec.has_approvals() {
-        false => None,
-        true => match ctx
-            .keys
-            .get(&ctx.client, &super::keys::Source::Cluster)
-            .await
-        {
-            Ok(set) => Some(super::keys::with_subject(&set, &ctx.admin_subject)),
-            // A failed fetch keeps what sidecars have.
-            Err(_) => rendered_admin,
-        },
+    // Every policy's sidecars answer the controller's admin reads (their tools; approval
+    // requests where rules need approval).
+    let admin_keys = match ctx
+        .keys
+        .get(&ctx.client, &super::keys::Source::Cluster)
+        .await
+    {
+        Ok(set) => Some(super::keys::with_subject(&set, &ctx.admin_subject)),
+        // A failed fetch keeps what sidecars have.
+        Err(_) => rendered_admin,
     };
     let now = Time(k8s_openapi::jiff::Timestamp::now());
     let d = desired(
@@ -580,10 +579,13 @@ pub async fn reconcile(policy: Arc<McpPolicy>, ctx: Arc<Ctx>) -> Result<Action, 
     }
     if policy.status.as_ref() != Some(&d.status) {
         let api: Api<McpPolicy> = Api::namespaced(ctx.client.clone(), &ns);
+        let mut status = serde_json::to_value(&d.status).unwrap_or_default();
+        // What the sidecars see of the server's tools is the tools loop's to write.
+        super::tools::strip(&mut status);
         let body = json!({
             "apiVersion": "mcpwarden.dev/v1alpha1",
             "kind": "McpPolicy",
-            "status": d.status,
+            "status": status,
         });
         api.patch_status(&name, &pp, &Patch::Apply(&body)).await?;
     }
@@ -612,12 +614,9 @@ pub async fn reconcile(policy: Arc<McpPolicy>, ctx: Arc<Ctx>) -> Result<Action, 
         .expect("failures lock")
         .remove(&ObjectRef::from_obj(&*policy));
     // Key sets rotate: a policy that renders one is looked at again when it may have changed.
-    Ok(Action::requeue(
-        match source.is_some() || policy.spec.has_approvals() {
-            true => ctx.keys.refresh().min(RESYNC),
-            false => RESYNC,
-        },
-    ))
+    // Key sets rotate (the cluster's admin keys are rendered for every policy).
+    let _ = source;
+    Ok(Action::requeue(ctx.keys.refresh().min(RESYNC)))
 }
 
 /// `policy_rendered_info{policy,hash}`: one series per live policy, its latest hash; policies

@@ -33,6 +33,15 @@ pub mod cond {
     pub const KEYS_UNAVAILABLE: &str = "KeysUnavailable";
     pub const KEYS_FETCHED: &str = "Fetched";
     pub const KEYS_FETCH_FAILED: &str = "FetchFailed";
+    pub const UNKNOWN_TOOLS: &str = "UnknownTools";
+    pub const NAMES_NO_TOOL: &str = "NamesNoOfferedTool";
+    pub const ALL_NAMES_OFFERED: &str = "EveryNameOffered";
+    pub const UNKNOWN_ARGUMENTS: &str = "UnknownArguments";
+    pub const ARGUMENT_NOT_IN_SCHEMA: &str = "ArgumentNotInSchema";
+    pub const ARGUMENTS_MATCH: &str = "ArgumentsMatchSchemas";
+    pub const TOOL_DEFINITION_CHANGED: &str = "ToolDefinitionChanged";
+    pub const DEFINITION_CHANGED: &str = "DefinitionChanged";
+    pub const DEFINITIONS_UNCHANGED: &str = "DefinitionsUnchanged";
 }
 
 fn labels(policy_name: &str) -> BTreeMap<String, String> {

@@ -80,6 +80,18 @@ impl Hints {
         h
     }
 
+    /// The set named by canonical names (`read_only`, …), as [`Hints::names`] writes them;
+    /// unknown names are ignored.
+    pub fn from_names<'a>(names: impl IntoIterator<Item = &'a str>) -> Hints {
+        let mut h = Hints(0);
+        for n in names {
+            if let Some(c) = Category::ALL.into_iter().find(|c| c.names().0 == n) {
+                h.0 |= c.bit();
+            }
+        }
+        h
+    }
+
     pub fn contains(self, c: Category) -> bool {
         self.0 & c.bit() != 0
     }
@@ -184,6 +196,17 @@ mod tests {
             ),
             ["read_only"]
         );
+    }
+
+    #[test]
+    fn names_read_back_into_the_same_set() {
+        for tool in [
+            json!({"name": "t"}),
+            json!({"name": "t", "annotations": {"readOnlyHint": true}}),
+        ] {
+            let h = Hints::of_tool(&tool);
+            assert_eq!(Hints::from_names(h.names()), h);
+        }
     }
 
     #[test]

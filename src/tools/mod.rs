@@ -85,6 +85,29 @@ impl ToolDef {
     }
 }
 
+impl ToolDef {
+    /// A tool as a sidecar's `GET /tools` reports it (categories by name); `None` without a
+    /// string `name` and `hash`.
+    pub fn from_reported(v: &Value) -> Option<ToolDef> {
+        let strings = |v: &Value| -> Vec<String> {
+            v.as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect()
+        };
+        let hints = Hints::from_names(strings(&v["categories"]).iter().map(String::as_str));
+        Some(ToolDef {
+            name: v.get("name")?.as_str()?.to_owned(),
+            hash: v.get("hash")?.as_str()?.to_owned(),
+            categories: hints.names(),
+            hints,
+            arguments: v.get("arguments").filter(|a| a.is_array()).map(strings),
+        })
+    }
+}
+
 /// Whether message data announces that the server's tool list changed. A byte search: the
 /// sidecar only re-lists on it, so a false positive costs one list.
 pub fn announces_list_change(data: &[u8]) -> bool {
@@ -142,6 +165,15 @@ mod tests {
                 .arguments,
             None
         );
+    }
+
+    #[test]
+    fn a_reported_tool_reads_back_as_the_definition_it_came_from() {
+        let t = ToolDef::read(&json!({"name": "w", "inputSchema": {"type": "object",
+            "properties": {"path": {}}}, "annotations": {"readOnlyHint": true}}))
+        .unwrap();
+        let reported = serde_json::to_value(&t).unwrap();
+        assert_eq!(ToolDef::from_reported(&reported), Some(t));
     }
 
     #[test]

@@ -117,7 +117,9 @@ class World:
         self.controllers[name] = run_pod(
             pod, {container["image"]: [BIN]}, self.dir / name, ports=ports,
             extra_env={"controller": {"KUBECONFIG": str(self.kubeconfig_for(name)),
-                                      "MCP_WARDEN_LOG_FORMAT": "text"}})
+                                      "MCP_WARDEN_LOG_FORMAT": "text",
+                                      # Read the sidecars' tool lists every 2 s, not 30.
+                                      "MCP_WARDEN_TOOLS_POLL_SECONDS": "2"}})
         self.admin[name], self.webhook[name] = byname["metrics"], byname["webhook"]
         self.write_routes()
 
@@ -284,6 +286,43 @@ async def test_a_real_client_is_governed_by_the_policy(world):
     assert metric(m, "mcp_warden_decisions_total", policy=policy, tool="install_package", decision="deny") == 1
     assert metric(m, "mcp_warden_decisions_total", policy=policy, tool="list_directory", decision="allow") == 60
     assert metric(m, "mcp_warden_decisions_total", policy=policy, tool="list_directory", decision="rate_limited") == 1
+
+
+def condition(status: dict, type_: str) -> dict:
+    return next((c for c in status.get("conditions", []) if c["type"] == type_), {})
+
+
+def test_the_policy_status_shows_the_servers_real_tools(world):
+    """The controller reads what the running sidecar listed of the real MCP Python Interpreter
+    into the McpPolicy status, and a misspelt rule shows up as UnknownTools with an Event."""
+    status = wait("the server's tools in status", lambda: (
+        s := get_json("mcpp", "-n", APP_NS, "python-interpreter")["status"]).get("observedToolCount") and s)
+    names = [t["name"] for t in status["observedTools"]]
+    assert {"run_python_code", "write_file", "clear_session", "install_package"} <= set(names), names
+    assert status["observedToolCount"] == len(names) and names == sorted(names)
+    assert all(t["hash"].startswith("sha256:") for t in status["observedTools"])
+    assert status.get("toolsAllowedByDefault") == [], "default: deny lets nothing through unnamed"
+    assert condition(status, "UnknownTools")["status"] == "False", status["conditions"]
+    assert condition(status, "UnknownArguments")["status"] == "False", status["conditions"]
+    assert condition(status, "ToolDefinitionChanged")["status"] == "False", status["conditions"]
+
+    kubectl("patch", "mcpp", "-n", APP_NS, "python-interpreter", "--type", "merge", "-p",
+            json.dumps({"spec": {"tools": {"list_directorys": {}}}}))
+    unknown = wait("UnknownTools for the misspelt rule", lambda: (
+        c := condition(get_json("mcpp", "-n", APP_NS, "python-interpreter")["status"], "UnknownTools"))
+        .get("status") == "True" and c)
+    assert "tools.list_directorys" in unknown["message"], unknown
+    events = get_json("events", "-n", APP_NS, "--field-selector", "involvedObject.name=python-interpreter")["items"]
+    assert any(e.get("reason") == "UnknownTools" and "list_directorys" in (e.get("message") or e.get("note") or "")
+               for e in events), [(e.get("reason"), e.get("message")) for e in events]
+    # The reconciler's own writes (the edit re-rendered the policy) left the tools fields alone.
+    s = get_json("mcpp", "-n", APP_NS, "python-interpreter")["status"]
+    assert s["observedToolCount"] == status["observedToolCount"]
+    assert condition(s, "Ready")["status"] == "True"
+    kubectl("patch", "mcpp", "-n", APP_NS, "python-interpreter", "--type", "merge", "-p",
+            json.dumps({"spec": {"tools": {"list_directorys": None}}}))
+    wait("UnknownTools cleared", lambda: condition(
+        get_json("mcpp", "-n", APP_NS, "python-interpreter")["status"], "UnknownTools").get("status") == "False")
 
 
 @pytest.mark.anyio

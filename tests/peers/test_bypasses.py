@@ -193,6 +193,13 @@ def stub(answers):
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_POST(self):
             self.rfile.read(int(self.headers.get("content-length", 0)))
+            if self.headers.get("user-agent", "").startswith("mcp-warden/"):
+                # The sidecar's own listing of the server's tools: not one of the client's
+                # requests the answers are queued for.
+                self.send_response(404)
+                self.send_header("content-length", "0")
+                self.end_headers()
+                return
             ctype, body, extra = queue.pop(0)
             self.send_response(200)
             self.send_header("content-type", ctype)
