@@ -255,6 +255,7 @@ fn the_alerts_query_only_metrics_the_code_exports() {
         "McpWardenDenyRateSpike",
         "McpWardenLimitHitsSustained",
         "McpWardenCounterOverflow",
+        "McpWardenToolDefinitionChanged",
         "McpWardenPolicyReloadErrors",
         "McpWardenSidecarPolicyStale",
         "McpWardenApprovalWaiting",

@@ -366,6 +366,22 @@ async fn an_explicit_pin_catches_a_change_made_before_the_sidecar_started_and_an
     assert_eq!(w.calls.load(Ordering::SeqCst), 0, "nothing ran");
 }
 
+/// Runs the binary with `args` (and a file), off the runtime's threads: its exit code and output.
+async fn cli(args: &[&str], file: Option<&std::path::Path>) -> (Option<i32>, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mcp-warden"));
+    cmd.args(args);
+    if let Some(f) = file {
+        cmd.arg(f);
+    }
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
 /// The command line against the same server: `check --server` reports a misspelt rule and a
 /// condition on an argument the tool does not take; `pin --server` prints the hashes the
 /// sidecar computes.
@@ -392,20 +408,9 @@ tools:
         "default: deny\ntools:\n  read_notes: {}\n  run_code: {}\n",
     )
     .unwrap();
-    let bin = env!("CARGO_BIN_EXE_mcp-warden");
-    let url2 = url.clone();
-    let bad2 = bad.clone();
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(bin)
-            .args(["check", "--server", &url2])
-            .arg(&bad2)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    assert_eq!(out.status.code(), Some(1), "{text}");
+    let out = cli(&["check", "--server", &url], Some(&bad)).await;
+    assert_eq!(out.0, Some(1), "{}", out.1);
+    let text = out.1;
     assert!(text.contains("4 tools (streamable-http"), "{text}");
     assert!(
         text.contains("tools.read_note: \"read_note\" matches no tool"),
@@ -415,34 +420,11 @@ tools:
         text.contains("tools.run_code.deny_if[0]: args.source names an argument tool \"run_code\" does not have (it takes: code)"),
         "{text}"
     );
-    let url2 = url.clone();
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(bin)
-            .args(["check", "--server", &url2])
-            .arg(&good)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    let out = cli(&["check", "--server", &url], Some(&good)).await;
+    assert_eq!(out.0, Some(0), "{}", out.1);
 
-    let url2 = url.clone();
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(bin)
-            .args(["pin", "--server", &url2])
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(out.status.success(), "{text}");
+    let (code, text) = cli(&["pin", "--server", &url], None).await;
+    assert_eq!(code, Some(0), "{text}");
     let pins: Value = serde_yaml::from_str(&text).unwrap();
     let expected =
         mcp_warden::tools::definition_hash(&serde_json::to_value(&w.tools()[2]).unwrap());
@@ -451,21 +433,8 @@ tools:
     // The printed block is a valid policy fragment: pasted in, the server matches it.
     let pinned = dir.join("pinned.yaml");
     std::fs::write(&pinned, format!("default: allow\n{text}")).unwrap();
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(bin)
-            .args(["check", "--server", &url])
-            .arg(&pinned)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    let out = cli(&["check", "--server", &url], Some(&pinned)).await;
+    assert_eq!(out.0, Some(0), "{}", out.1);
 }
 
 /// A server of the sessionless 2026-07-28 revision only: it refuses `initialize` and answers a

@@ -241,8 +241,9 @@ impl Gate<'_> {
             )
             .with_id(Some(id))
         };
-        let tools = self.st.tools.snapshot();
-        let seen = tools.seen(&call.name);
+        // The server's tool list matters only to policies with categories or pins.
+        let tools = pol.uses_tool_knowledge().then(|| self.st.tools.snapshot());
+        let seen = tools.as_ref().and_then(|t| t.seen(&call.name));
         let hints = seen.map(|s| s.hints);
         let args: Value = match (
             call.arguments,

@@ -128,12 +128,17 @@ def prometheus(targets: list[tuple[str, dict[str, str]]], rules: Path | None = N
             time.sleep(0.2)
         yield p
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop(proc)
         shutil.rmtree(d, ignore_errors=True)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """Terminates a process, killing it if it does not exit within 10 s."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
 
 
 def panels() -> list[dict]:

@@ -74,11 +74,7 @@ def running(args, port, what):
                 time.sleep(0.1)
         yield proc
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        promlib.stop(proc)
 
 
 class Stack:
