@@ -4,7 +4,7 @@
 //! `deny_if` and two limits) decides a mix of calls on one thread. Latency is timed in batches
 //! (the clock costs about as much as a decision), and each figure is printed beside its budget.
 
-use mcp_warden::engine::{Call, Engine, EngineOptions, Outcome};
+use mcp_warden::engine::{Call, Engine, EngineOptions, Outcome, Seen};
 use mcp_warden::policy::{compile, Flavor};
 use serde_json::{json, Map, Value};
 use std::hint::black_box;
@@ -127,7 +127,50 @@ fn main() {
         seen: None,
     }];
 
+    // The same policy knowing the server's tools: read-only tools no name matches are allowed
+    // by category (one limit), and tool_000's definition is pinned.
+    let pin = format!("sha256:{}", "5".repeat(64));
+    let mut knowing_doc = policy_100();
+    knowing_doc["categories"] = json!({"read_only": {"limits": [
+        {"counter": "read_only_burst", "window": "minute", "max": 1_000_000_000u32, "scope": "grant"}]}});
+    knowing_doc["pins"] = json!({"tool_000": pin});
+    let knowing = Engine::new(
+        compile(&knowing_doc, Flavor::File, "").unwrap(),
+        None,
+        EngineOptions::default(),
+    );
+    let read_only =
+        mcp_warden::policy::Hints::of_tool(&json!({"annotations": {"readOnlyHint": true}}));
+    let seen = Seen {
+        hints: read_only,
+        hash: &pin,
+        first: &pin,
+    };
+    let rnames: Vec<String> = (0..10).map(|i| format!("read_thing_{i}")).collect();
+    let by_category: Vec<Call> = rnames
+        .iter()
+        .enumerate()
+        .map(|(i, n)| Call {
+            tool: n,
+            args: &allowed_args,
+            caller: &grants[i % 64],
+            grant: None,
+            session: None,
+            approved: false,
+            seen: Some(seen),
+        })
+        .collect();
+    let pinned = [Call {
+        seen: Some(seen),
+        ..exact[0]
+    }];
+
     // Sanity: the mix decides as intended, so the timings are of the real paths.
+    assert_eq!(
+        knowing.decide(&by_category[0], 0).rule,
+        "categories.read_only"
+    );
+    assert_eq!(knowing.decide(&pinned[0], 0).outcome, Outcome::Allow);
     assert_eq!(engine.decide(&exact[0], 0).outcome, Outcome::Allow);
     assert_eq!(engine.decide(&globbed[0], 0).outcome, Outcome::Allow);
     assert_eq!(engine.decide(&denied[0], 0).outcome, Outcome::Deny);
@@ -137,7 +180,7 @@ fn main() {
     println!("{:<46} {:>16}   {:<14}", "figure", "measured", "budget");
     time_decisions(&engine, &exact, batches / 10, 0); // warm-up
     let mut all_ok = true;
-    for (label, calls, budgeted) in [
+    for (label, calls, budgeted, engine) in [
         (
             "decide(): allowed, exact name, 2 counters",
             &exact[..],
@@ -154,8 +197,24 @@ fn main() {
             &unknown[..],
             false,
         ),
-    ] {
-        let t = time_decisions(&engine, calls, batches, 1_000_000_000);
+    ]
+    .into_iter()
+    .map(|(l, c, b)| (l, c, b, &engine))
+    .chain([
+        (
+            "decide(): allowed by category (read-only), 1 counter",
+            &by_category[..],
+            true,
+            &knowing,
+        ),
+        (
+            "decide(): pinned tool, exact name, 2 counters",
+            &pinned[..],
+            true,
+            &knowing,
+        ),
+    ]) {
+        let t = time_decisions(engine, calls, batches, 1_000_000_000);
         let (p50, p99) = (percentile(&t, 0.5), percentile(&t, 0.99));
         let ok = budgeted.then_some(p50 <= 1000.0);
         all_ok &= ok.unwrap_or(true);

@@ -514,7 +514,13 @@ fn result_of(v: Value, what: &str) -> Result<Value, ListError> {
 /// Adds one page's tools; the cursor of the next page, if any.
 fn take_page(result: Value, tools: &mut Vec<Value>) -> Result<Option<String>, ListError> {
     match result.get("tools") {
-        Some(Value::Array(items)) => tools.extend(items.iter().cloned()),
+        // Past the cap the catalog keeps, tools are counted as dropped, not held.
+        Some(Value::Array(items)) => tools.extend(
+            items
+                .iter()
+                .take((4 * super::MAX_TOOLS).saturating_sub(tools.len()))
+                .cloned(),
+        ),
         _ => {
             return Err(ListError::Protocol(
                 "tools/list: the result has no list of tools".into(),
