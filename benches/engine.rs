@@ -202,7 +202,7 @@ fn main() {
     .map(|(l, c, b)| (l, c, b, &engine))
     .chain([
         (
-            "decide(): allowed by category (read-only), 1 counter",
+            "decide(): by category (read-only), 1 counter",
             &by_category[..],
             true,
             &knowing,
