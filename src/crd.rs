@@ -555,7 +555,8 @@ pub struct McpPolicyStatus {
     /// How many tools the server offers (all of them, where `observedTools` stops at 256).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_tool_count: Option<i32>,
-    /// When a sidecar last listed the server's tools.
+    /// When the tools in this status were read from the sidecars (written when what they see
+    /// changes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tools_observed_at: Option<Time>,
     /// Offered tools that no rule names and only `default: allow` lets through (the first 256).

@@ -28,6 +28,8 @@ use std::collections::BTreeSet;
 
 /// The field manager of what this module writes.
 pub const TOOLS_MANAGER: &str = "mcp-warden-tools";
+/// Pods whose `GET /tools` is read at once.
+const CONCURRENT_READS: usize = 16;
 /// Most tools (and allowed-by-default names) written into a status.
 pub const MAX_OBSERVED: usize = 256;
 /// The status fields this module owns.
@@ -282,12 +284,22 @@ impl Keeper {
         let Some(token) = self.token() else {
             return Ok(());
         };
+        // Several pods at once: an unreachable one costs its timeout, not everyone's.
         let mut seen = Vec::new();
-        for (pod, ip) in &pods {
-            match self.admin_get(ip, &token, "/tools").await {
-                Ok(v) => seen.push(PodTools::read(&v)),
-                Err(why) => {
-                    tracing::warn!(pod = %format!("{ns}/{pod}"), %why, "cannot read the sidecar's tools")
+        for chunk in pods.chunks(CONCURRENT_READS) {
+            let mut reads = Vec::with_capacity(chunk.len());
+            for (_, ip) in chunk {
+                reads.push(Box::pin(self.admin_get(ip, &token, "/tools")));
+            }
+            for ((pod, _), read) in chunk
+                .iter()
+                .zip(futures_util::future::join_all(reads).await)
+            {
+                match read {
+                    Ok(v) => seen.push(PodTools::read(&v)),
+                    Err(why) => {
+                        tracing::warn!(pod = %format!("{ns}/{pod}"), %why, "cannot read the sidecar's tools")
+                    }
                 }
             }
         }
