@@ -26,7 +26,8 @@ fn main() -> ExitCode {
         Err(e) => e.exit(),
     };
     let default_level = if matches!(cli.command, Command::Demo(_)) {
-        "warn"
+        // The demo prints its rug pull itself; the sidecar's warning about it would repeat it.
+        "warn,mcp_warden::sidecar::discovery=error"
     } else {
         "info"
     };

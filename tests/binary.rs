@@ -40,6 +40,10 @@ fn the_demo_shows_every_part_of_the_main_job() {
         "refused: HTTP 401 \"unauthorized: the token's signature does not verify\"",
         "WWW-Authenticate: Bearer realm=\"mcp-warden\", error=\"invalid_token\"",
         "mcp_warden_unauthenticated_total{policy=\"mcp-python-interpreter\",reason=\"bad_signature\"} 1",
+        "7. the server redefines run_python_code under the same name (a rug pull):",
+        "tools/list no longer shows run_python_code",
+        "DENIED (deny, rule pins.run_python_code): The definition of tool \"run_python_code\" has changed since it was pinned",
+        "mcp_warden_tool_definition_changes_total{policy=\"mcp-python-interpreter\",tool=\"run_python_code\"} 1",
     ] {
         assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
     }
