@@ -36,18 +36,10 @@ pub fn run(
     for path in paths {
         let path = path.as_ref();
         let shown = path.display();
-        let text = match std::fs::read_to_string(path) {
-            Ok(t) => t,
-            Err(e) => {
-                let _ = writeln!(out, "{shown}: cannot read: {e}");
-                ok = false;
-                continue;
-            }
-        };
-        let docs = match source::parse_documents(&text) {
+        let docs = match file_documents(path) {
             Ok(d) => d,
             Err(e) => {
-                let _ = writeln!(out, "{shown}: {}", e.message);
+                let _ = writeln!(out, "{shown}: {e}");
                 ok = false;
                 continue;
             }
@@ -145,12 +137,15 @@ pub fn listing_summary(l: &Listing, url: &http::Uri) -> String {
     )
 }
 
+/// The documents of a policy file or manifest (JSON, or YAML with several documents).
+fn file_documents(path: &Path) -> Result<Vec<Value>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read: {e}"))?;
+    source::parse_documents(&text).map_err(|e| e.message)
+}
+
 /// The one valid policy a file holds (for `pin`).
 pub fn load_one(path: &Path) -> anyhow::Result<Policy> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
-    let docs = source::parse_documents(&text)
-        .map_err(|e| anyhow::anyhow!("{}: {}", path.display(), e.message))?;
+    let docs = file_documents(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     let mut found = Vec::new();
     for doc in &docs {
         match read_document(doc) {
@@ -208,7 +203,7 @@ fn summary(label: &str, p: &Policy) -> String {
         let _ = write!(s, ", {} grant{}", p.grants.len(), plural(p.grants.len()));
     }
     if p.categories.in_use() {
-        let names: Vec<&str> = p.categories.named().iter().map(|c| c.names().0).collect();
+        let names: Vec<&str> = p.categories.named().iter().map(|c| c.name()).collect();
         let _ = write!(s, ", categories {}", names.join(", "));
     }
     if !p.pins.is_empty() {

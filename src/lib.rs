@@ -38,7 +38,7 @@
 //! `logging` depend on no other module; `policy` → `mcp` (its JSON scan); `engine` → `policy`;
 //! `crd` → `policy`; `cluster` → `crd`; `webhook` → `cluster`, `serve`; `controller` →
 //! `cluster`, `webhook` (it runs the webhook server), `serve`, `sidecar` (the admin API's
-//! approval types); `tools` → `policy`, `engine`, `mcp`; `sidecar` → `engine`, `mcp`, `serve`,
+//! approval types); `tools` → `policy`, `engine`, `mcp`, `serve`; `sidecar` → `engine`, `mcp`, `serve`,
 //! `identity`, `tools`; `check` → `tools`.
 #![forbid(unsafe_code)]
 

@@ -182,20 +182,8 @@ impl KeySets {
 
 /// An HTTPS-only client trusting the system's roots (`SSL_CERT_FILE` adds others).
 fn https_client() -> HttpsClient {
-    let connector = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_native_roots()
-        .unwrap_or_else(|_| {
-            hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(
-                tokio_rustls::rustls::ClientConfig::builder()
-                    .with_root_certificates(tokio_rustls::rustls::RootCertStore::empty())
-                    .with_no_client_auth(),
-            )
-        })
-        .https_only()
-        .enable_http1()
-        .build();
     hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build(connector)
+        .build(crate::serve::https_connector(true))
 }
 
 /// A GET of the API server (trusted: its answer is read whole, then checked for size).

@@ -28,13 +28,13 @@ impl Category {
         Category::ReadOnly,
     ];
 
-    /// The name in a policy file (`read_only`) and in an McpPolicy (`readOnly`).
-    pub fn names(self) -> (&'static str, &'static str) {
+    /// The canonical name, as a policy file spells it (`read_only`; an McpPolicy says `readOnly`).
+    pub fn name(self) -> &'static str {
         match self {
-            Category::Destructive => ("destructive", "destructive"),
-            Category::ReadOnly => ("read_only", "readOnly"),
-            Category::OpenWorld => ("open_world", "openWorld"),
-            Category::Idempotent => ("idempotent", "idempotent"),
+            Category::Destructive => "destructive",
+            Category::ReadOnly => "read_only",
+            Category::OpenWorld => "open_world",
+            Category::Idempotent => "idempotent",
         }
     }
 
@@ -85,7 +85,7 @@ impl Hints {
     pub fn from_names<'a>(names: impl IntoIterator<Item = &'a str>) -> Hints {
         let mut h = Hints(0);
         for n in names {
-            if let Some(c) = Category::ALL.into_iter().find(|c| c.names().0 == n) {
+            if let Some(c) = Category::ALL.into_iter().find(|c| c.name() == n) {
                 h.0 |= c.bit();
             }
         }
@@ -103,7 +103,7 @@ impl Hints {
 
     /// Canonical names (`destructive`, `read_only`, …) of the categories.
     pub fn names(self) -> Vec<&'static str> {
-        self.iter().map(|c| c.names().0).collect()
+        self.iter().map(|c| c.name()).collect()
     }
 }
 

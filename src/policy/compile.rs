@@ -272,7 +272,7 @@ impl Compiler {
             let Some((rv, rp)) = o.get(field, &mut self.errs) else {
                 continue;
             };
-            let key = format!("categories.{}", c.names().0);
+            let key = format!("categories.{}", c.name());
             if let Some(r) = self.rule_at(&key, rv, rp, all_tools) {
                 out.push((c, r));
             }

@@ -561,14 +561,6 @@ impl Policy {
         }
     }
 
-    /// Whether a call to this tool needs the server's description of it: its categories decide,
-    /// or its definition is pinned.
-    pub fn needs_listing(&self, tool: &str, grant: Option<usize>) -> bool {
-        self.pinning == Pinning::FirstSeen
-            || self.pins.contains_key(tool)
-            || (self.categories.in_use() && self.rule_for(tool, grant).is_none())
-    }
-
     /// Whether the policy reads what the server says of its tools (categories or pins).
     pub fn uses_tool_knowledge(&self) -> bool {
         self.categories.in_use() || !self.pins.is_empty() || self.pinning == Pinning::FirstSeen

@@ -18,6 +18,27 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type Body = UnsyncBoxBody<Bytes, BoxError>;
 
 /// A whole body.
+/// An outgoing HTTPS connector trusting the system's roots (`SSL_CERT_FILE` adds others; with
+/// no readable roots it trusts none, so every TLS connection fails rather than trusting
+/// anything). `https_only`: refuse plain `http://` URLs.
+pub fn https_connector(
+    https_only: bool,
+) -> hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector> {
+    let builder = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_native_roots()
+        .unwrap_or_else(|_| {
+            hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(
+                tokio_rustls::rustls::ClientConfig::builder()
+                    .with_root_certificates(tokio_rustls::rustls::RootCertStore::empty())
+                    .with_no_client_auth(),
+            )
+        });
+    match https_only {
+        true => builder.https_only().enable_http1().build(),
+        false => builder.https_or_http().enable_http1().build(),
+    }
+}
+
 pub fn full(body: impl Into<Bytes>) -> Body {
     Full::new(body.into())
         .map_err(|never| match never {})

@@ -226,7 +226,8 @@ fn seed_series(m: &crate::metrics::SidecarMetrics, label: &str, policy: &policy:
         .tools
         .rules
         .iter()
-        .chain(policy.grants.iter().flat_map(|g| g.tools.rules.iter()));
+        .chain(policy.grants.iter().flat_map(|g| g.tools.rules.iter()))
+        .chain(policy.categories.rules());
     for rule in rules {
         let mut outcomes = Vec::new();
         if !rule.always_denied() {
@@ -254,6 +255,14 @@ fn seed_series(m: &crate::metrics::SidecarMetrics, label: &str, policy: &policy:
     };
     m.decisions.with_label_values(&[label, "_other", other]);
     m.decisions.with_label_values(&[label, "_other", "invalid"]);
+    if policy.uses_tool_knowledge() {
+        // Calls the server's tool list must decide, made before the sidecar has listed it.
+        m.decisions
+            .with_label_values(&[label, "_other", "unlisted"]);
+    }
+    for result in ["ok", "error"] {
+        m.tool_lists.with_label_values(&[label, result]);
+    }
     if !policy.default_rule.limits.is_empty() {
         m.decisions
             .with_label_values(&[label, "_other", "rate_limited"]);

@@ -99,16 +99,7 @@ type Https = hyper_rustls::HttpsConnector<HttpConnector>;
 impl Lister<Https> {
     /// An HTTP or HTTPS lister trusting the system's roots (`check --server` on a laptop).
     pub fn https(url: Uri, sse_path: &str) -> Lister<Https> {
-        let builder = match hyper_rustls::HttpsConnectorBuilder::new().with_native_roots() {
-            Ok(b) => b,
-            Err(_) => hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(
-                tokio_rustls::rustls::ClientConfig::builder()
-                    .with_root_certificates(tokio_rustls::rustls::RootCertStore::empty())
-                    .with_no_client_auth(),
-            ),
-        };
-        let c = builder.https_or_http().enable_http1().build();
-        Lister::with_connector(c, url, sse_path)
+        Lister::with_connector(crate::serve::https_connector(false), url, sse_path)
     }
 }
 
