@@ -1,20 +1,10 @@
 # One static image for both roles: `mcp-warden controller` (the chart's Deployment) and
-# `mcp-warden sidecar` (what the webhook injects). musl, no shell, non-root.
-#   docker build -t ghcr.io/mcp-warden/mcp-warden:0.1.0 .
-FROM rust:1.95-alpine AS build
-RUN apk add --no-cache musl-dev
-WORKDIR /src
-COPY Cargo.toml Cargo.lock ./
-COPY src ./src
-COPY benches ./benches
-COPY examples ./examples
-ENV CARGO_PROFILE_RELEASE_DEBUG=0 \
-    CARGO_PROFILE_RELEASE_STRIP=symbols
-RUN cargo build --release --locked --bin mcp-warden \
- && cp target/release/mcp-warden /mcp-warden
-
+# `mcp-warden sidecar` (what the webhook injects). A musl binary on nothing: no shell, no base
+# image to pull, non-root. Build the binary first, then the image (buildah or docker):
+#   cargo build --locked --profile image --target x86_64-unknown-linux-musl --bin mcp-warden
+#   buildah build -t ghcr.io/mcp-warden/mcp-warden:0.1.0 .
 FROM scratch
-COPY --from=build /mcp-warden /mcp-warden
+COPY target/x86_64-unknown-linux-musl/image/mcp-warden /mcp-warden
 # The numeric user the chart and the injected sidecar run as (PodSecurity restricted).
 USER 65532:65532
 EXPOSE 9443 8080 9480 9481

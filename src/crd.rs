@@ -53,6 +53,7 @@ pub struct McpPolicySpec {
     /// `NetworkPolicy` (default): only the sidecar's ports are reachable, so nothing gets to the
     /// MCP server around it. `None`: no NetworkPolicy is rendered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("default" = "NetworkPolicy"))]
     pub isolation: Option<Isolation>,
     /// Policy format version; only "1".
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -592,6 +593,12 @@ pub struct Rendered {
 }
 
 impl McpPolicySpec {
+    /// The isolation in force: `NetworkPolicy` unless the spec says `None` (the API server also
+    /// fills the default in, but a spec read from elsewhere may leave it out).
+    pub fn isolation(&self) -> Isolation {
+        self.isolation.unwrap_or(Isolation::NetworkPolicy)
+    }
+
     /// Whether any rule (base or grant) needs a person's approval: its sidecars then report
     /// requests to the controller and honour the approvals it renders.
     pub fn has_approvals(&self) -> bool {

@@ -82,3 +82,36 @@ fn the_readme_field_reference_is_generated_from_the_crd() {
         "fields without an example in src/crd/reference.rs: {missing:?}"
     );
 }
+
+/// The README's image build commands are the ones CI runs (`tests/cluster/images.sh`), for the
+/// tag the chart installs by default.
+#[test]
+fn the_readme_builds_the_image_the_way_ci_does() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let text = readme();
+    let script = std::fs::read_to_string(format!("{root}/tests/cluster/images.sh")).unwrap();
+    let chart = std::fs::read_to_string(format!("{root}/charts/mcp-warden/Chart.yaml")).unwrap();
+    let version = chart
+        .lines()
+        .find_map(|l| l.strip_prefix("appVersion:"))
+        .map(|v| v.trim().trim_matches('"'))
+        .expect("appVersion in Chart.yaml");
+    let cargo = "cargo build --locked --profile image --target x86_64-unknown-linux-musl --bin mcp-warden";
+    assert!(text.contains(&format!("\n{cargo}\n")), "README: {cargo}");
+    assert!(script.contains(&format!("    {cargo}\n")), "images.sh: {cargo}");
+    let image = format!("ghcr.io/mcp-warden/mcp-warden:{version}");
+    assert!(
+        text.contains(&format!("\nbuildah build -t {image} .\n")),
+        "README: buildah build -t {image} ."
+    );
+    assert!(
+        script.contains("img=\"ghcr.io/mcp-warden/mcp-warden:$version\"")
+            && script.contains("    buildah build -t \"$img\" .\n"),
+        "images.sh builds ghcr.io/mcp-warden/mcp-warden:<appVersion> from the Dockerfile"
+    );
+    let dockerfile = std::fs::read_to_string(format!("{root}/Dockerfile")).unwrap();
+    assert!(
+        dockerfile.contains("COPY target/x86_64-unknown-linux-musl/image/mcp-warden /mcp-warden"),
+        "the Dockerfile copies what the cargo command builds"
+    );
+}

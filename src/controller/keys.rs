@@ -160,15 +160,15 @@ impl KeySets {
         let client = self.https.get_or_init(https_client);
         let uri: http::Uri = url
             .parse()
-            .map_err(|e| FetchError::Http(format!("{url}: {e}")))?;
+            .map_err(|e| FetchError::Http(format!("{url}: {}", crate::serve::error_chain(&e))))?;
         let req = http::Request::get(uri)
             .header(http::header::ACCEPT, "application/json")
             .body(Empty::new())
-            .map_err(|e| FetchError::Http(format!("{url}: {e}")))?;
+            .map_err(|e| FetchError::Http(format!("{url}: {}", crate::serve::error_chain(&e))))?;
         let resp = client
             .request(req)
             .await
-            .map_err(|e| FetchError::Http(format!("{url}: {e}")))?;
+            .map_err(|e| FetchError::Http(format!("{url}: {}", crate::serve::error_chain(&e))))?;
         if !resp.status().is_success() {
             return Err(FetchError::Http(format!("{url}: HTTP {}", resp.status())));
         }

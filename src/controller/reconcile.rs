@@ -218,7 +218,7 @@ pub fn desired(
             );
             status.policy_hash = Some(r.hash.clone());
             status.tool_count = Some(r.tool_count as i32);
-            let np = (policy.spec.isolation == Some(Isolation::NetworkPolicy))
+            let np = (policy.spec.isolation() == Isolation::NetworkPolicy)
                 .then(|| render::network_policy(policy, &matched, sidecar_ports));
             // A failed fetch keeps the keys already rendered: sidecars never lose good keys.
             let key_text = keys.and_then(|k| k.fetched.ok().or(k.rendered));
@@ -371,7 +371,7 @@ fn isolation_condition(
     generation: Option<i64>,
     now: Time,
 ) {
-    if policy.spec.isolation != Some(Isolation::NetworkPolicy) {
+    if policy.spec.isolation() != Isolation::NetworkPolicy {
         conditions.retain(|c| c.type_ != cond::ISOLATION_INEFFECTIVE);
         return;
     }

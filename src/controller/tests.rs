@@ -637,7 +637,7 @@ mod desired_state {
             .any(|e| e.warning && e.reason == cond::ISOLATION_INEFFECTIVE));
         let d = desired_alone(&p, &pods, &[], &nps[1..2]);
         assert_eq!(cond(&d, cond::ISOLATION_INEFFECTIVE).status, "False");
-        let off = policy(json!({}));
+        let off = policy(json!({"isolation": "None"}));
         let d = desired_alone(&off, &pods, &[], &nps);
         assert!(
             d.status
@@ -663,6 +663,23 @@ mod desired_state {
         );
         let np = d.network_policy.expect("isolation renders a NetworkPolicy");
         assert_eq!(np.metadata.name.as_deref(), Some("jupyter-mcp-warden"));
+    }
+
+    #[test]
+    fn isolation_left_unset_is_the_documented_default_network_policy() {
+        let pods = [injected_pod("a", "0.1.0")];
+        let unset = desired_alone(&policy(json!({})), &pods, &[], &[]);
+        let np = unset
+            .network_policy
+            .expect("an McpPolicy without isolation gets the default NetworkPolicy");
+        assert_eq!(np.metadata.name.as_deref(), Some("jupyter-mcp-warden"));
+        assert_eq!(
+            cond(&unset, cond::ISOLATION_INEFFECTIVE).status,
+            "False",
+            "the default isolation is checked like an explicit one"
+        );
+        let none = desired_alone(&policy(json!({"isolation": "None"})), &pods, &[], &[]);
+        assert!(none.network_policy.is_none(), "isolation: None renders none");
     }
 
     #[test]

@@ -65,7 +65,16 @@ impl Rolling {
     }
 
     fn remove(&mut self) {
-        let idx = (self.head % SLOTS as u64) as usize;
+        self.remove_at(self.head);
+    }
+
+    /// Takes back one call counted in `bucket`, unless that bucket has left the window (then the
+    /// call no longer counts anyway).
+    fn remove_at(&mut self, bucket: u64) {
+        if bucket > self.head || self.head - bucket >= SLOTS as u64 {
+            return;
+        }
+        let idx = (bucket % SLOTS as u64) as usize;
         if self.counts[idx] > 0 {
             self.counts[idx] -= 1;
             self.sum -= 1;
@@ -120,6 +129,15 @@ pub struct FamilyState {
 pub struct Slot<'a> {
     pub rolling: &'a mut Rolling,
     pub overflow: bool,
+    key: u64,
+}
+
+/// Where one counted call was counted: enough to give it back ([`Family::give_back`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Spent {
+    key: u64,
+    overflow: bool,
+    bucket: u64,
 }
 
 impl Family {
@@ -180,6 +198,7 @@ impl Family {
                 return Slot {
                     rolling: &mut st.overflow,
                     overflow: true,
+                    key,
                 };
             }
             let mut fresh = st.overflow.clone();
@@ -191,7 +210,23 @@ impl Family {
         Slot {
             rolling,
             overflow: false,
+            key,
         }
+    }
+
+    /// Gives back a call counted at `spent` (it provably did not run).
+    pub fn give_back(&self, spent: Spent) {
+        let mut st = self.lock();
+        let st = &mut *st;
+        let rolling = match spent.overflow {
+            true => &mut st.overflow,
+            false => match st.keys.get_mut(&spent.key) {
+                Some(r) => r,
+                // Swept: it counted nothing any more.
+                None => return,
+            },
+        };
+        rolling.remove_at(spent.bucket);
     }
 }
 
@@ -199,8 +234,14 @@ impl Slot<'_> {
     pub fn full(&self, max: u32) -> bool {
         self.rolling.count() >= max
     }
-    pub fn add(&mut self) {
+    /// Counts one call; returns where, to give it back.
+    pub fn add(&mut self) -> Spent {
         self.rolling.add();
+        Spent {
+            key: self.key,
+            overflow: self.overflow,
+            bucket: self.rolling.head,
+        }
     }
     pub fn remove(&mut self) {
         self.rolling.remove();

@@ -110,7 +110,43 @@ pub struct Decision<'p> {
     pub grant: Option<&'p str>,
     /// Whether any counter of this call was the shared overflow counter.
     pub overflow: bool,
+    /// The counts an allowed call took: spent when the call runs, given back when it provably
+    /// does not (see [`Taken`]).
+    pub taken: Taken,
 }
+
+/// The counts one allowed call took. The engine counts a call when it decides it; the sidecar
+/// gives the counts back when the call provably never ran upstream (the server answered with a
+/// redirect, the connection was refused, or another call of its batch was denied), so a limit
+/// counts calls that ran, not requests. Dropping it keeps the counts.
+#[derive(Debug, Clone, Default)]
+pub struct Taken(Vec<(Arc<Family>, counters::Spent)>);
+
+impl Taken {
+    /// Gives every count back.
+    pub fn give_back(self) {
+        for (family, spent) in self.0 {
+            family.give_back(spent);
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl PartialEq for Taken {
+    fn eq(&self, other: &Taken) -> bool {
+        self.0.len() == other.0.len()
+            && self
+                .0
+                .iter()
+                .zip(&other.0)
+                .all(|((a, x), (b, y))| Arc::ptr_eq(a, b) && x == y)
+    }
+}
+
+impl Eq for Taken {}
 
 /// A compiled policy with its counters.
 #[derive(Debug)]
@@ -218,10 +254,11 @@ impl Engine {
                 limit: None,
                 grant,
                 overflow: false,
+                taken: Taken::default(),
             };
         }
         let rule = rule.unwrap_or_else(|| p.default_rule_for(call.grant));
-        let (limit, overflow) = self.take(rule, call, now);
+        let (limit, overflow, taken) = self.take(rule, call, now);
         match limit {
             None => Decision {
                 outcome: Outcome::Allow,
@@ -231,6 +268,7 @@ impl Engine {
                 limit: None,
                 grant,
                 overflow,
+                taken,
             },
             Some(hit) => Decision {
                 outcome: Outcome::RateLimited,
@@ -248,6 +286,7 @@ impl Engine {
                 limit: Some(hit),
                 grant,
                 overflow,
+                taken,
             },
         }
     }
@@ -301,10 +340,15 @@ impl Engine {
 
     /// Takes every counter of the rule, or none: all are locked (in index order, so two calls
     /// never wait on each other in a cycle), checked, and only then counted.
-    fn take<'p>(&'p self, rule: &'p Rule, call: &Call, now: u64) -> (Option<LimitHit<'p>>, bool) {
+    fn take<'p>(
+        &'p self,
+        rule: &'p Rule,
+        call: &Call,
+        now: u64,
+    ) -> (Option<LimitHit<'p>>, bool, Taken) {
         let order = &rule.counter_order;
         if order.is_empty() {
-            return (None, false);
+            return (None, false, Taken::default());
         }
         debug_assert!(order.len() <= MAX_COUNTERS_PER_CALL);
         let mut guards: [Option<std::sync::MutexGuard<'_, counters::FamilyState>>;
@@ -313,7 +357,7 @@ impl Engine {
             *g = Some(self.families[ci].lock());
         }
         let mut hit: Option<(usize, Duration)> = None;
-        let mut added = [false; MAX_COUNTERS_PER_CALL];
+        let mut added: [Option<counters::Spent>; MAX_COUNTERS_PER_CALL] = [None; MAX_COUNTERS_PER_CALL];
         let mut overflow = false;
         for (i, &ci) in order.iter().enumerate() {
             let fam = &self.families[ci];
@@ -327,15 +371,19 @@ impl Engine {
                     hit = Some((ci, wait));
                 }
             } else if hit.is_none() {
-                slot.add();
-                added[i] = true;
+                added[i] = Some(slot.add());
             }
         }
         let Some((ci, retry_after)) = hit else {
-            return (None, overflow);
+            let taken = order
+                .iter()
+                .zip(added)
+                .filter_map(|(&ci, s)| Some((self.families[ci].clone(), s?)))
+                .collect();
+            return (None, overflow, Taken(taken));
         };
         for (i, &cj) in order.iter().enumerate() {
-            if added[i] {
+            if added[i].is_some() {
                 let fam = &self.families[cj];
                 let st = guards[i].as_mut().expect("locked above");
                 fam.slot(st, key_for(fam.scope, call), fam.bucket(now))
@@ -354,6 +402,7 @@ impl Engine {
                 retry_after,
             }),
             overflow,
+            Taken::default(),
         )
     }
 }

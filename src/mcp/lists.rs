@@ -97,6 +97,119 @@ pub fn list_error(id: Value, why: &str) -> Value {
     })
 }
 
+/// The answer sent in place of a server's message over the event size limit, to the request it
+/// answered (`id`; `null` when that cannot be told).
+pub fn oversized_answer(id: Value, limit: usize) -> Value {
+    json!({
+        "jsonrpc": "2.0",
+        "id": id,
+        "error": {
+            "code": super::code::INTERNAL_ERROR,
+            "message": format!(
+                "the server's answer is over the {limit}-byte limit for one event through \
+                 mcp-warden, so it was not passed on; ask for less (a smaller page, a shorter \
+                 output)"
+            )
+        }
+    })
+}
+
+/// The id of a JSON-RPC message read from only the start of its text: the value of the
+/// top-level `id` member when it comes before the text runs out (servers write `jsonrpc` and
+/// `id` first). Only a number or a string is taken; anything unclear gives `None`.
+pub fn leading_id(start: &[u8]) -> Option<Value> {
+    let mut r = PrefixReader { s: start, i: 0 };
+    r.ws();
+    r.eat(b'{')?;
+    loop {
+        r.ws();
+        let key = r.string()?;
+        r.ws();
+        r.eat(b':')?;
+        r.ws();
+        if key == "id" {
+            return r.scalar_id();
+        }
+        r.skip_value()?;
+        r.ws();
+        r.eat(b',')?;
+    }
+}
+
+/// A cursor over the start of a JSON text; every step gives `None` when the text ends first.
+struct PrefixReader<'a> {
+    s: &'a [u8],
+    i: usize,
+}
+
+impl PrefixReader<'_> {
+    fn ws(&mut self) {
+        while matches!(self.s.get(self.i), Some(b' ' | b'\t' | b'\n' | b'\r')) {
+            self.i += 1;
+        }
+    }
+
+    fn eat(&mut self, b: u8) -> Option<()> {
+        (self.s.get(self.i) == Some(&b)).then(|| self.i += 1)
+    }
+
+    /// A whole string token, decoded.
+    fn string(&mut self) -> Option<String> {
+        let start = self.i;
+        self.eat(b'"')?;
+        loop {
+            match self.s.get(self.i)? {
+                b'\\' => self.i += 2,
+                b'"' => {
+                    self.i += 1;
+                    return serde_json::from_slice(&self.s[start..self.i]).ok();
+                }
+                _ => self.i += 1,
+            }
+        }
+    }
+
+    fn scalar_id(&mut self) -> Option<Value> {
+        if self.s.get(self.i) == Some(&b'"') {
+            return self.string().map(Value::String);
+        }
+        let start = self.i;
+        while matches!(self.s.get(self.i), Some(b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9')) {
+            self.i += 1;
+        }
+        // A number must be followed by what ends it, or it may have been cut.
+        matches!(self.s.get(self.i), Some(b',' | b'}' | b' ' | b'\t' | b'\n' | b'\r'))
+            .then(|| serde_json::from_slice::<serde_json::Number>(&self.s[start..self.i]).ok())
+            .flatten()
+            .map(Value::Number)
+    }
+
+    /// Skips one value: strings and nesting followed to their end.
+    fn skip_value(&mut self) -> Option<()> {
+        let mut depth = 0usize;
+        loop {
+            match *self.s.get(self.i)? {
+                b'"' => {
+                    self.string()?;
+                }
+                b'{' | b'[' => {
+                    depth += 1;
+                    self.i += 1;
+                }
+                b'}' | b']' if depth > 0 => {
+                    depth -= 1;
+                    self.i += 1;
+                }
+                b',' | b'}' if depth == 0 => return Some(()),
+                _ => self.i += 1,
+            }
+            if depth == 0 && matches!(self.s.get(self.i), Some(b',' | b'}')) {
+                return Some(());
+            }
+        }
+    }
+}
+
 /// The id to answer an unfilterable message with: its own when it can be read, else the one
 /// pending `tools/list` request of the stream, else `null`.
 pub fn error_id(data: &[u8], pending: &[Value]) -> Value {
@@ -128,6 +241,24 @@ pub fn filter_or_refuse(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_id_is_read_from_the_start_of_a_message() {
+        use super::leading_id;
+        use serde_json::json;
+        let cut = |s: &str| s.as_bytes()[..s.len() - 3].to_vec();
+        assert_eq!(leading_id(&cut(r#"{"jsonrpc":"2.0","id":7,"result":{"content":"xxxxxx"}}"#)), Some(json!(7)));
+        assert_eq!(leading_id(&cut(r#" { "jsonrpc" : "2.0" , "id" : "a\"b" , "result":"xxxxx"}"#)), Some(json!("a\"b")));
+        assert_eq!(
+            leading_id(&cut(r#"{"result":{"x":[1,{"id":9}],"s":"}"},"id":12,"jsonrpc":"2.0"}"#)),
+            Some(json!(12)),
+            "an id nested in an earlier member is not the message's"
+        );
+        assert_eq!(leading_id(br#"{"jsonrpc":"2.0","id":12"#), None, "a number that may be cut");
+        assert_eq!(leading_id(br#"{"jsonrpc":"2.0","result":{"a":"#), None);
+        assert_eq!(leading_id(br#"{"jsonrpc":"2.0","id":null,"result":1}"#), None);
+        assert_eq!(leading_id(b"[1,2"), None);
+    }
+
     use super::*;
 
     fn keep(t: &Value) -> bool {

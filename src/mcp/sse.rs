@@ -82,12 +82,13 @@ impl Splitter {
     }
 
     /// Every complete event, each replaced by what `rewrite` returns (`None` keeps it). An event
-    /// over the limit is replaced by a `message` event holding `refuse(limit)`, and `true` says
-    /// the stream must end there.
+    /// over the limit is replaced by a `message` event holding `refuse(limit, data)`, where
+    /// `data` is the start of the refused event's data (its first [`REFUSED_PREFIX`] bytes read),
+    /// and `true` says the stream must end there.
     pub fn drain(
         &mut self,
         mut rewrite: impl FnMut(&[u8]) -> Option<Bytes>,
-        refuse: impl FnOnce(usize) -> Vec<u8>,
+        refuse: impl FnOnce(usize, &[u8]) -> Vec<u8>,
     ) -> (Option<Bytes>, bool) {
         let mut out = BytesMut::new();
         let mut end = false;
@@ -99,9 +100,11 @@ impl Splitter {
                 },
                 Ok(None) => break,
                 Err(TooLarge(limit)) => {
-                    self.take_rest();
+                    let rest = self.take_rest();
+                    let start = &rest[..rest.len().min(REFUSED_PREFIX)];
+                    let data = event_data(start).unwrap_or_default();
                     end = true;
-                    out.extend_from_slice(&message_event(&refuse(limit)));
+                    out.extend_from_slice(&message_event(&refuse(limit, &data)));
                     break;
                 }
             }
@@ -109,6 +112,9 @@ impl Splitter {
         ((!out.is_empty()).then(|| out.freeze()), end)
     }
 }
+
+/// How much of an event over the limit is read to say what it was (its JSON-RPC id).
+pub const REFUSED_PREFIX: usize = 64 << 10;
 
 /// The lines of one event, without their terminators.
 fn lines(event: &[u8]) -> Vec<&[u8]> {
@@ -206,8 +212,9 @@ pub fn message_event(data: &[u8]) -> Bytes {
 pub trait Rewrite: Send + Sync {
     /// New data for an event, or `None` to pass it unchanged.
     fn data(&self, data: &[u8]) -> Option<Vec<u8>>;
-    /// The data of the event sent in place of one over `limit` bytes; the stream ends after it.
-    fn too_large(&self, limit: usize) -> Vec<u8>;
+    /// The data of the event sent in place of one over `limit` bytes, given the start of its
+    /// data; the stream ends after it.
+    fn too_large(&self, limit: usize, start: &[u8]) -> Vec<u8>;
     /// Whether bytes left unterminated when the stream ends may be passed on.
     fn pass_rest(&self, rest: &[u8]) -> bool;
 }
@@ -243,7 +250,7 @@ impl<B> RewriteEvents<B> {
         let rewrite = &*self.rewrite;
         let (out, end) = self.split.drain(
             |event| rewrite_event(rewrite, event),
-            |limit| rewrite.too_large(limit),
+            |limit, start| rewrite.too_large(limit, start),
         );
         self.done |= end;
         out
@@ -375,7 +382,7 @@ mod tests {
                 tools.retain(|t| t["name"] != "hidden");
                 Some(serde_json::to_vec(&v).unwrap())
             }
-            fn too_large(&self, _: usize) -> Vec<u8> {
+            fn too_large(&self, _: usize, _: &[u8]) -> Vec<u8> {
                 b"{}".to_vec()
             }
             fn pass_rest(&self, _: &[u8]) -> bool {

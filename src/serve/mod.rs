@@ -18,25 +18,48 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type Body = UnsyncBoxBody<Bytes, BoxError>;
 
 /// A whole body.
-/// An outgoing HTTPS connector trusting the system's roots (`SSL_CERT_FILE` adds others; with
-/// no readable roots it trusts none, so every TLS connection fails rather than trusting
-/// anything). `https_only`: refuse plain `http://` URLs.
+/// An outgoing HTTPS connector trusting Mozilla's roots (built into the binary, so a `FROM
+/// scratch` image reaches public issuers) and the system's (`SSL_CERT_FILE` or `SSL_CERT_DIR`
+/// name others, such as a private CA). `https_only`: refuse plain `http://` URLs.
 pub fn https_connector(
     https_only: bool,
 ) -> hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector> {
-    let builder = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_native_roots()
-        .unwrap_or_else(|_| {
-            hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(
-                tokio_rustls::rustls::ClientConfig::builder()
-                    .with_root_certificates(tokio_rustls::rustls::RootCertStore::empty())
-                    .with_no_client_auth(),
-            )
-        });
+    let builder = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(
+        tokio_rustls::rustls::ClientConfig::builder()
+            .with_root_certificates(trusted_roots())
+            .with_no_client_auth(),
+    );
     match https_only {
         true => builder.https_only().enable_http1().build(),
         false => builder.https_or_http().enable_http1().build(),
     }
+}
+
+/// Mozilla's roots and whatever the system's store (or `SSL_CERT_FILE`) holds; unreadable
+/// entries are skipped.
+fn trusted_roots() -> tokio_rustls::rustls::RootCertStore {
+    let mut roots = tokio_rustls::rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    let native = rustls_native_certs::load_native_certs();
+    for e in &native.errors {
+        tracing::debug!(error = %e, "a system CA certificate could not be read");
+    }
+    roots.add_parsable_certificates(native.certs);
+    roots
+}
+
+/// An error with its causes, `outer: inner: …` (hyper's client errors say little alone:
+/// "client error (Connect)" hides the refused connection or the unknown certificate under it).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
 }
 
 pub fn full(body: impl Into<Bytes>) -> Body {

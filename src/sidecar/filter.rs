@@ -52,6 +52,15 @@ impl ListFilter {
         let id = lists::error_id(data, &self.pending);
         serde_json::to_vec(&lists::list_error(id, why)).expect("a JSON value serialises")
     }
+
+    /// What replaces an event over `limit` bytes: an error answering the request it answered,
+    /// found from the start of its data, else the one `tools/list` the stream waits for.
+    pub(super) fn oversized(&self, limit: usize, start: &[u8], pending: &[Value]) -> Vec<u8> {
+        let id = lists::leading_id(start)
+            .or_else(|| (pending.len() == 1).then(|| pending[0].clone()))
+            .unwrap_or(Value::Null);
+        serde_json::to_vec(&lists::oversized_answer(id, limit)).expect("a JSON value serialises")
+    }
 }
 
 impl sse::Rewrite for ListFilter {
@@ -59,8 +68,8 @@ impl sse::Rewrite for ListFilter {
         self.apply(data, &self.pending)
     }
 
-    fn too_large(&self, limit: usize) -> Vec<u8> {
-        self.error(b"", &format!("an event over {limit} bytes"))
+    fn too_large(&self, limit: usize, start: &[u8]) -> Vec<u8> {
+        self.oversized(limit, start, &self.pending)
     }
 
     fn pass_rest(&self, rest: &[u8]) -> bool {

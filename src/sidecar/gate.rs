@@ -15,13 +15,53 @@ use std::time::Instant;
 
 /// What the gate concluded about a body.
 pub(super) enum Verdict {
-    /// Forward unchanged; filter the answers to these `tools/list` ids.
-    Forward { list_ids: Vec<Value> },
+    /// Forward unchanged; filter the answers to these `tools/list` ids. What the allowed calls
+    /// took is settled by the upstream's answer.
+    Forward { list_ids: Vec<Value>, spend: Spend },
     /// Answer the client ourselves (denials), with an optional `Retry-After`.
     Answer {
         body: Vec<u8>,
         retry_after: Option<u64>,
     },
+}
+
+/// What the allowed calls of a forwarded request took: their counts and approval uses. A call
+/// spends them when the server accepted it; they are given back when it provably did not run:
+/// the server answered with a redirect (the client sends the request again, elsewhere), or the
+/// connection to it failed before the request was sent. Dropped unsettled, they stay spent.
+#[derive(Default)]
+pub(super) struct Spend {
+    taken: Vec<crate::engine::Taken>,
+    approvals: Vec<HeldUse>,
+}
+
+/// A reserved approval use of an allowed call, with its metric's labels.
+struct HeldUse {
+    reservation: approvals::Reservation,
+    policy: String,
+    tool: String,
+}
+
+impl Spend {
+    /// The calls ran (or may have): counts stay, approval uses are spent.
+    pub(super) fn commit(self, st: &State) {
+        for u in self.approvals {
+            u.reservation.commit();
+            st.metrics
+                .approvals
+                .with_label_values(&[&u.policy, &u.tool, "used"])
+                .inc();
+        }
+    }
+
+    /// The calls provably did not run: counts and approval uses are given back.
+    pub(super) fn give_back(self) {
+        for t in self.taken {
+            t.give_back();
+        }
+        // Dropping a reservation gives the use back.
+        drop(self.approvals);
+    }
 }
 
 /// Content type, encoding and declared length: refused before a byte of the body is read.
@@ -136,6 +176,7 @@ pub(super) fn decide_body(
             .filter(|v| st.sessions.contains(v.as_bytes()))
             .and_then(|v| v.to_str().ok()),
         retry_after: None,
+        spend: Spend::default(),
     };
     let mut list_ids = Vec::new();
     let mut answers: Vec<Option<Value>> = Vec::new();
@@ -157,8 +198,11 @@ pub(super) fn decide_body(
         });
     }
     if answers.iter().all(Option::is_none) {
-        return Ok((Verdict::Forward { list_ids }, method));
+        let spend = gate.spend;
+        return Ok((Verdict::Forward { list_ids, spend }, method));
     }
+    // Nothing is forwarded: the calls that were allowed are answered "not run".
+    gate.spend.give_back();
     let verdict = Verdict::Answer {
         body: answer_body(&body, answers),
         retry_after: gate.retry_after,
@@ -210,6 +254,8 @@ struct Gate<'a> {
     session: Option<&'a str>,
     /// Seconds until a limit that was hit lets calls through again.
     retry_after: Option<u64>,
+    /// What the allowed calls took.
+    spend: Spend,
 }
 
 impl Gate<'_> {
@@ -265,7 +311,7 @@ impl Gate<'_> {
             None => None,
         };
         let t0 = Instant::now();
-        let d = self.policy.engine.decide(
+        let mut d = self.policy.engine.decide(
             &Call {
                 tool: &call.name,
                 args: &args,
@@ -280,6 +326,9 @@ impl Gate<'_> {
         let took = t0.elapsed();
         self.record(&call, &d, took, approval.as_ref().map(|a| a.id.as_str()));
         let approval_id = approval.map(|a| self.settle_approval(a, &d, &call, label));
+        if d.outcome == Outcome::Allow {
+            self.spend.taken.push(std::mem::take(&mut d.taken));
+        }
         if d.limit.is_some() || d.outcome == Outcome::Unlisted {
             self.retry_after = Some(denial::retry_after_secs(&d));
         }
@@ -333,13 +382,24 @@ impl Gate<'_> {
         })
     }
 
-    /// After the decision: an allowed call spends its use, a call with none becomes a pending
-    /// request, any other refusal gives the reserved use back (by dropping it). Returns the id.
-    fn settle_approval(&self, a: Asked, d: &Decision, call: &mcp::ToolCall, label: &str) -> String {
+    /// After the decision: an allowed call holds its use until the server's answer settles it
+    /// ([`Spend`]), a call with none becomes a pending request, any other refusal gives the
+    /// reserved use back (by dropping it). Returns the id.
+    fn settle_approval(
+        &mut self,
+        a: Asked,
+        d: &Decision,
+        call: &mcp::ToolCall,
+        label: &str,
+    ) -> String {
         let result = match (d.outcome, a.held) {
-            (Outcome::Allow, Some(r)) => {
-                r.commit();
-                Some("used")
+            (Outcome::Allow, Some(reservation)) => {
+                self.spend.approvals.push(HeldUse {
+                    reservation,
+                    policy: label.to_owned(),
+                    tool: d.tool_label.to_owned(),
+                });
+                None
             }
             (Outcome::ApprovalRequired, _) => self
                 .st

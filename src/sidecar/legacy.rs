@@ -108,7 +108,11 @@ impl LegacyStream {
     fn drain(&mut self) -> Option<Bytes> {
         let mut split = std::mem::replace(&mut self.split, Splitter::new(0));
         let filter = self.filter.clone();
-        let (out, end) = split.drain(|event| self.process(event), |limit| filter.too_large(limit));
+        let pending = self.pending();
+        let (out, end) = split.drain(
+            |event| self.process(event),
+            |limit, start| filter.oversized(limit, start, &pending),
+        );
         self.split = split;
         self.done |= end;
         out
@@ -127,16 +131,20 @@ impl LegacyStream {
         if crate::tools::announces_list_change(&data) {
             self.state.tools.wake();
         }
-        let pending = match &self.session {
+        let new = self.filter.apply(&data, &self.pending())?;
+        Some(sse::with_data(event, &new))
+    }
+
+    /// The ids of the session's `tools/list` requests still waiting for their answer.
+    fn pending(&self) -> Vec<Value> {
+        match &self.session {
             Some((_, s)) => s
                 .pending_lists
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .clone(),
             None => Vec::new(),
-        };
-        let new = self.filter.apply(&data, &pending)?;
-        Some(sse::with_data(event, &new))
+        }
     }
 
     /// Registers the session named by an `endpoint` event. An absolute URL is rewritten to its

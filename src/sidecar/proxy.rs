@@ -146,12 +146,12 @@ async fn gate(
                 r
             }
         },
-        Verdict::Forward { list_ids } => {
+        Verdict::Forward { list_ids, spend } => {
             if let Some(s) = &session {
                 s.expect_tool_lists(&list_ids);
             }
             let filter = (!list_ids.is_empty() && session.is_none()).then_some(list_ids);
-            forward_gated(st, parts, bytes.clone(), filter, caller).await
+            forward_gated(st, parts, bytes.clone(), filter, caller, spend).await
         }
     };
     st.metrics
@@ -248,12 +248,17 @@ fn upstream_request(
 
 /// Sends a request upstream; the answer's headers are made fit for the client: hop-by-hop ones
 /// dropped, and URLs naming the upstream's authority pointed back at the one the client used.
+/// A failure says whether the request provably never reached the server (no connection).
 async fn send(
     st: &State,
     req: Request<Body>,
     client_host: Option<HeaderValue>,
-) -> Result<Response<Incoming>, Response<Body>> {
-    let mut resp = st.client.request(req).await.map_err(|e| bad_gateway(&e))?;
+) -> Result<Response<Incoming>, (bool, Response<Body>)> {
+    let mut resp = st
+        .client
+        .request(req)
+        .await
+        .map_err(|e| (e.is_connect(), bad_gateway(&e)))?;
     let h = resp.headers_mut();
     if let Some(id) = h.get("mcp-session-id") {
         st.sessions.record(id.as_bytes());
@@ -298,13 +303,26 @@ async fn forward_gated(
     bytes: Bytes,
     filter: Option<Vec<Value>>,
     caller: Caller,
+    spend: super::gate::Spend,
 ) -> Response<Body> {
     let host = parts.headers.get(header::HOST).cloned();
     let req = upstream_request(st, parts, full(bytes), filter.is_some());
     let resp = match send(st, req, host).await {
         Ok(r) => r,
-        Err(r) => return r,
+        Err((unsent, r)) => {
+            match unsent {
+                true => spend.give_back(),
+                false => spend.commit(st),
+            }
+            return r;
+        }
     };
+    // A redirect: the server did not take the message; the client sends it again elsewhere,
+    // where it is decided (and counted) again.
+    match resp.status().is_redirection() {
+        true => spend.give_back(),
+        false => spend.commit(st),
+    }
     match filter {
         None if is_event_stream(resp.headers()) => {
             // A stream of answers may carry a tools/list_changed notification.
@@ -328,7 +346,7 @@ async fn forward_streaming(
     let up = upstream_request(st, parts, body.map_err(Into::into).boxed_unsync(), is_get);
     let resp = match send(st, up, host).await {
         Ok(r) => r,
-        Err(r) => return r,
+        Err((_, r)) => return r,
     };
     if is_get && is_event_stream(resp.headers()) {
         // Any GET stream may carry a tool list (a replay after `Last-Event-ID`, the legacy

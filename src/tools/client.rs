@@ -346,30 +346,56 @@ impl<C: Connect + Clone + Send + Sync + 'static> Lister<C> {
             .expect("a request built from a valid URI and headers")
     }
 
+    /// Sends a request, following a server's 307/308 redirects (method and body kept) on its own
+    /// host, as an MCP client does: a server may answer `POST /mcp` with `307 /mcp/`.
     async fn send(
         &self,
         req: Request<Full<Bytes>>,
         what: &str,
     ) -> Result<http::Response<Incoming>, ListError> {
-        let url = req.uri().to_string();
-        let resp = self
-            .http
-            .request(req)
-            .await
-            .map_err(|e| ListError::Unreachable {
-                url,
-                why: error_chain(&e),
-            })?;
-        if !resp.status().is_success() {
-            return Err(ListError::Status {
-                what: what.to_owned(),
-                status: resp.status().as_u16(),
-            });
+        const MAX_REDIRECTS: usize = 3;
+        let (parts, body) = req.into_parts();
+        let mut url = parts.uri.clone();
+        for _ in 0..=MAX_REDIRECTS {
+            let mut req = Request::builder()
+                .method(parts.method.clone())
+                .uri(url.clone())
+                .body(body.clone())
+                .expect("a request built from a valid request");
+            *req.headers_mut() = parts.headers.clone();
+            let resp = self
+                .http
+                .request(req)
+                .await
+                .map_err(|e| ListError::Unreachable {
+                    url: url.to_string(),
+                    why: crate::serve::error_chain(&e),
+                })?;
+            let status = resp.status();
+            let location = resp
+                .headers()
+                .get(header::LOCATION)
+                .and_then(|v| v.to_str().ok());
+            match (status, location) {
+                (StatusCode::TEMPORARY_REDIRECT | StatusCode::PERMANENT_REDIRECT, Some(to)) => {
+                    url = self.same_host(to)?;
+                    continue;
+                }
+                _ if !status.is_success() => {
+                    return Err(ListError::Status {
+                        what: what.to_owned(),
+                        status: status.as_u16(),
+                    })
+                }
+                (StatusCode::NO_CONTENT, _) if what == "initialize" => {
+                    return Err(ListError::Protocol("initialize got no answer".into()))
+                }
+                _ => return Ok(resp),
+            }
         }
-        if resp.status() == StatusCode::NO_CONTENT && what == "initialize" {
-            return Err(ListError::Protocol("initialize got no answer".into()));
-        }
-        Ok(resp)
+        Err(ListError::Protocol(format!(
+            "{what}: more than {MAX_REDIRECTS} redirects"
+        )))
     }
 
     /// A path or URL the server named, on the server's own scheme and authority.
@@ -529,15 +555,4 @@ fn too_many_pages() -> ListError {
     ListError::Protocol(format!(
         "tools/list: more than {MAX_PAGES} pages; mcp-warden stops there"
     ))
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }

@@ -1,6 +1,6 @@
-"""The journey runs against the test control plane of tests/cluster (KUBECONFIG), with the chart
-installed by a current Helm, the controller replicas and the guarded MCP server run by the pod
-runner. Without a control plane it fails: .ci/run always starts one."""
+"""The journey runs against the test cluster of tests/cluster (KUBECONFIG): the chart installed by a
+current Helm, every pod run by the cluster's real node from images that tests/cluster/images.sh
+built and loaded. Without a cluster it fails: .ci/run always starts one."""
 
 import os
 import sys
@@ -18,7 +18,7 @@ def anyio_backend():
 
 
 def pytest_configure(config):
-    missing = [v for v in ("KUBECONFIG", "MCP_WARDEN_SERVICE_ROUTES", "MCP_WARDEN_BIN",
+    missing = [v for v in ("KUBECONFIG", "MCP_WARDEN_CONTAINERD", "MCP_WARDEN_BIN",
                            "MCP_WARDEN_HELM_CURRENT", "MCP_WARDEN_KUBECTL") if not os.environ.get(v)]
     if missing:
         raise pytest.UsageError(

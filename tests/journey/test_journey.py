@@ -1,166 +1,145 @@
-"""The user journey on a real control plane, in the order a user lives it:
+"""The user journey on the test cluster's real node, in the order a user lives it:
 
-helm install → the controller (two replicas, run by the pod runner as the chart's ServiceAccount
-with the chart's flags) → a namespace opted in → deploy/examples' MCP Python Interpreter applied →
-its ReplicaSet's pod injected → that pod run (the injected sidecar in front of the real
-mcp-python-interpreter server) → a real Python SDK client denied, limited and shown a filtered
-list as the McpPolicy says → an edit of the McpPolicy reaching the running sidecar through the
-ConfigMap → metrics → the leader killed (HA) → the webhook down (failurePolicy: Fail) → the API
-server restarted → helm upgrade with the monitoring objects → uninstall leaves only the CRD.
+the image built from the Dockerfile and loaded into the node (tests/cluster/images.sh, the
+README's commands) → `helm install` with default values: two controller pods Running and Ready
+(probes, securityContext, PodDisruptionBudget), webhooks reached through their Service by
+kube-proxy → the MCP Python Interpreter example applied (a namespace under PodSecurity
+`restricted`): its pod injected, the native sidecar started before the server, the pod Ready →
+a real Python SDK client through the Service's ClusterIP sees the seed rules → an agent pod's
+projected ServiceAccount token names the caller and its grant applies → an McpPolicy edit reaches
+the running sidecar by the kubelet's own ConfigMap sync → a person approves a call with the
+kubectl plugin → Prometheus scrapes the pods → isolation proven on the wire from another pod →
+the sidecar container killed: restarted, the server never reachable unguarded → the leader pod
+deleted (HA) → the webhook down (failurePolicy: Fail) → the API server restarted → helm upgrade
+with the monitoring objects → uninstall leaves only the CRDs.
 
 The tests run in file order and share one installation (the `world` fixture)."""
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import json
 import os
-import re
 import subprocess
 import sys
+import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
-from podrunner import RunningPod, free_pod_ip, free_port, get_json, kubectl, run_pod, temp_dir
+from kube import (apply, container_pid, get_json, http_get, kubectl, metric, ready, ready_pods,
+                  tcp_open, wait)
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = os.environ.get("MCP_WARDEN_BIN", "")
 HELM = os.environ.get("MCP_WARDEN_HELM_CURRENT", "")
-ROUTES = Path(os.environ.get("MCP_WARDEN_SERVICE_ROUTES", "/nonexistent"))
-# The kubelet's ConfigMap sync period the pod runner keeps (a real kubelet's is about a minute).
-SYNC_SECONDS = float(os.environ.get("MCP_WARDEN_SYNC_SECONDS", "1"))
+# The kubelet's ConfigMap sync period on the test node (up.sh; a kubelet's default is 60 s).
+SYNC_SECONDS = float(os.environ.get("KUBELET_SYNC_SECONDS", "1"))
 NS, RELEASE, APP_NS = "mcp-warden", "mcp-warden", "sandbox"
 EXAMPLE = ROOT / "deploy" / "examples" / "mcp-python-interpreter.yaml"
+PYTHON_IMAGE = "localhost/mcp-python-interpreter:1.2.3"
+CONTROLLER = "app.kubernetes.io/name=mcp-warden"
 PROM_OPERATOR = "github.com/prometheus-operator/prometheus-operator@v0.85.0"
+FIGURES = ROOT / "target" / "journey-figures.txt"
 
 
-def helm(*args: str) -> str:
-    p = subprocess.run([HELM, *args], capture_output=True, text=True, timeout=120)
+def helm(*args: str, timeout: float = 300) -> str:
+    p = subprocess.run([HELM, *args], capture_output=True, text=True, timeout=timeout)
     assert p.returncode == 0, f"helm {' '.join(args)}: {p.stderr}"
     return p.stdout
 
 
-def wait(what: str, fn, timeout: float = 60, every: float = 0.5):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            v = fn()
-            if v:
-                return v
-        except Exception as e:  # noqa: BLE001 - retried until the deadline
-            last = e
-        time.sleep(every)
-    raise AssertionError(f"timed out waiting for {what}" + (f" (last error: {last})" if last else ""))
-
-
-def http_get(url: str, timeout: float = 5) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
-
-
-def metric(text: str, name: str, **labels: str) -> float | None:
-    """The value of the first series of `name` whose labels include `labels`."""
-    for line in text.splitlines():
-        if not line.startswith(name + "{") and not line.startswith(name + " "):
-            continue
-        got = dict(re.findall(r'(\w+)="([^"]*)"', line.split("}")[0])) if "{" in line else {}
-        if all(got.get(k) == v for k, v in labels.items()):
-            return float(line.rsplit(" ", 1)[1])
-    return None
+def figure(name: str, value: str) -> None:
+    """A measured figure, printed and kept in target/journey-figures.txt for the README."""
+    sys.stderr.write(f"figure: {name}: {value}\n")
+    with FIGURES.open("a") as f:
+        f.write(f"{name}: {value}\n")
 
 
 class World:
-    """The installation and the processes the pod runner started."""
+    """The installation: where its pods are, found from the API each time (pods come and go)."""
 
     def __init__(self) -> None:
-        self.dir = temp_dir("mcp-warden-journey-")
-        self.controllers: dict[str, RunningPod] = {}
-        self.admin: dict[str, int] = {}
-        self.webhook: dict[str, int] = {}
-        self.app: RunningPod | None = None
-        # The app pod's own address: the controller reaches its sidecar's admin port there.
-        self.app_ip = free_pod_ip()
-        self.proxy = f"http://{self.app_ip}:9480"
-        self.proxy_admin = f"http://{self.app_ip}:9481"
+        self.dir = Path(tempfile.mkdtemp(prefix="mcp-warden-journey-"))
 
-    # -- the controller replicas ------------------------------------------------------------
-
-    def kubeconfig_for(self, pod: str) -> Path:
-        """Credentials a node would mount for the pod: a token bound to it, and the cluster CA
-        from the namespace's kube-root-ca.crt (both issued by the API server)."""
-        token = kubectl("create", "token", "mcp-warden", "-n", NS, "--duration", "2h",
-                        "--bound-object-kind", "Pod", "--bound-object-name", pod).strip()
-        ca = get_json("configmap", "-n", NS, "kube-root-ca.crt")["data"]["ca.crt"]
-        server = json.loads(kubectl("config", "view", "--raw", "-o", "json"))["clusters"][0]["cluster"]["server"]
-        path = self.dir / f"{pod}.kubeconfig"
-        path.write_text(json.dumps({
-            "apiVersion": "v1", "kind": "Config",
-            "clusters": [{"name": "c", "cluster": {
-                "server": server, "certificate-authority-data": base64.b64encode(ca.encode()).decode()}}],
-            "users": [{"name": "u", "user": {"token": token}}],
-            "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
-            "current-context": "c"}))
-        return path
-
-    def start_controller(self, pod: dict) -> None:
-        name = pod["metadata"]["name"]
-        container = pod["spec"]["containers"][0]
-        ports = {p["containerPort"]: free_port() for p in container["ports"]}
-        byname = {p["name"]: ports[p["containerPort"]] for p in container["ports"]}
-        self.controllers[name] = run_pod(
-            pod, {container["image"]: [BIN]}, self.dir / name, ports=ports,
-            extra_env={"controller": {"KUBECONFIG": str(self.kubeconfig_for(name)),
-                                      "MCP_WARDEN_LOG_FORMAT": "text",
-                                      # Read the sidecars' tool lists every 2 s, not 30.
-                                      "MCP_WARDEN_TOOLS_POLL_SECONDS": "2"}})
-        self.admin[name], self.webhook[name] = byname["metrics"], byname["webhook"]
-        self.write_routes()
-
-    def write_routes(self) -> None:
-        """The webhook Service's ClusterIP:port → the running replicas (its endpoints)."""
-        svc = get_json("service", "-n", NS, f"{RELEASE}-webhook")
-        port = next(p["port"] for p in svc["spec"]["ports"] if p["name"] == "webhook")
-        live = [f"127.0.0.1:{self.webhook[n]}" for n, p in self.controllers.items()
-                if p.containers["controller"].process.poll() is None]
-        ROUTES.write_text(f"{svc['spec']['clusterIP']}:{port} {' '.join(live)}\n")
-
-    def ready(self, name: str) -> bool:
-        return http_get(f"http://127.0.0.1:{self.admin[name]}/readyz")[0] == 200
+    def controllers(self) -> dict[str, str]:
+        """Ready controller pods: name → pod IP."""
+        return {p["metadata"]["name"]: p["status"]["podIP"] for p in ready_pods(NS, CONTROLLER)}
 
     def controller_metrics(self, name: str) -> str:
-        return http_get(f"http://127.0.0.1:{self.admin[name]}/metrics")[1]
+        ip = get_json("pod", "-n", NS, name)["status"]["podIP"]
+        return http_get(f"http://{ip}:8080/metrics")[1]
 
     def leader(self) -> str:
         return get_json("lease", "-n", NS, f"{RELEASE}-leader")["spec"].get("holderIdentity", "")
 
-    def stop(self) -> None:
-        for p in [*self.controllers.values(), *([self.app] if self.app else [])]:
-            p.kill()
-        ROUTES.write_text("")
+    def app_ip(self) -> str:
+        return mcp_pod()["status"]["podIP"]
+
+    @property
+    def proxy(self) -> str:
+        """The MCP server's Service: the address agents in the cluster use (kube-proxy)."""
+        return f"http://{get_json('service', '-n', APP_NS, 'python-interpreter')['spec']['clusterIP']}:80"
+
+    @property
+    def proxy_admin(self) -> str:
+        return f"http://{self.app_ip()}:9481"
 
 
 @pytest.fixture(scope="module")
 def world():
+    FIGURES.parent.mkdir(exist_ok=True)
+    FIGURES.write_text("")
     w = World()
     yield w
-    w.stop()
-    for c, p in w.controllers.items():
-        if p.containers["controller"].process.returncode not in (0, None, -9):
-            sys.stderr.write(f"--- controller {c} ---\n{p.logs('controller')[-3000:]}\n")
-    kubectl("delete", "namespace", APP_NS, "--ignore-not-found", "--wait=false", check=False)
+    for ns in (APP_NS, "ci", "isolation"):
+        kubectl("delete", "namespace", ns, "--ignore-not-found", "--wait=false", check=False)
     subprocess.run([HELM, "uninstall", RELEASE, "-n", NS], capture_output=True, timeout=120)
 
 
 def mcp_pod() -> dict:
-    pods = get_json("pods", "-n", APP_NS, "-l", "app=python-interpreter")["items"]
+    pods = [p for p in get_json("pods", "-n", APP_NS, "-l", "app=python-interpreter")["items"]
+            if not p["metadata"].get("deletionTimestamp")]
     return pods[0] if pods else {}
+
+
+def restricted_pod(name: str, namespace: str, labels: dict, args: list | None = None, port: int = 8000) -> dict:
+    """A pod of the Python image that PodSecurity `restricted` admits, serving nothing unless
+    `args` say so."""
+    return {
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": namespace, "labels": labels},
+        "spec": {
+            "securityContext": {"runAsNonRoot": True, "runAsUser": 65532, "seccompProfile": {"type": "RuntimeDefault"}},
+            "containers": [{
+                "name": "server", "image": PYTHON_IMAGE, "imagePullPolicy": "Never",
+                "args": args or ["-c", "import time; time.sleep(86400)"],
+                "ports": [{"name": "mcp", "containerPort": port}],
+                "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                                    "capabilities": {"drop": ["ALL"]}}}]}}
+
+
+def sidecar_metrics(world) -> str:
+    return http_get(f"{world.proxy_admin}/metrics")[1]
+
+
+def policy_status() -> dict:
+    return get_json("mcpp", "-n", APP_NS, "python-interpreter").get("status", {})
+
+
+def condition(status: dict, type_: str) -> dict:
+    return next((c for c in status.get("conditions", []) if c["type"] == type_), {})
+
+
+def patch_policy(patch: dict, kind: str = "merge") -> str:
+    """Patches the example's McpPolicy; returns the hash the controller then renders."""
+    before = policy_status()["policyHash"]
+    kubectl("patch", "mcpp", "-n", APP_NS, "python-interpreter", "--type", kind, "-p", json.dumps(patch))
+    return wait("the new render", lambda: (h := policy_status().get("policyHash")) != before and h)
+
+
+def sidecar_on(world, hash_: str, timeout: float = 120) -> None:
+    wait(f"the sidecar enforcing {hash_[:12]}", lambda: metric(
+        sidecar_metrics(world), "mcp_warden_policy_info", hash=hash_) == 1, timeout=timeout, every=0.2)
 
 
 # -- 1. install ---------------------------------------------------------------------------------
@@ -169,70 +148,85 @@ def mcp_pod() -> dict:
 def test_helm_install_with_default_values(world):
     # A namespace left terminating by an earlier run must be gone first.
     wait("earlier namespaces gone", lambda: not kubectl("get", "namespace", APP_NS, "--ignore-not-found").strip(), timeout=120)
+    started = time.monotonic()
+    # Default values: the chart's image is the one images.sh built and loaded into the node.
     helm("install", RELEASE, str(ROOT / "charts" / "mcp-warden"), "-n", NS, "--create-namespace")
     crd = get_json("crd", "mcppolicies.mcpwarden.dev")
     assert crd["spec"]["names"]["shortNames"] == ["mcpp"]
     deploy = get_json("deployment", "-n", NS, RELEASE)
     assert deploy["spec"]["replicas"] == 2
-    # The controller-manager runs the Deployment: two Pending pods (no scheduler).
-    pods = wait("the controller's pods", lambda: (
-        p := get_json("pods", "-n", NS, "-l", "app.kubernetes.io/name=mcp-warden")["items"]) and len(p) == 2 and p)
+    kubectl("rollout", "status", "-n", NS, f"deployment/{RELEASE}", "--timeout=180s", timeout=200)
+    figure("helm install → both controller pods Ready", f"{time.monotonic() - started:.1f} s")
+    pods = get_json("pods", "-n", NS, "-l", CONTROLLER)["items"]
+    assert len(pods) == 2 and all(ready(p) for p in pods)
     for pod in pods:
         assert pod["spec"]["serviceAccountName"] == "mcp-warden"
-        world.start_controller(pod)
-    for name in world.controllers:
-        wait(f"controller {name} /readyz", lambda n=name: world.ready(n), timeout=90)
-    assert world.leader() in world.controllers
+        c = pod["status"]["containerStatuses"][0]
+        assert c["ready"] and c["restartCount"] == 0, c
+        assert c["image"].endswith("mcp-warden/mcp-warden:0.1.0"), c["image"]
+    # The process really runs as the chart says: non-root, no capabilities, read-only root.
+    pid = container_pid(pods[0], "controller")
+    status = dict(line.split(":\t", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":\t" in line)
+    assert status["Uid"].split()[0] == "65532", status["Uid"]
+    assert int(status["CapEff"], 16) == 0 and status["NoNewPrivs"].strip() == "1" and status["Seccomp"].strip() == "2"
+    mounts = Path(f"/proc/{pid}/mounts").read_text().splitlines()
+    assert any(m.split()[1] == "/" and m.split()[3].startswith("ro") for m in mounts), "read-only root filesystem"
+    pdb = get_json("pdb", "-n", NS, RELEASE)
+    wait("the PDB counts both pods", lambda: get_json("pdb", "-n", NS, RELEASE)["status"].get("currentHealthy") == 2)
+    assert pdb["spec"]["minAvailable"] == 1
+    assert world.leader() in world.controllers()
     # The leader issued the webhook certificate and patched the chart's configurations.
     for kind in ("mutatingwebhookconfiguration", "validatingwebhookconfiguration"):
         wait(f"caBundle in {kind}", lambda k=kind: all(
             h["clientConfig"].get("caBundle") for h in get_json(k, RELEASE)["webhooks"]))
         for h in get_json(kind, RELEASE)["webhooks"]:
             assert h["clientConfig"]["service"]["name"] == f"{RELEASE}-webhook", "the chart's Service is used"
+    slices = get_json("endpointslices", "-n", NS, "-l", f"kubernetes.io/service-name={RELEASE}-webhook")["items"]
+    addrs = {a for s in slices for e in s.get("endpoints", []) if e["conditions"].get("ready") for a in e["addresses"]}
+    assert addrs == set(world.controllers().values()), "the webhook Service has both pods as endpoints"
 
 
 # -- 2. a guarded MCP server ------------------------------------------------------------------
 
 
-def test_the_example_is_injected(world):
+def test_the_example_is_injected_and_ready_under_restricted(world):
+    started = time.monotonic()
     kubectl("apply", "-f", str(EXAMPLE))
+    ns = get_json("namespace", APP_NS)
+    assert ns["metadata"]["labels"].get("pod-security.kubernetes.io/enforce") == "restricted"
     policy = wait("the McpPolicy Ready", lambda: (
         p := get_json("mcpp", "-n", APP_NS, "python-interpreter")).get("status", {}).get("conditions")
         and any(c["type"] == "Ready" and c["status"] == "True" for c in p["status"]["conditions"]) and p)
     assert policy["status"]["observedGeneration"] == policy["metadata"]["generation"]
-    pod = wait("the ReplicaSet's pod", mcp_pod)
-    names = [c["name"] for c in pod["spec"]["containers"]] + [c["name"] for c in pod["spec"].get("initContainers", [])]
-    assert "mcp-warden" in names, f"the pod was not injected: {names}"
+    pod = wait("the server's pod Ready", lambda: (p := mcp_pod()) and ready(p) and p, timeout=180)
+    figure("example applied → injected pod Ready", f"{time.monotonic() - started:.1f} s")
+    created = time.mktime(time.strptime(pod["metadata"]["creationTimestamp"], "%Y-%m-%dT%H:%M:%SZ"))
+    ready_at = time.mktime(time.strptime(condition(pod["status"], "Ready")["lastTransitionTime"], "%Y-%m-%dT%H:%M:%SZ"))
+    figure("pod create → Ready with the sidecar (API timestamps, 1 s resolution)", f"{ready_at - created:.0f} s")
     ann = pod["metadata"]["annotations"]
     assert ann["mcpwarden.dev/policy"] == f"{APP_NS}/python-interpreter"
-    # PodSecurity `restricted` would admit the sidecar: check its securityContext as stored.
-    sidecar = next(c for c in pod["spec"]["containers"] + pod["spec"].get("initContainers", [])
-                   if c["name"] == "mcp-warden")
+    # A native sidecar: an init container that keeps running, started before the server.
+    sidecar = next(c for c in pod["spec"].get("initContainers", []) if c["name"] == "mcp-warden")
+    assert sidecar.get("restartPolicy") == "Always"
+    assert sidecar["image"].endswith("mcp-warden/mcp-warden:0.1.0")
     sc = sidecar["securityContext"]
     assert sc["runAsNonRoot"] and sc["allowPrivilegeEscalation"] is False and sc["capabilities"]["drop"] == ["ALL"]
     ports = {p.get("name"): p["containerPort"] for p in sidecar["ports"]}
     assert ports["mcp"] == 9480
+    side = next(c for c in pod["status"]["initContainerStatuses"] if c["name"] == "mcp-warden")
+    server = next(c for c in pod["status"]["containerStatuses"] if c["name"] == "interpreter")
+    assert side["started"] and side["ready"] and server["ready"]
+    assert side["state"]["running"]["startedAt"] <= server["state"]["running"]["startedAt"], (side, server)
     cm = get_json("configmap", "-n", APP_NS, "python-interpreter-mcp-warden")
     assert json.loads(cm["data"]["policy.json"])["name"] == f"{APP_NS}/python-interpreter"
+    assert get_json("networkpolicy", "-n", APP_NS, "python-interpreter-mcp-warden")
     wait("status counts the injected pod", lambda: (
-        s := get_json("mcpp", "-n", APP_NS, "python-interpreter")["status"]).get("injectedPods") == 1
-        and s.get("matchedPods") == 1)
-
-
-def start_app(world) -> None:
-    pod = mcp_pod()
-    upstream = 8000  # the McpPolicy's upstream.port: where the server listens inside the pod
-    peer = ROOT / "tests" / "peers" / "peer_server.py"
-    work = world.dir / "workspace"
-    work.mkdir(exist_ok=True)
-    world.app = run_pod(
-        pod, {c["image"]: [BIN] for c in pod["spec"]["containers"] + pod["spec"].get("initContainers", [])
-              if c["name"] == "mcp-warden"},
-        world.dir / "app",
-        stand_ins={"interpreter": [sys.executable, str(peer), "--kind", "interpreter",
-                                   "--port", str(upstream), "--dir", str(work)]},
-        pod_ip=world.app_ip, sync_seconds=SYNC_SECONDS)
-    wait("the injected sidecar ready", lambda: http_get(f"{world.proxy_admin}/readyz")[0] == 200)
+        s := policy_status()).get("injectedPods") == 1 and s.get("matchedPods") == 1)
+    # The Service's endpoint is the sidecar's port.
+    wait("the Service's endpoint", lambda: any(
+        e["conditions"].get("ready") and world.app_ip() in e["addresses"]
+        for s in get_json("endpointslices", "-n", APP_NS, "-l", "kubernetes.io/service-name=python-interpreter")["items"]
+        for e in s.get("endpoints", [])))
 
 
 @contextlib.asynccontextmanager
@@ -259,13 +253,8 @@ async def call_meta(s, name: str, args: dict) -> tuple[bool, str, dict]:
     return bool(r.isError), (r.content[0].text if r.content else ""), meta.get("dev.mcpwarden/decision", {})
 
 
-def sidecar_metrics(world) -> str:
-    return http_get(f"{world.proxy_admin}/metrics")[1]
-
-
 @pytest.mark.anyio
 async def test_a_real_client_is_governed_by_the_policy(world):
-    start_app(world)
     async with client(world) as s:
         names = {t.name for t in (await s.list_tools()).tools}
         assert {"run_python_code", "write_file", "list_directory"} <= names
@@ -274,12 +263,14 @@ async def test_a_real_client_is_governed_by_the_policy(world):
         assert "clear_session" in names, "a tool that needs approval is listed"
 
         assert await call(s, "install_package", {"package_name": "x"}) == (True, "Package installs are disabled in this namespace")
-        err, text = await call(s, "run_python_code", {"code": "print(6 * 7)"})
-        assert not err and "42" in text
+        err, text = await call(s, "run_python_code", {"code": "import os; print(6 * 7, os.getuid())"})
+        assert not err and "42 65532" in text, text
+        err, text = await call(s, "run_python_code", {"code": "import shutil; shutil.rmtree('/workspace')"})
+        assert err and text == "Destructive code is not allowed"
         for i in range(60):
-            err, text = await call(s, "list_directory", {"directory_path": str(world.dir / "workspace")})
+            err, text = await call(s, "list_directory", {"directory_path": "/workspace"})
             assert not err, f"call {i}: {text}"
-        err, text = await call(s, "list_directory", {"directory_path": str(world.dir / "workspace")})
+        err, text = await call(s, "list_directory", {"directory_path": "/workspace"})
         assert err and text.startswith("Rate limit exceeded: list_directory_rate allows 60 calls per minute"), text
     m = sidecar_metrics(world)
     policy = f"{APP_NS}/python-interpreter"
@@ -288,15 +279,75 @@ async def test_a_real_client_is_governed_by_the_policy(world):
     assert metric(m, "mcp_warden_decisions_total", policy=policy, tool="list_directory", decision="rate_limited") == 1
 
 
-def condition(status: dict, type_: str) -> dict:
-    return next((c for c in status.get("conditions", []) if c["type"] == type_), {})
+def run_agent_pod(world, name: str, namespace: str, sa: str, calls: list, audience: str = "mcp-warden",
+                  phase: str = "Succeeded") -> list[dict]:
+    """Runs tests/journey/agent.py in a pod of `namespace` as ServiceAccount `sa`, with a token
+    the kubelet projects for `audience`, to the end `phase`; returns its output lines."""
+    script = (ROOT / "tests" / "journey" / "agent.py").read_text()
+    apply([
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": f"{name}-script", "namespace": namespace},
+         "data": {"agent.py": script}},
+        {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": namespace},
+         "spec": {
+             "serviceAccountName": sa, "restartPolicy": "Never", "automountServiceAccountToken": False,
+             "securityContext": {"runAsNonRoot": True, "runAsUser": 65532, "seccompProfile": {"type": "RuntimeDefault"}},
+             "containers": [{
+                 "name": "agent", "image": PYTHON_IMAGE, "imagePullPolicy": "Never",
+                 "args": ["/agent/agent.py"],
+                 "env": [{"name": "MCP_URL", "value": f"{world.proxy}/mcp"},
+                         {"name": "TOKEN_FILE", "value": "/var/run/secrets/agent/token"},
+                         {"name": "CALLS", "value": json.dumps(calls)}],
+                 "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                                     "capabilities": {"drop": ["ALL"]}},
+                 "volumeMounts": [{"name": "script", "mountPath": "/agent"},
+                                  {"name": "token", "mountPath": "/var/run/secrets/agent"}]}],
+             "volumes": [{"name": "script", "configMap": {"name": f"{name}-script"}},
+                         {"name": "token", "projected": {"sources": [{"serviceAccountToken": {
+                             "audience": audience, "expirationSeconds": 3600, "path": "token"}}]}}]}},
+    ])
+    pod = wait(f"the agent pod {name} to finish", lambda: (
+        p := get_json("pod", "-n", namespace, name))["status"].get("phase") in ("Succeeded", "Failed") and p, timeout=120)
+    logs = kubectl("logs", "-n", namespace, name)
+    assert pod["status"]["phase"] == phase, logs
+    return [json.loads(line) for line in logs.splitlines() if line.startswith("{")]
+
+
+@pytest.mark.anyio
+async def test_the_pods_projected_token_names_the_caller_and_its_grant_applies(world):
+    """An agent pod running as ServiceAccount ci/ci-agent: the kubelet projects its token, the
+    sidecar verifies it against the keys the controller rendered, and the grant's 100 writes an
+    hour apply to it where everyone else gets the base 30."""
+    kubectl("create", "namespace", "ci")
+    kubectl("create", "serviceaccount", "ci-agent", "-n", "ci")
+    writes = [["write_file", {"file_path": f"/workspace/ci-{i}.txt", "content": "x"}] for i in range(31)]
+    out = run_agent_pod(world, "ci-agent", "ci", "ci-agent", writes)
+    assert len(out) == 31
+    assert all(not o["error"] for o in out), [o for o in out if o["error"]][:2]
+    # The sidecar's audit lines (its container's log) name the verified ServiceAccount and grant.
+    audit = [json.loads(line) for line in kubectl("logs", "-n", APP_NS, mcp_pod()["metadata"]["name"], "-c", "mcp-warden").splitlines()
+             if line.startswith("{") and '"mcp_warden::audit"' in line]
+    writes_seen = [a for a in audit if a["tool"] == "write_file"]
+    assert len(writes_seen) == 31 and all(a["decision"] == "allow" for a in writes_seen), writes_seen[:2]
+    assert {(a["identity"], a.get("grant")) for a in writes_seen} == {("system:serviceaccount:ci:ci-agent", "grants[0]")}
+    # Anyone else (here: anonymous, no token) is held to the base rule: 30 an hour.
+    async with client(world) as s:
+        for i in range(30):
+            err, text = await call(s, "write_file", {"file_path": f"/workspace/anon-{i}.txt", "content": "x"})
+            assert not err, text
+        err, text = await call(s, "write_file", {"file_path": "/workspace/anon-30.txt", "content": "x"})
+        assert err and text.startswith("Rate limit exceeded: write_file_rate"), text
+    # A token for another audience is refused before anything reaches the server.
+    out = run_agent_pod(world, "wrong-audience", "ci", "ci-agent", [["list_sessions", {}]], audience="other",
+                        phase="Failed")
+    assert out == [], "the client never got a session"
+    logs = kubectl("logs", "-n", "ci", "wrong-audience")
+    assert "401 Unauthorized" in logs, logs[-2000:]
 
 
 def test_the_policy_status_shows_the_servers_real_tools(world):
     """The controller reads what the running sidecar listed of the real MCP Python Interpreter
     into the McpPolicy status, and a misspelt rule shows up as UnknownTools with an Event."""
-    status = wait("the server's tools in status", lambda: (
-        s := get_json("mcpp", "-n", APP_NS, "python-interpreter")["status"]).get("observedToolCount") and s)
+    status = wait("the server's tools in status", lambda: (s := policy_status()).get("observedToolCount") and s, timeout=90)
     names = [t["name"] for t in status["observedTools"]]
     assert {"run_python_code", "write_file", "clear_session", "install_package"} <= set(names), names
     assert status["observedToolCount"] == len(names) and names == sorted(names)
@@ -309,38 +360,38 @@ def test_the_policy_status_shows_the_servers_real_tools(world):
     kubectl("patch", "mcpp", "-n", APP_NS, "python-interpreter", "--type", "merge", "-p",
             json.dumps({"spec": {"tools": {"list_directorys": {}}}}))
     unknown = wait("UnknownTools for the misspelt rule", lambda: (
-        c := condition(get_json("mcpp", "-n", APP_NS, "python-interpreter")["status"], "UnknownTools"))
-        .get("status") == "True" and c)
+        c := condition(policy_status(), "UnknownTools")).get("status") == "True" and c, timeout=90)
     assert "tools.list_directorys" in unknown["message"], unknown
     events = get_json("events", "-n", APP_NS, "--field-selector", "involvedObject.name=python-interpreter")["items"]
     assert any(e.get("reason") == "UnknownTools" and "list_directorys" in (e.get("message") or e.get("note") or "")
                for e in events), [(e.get("reason"), e.get("message")) for e in events]
-    # The reconciler's own writes (the edit re-rendered the policy) left the tools fields alone.
-    s = get_json("mcpp", "-n", APP_NS, "python-interpreter")["status"]
+    s = policy_status()
     assert s["observedToolCount"] == status["observedToolCount"]
     assert condition(s, "Ready")["status"] == "True"
     kubectl("patch", "mcpp", "-n", APP_NS, "python-interpreter", "--type", "merge", "-p",
             json.dumps({"spec": {"tools": {"list_directorys": None}}}))
-    wait("UnknownTools cleared", lambda: condition(
-        get_json("mcpp", "-n", APP_NS, "python-interpreter")["status"], "UnknownTools").get("status") == "False")
+    wait("UnknownTools cleared", lambda: condition(policy_status(), "UnknownTools").get("status") == "False", timeout=90)
 
 
 @pytest.mark.anyio
-async def test_an_edit_reaches_the_running_sidecar_without_a_restart(world):
-    before = get_json("mcpp", "-n", APP_NS, "python-interpreter")["status"]["policyHash"]
-    pid = world.app.containers["mcp-warden"].process.pid
-    kubectl("patch", "mcpp", "-n", APP_NS, "python-interpreter", "--type", "merge", "-p",
-            json.dumps({"spec": {"tools": {"read_file": {"action": "deny", "reason": "Reading is paused"}}}}))
-    status = wait("the new render in status", lambda: (
-        s := get_json("mcpp", "-n", APP_NS, "python-interpreter")["status"])["policyHash"] != before and s)
-    after = status["policyHash"]
-    assert any(c["type"] == "Ready" and c["status"] == "True" for c in status["conditions"])
-    # The pod runner syncs the ConfigMap like the kubelet (a ..data swap); the sidecar reloads.
-    wait("the sidecar enforcing the new hash", lambda: metric(
-        sidecar_metrics(world), "mcp_warden_policy_info", hash=after) == 1, timeout=60)
-    assert world.app.containers["mcp-warden"].process.pid == pid and world.app.containers["mcp-warden"].process.poll() is None
+async def test_an_edit_reaches_the_running_sidecar_by_the_kubelets_sync(world):
+    pod = mcp_pod()
+    restarts = next(c for c in pod["status"]["initContainerStatuses"] if c["name"] == "mcp-warden")["restartCount"]
+    started = time.monotonic()
+    after = patch_policy({"spec": {"tools": {"read_file": {"action": "deny", "reason": "Reading is paused"}}}})
+    rendered = time.monotonic()
+    assert condition(policy_status(), "Ready")["status"] == "True"
+    # The kubelet rewrites the ConfigMap volume (a ..data swap); the sidecar reloads.
+    sidecar_on(world, after)
+    enforced = time.monotonic()
+    figure(f"McpPolicy edit → enforced by the sidecar (kubelet syncFrequency {SYNC_SECONDS:g} s)",
+           f"{enforced - started:.1f} s (render {rendered - started:.1f} s, kubelet sync + reload {enforced - rendered:.1f} s)")
+    now = mcp_pod()
+    assert now["metadata"]["uid"] == pod["metadata"]["uid"], "the same pod"
+    assert next(c for c in now["status"]["initContainerStatuses"] if c["name"] == "mcp-warden")["restartCount"] == restarts, \
+        "no restart"
     async with client(world) as s:
-        assert await call(s, "read_file", {"file_path": "x"}) == (True, "Reading is paused")
+        assert await call(s, "read_file", {"file_path": "/workspace/x"}) == (True, "Reading is paused")
     events = get_json("events", "-n", APP_NS, "--field-selector", "involvedObject.name=python-interpreter")["items"]
     assert any(e.get("reason") == "Rendered" for e in events), [e.get("reason") for e in events]
 
@@ -420,11 +471,10 @@ async def test_a_person_approves_an_agents_call(world):
             if not err:
                 break
             assert d.get("decision") == "approval_required", text
-            assert time.monotonic() - started < 60, "the approval never reached the sidecar"
+            assert time.monotonic() - started < 120, "the approval never reached the sidecar"
             await anyio_sleep(0.1)
         latency = time.monotonic() - started
-        sys.stderr.write(f"approval to call: {latency:.2f} s (sync period {SYNC_SECONDS} s)\n")
-        (world.dir.parent / "mcp-warden-approval-latency.txt").write_text(f"{latency:.2f}\n")
+        figure(f"approve → the call runs (kubelet syncFrequency {SYNC_SECONDS:g} s)", f"{latency:.1f} s")
         # Once: the second identical call needs approval again; other arguments are another call.
         err, _, d = await call_meta(s, "clear_session", args)
         assert err and d["decision"] == "approval_required" and d["approvalId"] == approval_id
@@ -436,12 +486,7 @@ async def test_a_person_approves_an_agents_call(world):
     assert metric(sidecar_metrics(world), "mcp_warden_approvals_total", tool="clear_session", result="used") == 1
 
     # An approval that has expired allows nothing: a short ttl, approved, then waited out.
-    before = get_json("mcpp", "-n", APP_NS, "python-interpreter")["status"]["policyHash"]
-    kubectl("patch", "mcpp", "-n", APP_NS, "python-interpreter", "--type", "merge", "-p",
-            json.dumps({"spec": {"tools": {"clear_session": {"action": None, "approval": {"ttl": "20s"}}}}}))
-    hash_ = wait("the new render", lambda: (
-        h := get_json("mcpp", "-n", APP_NS, "python-interpreter")["status"]["policyHash"]) != before and h)
-    wait("the sidecar on the short ttl", lambda: metric(sidecar_metrics(world), "mcp_warden_policy_info", hash=hash_) == 1, timeout=60)
+    sidecar_on(world, patch_policy({"spec": {"tools": {"clear_session": {"action": None, "approval": {"ttl": "20s"}}}}}))
     async with client(world, token) as s:
         err, _, d = await call_meta(s, "clear_session", {"session_id": "later"})
         assert err and d["decision"] == "approval_required"
@@ -460,14 +505,75 @@ async def anyio_sleep(seconds: float) -> None:
     await anyio.sleep(seconds)
 
 
+def test_an_external_oidc_issuer_is_reached_from_the_controllers_image(world):
+    """identity.jwt with jwksFrom on an HTTPS server whose CA is the test's own: the controller,
+    in its scratch image, cannot verify it until the CA is given the documented way
+    (controller.trustedCA), then renders the issuer's keys."""
+    import http.server
+    import ssl
+    import threading
+
+    ip = os.environ["MCP_WARDEN_NODE_IP"]
+    d = world.dir / "issuer"
+    d.mkdir()
+    ssl_run = lambda *a: subprocess.run(["openssl", *a], cwd=d, check=True, capture_output=True)  # noqa: E731
+    ssl_run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt", "-days", "2",
+            "-subj", "/CN=journey issuer CA")
+    ssl_run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "tls.key", "-out", "tls.csr", "-subj", "/CN=issuer")
+    (d / "ext").write_text(f"subjectAltName=IP:{ip}\nextendedKeyUsage=serverAuth\n")
+    ssl_run("x509", "-req", "-in", "tls.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+            "-out", "tls.crt", "-days", "2", "-extfile", "ext")
+    jwks = (ROOT / "tests" / "fixtures" / "identity" / "rsa-test-jwks.json").read_bytes()
+
+    class Keys(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - the stdlib's name
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(jwks)))
+            self.end_headers()
+            self.wfile.write(jwks)
+
+        def log_message(self, *a):
+            pass
+
+    server = http.server.ThreadingHTTPServer((ip, 0), Keys)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(d / "tls.crt", d / "tls.key")
+    server.socket = ctx.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"https://{ip}:{server.server_address[1]}/jwks"
+    try:
+        kubectl("create", "namespace", "oidc")
+        apply({"apiVersion": "mcpwarden.dev/v1alpha1", "kind": "McpPolicy",
+               "metadata": {"name": "external", "namespace": "oidc"},
+               "spec": {"podSelector": {"matchLabels": {"app": "x"}}, "upstream": {"port": 8000},
+                        "identity": {"jwt": {"issuer": "https://id.example.com", "audiences": ["mcp"],
+                                             "jwksFrom": url}, "required": True},
+                        "tools": {"read_file": {}}}})
+        keys = lambda: condition(get_json("mcpp", "-n", "oidc", "external").get("status", {}), "KeysUnavailable")  # noqa: E731
+        failed = wait("KeysUnavailable without the CA", lambda: (c := keys()).get("status") == "True" and c, timeout=90)
+        assert "certificate" in failed["message"].lower() or "tls" in failed["message"].lower(), failed
+        kubectl("create", "configmap", "issuer-ca", "-n", NS, f"--from-file=ca.crt={d / 'ca.crt'}")
+        helm("upgrade", RELEASE, str(ROOT / "charts" / "mcp-warden"), "-n", NS, "--reuse-values", "--wait",
+             "--set", "controller.trustedCA.configMap=issuer-ca")
+        kubectl("rollout", "status", "-n", NS, f"deployment/{RELEASE}", "--timeout=180s", timeout=190)
+        fetched = wait("the keys fetched with the CA", lambda: (c := keys()).get("status") == "False" and c, timeout=120)
+        assert fetched["reason"] == "Fetched", fetched
+        cm = get_json("configmap", "-n", "oidc", "external-mcp-warden")
+        assert json.loads(cm["data"]["jwks.json"])["keys"][0]["kid"] == "test-rsa"
+    finally:
+        server.shutdown()
+        kubectl("delete", "namespace", "oidc", "--wait=false", check=False)
+
+
 def test_metrics_show_decisions_injections_and_reconciles(world):
     leader = world.leader()
     m = world.controller_metrics(leader)
     assert (metric(m, "mcp_warden_reconciliations_total", result="ok") or 0) >= 2
-    hash_ = get_json("mcpp", "-n", APP_NS, "python-interpreter")["status"]["policyHash"]
+    hash_ = policy_status()["policyHash"]
     assert metric(m, "mcp_warden_policy_rendered_info", policy=f"{APP_NS}/python-interpreter", hash=hash_) == 1
     injected = sum(metric(world.controller_metrics(n), "mcp_warden_injections_total", result="injected") or 0
-                   for n in world.controllers)
+                   for n in world.controllers())
     assert injected >= 1
     s = sidecar_metrics(world)
     assert (metric(s, "mcp_warden_policy_reloads_total", result="ok") or 0) >= 2, "the first load and the edit"
@@ -485,8 +591,9 @@ def test_the_operator_panels_and_alerts_on_a_real_prometheus(world):
 
     rules = promlib.render_rules(world.dir)
     pod_name = mcp_pod()["metadata"]["name"]
-    targets = [(f"127.0.0.1:{port}", {"namespace": NS, "pod": name}) for name, port in world.admin.items()]
-    targets.append((f"{world.app_ip}:9481", {"namespace": APP_NS, "pod": pod_name}))
+    # The pods' own endpoints on the node's network, as a Prometheus in the cluster scrapes them.
+    targets = [(f"{ip}:8080", {"namespace": NS, "pod": name}) for name, ip in world.controllers().items()]
+    targets.append((f"{world.app_ip()}:9481", {"namespace": APP_NS, "pod": pod_name}))
     with promlib.prometheus(targets, rules) as prom:
         prom.wait_scraped()
         # The replicas are scraped at different instants, so a sum over them is extrapolated at
@@ -496,17 +603,9 @@ def test_the_operator_panels_and_alerts_on_a_real_prometheus(world):
         started = time.time() - 20
         # One pod the policy selects (injected) and one it does not (skipped).
         for name, app in (("panel-selected", "python-interpreter"), ("panel-other", "other")):
-            kubectl("create", "-f", "-", input=json.dumps({
-                "apiVersion": "v1", "kind": "Pod",
-                "metadata": {"name": name, "namespace": APP_NS, "labels": {"app": app}},
-                "spec": {"containers": [{"name": "server", "image": "python:3.12-slim",
-                                         "ports": [{"name": "mcp", "containerPort": 8000}]}]}}))
-        before = get_json("mcpp", "-n", APP_NS, "python-interpreter")["status"]["policyHash"]
-        kubectl("patch", "mcpp", "-n", APP_NS, "python-interpreter", "--type", "merge", "-p",
-                json.dumps({"spec": {"tools": {"list_sessions": {"action": "deny", "reason": "Paused"}}}}))
-        rendered = wait("the new render", lambda: (
-            h := get_json("mcpp", "-n", APP_NS, "python-interpreter")["status"]["policyHash"]) != before and h)
-        wait("the sidecar on it", lambda: metric(sidecar_metrics(world), "mcp_warden_policy_info", hash=rendered) == 1)
+            kubectl("create", "-f", "-", input=json.dumps(restricted_pod(name, APP_NS, {"app": app})))
+        rendered = patch_policy({"spec": {"tools": {"list_sessions": {"action": "deny", "reason": "Paused"}}}})
+        sidecar_on(world, rendered)
         prom.wait_scraped()
         at = float(prom.query("max(timestamp(mcp_warden_reconciliations_total))")[0]["value"][1])
         range_s = int(at - started) + 3
@@ -550,54 +649,172 @@ def test_the_operator_panels_and_alerts_on_a_real_prometheus(world):
         kubectl("delete", "pod", "-n", APP_NS, name, "--wait=false", check=False)
 
 
-def test_the_lease_moves_when_the_leader_dies_and_work_continues(world):
+# -- 3. isolation on the wire -------------------------------------------------------------------
+
+ISO = "isolation"
+
+
+def probe(host: str, port: int) -> bool:
+    """Whether a pod that no policy selects can open a TCP connection to host:port."""
+    code = (f"import socket,sys\ntry:\n socket.create_connection(('{host}', {port}), timeout=2).close(); print('open')\n"
+            f"except OSError as e:\n print('closed', e)")
+    out = kubectl("exec", "-n", ISO, "probe", "--", "python3", "-c", code, timeout=30)
+    return out.startswith("open")
+
+
+def test_isolation_holds_on_the_wire_from_another_pod(world):
+    """Servers that listen on every address, guarded with isolation left unset (the documented
+    default), set to NetworkPolicy, and set to None: from another pod, the server's port on the
+    pod IP is closed under the first two and open under the third, and the sidecar's port answers
+    under all three. A NetworkPolicy that admits the server's port really reopens it, and the
+    McpPolicy says IsolationIneffective."""
+    kubectl("create", "namespace", ISO)
+    kubectl("label", "namespace", ISO, "mcpwarden.dev/injection=enabled", "pod-security.kubernetes.io/enforce=restricted")
+    cases = {"default": None, "explicit": "NetworkPolicy", "none": "None"}
+    for name, isolation in cases.items():
+        spec = {"podSelector": {"matchLabels": {"app": name}}, "upstream": {"port": 8000, "path": "/mcp"},
+                "default": "allow"}
+        if isolation:
+            spec["isolation"] = isolation
+        apply({"apiVersion": "mcpwarden.dev/v1alpha1", "kind": "McpPolicy",
+               "metadata": {"name": name, "namespace": ISO}, "spec": spec})
+    for name in cases:
+        wait(f"McpPolicy {name} Ready", lambda n=name: condition(
+            get_json("mcpp", "-n", ISO, n).get("status", {}), "Ready").get("status") == "True")
+    # Every address, as many servers do; the probe selected by no policy.
+    serve = ["-m", "http.server", "8000", "--bind", "0.0.0.0", "--directory", "/usr/share"]
+    for name in cases:
+        kubectl("create", "-f", "-", input=json.dumps(restricted_pod(name, ISO, {"app": name}, serve)))
+    kubectl("create", "-f", "-", input=json.dumps(restricted_pod("probe", ISO, {"app": "probe"})))
+    pods = {n: wait(f"pod {n} Ready", lambda n=n: (p := get_json("pod", "-n", ISO, n)) and ready(p) and p, timeout=120)
+            for n in [*cases, "probe"]}
+    nps = {n["metadata"]["name"] for n in get_json("networkpolicies", "-n", ISO)["items"]}
+    assert nps == {"default-mcp-warden", "explicit-mcp-warden"}, f"isolation unset renders the default: {nps}"
+    ip = {n: p["status"]["podIP"] for n, p in pods.items()}
+    assert probe(ip["none"], 8000), "without isolation the server's port is open (the probe can see it)"
+    for name in ("default", "explicit"):
+        wait(f"{name}: the server's port closed to other pods", lambda n=name: not probe(ip[n], 8000), timeout=30)
+    for name in cases:
+        assert probe(ip[name], 9480), f"{name}: the sidecar's port answers"
+    # A NetworkPolicy that admits the server's port to everyone: NetworkPolicies add up, so it
+    # reopens the port, and the status says so.
+    apply({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+           "metadata": {"name": "open-8000", "namespace": ISO},
+           "spec": {"podSelector": {"matchLabels": {"app": "explicit"}}, "policyTypes": ["Ingress"],
+                    "ingress": [{"ports": [{"port": 8000, "protocol": "TCP"}]}]}})
+    wait("the port reopened by the other NetworkPolicy", lambda: probe(ip["explicit"], 8000), timeout=30)
+    ineffective = wait("IsolationIneffective", lambda: (c := condition(
+        get_json("mcpp", "-n", ISO, "explicit")["status"], "IsolationIneffective")).get("status") == "True" and c, timeout=60)
+    assert "open-8000" in ineffective["message"], ineffective
+    kubectl("delete", "networkpolicy", "-n", ISO, "open-8000")
+    wait("closed again", lambda: not probe(ip["explicit"], 8000), timeout=30)
+    wait("IsolationIneffective cleared", lambda: condition(
+        get_json("mcpp", "-n", ISO, "explicit")["status"], "IsolationIneffective").get("status") == "False", timeout=60)
+    kubectl("delete", "namespace", ISO, "--wait=false")
+
+
+# -- 4. failures --------------------------------------------------------------------------------
+
+
+def raw_call(url: str, tool: str, args: dict) -> str:
+    """One tools/call on a fresh session, by hand: 'refused' when nothing listens, else the
+    text of the result or error the client got."""
+    import urllib.error
+    import urllib.request
+    headers = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
+
+    def post(body: dict, extra: dict) -> tuple[dict, str]:
+        req = urllib.request.Request(url, data=json.dumps(body).encode(), headers={**headers, **extra}, method="POST")
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return dict(r.headers), r.read().decode()
+    try:
+        h, _ = post({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "probe", "version": "1"}}}, {})
+        session = {k: v for k, v in h.items() if k.lower() == "mcp-session-id"}
+        post({"jsonrpc": "2.0", "method": "notifications/initialized"}, session)
+        _, text = post({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": tool, "arguments": args}}, session)
+        return text
+    except urllib.error.HTTPError as e:
+        return f"HTTP {e.code}"
+    except OSError:
+        return "refused"
+
+
+@pytest.mark.anyio
+async def test_a_killed_sidecar_restarts_and_the_server_is_never_reachable_unguarded(world):
+    pod = mcp_pod()
+    ip = pod["status"]["podIP"]
+    server_before = next(c for c in pod["status"]["containerStatuses"] if c["name"] == "interpreter")
+    hash_ = policy_status()["policyHash"]
+    os.kill(container_pid(pod, "mcp-warden"), 9)
+    killed = time.monotonic()
+    seen = []
+    # While it is down and as it comes back, a denied tool is never run: every try is refused
+    # at the socket or answered by the sidecar's denial.
+    while time.monotonic() - killed < 90:
+        got = raw_call(f"http://{ip}:9480/mcp", "install_package", {"package_name": "x"})
+        seen.append(got)
+        assert got == "refused" or "Package installs are disabled" in got, got
+        if got != "refused" and "refused" in seen:
+            break
+        time.sleep(0.2)
+    assert "refused" in seen and seen[-1] != "refused", f"the sidecar went down and came back: {seen[:3]}…{seen[-3:]}"
+    figure("sidecar killed → serving again", f"{time.monotonic() - killed:.1f} s")
+    now = wait("the pod Ready again", lambda: (p := mcp_pod()) and ready(p) and p, timeout=60)
+    side = next(c for c in now["status"]["initContainerStatuses"] if c["name"] == "mcp-warden")
+    assert side["restartCount"] >= 1, side
+    server = next(c for c in now["status"]["containerStatuses"] if c["name"] == "interpreter")
+    assert server["containerID"] == server_before["containerID"] and server["restartCount"] == server_before["restartCount"], \
+        "the server kept running"
+    assert not tcp_open(ip, 8000), "the server listens on the pod's loopback only"
+    assert metric(sidecar_metrics(world), "mcp_warden_policy_info", hash=hash_) == 1, "the restarted sidecar enforces the policy"
+    async with client(world) as s:
+        assert await call(s, "install_package", {"package_name": "x"}) == (True, "Package installs are disabled in this namespace")
+
+
+def test_the_lease_moves_when_the_leader_pod_is_deleted_and_work_continues(world):
     leader = world.leader()
-    survivor = next(n for n in world.controllers if n != leader)
+    survivor = next(n for n in world.controllers() if n != leader)
     duration = get_json("lease", "-n", NS, f"{RELEASE}-leader")["spec"]["leaseDurationSeconds"]
-    world.controllers[leader].kill()
-    world.write_routes()
     t0 = time.monotonic()
+    kubectl("delete", "pod", "-n", NS, leader, "--wait=false")
     wait("the survivor to take the Lease", lambda: world.leader() == survivor, timeout=duration * 3)
     took = time.monotonic() - t0
+    figure("leader pod deleted → Lease taken", f"{took:.1f} s")
     assert took <= duration + 5, f"the Lease moved after {took:.1f}s (duration {duration}s)"
-    # Reconciling continues on the survivor, and it still answers webhooks.
-    before = get_json("mcpp", "-n", APP_NS, "python-interpreter")["status"]["policyHash"]
-    kubectl("patch", "mcpp", "-n", APP_NS, "python-interpreter", "--type", "json", "-p",
-            json.dumps([{"op": "remove", "path": "/spec/tools/read_file/action"},
-                        {"op": "remove", "path": "/spec/tools/read_file/reason"}]))
-    wait("the survivor's render", lambda: get_json("mcpp", "-n", APP_NS, "python-interpreter")["status"]["policyHash"] != before)
+    # Reconciling continues on the survivor, and the webhook still admits and injects.
+    patch_policy([{"op": "remove", "path": "/spec/tools/read_file/action"},
+                  {"op": "remove", "path": "/spec/tools/read_file/reason"}], kind="json")
     kubectl("scale", "deployment", "-n", APP_NS, "python-interpreter", "--replicas", "2")
-    wait("a second injected pod", lambda: len([
-        p for p in get_json("pods", "-n", APP_NS, "-l", "app=python-interpreter")["items"]
-        if any(c["name"] == "mcp-warden" for c in p["spec"]["containers"] + p["spec"].get("initContainers", []))]) == 2)
+    wait("a second injected pod Ready", lambda: len([
+        p for p in ready_pods(APP_NS, "app=python-interpreter")
+        if any(c["name"] == "mcp-warden" for c in p["spec"].get("initContainers", []))]) == 2, timeout=120)
     kubectl("scale", "deployment", "-n", APP_NS, "python-interpreter", "--replicas", "1")
-    # The dead replica's pod is replaced, as the kubelet would restart it; it rejoins.
-    world.start_controller(next(p for p in get_json("pods", "-n", NS, "-l", "app.kubernetes.io/name=mcp-warden")["items"]
-                                if p["metadata"]["name"] == leader))
-    wait("the restarted replica ready", lambda: world.ready(leader), timeout=90)
-    assert world.leader() == survivor, "a returning replica does not take the Lease back"
+    # The Deployment replaced the deleted pod; the new replica joins without taking the Lease.
+    kubectl("rollout", "status", "-n", NS, f"deployment/{RELEASE}", "--timeout=120s", timeout=130)
+    wait("two controllers Ready", lambda: len(world.controllers()) == 2, timeout=60)
+    assert world.leader() == survivor, "a new replica does not take the Lease"
+    wait("one interpreter pod", lambda: len(get_json("pods", "-n", APP_NS, "-l", "app=python-interpreter")["items"]) == 1, timeout=90)
 
 
 def test_with_the_webhook_down_opted_in_namespaces_refuse_pods(world):
-    for p in world.controllers.values():
-        p.kill()
-    world.write_routes()
-    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "while-down", "labels": {"app": "python-interpreter"}},
-           "spec": {"containers": [{"name": "a", "image": "registry.invalid/x:1", "ports": [{"name": "mcp", "containerPort": 8000}]}]}}
-    p = subprocess.run([os.environ["MCP_WARDEN_KUBECTL"], "create", "-n", APP_NS, "-f", "-"],
+    kubectl("scale", "deployment", "-n", NS, RELEASE, "--replicas", "0")
+    wait("no controller pods", lambda: not get_json("pods", "-n", NS, "-l", CONTROLLER)["items"], timeout=90)
+    pod = restricted_pod("while-down", APP_NS, {"app": "python-interpreter"})
+    p = subprocess.run([os.environ["MCP_WARDEN_KUBECTL"], "create", "-f", "-"],
                        input=json.dumps(pod), capture_output=True, text=True, timeout=60)
     assert p.returncode != 0, "a pod was admitted with the webhook down"
     assert "mcp-warden" in p.stderr and "failed calling webhook" in p.stderr, p.stderr
     kubectl("create", "namespace", "journey-plain")
     try:
-        out = kubectl("create", "-n", "journey-plain", "-f", "-", input=json.dumps(pod))
+        pod["metadata"]["namespace"] = "journey-plain"
+        out = kubectl("create", "-f", "-", input=json.dumps(pod))
         assert "created" in out, "namespaces that did not opt in are left alone"
     finally:
         kubectl("delete", "namespace", "journey-plain", "--wait=false")
-    for pod in get_json("pods", "-n", NS, "-l", "app.kubernetes.io/name=mcp-warden")["items"]:
-        world.start_controller(pod)
-    for name in world.controllers:
-        wait(f"controller {name} ready again", lambda n=name: world.ready(n), timeout=90)
+    kubectl("scale", "deployment", "-n", NS, RELEASE, "--replicas", "2")
+    kubectl("rollout", "status", "-n", NS, f"deployment/{RELEASE}", "--timeout=180s", timeout=190)
+    wait("two controllers Ready", lambda: len(world.controllers()) == 2, timeout=60)
 
 
 def test_the_controller_catches_up_after_an_api_server_restart(world):
@@ -609,18 +826,18 @@ def test_the_controller_catches_up_after_an_api_server_restart(world):
     except AssertionError:
         os.kill(pid, 9)
     time.sleep(3)  # the controllers see the connection drop
-    up = subprocess.run([str(ROOT / "tests" / "cluster" / "up.sh")], capture_output=True, text=True, timeout=180)
+    up = subprocess.run([str(ROOT / "tests" / "cluster" / "up.sh")], capture_output=True, text=True, timeout=240)
     assert up.returncode == 0, up.stderr
-    before = get_json("mcpp", "-n", APP_NS, "python-interpreter")["status"]["policyHash"]
-    kubectl("patch", "mcpp", "-n", APP_NS, "python-interpreter", "--type", "merge", "-p",
-            json.dumps({"spec": {"tools": {"list_sessions": {"action": "deny", "reason": "after the restart"}}}}))
-    wait("a render after the restart", lambda: get_json("mcpp", "-n", APP_NS, "python-interpreter")["status"]["policyHash"] != before,
-         timeout=120)
-    for name, p in world.controllers.items():
-        assert p.containers["controller"].process.poll() is None, f"controller {name} exited"
+    before = {p["metadata"]["name"]: p["status"]["containerStatuses"][0]["restartCount"]
+              for p in get_json("pods", "-n", NS, "-l", CONTROLLER)["items"]}
+    rendered = patch_policy({"spec": {"tools": {"list_sessions": {"action": "deny", "reason": "after the restart"}}}})
+    sidecar_on(world, rendered)
+    after = {p["metadata"]["name"]: p["status"]["containerStatuses"][0]["restartCount"]
+             for p in get_json("pods", "-n", NS, "-l", CONTROLLER)["items"]}
+    assert after == before, f"no controller restarted: {before} → {after}"
 
 
-# -- 4. upgrade and uninstall -----------------------------------------------------------------
+# -- 5. upgrade and uninstall -----------------------------------------------------------------
 
 
 def prometheus_operator_crds() -> list[Path]:
@@ -639,7 +856,7 @@ def test_helm_upgrade_with_the_monitoring_objects(world):
         wait(f"{crd} established", lambda c=crd: any(
             x["type"] == "Established" and x["status"] == "True"
             for x in get_json("crd", f"{c}.monitoring.coreos.com")["status"]["conditions"]))
-    helm("upgrade", RELEASE, str(ROOT / "charts" / "mcp-warden"), "-n", NS, "--reuse-values",
+    helm("upgrade", RELEASE, str(ROOT / "charts" / "mcp-warden"), "-n", NS, "--reuse-values", "--wait",
          "--set", "serviceMonitor.enabled=true", "--set", "podMonitor.enabled=true",
          "--set", "prometheusRule.enabled=true", "--set", "grafanaDashboard.enabled=true")
     assert get_json("servicemonitor", "-n", NS, RELEASE)["spec"]["endpoints"]
@@ -651,8 +868,7 @@ def test_helm_upgrade_with_the_monitoring_objects(world):
 
 
 def test_uninstall_leaves_only_the_crd(world):
-    world.stop()
-    kubectl("delete", "-f", str(EXAMPLE), "--wait=true", "--timeout=120s")
+    kubectl("delete", "-f", str(EXAMPLE), "--wait=true", "--timeout=120s", timeout=130)
     helm("uninstall", RELEASE, "-n", NS, "--wait")
 
     def leftovers() -> list[str]:
@@ -673,4 +889,6 @@ def test_uninstall_leaves_only_the_crd(world):
     with contextlib.suppress(AssertionError):
         wait("nothing of mcp-warden left (garbage collection)", lambda: not leftovers(), timeout=60)
     assert leftovers() == []
+    wait("the controller pods gone", lambda: not get_json("pods", "-n", NS)["items"], timeout=90)
     assert get_json("crd", "mcppolicies.mcpwarden.dev"), "the CRD stays (Helm never deletes CRDs)"
+    assert get_json("crd", "mcpapprovals.mcpwarden.dev"), "the CRD stays (Helm never deletes CRDs)"
