@@ -91,6 +91,7 @@ fn main() {
             grant: None,
             session: None,
             approved: false,
+            cloak: None,
             seen: None,
         });
     }
@@ -102,6 +103,7 @@ fn main() {
             grant: None,
             session: None,
             approved: false,
+            cloak: None,
             seen: None,
         });
     }
@@ -114,6 +116,7 @@ fn main() {
             grant: None,
             session: None,
             approved: false,
+            cloak: None,
             seen: None,
         })
         .collect();
@@ -124,6 +127,7 @@ fn main() {
         grant: None,
         session: None,
         approved: false,
+        cloak: None,
         seen: None,
     }];
 
@@ -157,6 +161,7 @@ fn main() {
             grant: None,
             session: None,
             approved: false,
+            cloak: None,
             seen: Some(seen),
         })
         .collect();
@@ -255,6 +260,7 @@ fn main() {
                             grant: None,
                             session: None,
                             approved: false,
+                            cloak: None,
                             seen: None,
                         };
                         black_box(counters.decide(&call, i));

@@ -243,6 +243,7 @@ pub fn explain_call(policy: &Policy, x: &Explain, tools: Option<&[ToolDef]>, out
         grant,
         session: x.session.as_deref(),
         approved: false,
+        cloak: None,
         seen,
     };
     let calls = x.calls.max(1);

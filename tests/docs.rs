@@ -96,9 +96,13 @@ fn the_readme_builds_the_image_the_way_ci_does() {
         .find_map(|l| l.strip_prefix("appVersion:"))
         .map(|v| v.trim().trim_matches('"'))
         .expect("appVersion in Chart.yaml");
-    let cargo = "cargo build --locked --profile image --target x86_64-unknown-linux-musl --bin mcp-warden";
+    let cargo =
+        "cargo build --locked --profile image --target x86_64-unknown-linux-musl --bin mcp-warden";
     assert!(text.contains(&format!("\n{cargo}\n")), "README: {cargo}");
-    assert!(script.contains(&format!("    {cargo}\n")), "images.sh: {cargo}");
+    assert!(
+        script.contains(&format!("    {cargo}\n")),
+        "images.sh: {cargo}"
+    );
     let image = format!("ghcr.io/mcp-warden/mcp-warden:{version}");
     assert!(
         text.contains(&format!("\nbuildah build -t {image} .\n")),

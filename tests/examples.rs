@@ -74,6 +74,7 @@ fn check_example(path: &Path) -> usize {
                 grant: x.identity.as_deref().and_then(|id| policy.grant_for(id)),
                 session: None,
                 approved: false,
+                cloak: None,
                 seen: None,
             };
             for i in 1..x.calls {

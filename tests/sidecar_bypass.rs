@@ -529,3 +529,38 @@ async fn the_policy_names_more_hosts_and_origins() {
     .await;
     assert_eq!(send("jupyter.notebooks.svc", None).await, 403);
 }
+
+/// An event over the size limit on the legacy SSE stream: the request it answers gets an error
+/// with its own id that says what happened (not a tool-list error with `id: null`).
+#[tokio::test]
+async fn an_oversized_answer_on_the_legacy_stream_answers_its_request() {
+    let big = format!(
+        r#"{{"jsonrpc":"2.0","id":5,"result":{{"content":[{{"type":"text","text":"{}"}}]}}}}"#,
+        "x".repeat(17 << 20)
+    );
+    let stream = Canned {
+        status: 200,
+        headers: vec![("content-type", "text/event-stream".into())],
+        chunks: vec![
+            Bytes::from("event: endpoint\ndata: /messages?session_id=1\n\n"),
+            Bytes::from(format!("event: message\ndata: {big}\n\n")),
+        ],
+    };
+    let (sc, _) = stub_sidecar(move |_, _| stream.clone(), |_| {}).await;
+    let raw = get(&sc.url().replace("/mcp", "/sse")).await;
+    let body = String::from_utf8_lossy(&raw.2);
+    assert!(
+        body.starts_with("event: endpoint\ndata: /messages?session_id=1\n\n"),
+        "{}",
+        &body[..200.min(body.len())]
+    );
+    let msgs = messages(&raw);
+    assert_eq!(msgs.len(), 1, "{body}");
+    assert_eq!(msgs[0]["id"], 5, "the request the event answered: {body}");
+    let message = msgs[0]["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("over the 16777216-byte limit"),
+        "{message}"
+    );
+    assert!(!message.contains("tool list"), "{message}");
+}

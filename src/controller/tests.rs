@@ -467,7 +467,10 @@ mod desired_state {
             d.configmap.as_ref().unwrap().data.as_ref().unwrap()[POLICY_KEY].as_bytes(),
             r.json.as_slice()
         );
-        assert!(d.network_policy.is_none());
+        assert!(
+            d.network_policy.is_some(),
+            "isolation defaults to NetworkPolicy"
+        );
         assert_eq!(
             d.events.iter().map(|e| e.reason).collect::<Vec<_>>(),
             vec!["Rendered"]
@@ -671,6 +674,7 @@ mod desired_state {
         let unset = desired_alone(&policy(json!({})), &pods, &[], &[]);
         let np = unset
             .network_policy
+            .as_ref()
             .expect("an McpPolicy without isolation gets the default NetworkPolicy");
         assert_eq!(np.metadata.name.as_deref(), Some("jupyter-mcp-warden"));
         assert_eq!(
@@ -679,7 +683,10 @@ mod desired_state {
             "the default isolation is checked like an explicit one"
         );
         let none = desired_alone(&policy(json!({"isolation": "None"})), &pods, &[], &[]);
-        assert!(none.network_policy.is_none(), "isolation: None renders none");
+        assert!(
+            none.network_policy.is_none(),
+            "isolation: None renders none"
+        );
     }
 
     #[test]

@@ -48,6 +48,8 @@ pub struct Call<'a> {
     pub approved: bool,
     /// What the server's tool list says of the tool; `None` when the sidecar has not seen it.
     pub seen: Option<Seen<'a>>,
+    /// Whether its definitions disagree (only for policies that read definitions).
+    pub cloak: Option<Cloak>,
 }
 
 /// What the sidecar knows of a tool from the server's tool list.
@@ -58,6 +60,17 @@ pub struct Seen<'a> {
     pub hash: &'a str,
     /// The hash of the definition it was first seen with (what `pinning: firstSeen` holds to).
     pub first: &'a str,
+}
+
+/// A tool whose definitions disagree: the server showed a client another definition than the
+/// one the sidecar listed (see `tools::catalog`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Cloak {
+    /// The sidecar is listing again to settle it; calls wait (a retryable refusal).
+    Checking,
+    /// A listing made after that still disagreed: calls are denied for good.
+    Cloaked,
 }
 
 /// The kind of a decision.
@@ -215,6 +228,8 @@ impl Engine {
                 hide,
                 format!("Unknown tool: {}", call.tool).into(),
             ))
+        } else if let Some(refused) = check_cloak(call) {
+            Some(refused)
         } else if let Some(refused) = self.check_pin(call) {
             Some(refused)
         } else {
@@ -357,7 +372,8 @@ impl Engine {
             *g = Some(self.families[ci].lock());
         }
         let mut hit: Option<(usize, Duration)> = None;
-        let mut added: [Option<counters::Spent>; MAX_COUNTERS_PER_CALL] = [None; MAX_COUNTERS_PER_CALL];
+        let mut added: [Option<counters::Spent>; MAX_COUNTERS_PER_CALL] =
+            [None; MAX_COUNTERS_PER_CALL];
         let mut overflow = false;
         for (i, &ci) in order.iter().enumerate() {
             let fam = &self.families[ci];
@@ -404,6 +420,24 @@ impl Engine {
             overflow,
             Taken::default(),
         )
+    }
+}
+
+/// A tool whose definitions disagree is never decided on either of them (only policies that
+/// read definitions, by categories or pins, are told of it).
+fn check_cloak(call: &Call) -> Option<(Outcome, &'static str, Cow<'static, str>)> {
+    match call.cloak? {
+        Cloak::Checking => Some((Outcome::Unlisted, "definitions", unlisted_reason(call.tool))),
+        Cloak::Cloaked => Some((
+            Outcome::Deny,
+            "definitions",
+            format!(
+                "The server describes tool {:?} one way to mcp-warden and another way to its \
+                 clients, so mcp-warden refuses it",
+                call.tool
+            )
+            .into(),
+        )),
     }
 }
 

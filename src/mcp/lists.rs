@@ -174,14 +174,20 @@ impl PrefixReader<'_> {
             return self.string().map(Value::String);
         }
         let start = self.i;
-        while matches!(self.s.get(self.i), Some(b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9')) {
+        while matches!(
+            self.s.get(self.i),
+            Some(b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9')
+        ) {
             self.i += 1;
         }
         // A number must be followed by what ends it, or it may have been cut.
-        matches!(self.s.get(self.i), Some(b',' | b'}' | b' ' | b'\t' | b'\n' | b'\r'))
-            .then(|| serde_json::from_slice::<serde_json::Number>(&self.s[start..self.i]).ok())
-            .flatten()
-            .map(Value::Number)
+        matches!(
+            self.s.get(self.i),
+            Some(b',' | b'}' | b' ' | b'\t' | b'\n' | b'\r')
+        )
+        .then(|| serde_json::from_slice::<serde_json::Number>(&self.s[start..self.i]).ok())
+        .flatten()
+        .map(Value::Number)
     }
 
     /// Skips one value: strings and nesting followed to their end.
@@ -246,16 +252,35 @@ mod tests {
         use super::leading_id;
         use serde_json::json;
         let cut = |s: &str| s.as_bytes()[..s.len() - 3].to_vec();
-        assert_eq!(leading_id(&cut(r#"{"jsonrpc":"2.0","id":7,"result":{"content":"xxxxxx"}}"#)), Some(json!(7)));
-        assert_eq!(leading_id(&cut(r#" { "jsonrpc" : "2.0" , "id" : "a\"b" , "result":"xxxxx"}"#)), Some(json!("a\"b")));
         assert_eq!(
-            leading_id(&cut(r#"{"result":{"x":[1,{"id":9}],"s":"}"},"id":12,"jsonrpc":"2.0"}"#)),
+            leading_id(&cut(
+                r#"{"jsonrpc":"2.0","id":7,"result":{"content":"xxxxxx"}}"#
+            )),
+            Some(json!(7))
+        );
+        assert_eq!(
+            leading_id(&cut(
+                r#" { "jsonrpc" : "2.0" , "id" : "a\"b" , "result":"xxxxx"}"#
+            )),
+            Some(json!("a\"b"))
+        );
+        assert_eq!(
+            leading_id(&cut(
+                r#"{"result":{"x":[1,{"id":9}],"s":"}"},"id":12,"jsonrpc":"2.0"}"#
+            )),
             Some(json!(12)),
             "an id nested in an earlier member is not the message's"
         );
-        assert_eq!(leading_id(br#"{"jsonrpc":"2.0","id":12"#), None, "a number that may be cut");
+        assert_eq!(
+            leading_id(br#"{"jsonrpc":"2.0","id":12"#),
+            None,
+            "a number that may be cut"
+        );
         assert_eq!(leading_id(br#"{"jsonrpc":"2.0","result":{"a":"#), None);
-        assert_eq!(leading_id(br#"{"jsonrpc":"2.0","id":null,"result":1}"#), None);
+        assert_eq!(
+            leading_id(br#"{"jsonrpc":"2.0","id":null,"result":1}"#),
+            None
+        );
         assert_eq!(leading_id(b"[1,2"), None);
     }
 

@@ -248,6 +248,7 @@ pub async fn handle(st: Arc<State>, req: Request<Incoming>) -> Response<Body> {
 
 /// `GET /tools`: what the sidecar knows of the server's tools, and the policy against them.
 fn tools(st: &State) -> Response<Body> {
+    use crate::tools::catalog::Cloak;
     let snapshot = st.tools.snapshot();
     let policy = st.policy.load_full();
     let entries = snapshot.sorted();
@@ -256,7 +257,11 @@ fn tools(st: &State) -> Response<Body> {
         .iter()
         .map(|e| {
             let mut v = serde_json::to_value(e).expect("an entry serialises");
-            v["changed"] = json!(e.def.hash != e.first_hash);
+            let cloak = snapshot.cloak(&e.def.name);
+            v["changed"] = json!(e.def.hash != e.first_hash || cloak == Some(Cloak::Cloaked));
+            if let Some(c) = cloak {
+                v["cloak"] = json!(c);
+            }
             v
         })
         .collect();
@@ -272,6 +277,8 @@ fn tools(st: &State) -> Response<Body> {
             "error": snapshot.error,
             "dropped": snapshot.dropped,
             "tools": tools,
+            // Tools clients were shown that the sidecar's own listing never had.
+            "unlistedCloaks": snapshot.cloaks.keys().filter(|n| !snapshot.tools.contains_key(*n)).collect::<std::collections::BTreeSet<_>>(),
             "report": report,
         }))
         .expect("a JSON value serialises"),

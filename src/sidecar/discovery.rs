@@ -25,10 +25,11 @@ pub(super) async fn run(st: Arc<State>, mut stop: watch::Receiver<bool>) {
     let lister = Lister::http(st.cfg.upstream.clone(), &st.cfg.legacy_sse_path);
     let mut backoff = MIN_INTERVAL;
     loop {
+        let started = std::time::Instant::now();
         let wait = match lister.list().await {
             Ok(listing) => {
                 let defs: Vec<ToolDef> = listing.tools.iter().filter_map(ToolDef::read).collect();
-                install(&st, defs);
+                install(&st, defs, started);
                 backoff = MIN_INTERVAL;
                 st.cfg.tools_refresh
             }
@@ -50,10 +51,12 @@ pub(super) async fn run(st: Arc<State>, mut stop: watch::Receiver<bool>) {
     }
 }
 
-/// Installs a new list, counting definitions that changed.
-fn install(st: &State, defs: Vec<ToolDef>) {
+/// Installs a new list whose reading started at `started`, counting definitions that changed.
+fn install(st: &State, defs: Vec<ToolDef>, started: std::time::Instant) {
     let n = defs.len();
-    let changes = st.tools.update(defs, super::caller::unix_now());
+    let changes = st
+        .tools
+        .update_listed(defs, super::caller::unix_now(), started);
     count_list(st, "ok");
     let Some(policy) = st.policy.load_full() else {
         return;
@@ -76,6 +79,17 @@ fn install(st: &State, defs: Vec<ToolDef>) {
             hash = snapshot.tools.get(name).map_or("", |e| e.def.hash.as_str()),
             denied = pinned,
             "the server changed a tool's definition"
+        );
+    }
+    for name in &changes.cloaked {
+        st.metrics
+            .tool_definition_changes
+            .with_label_values(&[label, name])
+            .inc();
+        tracing::warn!(
+            tool = %name,
+            "the server shows clients another definition of a tool than mcp-warden's own listing \
+             gets; the tool is hidden and its calls are denied"
         );
     }
     for name in &changes.added {

@@ -78,26 +78,30 @@ impl sse::Rewrite for ListFilter {
 }
 
 /// Whether the client may see a listed tool: some call to it could be allowed (by its rule, or
-/// its categories as the definition states them), and its definition is the pinned one.
+/// its categories as the definition states them), the sidecar's own listing has the same
+/// definition (a server that shows clients something else is caught: see
+/// [`crate::tools::catalog`]), and that definition is the pinned one.
 fn shown(st: &State, pol: &Policy, grant: Option<usize>, tool: &Value) -> bool {
     let Some(name) = tool.get("name").and_then(Value::as_str) else {
         return false;
     };
+    // Every definition a client would be shown is compared with the listing, hidden or not:
+    // one the policy hides by its categories may be the truth the listing was spared.
+    if pol.uses_tool_knowledge() && !st.tools.observe_shown(name, &definition_hash(tool)) {
+        return false;
+    }
     let hints = pol.categories.in_use().then(|| Hints::of_tool(tool));
     if !pol.listable(name, grant, hints) {
         return false;
     }
-    if pol.pins.is_empty() && pol.pinning != Pinning::FirstSeen {
+    if !pol.uses_tool_knowledge() {
         return true;
     }
     let hash = definition_hash(tool);
-    if st.tools.snapshot().tools.get(name).map(|e| &e.def.hash) != Some(&hash) {
-        // The client sees a definition the sidecar has not listed: list again.
-        st.tools.wake();
-    }
     let pinned = match pol.pins.get(name) {
         Some(pin) => Some(pin.hash.clone()),
-        None => st.tools.first_hash(name),
+        None if pol.pinning == Pinning::FirstSeen => st.tools.first_hash(name),
+        None => None,
     };
     pinned.is_none_or(|p| p == hash)
 }

@@ -319,6 +319,7 @@ impl Gate<'_> {
                 grant: self.grant,
                 session: self.session,
                 approved: approval.as_ref().is_some_and(|a| a.held.is_some()),
+                cloak: tools.as_ref().and_then(|t| t.cloak(&call.name)),
                 seen,
             },
             monotonic_now(),

@@ -1,6 +1,14 @@
-//! The sidecar's view of the server's tools: the latest list it read itself, and the definition
-//! each tool was first seen with (what `pinning: firstSeen` holds it to). Read lock-free on every
-//! `tools/call`; replaced whole when a new list arrives.
+//! The sidecar's view of the server's tools: the latest list it read itself, the definition each
+//! tool was first seen with (what `pinning: firstSeen` holds it to), and the tools whose
+//! definitions disagree. Read lock-free on every `tools/call`; replaced whole when it changes.
+//!
+//! The server is not trusted to describe itself the same way to everyone: its own listing is easy
+//! to recognise. Every definition a client is shown is compared with the listing; one that
+//! differs makes the tool [`Cloak::Checking`] (hidden from clients, calls refused as not yet
+//! known) and the sidecar lists again. If a listing started after that still differs, the tool
+//! is [`Cloak::Cloaked`] for the life of the process: hidden, denied, counted and reported like a
+//! changed pin. If it agrees, the server changed the tool for everyone, and the new listing is
+//! used.
 
 use super::{ToolDef, MAX_TOOLS};
 use crate::engine::Seen;
@@ -8,7 +16,14 @@ use arc_swap::ArcSwap;
 use serde::Serialize;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 use tokio::sync::Notify;
+
+pub use crate::engine::Cloak;
+
+/// Most tools whose disagreement is tracked; past it every tool counts as cloaked (the server
+/// cannot make room by naming more tools).
+const MAX_CLOAKS: usize = MAX_TOOLS * 4;
 
 /// One listed tool and the hash it was first seen with.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -31,6 +46,10 @@ pub struct Snapshot {
     pub error: Option<String>,
     /// Tools beyond [`MAX_TOOLS`] that were dropped from the list.
     pub dropped: usize,
+    /// Tools whose definitions disagree, by name.
+    pub cloaks: HashMap<String, Cloak>,
+    /// More tools disagreed than are tracked: every tool counts as cloaked.
+    pub cloak_overflow: bool,
 }
 
 impl Snapshot {
@@ -41,6 +60,14 @@ impl Snapshot {
             hash: &e.def.hash,
             first: &e.first_hash,
         })
+    }
+
+    /// Whether the tool's definitions disagree.
+    pub fn cloak(&self, name: &str) -> Option<Cloak> {
+        match self.cloak_overflow {
+            true => Some(Cloak::Cloaked),
+            false => self.cloaks.get(name).copied(),
+        }
     }
 
     /// The tools in name order.
@@ -58,6 +85,8 @@ pub struct Changes {
     pub redefined: Vec<String>,
     pub added: Vec<String>,
     pub removed: Vec<String>,
+    /// Tools found to show clients another definition than the listing.
+    pub cloaked: Vec<String>,
 }
 
 /// The live view, shared by the discovery task, the gate, the list filter and the admin API.
@@ -67,6 +96,9 @@ pub struct Catalog {
     /// First-seen hashes, kept even for tools that leave the list (one that comes back changed
     /// is still caught). Bounded by [`MAX_TOOLS`] × 4.
     first_seen: Mutex<HashMap<String, String>>,
+    /// Definitions clients were shown that the listing did not have: hash and when, by name.
+    /// Held while the snapshot is replaced, so writers never lose each other's changes.
+    shown: Mutex<HashMap<String, (String, Instant)>>,
     wake: Notify,
 }
 
@@ -95,8 +127,47 @@ impl Catalog {
             .cloned()
     }
 
-    /// Installs a new list read at `now` (seconds since the epoch).
+    /// A client is being shown `hash` as the definition of `name`: when the listing says
+    /// otherwise, the tool waits for a new listing to settle it (see the module docs). Returns
+    /// whether the client may be shown it now.
+    pub fn observe_shown(&self, name: &str, hash: &str) -> bool {
+        let snap = self.snapshot();
+        let agrees = snap.tools.get(name).is_some_and(|e| e.def.hash == hash);
+        match snap.cloak(name) {
+            None if agrees => return true,
+            Some(Cloak::Cloaked) => return false,
+            _ => {}
+        }
+        let mut shown = self.shown.lock().unwrap_or_else(|e| e.into_inner());
+        let snap = self.snapshot();
+        let mut next = (*snap).clone();
+        if !shown.contains_key(name) && shown.len() >= MAX_TOOLS {
+            next.cloak_overflow = true;
+        } else {
+            shown.insert(name.to_owned(), (hash.to_owned(), Instant::now()));
+            if next.cloaks.len() >= MAX_CLOAKS && !next.cloaks.contains_key(name) {
+                next.cloak_overflow = true;
+            } else {
+                next.cloaks
+                    .entry(name.to_owned())
+                    .or_insert(Cloak::Checking);
+            }
+        }
+        self.current.store(Arc::new(next));
+        drop(shown);
+        self.wake();
+        false
+    }
+
+    /// Installs a new list read at `now` (seconds since the epoch), whose reading started at
+    /// `started`: it settles what clients were shown before then.
     pub fn update(&self, defs: Vec<ToolDef>, now: u64) -> Changes {
+        self.update_listed(defs, now, Instant::now())
+    }
+
+    /// [`Catalog::update`] for a listing that started reading at `started`.
+    pub fn update_listed(&self, defs: Vec<ToolDef>, now: u64, started: Instant) -> Changes {
+        let mut shown = self.shown.lock().unwrap_or_else(|e| e.into_inner());
         let old = self.snapshot();
         let mut first = self.first_seen.lock().unwrap_or_else(|e| e.into_inner());
         let dropped = defs.len().saturating_sub(MAX_TOOLS);
@@ -124,10 +195,28 @@ impl Catalog {
             .filter(|k| !tools.contains_key(*k))
             .cloned()
             .collect();
+        let mut cloaks = old.cloaks.clone();
+        shown.retain(|name, (hash, at)| {
+            if *at >= started {
+                return true; // shown while this list was being read: the next one settles it
+            }
+            match tools.get(name) {
+                Some(e) if e.def.hash == *hash => {
+                    cloaks.remove(name);
+                }
+                _ => {
+                    if cloaks.insert(name.clone(), Cloak::Cloaked) != Some(Cloak::Cloaked) {
+                        changes.cloaked.push(name.clone());
+                    }
+                }
+            }
+            false
+        });
         for v in [
             &mut changes.redefined,
             &mut changes.added,
             &mut changes.removed,
+            &mut changes.cloaked,
         ] {
             v.sort();
         }
@@ -136,12 +225,15 @@ impl Catalog {
             listed_at: Some(now),
             error: None,
             dropped,
+            cloaks,
+            cloak_overflow: old.cloak_overflow,
         }));
         changes
     }
 
     /// Records a failed attempt to list; the last list stays in use.
     pub fn failed(&self, why: String) {
+        let _writers = self.shown.lock().unwrap_or_else(|e| e.into_inner());
         let mut s = (*self.snapshot()).clone();
         s.error = Some(why);
         self.current.store(Arc::new(s));
@@ -173,7 +265,8 @@ mod tests {
             Changes {
                 redefined: vec!["a".into()],
                 added: vec![],
-                removed: vec!["b".into()]
+                removed: vec!["b".into()],
+                cloaked: vec![],
             }
         );
         let s = c.snapshot();
@@ -187,6 +280,67 @@ mod tests {
             b.hash, b.first,
             "a tool that left the list and came back changed is caught"
         );
+    }
+
+    #[test]
+    fn a_definition_clients_see_and_the_listing_does_not_is_checked_then_cloaked() {
+        let c = Catalog::default();
+        c.update(vec![def("a", "harmless"), def("b", "two")], 1);
+        let listed = c.snapshot().tools["a"].def.hash.clone();
+        assert!(
+            c.observe_shown("a", &listed),
+            "the listed definition is shown"
+        );
+        let other = def("a", "destructive").hash;
+        assert!(
+            !c.observe_shown("a", &other),
+            "another definition is held back"
+        );
+        assert_eq!(c.snapshot().cloak("a"), Some(Cloak::Checking));
+        assert_eq!(c.snapshot().cloak("b"), None);
+        // A listing that started before the client was shown it settles nothing.
+        let early = Instant::now() - std::time::Duration::from_secs(5);
+        let ch = c.update_listed(vec![def("a", "harmless"), def("b", "two")], 2, early);
+        assert!(ch.cloaked.is_empty());
+        assert_eq!(c.snapshot().cloak("a"), Some(Cloak::Checking));
+        // The next listing still shows mcp-warden the harmless one: cloaked, for good.
+        let ch = c.update(vec![def("a", "harmless"), def("b", "two")], 3);
+        assert_eq!(ch.cloaked, ["a"]);
+        assert_eq!(c.snapshot().cloak("a"), Some(Cloak::Cloaked));
+        assert!(
+            !c.observe_shown("a", &listed),
+            "not even the listing's own definition any more"
+        );
+        let ch = c.update(vec![def("a", "harmless"), def("b", "two")], 4);
+        assert!(ch.cloaked.is_empty(), "counted once");
+        assert_eq!(c.snapshot().cloak("a"), Some(Cloak::Cloaked));
+    }
+
+    #[test]
+    fn a_change_the_next_listing_confirms_is_a_change_for_everyone() {
+        let c = Catalog::default();
+        c.update(vec![def("a", "one")], 1);
+        let new = def("a", "two").hash;
+        assert!(!c.observe_shown("a", &new));
+        let ch = c.update(vec![def("a", "two")], 2);
+        assert!(ch.cloaked.is_empty());
+        assert_eq!(ch.redefined, ["a"]);
+        assert_eq!(c.snapshot().cloak("a"), None);
+        assert!(c.observe_shown("a", &new));
+        // A tool clients are shown that the listing never has is cloaked too.
+        assert!(!c.observe_shown("ghost", &def("ghost", "x").hash));
+        assert_eq!(c.update(vec![def("a", "two")], 3).cloaked, ["ghost"]);
+    }
+
+    #[test]
+    fn a_server_cannot_make_room_by_naming_more_tools() {
+        let c = Catalog::default();
+        c.update(vec![], 1);
+        for i in 0..=MAX_TOOLS {
+            c.observe_shown(&format!("t{i}"), "sha256:x");
+        }
+        assert!(c.snapshot().cloak_overflow);
+        assert_eq!(c.snapshot().cloak("anything"), Some(Cloak::Cloaked));
     }
 
     #[test]

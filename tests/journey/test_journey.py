@@ -95,6 +95,7 @@ def world():
     for ns in (APP_NS, "ci", "isolation"):
         kubectl("delete", "namespace", ns, "--ignore-not-found", "--wait=false", check=False)
     subprocess.run([HELM, "uninstall", RELEASE, "-n", NS], capture_output=True, timeout=120)
+    kubectl("delete", "configmap", "-n", NS, "issuer-ca", "--ignore-not-found", check=False)
 
 
 def mcp_pod() -> dict:
@@ -505,67 +506,6 @@ async def anyio_sleep(seconds: float) -> None:
     await anyio.sleep(seconds)
 
 
-def test_an_external_oidc_issuer_is_reached_from_the_controllers_image(world):
-    """identity.jwt with jwksFrom on an HTTPS server whose CA is the test's own: the controller,
-    in its scratch image, cannot verify it until the CA is given the documented way
-    (controller.trustedCA), then renders the issuer's keys."""
-    import http.server
-    import ssl
-    import threading
-
-    ip = os.environ["MCP_WARDEN_NODE_IP"]
-    d = world.dir / "issuer"
-    d.mkdir()
-    ssl_run = lambda *a: subprocess.run(["openssl", *a], cwd=d, check=True, capture_output=True)  # noqa: E731
-    ssl_run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt", "-days", "2",
-            "-subj", "/CN=journey issuer CA")
-    ssl_run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "tls.key", "-out", "tls.csr", "-subj", "/CN=issuer")
-    (d / "ext").write_text(f"subjectAltName=IP:{ip}\nextendedKeyUsage=serverAuth\n")
-    ssl_run("x509", "-req", "-in", "tls.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
-            "-out", "tls.crt", "-days", "2", "-extfile", "ext")
-    jwks = (ROOT / "tests" / "fixtures" / "identity" / "rsa-test-jwks.json").read_bytes()
-
-    class Keys(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802 - the stdlib's name
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(jwks)))
-            self.end_headers()
-            self.wfile.write(jwks)
-
-        def log_message(self, *a):
-            pass
-
-    server = http.server.ThreadingHTTPServer((ip, 0), Keys)
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.load_cert_chain(d / "tls.crt", d / "tls.key")
-    server.socket = ctx.wrap_socket(server.socket, server_side=True)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"https://{ip}:{server.server_address[1]}/jwks"
-    try:
-        kubectl("create", "namespace", "oidc")
-        apply({"apiVersion": "mcpwarden.dev/v1alpha1", "kind": "McpPolicy",
-               "metadata": {"name": "external", "namespace": "oidc"},
-               "spec": {"podSelector": {"matchLabels": {"app": "x"}}, "upstream": {"port": 8000},
-                        "identity": {"jwt": {"issuer": "https://id.example.com", "audiences": ["mcp"],
-                                             "jwksFrom": url}, "required": True},
-                        "tools": {"read_file": {}}}})
-        keys = lambda: condition(get_json("mcpp", "-n", "oidc", "external").get("status", {}), "KeysUnavailable")  # noqa: E731
-        failed = wait("KeysUnavailable without the CA", lambda: (c := keys()).get("status") == "True" and c, timeout=90)
-        assert "certificate" in failed["message"].lower() or "tls" in failed["message"].lower(), failed
-        kubectl("create", "configmap", "issuer-ca", "-n", NS, f"--from-file=ca.crt={d / 'ca.crt'}")
-        helm("upgrade", RELEASE, str(ROOT / "charts" / "mcp-warden"), "-n", NS, "--reuse-values", "--wait",
-             "--set", "controller.trustedCA.configMap=issuer-ca")
-        kubectl("rollout", "status", "-n", NS, f"deployment/{RELEASE}", "--timeout=180s", timeout=190)
-        fetched = wait("the keys fetched with the CA", lambda: (c := keys()).get("status") == "False" and c, timeout=120)
-        assert fetched["reason"] == "Fetched", fetched
-        cm = get_json("configmap", "-n", "oidc", "external-mcp-warden")
-        assert json.loads(cm["data"]["jwks.json"])["keys"][0]["kid"] == "test-rsa"
-    finally:
-        server.shutdown()
-        kubectl("delete", "namespace", "oidc", "--wait=false", check=False)
-
-
 def test_metrics_show_decisions_injections_and_reconciles(world):
     leader = world.leader()
     m = world.controller_metrics(leader)
@@ -647,6 +587,68 @@ def test_the_operator_panels_and_alerts_on_a_real_prometheus(world):
         assert firing == [], f"no alert fires on a healthy installation: {firing}"
     for name in ("panel-selected", "panel-other"):
         kubectl("delete", "pod", "-n", APP_NS, name, "--wait=false", check=False)
+
+
+def test_an_external_oidc_issuer_is_reached_from_the_controllers_image(world):
+    """identity.jwt with jwksFrom on an HTTPS server whose CA is the test's own: the controller,
+    in its scratch image, cannot verify it until the CA is given the documented way
+    (controller.trustedCA), then renders the issuer's keys."""
+    import http.server
+    import ssl
+    import threading
+
+    ip = os.environ["MCP_WARDEN_NODE_IP"]
+    d = world.dir / "issuer"
+    d.mkdir()
+    ssl_run = lambda *a: subprocess.run(["openssl", *a], cwd=d, check=True, capture_output=True)  # noqa: E731
+    ssl_run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt", "-days", "2",
+            "-subj", "/CN=journey issuer CA")
+    ssl_run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "tls.key", "-out", "tls.csr", "-subj", "/CN=issuer")
+    (d / "ext").write_text(f"subjectAltName=IP:{ip}\nextendedKeyUsage=serverAuth\n")
+    ssl_run("x509", "-req", "-in", "tls.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+            "-out", "tls.crt", "-days", "2", "-extfile", "ext")
+    jwks = (ROOT / "tests" / "fixtures" / "identity" / "rsa-test-jwks.json").read_bytes()
+
+    class Keys(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - the stdlib's name
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(jwks)))
+            self.end_headers()
+            self.wfile.write(jwks)
+
+        def log_message(self, *a):
+            pass
+
+    server = http.server.ThreadingHTTPServer((ip, 0), Keys)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(d / "tls.crt", d / "tls.key")
+    server.socket = ctx.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"https://{ip}:{server.server_address[1]}/jwks"
+    try:
+        kubectl("create", "namespace", "oidc")
+        apply({"apiVersion": "mcpwarden.dev/v1alpha1", "kind": "McpPolicy",
+               "metadata": {"name": "external", "namespace": "oidc"},
+               "spec": {"podSelector": {"matchLabels": {"app": "x"}}, "upstream": {"port": 8000},
+                        "identity": {"jwt": {"issuer": "https://id.example.com", "audiences": ["mcp"],
+                                             "jwksFrom": url}, "required": True},
+                        "tools": {"read_file": {}}}})
+        keys = lambda: condition(get_json("mcpp", "-n", "oidc", "external").get("status", {}), "KeysUnavailable")  # noqa: E731
+        failed = wait("KeysUnavailable without the CA", lambda: (c := keys()).get("status") == "True" and c, timeout=90)
+        assert "certificate" in failed["message"].lower() or "tls" in failed["message"].lower(), failed
+        apply({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "issuer-ca", "namespace": NS},
+               "data": {"ca.crt": (d / "ca.crt").read_text()}})
+        helm("upgrade", RELEASE, str(ROOT / "charts" / "mcp-warden"), "-n", NS, "--reuse-values", "--wait",
+             "--set", "controller.trustedCA.configMap=issuer-ca")
+        kubectl("rollout", "status", "-n", NS, f"deployment/{RELEASE}", "--timeout=180s", timeout=190)
+        fetched = wait("the keys fetched with the CA", lambda: (c := keys()).get("status") == "False" and c, timeout=120)
+        assert fetched["reason"] == "Fetched", fetched
+        cm = get_json("configmap", "-n", "oidc", "external-mcp-warden")
+        assert json.loads(cm["data"]["jwks.json"])["keys"][0]["kid"] == "test-rsa"
+    finally:
+        server.shutdown()
+        kubectl("delete", "namespace", "oidc", "--wait=false", check=False)
 
 
 # -- 3. isolation on the wire -------------------------------------------------------------------
@@ -749,10 +751,10 @@ async def test_a_killed_sidecar_restarts_and_the_server_is_never_reachable_ungua
     os.kill(container_pid(pod, "mcp-warden"), 9)
     killed = time.monotonic()
     seen = []
-    # While it is down and as it comes back, a denied tool is never run: every try is refused
-    # at the socket or answered by the sidecar's denial.
+    # While it is down and as it comes back, a denied tool is never run: every try through the
+    # Service is refused at the socket or answered by the sidecar's denial.
     while time.monotonic() - killed < 90:
-        got = raw_call(f"http://{ip}:9480/mcp", "install_package", {"package_name": "x"})
+        got = raw_call(f"{world.proxy}/mcp", "install_package", {"package_name": "x"})
         seen.append(got)
         assert got == "refused" or "Package installs are disabled" in got, got
         if got != "refused" and "refused" in seen:
@@ -870,6 +872,7 @@ def test_helm_upgrade_with_the_monitoring_objects(world):
 def test_uninstall_leaves_only_the_crd(world):
     kubectl("delete", "-f", str(EXAMPLE), "--wait=true", "--timeout=120s", timeout=130)
     helm("uninstall", RELEASE, "-n", NS, "--wait")
+    kubectl("delete", "configmap", "-n", NS, "issuer-ca")  # the test's own, for controller.trustedCA
 
     def leftovers() -> list[str]:
         left = []
