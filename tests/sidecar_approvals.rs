@@ -377,3 +377,59 @@ async fn the_admin_api_is_off_unless_configured() {
     assert_eq!(status, 403);
     assert!(body["error"].as_str().unwrap().contains("admin API is off"));
 }
+
+/// Class 13 (approvals): arguments a server's parser tells apart get different approvals —
+/// `1` and `1.0`, keys in another case — and a number past ±2^53 (where two literals read as one
+/// float) cannot be approved at all: refused with the reason, nothing forwarded. Key order and
+/// escapes name the same call.
+#[tokio::test]
+async fn approvals_follow_what_the_server_would_read() {
+    let (up, sc) = start().await;
+    let first = clear(&sc, "agent", 1, json!({"n": 1})).await;
+    assert_eq!(first["decision"], "approval_required");
+    let id = first["approvalId"].as_str().unwrap().to_owned();
+    for (args, same) in [
+        (r#"{"n":1.0}"#, false),
+        (r#"{"N":1}"#, false),
+        (r#"{ "n" : 1 }"#, true),
+    ] {
+        let d = clear(&sc, "agent", 2, serde_json::from_str(args).unwrap()).await;
+        assert_eq!(d["approvalId"] == json!(id), same, "{args}: {d}");
+    }
+    let d = clear(
+        &sc,
+        "agent",
+        3,
+        json!({"s": "\u{41}", "t": [1, {"b": 2, "a": 1}]}),
+    )
+    .await;
+    let e = clear(
+        &sc,
+        "agent",
+        4,
+        serde_json::from_str(r#"{"t":[1,{"a":1,"b":2}],"s":"\u0041"}"#).unwrap(),
+    )
+    .await;
+    assert_eq!(d["approvalId"], e["approvalId"], "key order and escapes");
+    let before = up.requests();
+    let raw = post_json(
+        &sc.url(),
+        &[("x-agent", "agent"), ("mcp-protocol-version", "2025-06-18")],
+        r#"{"jsonrpc":"2.0","id":9,"method":"tools/call","params":{"name":"clear_session","arguments":{"n":18446744073709551617}}}"#,
+    )
+    .await;
+    assert_eq!(raw.0, 400, "{}", String::from_utf8_lossy(&raw.2));
+    let m = &messages(&raw)[0];
+    assert_eq!(
+        (m["id"].clone(), m["error"]["code"].clone()),
+        (json!(9), json!(-32602))
+    );
+    assert!(
+        m["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("beyond ±2^53"),
+        "{m}"
+    );
+    assert_eq!(up.requests(), before, "nothing was forwarded");
+}

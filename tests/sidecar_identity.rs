@@ -421,3 +421,79 @@ async fn without_a_key_set_every_token_is_refused() {
         unauthorized(&post_with_token(&sc.url(), Some(&token(CI, json!({}))), LIST).await);
     assert!(message.contains("names no issuer"), "{message}");
 }
+
+/// Class 12 (tokens): a header naming where to fetch a key (`jku`, `x5u`) or carrying one (`jwk`)
+/// is never followed or used, an ES256 header on the RSA key's id is refused, an oversized token
+/// is refused before decoding, and a flood of distinct refused tokens caches nothing: the good
+/// token still passes after it.
+#[tokio::test]
+async fn token_header_tricks_oversized_tokens_and_floods_are_refused() {
+    let (up, sc) = start(true, &key_set_with_issuer(JWKS)).await;
+    // A listener the tricks point at: it must never be asked.
+    let lure = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let lure_url = format!("http://{}/keys", lure.local_addr().unwrap());
+    let asked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let a = asked.clone();
+    tokio::spawn(async move {
+        while lure.accept().await.is_ok() {
+            a.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    });
+    let key = EncodingKey::from_rsa_pem(RSA_PEM.as_bytes()).unwrap();
+    let with_header = |extra: Value, key: &EncodingKey| {
+        mcp_warden::identity::install_crypto();
+        let mut h: Value = json!({"alg": "RS256", "typ": "JWT", "kid": "test-rsa"});
+        for (k, v) in extra.as_object().unwrap() {
+            h[k] = v.clone();
+        }
+        let header: Header = serde_json::from_value(h).unwrap();
+        encode(&header, &claims(CI, json!({})), key).unwrap()
+    };
+    // Signed with the right key, with a jku: the key set decides; the URL is never fetched.
+    let good_jku = with_header(json!({"jku": lure_url, "x5u": lure_url}), &key);
+    let raw = post_with_token(&sc.url(), Some(&good_jku), LIST).await;
+    assert_eq!(raw.0, 200, "{:?}", String::from_utf8_lossy(&raw.2));
+    // Signed with the attacker's own key, named by jku/x5u/jwk: refused as a bad signature.
+    let forged_jku = forged(
+        &json!({"alg": "RS256", "kid": "test-rsa", "jku": lure_url, "x5u": lure_url,
+                "jwk": {"kty": "oct", "k": "c2VjcmV0"}})
+        .to_string(),
+        &claims(CI, json!({})),
+        |_| vec![7u8; 256],
+    );
+    let (message, _) = unauthorized(&post_with_token(&sc.url(), Some(&forged_jku), LIST).await);
+    assert!(message.contains("signature"), "{message}");
+    // ES256 on the RSA key's id: key-type confusion is an unknown key.
+    let es = forged(
+        r#"{"alg":"ES256","kid":"test-rsa"}"#,
+        &claims(CI, json!({})),
+        |_| vec![1u8; 64],
+    );
+    let (message, _) = unauthorized(&post_with_token(&sc.url(), Some(&es), LIST).await);
+    assert!(message.contains("key id"), "{message}");
+    // Oversized: refused before decoding, with the reason.
+    let huge = format!(
+        "{good_jku}{}",
+        "A".repeat(mcp_warden::identity::MAX_TOKEN_BYTES)
+    );
+    let (message, _) = unauthorized(&post_with_token(&sc.url(), Some(&huge), LIST).await);
+    assert!(message.contains("over 16384 bytes"), "{message}");
+    // A flood of distinct tokens that look valid (right kid, fresh claims, wrong signature).
+    let before = up.requests();
+    for i in 0..300 {
+        let t = forged(
+            r#"{"alg":"RS256","kid":"test-rsa"}"#,
+            &claims(&format!("system:serviceaccount:flood:{i}"), json!({})),
+            |_| vec![(i % 251) as u8; 256],
+        );
+        assert_eq!(post_with_token(&sc.url(), Some(&t), LIST).await.0, 401);
+    }
+    assert_eq!(up.requests(), before, "nothing of the flood was forwarded");
+    let raw = post_with_token(&sc.url(), Some(&token(CI, json!({}))), LIST).await;
+    assert_eq!(raw.0, 200, "the good token still passes");
+    assert_eq!(
+        asked.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "no key URL was fetched"
+    );
+}

@@ -738,3 +738,113 @@ categories:
         .unwrap();
     assert_eq!(r.is_error, Some(false), "{r:?}");
 }
+
+/// A server that answers every `tools/list` page with another `nextCursor` (an endless list),
+/// and every GET with a stream of `notifications/tools/list_changed` (a flood). Counts the
+/// sidecar's own listing requests.
+async fn endless_server() -> (String, Arc<AtomicUsize>) {
+    use http_body_util::BodyExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let lists = Arc::new(AtomicUsize::new(0));
+    let counted = lists.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let counted = counted.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(
+                    move |req: http::Request<hyper::body::Incoming>| {
+                        let counted = counted.clone();
+                        async move {
+                            let get = req.method() == http::Method::GET;
+                            let body = req.into_body().collect().await.unwrap().to_bytes();
+                            let msg: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                            let text = if get {
+                                "event: message\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/tools/list_changed\"}\n\n".repeat(500)
+                            } else {
+                                let result = match msg["method"].as_str() {
+                                    Some("initialize") => json!({"protocolVersion": "2025-06-18",
+                                    "capabilities": {"tools": {"listChanged": true}},
+                                    "serverInfo": {"name": "endless", "version": "1"}}),
+                                    Some("tools/list") => {
+                                        counted.fetch_add(1, Ordering::SeqCst);
+                                        json!({"tools": [{"name": "t", "inputSchema": {"type": "object"}}],
+                                           "nextCursor": "again"})
+                                    }
+                                    _ => json!({}),
+                                };
+                                match msg.get("id") {
+                                    Some(id) => {
+                                        json!({"jsonrpc": "2.0", "id": id, "result": result})
+                                            .to_string()
+                                    }
+                                    None => String::new(),
+                                }
+                            };
+                            let mut r = http::Response::new(http_body_util::Full::new(
+                                bytes::Bytes::from(text),
+                            ));
+                            let ct = if get {
+                                "text/event-stream"
+                            } else {
+                                "application/json"
+                            };
+                            r.headers_mut().insert("content-type", ct.parse().unwrap());
+                            if !get && msg.get("id").is_none() {
+                                *r.status_mut() = http::StatusCode::ACCEPTED;
+                            }
+                            Ok::<_, std::convert::Infallible>(r)
+                        }
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    (format!("http://{addr}/mcp"), lists)
+}
+
+/// Class 14 (tool discovery): an endless list stops at the page limit with the reason, the
+/// policy fails closed (an unseen tool waits as `unlisted`), and a flood of `list_changed`
+/// notifications makes at most one listing a second.
+#[tokio::test]
+async fn endless_lists_and_list_changed_floods_are_bounded() {
+    let (url, lists) = endless_server().await;
+    let sc = start(&url, CATEGORIES).await;
+    wait_until("the listing to fail", async || {
+        seen_tools(&sc).await["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("more than 64 pages"))
+    })
+    .await;
+    let pages = lists.load(Ordering::SeqCst);
+    assert!((64..=128).contains(&pages), "{pages} pages read");
+    let raw = post_json(
+        &sc.url(),
+        &[("mcp-protocol-version", "2025-06-18")],
+        r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t","arguments":{}}}"#,
+    )
+    .await;
+    let m = &messages(&raw)[0];
+    assert_eq!(
+        m["result"]["_meta"]["dev.mcpwarden/decision"]["decision"], "unlisted",
+        "{m}"
+    );
+    // 500 list_changed notifications on a GET stream, read by a client through the sidecar.
+    let start_count = lists.load(Ordering::SeqCst);
+    let t0 = std::time::Instant::now();
+    let raw = request("GET", &sc.url(), &[("accept", "text/event-stream")], "").await;
+    assert_eq!(raw.0, 200);
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let listings = (lists.load(Ordering::SeqCst) - start_count) / 64;
+    let seconds = t0.elapsed().as_secs() + 1;
+    assert!(
+        listings as u64 <= seconds + 1,
+        "{listings} listings in {seconds} s after 500 notifications"
+    );
+}

@@ -103,18 +103,38 @@ pub struct PodTools {
 }
 
 impl PodTools {
-    /// Reads a `GET /tools` answer; tools it cannot read are left out.
+    /// Reads a `GET /tools` answer; tools it cannot read are left out. The answer comes from a
+    /// pod, where whoever runs the MCP server also runs code: only what fits the sidecar's own
+    /// bounds is taken (at most [`crate::tools::MAX_TOOLS`] tools, names and argument names of
+    /// visible ASCII up to 128 bytes, hashes of the form `sha256:` and 64 hex digits), and a
+    /// listing time in the future counts as now, so no pod's report stays "newest" for ever.
     pub fn read(v: &Value) -> PodTools {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
         PodTools {
-            listed_at: v["listedAt"].as_u64(),
+            listed_at: v["listedAt"].as_u64().map(|t| t.min(now)),
             tools: v["tools"]
                 .as_array()
                 .into_iter()
                 .flatten()
+                .take(crate::tools::MAX_TOOLS)
                 .filter_map(|t| Some((ToolDef::from_reported(t)?, t["changed"] == true)))
+                .filter(|(d, _)| fits(d))
                 .collect(),
         }
     }
+}
+
+/// Whether a reported tool is within what a sidecar reports of a real one.
+fn fits(d: &ToolDef) -> bool {
+    let name = |s: &str| !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_graphic());
+    let hex = d.hash.strip_prefix("sha256:");
+    name(&d.name)
+        && hex.is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+        && d.arguments
+            .as_ref()
+            .is_none_or(|a| a.len() <= 256 && a.iter().all(|n| name(n)))
 }
 
 /// The status a policy gets from what its sidecars see; `None` until one has listed.
@@ -353,6 +373,41 @@ mod tests {
 
     fn now(s: i64) -> Time {
         Time(k8s_openapi::jiff::Timestamp::from_second(s).unwrap())
+    }
+
+    #[test]
+    fn a_pods_report_is_taken_only_within_the_sidecars_bounds() {
+        let mut huge = tool("ok", 'a', false);
+        huge["name"] = json!("x".repeat(129));
+        let mut ctl = tool("ok", 'a', false);
+        ctl["name"] = json!("bad\nname");
+        let mut hash = tool("ok", 'a', false);
+        hash["hash"] = json!("sha256:not-hex");
+        let mut args = tool("ok", 'a', false);
+        args["arguments"] = json!(["fine", "x".repeat(200)]);
+        let p = pod(
+            u64::MAX,
+            json!([tool("ok", 'a', false), huge, ctl, hash, args]),
+        );
+        assert_eq!(
+            p.tools
+                .iter()
+                .map(|(d, _)| d.name.as_str())
+                .collect::<Vec<_>>(),
+            ["ok"]
+        );
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        assert!(
+            p.listed_at.unwrap() <= now,
+            "a listing time in the future counts as now"
+        );
+        let many: Vec<Value> = (0..crate::tools::MAX_TOOLS + 10)
+            .map(|i| tool(&format!("t{i}"), 'b', false))
+            .collect();
+        assert_eq!(pod(1, json!(many)).tools.len(), crate::tools::MAX_TOOLS);
     }
 
     fn condition<'a>(s: &'a ToolsStatus, t: &str) -> &'a Condition {

@@ -174,6 +174,11 @@ impl Verifier {
     /// Verifies `token`: its algorithm, its key, its signature, then `iss`, `aud`, `exp` and
     /// `nbf` (with [`LEEWAY_SECS`]), and that it names a subject.
     pub fn verify(&self, token: &str) -> Result<Verified, TokenError> {
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(TokenError::Malformed(format!(
+                "the token is over {MAX_TOKEN_BYTES} bytes"
+            )));
+        }
         let header = raw_header(token)?;
         let alg = header
             .alg
@@ -205,6 +210,11 @@ impl Verifier {
         })
     }
 }
+
+/// Longest token read: ServiceAccount and OIDC tokens are a few KiB; a longer one is refused
+/// before any decoding, so its size costs nothing (and the header's `jku`, `x5u`, `jwk` or `x5c`
+/// are never read: keys come only from the rendered key set).
+pub const MAX_TOKEN_BYTES: usize = 16 << 10;
 
 /// A token's header as written, read before anything is trusted (`decode` reads it again,
 /// strictly, with the signature).

@@ -42,6 +42,20 @@ pub fn approval_id(policy: &str, tool: &str, arguments_sha256: &str, caller: &st
 /// Arguments as one canonical text: object keys sorted, no whitespace.
 pub use crate::mcp::canonical_json as canonical;
 
+/// Whether every number in `v` reads back as exactly one number: a float beyond ±2^53 (an
+/// integer literal past 64 bits is read as one) may stand for several literals a server's parser
+/// tells apart (Python's integers are exact), so an approval of one would cover another.
+pub fn exact_numbers(v: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    const EXACT: f64 = 9_007_199_254_740_992.0; // 2^53
+    match v {
+        Value::Number(n) => n.is_i64() || n.is_u64() || n.as_f64().is_some_and(|f| f.abs() < EXACT),
+        Value::Array(items) => items.iter().all(exact_numbers),
+        Value::Object(m) => m.values().all(exact_numbers),
+        _ => true,
+    }
+}
+
 /// One granted approval, as the file lists it.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -443,6 +457,33 @@ mod tests {
         ));
         std::fs::create_dir_all(&d).unwrap();
         d
+    }
+
+    #[test]
+    fn canonical_arguments_keep_apart_what_a_server_keeps_apart() {
+        let c = |s: &str| canonical(&serde_json::from_str::<Value>(s).unwrap());
+        // Python reads these as different values: so must the approval id.
+        assert_ne!(c(r#"{"n":1}"#), c(r#"{"n":1.0}"#), "int and float");
+        assert_ne!(
+            c(r#"{"n":9007199254740993}"#),
+            c(r#"{"n":9007199254740992}"#)
+        );
+        assert_ne!(c(r#"{"s":"a"}"#), c(r#"{"S":"a"}"#), "keys in another case");
+        assert_ne!(c(r#"{"s":"a\u0000"}"#), c(r#"{"s":"a"}"#));
+        // The same value written two ways is one call.
+        assert_eq!(c(r#"{"s":"\u0041"}"#), c(r#"{"s":"A"}"#), "escapes");
+        assert_eq!(c(r#"{"n":1e2}"#), c(r#"{"n":100.0}"#), "float forms");
+        // Past 2^53 two literals can read as one float: such arguments are not approvable.
+        let v = |s: &str| serde_json::from_str::<Value>(s).unwrap();
+        assert_eq!(
+            c(r#"{"n":18446744073709551616}"#),
+            c(r#"{"n":18446744073709551617}"#)
+        );
+        assert!(!exact_numbers(&v(r#"{"a":[{"n":18446744073709551617}]}"#)));
+        assert!(!exact_numbers(&v(r#"{"n":1e300}"#)));
+        assert!(exact_numbers(&v(
+            r#"{"n":18446744073709551615,"m":-9223372036854775808,"f":0.5}"#
+        )));
     }
 
     #[test]

@@ -304,10 +304,9 @@ impl Gate<'_> {
             _ => None,
         };
         let approval = match rule_approval {
-            Some(grants) => Some(
-                self.ask_approval(&call, label, grants)
-                    .map_err(|_| unreadable())?,
-            ),
+            Some(grants) => Some(self.ask_approval(&call, label, grants).map_err(|why| {
+                Refusal::new(StatusCode::BAD_REQUEST, code::INVALID_PARAMS, why).with_id(Some(id))
+            })?),
             None => None,
         };
         let t0 = Instant::now();
@@ -365,11 +364,18 @@ impl Gate<'_> {
         call: &mcp::ToolCall,
         label: &str,
         grants: crate::policy::Approval,
-    ) -> Result<Asked, serde_json::Error> {
+    ) -> Result<Asked, String> {
         let full: Value = match call.arguments {
-            Some(r) => serde_json::from_str(r.get())?,
+            Some(r) => serde_json::from_str(r.get()).map_err(|_| "unreadable arguments")?,
             None => Value::Object(Default::default()),
         };
+        if !approvals::exact_numbers(&full) {
+            return Err(
+                "a number in the arguments is beyond ±2^53, where two different numbers \
+                        can read the same: it cannot be approved exactly; send it as a string"
+                    .into(),
+            );
+        }
         let arguments = approvals::canonical(&full);
         let arguments_sha256 = sha256_hex(arguments.as_bytes());
         let id = approvals::approval_id(label, &call.name, &arguments_sha256, &self.caller.id);
