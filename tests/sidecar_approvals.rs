@@ -433,3 +433,62 @@ async fn approvals_follow_what_the_server_would_read() {
     );
     assert_eq!(up.requests(), before, "nothing was forwarded");
 }
+
+/// An approval does not outlive the rules it was given under: a policy edit that denies the
+/// call (here `deny_if` on its arguments) wins over the approval, which is not spent, and the
+/// call runs on it once the edit is undone.
+#[tokio::test]
+async fn a_policy_change_that_denies_the_call_wins_over_its_approval() {
+    let (up, sc) = start().await;
+    let args = json!({"session_id": "x"});
+    let id = clear(&sc, "alice", 1, args.clone()).await["approvalId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    approve(&sc, &[(&id, 1)]);
+    wait_until("the approval is loaded", async || {
+        sc.state.approvals.pending().is_empty()
+    })
+    .await;
+    let denying = POLICY.replace(
+        "clear_session: {action: require_approval}",
+        r#"clear_session:
+    action: require_approval
+    deny_if: [{conditions: [{path: args.session_id, op: eq, value: x}], on_deny: "Session x is frozen"}]"#,
+    );
+    let reloads = async || {
+        metric(&sc, "mcp_warden_policy_reloads_total", &["result=\"ok\""])
+            .await
+            .unwrap_or(0.0)
+    };
+    let before = reloads().await;
+    std::fs::write(sc.dir.join("policy.yaml"), &denying).unwrap();
+    wait_until("the edit loaded", async || reloads().await > before).await;
+    let ran = up.server.calls.load(Ordering::SeqCst);
+    let d = clear(&sc, "alice", 2, args.clone()).await;
+    assert_eq!(
+        (d["decision"].clone(), d["rule"].clone()),
+        (json!("deny"), json!("tools.clear_session.deny_if[0]"))
+    );
+    assert_eq!(
+        up.server.calls.load(Ordering::SeqCst),
+        ran,
+        "the approved call did not run"
+    );
+    let before = reloads().await;
+    std::fs::write(sc.dir.join("policy.yaml"), POLICY).unwrap();
+    wait_until("the edit undone", async || reloads().await > before).await;
+    assert_eq!(
+        clear(&sc, "alice", 3, args.clone()).await["decision"],
+        "ran"
+    );
+    assert_eq!(
+        up.server.calls.load(Ordering::SeqCst),
+        ran + 1,
+        "the use was kept for it"
+    );
+    assert_eq!(
+        clear(&sc, "alice", 4, args.clone()).await["decision"],
+        "approval_required"
+    );
+}
