@@ -131,11 +131,11 @@ def condition(status: dict, type_: str) -> dict:
     return next((c for c in status.get("conditions", []) if c["type"] == type_), {})
 
 
-def patch_policy(patch: dict, kind: str = "merge") -> str:
+def patch_policy(patch: dict, kind: str = "merge", timeout: float = 60) -> str:
     """Patches the example's McpPolicy; returns the hash the controller then renders."""
     before = policy_status()["policyHash"]
     kubectl("patch", "mcpp", "-n", APP_NS, "python-interpreter", "--type", kind, "-p", json.dumps(patch))
-    return wait("the new render", lambda: (h := policy_status().get("policyHash")) != before and h)
+    return wait("the new render", lambda: (h := policy_status().get("policyHash")) != before and h, timeout=timeout)
 
 
 def sidecar_on(world, hash_: str, timeout: float = 120) -> None:
@@ -839,7 +839,16 @@ def test_the_controller_catches_up_after_an_api_server_restart(world):
     assert up.returncode == 0, up.stderr
     before = {p["metadata"]["name"]: p["status"]["containerStatuses"][0]["restartCount"]
               for p in get_json("pods", "-n", NS, "-l", CONTROLLER)["items"]}
-    rendered = patch_policy({"spec": {"tools": {"list_sessions": {"action": "deny", "reason": "after the restart"}}}})
+    # The controllers' watches and the Lease come back with their retry backoff (up to about
+    # half a minute after the API server answers again).
+    started = time.monotonic()
+    try:
+        rendered = patch_policy({"spec": {"tools": {"list_sessions": {"action": "deny", "reason": "after the restart"}}}},
+                                timeout=150)
+    except AssertionError:
+        logs = {n: kubectl("logs", "-n", NS, n, check=False)[-4000:] for n in world.controllers()}
+        raise AssertionError(f"no render after the API server restart; controller logs: {logs}") from None
+    figure("API server back → an edit rendered", f"{time.monotonic() - started:.1f} s")
     sidecar_on(world, rendered)
     after = {p["metadata"]["name"]: p["status"]["containerStatuses"][0]["restartCount"]
              for p in get_json("pods", "-n", NS, "-l", CONTROLLER)["items"]}
