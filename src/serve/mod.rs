@@ -102,3 +102,17 @@ pub async fn shutdown_signal() {
         let _ = ctrl_c.await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// A `FROM scratch` image has no CA files: the public roots must come from the binary.
+    #[test]
+    fn outgoing_https_trusts_the_public_roots_without_any_ca_file() {
+        let roots = super::trusted_roots();
+        assert!(
+            roots.len() >= webpki_roots::TLS_SERVER_ROOTS.len() && roots.len() > 100,
+            "{} roots",
+            roots.len()
+        );
+    }
+}
