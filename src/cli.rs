@@ -54,7 +54,7 @@ pub enum Command {
     /// Print `pins:` for a live server's tools (the definition hashes a policy pins, so a tool
     /// whose definition changes under the same name is refused).
     Pin(PinArgs),
-    /// Regenerate every generated file of a checkout: both CRD copies, the README reference,
+    /// Regenerate every generated file of a checkout: both CRD copies, the field reference in docs/reference.md,
     /// deploy/mcp-warden.yaml.
     Generate(GenerateArgs),
 }

@@ -3,7 +3,7 @@
 //!
 //! - `crds/mcppolicy.yaml` and `charts/mcp-warden/crds/mcppolicy.yaml`: the CRD from the Rust
 //!   types.
-//! - `README.md`, between the reference markers: the McpPolicy field reference.
+//! - `docs/reference.md`, between the reference markers: the McpPolicy field reference.
 //! - `deploy/mcp-warden.yaml`: the chart rendered with default values (needs Helm).
 
 use std::path::{Path, PathBuf};
@@ -23,7 +23,7 @@ pub enum GenerateError {
         path: String,
         source: std::io::Error,
     },
-    #[error("README.md has no {REFERENCE_START:?} … {REFERENCE_END:?} markers")]
+    #[error("docs/reference.md has no {REFERENCE_START:?} … {REFERENCE_END:?} markers")]
     NoMarkers,
     #[error("cannot run {helm}: {why} (install Helm, or pass --helm; `.ci/run` installs the version the checked-in file was rendered with)")]
     Helm { helm: String, why: String },
@@ -36,7 +36,7 @@ pub struct Generated {
     pub content: String,
 }
 
-/// The README with its reference section replaced by the generated one.
+/// The reference page with its reference section replaced by the generated one.
 pub fn readme_with_reference(readme: &str) -> Result<String, GenerateError> {
     let start = readme
         .find(REFERENCE_START)
@@ -92,7 +92,7 @@ pub fn plain_manifests(root: &Path, helm: &Path) -> Result<String, GenerateError
 /// by [`run`]).
 pub fn files(root: &Path) -> Result<Vec<Generated>, GenerateError> {
     let crd = crate::crd::crd_yaml();
-    let readme_path = root.join("README.md");
+    let readme_path = root.join("docs/reference.md");
     let readme = std::fs::read_to_string(&readme_path).map_err(|source| GenerateError::Io {
         path: readme_path.display().to_string(),
         source,
@@ -115,7 +115,7 @@ pub fn files(root: &Path) -> Result<Vec<Generated>, GenerateError> {
             content: crate::crd::approval::crd_yaml(),
         },
         Generated {
-            path: "README.md",
+            path: "docs/reference.md",
             content: readme_with_reference(&readme)?,
         },
     ];

@@ -37,7 +37,7 @@ fn skip(why: String) {
 
 async fn cluster() -> Option<kube::Client> {
     let Ok(path) = std::env::var("KUBECONFIG") else {
-        skip("KUBECONFIG is not set; point it at a cluster to run the operator tests (README, Development)".into());
+        skip("KUBECONFIG is not set; point it at a cluster to run the operator tests (docs/development.md)".into());
         return None;
     };
     let client = match kube::Client::try_default().await {

@@ -1,15 +1,116 @@
-//! The README is checked against the code: metric names and sidecar flags cannot drift.
+//! The README and the manual in `docs/` are checked against the code: metric names, flags, the
+//! field reference and the image commands cannot drift, and every link between them resolves.
 
 use std::collections::BTreeSet;
 use std::process::Command;
 
+fn read(path: &str) -> String {
+    std::fs::read_to_string(format!("{}/{path}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+}
+
 fn readme() -> String {
-    std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap()
+    read("README.md")
+}
+
+/// The pages of the manual (`docs/*.md`), by file name.
+fn pages() -> Vec<(String, String)> {
+    let dir = format!("{}/docs", env!("CARGO_MANIFEST_DIR"));
+    let mut v: Vec<(String, String)> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "md"))
+        .map(|p| {
+            let name = p.file_name().unwrap().to_str().unwrap().to_owned();
+            (name, std::fs::read_to_string(&p).unwrap())
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// The README and every page of the manual, as one text.
+fn manual() -> String {
+    let mut all = readme();
+    for (_, text) in pages() {
+        all.push_str(&text);
+    }
+    all
+}
+
+/// GitHub's anchor for a heading.
+fn anchor(heading: &str) -> String {
+    heading
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter(|c| c.is_alphanumeric() || *c == '-' || *c == '_' || *c == ' ')
+        .map(|c| if c == ' ' { '-' } else { c })
+        .collect()
+}
+
+#[test]
+fn every_link_between_the_readme_and_the_manual_resolves() {
+    let mut files = vec![("README.md".to_owned(), readme())];
+    files.extend(pages().into_iter().map(|(n, t)| (format!("docs/{n}"), t)));
+    let anchors = |text: &str| -> Vec<String> {
+        text.lines()
+            .filter_map(|l| {
+                l.trim_start_matches('#')
+                    .strip_prefix(' ')
+                    .filter(|_| l.starts_with('#'))
+            })
+            .map(anchor)
+            .collect()
+    };
+    let mut broken = Vec::new();
+    for (name, text) in &files {
+        let dir = std::path::Path::new(name).parent().unwrap();
+        for (i, _) in text.match_indices("](") {
+            let target: String = text[i + 2..].chars().take_while(|c| *c != ')').collect();
+            if target.starts_with("http") || target.is_empty() {
+                continue;
+            }
+            let (path, frag) = target.split_once('#').unwrap_or((&target, ""));
+            let file = match path {
+                "" => name.clone(),
+                p => {
+                    let joined = dir.join(p);
+                    let mut parts: Vec<&str> = Vec::new();
+                    for c in joined.to_str().unwrap().split('/') {
+                        match c {
+                            ".." => {
+                                parts.pop();
+                            }
+                            "." | "" => {}
+                            c => parts.push(c),
+                        }
+                    }
+                    parts.join("/")
+                }
+            };
+            let full = format!("{}/{file}", env!("CARGO_MANIFEST_DIR"));
+            if !std::path::Path::new(&full).exists() {
+                broken.push(format!("{name}: {target} (no {file})"));
+                continue;
+            }
+            if !frag.is_empty()
+                && file.ends_with(".md")
+                && !anchors(&read(&file)).contains(&frag.to_owned())
+            {
+                broken.push(format!("{name}: {target} (no heading #{frag} in {file})"));
+            }
+        }
+    }
+    assert!(broken.is_empty(), "broken links: {broken:#?}");
+    assert!(
+        readme().lines().count() <= 300,
+        "the README stays a door; the manual is docs/"
+    );
 }
 
 #[test]
 fn the_readme_names_exactly_the_metrics_the_code_exports() {
-    let text = readme();
+    let text = manual();
     let mentioned: BTreeSet<&str> = text
         .match_indices("mcp_warden_")
         .map(|(i, _)| {
@@ -31,10 +132,13 @@ fn the_readme_names_exactly_the_metrics_the_code_exports() {
     let unknown: Vec<_> = mentioned.difference(&exported).collect();
     assert!(
         unknown.is_empty(),
-        "README names metrics the code does not export: {unknown:?}"
+        "README or docs/ name metrics the code does not export: {unknown:?}"
     );
     let missing: Vec<_> = exported.difference(&mentioned).collect();
-    assert!(missing.is_empty(), "README does not document: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "README and docs/ do not document: {missing:?}"
+    );
 }
 
 #[test]
@@ -53,7 +157,7 @@ fn readme_documents_flags_of(command: &str) {
         .output()
         .unwrap();
     let help = String::from_utf8(help.stdout).unwrap();
-    let text = readme();
+    let text = manual();
     let flags: Vec<&str> = help
         .split_whitespace()
         .filter(|w| w.starts_with("--") && *w != "--help")
@@ -63,17 +167,17 @@ fn readme_documents_flags_of(command: &str) {
     for flag in flags {
         assert!(
             text.contains(&format!("`{flag}")),
-            "README does not document {flag}"
+            "README and docs/ do not document {flag}"
         );
     }
 }
 
 #[test]
-fn the_readme_field_reference_is_generated_from_the_crd() {
-    let text = readme();
+fn the_field_reference_is_generated_from_the_crd() {
+    let text = read("docs/reference.md");
     assert!(
         mcp_warden::generate::readme_with_reference(&text).unwrap() == text,
-        "the README's McpPolicy reference is stale: run `{}`",
+        "docs/reference.md is stale: run `{}`",
         mcp_warden::generate::COMMAND
     );
     let missing = mcp_warden::crd::reference::missing_examples();

@@ -51,6 +51,19 @@ fn approve(sc: &Sidecar, ids: &[(&str, u32)]) {
     .unwrap();
 }
 
+/// Asks for `args` as `agent`, approves one use and waits for the sidecar to load it.
+async fn approved_once(sc: &Sidecar, agent: &str, args: &Value) {
+    let id = clear(sc, agent, 1, args.clone()).await["approvalId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    approve(sc, &[(&id, 1)]);
+    wait_until("the approval is loaded", async || {
+        sc.state.approvals.pending().is_empty()
+    })
+    .await;
+}
+
 async fn start() -> (Upstream, Sidecar) {
     let up = upstream(false, true).await;
     let dir = temp_dir("approvals");
@@ -131,15 +144,7 @@ async fn an_approved_call_runs_as_often_as_approved_and_nothing_else_runs_on_it(
 async fn concurrent_identical_calls_with_one_use_run_exactly_once() {
     let (up, sc) = start().await;
     let args = json!({"session_id": "s"});
-    let id = clear(&sc, "alice", 1, args.clone()).await["approvalId"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    approve(&sc, &[(&id, 1)]);
-    wait_until("the approval is loaded", async || {
-        sc.state.approvals.pending().is_empty()
-    })
-    .await;
+    approved_once(&sc, "alice", &args).await;
     let before = up.server.calls.load(Ordering::SeqCst);
     let calls: Vec<_> = (0..8)
         .map(|i| {
@@ -441,15 +446,7 @@ async fn approvals_follow_what_the_server_would_read() {
 async fn a_policy_change_that_denies_the_call_wins_over_its_approval() {
     let (up, sc) = start().await;
     let args = json!({"session_id": "x"});
-    let id = clear(&sc, "alice", 1, args.clone()).await["approvalId"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    approve(&sc, &[(&id, 1)]);
-    wait_until("the approval is loaded", async || {
-        sc.state.approvals.pending().is_empty()
-    })
-    .await;
+    approved_once(&sc, "alice", &args).await;
     let denying = POLICY.replace(
         "clear_session: {action: require_approval}",
         r#"clear_session:

@@ -1,4 +1,4 @@
-//! The McpPolicy field reference in the README, generated from the CRD schema (so it cannot
+//! The McpPolicy field reference in docs/reference.md, generated from the CRD schema (so it cannot
 //! drift): every field's path, type and documentation, with an example.
 
 use serde_json::Value;
@@ -207,7 +207,7 @@ pub fn fields() -> Vec<(String, String, String)> {
     out
 }
 
-/// The reference table (Markdown), as the README carries it between its markers.
+/// The reference table (Markdown), as docs/reference.md carries it between its markers.
 pub fn markdown() -> String {
     let mut s = String::from("| field | type | example | meaning |\n|---|---|---|---|\n");
     for (path, ty, doc) in fields() {

@@ -23,4 +23,4 @@ def pytest_configure(config):
     if missing:
         raise pytest.UsageError(
             f"the journey needs {', '.join(missing)}: start the control plane with "
-            "`eval \"$(tests/cluster/up.sh)\"` and see README, Development")
+            "`eval \"$(tests/cluster/up.sh)\"` and see docs/development.md")
