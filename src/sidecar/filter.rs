@@ -85,19 +85,16 @@ fn shown(st: &State, pol: &Policy, grant: Option<usize>, tool: &Value) -> bool {
     let Some(name) = tool.get("name").and_then(Value::as_str) else {
         return false;
     };
+    let hints = pol.categories.in_use().then(|| Hints::of_tool(tool));
+    if !pol.uses_tool_knowledge() {
+        return pol.listable(name, grant, hints);
+    }
     // Every definition a client would be shown is compared with the listing, hidden or not:
     // one the policy hides by its categories may be the truth the listing was spared.
-    if pol.uses_tool_knowledge() && !st.tools.observe_shown(name, &definition_hash(tool)) {
-        return false;
-    }
-    let hints = pol.categories.in_use().then(|| Hints::of_tool(tool));
-    if !pol.listable(name, grant, hints) {
-        return false;
-    }
-    if !pol.uses_tool_knowledge() {
-        return true;
-    }
     let hash = definition_hash(tool);
+    if !st.tools.observe_shown(name, &hash) || !pol.listable(name, grant, hints) {
+        return false;
+    }
     let pinned = match pol.pins.get(name) {
         Some(pin) => Some(pin.hash.clone()),
         None if pol.pinning == Pinning::FirstSeen => st.tools.first_hash(name),

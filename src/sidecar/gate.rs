@@ -326,7 +326,7 @@ impl Gate<'_> {
         let took = t0.elapsed();
         self.record(&call, &d, took, approval.as_ref().map(|a| a.id.as_str()));
         let approval_id = approval.map(|a| self.settle_approval(a, &d, &call, label));
-        if d.outcome == Outcome::Allow {
+        if d.outcome == Outcome::Allow && !d.taken.is_empty() {
             self.spend.taken.push(std::mem::take(&mut d.taken));
         }
         if d.limit.is_some() || d.outcome == Outcome::Unlisted {

@@ -108,10 +108,11 @@ impl LegacyStream {
     fn drain(&mut self) -> Option<Bytes> {
         let mut split = std::mem::replace(&mut self.split, Splitter::new(0));
         let filter = self.filter.clone();
-        let pending = self.pending();
+        // Read only when an event is over the limit (the closure runs then alone).
+        let session = self.session.as_ref().map(|(_, s)| s.clone());
         let (out, end) = split.drain(
             |event| self.process(event),
-            |limit, start| filter.oversized(limit, start, &pending),
+            |limit, start| filter.oversized(limit, start, &pending_lists(session.as_deref())),
         );
         self.split = split;
         self.done |= end;
@@ -131,20 +132,9 @@ impl LegacyStream {
         if crate::tools::announces_list_change(&data) {
             self.state.tools.wake();
         }
-        let new = self.filter.apply(&data, &self.pending())?;
+        let pending = pending_lists(self.session.as_ref().map(|(_, s)| &**s));
+        let new = self.filter.apply(&data, &pending)?;
         Some(sse::with_data(event, &new))
-    }
-
-    /// The ids of the session's `tools/list` requests still waiting for their answer.
-    fn pending(&self) -> Vec<Value> {
-        match &self.session {
-            Some((_, s)) => s
-                .pending_lists
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone(),
-            None => Vec::new(),
-        }
     }
 
     /// Registers the session named by an `endpoint` event. An absolute URL is rewritten to its
@@ -164,6 +154,16 @@ impl LegacyStream {
         (uri.authority().is_some())
             .then(|| format!("event: endpoint\ndata: {key}\n\n").into_bytes())
     }
+}
+
+/// The ids of a session's `tools/list` requests still waiting for their answer.
+fn pending_lists(session: Option<&LegacySession>) -> Vec<Value> {
+    session.map_or_else(Vec::new, |s| {
+        s.pending_lists
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    })
 }
 
 impl Drop for LegacyStream {
