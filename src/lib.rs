@@ -22,11 +22,11 @@
 //! - [`tools`]: knowing the server's tools: mcp-warden's own MCP client that lists them,
 //!   definition hashes (pins) and categories (annotations), the sidecar's live catalog, and the
 //!   policy checked against the list.
-//! - [`approve`]: listing and deciding approval requests (`mcp-warden approvals|approve|reject`).
-//! - [`check`]: offline validation and explanation of policies (`mcp-warden check`).
-//! - [`demo`]: the no-cluster demonstration.
-//! - [`generate`]: regenerating every generated file (`mcp-warden generate`).
-//! - [`cli`], [`logging`]: the command line, and batched logs and audit lines.
+//! - [`approval`]: the approval wire the controller and the sidecars share (ids, the approvals
+//!   file, the admin API's report).
+//! - [`cmd`]: the command line, one module per role with its arguments: `sidecar`, `controller`,
+//!   `check` and `pin`, `demo`, `approve` (`approvals|approve|reject`), `generate`.
+//! - [`logging`]: batched logs and audit lines.
 //!
 //! The path of an agent's request through the sidecar: `serve::conns` (accept, timeouts,
 //! connection cap) → `sidecar::proxy` (Host/Origin, route, read the body within budget) →
@@ -37,20 +37,18 @@
 //! Dependencies run one way (`tests/layers.rs` holds them): `serve`, `mcp`, `metrics` and
 //! `logging` depend on no other module; `policy` → `mcp` (its JSON scan); `engine` → `policy`;
 //! `crd` → `policy`; `cluster` → `crd`; `webhook` → `cluster`, `serve`; `controller` →
-//! `cluster`, `webhook` (it runs the webhook server), `serve`, `sidecar` (the admin API's
-//! approval types); `tools` → `policy`, `engine`, `mcp`, `serve`; `sidecar` → `engine`, `mcp`, `serve`,
-//! `identity`, `tools`; `check` → `tools`.
+//! `cluster`, `webhook` (it runs the webhook server), `serve`, `approval`; `tools` → `policy`,
+//! `engine`, `mcp`, `serve`; `sidecar` → `engine`, `mcp`, `serve`, `identity`, `tools`,
+//! `approval`; `cmd` → everything, and nothing but `main.rs` → `cmd`. Within a module the
+//! files depend on each other one way too.
 #![forbid(unsafe_code)]
 
-pub mod approve;
-pub mod check;
-pub mod cli;
+pub mod approval;
 pub mod cluster;
+pub mod cmd;
 pub mod controller;
 pub mod crd;
-pub mod demo;
 pub mod engine;
-pub mod generate;
 pub mod identity;
 pub mod logging;
 pub mod mcp;

@@ -1,7 +1,7 @@
 #![forbid(unsafe_code)]
 
 use clap::{CommandFactory, FromArgMatches};
-use mcp_warden::cli::{self, Cli, Command};
+use mcp_warden::cmd::{self, Cli, Command};
 use mcp_warden::logging;
 use std::process::ExitCode;
 
@@ -33,31 +33,9 @@ fn main() -> ExitCode {
     };
     logging::init(
         cli.log.as_deref().unwrap_or(default_level),
-        cli.log_format == mcp_warden::cli::LogFormat::Json,
+        cli.log_format == cmd::LogFormat::Json,
     );
-    let result = match &cli.command {
-        Command::Check(a) => cli::run_check(a),
-        Command::Sidecar(a) => cli::run_sidecar(a),
-        Command::Demo(a) => cli::run_demo(a),
-        Command::Controller(a) => cli::run_controller(a),
-        Command::Generate(a) => cli::run_generate(a),
-        Command::Pin(a) => cli::run_pin(a),
-        Command::Approvals(a) => cli::run_approvals(a),
-        Command::Approve(a) => cli::run_decide(a, true),
-        Command::Reject(a) => cli::run_decide(a, false),
-        Command::Crd(a) => {
-            if a.reference {
-                print!("{}", mcp_warden::crd::reference::markdown());
-            } else {
-                print!(
-                    "{}---\n{}",
-                    mcp_warden::crd::crd_yaml(),
-                    mcp_warden::crd::approval::crd_yaml()
-                );
-            }
-            Ok(true)
-        }
-    };
+    let result = cmd::run(&cli.command);
     logging::flush();
     match result {
         Ok(true) => ExitCode::SUCCESS,

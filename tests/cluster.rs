@@ -15,11 +15,11 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::core::DynamicObject;
 use kube::ResourceExt;
+use mcp_warden::approval::{approval_id, Pending};
 use mcp_warden::controller::rbac::{Rule, NON_RESOURCE_URLS, RULES, URL_MODE_RULES};
 use mcp_warden::crd::approval::{ApprovalPhase, McpApproval};
 use mcp_warden::crd::build::PolicyBuilder;
 use mcp_warden::crd::McpPolicy;
-use mcp_warden::sidecar::approvals::{approval_id, Pending};
 use serde_json::{json, Value};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

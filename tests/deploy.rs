@@ -21,12 +21,12 @@ fn the_charts_crd_is_the_generated_one() {
     assert!(
         read("charts/mcp-warden/crds/mcppolicy.yaml") == mcp_warden::crd::crd_yaml(),
         "charts/mcp-warden/crds/mcppolicy.yaml is stale: run `{}`",
-        mcp_warden::generate::COMMAND
+        mcp_warden::cmd::generate::COMMAND
     );
     assert!(
         read("charts/mcp-warden/crds/mcpapproval.yaml") == mcp_warden::crd::approval::crd_yaml(),
         "charts/mcp-warden/crds/mcpapproval.yaml is stale: run `{}`",
-        mcp_warden::generate::COMMAND
+        mcp_warden::cmd::generate::COMMAND
     );
 }
 
@@ -330,7 +330,7 @@ fn helm() -> Option<PathBuf> {
     use std::io::Write as _;
     let _ = writeln!(
         std::io::stderr(),
-        "SKIPPED chart rendering check: no helm (set MCP_WARDEN_HELM; .ci/run installs it)"
+        "SKIPPED chart rendering check: no helm (set MCP_WARDEN_HELM; .ci/stage unit installs it)"
     );
     None
 }
@@ -338,12 +338,12 @@ fn helm() -> Option<PathBuf> {
 #[test]
 fn the_plain_manifests_are_the_rendered_chart() {
     let Some(helm) = helm() else { return };
-    let want = mcp_warden::generate::plain_manifests(root(), &helm).unwrap();
+    let want = mcp_warden::cmd::generate::plain_manifests(root(), &helm).unwrap();
     let have = read("deploy/mcp-warden.yaml");
     assert!(
         have == want,
         "deploy/mcp-warden.yaml drifted from the chart: run `{} --helm {}`",
-        mcp_warden::generate::COMMAND,
+        mcp_warden::cmd::generate::COMMAND,
         helm.display()
     );
 }

@@ -176,9 +176,9 @@ fn readme_documents_flags_of(command: &str) {
 fn the_field_reference_is_generated_from_the_crd() {
     let text = read("docs/reference.md");
     assert!(
-        mcp_warden::generate::readme_with_reference(&text).unwrap() == text,
+        mcp_warden::cmd::generate::readme_with_reference(&text).unwrap() == text,
         "docs/reference.md is stale: run `{}`",
-        mcp_warden::generate::COMMAND
+        mcp_warden::cmd::generate::COMMAND
     );
     let missing = mcp_warden::crd::reference::missing_examples();
     assert!(

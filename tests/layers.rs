@@ -1,6 +1,7 @@
 //! The modules depend on each other one way: no cycle among `src`'s top-level modules (a module
-//! is `src/NAME.rs` with `src/NAME/`). Dependencies are read from `crate::NAME` paths in the
-//! source, tests included.
+//! is `src/NAME.rs` with `src/NAME/`), and none among the files of one module (a file names a
+//! sibling as `super::NAME` or `crate::MODULE::NAME`; `mod.rs`, the module's face, is left out).
+//! Dependencies are read from those paths in the source, tests included.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -73,6 +74,93 @@ fn cycle(
     None
 }
 
+/// The files of each folder of `src` (by stem, `mod.rs` left out) → the siblings they name.
+fn file_graphs() -> BTreeMap<String, BTreeMap<String, BTreeSet<String>>> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let mut folders: BTreeMap<String, BTreeMap<String, BTreeSet<String>>> = BTreeMap::new();
+    for f in &files {
+        let Some(parent) = f.parent().filter(|p| *p != src) else {
+            continue;
+        };
+        let stem = f.file_stem().unwrap().to_str().unwrap().to_string();
+        if stem == "mod" {
+            continue;
+        }
+        let folder = parent
+            .strip_prefix(&src)
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_string();
+        folders
+            .entry(folder)
+            .or_default()
+            .insert(stem, BTreeSet::new());
+    }
+    for f in &files {
+        let Some(parent) = f.parent().filter(|p| *p != src) else {
+            continue;
+        };
+        let folder = parent
+            .strip_prefix(&src)
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_string();
+        let stem = f.file_stem().unwrap().to_str().unwrap().to_string();
+        let Some(siblings) = folders.get(&folder) else {
+            continue;
+        };
+        if stem == "mod" {
+            continue;
+        }
+        let siblings: BTreeSet<String> = siblings.keys().cloned().collect();
+        let text = std::fs::read_to_string(f).unwrap();
+        let crate_path = format!("crate::{}::", folder.replace('/', "::"));
+        let mut named = BTreeSet::new();
+        for prefix in ["super::", crate_path.as_str()] {
+            for (i, _) in text.match_indices(prefix) {
+                if prefix == "super::" && text[..i].ends_with("super::") {
+                    continue; // `super::super::…` leaves the folder
+                }
+                let name: String = text[i + prefix.len()..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                if siblings.contains(&name) && name != stem {
+                    named.insert(name);
+                }
+            }
+        }
+        folders.get_mut(&folder).unwrap().insert(stem, named);
+    }
+    folders
+}
+
+#[test]
+fn the_files_of_a_module_form_no_cycle() {
+    let folders = file_graphs();
+    assert!(
+        folders
+            .get("sidecar")
+            .is_some_and(|g| g["proxy"].contains("filter")),
+        "the sidecar's proxy should be seen naming its filter: {folders:?}"
+    );
+    for (folder, g) in &folders {
+        let mut done = BTreeSet::new();
+        for node in g.keys() {
+            if let Some(c) = cycle(g, node, &mut Vec::new(), &mut done) {
+                panic!(
+                    "the files of src/{folder} depend on each other in a cycle: {}",
+                    c.join(" → ")
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn the_modules_form_no_cycle() {
     let g = graph();
@@ -120,6 +208,11 @@ fn the_shared_layers_depend_on_neither_side() {
             ],
         ),
         ("policy", &["engine", "sidecar", "crd"]),
+        // The controller and the sidecar share the approval wire (`approval`), not each
+        // other's insides.
+        ("controller", &["sidecar", "cmd"]),
+        ("sidecar", &["controller", "webhook", "cluster", "cmd"]),
+        ("approval", &["sidecar", "controller", "cmd"]),
     ] {
         for f in forbidden {
             assert!(
@@ -128,5 +221,16 @@ fn the_shared_layers_depend_on_neither_side() {
                 g[lower]
             );
         }
+    }
+}
+
+#[test]
+fn only_the_binary_runs_the_commands() {
+    let g = graph();
+    for (module, deps) in &g {
+        assert!(
+            module == "cmd" || !deps.contains("cmd"),
+            "{module} depends on cmd (the command line): commands sit on top of the library"
+        );
     }
 }

@@ -170,7 +170,7 @@ fn recorded(audit_log: &str) -> BTreeSet<Grant> {
 /// rules grant. RBAC already refuses a call outside them (a 403, which fails the test that made
 /// it); this adds that every grant was needed. It reads the test control plane's audit log once
 /// everything has run on it, so it runs only when `MCP_WARDEN_CHECK_AUDIT_LOG` names that log
-/// (`.ci/run` sets it in its last step); otherwise it says it skipped.
+/// (CI's last stage, `bash .ci/stage rbac`, sets it); otherwise it says it skipped.
 #[test]
 fn the_controller_called_the_api_for_exactly_what_the_rules_grant() {
     let Some(path) = std::env::var_os("MCP_WARDEN_CHECK_AUDIT_LOG") else {
@@ -178,7 +178,7 @@ fn the_controller_called_the_api_for_exactly_what_the_rules_grant() {
         let _ = writeln!(
             std::io::stderr(),
             "SKIPPED least-privilege check: set MCP_WARDEN_CHECK_AUDIT_LOG to the audit log of a test \
-             control plane the cluster tests and journey ran on (.ci/run does, after them)"
+             control plane the cluster tests and journey ran on (bash .ci/stage rbac does)"
         );
         return;
     };

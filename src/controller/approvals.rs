@@ -14,6 +14,7 @@
 //! What is decided is computed by the pure functions [`next_status`], [`new_approval`] and
 //! [`live`]; this module's loop only reads and writes.
 
+use crate::approval::{approval_id, ApprovalsFile, Granted, Pending, Report};
 use crate::cluster::{
     configmap_name, sidecar_state, Carried, APPROVALS_KEY, APPROVALS_MANAGER, MANAGED_BY,
     POLICY_ANNOTATION, POLICY_LABEL,
@@ -23,7 +24,6 @@ use crate::crd::approval::{
 };
 use crate::crd::McpPolicy;
 use crate::policy::sha256_hex;
-use crate::sidecar::approvals::{approval_id, ApprovalsFile, Granted, Pending, Report};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Limited};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
@@ -125,7 +125,7 @@ pub fn mismatch(ns: &str, spec: &McpApprovalSpec) -> Option<String> {
 }
 
 /// A status change worth an Event (recorded on the McpApproval).
-pub type Change = super::reconcile::PolicyEvent;
+pub type Change = super::events::PolicyEvent;
 
 /// The status `a` should have at `now` (seconds), given the uses its sidecar reports spent, and
 /// the Event when the phase changes.
@@ -587,7 +587,7 @@ impl Keeper {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sidecar::approvals::canonical;
+    use crate::approval::canonical;
 
     const NS: &str = "sandbox";
 

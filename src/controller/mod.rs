@@ -5,6 +5,7 @@
 
 pub mod approvals;
 pub mod certs;
+pub mod events;
 pub mod keys;
 pub mod leader;
 pub mod rbac;

@@ -2,6 +2,7 @@
 //! NetworkPolicy under `isolation: NetworkPolicy`) → server-side-apply the status → Events.
 //! What is written is computed by [`desired`]; this module only reads caches and writes.
 
+use super::events::{clip, PolicyEvent, Warnings};
 use super::render::{self, cond};
 use crate::cluster::{
     configmap_name, in_namespace, selecting_policy, selector_matches, ADMIN_KEYS_KEY,
@@ -14,7 +15,7 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::events::Recorder;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
@@ -67,67 +68,6 @@ pub struct Desired {
     pub network_policy: Option<NetworkPolicy>,
     /// Events worth recording.
     pub events: Vec<PolicyEvent>,
-}
-
-/// An Event to record on the McpPolicy.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PolicyEvent {
-    pub warning: bool,
-    pub reason: &'static str,
-    pub note: String,
-}
-
-impl PolicyEvent {
-    pub fn normal(reason: &'static str, note: String) -> PolicyEvent {
-        PolicyEvent {
-            warning: false,
-            reason,
-            note,
-        }
-    }
-
-    pub fn warning(reason: &'static str, note: String) -> PolicyEvent {
-        PolicyEvent {
-            warning: true,
-            reason,
-            note,
-        }
-    }
-
-    /// The Event as kube-runtime publishes it.
-    fn event(&self) -> Event {
-        self.event_for("Reconcile")
-    }
-
-    /// The Event, for an `action` of the controller's.
-    pub(super) fn event_for(&self, action: &str) -> Event {
-        Event {
-            type_: if self.warning {
-                EventType::Warning
-            } else {
-                EventType::Normal
-            },
-            reason: self.reason.into(),
-            note: Some(self.note.clone()),
-            action: action.into(),
-            secondary: None,
-        }
-    }
-}
-
-/// Longest condition message (the API's limit is 32768).
-const MAX_MESSAGE: usize = 4096;
-
-fn clip(mut s: String) -> String {
-    if s.len() > MAX_MESSAGE {
-        let mut cut = MAX_MESSAGE - 3;
-        while !s.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        s.truncate(cut);
-        s.push_str("...");
-    }
-    s
 }
 
 /// What the reconciler read of a policy's namespace from the caches.
@@ -400,58 +340,6 @@ fn isolation_condition(
         ),
         now,
     );
-}
-
-/// Setting warning conditions: True with a Warning Event when the condition becomes True, False
-/// with a reason otherwise.
-pub(super) struct Warnings<'a> {
-    pub old: &'a McpPolicyStatus,
-    pub conditions: &'a mut Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>,
-    pub events: &'a mut Vec<PolicyEvent>,
-    pub generation: Option<i64>,
-}
-
-impl Warnings<'_> {
-    /// `found`: the reason and message when the warning holds.
-    pub fn set(
-        &mut self,
-        type_: &'static str,
-        found: Option<(&str, String)>,
-        clear: (&str, &str),
-        now: Time,
-    ) {
-        let Some((reason, message)) = found else {
-            render::set_condition(
-                self.conditions,
-                type_,
-                false,
-                clear.0,
-                clear.1.into(),
-                self.generation,
-                now,
-            );
-            return;
-        };
-        let message = clip(message);
-        let was_true = self
-            .old
-            .conditions
-            .iter()
-            .any(|c| c.type_ == type_ && c.status == "True");
-        if !was_true {
-            self.events
-                .push(PolicyEvent::warning(type_, message.clone()));
-        }
-        render::set_condition(
-            self.conditions,
-            type_,
-            true,
-            reason,
-            message,
-            self.generation,
-            now,
-        );
-    }
 }
 
 /// Whether the cached ConfigMap already holds what the reconciler renders (the approvals key is

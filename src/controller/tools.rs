@@ -14,7 +14,7 @@
 //! [`tools_status`] decides; the loop only reads and writes.
 
 use super::approvals::Keeper;
-use super::reconcile::{PolicyEvent, Warnings};
+use super::events::{PolicyEvent, Warnings};
 use super::render::cond;
 use crate::crd::{McpPolicy, McpPolicyStatus, ObservedTool};
 use crate::policy::Policy;

@@ -77,14 +77,14 @@ pub fn parse_path(text: &str) -> Result<Vec<Step>, String> {
 
 /// Whether `v` is a string holding JSON text of a list or object, which a lenient server (the
 /// Python SDK's FastMCP, for a parameter typed as a list or model) parses into that value.
-fn json_text(v: &Value) -> Option<&str> {
+pub(super) fn json_text(v: &Value) -> Option<&str> {
     let s = v.as_str()?.trim_start_matches([' ', '\t', '\n', '\r']);
     (s.starts_with('[') || s.starts_with('{')).then_some(s)
 }
 
 /// Collects the values a path reaches. A step into the wrong kind of value (a key on a list,
 /// `[*]` on a string) reaches nothing; `null` counts as absent. Returns whether a step that
-/// needed a list or object met a string holding JSON text: then [`resolve_lenient`] reads on.
+/// needed a list or object met a string holding JSON text: then the lenient reading of `prune` reads on.
 pub fn resolve<'v>(steps: &[Step], v: &'v Value, out: &mut Vec<&'v Value>) -> bool {
     let Some((step, rest)) = steps.split_first() else {
         if !v.is_null() {
@@ -123,45 +123,6 @@ pub fn resolve_one<'v>(steps: &[Step], mut v: &'v Value) -> (Option<&'v Value>, 
         };
     }
     ((!v.is_null()).then_some(v), false)
-}
-
-/// JSON text inside an argument that no reader agrees on (invalid, duplicate keys): the value a
-/// lenient server would see is unknown.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Unreadable;
-
-/// Like [`resolve`], but a string holding JSON text where a list or object is needed is parsed
-/// and followed, as a lenient server reads it.
-pub fn resolve_lenient(steps: &[Step], v: &Value, out: &mut Vec<Value>) -> Result<(), Unreadable> {
-    let Some((step, rest)) = steps.split_first() else {
-        if !v.is_null() {
-            out.push(v.clone());
-        }
-        return Ok(());
-    };
-    match (step, v) {
-        (Step::Key(k), Value::Object(m)) => match m.get(k) {
-            Some(c) => resolve_lenient(rest, c, out),
-            None => Ok(()),
-        },
-        (Step::Index(i), Value::Array(a)) => match a.get(*i) {
-            Some(c) => resolve_lenient(rest, c, out),
-            None => Ok(()),
-        },
-        (Step::Each, Value::Array(a)) => a.iter().try_for_each(|c| resolve_lenient(rest, c, out)),
-        (_, v) => match json_text(v) {
-            Some(text) => {
-                crate::mcp::scan::validate(text.as_bytes(), crate::mcp::MAX_DEPTH)
-                    .map_err(|_| Unreadable)?;
-                // Only what the rest of the path reaches is kept, as for the arguments.
-                let parsed = super::prune::Need::of([steps])
-                    .read(text)
-                    .map_err(|_| Unreadable)?;
-                resolve_lenient(steps, &parsed, out)
-            }
-            None => Ok(()),
-        },
-    }
 }
 
 #[cfg(test)]
@@ -215,40 +176,5 @@ mod tests {
         out.clear();
         resolve(&parse_path("args.files[2].n").unwrap(), &v, &mut out);
         assert_eq!(out, vec![&json!("c")]);
-    }
-
-    #[test]
-    fn strings_holding_json_are_followed_in_the_lenient_reading() {
-        let v = json!({"commands": "[\"ls\", \"rm -rf /srv/x\"]", "options": " {\"mode\": \"dangerous\"}",
-                       "bad": "[1,", "dup": "{\"a\":1,\"a\":2}", "plain": "rm"});
-        let mut strict = Vec::new();
-        let path = parse_path("args.commands[*]").unwrap();
-        assert!(
-            resolve(&path, &v, &mut strict),
-            "a list as JSON text is met"
-        );
-        assert!(
-            strict.is_empty(),
-            "strictly, [*] on a string reaches nothing"
-        );
-        let mut lenient = Vec::new();
-        resolve_lenient(&path, &v, &mut lenient).unwrap();
-        assert_eq!(lenient, vec![json!("ls"), json!("rm -rf /srv/x")]);
-        let path = parse_path("args.options.mode").unwrap();
-        assert_eq!(resolve_one(&path, &v), (None, true));
-        lenient.clear();
-        resolve_lenient(&path, &v, &mut lenient).unwrap();
-        assert_eq!(lenient, vec![json!("dangerous")]);
-        for bad in ["args.bad[0]", "args.dup.a"] {
-            assert_eq!(
-                resolve_lenient(&parse_path(bad).unwrap(), &v, &mut Vec::new()),
-                Err(Unreadable),
-                "{bad}"
-            );
-        }
-        assert_eq!(
-            resolve_one(&parse_path("args.plain.x").unwrap(), &v),
-            (None, false)
-        );
     }
 }

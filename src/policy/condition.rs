@@ -5,9 +5,10 @@
 //! at all the answer is [`Truth::Unknown`], and the caller turns that into the unsafe outcome:
 //! a `deny_if` condition holds and a `require` condition fails.
 
-pub use super::argpath::{parse_path, resolve, resolve_lenient, resolve_one, Step};
+pub use super::argpath::{parse_path, resolve, resolve_one, Step};
 use super::compare::{any_of, as_text, is_normal, is_within, lenient_eq, lenient_num, text_test};
 pub use super::compare::{normalize_path, Num, Truth};
+pub use super::prune::resolve_lenient;
 use regex::Regex;
 use serde_json::Value;
 use std::cmp::Ordering;

@@ -3,7 +3,7 @@
 //! skipped without being stored. A 4 MiB object of 400,000 keys that a rule reads one key of
 //! costs that one key, not the ~150 bytes per key a whole `serde_json::Value` would.
 
-use super::argpath::Step;
+use super::argpath::{json_text, Step};
 use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 use std::collections::{BTreeMap, HashMap};
@@ -181,10 +181,47 @@ impl<'de> Visitor<'de> for &Need {
     }
 }
 
+/// JSON text inside an argument that no reader agrees on (invalid, duplicate keys): the value a
+/// lenient server would see is unknown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unreadable;
+
+/// Like [`super::argpath::resolve`], but a string holding JSON text where a list or object is needed is parsed
+/// and followed, as a lenient server reads it.
+pub fn resolve_lenient(steps: &[Step], v: &Value, out: &mut Vec<Value>) -> Result<(), Unreadable> {
+    let Some((step, rest)) = steps.split_first() else {
+        if !v.is_null() {
+            out.push(v.clone());
+        }
+        return Ok(());
+    };
+    match (step, v) {
+        (Step::Key(k), Value::Object(m)) => match m.get(k) {
+            Some(c) => resolve_lenient(rest, c, out),
+            None => Ok(()),
+        },
+        (Step::Index(i), Value::Array(a)) => match a.get(*i) {
+            Some(c) => resolve_lenient(rest, c, out),
+            None => Ok(()),
+        },
+        (Step::Each, Value::Array(a)) => a.iter().try_for_each(|c| resolve_lenient(rest, c, out)),
+        (_, v) => match json_text(v) {
+            Some(text) => {
+                crate::mcp::scan::validate(text.as_bytes(), crate::mcp::MAX_DEPTH)
+                    .map_err(|_| Unreadable)?;
+                // Only what the rest of the path reaches is kept, as for the arguments.
+                let parsed = Need::of([steps]).read(text).map_err(|_| Unreadable)?;
+                resolve_lenient(steps, &parsed, out)
+            }
+            None => Ok(()),
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::argpath::parse_path;
+    use crate::policy::argpath::{parse_path, resolve, resolve_one};
     use serde_json::json;
 
     fn need(paths: &[&str]) -> Need {
@@ -249,5 +286,40 @@ mod tests {
     fn invalid_text_is_an_error() {
         assert!(need(&["args.a"]).read("{\"a\":1").is_err());
         assert!(need(&["args.a"]).read("{\"a\":1} x").is_err());
+    }
+
+    #[test]
+    fn strings_holding_json_are_followed_in_the_lenient_reading() {
+        let v = json!({"commands": "[\"ls\", \"rm -rf /srv/x\"]", "options": " {\"mode\": \"dangerous\"}",
+                       "bad": "[1,", "dup": "{\"a\":1,\"a\":2}", "plain": "rm"});
+        let mut strict = Vec::new();
+        let path = parse_path("args.commands[*]").unwrap();
+        assert!(
+            resolve(&path, &v, &mut strict),
+            "a list as JSON text is met"
+        );
+        assert!(
+            strict.is_empty(),
+            "strictly, [*] on a string reaches nothing"
+        );
+        let mut lenient = Vec::new();
+        resolve_lenient(&path, &v, &mut lenient).unwrap();
+        assert_eq!(lenient, vec![json!("ls"), json!("rm -rf /srv/x")]);
+        let path = parse_path("args.options.mode").unwrap();
+        assert_eq!(resolve_one(&path, &v), (None, true));
+        lenient.clear();
+        resolve_lenient(&path, &v, &mut lenient).unwrap();
+        assert_eq!(lenient, vec![json!("dangerous")]);
+        for bad in ["args.bad[0]", "args.dup.a"] {
+            assert_eq!(
+                resolve_lenient(&parse_path(bad).unwrap(), &v, &mut Vec::new()),
+                Err(Unreadable),
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            resolve_one(&parse_path("args.plain.x").unwrap(), &v),
+            (None, false)
+        );
     }
 }

@@ -2,7 +2,7 @@
 //! receive is filtered with the policy loaded at the time it passes (see [`crate::mcp::lists`]).
 
 use super::caller::Caller;
-use super::proxy::{content_type_is, is_event_stream, strip_hop_by_hop};
+use super::headers::{content_type_is, is_event_stream, strip_hop_by_hop};
 use super::State;
 use crate::mcp::{lists, sse};
 use crate::policy::{Hints, Pinning, Policy};

@@ -369,16 +369,17 @@ impl Gate<'_> {
             Some(r) => serde_json::from_str(r.get()).map_err(|_| "unreadable arguments")?,
             None => Value::Object(Default::default()),
         };
-        if !approvals::exact_numbers(&full) {
+        if !crate::approval::exact_numbers(&full) {
             return Err(
                 "a number in the arguments is beyond ±2^53, where two different numbers \
                         can read the same: it cannot be approved exactly; send it as a string"
                     .into(),
             );
         }
-        let arguments = approvals::canonical(&full);
+        let arguments = crate::approval::canonical(&full);
         let arguments_sha256 = sha256_hex(arguments.as_bytes());
-        let id = approvals::approval_id(label, &call.name, &arguments_sha256, &self.caller.id);
+        let id =
+            crate::approval::approval_id(label, &call.name, &arguments_sha256, &self.caller.id);
         let held = self.st.approvals.reserve(&id, super::caller::unix_now());
         Ok(Asked {
             id,
@@ -411,7 +412,7 @@ impl Gate<'_> {
             (Outcome::ApprovalRequired, _) => self
                 .st
                 .approvals
-                .request(approvals::Pending {
+                .request(crate::approval::Pending {
                     id: a.id.clone(),
                     policy: label.to_owned(),
                     tool: call.name.to_string(),

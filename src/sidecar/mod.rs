@@ -12,6 +12,7 @@ mod denial;
 mod discovery;
 mod filter;
 mod gate;
+mod headers;
 mod legacy;
 mod origin;
 mod proxy;

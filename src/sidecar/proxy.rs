@@ -7,31 +7,20 @@
 use super::caller::{identify, Caller};
 use super::filter::filter_response;
 use super::gate::{check_headers, decide_body, too_large, Verdict};
+use super::headers::{is_event_stream, strip_hop_by_hop};
 use super::legacy::{self, LegacySession};
 use super::State;
 use crate::mcp::{code, Refusal};
 use crate::serve::{full, json, respond, Body};
 use crate::sidecar::reload::LoadedPolicy;
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use serde_json::Value;
 use std::sync::Arc;
 use std::time::Instant;
-
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-];
 
 /// Handles one request on the MCP port.
 pub(super) async fn handle(st: Arc<State>, req: Request<Incoming>) -> Response<Body> {
@@ -369,34 +358,6 @@ async fn forward_streaming(
         return Response::from_parts(p, body);
     }
     passthrough(resp)
-}
-
-pub(super) fn is_event_stream(h: &HeaderMap) -> bool {
-    content_type_is(h, "text/event-stream")
-}
-
-/// Whether the `Content-Type` is `essence` (any parameters, any case).
-pub(super) fn content_type_is(h: &HeaderMap, essence: &str) -> bool {
-    h.get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with(essence))
-}
-
-/// Removes hop-by-hop headers, and those the `Connection` header names, in place.
-pub(super) fn strip_hop_by_hop(h: &mut HeaderMap) {
-    let listed: Vec<HeaderName> = h
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
-    for name in HOP_BY_HOP {
-        h.remove(*name);
-    }
-    for name in listed {
-        h.remove(name);
-    }
 }
 
 fn passthrough(resp: Response<Incoming>) -> Response<Body> {

@@ -3,16 +3,18 @@
 //! caller's kubeconfig, so the API server and the webhooks see who decided; with `--admin URL`
 //! they talk to one sidecar's admin API directly (no cluster).
 
+use super::block_on;
+use crate::approval::Report;
 use crate::crd::approval::{ApprovalDecision, McpApproval};
-use crate::sidecar::approvals::Report;
 use anyhow::{bail, Context};
 use bytes::Bytes;
+use clap::{Args, Subcommand};
 use http_body_util::{BodyExt, Full};
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::ResourceExt;
 use serde_json::json;
 use std::fmt::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Where approvals are read and decided.
 pub enum Target<'a> {
@@ -117,7 +119,7 @@ pub fn report_table(r: &Report, now: u64) -> String {
         .to_vec()];
     for p in &r.pending {
         rows.push(vec![
-            p.id[..p.id.len().min(crate::sidecar::approvals::MIN_ID_PREFIX)].to_owned(),
+            p.id[..p.id.len().min(crate::approval::MIN_ID_PREFIX)].to_owned(),
             p.tool.clone(),
             p.identity.clone(),
             age(now as i64 - p.requested_at as i64),
@@ -258,7 +260,7 @@ pub async fn decide(target: Target<'_>, name: &str, approve: bool) -> anyhow::Re
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sidecar::approvals::Pending;
+    use crate::approval::Pending;
 
     #[test]
     fn tables_show_what_a_person_needs_to_decide() {
@@ -292,4 +294,75 @@ mod tests {
         );
         assert_eq!(report_table(&Report::default(), 0), "no pending requests\n");
     }
+}
+
+#[derive(Debug, Args)]
+pub struct ApprovalsArgs {
+    #[command(subcommand)]
+    pub command: ApprovalsCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ApprovalsCommand {
+    /// List McpApprovals, pending first (or a sidecar's pending requests with --admin).
+    List(ListArgs),
+}
+
+/// Where approvals live: the kubeconfig's cluster, or one sidecar's admin API.
+#[derive(Debug, Args)]
+pub struct Where {
+    /// Namespace (default: the kubeconfig context's).
+    #[arg(short, long)]
+    pub namespace: Option<String>,
+    /// A sidecar's admin API instead of a cluster, e.g. http://127.0.0.1:9481.
+    #[arg(long, value_name = "URL", requires = "admin_token_file")]
+    pub admin: Option<String>,
+    /// The file holding the sidecar's admin token (its --admin-token-file).
+    #[arg(long, value_name = "FILE", requires = "admin")]
+    pub admin_token_file: Option<PathBuf>,
+}
+
+impl Where {
+    fn target(&self, all: bool) -> Target<'_> {
+        match (&self.admin, &self.admin_token_file) {
+            (Some(url), Some(token_file)) => Target::Admin { url, token_file },
+            _ => Target::Cluster {
+                namespace: self.namespace.as_deref(),
+                all,
+            },
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    #[command(flatten)]
+    pub at: Where,
+    /// Every namespace.
+    #[arg(short = 'A', long, conflicts_with_all = ["namespace", "admin"])]
+    pub all_namespaces: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DecideArgs {
+    /// The McpApproval's name (with --admin: the request's approval id).
+    pub name: String,
+    #[command(flatten)]
+    pub at: Where,
+}
+
+/// Runs `approvals list`.
+pub fn run_approvals(a: &ApprovalsArgs) -> anyhow::Result<bool> {
+    let ApprovalsCommand::List(l) = &a.command;
+    print!("{}", block_on(list(l.at.target(l.all_namespaces)))?);
+    Ok(true)
+}
+
+/// Runs `approve` (`approve: true`) or `reject`.
+pub fn run_decide(a: &DecideArgs, approve: bool) -> anyhow::Result<bool> {
+    print!(
+        "{}",
+        block_on(decide(a.at.target(false), &a.name, approve))?
+    );
+    Ok(true)
 }

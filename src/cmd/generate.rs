@@ -6,6 +6,7 @@
 //! - `docs/reference.md`, between the reference markers: the McpPolicy field reference.
 //! - `deploy/mcp-warden.yaml`: the chart rendered with default values (needs Helm).
 
+use clap::Args;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -199,4 +200,32 @@ mod tests {
             Err(GenerateError::NoMarkers)
         ));
     }
+}
+
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    /// The checkout to write into.
+    #[arg(long, value_name = "DIR", default_value = ".")]
+    pub root: PathBuf,
+    /// The Helm binary that renders deploy/mcp-warden.yaml (default: MCP_WARDEN_HELM, the one
+    /// `.ci/run` installs, or `helm`).
+    #[arg(long, value_name = "FILE")]
+    pub helm: Option<PathBuf>,
+    /// Only report stale files (exit 1 when any is), writing nothing.
+    #[arg(long)]
+    pub check: bool,
+}
+
+/// Regenerates (or checks) the generated files and says which changed.
+pub fn run_generate(a: &GenerateArgs) -> anyhow::Result<bool> {
+    let helm = a.helm.clone().unwrap_or_else(|| default_helm(&a.root));
+    let changed = run(&a.root, Some(&helm), a.check)?;
+    let verb = if a.check { "stale" } else { "regenerated" };
+    for path in &changed {
+        println!("{verb}: {path}");
+    }
+    if changed.is_empty() {
+        println!("every generated file is current");
+    }
+    Ok(!a.check || changed.is_empty())
 }

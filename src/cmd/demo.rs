@@ -11,6 +11,7 @@
 use crate::metrics::SidecarMetrics;
 use crate::sidecar::{self, Config, Listeners, State};
 use bytes::Bytes;
+use clap::Args;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -25,7 +26,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// The policy the demo enforces (also `examples/policies/mcp-python-interpreter.yaml`).
-pub const POLICY: &str = include_str!("../examples/policies/mcp-python-interpreter.yaml");
+pub const POLICY: &str = include_str!("../../examples/policies/mcp-python-interpreter.yaml");
 
 /// The sample server's tools: those of MCP Python Interpreter, plus one that should stay hidden.
 const TOOLS: &[&str] = &[
@@ -354,11 +355,11 @@ pub async fn run(policy_file: Option<PathBuf>) -> anyhow::Result<String> {
         describe(&v)
     );
     let admin_url = format!("http://{admin}");
-    let at = || crate::approve::Target::Admin {
+    let at = || super::approve::Target::Admin {
         url: &admin_url,
         token_file: &admin_token,
     };
-    let listed = crate::approve::list(at()).await?;
+    let listed = super::approve::list(at()).await?;
     let _ = writeln!(
         out,
         "   $ mcp-warden approvals list --admin {admin_url} --admin-token-file TOKEN"
@@ -366,8 +367,8 @@ pub async fn run(policy_file: Option<PathBuf>) -> anyhow::Result<String> {
     for line in listed.lines() {
         let _ = writeln!(out, "     {line}");
     }
-    let prefix = &id[..id.len().min(crate::sidecar::approvals::MIN_ID_PREFIX)];
-    let decided = crate::approve::decide(at(), prefix, true).await?;
+    let prefix = &id[..id.len().min(crate::approval::MIN_ID_PREFIX)];
+    let decided = super::approve::decide(at(), prefix, true).await?;
     let _ = writeln!(
         out,
         "   $ mcp-warden approve --admin {admin_url} --admin-token-file TOKEN {}\n     {}",
@@ -497,4 +498,21 @@ pub async fn run(policy_file: Option<PathBuf>) -> anyhow::Result<String> {
     let _ = running.await;
     let _ = std::fs::remove_dir_all(&dir);
     Ok(out)
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Enforce this policy instead of the built-in example (MCP Python Interpreter's).
+    #[arg(long, value_name = "FILE")]
+    pub policy: Option<PathBuf>,
+}
+
+/// Runs the demo and prints its report.
+pub fn run_demo(a: &DemoArgs) -> anyhow::Result<bool> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let report = rt.block_on(run(a.policy.clone()))?;
+    print!("{report}");
+    Ok(true)
 }

@@ -1,14 +1,17 @@
 //! `mcp-warden check FILE…`: validates policy files and McpPolicy manifests offline, and with
 //! `--explain` shows what a policy would decide for one call and why.
 
+use super::block_on;
 use crate::crd::manifest::{read_document, Document};
 use crate::engine::{Call, Engine, EngineOptions, Outcome, Seen};
 use crate::policy::{self, source, Policy};
 use crate::tools::client::Listing;
 use crate::tools::{report, ToolDef};
+use anyhow::{bail, Context};
+use clap::Args;
 use serde_json::Value;
 use std::fmt::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// A call to explain against every valid policy.
 #[derive(Debug, Clone)]
@@ -24,7 +27,7 @@ pub struct Explain {
 
 /// Checks every file, writing a report to `out`. Returns whether everything was valid (and, with
 /// a server's `listing`, whether every policy matches its tools).
-pub fn run(
+pub fn check_files(
     paths: &[impl AsRef<Path>],
     explain: Option<&Explain>,
     listing: Option<&Listing>,
@@ -337,4 +340,86 @@ mod tests {
         assert!(w[0].contains("authenticating gateway"), "{w:?}");
         assert!(policy(Value::Null, "pod").is_empty());
     }
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Policy files (JSON or YAML) or McpPolicy manifests (multi-document YAML).
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+    /// Explain what each valid policy decides for a call to this tool.
+    #[arg(long, value_name = "TOOL")]
+    pub explain: Option<String>,
+    /// The call's arguments, as a JSON object.
+    #[arg(long, value_name = "JSON", default_value = "{}", requires = "explain")]
+    pub args: String,
+    /// The caller's identity (a ServiceAccount's `system:serviceaccount:NS:NAME`, a JWT subject or
+    /// a gateway header's value): picks the grant that applies and keys `scope: grant` counters.
+    /// Without it the call is anonymous and gets the base rules.
+    #[arg(long, requires = "explain")]
+    pub identity: Option<String>,
+    /// Session id for `scope: session` counters.
+    #[arg(long, requires = "explain")]
+    pub session: Option<String>,
+    /// Make the call N times at one instant and explain the last (shows limits acting).
+    #[arg(long, default_value_t = 1, value_name = "N", requires = "explain")]
+    pub calls: u32,
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+/// A live MCP server to read the tools of.
+#[derive(Debug, Args)]
+pub struct ServerArgs {
+    /// An MCP server's URL (streamable HTTP, e.g. http://127.0.0.1:8888/mcp; https works too):
+    /// its tools are listed and each policy is checked against them — rule names and globs that
+    /// match no tool, conditions on arguments a tool does not take, changed pins (each makes the
+    /// exit code non-zero) and tools only `default: allow` lets through.
+    #[arg(long, value_name = "URL")]
+    pub server: Option<http::Uri>,
+    /// Where a legacy (HTTP+SSE) server's event stream is, when the URL takes no POSTs.
+    #[arg(long, value_name = "PATH", default_value = "/sse", requires = "server")]
+    pub sse_path: String,
+}
+
+impl ServerArgs {
+    /// The server's tools, when a server is named.
+    pub fn tools(&self) -> anyhow::Result<Option<crate::tools::client::Listing>> {
+        let Some(url) = &self.server else {
+            return Ok(None);
+        };
+        let lister = crate::tools::client::Lister::https(url.clone(), &self.sse_path);
+        let listing = block_on(async { Ok(lister.list().await?) })
+            .with_context(|| format!("cannot list the tools of {url}"))?;
+        Ok(Some(listing))
+    }
+}
+
+/// Runs `check`; the process exit code is 0 only when every document is valid.
+pub fn run(a: &CheckArgs) -> anyhow::Result<bool> {
+    let explain = match &a.explain {
+        None => None,
+        Some(tool) => {
+            let args: serde_json::Value =
+                serde_json::from_str(&a.args).context("--args is not valid JSON")?;
+            if !args.is_object() {
+                bail!("--args must be a JSON object, like the arguments of a tools/call");
+            }
+            Some(Explain {
+                tool: tool.clone(),
+                args,
+                identity: a.identity.clone(),
+                session: a.session.clone(),
+                calls: a.calls,
+            })
+        }
+    };
+    let listing = a.server.tools()?;
+    let mut out = String::new();
+    if let (Some(l), Some(url)) = (&listing, &a.server.server) {
+        out.push_str(&listing_summary(l, url));
+    }
+    let ok = check_files(&a.files, explain.as_ref(), listing.as_ref(), &mut out);
+    print!("{out}");
+    Ok(ok)
 }
