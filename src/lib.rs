@@ -28,10 +28,12 @@
 //!   `check` and `pin`, `demo`, `approve` (`approvals|approve|reject`), `generate`.
 //! - [`logging`]: batched logs and audit lines.
 //!
-//! The path of an agent's request through the sidecar: `serve::conns` (accept, timeouts,
-//! connection cap) → `sidecar::proxy` (Host/Origin, route, read the body within budget) →
-//! `sidecar::gate` (headers, `mcp::parse`, `engine` decides each `tools/call`, metrics, audit)
-//! → forwarded byte for byte, or answered with a denial (`sidecar::denial`) → on the way back, `sidecar::filter` and
+//! The path of an agent's request through the sidecar (docs/ARCHITECTURE.md tells it in full):
+//! `serve::conns` (accept, timeouts, connection cap) → `sidecar::proxy` (HTTP only: Host/Origin,
+//! the caller, route, the gated body read within budget) → `sidecar::gate` (headers and body →
+//! verdict: `mcp::parse` once, each `tools/call` planned once and decided by `engine`, recorded
+//! by `sidecar::record`) → forwarded byte for byte, or answered here (a denial of
+//! `sidecar::denial`, or a `sidecar::refusal`) → on the way back, `sidecar::filter` and
 //! `mcp::lists` filter every tool list on every stream.
 //!
 //! Dependencies run one way (`tests/layers.rs` holds them): `serve`, `mcp`, `metrics` and

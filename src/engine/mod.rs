@@ -214,12 +214,18 @@ impl Engine {
     /// Decides one call at `now` (nanoseconds on a monotonic clock), taking counters when it
     /// allows. The order: rule, hide/deny/default, require, deny_if, limits.
     pub fn decide(&self, call: &Call, now: u64) -> Decision<'_> {
+        let lookup = self
+            .policy
+            .lookup(call.tool, call.grant, call.seen.map(|s| s.hints));
+        self.decide_found(lookup, call, now)
+    }
+
+    /// [`Engine::decide`] with the rule already looked up (by [`Policy::lookup`] for this
+    /// call's tool, grant and hints): the sidecar looks it up once to know which arguments to
+    /// read and whether the call needs an approval, then decides.
+    pub fn decide_found<'p>(&'p self, lookup: Lookup<'p>, call: &Call, now: u64) -> Decision<'p> {
         let p = &self.policy;
-        let lookup = p.lookup(call.tool, call.grant, call.seen.map(|s| s.hints));
-        let rule = match lookup {
-            Lookup::Rule(r) => Some(r),
-            _ => None,
-        };
+        let rule = lookup.rule();
         let grant = p.grant_path(call.grant);
         let tool_label = rule.map_or("_other", |r| r.key.as_str());
         let denied = if let Some(hide) = p.hidden_by(call.tool) {

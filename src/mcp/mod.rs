@@ -1,6 +1,6 @@
 //! MCP's JSON-RPC envelope: only what a decision needs (`jsonrpc`, `id`, `method`,
 //! `params.name`, `params.arguments`), read with borrowed serde types after [`scan::validate`].
-//! Also the bodies the sidecar writes itself: denials, refusals and filtered `tools/list` results.
+//! Also the bodies the sidecar writes itself: denials and filtered `tools/list` results.
 
 mod fold;
 pub mod lists;
@@ -9,7 +9,6 @@ pub mod sse;
 
 pub use lists::list_error;
 
-use http::StatusCode;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
@@ -74,43 +73,43 @@ impl<'a> Body<'a> {
     }
 }
 
-/// A request the sidecar refuses to forward: HTTP status plus a JSON-RPC error.
+/// Why a body is not MCP the sidecar can decide: a JSON-RPC error, whose code says what was
+/// wrong (the sidecar answers it with HTTP 400).
 #[derive(Debug, Clone)]
-pub struct Refusal {
-    pub status: StatusCode,
+pub struct Malformed {
     pub code: i64,
     pub message: String,
     /// The request id, when one could be read.
     pub id: Option<Box<RawValue>>,
-    /// A `WWW-Authenticate` challenge to send with a 401.
-    pub challenge: Option<String>,
 }
 
-impl Refusal {
-    pub fn new(status: StatusCode, code: i64, message: impl Into<String>) -> Refusal {
-        Refusal {
-            status,
+impl Malformed {
+    /// Not JSON, or JSON that readers disagree on (`-32700`).
+    pub fn parse(message: impl Into<String>) -> Malformed {
+        Malformed::new(code::PARSE_ERROR, message)
+    }
+
+    /// Not a valid JSON-RPC message (`-32600`).
+    pub fn request(message: impl Into<String>) -> Malformed {
+        Malformed::new(code::INVALID_REQUEST, message)
+    }
+
+    /// A `tools/call` whose params cannot be read (`-32602`).
+    pub fn params(message: impl Into<String>) -> Malformed {
+        Malformed::new(code::INVALID_PARAMS, message)
+    }
+
+    fn new(code: i64, message: impl Into<String>) -> Malformed {
+        Malformed {
             code,
             message: message.into(),
             id: None,
-            challenge: None,
         }
     }
 
-    pub fn with_id(mut self, id: Option<&RawValue>) -> Refusal {
+    pub fn with_id(mut self, id: Option<&RawValue>) -> Malformed {
         self.id = id.map(ToOwned::to_owned);
         self
-    }
-
-    /// The JSON-RPC error body.
-    pub fn body(&self) -> Vec<u8> {
-        let id = self.id.as_deref().map_or(Value::Null, raw_to_value);
-        serde_json::to_vec(&json!({
-            "jsonrpc": "2.0",
-            "id": id,
-            "error": {"code": self.code, "message": self.message}
-        }))
-        .unwrap_or_default()
     }
 }
 
@@ -253,19 +252,13 @@ fn skip_unknown<'de, A: serde::de::MapAccess<'de>>(
     m.next_value::<serde::de::IgnoredAny>().map(drop)
 }
 
-fn invalid(msg: impl Into<String>) -> Refusal {
-    Refusal::new(StatusCode::BAD_REQUEST, code::INVALID_REQUEST, msg)
+fn invalid(msg: impl Into<String>) -> Malformed {
+    Malformed::request(msg)
 }
 
 /// Parses a gated body: the validating scan, then the envelope of each message.
-pub fn parse(body: &[u8]) -> Result<Body<'_>, Refusal> {
-    scan::validate(body, MAX_DEPTH).map_err(|e| {
-        Refusal::new(
-            StatusCode::BAD_REQUEST,
-            code::PARSE_ERROR,
-            format!("parse error: {e}"),
-        )
-    })?;
+pub fn parse(body: &[u8]) -> Result<Body<'_>, Malformed> {
+    scan::validate(body, MAX_DEPTH).map_err(|e| Malformed::parse(format!("parse error: {e}")))?;
     let text = std::str::from_utf8(body).map_err(|_| invalid("not UTF-8"))?;
     let trimmed = text.trim_start();
     if trimmed.starts_with('[') {
@@ -307,7 +300,7 @@ fn check_id(t: &str) -> Result<(), &'static str> {
     }
 }
 
-fn message(raw: &RawValue) -> Result<Message<'_>, Refusal> {
+fn message(raw: &RawValue) -> Result<Message<'_>, Malformed> {
     if !raw.get().starts_with('{') {
         return Err(invalid("a JSON-RPC message must be an object"));
     }
@@ -464,10 +457,8 @@ impl<'a> Message<'a> {
     }
 
     /// Reads `params.name` and `params.arguments` of a `tools/call`.
-    pub fn tool_call(&self) -> Result<ToolCall<'a>, Refusal> {
-        let bad = |msg: &str| {
-            Refusal::new(StatusCode::BAD_REQUEST, code::INVALID_PARAMS, msg).with_id(self.id)
-        };
+    pub fn tool_call(&self) -> Result<ToolCall<'a>, Malformed> {
+        let bad = |msg: &str| Malformed::params(msg).with_id(self.id);
         let params = self.params.ok_or_else(|| bad("tools/call needs params"))?;
         let p: CallParams = serde_json::from_str(params.get()).map_err(|e| {
             if e.to_string().contains("ignoring case") {

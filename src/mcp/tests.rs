@@ -79,14 +79,7 @@ fn ambiguous_or_malformed_messages_are_refused() {
     ];
     for (body, want) in cases {
         let r = parse(body.as_bytes()).unwrap_err();
-        assert_eq!(
-            (r.code, r.status),
-            (want, StatusCode::BAD_REQUEST),
-            "{body}: {}",
-            r.message
-        );
-        let v: Value = serde_json::from_slice(&r.body()).unwrap();
-        assert_eq!(v["error"]["code"], want);
+        assert_eq!(r.code, want, "{body}: {}", r.message);
     }
 }
 

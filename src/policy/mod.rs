@@ -483,6 +483,32 @@ pub enum Lookup<'p> {
     Unlisted,
 }
 
+impl<'p> Lookup<'p> {
+    /// The rule that applies, if one does.
+    pub fn rule(&self) -> Option<&'p Rule> {
+        match self {
+            Lookup::Rule(r) => Some(r),
+            _ => None,
+        }
+    }
+
+    /// The parts of the call's arguments the rule's conditions read, when they read any (a rule
+    /// that denies outright reads none).
+    pub fn reads(&self) -> Option<&'p prune::Need> {
+        self.rule()
+            .filter(|r| {
+                r.deny.is_none()
+                    && (!r.require.is_empty() || r.deny_if.iter().any(|d| !d.conditions.is_empty()))
+            })
+            .map(|r| &r.reads)
+    }
+
+    /// The approval the rule asks for, if it asks for one.
+    pub fn approval(&self) -> Option<Approval> {
+        self.rule().and_then(|r| r.approval)
+    }
+}
+
 /// A validated policy, ready for the engine.
 #[derive(Debug, Clone)]
 pub struct Policy {
@@ -606,16 +632,7 @@ impl Policy {
         grant: Option<usize>,
         hints: Option<Hints>,
     ) -> Option<&prune::Need> {
-        match self.lookup(tool, grant, hints) {
-            Lookup::Rule(r)
-                if r.deny.is_none()
-                    && (!r.require.is_empty()
-                        || r.deny_if.iter().any(|d| !d.conditions.is_empty())) =>
-            {
-                Some(&r.reads)
-            }
-            _ => None,
-        }
+        self.lookup(tool, grant, hints).reads()
     }
 
     /// The `hide` entry that hides this tool, if any.

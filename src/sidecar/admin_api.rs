@@ -290,10 +290,7 @@ fn decide(st: &State, d: &DecisionBody, who: &str) -> Response<Body> {
     match st.approvals.decide(&d.id, approve, unix_now()) {
         Ok(p) => {
             let result = if approve { "approved" } else { "denied" };
-            st.metrics
-                .approvals
-                .with_label_values(&[&p.policy, &p.tool_label, result])
-                .inc();
+            super::record::approval(st, &p.policy, &p.tool_label, result);
             tracing::info!(
                 target: "mcp_warden::audit",
                 policy = %p.policy,

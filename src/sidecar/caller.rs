@@ -6,13 +6,12 @@
 //! SHA-256 of the bearer token: a key for counters that names no one. The token is read from the
 //! `Authorization` header only, never from the query string.
 
+use super::refusal::Refused;
 use super::reload::{KeyRing, Keys, LoadedPolicy};
 use super::State;
 use crate::identity::TokenError;
-use crate::mcp::{code, Refusal};
 use crate::policy::{bounds, sha256_hex, Identity};
 use http::header::{self, HeaderMap};
-use http::StatusCode;
 use std::sync::Arc;
 
 /// The identity of one request.
@@ -48,7 +47,7 @@ pub(super) fn identify(
     st: &State,
     policy: &LoadedPolicy,
     h: &HeaderMap,
-) -> Result<Caller, Refusal> {
+) -> Result<Caller, Refused> {
     let settings = &policy.engine.policy().identity;
     let refuse = |e: TokenError| {
         st.metrics
@@ -116,21 +115,19 @@ pub(super) fn unix_now() -> u64 {
 
 /// The one value of header `name`; two are refused (the sidecar and the server could each read
 /// another).
-fn single<'h>(h: &'h HeaderMap, name: &str) -> Result<Option<&'h http::HeaderValue>, Refusal> {
+fn single<'h>(h: &'h HeaderMap, name: &str) -> Result<Option<&'h http::HeaderValue>, Refused> {
     let mut values = h.get_all(name).iter();
     let (first, second) = (values.next(), values.next());
     if second.is_some() {
-        return Err(Refusal::new(
-            StatusCode::BAD_REQUEST,
-            code::INVALID_REQUEST,
-            format!("the {name} header is sent more than once"),
-        ));
+        return Err(Refused::IdentityHeader(format!(
+            "the {name} header is sent more than once"
+        )));
     }
     Ok(first)
 }
 
 /// The bearer token of `Authorization`, if it carries one.
-pub(super) fn bearer(h: &HeaderMap) -> Result<Option<&str>, Refusal> {
+pub(super) fn bearer(h: &HeaderMap) -> Result<Option<&str>, Refused> {
     let Some(v) = single(h, header::AUTHORIZATION.as_str())? else {
         return Ok(None);
     };
@@ -144,8 +141,8 @@ pub(super) fn bearer(h: &HeaderMap) -> Result<Option<&str>, Refusal> {
 
 /// A gateway's identity header, in the clear: visible ASCII and bounded, since it keys counters
 /// and appears in audit lines.
-fn header_identity(name: &str, v: &[u8]) -> Result<Caller, Refusal> {
-    let bad = |why: String| Refusal::new(StatusCode::BAD_REQUEST, code::INVALID_REQUEST, why);
+fn header_identity(name: &str, v: &[u8]) -> Result<Caller, Refused> {
+    let bad = Refused::IdentityHeader;
     if v.is_empty() {
         return Ok(Caller::anonymous());
     }
@@ -167,34 +164,26 @@ fn header_identity(name: &str, v: &[u8]) -> Result<Caller, Refusal> {
 
 /// 401 with a `WWW-Authenticate: Bearer` challenge (RFC 6750) and the reason in the JSON-RPC
 /// error. A request with no token gets a challenge without an error code, as the RFC asks.
-fn unauthorized(e: &TokenError) -> Refusal {
-    let mut r = Refusal::new(
-        StatusCode::UNAUTHORIZED,
-        code::UNAUTHORIZED,
-        format!("unauthorized: {e}"),
-    );
-    r.challenge = Some(match e {
-        TokenError::Missing => r#"Bearer realm="mcp-warden""#.to_owned(),
-        other => format!(
-            r#"Bearer realm="mcp-warden", error="invalid_token", error_description="{}""#,
-            quoted(&other.to_string())
-        ),
-    });
-    r
+fn unauthorized(e: &TokenError) -> Refused {
+    Refused::Unauthorized {
+        message: format!("unauthorized: {e}"),
+        challenge: match e {
+            TokenError::Missing => r#"Bearer realm="mcp-warden""#.to_owned(),
+            other => format!(
+                r#"Bearer realm="mcp-warden", error="invalid_token", error_description="{}""#,
+                quoted(&other.to_string())
+            ),
+        },
+    }
 }
 
 /// The policy verifies tokens but has no keys to verify them with.
-fn no_keys(why: &str) -> Refusal {
-    let mut r = Refusal::new(
-        StatusCode::UNAUTHORIZED,
-        code::UNAUTHORIZED,
-        format!("unauthorized: the sidecar has no keys to verify tokens with ({why})"),
-    );
-    r.challenge = Some(
-        r#"Bearer realm="mcp-warden", error="invalid_token", error_description="no keys to verify tokens with""#
+fn no_keys(why: &str) -> Refused {
+    Refused::Unauthorized {
+        message: format!("unauthorized: the sidecar has no keys to verify tokens with ({why})"),
+        challenge: r#"Bearer realm="mcp-warden", error="invalid_token", error_description="no keys to verify tokens with""#
             .to_owned(),
-    );
-    r
+    }
 }
 
 /// Text fit for a quoted-string: no quotes, backslashes or control characters.
@@ -212,17 +201,22 @@ fn quoted(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::StatusCode;
 
     #[test]
     fn challenges_name_the_reason_in_a_valid_quoted_string() {
+        let challenge = |r: Refused| match r {
+            Refused::Unauthorized { challenge, .. } => challenge,
+            other => panic!("not a 401: {other:?}"),
+        };
         let r = unauthorized(&TokenError::Algorithm("HS256".into()));
-        let c = r.challenge.unwrap();
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+        let c = challenge(r);
         assert!(c.starts_with("Bearer "), "{c}");
         assert!(c.contains(r#"error="invalid_token""#), "{c}");
         assert!(c.contains("'HS256'"), "quotes inside are replaced: {c}");
         assert!(http::HeaderValue::from_str(&c).is_ok());
-        assert_eq!(r.status, StatusCode::UNAUTHORIZED);
-        let missing = unauthorized(&TokenError::Missing).challenge.unwrap();
+        let missing = challenge(unauthorized(&TokenError::Missing));
         assert!(!missing.contains("error="), "{missing}");
     }
 
@@ -235,7 +229,7 @@ mod tests {
         h.insert(header::AUTHORIZATION, "bearer  tok.en.x ".parse().unwrap());
         assert_eq!(bearer(&h).unwrap(), Some("tok.en.x"));
         h.append(header::AUTHORIZATION, "Bearer other".parse().unwrap());
-        assert_eq!(bearer(&h).unwrap_err().status, StatusCode::BAD_REQUEST);
+        assert_eq!(bearer(&h).unwrap_err().status(), StatusCode::BAD_REQUEST);
     }
 
     #[test]

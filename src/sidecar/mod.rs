@@ -16,8 +16,11 @@ mod headers;
 mod legacy;
 mod origin;
 mod proxy;
+mod record;
+mod refusal;
 mod reload;
 mod sessions;
+mod spend;
 
 pub use crate::serve::Limits;
 pub use admin_api::ADMIN_AUDIENCE;
@@ -306,10 +309,7 @@ impl admin::Health for State {
                 .set(p.engine.counter_keys() as i64);
             let now = caller::unix_now();
             for (policy, tool) in self.approvals.take_lapsed(now) {
-                self.metrics
-                    .approvals
-                    .with_label_values(&[&policy, &tool, "expired"])
-                    .inc();
+                record::approval(self, &policy, &tool, "expired");
             }
             let report = self.approvals.report(now);
             self.metrics

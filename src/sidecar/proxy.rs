@@ -1,18 +1,21 @@
-//! Request handling: route, gate, forward, and filter `tools/list` answers.
+//! HTTP on the MCP port: route, identify the caller, read a gated body, hand it to the gate,
+//! forward, and filter `tools/list` answers.
 //!
-//! Gated POST bodies are read whole (bounded), scanned, decided, and forwarded byte for byte.
-//! Everything else streams through untouched, so a client that disconnects closes its upstream
-//! stream too. Anything that cannot be read with certainty is refused, never forwarded.
+//! Gated POST bodies are read whole (bounded) and forwarded byte for byte once the gate allows
+//! them. Everything else streams through untouched, so a client that disconnects closes its
+//! upstream stream too. Anything that cannot be read with certainty is refused, never forwarded.
 
 use super::caller::{identify, Caller};
 use super::filter::filter_response;
-use super::gate::{check_headers, decide_body, too_large, Verdict};
-use super::headers::{is_event_stream, strip_hop_by_hop};
+use super::gate::{self, Verdict};
+use super::headers::{check_gated, is_event_stream, strip_hop_by_hop};
 use super::legacy::{self, LegacySession};
+use super::record;
+use super::refusal::Refused;
+use super::reload::LoadedPolicy;
+use super::spend::Spend;
 use super::State;
-use crate::mcp::{code, Refusal};
 use crate::serve::{full, json, respond, Body};
-use crate::sidecar::reload::LoadedPolicy;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
@@ -25,18 +28,10 @@ use std::time::Instant;
 /// Handles one request on the MCP port.
 pub(super) async fn handle(st: Arc<State>, req: Request<Incoming>) -> Response<Body> {
     let Some(policy) = st.policy.load_full() else {
-        return refusal_closing(&Refusal::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            code::INTERNAL_ERROR,
-            "mcp-warden has no valid policy loaded; nothing is forwarded",
-        ));
+        return Refused::NoPolicy.response_closing();
     };
     if let Err(why) = st.allowed(&policy).check(req.headers()) {
-        return refusal_closing(&Refusal::new(
-            StatusCode::FORBIDDEN,
-            code::INVALID_REQUEST,
-            why.to_string(),
-        ));
+        return Refused::Place(why.to_string()).response_closing();
     }
     let path = req.uri().path();
     let passthrough = st.cfg.passthrough_paths.iter().any(|p| p == path);
@@ -48,29 +43,22 @@ pub(super) async fn handle(st: Arc<State>, req: Request<Incoming>) -> Response<B
         _ if passthrough && !st.cfg.is_mcp_path(path) => Caller::anonymous(),
         _ => match identify(&st, &policy, req.headers()) {
             Ok(c) => c,
-            Err(r) => return refusal_closing(&r),
+            Err(r) => return r.response_closing(),
         },
     };
     let is_post = req.method() == Method::POST;
     if is_post && st.cfg.is_mcp_path(path) {
-        return gate(&st, &policy, req, None, caller).await;
+        return gated(&st, &policy, req, None, caller).await;
     }
     if is_post {
         if let Some(session) = st.legacy.session_for(req.uri()) {
-            return gate(&st, &policy, req, Some(session), caller).await;
+            return gated(&st, &policy, req, Some(session), caller).await;
         }
     }
     if !is_post && hyper::body::Body::size_hint(req.body()).exact() != Some(0) {
         // The gate decides POST bodies only; a server that reads a body on another method (some
         // legacy endpoints do) would run a message nobody decided.
-        return refusal_closing(&Refusal::new(
-            StatusCode::BAD_REQUEST,
-            code::INVALID_REQUEST,
-            format!(
-                "a {} request cannot carry a body through mcp-warden; MCP messages are POSTed",
-                req.method()
-            ),
-        ));
+        return Refused::BodyOnMethod(req.method().clone()).response_closing();
     }
     if passthrough {
         return forward_streaming(&st, req, caller).await;
@@ -79,24 +67,21 @@ pub(super) async fn handle(st: Arc<State>, req: Request<Incoming>) -> Response<B
         Method::GET | Method::HEAD | Method::DELETE | Method::OPTIONS => {
             forward_streaming(&st, req, caller).await
         }
-        Method::POST => refusal_closing(&Refusal::new(
-            StatusCode::NOT_FOUND,
-            code::INVALID_REQUEST,
-            format!(
-                "POST {path} is not the MCP endpoint ({}); the sidecar forwards POSTs elsewhere \
-                 only when started with --passthrough-path {path}",
-                st.cfg.mcp_path()
-            ),
-        )),
-        _ => refusal_closing(&Refusal::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            code::INVALID_REQUEST,
-            format!("{} is not an MCP method on {path}", req.method()),
-        )),
+        Method::POST => Refused::NotMcpPath {
+            path: path.to_owned(),
+            mcp_path: st.cfg.mcp_path().to_owned(),
+        }
+        .response_closing(),
+        _ => Refused::MethodNotAllowed {
+            method: req.method().clone(),
+            path: path.to_owned(),
+        }
+        .response_closing(),
     }
 }
 
-async fn gate(
+/// A gated POST: its headers checked, its body read whole, the gate's verdict carried out.
+async fn gated(
     st: &Arc<State>,
     policy: &Arc<LoadedPolicy>,
     req: Request<Incoming>,
@@ -104,28 +89,23 @@ async fn gate(
     caller: Caller,
 ) -> Response<Body> {
     let started = Instant::now();
-    if let Err(r) = check_headers(req.headers(), st.cfg.max_body_bytes) {
-        return refusal_closing(&r);
+    if let Err(r) = check_gated(req.headers(), st.cfg.max_body_bytes) {
+        return r.response_closing();
     }
     let (parts, body) = req.into_parts();
     let (bytes, _held) = match read_body(st, body).await {
         Ok(b) => b,
-        Err(r) => return refusal_closing(&r),
+        Err(r) => return r.response_closing(),
     };
-    let (verdict, method) = match decide_body(st, policy, &parts.headers, &bytes, &caller) {
+    let (verdict, method) = match gate::decide(st, policy, &caller, &parts.headers, &bytes) {
         Ok(v) => v,
-        Err(r) => return refusal(&r),
+        Err(r) => return r.response(),
     };
-    let label = policy.label.as_str();
     let response = match verdict {
         Verdict::Answer { body, retry_after } => match &session {
             // Legacy transport: answers travel on the session's event stream.
             Some(s) if s.inject(&body) => respond(StatusCode::ACCEPTED, Bytes::new()),
-            Some(_) => refusal(&Refusal::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                code::INTERNAL_ERROR,
-                "this session's event stream has too many unread answers; read it, then retry",
-            )),
+            Some(_) => Refused::StreamBacklog.response(),
             None => {
                 let mut r = json(StatusCode::OK, body);
                 if let Some(secs) = retry_after {
@@ -143,10 +123,7 @@ async fn gate(
             forward_gated(st, parts, bytes.clone(), filter, caller, spend).await
         }
     };
-    st.metrics
-        .request_duration
-        .with_label_values(&[label, method])
-        .observe(started.elapsed().as_secs_f64());
+    record::request_done(st, &policy.label, method, started.elapsed());
     response
 }
 
@@ -156,7 +133,7 @@ async fn gate(
 async fn read_body(
     st: &State,
     mut body: Incoming,
-) -> Result<(Bytes, Option<tokio::sync::SemaphorePermit<'_>>), Refusal> {
+) -> Result<(Bytes, Option<tokio::sync::SemaphorePermit<'_>>), Refused> {
     let max = st.cfg.max_body_bytes;
     let mut held: Option<tokio::sync::SemaphorePermit<'_>> = None;
     // Room for the declared length up front, so the buffer is not regrown (and briefly held
@@ -165,27 +142,15 @@ async fn read_body(
     let mut buf = bytes::BytesMut::with_capacity((declared as usize).min(max));
     let read = async {
         while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|_| {
-                Refusal::new(
-                    StatusCode::BAD_REQUEST,
-                    code::PARSE_ERROR,
-                    "the request body was cut off",
-                )
-            })?;
+            let frame = frame.map_err(|_| Refused::BodyCutOff)?;
             let Ok(data) = frame.into_data() else {
                 continue;
             };
             if buf.len() + data.len() > max {
-                return Err(too_large(max));
+                return Err(Refused::TooLarge(max));
             }
-            let n = u32::try_from(data.len()).map_err(|_| too_large(max))?;
-            let permit = st.budget.try_acquire_many(n).map_err(|_| {
-                Refusal::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    code::INTERNAL_ERROR,
-                    "the sidecar is holding too many request bodies; retry shortly",
-                )
-            })?;
+            let n = u32::try_from(data.len()).map_err(|_| Refused::TooLarge(max))?;
+            let permit = st.budget.try_acquire_many(n).map_err(|_| Refused::Busy)?;
             match &mut held {
                 Some(h) => h.merge(permit),
                 None => held = Some(permit),
@@ -197,14 +162,7 @@ async fn read_body(
     match tokio::time::timeout(st.cfg.body_timeout, read).await {
         Ok(Ok(())) => Ok((buf.freeze(), held)),
         Ok(Err(r)) => Err(r),
-        Err(_) => Err(Refusal::new(
-            StatusCode::REQUEST_TIMEOUT,
-            code::PARSE_ERROR,
-            format!(
-                "the request body did not arrive within {} s",
-                st.cfg.body_timeout.as_secs_f64()
-            ),
-        )),
+        Err(_) => Err(Refused::BodyTimeout(st.cfg.body_timeout)),
     }
 }
 
@@ -292,7 +250,7 @@ async fn forward_gated(
     bytes: Bytes,
     filter: Option<Vec<Value>>,
     caller: Caller,
-    spend: super::gate::Spend,
+    spend: Spend,
 ) -> Response<Body> {
     let host = parts.headers.get(header::HOST).cloned();
     let req = upstream_request(st, parts, full(bytes), filter.is_some());
@@ -347,11 +305,7 @@ async fn forward_streaming(
             .iter()
             .any(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"))
         {
-            return refusal(&Refusal::new(
-                StatusCode::BAD_GATEWAY,
-                code::INTERNAL_ERROR,
-                "the server compressed its event stream, which mcp-warden cannot filter",
-            ));
+            return Refused::CompressedStream.response();
         }
         p.headers.remove(header::CONTENT_LENGTH);
         let body = legacy::watch_stream(st, b.map_err(Into::into).boxed_unsync(), caller);
@@ -367,31 +321,5 @@ fn passthrough(resp: Response<Incoming>) -> Response<Body> {
 
 fn bad_gateway(e: &dyn std::fmt::Display) -> Response<Body> {
     tracing::warn!(error = %e, "upstream request failed");
-    refusal(&Refusal::new(
-        StatusCode::BAD_GATEWAY,
-        code::INTERNAL_ERROR,
-        "the MCP server behind mcp-warden is unreachable",
-    ))
-}
-
-/// A refusal sent before the request's body was read: the connection cannot carry another
-/// request (the unread body is in the way), so the client is told it closes.
-fn refusal_closing(r: &Refusal) -> Response<Body> {
-    let mut resp = refusal(r);
-    resp.headers_mut()
-        .insert(header::CONNECTION, HeaderValue::from_static("close"));
-    resp
-}
-
-/// A refusal as an HTTP response with a JSON-RPC error body.
-pub(super) fn refusal(r: &Refusal) -> Response<Body> {
-    let mut resp = json(r.status, r.body());
-    if let Some(c) = r
-        .challenge
-        .as_deref()
-        .and_then(|c| HeaderValue::from_str(c).ok())
-    {
-        resp.headers_mut().insert(header::WWW_AUTHENTICATE, c);
-    }
-    resp
+    Refused::Unreachable.response()
 }
