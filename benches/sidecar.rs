@@ -3,9 +3,11 @@
 //! A fast hyper upstream answers every `tools/call` with a fixed MCP result. The real
 //! `mcp-warden sidecar` binary runs as its own process in front of it (so its CPU time and RSS
 //! can be read from /proc), enforcing a 100-tool policy whose called tool has a `require`, a
-//! `deny_if` and two limits. Load comes from keep-alive connections, one per concurrent client;
-//! direct and through-sidecar phases are interleaved in one run, and every figure of the
-//! performance budget is printed beside its budget.
+//! `deny_if` and two limits, with an audit line per decision. Load comes from keep-alive
+//! connections, one per concurrent client; direct, a bare hyper forwarder (the cost of the hop
+//! itself) and the sidecar are interleaved in every round, and every figure of the performance
+//! budget is printed beside its budget: saturated throughput and CPU per request as ratios to
+//! the bare forwarder.
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -380,6 +382,9 @@ fn main() {
         let warm = load(sc.addr, 1, 0.2).await;
         assert!(!warm.is_empty());
         let idle_rss = sc.status_kib("VmRSS:");
+        // Of which: private memory, and the binary's own pages mapped from its file (shared,
+        // clean, dropped first under memory pressure).
+        let (idle_anon, idle_file) = (sc.status_kib("RssAnon:"), sc.status_kib("RssFile:"));
         println!("mcp-warden sidecar benchmark: {rounds} interleaved rounds of {secs} s per phase, 2 shared cores");
         println!("{:<52} {:>22}   {:<12}", "figure", "measured", "budget");
         let mut all_ok = true;
@@ -402,24 +407,33 @@ fn main() {
             );
         }
 
+        // Saturated: direct, the bare forwarder and the sidecar interleaved in every round. The
+        // bare forwarder is the physical limit of a hop (hyper, no parsing, same runtime and
+        // pool): the budgets are ratios to it.
+        let bare = Sidecar::start_bare(up);
+        let _ = load(bare.addr, 1, 0.2).await;
         for conns in [16usize, 64] {
-            let (mut nd, mut nv) = (0usize, 0usize);
-            let mut cpu = Duration::ZERO;
+            let (mut nd, mut nb, mut nv) = (0usize, 0usize, 0usize);
+            let (mut cpu_b, mut cpu_v) = (Duration::ZERO, Duration::ZERO);
             let (mut bench_d, mut bench_v, mut busy_d, mut busy_v, mut all_d, mut all_v) = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
             for _ in 0..rounds {
                 let (b0, m0) = (process_cpu("self"), machine_cpu());
                 nd += load(up, conns, secs).await.len();
                 let (b1, m1) = (process_cpu("self"), machine_cpu());
+                let before = bare.cpu();
+                nb += load(bare.addr, conns, secs).await.len();
+                cpu_b += bare.cpu() - before;
+                let (b2, m2) = (process_cpu("self"), machine_cpu());
                 let before = sc.cpu();
                 nv += load(sc.addr, conns, secs).await.len();
-                cpu += sc.cpu() - before;
-                let (b2, m2) = (process_cpu("self"), machine_cpu());
+                cpu_v += sc.cpu() - before;
+                let (b3, m3) = (process_cpu("self"), machine_cpu());
                 bench_d += (b1 - b0).as_secs_f64();
-                bench_v += (b2 - b1).as_secs_f64();
+                bench_v += (b3 - b2).as_secs_f64();
                 busy_d += m1.0 - m0.0;
-                busy_v += m2.0 - m1.0;
+                busy_v += m3.0 - m2.0;
                 all_d += m1.1 - m0.1;
-                all_v += m2.1 - m1.1;
+                all_v += m3.1 - m2.1;
             }
             println!(
                 "  (c={conns}: machine busy {:.0}% direct, {:.0}% through; load generator + upstream {:.1} µs/req direct, {:.1} µs/req through)",
@@ -429,21 +443,39 @@ fn main() {
                 bench_v * 1e6 / nv as f64
             );
             let total = secs * rounds as f64;
-            let (rd, rv) = (nd as f64 / total, nv as f64 / total);
-            let ratio = rv / rd;
-            all_ok &= row(
+            let (rd, rb, rv) = (nd as f64 / total, nb as f64 / total, nv as f64 / total);
+            row(
                 &format!("c={conns} throughput through/direct ({rv:.0}/{rd:.0} req/s)"),
-                format!("{ratio:.2}"),
-                ">= 0.60",
-                Some(ratio >= 0.6),
+                format!("{:.2}", rv / rd),
+                "",
+                None,
             );
-            let per = cpu.as_secs_f64() * 1e6 / nv as f64;
-            all_ok &= row(&format!("c={conns} sidecar CPU per request"), format!("{per:.1} µs"), "<= 30 µs", Some(per <= 30.0));
+            all_ok &= row(
+                &format!("c={conns} throughput sidecar/bare forwarder ({rv:.0}/{rb:.0})"),
+                format!("{:.2}", rv / rb),
+                ">= 0.95",
+                Some(rv / rb >= 0.95),
+            );
+            let per_v = cpu_v.as_secs_f64() * 1e6 / nv as f64;
+            let per_b = cpu_b.as_secs_f64() * 1e6 / nb as f64;
+            all_ok &= row(
+                &format!("c={conns} CPU/request sidecar/bare ({per_v:.1}/{per_b:.1} µs)"),
+                format!("{:.2}x", per_v / per_b),
+                "<= 1.10x",
+                Some(per_v / per_b <= 1.10),
+            );
         }
+        drop(bare);
         let peak = sc.status_kib("VmHWM:") as f64 / 1024.0;
         all_ok &= row("peak RSS under load", format!("{peak:.1} MiB"), "<= 20 MiB", Some(peak <= 20.0));
         let idle = idle_rss as f64 / 1024.0;
         all_ok &= row("idle RSS (policy loaded, after warm-up)", format!("{idle:.1} MiB"), "<= 8 MiB", Some(idle <= 8.0));
+        row(
+            "  of which private / the binary's file pages",
+            format!("{:.1} / {:.1} MiB", idle_anon as f64 / 1024.0, idle_file as f64 / 1024.0),
+            "",
+            None,
+        );
         // identity.serviceAccount on: the same load as 8 ServiceAccounts with RS256 tokens, against
         // the same sidecar without identity, interleaved.
         let (jwks, tokens) = identities(&dir);
@@ -472,23 +504,7 @@ fn main() {
             Some(verified / plain <= 1.10),
         );
         drop(ids);
-        // Reference: the same measurement for a bare forwarder, to show what the hop itself costs.
         drop(sc);
-        let bare = Sidecar::start_bare(up);
-        let _ = load(bare.addr, 1, 0.2).await;
-        let (mut nd, mut nb) = (0usize, 0usize);
-        let mut cpu = Duration::ZERO;
-        for _ in 0..rounds {
-            nd += load(up, 16, secs).await.len();
-            let before = bare.cpu();
-            nb += load(bare.addr, 16, secs).await.len();
-            cpu += bare.cpu() - before;
-        }
-        println!(
-            "reference, bare hyper forwarder (no policy) at c=16: throughput through/direct {:.2}, {:.1} µs CPU per request",
-            nb as f64 / nd as f64,
-            cpu.as_secs_f64() * 1e6 / nb as f64
-        );
         println!("{}", if all_ok { "all budgets met" } else { "SOME BUDGETS MISSED" });
         let _ = std::fs::remove_dir_all(&dir);
     });

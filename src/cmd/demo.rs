@@ -217,43 +217,99 @@ fn describe(v: &Value) -> String {
     }
 }
 
+/// The sidecar the demo runs, and what it needs to be driven and stopped.
+struct Running {
+    state: Arc<State>,
+    proxy: SocketAddr,
+    admin: SocketAddr,
+    admin_token: PathBuf,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+/// One demo run: the client, the sidecar, and the report so far.
+struct Demo {
+    out: String,
+    c: DemoClient,
+    sidecar: Running,
+    /// The sample server redefines run_python_code once this is set.
+    redefined: Arc<AtomicBool>,
+}
+
 /// Runs the demo and returns its report.
 pub async fn run(policy_file: Option<PathBuf>) -> anyhow::Result<String> {
-    let mut out = String::new();
     let (upstream, redefined) = start_sample_server().await?;
     let dir = std::env::temp_dir().join(format!("mcp-warden-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let builtin = policy_file.is_none();
     let policy_path = match policy_file {
         Some(p) => p,
-        None => {
-            // The example, with the pin `mcp-warden pin --server` prints for run_python_code.
-            let listing = crate::tools::client::Lister::http(
-                format!("http://{upstream}/mcp").parse()?,
-                "/sse",
-            )
-            .list()
-            .await?;
-            let pin = listing
-                .tools
-                .iter()
-                .find(|t| t["name"] == "run_python_code")
-                .map(crate::tools::definition_hash)
-                .ok_or_else(|| anyhow::anyhow!("the sample server lists no run_python_code"))?;
-            let p = dir.join("mcp-python-interpreter.yaml");
-            std::fs::write(&p, format!("{POLICY}pins:\n  run_python_code: \"{pin}\"\n"))?;
-            p
-        }
+        None => pinned_example(&dir, upstream).await?,
     };
     let (jwks, token) = demo_identity()?;
+    let sidecar = start_sidecar(&dir, upstream, &policy_path, jwks).await?;
+    let c = DemoClient {
+        http: Client::builder(TokioExecutor::new()).build_http(),
+        url: format!("http://{}/mcp", sidecar.proxy),
+        next_id: 0,
+        auth: format!("Bearer {token}"),
+    };
+    let mut d = Demo {
+        out: String::new(),
+        c,
+        sidecar,
+        redefined,
+    };
+    d.introduce(upstream, &policy_path, builtin);
+    d.c.send("initialize", json!({"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "demo", "version": "1"}})).await?;
+    d.filtered_list().await?;
+    d.allowed_call().await?;
+    d.approval().await?;
+    d.destructive_code().await?;
+    d.rate_limit().await?;
+    d.forged_token(&token).await?;
+    d.rug_pull().await?;
+    d.metrics().await?;
+    let Demo { out, sidecar, .. } = d;
+    let _ = sidecar.stop.send(());
+    let _ = sidecar.task.await;
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(out)
+}
+
+/// The example policy, with the pin `mcp-warden pin --server` prints for run_python_code.
+async fn pinned_example(dir: &std::path::Path, upstream: SocketAddr) -> anyhow::Result<PathBuf> {
+    let listing =
+        crate::tools::client::Lister::http(format!("http://{upstream}/mcp").parse()?, "/sse")
+            .list()
+            .await?;
+    let pin = listing
+        .tools
+        .iter()
+        .find(|t| t["name"] == "run_python_code")
+        .map(crate::tools::definition_hash)
+        .ok_or_else(|| anyhow::anyhow!("the sample server lists no run_python_code"))?;
+    let p = dir.join("mcp-python-interpreter.yaml");
+    std::fs::write(&p, format!("{POLICY}pins:\n  run_python_code: \"{pin}\"\n"))?;
+    Ok(p)
+}
+
+/// The sidecar in front of the sample server, ready and with the server's tools listed (a
+/// pinned tool is checked against the list). Without a cluster, a person approves through the
+/// admin API with a token of the demo's.
+async fn start_sidecar(
+    dir: &std::path::Path,
+    upstream: SocketAddr,
+    policy_path: &std::path::Path,
+    jwks: String,
+) -> anyhow::Result<Running> {
     let jwks_path = dir.join("jwks.json");
     std::fs::write(&jwks_path, jwks)?;
     let mut cfg = Config::new(
         format!("http://{upstream}/mcp").parse()?,
-        policy_path.clone(),
+        policy_path.to_path_buf(),
     );
     cfg.jwks_path = Some(jwks_path);
-    // Without a cluster, a person approves through the admin API with this token.
     let admin_token = dir.join("admin-token");
     std::fs::write(
         &admin_token,
@@ -269,12 +325,10 @@ pub async fn run(policy_file: Option<PathBuf>) -> anyhow::Result<String> {
     let proxy = listeners.proxy.local_addr()?;
     let admin = listeners.admin.local_addr()?;
     let state = State::new(cfg, SidecarMetrics::new())?;
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let running = tokio::spawn(sidecar::run(state.clone(), listeners, async move {
+    let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(sidecar::run(state.clone(), listeners, async move {
         let _ = stop_rx.await;
     }));
-    let http = Client::builder(TokioExecutor::new()).build_http();
-    // Ready, and the server's tools listed (a pinned tool is checked against the list).
     for _ in 0..500 {
         if state.ready() && state.tools.snapshot().listed_at.is_some() {
             break;
@@ -286,203 +340,255 @@ pub async fn run(policy_file: Option<PathBuf>) -> anyhow::Result<String> {
         "the sidecar did not load {}",
         policy_path.display()
     );
+    Ok(Running {
+        state,
+        proxy,
+        admin,
+        admin_token,
+        stop,
+        task,
+    })
+}
 
-    let _ = writeln!(out, "sample MCP server   http://{upstream}/mcp");
-    let _ = writeln!(
-        out,
-        "mcp-warden sidecar  http://{proxy}/mcp   (metrics on http://{admin}/metrics)"
-    );
-    let _ = writeln!(
-        out,
-        "policy              {}{}",
-        policy_path.display(),
-        if builtin {
-            "\n                    (the example, plus the pin `mcp-warden pin --server` prints for run_python_code)"
-        } else {
-            ""
-        }
-    );
-    let _ = writeln!(
-        out,
-        "agent               {DEMO_AGENT} (a signed token the sidecar verifies)\n"
-    );
-    let mut c = DemoClient {
-        http,
-        url: format!("http://{proxy}/mcp"),
-        next_id: 0,
-        auth: format!("Bearer {token}"),
-    };
-    c.send("initialize", json!({"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "demo", "version": "1"}})).await?;
-
-    let (_, _, listed) = c.send("tools/list", json!({})).await?;
-    let names: Vec<&str> = listed["result"]["tools"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|t| t["name"].as_str())
-        .collect();
-    let _ = writeln!(
-        out,
-        "1. tools/list: the server offers {} tools; the agent sees {}:",
-        TOOLS.len(),
-        names.len()
-    );
-    let _ = writeln!(out, "   {}", names.join(", "));
-    let hidden: Vec<&str> = TOOLS
-        .iter()
-        .copied()
-        .filter(|t| !names.contains(t))
-        .collect();
-    let _ = writeln!(out, "   removed (never callable): {}\n", hidden.join(", "));
-
-    let (_, v) = c
-        .call("run_python_code", json!({"code": "print(1 + 1)"}))
-        .await?;
-    let _ = writeln!(
-        out,
-        "2. run_python_code {{\"code\": \"print(1 + 1)\"}}\n   {}\n",
-        describe(&v)
-    );
-    let clear = json!({"session_id": "default"});
-    let (_, v) = c.call("clear_session", clear.clone()).await?;
-    let id = v["result"]["_meta"]["dev.mcpwarden/decision"]["approvalId"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
-    let _ = writeln!(
-        out,
-        "3. clear_session {{\"session_id\": \"default\"}} needs a person's approval\n   {}",
-        describe(&v)
-    );
-    let admin_url = format!("http://{admin}");
-    let at = || super::approve::Target::Admin {
-        url: &admin_url,
-        token_file: &admin_token,
-    };
-    let listed = super::approve::list(at()).await?;
-    let _ = writeln!(
-        out,
-        "   $ mcp-warden approvals list --admin {admin_url} --admin-token-file TOKEN"
-    );
-    for line in listed.lines() {
-        let _ = writeln!(out, "     {line}");
+impl Demo {
+    fn introduce(&mut self, upstream: SocketAddr, policy_path: &std::path::Path, builtin: bool) {
+        let out = &mut self.out;
+        let (proxy, admin) = (self.sidecar.proxy, self.sidecar.admin);
+        let _ = writeln!(out, "sample MCP server   http://{upstream}/mcp");
+        let _ = writeln!(
+            out,
+            "mcp-warden sidecar  http://{proxy}/mcp   (metrics on http://{admin}/metrics)"
+        );
+        let _ = writeln!(
+            out,
+            "policy              {}{}",
+            policy_path.display(),
+            if builtin {
+                "\n                    (the example, plus the pin `mcp-warden pin --server` prints for run_python_code)"
+            } else {
+                ""
+            }
+        );
+        let _ = writeln!(
+            out,
+            "agent               {DEMO_AGENT} (a signed token the sidecar verifies)\n"
+        );
     }
-    let prefix = &id[..id.len().min(crate::approval::MIN_ID_PREFIX)];
-    let decided = super::approve::decide(at(), prefix, true).await?;
-    let _ = writeln!(
-        out,
-        "   $ mcp-warden approve --admin {admin_url} --admin-token-file TOKEN {}\n     {}",
-        prefix,
-        decided.trim_end()
-    );
-    let (_, v) = c.call("clear_session", clear.clone()).await?;
-    let _ = writeln!(out, "   the identical call again: {}", describe(&v));
-    let (_, v) = c.call("clear_session", clear).await?;
-    let _ = writeln!(
-        out,
-        "   and once more (the one use is spent): {}\n",
-        describe(&v).split(':').next().unwrap_or_default()
-    );
-    let (_, v) = c
-        .call(
-            "run_python_code",
-            json!({"code": "import shutil; shutil.rmtree('/data')"}),
-        )
-        .await?;
-    let _ = writeln!(
-        out,
-        "4. run_python_code {{\"code\": \"import shutil; shutil.rmtree('/data')\"}}\n   {}\n",
-        describe(&v)
-    );
-    let mut allowed = 0;
-    let mut last = (http::HeaderMap::new(), Value::Null);
-    for _ in 0..61 {
-        last = c
-            .call("list_directory", json!({"directory_path": "."}))
+
+    /// Step 1: the agent's tool list leaves out what it may never call.
+    async fn filtered_list(&mut self) -> anyhow::Result<()> {
+        let (_, _, listed) = self.c.send("tools/list", json!({})).await?;
+        let names: Vec<&str> = listed["result"]["tools"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|t| t["name"].as_str())
+            .collect();
+        let out = &mut self.out;
+        let _ = writeln!(
+            out,
+            "1. tools/list: the server offers {} tools; the agent sees {}:",
+            TOOLS.len(),
+            names.len()
+        );
+        let _ = writeln!(out, "   {}", names.join(", "));
+        let hidden: Vec<&str> = TOOLS
+            .iter()
+            .copied()
+            .filter(|t| !names.contains(t))
+            .collect();
+        let _ = writeln!(out, "   removed (never callable): {}\n", hidden.join(", "));
+        Ok(())
+    }
+
+    /// Step 2: an allowed call reaches the server.
+    async fn allowed_call(&mut self) -> anyhow::Result<()> {
+        let (_, v) = self
+            .c
+            .call("run_python_code", json!({"code": "print(1 + 1)"}))
             .await?;
-        if last.1["result"]["isError"] != true {
-            allowed += 1;
-        }
+        let _ = writeln!(
+            self.out,
+            "2. run_python_code {{\"code\": \"print(1 + 1)\"}}\n   {}\n",
+            describe(&v)
+        );
+        Ok(())
     }
-    let retry = last
-        .0
-        .get("retry-after")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("-")
-        .to_owned();
-    let _ = writeln!(
-        out,
-        "5. list_directory, 61 times: {allowed} allowed, then\n   {}\n   Retry-After: {retry}\n",
-        describe(&last.1)
-    );
 
-    // The same token with its subject changed: the signature no longer holds.
-    let (head, rest) = token.split_once('.').unwrap_or_default();
-    let sig = rest.split_once('.').map_or("", |(_, s)| s);
-    let forged_claims = {
-        use base64::Engine as _;
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(
-            json!({"iss": DEMO_ISSUER, "aud": ["mcp-warden"],
-                   "sub": "system:serviceaccount:ci:ci-agent", "exp": u32::MAX})
-            .to_string(),
-        )
-    };
-    let honest = std::mem::replace(&mut c.auth, format!("Bearer {head}.{forged_claims}.{sig}"));
-    let (status, headers, v) = c.send("tools/list", json!({})).await?;
-    c.auth = honest;
-    let _ = writeln!(
-        out,
-        "6. a forged token claiming to be the CI agent (which may write more)\n   refused: HTTP {} {:?}\n   WWW-Authenticate: {}\n",
-        status.as_u16(),
-        v["error"]["message"].as_str().unwrap_or_default(),
-        headers
-            .get("www-authenticate")
-            .and_then(|h| h.to_str().ok())
+    /// Step 3: a call that needs a person's approval, listed, approved through the admin API,
+    /// run once.
+    async fn approval(&mut self) -> anyhow::Result<()> {
+        let clear = json!({"session_id": "default"});
+        let (_, v) = self.c.call("clear_session", clear.clone()).await?;
+        let id = v["result"]["_meta"]["dev.mcpwarden/decision"]["approvalId"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let _ = writeln!(
+            self.out,
+            "3. clear_session {{\"session_id\": \"default\"}} needs a person's approval\n   {}",
+            describe(&v)
+        );
+        let admin_url = format!("http://{}", self.sidecar.admin);
+        let token_file = self.sidecar.admin_token.clone();
+        let at = || super::approve::Target::Admin {
+            url: &admin_url,
+            token_file: &token_file,
+        };
+        let listed = super::approve::list(at()).await?;
+        let _ = writeln!(
+            self.out,
+            "   $ mcp-warden approvals list --admin {admin_url} --admin-token-file TOKEN"
+        );
+        for line in listed.lines() {
+            let _ = writeln!(self.out, "     {line}");
+        }
+        let prefix = &id[..id.len().min(crate::approval::MIN_ID_PREFIX)];
+        let decided = super::approve::decide(at(), prefix, true).await?;
+        let _ = writeln!(
+            self.out,
+            "   $ mcp-warden approve --admin {admin_url} --admin-token-file TOKEN {}\n     {}",
+            prefix,
+            decided.trim_end()
+        );
+        let (_, v) = self.c.call("clear_session", clear.clone()).await?;
+        let _ = writeln!(self.out, "   the identical call again: {}", describe(&v));
+        let (_, v) = self.c.call("clear_session", clear).await?;
+        let _ = writeln!(
+            self.out,
+            "   and once more (the one use is spent): {}\n",
+            describe(&v).split(':').next().unwrap_or_default()
+        );
+        Ok(())
+    }
+
+    /// Step 4: destructive code is refused by the arguments' conditions.
+    async fn destructive_code(&mut self) -> anyhow::Result<()> {
+        let (_, v) = self
+            .c
+            .call(
+                "run_python_code",
+                json!({"code": "import shutil; shutil.rmtree('/data')"}),
+            )
+            .await?;
+        let _ = writeln!(
+            self.out,
+            "4. run_python_code {{\"code\": \"import shutil; shutil.rmtree('/data')\"}}\n   {}\n",
+            describe(&v)
+        );
+        Ok(())
+    }
+
+    /// Step 5: a limit of 60 a minute, hit.
+    async fn rate_limit(&mut self) -> anyhow::Result<()> {
+        let mut allowed = 0;
+        let mut last = (http::HeaderMap::new(), Value::Null);
+        for _ in 0..61 {
+            last = self
+                .c
+                .call("list_directory", json!({"directory_path": "."}))
+                .await?;
+            if last.1["result"]["isError"] != true {
+                allowed += 1;
+            }
+        }
+        let retry = last
+            .0
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
             .unwrap_or("-")
-    );
-
-    // A rug pull: the server changes what run_python_code says it does, under the same name.
-    redefined.store(true, Ordering::SeqCst);
-    let (_, _, listed) = c.send("tools/list", json!({})).await?;
-    let shown = listed["result"]["tools"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .any(|t| t["name"] == "run_python_code");
-    // Shown the new definition, the sidecar lists the server again itself.
-    for _ in 0..500 {
-        let seen = state.tools.snapshot();
-        if seen
-            .seen("run_python_code")
-            .is_some_and(|s| s.hash != s.first)
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+            .to_owned();
+        let _ = writeln!(
+            self.out,
+            "5. list_directory, 61 times: {allowed} allowed, then\n   {}\n   Retry-After: {retry}\n",
+            describe(&last.1)
+        );
+        Ok(())
     }
-    let (_, v) = c
-        .call("run_python_code", json!({"code": "print(1 + 1)"}))
-        .await?;
-    let _ = writeln!(
-        out,
-        "7. the server redefines run_python_code under the same name (a rug pull):\n   \
-         description now {REDEFINED:?}\n   tools/list {}\n   run_python_code {{\"code\": \"print(1 + 1)\"}}\n   {}\n",
-        if shown {
-            "still shows run_python_code"
-        } else {
-            "no longer shows run_python_code"
-        },
-        describe(&v)
-    );
 
-    let metrics = c
-        .http
-        .request(Request::get(format!("http://{admin}/metrics")).body(Full::new(Bytes::new()))?)
-        .await?;
-    let text = String::from_utf8(metrics.into_body().collect().await?.to_bytes().to_vec())?;
-    let _ = writeln!(out, "8. metrics that changed (http://{admin}/metrics):");
-    for line in text.lines() {
-        let interesting = [
+    /// Step 6: the same token with its subject changed: the signature no longer holds.
+    async fn forged_token(&mut self, token: &str) -> anyhow::Result<()> {
+        let (head, rest) = token.split_once('.').unwrap_or_default();
+        let sig = rest.split_once('.').map_or("", |(_, s)| s);
+        let forged_claims = {
+            use base64::Engine as _;
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(
+                json!({"iss": DEMO_ISSUER, "aud": ["mcp-warden"],
+                       "sub": "system:serviceaccount:ci:ci-agent", "exp": u32::MAX})
+                .to_string(),
+            )
+        };
+        let honest = std::mem::replace(
+            &mut self.c.auth,
+            format!("Bearer {head}.{forged_claims}.{sig}"),
+        );
+        let (status, headers, v) = self.c.send("tools/list", json!({})).await?;
+        self.c.auth = honest;
+        let _ = writeln!(
+            self.out,
+            "6. a forged token claiming to be the CI agent (which may write more)\n   refused: HTTP {} {:?}\n   WWW-Authenticate: {}\n",
+            status.as_u16(),
+            v["error"]["message"].as_str().unwrap_or_default(),
+            headers
+                .get("www-authenticate")
+                .and_then(|h| h.to_str().ok())
+                .unwrap_or("-")
+        );
+        Ok(())
+    }
+
+    /// Step 7: a rug pull. The server changes what run_python_code says it does, under the
+    /// same name; shown the new definition, the sidecar lists the server again itself.
+    async fn rug_pull(&mut self) -> anyhow::Result<()> {
+        self.redefined.store(true, Ordering::SeqCst);
+        let (_, _, listed) = self.c.send("tools/list", json!({})).await?;
+        let shown = listed["result"]["tools"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|t| t["name"] == "run_python_code");
+        for _ in 0..500 {
+            let seen = self.sidecar.state.tools.snapshot();
+            if seen
+                .seen("run_python_code")
+                .is_some_and(|s| s.hash != s.first)
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let (_, v) = self
+            .c
+            .call("run_python_code", json!({"code": "print(1 + 1)"}))
+            .await?;
+        let _ = writeln!(
+            self.out,
+            "7. the server redefines run_python_code under the same name (a rug pull):\n   \
+             description now {REDEFINED:?}\n   tools/list {}\n   run_python_code {{\"code\": \"print(1 + 1)\"}}\n   {}\n",
+            if shown {
+                "still shows run_python_code"
+            } else {
+                "no longer shows run_python_code"
+            },
+            describe(&v)
+        );
+        Ok(())
+    }
+
+    /// Step 8: the metrics that changed.
+    async fn metrics(&mut self) -> anyhow::Result<()> {
+        let admin = self.sidecar.admin;
+        let metrics = self
+            .c
+            .http
+            .request(Request::get(format!("http://{admin}/metrics")).body(Full::new(Bytes::new()))?)
+            .await?;
+        let text = String::from_utf8(metrics.into_body().collect().await?.to_bytes().to_vec())?;
+        let _ = writeln!(
+            self.out,
+            "8. metrics that changed (http://{admin}/metrics):"
+        );
+        const INTERESTING: [&str; 6] = [
             "mcp_warden_decisions_total{",
             "mcp_warden_limit_hits_total{",
             "mcp_warden_unauthenticated_total{",
@@ -490,14 +596,13 @@ pub async fn run(policy_file: Option<PathBuf>) -> anyhow::Result<String> {
             "mcp_warden_policy_info{",
             "mcp_warden_tool_definition_changes_total{",
         ];
-        if interesting.iter().any(|p| line.starts_with(p)) && !line.ends_with(" 0") {
-            let _ = writeln!(out, "   {line}");
+        for line in text.lines() {
+            if INTERESTING.iter().any(|p| line.starts_with(p)) && !line.ends_with(" 0") {
+                let _ = writeln!(self.out, "   {line}");
+            }
         }
+        Ok(())
     }
-    let _ = stop_tx.send(());
-    let _ = running.await;
-    let _ = std::fs::remove_dir_all(&dir);
-    Ok(out)
 }
 
 #[derive(Debug, Args)]

@@ -392,63 +392,10 @@ fn elect(
 
 /// The leader's work: the certificate loop and the reconciler, until aborted.
 async fn lead(client: kube::Client, cfg: Config, metrics: ControllerMetrics, recorder: Recorder) {
-    let certs_loop = {
-        let (client, cfg) = (client.clone(), cfg.clone());
-        async move {
-            if !cfg.manage_certificates {
-                return;
-            }
-            loop {
-                if let Err(e) = certs::reconcile_certs(&client, &cfg.certs).await {
-                    tracing::warn!(error = %e, "webhook certificate work failed; retrying");
-                    tokio::time::sleep(Duration::from_secs(5)).await;
-                    continue;
-                }
-                tokio::time::sleep(cfg.cert_interval).await;
-            }
-        }
-    };
-    let managed = watcher::Config::default().labels(&format!("{}={}", MANAGED_BY.0, MANAGED_BY.1));
     let (pods, pods_w) = reflector::store::<Pod>();
     let (services, services_w) = reflector::store::<Service>();
     let (configmaps, configmaps_w) = reflector::store::<ConfigMap>();
     let (nps, nps_w) = reflector::store::<NetworkPolicy>();
-    let pod_stream = watcher(Api::<Pod>::all(client.clone()), watcher::Config::default())
-        .default_backoff()
-        .modify(|p| {
-            // Keep what counts and warnings need (and the pod IP, for approvals); drop the rest
-            // to bound memory.
-            p.managed_fields_mut().clear();
-            p.status = p.status.take().and_then(|s| s.pod_ip).map(|ip| {
-                k8s_openapi::api::core::v1::PodStatus {
-                    pod_ip: Some(ip),
-                    ..Default::default()
-                }
-            });
-        })
-        .reflect(pods_w)
-        .touched_objects();
-    let svc_stream = watcher(
-        Api::<Service>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .default_backoff()
-    .modify(|s| s.managed_fields_mut().clear())
-    .reflect(services_w)
-    .touched_objects();
-    let cm_stream = watcher(Api::<ConfigMap>::all(client.clone()), managed.clone())
-        .default_backoff()
-        .reflect(configmaps_w)
-        .touched_objects();
-    // Every NetworkPolicy, not only the controller's: another one can reopen the upstream port.
-    let np_stream = watcher(
-        Api::<NetworkPolicy>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .default_backoff()
-    .modify(|np| np.managed_fields_mut().clear())
-    .reflect(nps_w)
-    .touched_objects();
     let controller = Controller::new(
         Api::<McpPolicy>::all(client.clone()),
         watcher::Config::default(),
@@ -459,29 +406,6 @@ async fn lead(client: kube::Client, cfg: Config, metrics: ControllerMetrics, rec
             .concurrency(RECONCILE_CONCURRENCY),
     );
     let store = controller.store();
-    // A pod change re-reconciles the policies that select it (counts, conflicts); a pod whose
-    // labels stop matching is dropped from the old policy's counts at its next resync.
-    let pod_store = store.clone();
-    let policies_of_pod = move |pod: Pod| {
-        let ns = pod.namespace();
-        pod_store
-            .state_filter(|p| {
-                p.metadata.namespace == ns
-                    && crate::cluster::selector_matches(&p.spec.pod_selector, pod.labels())
-            })
-            .into_iter()
-            .map(|p| ObjectRef::from_obj(&*p))
-            .collect::<Vec<_>>()
-    };
-    // A service or NetworkPolicy change re-reconciles every policy of its namespace (bypass
-    // and isolation warnings).
-    let for_services = move |ns: Option<String>| {
-        store
-            .state_filter(|p| p.metadata.namespace == ns)
-            .into_iter()
-            .map(|p| ObjectRef::from_obj(&*p))
-            .collect::<Vec<_>>()
-    };
     let ctx = Arc::new(reconcile::Ctx {
         client: client.clone(),
         metrics,
@@ -506,16 +430,18 @@ async fn lead(client: kube::Client, cfg: Config, metrics: ControllerMetrics, rec
         cfg.inject.clone(),
         ctx.recorder.clone(),
     );
+    let in_namespace = policies_in_namespace(store.clone());
     let run = controller
-        .owns_stream(cm_stream)
-        .watches_stream(pod_stream, policies_of_pod)
-        .watches_stream(svc_stream, {
-            let for_services = for_services.clone();
-            move |s: Service| for_services(s.namespace())
+        .owns_stream(configmap_stream(&client, configmaps_w))
+        .watches_stream(pod_stream(&client, pods_w), policies_selecting(store))
+        .watches_stream(service_stream(&client, services_w), {
+            let in_namespace = in_namespace.clone();
+            move |s: Service| in_namespace(s.namespace())
         })
-        .watches_stream(np_stream, move |np: NetworkPolicy| {
-            for_services(np.namespace())
-        })
+        .watches_stream(
+            network_policy_stream(&client, nps_w),
+            move |np: NetworkPolicy| in_namespace(np.namespace()),
+        )
         .run(
             |p, ctx: Arc<reconcile::Ctx>| async move {
                 // Counts and warnings need the pod and service caches.
@@ -527,7 +453,114 @@ async fn lead(client: kube::Client, cfg: Config, metrics: ControllerMetrics, rec
             ctx,
         )
         .for_each(|_| std::future::ready(()));
-    tokio::join!(certs_loop, run, keeper.run());
+    tokio::join!(certs_loop(client, cfg), run, keeper.run());
+}
+
+/// The leader keeps the webhook certificates (unless cert-manager does).
+async fn certs_loop(client: kube::Client, cfg: Config) {
+    if !cfg.manage_certificates {
+        return;
+    }
+    loop {
+        if let Err(e) = certs::reconcile_certs(&client, &cfg.certs).await {
+            tracing::warn!(error = %e, "webhook certificate work failed; retrying");
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            continue;
+        }
+        tokio::time::sleep(cfg.cert_interval).await;
+    }
+}
+
+/// Every pod, keeping what counts and warnings need (and the pod IP, for approvals); the rest
+/// is dropped to bound memory.
+fn pod_stream(
+    client: &kube::Client,
+    w: reflector::store::Writer<Pod>,
+) -> impl futures_util::Stream<Item = Result<Pod, watcher::Error>> + Send {
+    watcher(Api::<Pod>::all(client.clone()), watcher::Config::default())
+        .default_backoff()
+        .modify(|p| {
+            p.managed_fields_mut().clear();
+            p.status = p.status.take().and_then(|s| s.pod_ip).map(|ip| {
+                k8s_openapi::api::core::v1::PodStatus {
+                    pod_ip: Some(ip),
+                    ..Default::default()
+                }
+            });
+        })
+        .reflect(w)
+        .touched_objects()
+}
+
+fn service_stream(
+    client: &kube::Client,
+    w: reflector::store::Writer<Service>,
+) -> impl futures_util::Stream<Item = Result<Service, watcher::Error>> + Send {
+    watcher(
+        Api::<Service>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .modify(|s| s.managed_fields_mut().clear())
+    .reflect(w)
+    .touched_objects()
+}
+
+/// The ConfigMaps the controller renders (labelled as its own).
+fn configmap_stream(
+    client: &kube::Client,
+    w: reflector::store::Writer<ConfigMap>,
+) -> impl futures_util::Stream<Item = Result<ConfigMap, watcher::Error>> + Send {
+    let managed = watcher::Config::default().labels(&format!("{}={}", MANAGED_BY.0, MANAGED_BY.1));
+    watcher(Api::<ConfigMap>::all(client.clone()), managed)
+        .default_backoff()
+        .reflect(w)
+        .touched_objects()
+}
+
+/// Every NetworkPolicy, not only the controller's: another one can reopen the upstream port.
+fn network_policy_stream(
+    client: &kube::Client,
+    w: reflector::store::Writer<NetworkPolicy>,
+) -> impl futures_util::Stream<Item = Result<NetworkPolicy, watcher::Error>> + Send {
+    watcher(
+        Api::<NetworkPolicy>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .modify(|np| np.managed_fields_mut().clear())
+    .reflect(w)
+    .touched_objects()
+}
+
+/// A pod change re-reconciles the policies that select it (counts, conflicts); a pod whose
+/// labels stop matching is dropped from the old policy's counts at its next resync.
+fn policies_selecting(store: Store<McpPolicy>) -> impl Fn(Pod) -> Vec<ObjectRef<McpPolicy>> {
+    move |pod: Pod| {
+        let ns = pod.namespace();
+        store
+            .state_filter(|p| {
+                p.metadata.namespace == ns
+                    && crate::cluster::selector_matches(&p.spec.pod_selector, pod.labels())
+            })
+            .into_iter()
+            .map(|p| ObjectRef::from_obj(&*p))
+            .collect()
+    }
+}
+
+/// A Service or NetworkPolicy change re-reconciles every policy of its namespace (bypass and
+/// isolation warnings).
+fn policies_in_namespace(
+    store: Store<McpPolicy>,
+) -> impl Fn(Option<String>) -> Vec<ObjectRef<McpPolicy>> + Clone {
+    move |ns: Option<String>| {
+        store
+            .state_filter(|p| p.metadata.namespace == ns)
+            .into_iter()
+            .map(|p| ObjectRef::from_obj(&*p))
+            .collect()
+    }
 }
 
 /// The admin port's view: ready once the webhook can answer, and not while draining.

@@ -105,241 +105,255 @@ pub fn desired(
     sidecar_ports: &[u16],
     now: Time,
 ) -> Desired {
-    let Seen {
-        policies: namespace_policies,
-        pods,
-        services,
-        network_policies,
-        keys,
-        admin_keys,
-    } = *seen;
     let old = policy.status.clone().unwrap_or_default();
-    let generation = policy.metadata.generation;
-    let mut status = McpPolicyStatus {
-        observed_generation: generation,
-        ..old.clone()
-    };
-    let mut events = Vec::new();
-    let mut conditions = old.conditions.clone();
-    let conditions = &mut conditions;
-    let matched: Vec<Pod> = pods
+    let matched: Vec<Pod> = seen
+        .pods
         .iter()
         .filter(|p| selector_matches(&policy.spec.pod_selector, p.labels()))
         .cloned()
         .collect();
-    let (m, i, o) = render::pod_counts(policy, pods, version);
+    let mut s = Shaping {
+        policy,
+        generation: policy.metadata.generation,
+        conditions: old.conditions.clone(),
+        events: Vec::new(),
+        old: &old,
+        now,
+    };
+    let mut status = McpPolicyStatus {
+        observed_generation: s.generation,
+        ..old.clone()
+    };
+    let (m, i, o) = render::pod_counts(policy, seen.pods, version);
     status.matched_pods = Some(m);
     status.injected_pods = Some(i);
     status.outdated_pods = Some(o);
-    let hosts = render::service_hosts(services, &matched, CLUSTER_DOMAIN);
-    let (configmap, network_policy) = match render::rendered_with_hosts(policy, &hosts) {
-        Ok(r) => {
-            if old.policy_hash.as_deref() != Some(r.hash.as_str()) {
-                events.push(PolicyEvent::normal(
-                    "Rendered",
-                    format!(
-                        "policy rendered to ConfigMap {} (hash {})",
-                        configmap_name(&policy.name_any()),
-                        &r.hash[..12.min(r.hash.len())]
-                    ),
-                ));
-            }
-            render::set_condition(
-                conditions,
-                cond::READY,
-                true,
-                cond::RENDERED,
-                format!(
-                    "rendered to ConfigMap {}",
-                    configmap_name(&policy.name_any())
-                ),
-                generation,
-                now.clone(),
-            );
-            status.policy_hash = Some(r.hash.clone());
-            status.tool_count = Some(r.tool_count as i32);
-            let np = (policy.spec.isolation() == Isolation::NetworkPolicy)
-                .then(|| render::network_policy(policy, &matched, sidecar_ports));
-            // A failed fetch keeps the keys already rendered: sidecars never lose good keys.
-            let key_text = keys.and_then(|k| k.fetched.ok().or(k.rendered));
-            (
-                Some(render::configmap(policy, &r, key_text, admin_keys)),
-                np,
-            )
-        }
-        Err(errs) => {
-            let lines: Vec<String> = errs.0.iter().map(ToString::to_string).collect();
-            let message = clip(format!(
-                "the policy does not compile; sidecars keep the last valid render: {}",
-                lines.join("; ")
-            ));
-            let was = old
-                .conditions
-                .iter()
-                .find(|c| c.type_ == cond::READY)
-                .map(|c| c.message.clone());
-            if was.as_deref() != Some(message.as_str()) {
-                events.push(PolicyEvent::warning(cond::INVALID_POLICY, message.clone()));
-            }
-            render::set_condition(
-                conditions,
-                cond::READY,
-                false,
-                cond::INVALID_POLICY,
-                message,
-                generation,
-                now.clone(),
-            );
-            (None, None)
-        }
-    };
-    // Conflict: pods this policy matches that an older policy wins.
-    let mut winners: Vec<String> = matched
-        .iter()
-        .filter_map(|p| selecting_policy(p, namespace_policies))
-        .filter(|w| w.metadata.uid != policy.metadata.uid || w.name_any() != policy.name_any())
-        .map(|w| w.name_any())
-        .collect();
-    winners.sort();
-    winners.dedup();
-    if winners.is_empty() {
-        render::set_condition(
-            conditions,
-            cond::CONFLICT,
-            false,
-            "NoConflict",
-            "no older McpPolicy selects the same pods".into(),
-            generation,
-            now.clone(),
-        );
-    } else {
-        let message = format!(
-            "older McpPolicy {} selects some of the same pods and is enforced on them",
-            winners.join(", ")
-        );
-        if !old
-            .conditions
-            .iter()
-            .any(|c| c.type_ == cond::CONFLICT && c.status == "True")
-        {
-            events.push(PolicyEvent::warning(cond::CONFLICT, message.clone()));
-        }
-        render::set_condition(
-            conditions,
-            cond::CONFLICT,
-            true,
-            "OlderPolicyWins",
-            clip(message),
-            generation,
-            now.clone(),
-        );
-    }
-    let now_isolation = now.clone();
-    let bypass = render::bypassing_services(policy, services, &matched);
-    let found = (!bypass.is_empty()).then(|| {
-        format!(
-            "Service {} sends to port {} by number, around the sidecar: use targetPort: mcp",
-            bypass.join(", "),
-            policy.spec.upstream.port
-        )
-    });
-    let mut warn = Warnings {
-        old: &old,
-        conditions: &mut *conditions,
-        events: &mut events,
-        generation,
-    };
-    warn.set(
-        cond::SERVICE_BYPASS,
-        found.map(|m| (cond::BYPASS_FOUND, m)),
-        (
-            cond::NO_BYPASS,
-            "no Service targets the upstream port by number",
-        ),
-        now,
-    );
-    match keys {
-        None => conditions.retain(|c| c.type_ != cond::KEYS_UNAVAILABLE),
-        Some(k) => {
-            let failed = k.fetched.err().map(|why| {
-                let kept = match k.rendered {
-                    Some(_) => "sidecars keep the keys rendered before",
-                    None => "sidecars have no keys and refuse every token",
-                };
-                (cond::KEYS_FETCH_FAILED, format!("{why}; {kept}"))
-            });
-            warn.set(
-                cond::KEYS_UNAVAILABLE,
-                failed,
-                (
-                    cond::KEYS_FETCHED,
-                    "the issuer's keys are rendered beside the policy",
-                ),
-                now_isolation.clone(),
-            );
-        }
-    }
-    isolation_condition(
-        policy,
-        network_policies,
-        &matched,
-        &old,
-        conditions,
-        &mut events,
-        generation,
-        now_isolation,
-    );
-    status.conditions = std::mem::take(conditions);
+    let (configmap, network_policy) = s.render(seen, &matched, sidecar_ports, &mut status);
+    s.conflict(&matched, seen.policies);
+    s.bypass(seen.services, &matched);
+    s.keys(seen.keys);
+    s.isolation(seen.network_policies, &matched);
+    status.conditions = s.conditions;
     Desired {
         status,
         configmap,
         network_policy,
-        events,
+        events: s.events,
     }
 }
 
-/// `IsolationIneffective` under `isolation: NetworkPolicy`: True (with an Event when it becomes
-/// so) while another NetworkPolicy admits traffic to the upstream port of a matched pod.
-#[allow(clippy::too_many_arguments)]
-fn isolation_condition(
-    policy: &McpPolicy,
-    network_policies: &[NetworkPolicy],
-    matched: &[Pod],
-    old: &McpPolicyStatus,
-    conditions: &mut Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>,
-    events: &mut Vec<PolicyEvent>,
+/// The conditions and events of one policy's status, set condition by condition.
+struct Shaping<'a> {
+    policy: &'a McpPolicy,
+    /// The status as it was.
+    old: &'a McpPolicyStatus,
     generation: Option<i64>,
+    conditions: Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>,
+    events: Vec<PolicyEvent>,
     now: Time,
-) {
-    if policy.spec.isolation() != Isolation::NetworkPolicy {
-        conditions.retain(|c| c.type_ != cond::ISOLATION_INEFFECTIVE);
-        return;
+}
+
+impl Shaping<'_> {
+    fn warnings(&mut self) -> Warnings<'_> {
+        Warnings {
+            old: self.old,
+            conditions: &mut self.conditions,
+            events: &mut self.events,
+            generation: self.generation,
+        }
     }
-    let others = render::reopening_network_policies(policy, network_policies, matched);
-    let found = (!others.is_empty()).then(|| {
-        format!(
-            "NetworkPolicy {} also admits traffic to port {} of the guarded pods (NetworkPolicies \
-             add up), so clients can reach the MCP server around the sidecar: exclude these pods \
-             from it, or limit its ports to the sidecar's",
-            others.join(", "),
-            policy.spec.upstream.port
-        )
-    });
-    Warnings {
-        old,
-        conditions,
-        events,
-        generation,
+
+    fn set(&mut self, type_: &str, status: bool, reason: &str, message: String) {
+        render::set_condition(
+            &mut self.conditions,
+            type_,
+            status,
+            reason,
+            message,
+            self.generation,
+            self.now.clone(),
+        );
     }
-    .set(
-        cond::ISOLATION_INEFFECTIVE,
-        found.map(|m| (cond::OTHER_POLICY_ADMITS, m)),
+
+    /// `Ready`: the policy rendered to its ConfigMap (and NetworkPolicy), or why it did not
+    /// compile (sidecars keep the last valid render).
+    fn render(
+        &mut self,
+        seen: &Seen,
+        matched: &[Pod],
+        sidecar_ports: &[u16],
+        status: &mut McpPolicyStatus,
+    ) -> (Option<ConfigMap>, Option<NetworkPolicy>) {
+        let policy = self.policy;
+        let hosts = render::service_hosts(seen.services, matched, CLUSTER_DOMAIN);
+        let r = match render::rendered_with_hosts(policy, &hosts) {
+            Ok(r) => r,
+            Err(errs) => {
+                self.invalid(&errs);
+                return (None, None);
+            }
+        };
+        let configmap = configmap_name(&policy.name_any());
+        if self.old.policy_hash.as_deref() != Some(r.hash.as_str()) {
+            self.events.push(PolicyEvent::normal(
+                "Rendered",
+                format!(
+                    "policy rendered to ConfigMap {configmap} (hash {})",
+                    &r.hash[..12.min(r.hash.len())]
+                ),
+            ));
+        }
+        self.set(
+            cond::READY,
+            true,
+            cond::RENDERED,
+            format!("rendered to ConfigMap {configmap}"),
+        );
+        status.policy_hash = Some(r.hash.clone());
+        status.tool_count = Some(r.tool_count as i32);
+        let np = (policy.spec.isolation() == Isolation::NetworkPolicy)
+            .then(|| render::network_policy(policy, matched, sidecar_ports));
+        // A failed fetch keeps the keys already rendered: sidecars never lose good keys.
+        let key_text = seen.keys.and_then(|k| k.fetched.ok().or(k.rendered));
         (
-            cond::NO_OTHER_INGRESS,
-            "no other NetworkPolicy admits traffic to the upstream port",
-        ),
-        now,
-    );
+            Some(render::configmap(policy, &r, key_text, seen.admin_keys)),
+            np,
+        )
+    }
+
+    /// `Ready` False: the policy does not compile.
+    fn invalid(&mut self, errs: &crate::policy::PolicyErrors) {
+        let lines: Vec<String> = errs.0.iter().map(ToString::to_string).collect();
+        let message = clip(format!(
+            "the policy does not compile; sidecars keep the last valid render: {}",
+            lines.join("; ")
+        ));
+        let was = self
+            .old
+            .conditions
+            .iter()
+            .find(|c| c.type_ == cond::READY)
+            .map(|c| c.message.clone());
+        if was.as_deref() != Some(message.as_str()) {
+            self.events
+                .push(PolicyEvent::warning(cond::INVALID_POLICY, message.clone()));
+        }
+        self.set(cond::READY, false, cond::INVALID_POLICY, message);
+    }
+
+    /// `Conflict`: pods this policy matches that an older policy wins.
+    fn conflict(&mut self, matched: &[Pod], namespace_policies: &[McpPolicy]) {
+        let policy = self.policy;
+        let mut winners: Vec<String> = matched
+            .iter()
+            .filter_map(|p| selecting_policy(p, namespace_policies))
+            .filter(|w| w.metadata.uid != policy.metadata.uid || w.name_any() != policy.name_any())
+            .map(|w| w.name_any())
+            .collect();
+        winners.sort();
+        winners.dedup();
+        if winners.is_empty() {
+            self.set(
+                cond::CONFLICT,
+                false,
+                "NoConflict",
+                "no older McpPolicy selects the same pods".into(),
+            );
+            return;
+        }
+        let message = format!(
+            "older McpPolicy {} selects some of the same pods and is enforced on them",
+            winners.join(", ")
+        );
+        if !self
+            .old
+            .conditions
+            .iter()
+            .any(|c| c.type_ == cond::CONFLICT && c.status == "True")
+        {
+            self.events
+                .push(PolicyEvent::warning(cond::CONFLICT, message.clone()));
+        }
+        self.set(cond::CONFLICT, true, "OlderPolicyWins", clip(message));
+    }
+
+    /// `ServiceBypass`: a Service that sends to the upstream port by number, around the sidecar.
+    fn bypass(&mut self, services: &[Service], matched: &[Pod]) {
+        let bypass = render::bypassing_services(self.policy, services, matched);
+        let found = (!bypass.is_empty()).then(|| {
+            format!(
+                "Service {} sends to port {} by number, around the sidecar: use targetPort: mcp",
+                bypass.join(", "),
+                self.policy.spec.upstream.port
+            )
+        });
+        let now = self.now.clone();
+        self.warnings().set(
+            cond::SERVICE_BYPASS,
+            found.map(|m| (cond::BYPASS_FOUND, m)),
+            (
+                cond::NO_BYPASS,
+                "no Service targets the upstream port by number",
+            ),
+            now,
+        );
+    }
+
+    /// `KeysUnavailable`, for a policy that verifies tokens.
+    fn keys(&mut self, keys: Option<SeenKeys>) {
+        let Some(k) = keys else {
+            self.conditions
+                .retain(|c| c.type_ != cond::KEYS_UNAVAILABLE);
+            return;
+        };
+        let failed = k.fetched.err().map(|why| {
+            let kept = match k.rendered {
+                Some(_) => "sidecars keep the keys rendered before",
+                None => "sidecars have no keys and refuse every token",
+            };
+            (cond::KEYS_FETCH_FAILED, format!("{why}; {kept}"))
+        });
+        let now = self.now.clone();
+        self.warnings().set(
+            cond::KEYS_UNAVAILABLE,
+            failed,
+            (
+                cond::KEYS_FETCHED,
+                "the issuer's keys are rendered beside the policy",
+            ),
+            now,
+        );
+    }
+
+    /// `IsolationIneffective`: another NetworkPolicy admits traffic to the upstream port.
+    fn isolation(&mut self, network_policies: &[NetworkPolicy], matched: &[Pod]) {
+        let policy = self.policy;
+        if policy.spec.isolation() != Isolation::NetworkPolicy {
+            self.conditions
+                .retain(|c| c.type_ != cond::ISOLATION_INEFFECTIVE);
+            return;
+        }
+        let others = render::reopening_network_policies(policy, network_policies, matched);
+        let found = (!others.is_empty()).then(|| {
+            format!(
+                "NetworkPolicy {} also admits traffic to port {} of the guarded pods \
+                 (NetworkPolicies add up), so clients can reach the MCP server around the \
+                 sidecar: exclude these pods from it, or limit its ports to the sidecar's",
+                others.join(", "),
+                policy.spec.upstream.port
+            )
+        });
+        let now = self.now.clone();
+        self.warnings().set(
+            cond::ISOLATION_INEFFECTIVE,
+            found.map(|m| (cond::OTHER_POLICY_ADMITS, m)),
+            (
+                cond::NO_OTHER_INGRESS,
+                "no other NetworkPolicy admits traffic to the upstream port",
+            ),
+            now,
+        );
+    }
 }
 
 /// Whether the cached ConfigMap already holds what the reconciler renders (the approvals key is
@@ -360,33 +374,7 @@ pub async fn reconcile(policy: Arc<McpPolicy>, ctx: Arc<Ctx>) -> Result<Action, 
     let started = Instant::now();
     let ns = policy.namespace().ok_or(Error::NoNamespace)?;
     let name = policy.name_any();
-    // Only what this policy's status depends on is copied out of the caches: the pods it
-    // selects, the policies that select any of those pods (conflicts), and the namespace's
-    // services. Copying whole namespaces per reconcile cost gigabytes with 1,000 policies.
-    let selector = &policy.spec.pod_selector;
-    let pods: Vec<Pod> = ctx
-        .pods
-        .state_filter(|p| {
-            p.metadata.namespace.as_deref() == Some(ns.as_str())
-                && selector_matches(selector, p.labels())
-        })
-        .iter()
-        .map(|p| (**p).clone())
-        .collect();
-    let ns_policies: Vec<McpPolicy> = ctx
-        .policies
-        .state_filter(|q| {
-            q.metadata.namespace.as_deref() == Some(ns.as_str())
-                && (q.metadata.name == policy.metadata.name
-                    || pods
-                        .iter()
-                        .any(|p| selector_matches(&q.spec.pod_selector, p.labels())))
-        })
-        .iter()
-        .map(|q| (**q).clone())
-        .collect();
-    let services = in_namespace(&ctx.services, &ns);
-    let network_policies = in_namespace(&ctx.network_policies, &ns);
+    let cached = Cached::read(&policy, &ctx, &ns);
     let cm_name = configmap_name(&name);
     let cached_cm = ctx.configmaps.get(&ObjectRef::new(&cm_name).within(&ns));
     let source = super::keys::Source::of(&policy.spec);
@@ -401,28 +389,15 @@ pub async fn reconcile(policy: Arc<McpPolicy>, ctx: Arc<Ctx>) -> Result<Action, 
             .and_then(|cm| cm.data.as_ref()?.get(KEYS_KEY))
             .map(String::as_str),
     });
-    let rendered_admin = cached_cm
-        .as_ref()
-        .and_then(|cm| cm.data.as_ref()?.get(ADMIN_KEYS_KEY).cloned());
-    // Every policy's sidecars answer the controller's admin reads (their tools; approval
-    // requests where rules need approval).
-    let admin_keys = match ctx
-        .keys
-        .get(&ctx.client, &super::keys::Source::Cluster)
-        .await
-    {
-        Ok(set) => Some(super::keys::with_subject(&set, &ctx.admin_subject)),
-        // A failed fetch keeps what sidecars have.
-        Err(_) => rendered_admin,
-    };
+    let admin_keys = admin_keys(&ctx, cached_cm.as_deref()).await;
     let now = Time(k8s_openapi::jiff::Timestamp::now());
     let d = desired(
         &policy,
         &Seen {
-            policies: &ns_policies,
-            pods: &pods,
-            services: &services,
-            network_policies: &network_policies,
+            policies: &cached.policies,
+            pods: &cached.pods,
+            services: &cached.services,
+            network_policies: &cached.network_policies,
             keys,
             admin_keys: admin_keys.as_deref(),
         },
@@ -437,45 +412,9 @@ pub async fn reconcile(policy: Arc<McpPolicy>, ctx: Arc<Ctx>) -> Result<Action, 
             api.patch(&cm_name, &pp, &Patch::Apply(cm)).await?;
         }
     }
-    let np_ref = ObjectRef::new(&cm_name).within(&ns);
-    let np_api: Api<NetworkPolicy> = Api::namespaced(ctx.client.clone(), &ns);
-    // The cache holds every NetworkPolicy (for IsolationIneffective); only a labelled one of
-    // this name is the controller's own.
-    let own_np = ctx.network_policies.get(&np_ref).filter(|np| {
-        np.metadata
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(MANAGED_BY.0))
-            .map(String::as_str)
-            == Some(MANAGED_BY.1)
-    });
-    match (&d.network_policy, own_np) {
-        (Some(np), cached) => {
-            if cached.as_deref().map(|c| &c.spec) != Some(&np.spec) {
-                np_api.patch(&cm_name, &pp, &Patch::Apply(np)).await?;
-            }
-        }
-        // Isolation turned off (a policy that does not compile keeps its last NetworkPolicy).
-        (None, Some(_)) if d.configmap.is_some() => {
-            match np_api.delete(&cm_name, &DeleteParams::default()).await {
-                Ok(_) => {}
-                Err(kube::Error::Api(e)) if e.code == 404 => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-        (None, _) => {}
-    }
+    write_network_policy(&ctx, &ns, &cm_name, &d).await?;
     if policy.status.as_ref() != Some(&d.status) {
-        let api: Api<McpPolicy> = Api::namespaced(ctx.client.clone(), &ns);
-        let mut status = serde_json::to_value(&d.status).unwrap_or_default();
-        // What the sidecars see of the server's tools is the tools loop's to write.
-        super::tools::strip(&mut status);
-        let body = json!({
-            "apiVersion": "mcpwarden.dev/v1alpha1",
-            "kind": "McpPolicy",
-            "status": status,
-        });
-        api.patch_status(&name, &pp, &Patch::Apply(&body)).await?;
+        write_status(&ctx, &ns, &name, &d.status).await?;
     }
     let reference = policy.object_ref(&());
     for ev in &d.events {
@@ -488,7 +427,128 @@ pub async fn reconcile(policy: Arc<McpPolicy>, ctx: Arc<Ctx>) -> Result<Action, 
         &format!("{ns}/{name}"),
         d.status.policy_hash.as_deref(),
     );
-    let valid = d.configmap.is_some();
+    account(&ctx, &policy, d.configmap.is_some(), started);
+    // Key sets rotate (the cluster's admin keys are rendered for every policy): a policy is
+    // looked at again when they may have changed.
+    Ok(Action::requeue(ctx.keys.refresh().min(RESYNC)))
+}
+
+/// What a policy's status depends on, copied out of the caches: the pods it selects, the
+/// policies that select any of those pods (conflicts), and the namespace's services and
+/// NetworkPolicies. Copying whole namespaces per reconcile cost gigabytes with 1,000 policies.
+struct Cached {
+    pods: Vec<Pod>,
+    policies: Vec<McpPolicy>,
+    services: Vec<Service>,
+    network_policies: Vec<NetworkPolicy>,
+}
+
+impl Cached {
+    fn read(policy: &McpPolicy, ctx: &Ctx, ns: &str) -> Cached {
+        let selector = &policy.spec.pod_selector;
+        let pods: Vec<Pod> = ctx
+            .pods
+            .state_filter(|p| {
+                p.metadata.namespace.as_deref() == Some(ns)
+                    && selector_matches(selector, p.labels())
+            })
+            .iter()
+            .map(|p| (**p).clone())
+            .collect();
+        let policies: Vec<McpPolicy> = ctx
+            .policies
+            .state_filter(|q| {
+                q.metadata.namespace.as_deref() == Some(ns)
+                    && (q.metadata.name == policy.metadata.name
+                        || pods
+                            .iter()
+                            .any(|p| selector_matches(&q.spec.pod_selector, p.labels())))
+            })
+            .iter()
+            .map(|q| (**q).clone())
+            .collect();
+        Cached {
+            pods,
+            policies,
+            services: in_namespace(&ctx.services, ns),
+            network_policies: in_namespace(&ctx.network_policies, ns),
+        }
+    }
+}
+
+/// The admin API's key file every policy's sidecars get (they answer the controller's reads of
+/// their tools, and of approval requests where rules need approval); a failed fetch keeps what
+/// the sidecars have.
+async fn admin_keys(ctx: &Ctx, cached_cm: Option<&ConfigMap>) -> Option<String> {
+    match ctx
+        .keys
+        .get(&ctx.client, &super::keys::Source::Cluster)
+        .await
+    {
+        Ok(set) => Some(super::keys::with_subject(&set, &ctx.admin_subject)),
+        Err(_) => cached_cm.and_then(|cm| cm.data.as_ref()?.get(ADMIN_KEYS_KEY).cloned()),
+    }
+}
+
+/// The policy's own NetworkPolicy: applied when it differs, deleted when isolation is turned
+/// off (a policy that does not compile keeps its last one).
+async fn write_network_policy(ctx: &Ctx, ns: &str, name: &str, d: &Desired) -> Result<(), Error> {
+    let api: Api<NetworkPolicy> = Api::namespaced(ctx.client.clone(), ns);
+    // The cache holds every NetworkPolicy (for IsolationIneffective); only a labelled one of
+    // this name is the controller's own.
+    let own = ctx
+        .network_policies
+        .get(&ObjectRef::new(name).within(ns))
+        .filter(|np| {
+            np.metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(MANAGED_BY.0))
+                .map(String::as_str)
+                == Some(MANAGED_BY.1)
+        });
+    match (&d.network_policy, own) {
+        (Some(np), cached) => {
+            if cached.as_deref().map(|c| &c.spec) != Some(&np.spec) {
+                let pp = PatchParams::apply(MANAGER).force();
+                api.patch(name, &pp, &Patch::Apply(np)).await?;
+            }
+        }
+        (None, Some(_)) if d.configmap.is_some() => {
+            match api.delete(name, &DeleteParams::default()).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        (None, _) => {}
+    }
+    Ok(())
+}
+
+/// The status, by server-side apply; what the sidecars see of the server's tools is the tools
+/// loop's to write.
+async fn write_status(
+    ctx: &Ctx,
+    ns: &str,
+    name: &str,
+    status: &McpPolicyStatus,
+) -> Result<(), Error> {
+    let api: Api<McpPolicy> = Api::namespaced(ctx.client.clone(), ns);
+    let mut status = serde_json::to_value(status).unwrap_or_default();
+    super::tools::strip(&mut status);
+    let body = json!({
+        "apiVersion": "mcpwarden.dev/v1alpha1",
+        "kind": "McpPolicy",
+        "status": status,
+    });
+    let pp = PatchParams::apply(MANAGER).force();
+    api.patch_status(name, &pp, &Patch::Apply(&body)).await?;
+    Ok(())
+}
+
+/// A reconciliation done: its metrics, and the policy's failures forgotten.
+fn account(ctx: &Ctx, policy: &McpPolicy, valid: bool, started: Instant) {
     ctx.metrics
         .reconciliations
         .with_label_values(&[if valid { "ok" } else { "invalid" }])
@@ -500,11 +560,7 @@ pub async fn reconcile(policy: Arc<McpPolicy>, ctx: Arc<Ctx>) -> Result<Action, 
     ctx.failures
         .lock()
         .expect("failures lock")
-        .remove(&ObjectRef::from_obj(&*policy));
-    // Key sets rotate: a policy that renders one is looked at again when it may have changed.
-    // Key sets rotate (the cluster's admin keys are rendered for every policy).
-    let _ = source;
-    Ok(Action::requeue(ctx.keys.refresh().min(RESYNC)))
+        .remove(&ObjectRef::from_obj(policy));
 }
 
 /// `policy_rendered_info{policy,hash}`: one series per live policy, its latest hash; policies

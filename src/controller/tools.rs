@@ -18,7 +18,7 @@ use super::events::{PolicyEvent, Warnings};
 use super::render::cond;
 use crate::crd::{McpPolicy, McpPolicyStatus, ObservedTool};
 use crate::policy::Policy;
-use crate::tools::report::report;
+use crate::tools::report::{report, Report};
 use crate::tools::ToolDef;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Api, Patch, PatchParams};
@@ -186,75 +186,27 @@ pub fn tools_status(
         events: &mut events,
         generation,
     };
-    let unknown = (!r.unknown_tools.is_empty()).then(|| {
-        let names: Vec<String> = r
-            .unknown_tools
-            .iter()
-            .map(|u| format!("{} ({:?})", u.at, u.name))
-            .collect();
-        (
-            cond::NAMES_NO_TOOL,
-            format!(
-                "{} match no tool the server offers ({} tools): a typo, or a tool the server \
-                 no longer has",
-                names.join(", "),
-                defs.len()
-            ),
-        )
-    });
     w.set(
         cond::UNKNOWN_TOOLS,
-        unknown,
+        unknown_tools(&r, defs.len()),
         (
             cond::ALL_NAMES_OFFERED,
             "every rule, glob, hide entry and pin names a tool the server offers",
         ),
         now.clone(),
     );
-    let arguments = (!r.unknown_arguments.is_empty()).then(|| {
-        let lines: Vec<String> = r
-            .unknown_arguments
-            .iter()
-            .map(|a| {
-                format!(
-                    "{}: {} (tool {} takes {})",
-                    a.rule,
-                    a.path,
-                    a.tool,
-                    a.arguments.join(", ")
-                )
-            })
-            .collect();
-        (
-            cond::ARGUMENT_NOT_IN_SCHEMA,
-            format!(
-                "conditions on arguments the tool does not take never match: {}",
-                lines.join("; ")
-            ),
-        )
-    });
     w.set(
         cond::UNKNOWN_ARGUMENTS,
-        arguments,
+        unknown_arguments(&r),
         (
             cond::ARGUMENTS_MATCH,
             "every condition names an argument its tool takes",
         ),
         now.clone(),
     );
-    let redefined = (!changed.is_empty()).then(|| {
-        (
-            cond::DEFINITION_CHANGED,
-            format!(
-                "the server changed the definition of {} under the same name (pinned tools are \
-                 refused; check the change, then update pins)",
-                changed.iter().cloned().collect::<Vec<_>>().join(", ")
-            ),
-        )
-    });
     w.set(
         cond::TOOL_DEFINITION_CHANGED,
-        redefined,
+        redefined(&changed),
         (
             cond::DEFINITIONS_UNCHANGED,
             "no tool definition changed since the sidecars first saw it",
@@ -272,6 +224,67 @@ pub fn tools_status(
             .collect(),
         conditions,
         events,
+    })
+}
+
+/// `UnknownTools`: names in the policy that match no tool the server offers.
+fn unknown_tools(r: &Report, offered: usize) -> Option<(&'static str, String)> {
+    if r.unknown_tools.is_empty() {
+        return None;
+    }
+    let names: Vec<String> = r
+        .unknown_tools
+        .iter()
+        .map(|u| format!("{} ({:?})", u.at, u.name))
+        .collect();
+    Some((
+        cond::NAMES_NO_TOOL,
+        format!(
+            "{} match no tool the server offers ({offered} tools): a typo, or a tool the server \
+             no longer has",
+            names.join(", "),
+        ),
+    ))
+}
+
+/// `UnknownArguments`: conditions on arguments a tool does not take.
+fn unknown_arguments(r: &Report) -> Option<(&'static str, String)> {
+    if r.unknown_arguments.is_empty() {
+        return None;
+    }
+    let lines: Vec<String> = r
+        .unknown_arguments
+        .iter()
+        .map(|a| {
+            format!(
+                "{}: {} (tool {} takes {})",
+                a.rule,
+                a.path,
+                a.tool,
+                a.arguments.join(", ")
+            )
+        })
+        .collect();
+    Some((
+        cond::ARGUMENT_NOT_IN_SCHEMA,
+        format!(
+            "conditions on arguments the tool does not take never match: {}",
+            lines.join("; ")
+        ),
+    ))
+}
+
+/// `ToolDefinitionChanged`: tools the server redefined under the same name.
+fn redefined(changed: &BTreeSet<String>) -> Option<(&'static str, String)> {
+    (!changed.is_empty()).then(|| {
+        (
+            cond::DEFINITION_CHANGED,
+            format!(
+                "the server changed the definition of {} under the same name (pinned tools are \
+                 refused; check the change, then update pins)",
+                changed.iter().cloned().collect::<Vec<_>>().join(", ")
+            ),
+        )
     })
 }
 
