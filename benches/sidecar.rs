@@ -7,7 +7,8 @@
 //! connections, one per concurrent client; direct, a bare hyper forwarder (the cost of the hop
 //! itself) and the sidecar are interleaved in every round, and every figure of the performance
 //! budget is printed beside its budget: saturated throughput and CPU per request as ratios to
-//! the bare forwarder.
+//! the bare forwarder. With `MCP_WARDEN_BENCH_BEFORE=path/to/mcp-warden`, another build of the
+//! sidecar (a change's before) joins every saturated round, for a before/after in one run.
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -139,8 +140,17 @@ impl Sidecar {
     }
 
     fn start(upstream: SocketAddr, policy: &std::path::Path, extra: &[&str]) -> Sidecar {
+        Sidecar::start_binary(env!("CARGO_BIN_EXE_mcp-warden"), upstream, policy, extra)
+    }
+
+    fn start_binary(
+        binary: &str,
+        upstream: SocketAddr,
+        policy: &std::path::Path,
+        extra: &[&str],
+    ) -> Sidecar {
         let (port, admin) = (free_port(), free_port());
-        let mut child = Command::new(env!("CARGO_BIN_EXE_mcp-warden"))
+        let mut child = Command::new(binary)
             .args([
                 "sidecar",
                 "--policy",
@@ -412,9 +422,17 @@ fn main() {
         // pool): the budgets are ratios to it.
         let bare = Sidecar::start_bare(up);
         let _ = load(bare.addr, 1, 0.2).await;
+        // Another build of the sidecar to compare with in the same rounds (a change's before):
+        // MCP_WARDEN_BENCH_BEFORE=path/to/mcp-warden.
+        let prior = std::env::var("MCP_WARDEN_BENCH_BEFORE")
+            .ok()
+            .map(|bin| Sidecar::start_binary(&bin, up, &policy_file(&dir, false), &[]));
+        if let Some(b) = &prior {
+            assert!(!load(b.addr, 1, 0.2).await.is_empty());
+        }
         for conns in [16usize, 64] {
-            let (mut nd, mut nb, mut nv) = (0usize, 0usize, 0usize);
-            let (mut cpu_b, mut cpu_v) = (Duration::ZERO, Duration::ZERO);
+            let (mut nd, mut nb, mut nv, mut n0) = (0usize, 0usize, 0usize, 0usize);
+            let (mut cpu_b, mut cpu_v, mut cpu_0) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
             let (mut bench_d, mut bench_v, mut busy_d, mut busy_v, mut all_d, mut all_v) = (0.0, 0.0, 0.0, 0.0, 0.0, 0.0);
             for _ in 0..rounds {
                 let (b0, m0) = (process_cpu("self"), machine_cpu());
@@ -428,6 +446,11 @@ fn main() {
                 nv += load(sc.addr, conns, secs).await.len();
                 cpu_v += sc.cpu() - before;
                 let (b3, m3) = (process_cpu("self"), machine_cpu());
+                if let Some(b) = &prior {
+                    let c0 = b.cpu();
+                    n0 += load(b.addr, conns, secs).await.len();
+                    cpu_0 += b.cpu() - c0;
+                }
                 bench_d += (b1 - b0).as_secs_f64();
                 bench_v += (b3 - b2).as_secs_f64();
                 busy_d += m1.0 - m0.0;
@@ -464,7 +487,24 @@ fn main() {
                 "<= 1.10x",
                 Some(per_v / per_b <= 1.10),
             );
+            if prior.is_some() {
+                let per_0 = cpu_0.as_secs_f64() * 1e6 / n0 as f64;
+                let r0 = n0 as f64 / total;
+                row(
+                    &format!("c={conns} before: throughput/bare ({r0:.0}/{rb:.0})"),
+                    format!("{:.2}", r0 / rb),
+                    "",
+                    None,
+                );
+                row(
+                    &format!("c={conns} before: CPU/request/bare ({per_0:.1}/{per_b:.1} µs)"),
+                    format!("{:.2}x", per_0 / per_b),
+                    "",
+                    None,
+                );
+            }
         }
+        drop(prior);
         drop(bare);
         let peak = sc.status_kib("VmHWM:") as f64 / 1024.0;
         all_ok &= row("peak RSS under load", format!("{peak:.1} MiB"), "<= 20 MiB", Some(peak <= 20.0));

@@ -112,15 +112,42 @@ pub fn webhook_configurations(
     bundle: &str,
     own_namespace: &str,
 ) -> (MutatingWebhookConfiguration, ValidatingWebhookConfiguration) {
-    let namespace_selector = LabelSelector {
+    let namespaces = injection_namespaces(own_namespace);
+    let meta = ObjectMeta {
+        name: Some(name.into()),
+        labels: Some([(MANAGED_BY.0.to_string(), MANAGED_BY.1.to_string())].into()),
+        ..Default::default()
+    };
+    let m = MutatingWebhookConfiguration {
+        metadata: meta.clone(),
+        webhooks: Some(mutating_webhooks(endpoint, bundle, namespaces.clone())),
+    };
+    let v = ValidatingWebhookConfiguration {
+        metadata: meta,
+        webhooks: Some(validating_webhooks(endpoint, bundle, namespaces)),
+    };
+    (m, v)
+}
+
+/// Namespaces labelled `mcpwarden.dev/injection=enabled`, never kube-system nor the
+/// controller's own.
+fn injection_namespaces(own_namespace: &str) -> LabelSelector {
+    LabelSelector {
         match_labels: Some([(NAMESPACE_LABEL.to_string(), "enabled".to_string())].into()),
         match_expressions: Some(vec![LabelSelectorRequirement {
             key: "kubernetes.io/metadata.name".into(),
             operator: "NotIn".into(),
             values: Some(vec!["kube-system".into(), own_namespace.into()]),
         }]),
-    };
-    let namespace_selector_guard = namespace_selector.clone();
+    }
+}
+
+/// Injection at pod CREATE (opt-out by pod label), and the stamp of who decided an McpApproval.
+fn mutating_webhooks(
+    endpoint: &Endpoint,
+    bundle: &str,
+    namespaces: LabelSelector,
+) -> Vec<MutatingWebhook> {
     let object_selector = LabelSelector {
         match_expressions: Some(vec![LabelSelectorRequirement {
             key: INJECT_LABEL.into(),
@@ -129,50 +156,50 @@ pub fn webhook_configurations(
         }]),
         match_labels: None,
     };
-    let meta = ObjectMeta {
-        name: Some(name.into()),
-        labels: Some([(MANAGED_BY.0.to_string(), MANAGED_BY.1.to_string())].into()),
-        ..Default::default()
-    };
-    let m = MutatingWebhookConfiguration {
-        metadata: meta.clone(),
-        webhooks: Some(vec![
-            MutatingWebhook {
-                name: "inject.mcpwarden.dev".into(),
-                admission_review_versions: vec!["v1".into()],
-                client_config: endpoint.client_config("/mutate", bundle),
-                failure_policy: Some("Fail".into()),
-                side_effects: "NoneOnDryRun".into(),
-                timeout_seconds: Some(10),
-                reinvocation_policy: Some("Never".into()),
-                match_policy: Some("Equivalent".into()),
-                namespace_selector: Some(namespace_selector),
-                object_selector: Some(object_selector),
-                rules: Some(vec![rule("", "v1", &["CREATE"], &["pods"])]),
-                match_conditions: None,
-            },
-            MutatingWebhook {
-                name: "approval.mcpwarden.dev".into(),
-                admission_review_versions: vec!["v1".into()],
-                client_config: endpoint.client_config("/mutate-approval", bundle),
-                // Always closed: without the stamp, nobody can tell who decided.
-                failure_policy: Some("Fail".into()),
-                side_effects: "None".into(),
-                timeout_seconds: Some(10),
-                reinvocation_policy: Some("Never".into()),
-                match_policy: Some("Equivalent".into()),
-                namespace_selector: None,
-                object_selector: None,
-                rules: Some(vec![rule(
-                    "mcpwarden.dev",
-                    "v1alpha1",
-                    &["CREATE", "UPDATE"],
-                    &["mcpapprovals"],
-                )]),
-                match_conditions: None,
-            },
-        ]),
-    };
+    vec![
+        MutatingWebhook {
+            name: "inject.mcpwarden.dev".into(),
+            admission_review_versions: vec!["v1".into()],
+            client_config: endpoint.client_config("/mutate", bundle),
+            failure_policy: Some("Fail".into()),
+            side_effects: "NoneOnDryRun".into(),
+            timeout_seconds: Some(10),
+            reinvocation_policy: Some("Never".into()),
+            match_policy: Some("Equivalent".into()),
+            namespace_selector: Some(namespaces),
+            object_selector: Some(object_selector),
+            rules: Some(vec![rule("", "v1", &["CREATE"], &["pods"])]),
+            match_conditions: None,
+        },
+        MutatingWebhook {
+            name: "approval.mcpwarden.dev".into(),
+            admission_review_versions: vec!["v1".into()],
+            client_config: endpoint.client_config("/mutate-approval", bundle),
+            // Always closed: without the stamp, nobody can tell who decided.
+            failure_policy: Some("Fail".into()),
+            side_effects: "None".into(),
+            timeout_seconds: Some(10),
+            reinvocation_policy: Some("Never".into()),
+            match_policy: Some("Equivalent".into()),
+            namespace_selector: None,
+            object_selector: None,
+            rules: Some(vec![rule(
+                "mcpwarden.dev",
+                "v1alpha1",
+                &["CREATE", "UPDATE"],
+                &["mcpapprovals"],
+            )]),
+            match_conditions: None,
+        },
+    ]
+}
+
+/// McpPolicy CREATE/UPDATE, updates of guarded pods, and McpApprovals.
+fn validating_webhooks(
+    endpoint: &Endpoint,
+    bundle: &str,
+    namespaces: LabelSelector,
+) -> Vec<ValidatingWebhook> {
     let validate = ValidatingWebhook {
         name: "validate.mcpwarden.dev".into(),
         rules: Some(vec![rule(
@@ -185,7 +212,7 @@ pub fn webhook_configurations(
     };
     let guard = ValidatingWebhook {
         name: "guard.mcpwarden.dev".into(),
-        namespace_selector: Some(namespace_selector_guard),
+        namespace_selector: Some(namespaces),
         rules: Some(vec![rule(
             "",
             "v1",
@@ -208,11 +235,7 @@ pub fn webhook_configurations(
         )]),
         ..validating(endpoint.client_config("/validate-approval", bundle))
     };
-    let v = ValidatingWebhookConfiguration {
-        metadata: meta,
-        webhooks: Some(vec![validate, guard, approval]),
-    };
-    (m, v)
+    vec![validate, guard, approval]
 }
 
 /// The names a serving certificate for the in-cluster Service carries.

@@ -151,18 +151,58 @@ pub struct ControllerArgs {
 
 impl ControllerArgs {
     pub fn config(&self) -> anyhow::Result<crate::controller::Config> {
-        use crate::cluster::webhooks::Endpoint;
         use crate::controller::certs::CertConfig;
-        use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
         use std::time::Duration;
-        let mut webhook_listen = self.webhook_listen;
+        let (endpoint, webhook_listen) = self.endpoint()?;
+        let day = |d: u64| Duration::from_secs(d.max(1) * 86_400);
+        Ok(crate::controller::Config {
+            namespace: self.namespace.clone(),
+            identity: self.identity(),
+            webhook_listen,
+            admin_listen: self.admin_listen,
+            certs: CertConfig {
+                namespace: self.namespace.clone(),
+                secret: self.tls_secret.clone(),
+                webhook_config: self.webhook_config.clone(),
+                endpoint,
+                lifetimes: crate::webhook::tls::Lifetimes {
+                    ca: self
+                        .ca_validity_seconds
+                        .map_or_else(|| day(self.ca_validity_days), Duration::from_secs),
+                    serving: self
+                        .cert_validity_seconds
+                        .map_or_else(|| day(self.cert_validity_days), Duration::from_secs),
+                    overlap: Duration::from_secs(self.ca_overlap_seconds),
+                },
+                owner: None,
+            },
+            lease_name: self.lease_name.clone(),
+            lease_duration: Duration::from_secs(self.lease_duration_seconds.max(1)),
+            inject: self.inject(),
+            native_sidecar: self.native_sidecar,
+            drain_delay: Duration::try_from_secs_f64(self.drain_delay_seconds).map_err(|_| {
+                anyhow::anyhow!("--drain-delay-seconds must be a non-negative number")
+            })?,
+            cert_interval: Duration::from_secs(self.cert_interval_seconds.max(1)),
+            manage_certificates: self.manage_certificates,
+            jwks_refresh: Duration::from_secs(self.jwks_refresh_seconds.max(1)),
+            approvals: self.approvals()?,
+        })
+    }
+
+    /// Where the API server calls the webhooks, and where they are served.
+    fn endpoint(
+        &self,
+    ) -> anyhow::Result<(crate::cluster::webhooks::Endpoint, std::net::SocketAddr)> {
+        use crate::cluster::webhooks::Endpoint;
+        let mut listen = self.webhook_listen;
         let endpoint = match &self.webhook_url {
             Some(url) => {
                 let uri: http::Uri = url.parse().context("--webhook-url is not a URL")?;
                 if uri.scheme_str() != Some("https") || uri.host().is_none() {
                     bail!("--webhook-url must look like https://HOST:PORT");
                 }
-                webhook_listen.set_port(uri.port_u16().unwrap_or(443));
+                listen.set_port(uri.port_u16().unwrap_or(443));
                 Endpoint::Url(url.trim_end_matches('/').to_string())
             }
             None => Endpoint::Service {
@@ -171,7 +211,22 @@ impl ControllerArgs {
                 port: self.webhook_service_port,
             },
         };
-        let day = |d: u64| Duration::from_secs(d.max(1) * 86_400);
+        Ok((endpoint, listen))
+    }
+
+    /// This replica's name in leader election: the flag, else the host name.
+    fn identity(&self) -> String {
+        match &self.identity {
+            Some(i) if !i.is_empty() => i.clone(),
+            _ => std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .unwrap_or_else(|_| format!("mcp-warden-{}", std::process::id())),
+        }
+    }
+
+    /// The sidecar container injected into pods.
+    fn inject(&self) -> crate::cluster::InjectConfig {
+        use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
         let quantities = |pairs: [(&str, &String); 2]| {
             let m: std::collections::BTreeMap<String, Quantity> = pairs
                 .into_iter()
@@ -197,63 +252,27 @@ impl ControllerArgs {
             ("cpu", &self.sidecar_cpu_limit),
             ("memory", &self.sidecar_memory_limit),
         ]);
-        let identity = match &self.identity {
-            Some(i) if !i.is_empty() => i.clone(),
-            _ => std::fs::read_to_string("/proc/sys/kernel/hostname")
-                .map(|h| h.trim().to_string())
-                .unwrap_or_else(|_| format!("mcp-warden-{}", std::process::id())),
+        inject
+    }
+
+    /// The approval and tool loops: who sidecars' admin APIs accept, and how often they are read.
+    fn approvals(&self) -> anyhow::Result<crate::controller::approvals::ApprovalsConfig> {
+        use std::time::Duration;
+        let positive = |v: f64, flag: &str| {
+            Duration::try_from_secs_f64(v)
+                .ok()
+                .filter(|d| !d.is_zero())
+                .ok_or_else(|| anyhow::anyhow!("--{flag} must be more than zero"))
         };
-        Ok(crate::controller::Config {
-            namespace: self.namespace.clone(),
-            identity,
-            webhook_listen,
-            admin_listen: self.admin_listen,
-            certs: CertConfig {
-                namespace: self.namespace.clone(),
-                secret: self.tls_secret.clone(),
-                webhook_config: self.webhook_config.clone(),
-                endpoint,
-                lifetimes: crate::webhook::tls::Lifetimes {
-                    ca: self
-                        .ca_validity_seconds
-                        .map_or_else(|| day(self.ca_validity_days), Duration::from_secs),
-                    serving: self
-                        .cert_validity_seconds
-                        .map_or_else(|| day(self.cert_validity_days), Duration::from_secs),
-                    overlap: Duration::from_secs(self.ca_overlap_seconds),
-                },
-                owner: None,
-            },
-            lease_name: self.lease_name.clone(),
-            lease_duration: Duration::from_secs(self.lease_duration_seconds.max(1)),
-            inject,
-            native_sidecar: self.native_sidecar,
-            drain_delay: Duration::try_from_secs_f64(self.drain_delay_seconds).map_err(|_| {
-                anyhow::anyhow!("--drain-delay-seconds must be a non-negative number")
-            })?,
-            cert_interval: Duration::from_secs(self.cert_interval_seconds.max(1)),
-            manage_certificates: self.manage_certificates,
-            jwks_refresh: Duration::from_secs(self.jwks_refresh_seconds.max(1)),
-            approvals: crate::controller::approvals::ApprovalsConfig {
-                subject: format!(
-                    "system:serviceaccount:{}:{}",
-                    self.namespace, self.service_account
-                ),
-                token_file: self.admin_token_file.clone(),
-                poll: Duration::try_from_secs_f64(self.approvals_poll_seconds)
-                    .ok()
-                    .filter(|d| !d.is_zero())
-                    .ok_or_else(|| {
-                        anyhow::anyhow!("--approvals-poll-seconds must be more than zero")
-                    })?,
-                tools_poll: Duration::try_from_secs_f64(self.tools_poll_seconds)
-                    .ok()
-                    .filter(|d| !d.is_zero())
-                    .ok_or_else(|| {
-                        anyhow::anyhow!("--tools-poll-seconds must be more than zero")
-                    })?,
-                retention: Duration::from_secs(self.approval_retention_seconds),
-            },
+        Ok(crate::controller::approvals::ApprovalsConfig {
+            subject: format!(
+                "system:serviceaccount:{}:{}",
+                self.namespace, self.service_account
+            ),
+            token_file: self.admin_token_file.clone(),
+            poll: positive(self.approvals_poll_seconds, "approvals-poll-seconds")?,
+            tools_poll: positive(self.tools_poll_seconds, "tools-poll-seconds")?,
+            retention: Duration::from_secs(self.approval_retention_seconds),
         })
     }
 }

@@ -71,6 +71,37 @@ fn secs(t: &Time) -> u64 {
     t.0.as_second().max(0) as u64
 }
 
+/// A sidecar's pending request made an McpApproval (`None` when one of its name exists
+/// already), with the audit line of the request.
+async fn request(
+    api: &Api<McpApproval>,
+    policy: &McpPolicy,
+    pod: &str,
+    p: &Pending,
+) -> Result<Option<McpApproval>, kube::Error> {
+    let ns = policy.namespace().unwrap_or_default();
+    let name = policy.name_any();
+    let a = new_approval(&ns, &name, pod, p);
+    match api.create(&PostParams::default(), &a).await {
+        Ok(created) => {
+            tracing::info!(
+                target: "mcp_warden::audit",
+                approval = %created.name_any(),
+                namespace = %ns,
+                policy = %format!("{ns}/{name}"),
+                tool = %p.tool,
+                identity = %p.identity,
+                pod = %pod,
+                approval_id = %p.id,
+                "approval requested"
+            );
+            Ok(Some(created))
+        }
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// The McpApproval for a pending request the sidecar of `pod` reported, for policy `policy` in
 /// namespace `ns`.
 pub fn new_approval(ns: &str, policy: &str, pod: &str, p: &Pending) -> McpApproval {
@@ -427,115 +458,131 @@ impl Keeper {
             .collect()
     }
 
+    /// One policy's approvals: what its sidecars report (uses spent, new requests), then each
+    /// McpApproval's status, Events and retention, then the approvals its sidecars honour.
     async fn policy(&mut self, policy: &McpPolicy) -> Result<(), kube::Error> {
         let ns = policy.namespace().unwrap_or_default();
         let name = policy.name_any();
-        let label = format!("{ns}/{name}");
         let api: Api<McpApproval> = Api::namespaced(self.client.clone(), &ns);
         let mut known = api
             .list(&ListParams::default().labels(&format!("{POLICY_LABEL}={name}")))
             .await?
             .items;
-        // 1. what the sidecars report
-        let pods = self.pods_of(policy);
-        let mut used: HashMap<String, u32> = HashMap::new();
-        if !pods.is_empty() {
-            if let Some(token) = self.token() {
-                for (pod, ip) in &pods {
-                    let report = match self.admin_get(ip, &token, "/approvals").await.and_then(
-                        |v| serde_json::from_value::<Report>(v).map_err(|e| e.to_string()),
-                    ) {
-                        Ok(r) => r,
-                        Err(why) => {
-                            tracing::warn!(pod = %format!("{ns}/{pod}"), %why, "cannot read the sidecar's approvals");
-                            continue;
-                        }
-                    };
-                    for s in &report.used {
-                        if let Some(n) = &s.name {
-                            used.insert(n.clone(), s.used);
-                        }
-                    }
-                    // 2. new requests
-                    for p in report.pending.iter().filter(|p| p.policy == label) {
-                        if known.iter().any(|a| {
-                            a.spec.approval_id == p.id
-                                && a.spec.pod == *pod
-                                && secs(&a.spec.requested_at) == p.requested_at
-                        }) {
-                            continue;
-                        }
-                        let a = new_approval(&ns, &name, pod, p);
-                        match api.create(&PostParams::default(), &a).await {
-                            Ok(created) => {
-                                tracing::info!(
-                                    target: "mcp_warden::audit",
-                                    approval = %created.name_any(),
-                                    namespace = %ns,
-                                    policy = %label,
-                                    tool = %p.tool,
-                                    identity = %p.identity,
-                                    pod = %pod,
-                                    approval_id = %p.id,
-                                    "approval requested"
-                                );
-                                known.push(created);
-                            }
-                            Err(kube::Error::Api(e)) if e.code == 409 => {}
-                            Err(e) => return Err(e),
-                        }
-                    }
-                }
-            }
-        }
-        // 3. statuses, Events, retention
+        let used = self.collect(policy, &api, &mut known).await?;
         let now = Timestamp::now().as_second().max(0) as u64;
         let mut kept = Vec::with_capacity(known.len());
-        for mut a in known {
-            if expired_retention(&a, self.cfg.retention, now) {
-                match api.delete(&a.name_any(), &DeleteParams::default()).await {
-                    Ok(_) => {}
-                    Err(kube::Error::Api(e)) if e.code == 404 => {}
-                    Err(e) => return Err(e),
-                }
-                continue;
+        for a in known {
+            if let Some(a) = self.settle(&api, policy, a, &used, now).await? {
+                kept.push(a);
             }
-            let (status, change) = next_status(&ns, &a, used.get(&a.name_any()).copied(), now);
-            if a.status.as_ref() != Some(&status) {
-                let body = json!({
-                    "apiVersion": "mcpwarden.dev/v1alpha1",
-                    "kind": "McpApproval",
-                    "status": status,
+        }
+        self.render(&ns, &name, &live(&kept)).await
+    }
+
+    /// Reads every sidecar's report: the uses spent per approval (returned), and requests not
+    /// yet known, made McpApprovals (added to `known`).
+    async fn collect(
+        &mut self,
+        policy: &McpPolicy,
+        api: &Api<McpApproval>,
+        known: &mut Vec<McpApproval>,
+    ) -> Result<HashMap<String, u32>, kube::Error> {
+        let mut used: HashMap<String, u32> = HashMap::new();
+        let pods = self.pods_of(policy);
+        if pods.is_empty() {
+            return Ok(used);
+        }
+        let Some(token) = self.token() else {
+            return Ok(used);
+        };
+        let ns = policy.namespace().unwrap_or_default();
+        let label = format!("{ns}/{}", policy.name_any());
+        for (pod, ip) in &pods {
+            let report = match self
+                .admin_get(ip, &token, "/approvals")
+                .await
+                .and_then(|v| serde_json::from_value::<Report>(v).map_err(|e| e.to_string()))
+            {
+                Ok(r) => r,
+                Err(why) => {
+                    tracing::warn!(pod = %format!("{ns}/{pod}"), %why, "cannot read the sidecar's approvals");
+                    continue;
+                }
+            };
+            for s in &report.used {
+                if let Some(n) = &s.name {
+                    used.insert(n.clone(), s.used);
+                }
+            }
+            for p in report.pending.iter().filter(|p| p.policy == label) {
+                let seen = known.iter().any(|a| {
+                    a.spec.approval_id == p.id
+                        && a.spec.pod == *pod
+                        && secs(&a.spec.requested_at) == p.requested_at
                 });
-                api.patch_status(
-                    &a.name_any(),
-                    &PatchParams::apply(APPROVALS_MANAGER).force(),
-                    &Patch::Apply(&body),
-                )
-                .await?;
-                if let Some(c) = change {
-                    self.record(&a, &c).await;
-                    if matches!(c.reason, "Approved" | "Denied") {
-                        tracing::info!(
-                            target: "mcp_warden::audit",
-                            approval = %a.name_any(),
-                            namespace = %ns,
-                            policy = %label,
-                            tool = %a.spec.tool,
-                            identity = %a.spec.identity,
-                            approval_id = %a.spec.approval_id,
-                            decision = c.reason,
-                            decided_by = a.spec.decided_by.as_deref().unwrap_or_default(),
-                            "approval decided"
-                        );
+                if !seen {
+                    if let Some(created) = request(api, policy, pod, p).await? {
+                        known.push(created);
                     }
                 }
-                a.status = Some(status);
             }
-            kept.push(a);
         }
-        // 4. the approvals sidecars honour
-        self.render(&ns, &name, &live(&kept)).await
+        Ok(used)
+    }
+
+    /// One McpApproval: deleted past its retention (`None`), else its status brought up to
+    /// date, with an Event and an audit line when it was decided.
+    async fn settle(
+        &self,
+        api: &Api<McpApproval>,
+        policy: &McpPolicy,
+        mut a: McpApproval,
+        used: &HashMap<String, u32>,
+        now: u64,
+    ) -> Result<Option<McpApproval>, kube::Error> {
+        if expired_retention(&a, self.cfg.retention, now) {
+            match api.delete(&a.name_any(), &DeleteParams::default()).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                Err(e) => return Err(e),
+            }
+            return Ok(None);
+        }
+        let ns = policy.namespace().unwrap_or_default();
+        let (status, change) = next_status(&ns, &a, used.get(&a.name_any()).copied(), now);
+        if a.status.as_ref() == Some(&status) {
+            return Ok(Some(a));
+        }
+        let body = json!({
+            "apiVersion": "mcpwarden.dev/v1alpha1",
+            "kind": "McpApproval",
+            "status": status,
+        });
+        api.patch_status(
+            &a.name_any(),
+            &PatchParams::apply(APPROVALS_MANAGER).force(),
+            &Patch::Apply(&body),
+        )
+        .await?;
+        if let Some(c) = change {
+            self.record(&a, &c).await;
+            if matches!(c.reason, "Approved" | "Denied") {
+                tracing::info!(
+                    target: "mcp_warden::audit",
+                    approval = %a.name_any(),
+                    namespace = %ns,
+                    policy = %format!("{ns}/{}", policy.name_any()),
+                    tool = %a.spec.tool,
+                    identity = %a.spec.identity,
+                    approval_id = %a.spec.approval_id,
+                    decision = c.reason,
+                    decided_by = a.spec.decided_by.as_deref().unwrap_or_default(),
+                    "approval decided"
+                );
+            }
+        }
+        a.status = Some(status);
+        Ok(Some(a))
     }
 
     async fn record(&self, a: &McpApproval, c: &Change) {

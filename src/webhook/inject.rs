@@ -55,33 +55,58 @@ pub fn mutate(pod: &Pod, policies: &[McpPolicy], cfg: &InjectConfig) -> Mutation
         }
         Carried::None => {}
     }
+    let (app, mcp_port) = match injectable(pod, &policy_id) {
+        Ok(found) => found,
+        Err(why) => return Mutation::Refuse(why),
+    };
+    let mut out = pod.clone();
+    add_sidecar(&mut out, app, mcp_port, policy, cfg);
+    annotate(&mut out, &policy_id, cfg);
+    let before =
+        serde_json::to_value(pod).expect("serialising a value built in memory cannot fail");
+    let after =
+        serde_json::to_value(&out).expect("serialising a value built in memory cannot fail");
+    Mutation::Inject {
+        patch: json_patch::diff(&before, &after),
+        policy: policy_id,
+    }
+}
+
+/// The container serving MCP (by index) and its `mcp` port, or why the pod cannot be guarded.
+fn injectable(pod: &Pod, policy_id: &str) -> Result<(usize, i32), String> {
     let Some(spec) = pod.spec.as_ref() else {
-        return Mutation::Refuse("the pod has no spec".into());
+        return Err("the pod has no spec".into());
     };
     if spec.host_network == Some(true) {
-        return Mutation::Refuse(format!(
+        return Err(format!(
             "McpPolicy {policy_id} selects this pod, but it uses hostNetwork: its MCP port would be \
              open on the node, around the sidecar and any NetworkPolicy. Run it without \
              hostNetwork, or label the pod {INJECT_LABEL}=false to run it unguarded"
         ));
     }
-    let Some((app, mcp_port)) = spec.containers.iter().enumerate().find_map(|(i, c)| {
-        c.ports
-            .iter()
-            .flatten()
-            .find(|p| p.name.as_deref() == Some(MCP_PORT_NAME))
-            .map(|p| (i, p.container_port))
-    }) else {
-        return Mutation::Refuse(format!(
+    spec.containers
+        .iter()
+        .enumerate()
+        .find_map(|(i, c)| {
+            c.ports
+                .iter()
+                .flatten()
+                .find(|p| p.name.as_deref() == Some(MCP_PORT_NAME))
+                .map(|p| (i, p.container_port))
+        })
+        .ok_or_else(|| format!(
             "McpPolicy {policy_id} selects this pod, but no container declares a port named \"{MCP_PORT_NAME}\": \
              name the MCP server's containerPort \"{MCP_PORT_NAME}\" (and use targetPort: {MCP_PORT_NAME} in its Service) \
              so mcp-warden can route it through the sidecar, or label the pod {INJECT_LABEL}=false to run it unguarded"
-        ));
-    };
+        ))
+}
 
-    let mut out = pod.clone();
-    let spec = out.spec.as_mut().expect("checked above");
-    // The `mcp` port moves to the sidecar; probes that named it now name its number.
+/// The sidecar in front of container `app`: the `mcp` port moves to it (probes that named the
+/// port now name its number), the policy's ConfigMap is mounted, and the sidecar runs as a
+/// native sidecar (an init container that keeps running) or beside the app.
+fn add_sidecar(out: &mut Pod, app: usize, mcp_port: i32, policy: &McpPolicy, cfg: &InjectConfig) {
+    let name = policy.metadata.name.as_deref().unwrap_or_default();
+    let spec = out.spec.as_mut().expect("checked by injectable");
     if let Some(ports) = spec.containers[app].ports.as_mut() {
         ports.retain(|p| p.name.as_deref() != Some(MCP_PORT_NAME));
     }
@@ -119,24 +144,20 @@ pub fn mutate(pod: &Pod, policies: &[McpPolicy], cfg: &InjectConfig) -> Mutation
     } else {
         spec.containers.push(sidecar);
     }
+}
+
+/// Which policy injected the pod and at which version, and where Prometheus scrapes it (an
+/// app's own scrape settings are kept; the chart's PodMonitor scrapes the sidecar too).
+fn annotate(out: &mut Pod, policy_id: &str, cfg: &InjectConfig) {
     let annotations = out.metadata.annotations.get_or_insert_with(BTreeMap::new);
-    annotations.insert(POLICY_ANNOTATION.into(), policy_id.clone());
+    annotations.insert(POLICY_ANNOTATION.into(), policy_id.to_owned());
     annotations.insert(VERSION_ANNOTATION.into(), cfg.version.clone());
     for (k, v) in [
         ("prometheus.io/scrape", "true".to_string()),
         ("prometheus.io/port", cfg.admin_port.to_string()),
         ("prometheus.io/path", "/metrics".to_string()),
     ] {
-        // An app's own scrape settings are kept; the chart's PodMonitor scrapes the sidecar too.
         annotations.entry(k.into()).or_insert(v);
-    }
-    let before =
-        serde_json::to_value(pod).expect("serialising a value built in memory cannot fail");
-    let after =
-        serde_json::to_value(&out).expect("serialising a value built in memory cannot fail");
-    Mutation::Inject {
-        patch: json_patch::diff(&before, &after),
-        policy: policy_id,
     }
 }
 
