@@ -79,44 +79,25 @@ fn file_graphs() -> BTreeMap<String, BTreeMap<String, BTreeSet<String>>> {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
     let mut files = Vec::new();
     rust_files(&src, &mut files);
+    // (folder, stem, path) of every file in a folder of `src`, but its `mod.rs`.
+    let placed: Vec<(String, String, &std::path::PathBuf)> = files
+        .iter()
+        .filter_map(|f| {
+            let parent = f.parent().filter(|p| *p != src)?;
+            let folder = parent.strip_prefix(&src).ok()?.to_str()?.to_string();
+            let stem = f.file_stem()?.to_str()?.to_string();
+            (stem != "mod").then_some((folder, stem, f))
+        })
+        .collect();
     let mut folders: BTreeMap<String, BTreeMap<String, BTreeSet<String>>> = BTreeMap::new();
-    for f in &files {
-        let Some(parent) = f.parent().filter(|p| *p != src) else {
-            continue;
-        };
-        let stem = f.file_stem().unwrap().to_str().unwrap().to_string();
-        if stem == "mod" {
-            continue;
-        }
-        let folder = parent
-            .strip_prefix(&src)
-            .unwrap()
-            .to_str()
-            .unwrap()
-            .to_string();
+    for (folder, stem, _) in &placed {
         folders
-            .entry(folder)
+            .entry(folder.clone())
             .or_default()
-            .insert(stem, BTreeSet::new());
+            .insert(stem.clone(), BTreeSet::new());
     }
-    for f in &files {
-        let Some(parent) = f.parent().filter(|p| *p != src) else {
-            continue;
-        };
-        let folder = parent
-            .strip_prefix(&src)
-            .unwrap()
-            .to_str()
-            .unwrap()
-            .to_string();
-        let stem = f.file_stem().unwrap().to_str().unwrap().to_string();
-        let Some(siblings) = folders.get(&folder) else {
-            continue;
-        };
-        if stem == "mod" {
-            continue;
-        }
-        let siblings: BTreeSet<String> = siblings.keys().cloned().collect();
+    for (folder, stem, f) in &placed {
+        let siblings: BTreeSet<String> = folders[folder].keys().cloned().collect();
         let text = std::fs::read_to_string(f).unwrap();
         let crate_path = format!("crate::{}::", folder.replace('/', "::"));
         let mut named = BTreeSet::new();
@@ -129,12 +110,12 @@ fn file_graphs() -> BTreeMap<String, BTreeMap<String, BTreeSet<String>>> {
                     .chars()
                     .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
                     .collect();
-                if siblings.contains(&name) && name != stem {
+                if siblings.contains(&name) && name != *stem {
                     named.insert(name);
                 }
             }
         }
-        folders.get_mut(&folder).unwrap().insert(stem, named);
+        folders.get_mut(folder).unwrap().insert(stem.clone(), named);
     }
     folders
 }

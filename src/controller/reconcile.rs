@@ -6,7 +6,7 @@ use super::events::{clip, PolicyEvent, Warnings};
 use super::render::{self, cond};
 use crate::cluster::{
     configmap_name, in_namespace, selecting_policy, selector_matches, ADMIN_KEYS_KEY,
-    APPROVALS_KEY, KEYS_KEY, MANAGED_BY, MANAGER,
+    APPROVALS_KEY, KEYS_KEY, MANAGER,
 };
 use crate::crd::{Isolation, McpPolicy, McpPolicyStatus};
 use crate::metrics::ControllerMetrics;
@@ -499,14 +499,7 @@ async fn write_network_policy(ctx: &Ctx, ns: &str, name: &str, d: &Desired) -> R
     let own = ctx
         .network_policies
         .get(&ObjectRef::new(name).within(ns))
-        .filter(|np| {
-            np.metadata
-                .labels
-                .as_ref()
-                .and_then(|l| l.get(MANAGED_BY.0))
-                .map(String::as_str)
-                == Some(MANAGED_BY.1)
-        });
+        .filter(|np| render::is_managed(&np.metadata));
     match (&d.network_policy, own) {
         (Some(np), cached) => {
             if cached.as_deref().map(|c| &c.spec) != Some(&np.spec) {

@@ -247,14 +247,7 @@ pub fn reopening_network_policies(
     };
     let mut out: Vec<String> = network_policies
         .iter()
-        .filter(|np| {
-            np.metadata
-                .labels
-                .as_ref()
-                .and_then(|l| l.get(MANAGED_BY.0))
-                .map(String::as_str)
-                != Some(MANAGED_BY.1)
-        })
+        .filter(|np| !is_managed(&np.metadata))
         .filter(|np| {
             let Some(spec) = &np.spec else { return false };
             let ingress_type = spec
@@ -378,4 +371,13 @@ pub fn set_condition(
             last_transition_time: now,
         }),
     }
+}
+
+/// Whether an object carries mcp-warden's `managed-by` label (the controller wrote it).
+pub fn is_managed(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> bool {
+    meta.labels
+        .as_ref()
+        .and_then(|l| l.get(MANAGED_BY.0))
+        .map(String::as_str)
+        == Some(MANAGED_BY.1)
 }
