@@ -36,7 +36,7 @@
 //! `sidecar::denial`, or a `sidecar::refusal`) → on the way back, `sidecar::filter` and
 //! `mcp::lists` filter every tool list on every stream.
 //!
-//! Dependencies run one way (`tests/layers.rs` holds them): `serve`, `mcp`, `metrics` and
+//! Dependencies run one way (`tests/it/layers.rs` holds them): `serve`, `mcp`, `metrics` and
 //! `logging` depend on no other module; `policy` → `mcp` (its JSON scan); `engine` → `policy`;
 //! `crd` → `policy`; `cluster` → `crd`; `webhook` → `cluster`, `serve`; `controller` →
 //! `cluster`, `webhook` (it runs the webhook server), `serve`, `approval`; `tools` → `policy`,

@@ -136,59 +136,14 @@ pub fn sidecar_state(pod: &Pod, policy: &McpPolicy, cfg: Option<&InjectConfig>) 
 }
 
 pub fn sidecar_container(cfg: &InjectConfig, upstream: &str) -> Container {
-    let http_probe = |path: &str, period: i32| Probe {
-        http_get: Some(HTTPGetAction {
-            path: Some(path.into()),
-            port: IntOrString::String(ADMIN_PORT_NAME.into()),
-            ..Default::default()
-        }),
-        period_seconds: Some(period),
-        timeout_seconds: Some(2),
-        failure_threshold: Some(3),
-        ..Default::default()
-    };
-    let policy_file = format!("{MOUNT_PATH}/{POLICY_KEY}");
-    let keys_file = format!("{MOUNT_PATH}/{KEYS_KEY}");
-    let approvals_file = format!("{MOUNT_PATH}/{APPROVALS_KEY}");
-    let admin_keys_file = format!("{MOUNT_PATH}/{ADMIN_KEYS_KEY}");
     Container {
         name: CONTAINER.into(),
         image: Some(cfg.image.clone()),
         image_pull_policy: cfg.image_pull_policy.clone(),
-        args: Some(
-            [
-                "sidecar",
-                "--policy",
-                &policy_file,
-                "--upstream",
-                upstream,
-                "--listen",
-                &format!("0.0.0.0:{}", cfg.proxy_port),
-                "--admin-listen",
-                &format!("0.0.0.0:{}", cfg.admin_port),
-                "--jwks",
-                &keys_file,
-                "--approvals",
-                &approvals_file,
-                "--admin-keys",
-                &admin_keys_file,
-            ]
-            .map(String::from)
-            .to_vec(),
-        ),
+        args: Some(sidecar_args(cfg, upstream)),
         ports: Some(vec![
-            ContainerPort {
-                name: Some(MCP_PORT_NAME.into()),
-                container_port: cfg.proxy_port.into(),
-                protocol: Some("TCP".into()),
-                ..Default::default()
-            },
-            ContainerPort {
-                name: Some(ADMIN_PORT_NAME.into()),
-                container_port: cfg.admin_port.into(),
-                protocol: Some("TCP".into()),
-                ..Default::default()
-            },
+            tcp_port(MCP_PORT_NAME, cfg.proxy_port),
+            tcp_port(ADMIN_PORT_NAME, cfg.admin_port),
         ]),
         // Approvals name the pod whose sidecar saw the request.
         env: Some(vec![EnvVar {
@@ -202,31 +157,85 @@ pub fn sidecar_container(cfg: &InjectConfig, upstream: &str) -> Container {
             }),
             ..Default::default()
         }]),
-        readiness_probe: Some(http_probe("/readyz", 2)),
-        liveness_probe: Some(http_probe("/livez", 10)),
+        readiness_probe: Some(admin_probe("/readyz", 2)),
+        liveness_probe: Some(admin_probe("/livez", 10)),
         resources: Some(cfg.resources.clone()),
-        security_context: Some(SecurityContext {
-            run_as_non_root: Some(true),
-            run_as_user: Some(cfg.run_as_user),
-            run_as_group: Some(cfg.run_as_user),
-            allow_privilege_escalation: Some(false),
-            read_only_root_filesystem: Some(true),
-            capabilities: Some(Capabilities {
-                drop: Some(vec!["ALL".into()]),
-                ..Default::default()
-            }),
-            seccomp_profile: Some(SeccompProfile {
-                type_: "RuntimeDefault".into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
+        security_context: Some(restricted(cfg.run_as_user)),
         volume_mounts: Some(vec![VolumeMount {
             name: VOLUME.into(),
             mount_path: MOUNT_PATH.into(),
             read_only: Some(true),
             ..Default::default()
         }]),
+        ..Default::default()
+    }
+}
+
+/// The sidecar's command line: the files the controller renders into the mounted ConfigMap,
+/// the upstream, and its two ports.
+fn sidecar_args(cfg: &InjectConfig, upstream: &str) -> Vec<String> {
+    let file = |key: &str| format!("{MOUNT_PATH}/{key}");
+    [
+        "sidecar",
+        "--policy",
+        &file(POLICY_KEY),
+        "--upstream",
+        upstream,
+        "--listen",
+        &format!("0.0.0.0:{}", cfg.proxy_port),
+        "--admin-listen",
+        &format!("0.0.0.0:{}", cfg.admin_port),
+        "--jwks",
+        &file(KEYS_KEY),
+        "--approvals",
+        &file(APPROVALS_KEY),
+        "--admin-keys",
+        &file(ADMIN_KEYS_KEY),
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+fn tcp_port(name: &str, port: u16) -> ContainerPort {
+    ContainerPort {
+        name: Some(name.into()),
+        container_port: port.into(),
+        protocol: Some("TCP".into()),
+        ..Default::default()
+    }
+}
+
+/// A probe of the sidecar's admin port.
+fn admin_probe(path: &str, period: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::String(ADMIN_PORT_NAME.into()),
+            ..Default::default()
+        }),
+        period_seconds: Some(period),
+        timeout_seconds: Some(2),
+        failure_threshold: Some(3),
+        ..Default::default()
+    }
+}
+
+/// What PodSecurity `restricted` asks of a container, and a read-only root.
+fn restricted(uid: i64) -> SecurityContext {
+    SecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(uid),
+        run_as_group: Some(uid),
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            ..Default::default()
+        }),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".into(),
+            ..Default::default()
+        }),
         ..Default::default()
     }
 }

@@ -1,5 +1,5 @@
 //! The permissions the controller needs, as one table: the chart's ClusterRole and Role are
-//! checked against it, and so is every API call the code makes (`tests/rbac.rs`).
+//! checked against it, and so is every API call the code makes (`tests/it/rbac.rs`).
 
 /// One RBAC rule: API group, resource, verbs; `namespaced` rules go in the Role of the
 /// controller's own namespace, the rest in the ClusterRole.

@@ -228,45 +228,7 @@ impl Engine {
         let rule = lookup.rule();
         let grant = p.grant_path(call.grant);
         let tool_label = rule.map_or("_other", |r| r.key.as_str());
-        let denied = if let Some(hide) = p.hidden_by(call.tool) {
-            Some((
-                Outcome::Deny,
-                hide,
-                format!("Unknown tool: {}", call.tool).into(),
-            ))
-        } else if let Some(refused) = check_cloak(call) {
-            Some(refused)
-        } else if let Some(refused) = self.check_pin(call) {
-            Some(refused)
-        } else {
-            match lookup {
-                Lookup::Unlisted => {
-                    Some((Outcome::Unlisted, "categories", unlisted_reason(call.tool)))
-                }
-                Lookup::Default if p.default_for(call.grant) == DefaultDecision::Deny => Some((
-                    Outcome::Deny,
-                    "default",
-                    format!("Tool {:?} is not allowed by this policy", call.tool).into(),
-                )),
-                Lookup::Default => None,
-                Lookup::Rule(r) => self.check_rule(r, call.args).or_else(|| {
-                    (r.approval.is_some() && !call.approved).then(|| {
-                        (
-                            Outcome::ApprovalRequired,
-                            r.path.as_str(),
-                            format!(
-                                "Tool {:?} needs a person's approval of this exact call (these \
-                                 arguments, this caller). The request is recorded; once it is \
-                                 approved, make the identical call again.",
-                                call.tool
-                            )
-                            .into(),
-                        )
-                    })
-                }),
-            }
-        };
-        if let Some((outcome, rule, reason)) = denied {
+        if let Some((outcome, rule, reason)) = self.refusal(lookup, call) {
             return Decision {
                 outcome,
                 rule,
@@ -280,8 +242,8 @@ impl Engine {
         }
         let rule = rule.unwrap_or_else(|| p.default_rule_for(call.grant));
         let (limit, overflow, taken) = self.take(rule, call, now);
-        match limit {
-            None => Decision {
+        let Some(hit) = limit else {
+            return Decision {
                 outcome: Outcome::Allow,
                 rule: &rule.path,
                 reason: Cow::Borrowed(""),
@@ -290,25 +252,72 @@ impl Engine {
                 grant,
                 overflow,
                 taken,
-            },
-            Some(hit) => Decision {
-                outcome: Outcome::RateLimited,
-                rule: hit.rule,
-                reason: format!(
-                    "Rate limit exceeded: {} allows {} calls per {} ({}); retry in {} s",
-                    hit.counter.name,
-                    hit.counter.max,
-                    hit.counter.window.text,
-                    hit.counter.scope.as_str(),
-                    hit.retry_after.as_secs_f64().ceil() as u64
-                )
-                .into(),
-                tool_label,
-                limit: Some(hit),
-                grant,
-                overflow,
-                taken,
-            },
+            };
+        };
+        Decision {
+            outcome: Outcome::RateLimited,
+            rule: hit.rule,
+            reason: format!(
+                "Rate limit exceeded: {} allows {} calls per {} ({}); retry in {} s",
+                hit.counter.name,
+                hit.counter.max,
+                hit.counter.window.text,
+                hit.counter.scope.as_str(),
+                hit.retry_after.as_secs_f64().ceil() as u64
+            )
+            .into(),
+            tool_label,
+            limit: Some(hit),
+            grant,
+            overflow,
+            taken,
+        }
+    }
+
+    /// Everything but the limits, in order: hidden, cloaked, pinned, unlisted, the default, the
+    /// rule (`action: deny`, `require`, `deny_if`), the approval. `None`: on to the limits.
+    fn refusal<'p>(
+        &'p self,
+        lookup: Lookup<'p>,
+        call: &Call,
+    ) -> Option<(Outcome, &'p str, Cow<'p, str>)> {
+        let p = &self.policy;
+        if let Some(hide) = p.hidden_by(call.tool) {
+            return Some((
+                Outcome::Deny,
+                hide,
+                format!("Unknown tool: {}", call.tool).into(),
+            ));
+        }
+        if let Some(refused) = check_cloak(call) {
+            return Some(refused);
+        }
+        if let Some(refused) = self.check_pin(call) {
+            return Some(refused);
+        }
+        match lookup {
+            Lookup::Unlisted => Some((Outcome::Unlisted, "categories", unlisted_reason(call.tool))),
+            Lookup::Default if p.default_for(call.grant) == DefaultDecision::Deny => Some((
+                Outcome::Deny,
+                "default",
+                format!("Tool {:?} is not allowed by this policy", call.tool).into(),
+            )),
+            Lookup::Default => None,
+            Lookup::Rule(r) => self.check_rule(r, call.args).or_else(|| {
+                (r.approval.is_some() && !call.approved).then(|| {
+                    (
+                        Outcome::ApprovalRequired,
+                        r.path.as_str(),
+                        format!(
+                            "Tool {:?} needs a person's approval of this exact call (these \
+                             arguments, this caller). The request is recorded; once it is \
+                             approved, make the identical call again.",
+                            call.tool
+                        )
+                        .into(),
+                    )
+                })
+            }),
         }
     }
 

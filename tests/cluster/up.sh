@@ -167,7 +167,7 @@ start etcd "$bin/etcd" --name default --data-dir "$run/etcd" \
 wait_ok etcd 60 curl -sf "http://127.0.0.1:$etcd_port/health"
 
 # The API server's audit log records every call but the control plane's and the node's own, so
-# tests/rbac.rs can compare the calls the controller made with what its RBAC grants.
+# tests/it/rbac.rs can compare the calls the controller made with what its RBAC grants.
 cat > "$run/audit-policy.yaml" <<AP
 apiVersion: audit.k8s.io/v1
 kind: Policy

@@ -1,7 +1,7 @@
 //! Operating the sidecar: readiness, hot reload through a ConfigMap volume's layout, keeping
 //! the last good policy, and the SIGTERM drain.
 
-mod common;
+use crate::common;
 
 use common::*;
 use serde_json::{json, Value};

@@ -4,7 +4,7 @@
 //! on a call's stream), the admin API shows what the sidecar sees, and `check --server` and
 //! `pin --server` read the same server from the command line.
 
-mod common;
+use crate::common;
 
 use common::*;
 use rmcp::model::*;

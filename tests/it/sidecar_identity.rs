@@ -2,7 +2,7 @@
 //! checked against the key set file, refused with 401 for every reason a token can be bad, and
 //! grants applied per caller with the official Rust SDK as client and server.
 
-mod common;
+use crate::common;
 
 use base64::Engine as _;
 use common::*;
@@ -13,8 +13,8 @@ use serde_json::{json, Value};
 const ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
 const CI: &str = "system:serviceaccount:ci:builder";
 const OTHER: &str = "system:serviceaccount:agents:helper";
-const JWKS: &str = include_str!("fixtures/identity/rsa-test-jwks.json");
-const RSA_PEM: &str = include_str!("fixtures/identity/rsa-test-key.pem");
+const JWKS: &str = include_str!("../fixtures/identity/rsa-test-jwks.json");
+const RSA_PEM: &str = include_str!("../fixtures/identity/rsa-test-key.pem");
 
 /// ServiceAccount tokens required; `write_file` 2 per hour per caller, 3 for the CI grant.
 fn policy(required: bool) -> String {

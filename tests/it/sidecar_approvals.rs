@@ -2,7 +2,7 @@
 //! refused with its approval id, an approval of exactly that call lets it run as many times as the
 //! approval allows, and nothing else — other arguments, another caller — runs on it.
 
-mod common;
+use crate::common;
 
 use common::*;
 use serde_json::{json, Value};

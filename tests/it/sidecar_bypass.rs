@@ -1,7 +1,7 @@
 //! The ways around the gate an attacker's probe found, one class per test: each would pass (the
 //! hidden tool listed, the body forwarded, the client locked out) without the fix it names.
 
-mod common;
+use crate::common;
 
 use bytes::Bytes;
 use common::*;

@@ -1,7 +1,7 @@
 //! The official Rust SDK (rmcp) as client and server, with the sidecar between them: every
 //! rule acts on a real MCP session, over JSON and SSE replies, stateful and stateless.
 
-mod common;
+use crate::common;
 
 use common::*;
 use rmcp::model::CallToolRequestParams;

@@ -1,7 +1,7 @@
 //! The wire, with raw HTTP: what SDK clients never send must be refused, and refused requests
 //! must never reach the server. Also batches, routing headers, streaming and Host rewriting.
 
-mod common;
+use crate::common;
 
 use bytes::Bytes;
 use common::*;

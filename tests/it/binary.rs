@@ -1,7 +1,7 @@
 //! The real binary, as a user and a kubelet run it: the demo, and the sidecar with its audit log
 //! and its exit on SIGTERM.
 
-mod common;
+use crate::common;
 
 use common::*;
 use serde_json::{json, Value};
@@ -125,7 +125,7 @@ async fn audit_lines_name_a_verified_service_account_and_its_grant() {
     )
     .unwrap();
     let mut jwks: Value =
-        serde_json::from_str(include_str!("fixtures/identity/rsa-test-jwks.json")).unwrap();
+        serde_json::from_str(include_str!("../fixtures/identity/rsa-test-jwks.json")).unwrap();
     jwks["issuer"] = json!("https://kubernetes.default.svc.cluster.local");
     let jwks_path = dir.join("jwks.json");
     std::fs::write(&jwks_path, jwks.to_string()).unwrap();
@@ -143,7 +143,8 @@ async fn audit_lines_name_a_verified_service_account_and_its_grant() {
         &header,
         &json!({"iss": "https://kubernetes.default.svc.cluster.local", "aud": "mcp-warden",
                 "sub": "system:serviceaccount:ci:builder", "exp": now + 600}),
-        &EncodingKey::from_rsa_pem(include_bytes!("fixtures/identity/rsa-test-key.pem")).unwrap(),
+        &EncodingKey::from_rsa_pem(include_bytes!("../fixtures/identity/rsa-test-key.pem"))
+            .unwrap(),
     )
     .unwrap();
     let auth = format!("Bearer {token}");
