@@ -250,12 +250,9 @@ pub fn explain_call(policy: &Policy, x: &Explain, tools: Option<&[ToolDef]>, out
         seen,
     };
     let calls = x.calls.max(1);
-    let mut allowed = 0u32;
-    for _ in 1..calls {
-        if engine.decide(&call, 0).outcome == Outcome::Allow {
-            allowed += 1;
-        }
-    }
+    let allowed = (1..calls)
+        .filter(|_| engine.decide(&call, 0).outcome == Outcome::Allow)
+        .count();
     let d = engine.decide(&call, 0);
     let _ = writeln!(out, "  call:     {} {}", x.tool, x.args);
     if calls > 1 {
@@ -265,15 +262,7 @@ pub fn explain_call(policy: &Policy, x: &Explain, tools: Option<&[ToolDef]>, out
             calls - 1
         );
     }
-    let who = x.identity.as_deref().unwrap_or("anonymous (no --identity)");
-    let _ = match d.grant {
-        Some(g) => writeln!(out, "  caller:   {who}, under {g}"),
-        None if policy.grants.is_empty() => writeln!(out, "  caller:   {who}"),
-        None => writeln!(
-            out,
-            "  caller:   {who}, no grant names it: the base rules apply"
-        ),
-    };
+    write_caller(out, policy, x, d.grant);
     let _ = writeln!(out, "  decision: {}", d.outcome.as_str());
     let _ = writeln!(out, "  rule:     {}", d.rule);
     if !d.reason.is_empty() {
@@ -283,31 +272,50 @@ pub fn explain_call(policy: &Policy, x: &Explain, tools: Option<&[ToolDef]>, out
         let _ = writeln!(out, "  retry in: {:.1} s", hit.retry_after.as_secs_f64());
     }
     if d.outcome == Outcome::Allow {
-        let rule = policy
-            .rule_for(&x.tool, grant)
-            .unwrap_or_else(|| policy.default_rule_for(grant));
-        for l in &rule.limits {
-            let c = &policy.counters[l.counter];
-            let _ = writeln!(
-                out,
-                "  counts:   {} ({} per {}, scope {}, declared at {})",
-                c.name,
-                c.max,
-                c.window.text,
-                c.scope.as_str(),
-                l.rule
-            );
-        }
+        write_counts(out, policy, &x.tool, grant);
     }
+    let listable = policy.listable(&x.tool, grant, seen.map(|s| s.hints));
     let _ = writeln!(
         out,
         "  listed:   {}",
-        if policy.listable(&x.tool, grant, seen.map(|s| s.hints)) {
+        if listable {
             "yes"
         } else {
             "no (never callable)"
         }
     );
+}
+
+/// Who the call is from, and which grant's rules apply.
+fn write_caller(out: &mut String, policy: &Policy, x: &Explain, grant: Option<&str>) {
+    let who = x.identity.as_deref().unwrap_or("anonymous (no --identity)");
+    let _ = match grant {
+        Some(g) => writeln!(out, "  caller:   {who}, under {g}"),
+        None if policy.grants.is_empty() => writeln!(out, "  caller:   {who}"),
+        None => writeln!(
+            out,
+            "  caller:   {who}, no grant names it: the base rules apply"
+        ),
+    };
+}
+
+/// The counters an allowed call takes, and where each is declared.
+fn write_counts(out: &mut String, policy: &Policy, tool: &str, grant: Option<usize>) {
+    let rule = policy
+        .rule_for(tool, grant)
+        .unwrap_or_else(|| policy.default_rule_for(grant));
+    for l in &rule.limits {
+        let c = &policy.counters[l.counter];
+        let _ = writeln!(
+            out,
+            "  counts:   {} ({} per {}, scope {}, declared at {})",
+            c.name,
+            c.max,
+            c.window.text,
+            c.scope.as_str(),
+            l.rule
+        );
+    }
 }
 
 #[cfg(test)]

@@ -50,10 +50,7 @@ pub(super) fn identify(
 ) -> Result<Caller, Refused> {
     let settings = &policy.engine.policy().identity;
     let refuse = |e: TokenError| {
-        st.metrics
-            .unauthenticated
-            .with_label_values(&[&policy.label, e.label()])
-            .inc();
+        super::record::unauthenticated(st, &policy.label, e.label());
         unauthorized(&e)
     };
     match &settings.source {
@@ -81,10 +78,7 @@ pub(super) fn identify(
             let ring = match &policy.keys {
                 Keys::Ready(ring) => ring,
                 other => {
-                    st.metrics
-                        .unauthenticated
-                        .with_label_values(&[&policy.label, "no_keys"])
-                        .inc();
+                    super::record::unauthenticated(st, &policy.label, "no_keys");
                     let why = match other {
                         Keys::Unavailable(why) => why.as_str(),
                         _ => "none were loaded",

@@ -1,5 +1,5 @@
-//! The one place the gate records what happened: request and decision metrics, approval
-//! events, and the audit line of every decided call. Every label value here is bounded (the
+//! The one place the gate records what happened: requests refused for their identity, request
+//! and decision metrics, approval events, and the audit line of every decided call. Every label value here is bounded (the
 //! policy's label, a rule's key, a method from a fixed list).
 
 use super::audit;
@@ -33,6 +33,15 @@ pub(super) fn request_done(st: &State, policy: &str, method: &str, took: Duratio
         .request_duration
         .with_label_values(&[policy, method])
         .observe(took.as_secs_f64());
+}
+
+/// A request refused for its identity (`reason`: a bounded label such as `missing`,
+/// `expired`, `no_keys`).
+pub(super) fn unauthenticated(st: &State, policy: &str, reason: &str) {
+    st.metrics
+        .unauthenticated
+        .with_label_values(&[policy, reason])
+        .inc();
 }
 
 /// A `tools/call` that could not be read (no id, unreadable params): never decided.
