@@ -180,9 +180,7 @@ impl ControllerArgs {
             lease_duration: Duration::from_secs(self.lease_duration_seconds.max(1)),
             inject: self.inject(),
             native_sidecar: self.native_sidecar,
-            drain_delay: Duration::try_from_secs_f64(self.drain_delay_seconds).map_err(|_| {
-                anyhow::anyhow!("--drain-delay-seconds must be a non-negative number")
-            })?,
+            drain_delay: super::seconds("drain-delay-seconds", self.drain_delay_seconds)?,
             cert_interval: Duration::from_secs(self.cert_interval_seconds.max(1)),
             manage_certificates: self.manage_certificates,
             jwks_refresh: Duration::from_secs(self.jwks_refresh_seconds.max(1)),
@@ -257,21 +255,16 @@ impl ControllerArgs {
 
     /// The approval and tool loops: who sidecars' admin APIs accept, and how often they are read.
     fn approvals(&self) -> anyhow::Result<crate::controller::approvals::ApprovalsConfig> {
+        use super::positive_seconds as positive;
         use std::time::Duration;
-        let positive = |v: f64, flag: &str| {
-            Duration::try_from_secs_f64(v)
-                .ok()
-                .filter(|d| !d.is_zero())
-                .ok_or_else(|| anyhow::anyhow!("--{flag} must be more than zero"))
-        };
         Ok(crate::controller::approvals::ApprovalsConfig {
             subject: format!(
                 "system:serviceaccount:{}:{}",
                 self.namespace, self.service_account
             ),
             token_file: self.admin_token_file.clone(),
-            poll: positive(self.approvals_poll_seconds, "approvals-poll-seconds")?,
-            tools_poll: positive(self.tools_poll_seconds, "tools-poll-seconds")?,
+            poll: positive("approvals-poll-seconds", self.approvals_poll_seconds)?,
+            tools_poll: positive("tools-poll-seconds", self.tools_poll_seconds)?,
             retention: Duration::from_secs(self.approval_retention_seconds),
         })
     }

@@ -116,3 +116,18 @@ pub(crate) fn block_on<T>(
         .build()?
         .block_on(f)
 }
+
+/// A flag's seconds as a duration: a non-negative number.
+pub(crate) fn seconds(flag: &str, v: f64) -> anyhow::Result<std::time::Duration> {
+    std::time::Duration::try_from_secs_f64(v)
+        .map_err(|_| anyhow::anyhow!("--{flag} must be a non-negative number of seconds"))
+}
+
+/// A flag's seconds as a duration that is more than zero.
+pub(crate) fn positive_seconds(flag: &str, v: f64) -> anyhow::Result<std::time::Duration> {
+    let d = seconds(flag, v)?;
+    if d.is_zero() {
+        anyhow::bail!("--{flag} must be more than zero");
+    }
+    Ok(d)
+}

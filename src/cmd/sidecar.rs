@@ -120,10 +120,7 @@ pub struct SidecarArgs {
 
 impl SidecarArgs {
     pub fn config(&self) -> anyhow::Result<crate::sidecar::Config> {
-        let secs = |name: &str, v: f64| {
-            std::time::Duration::try_from_secs_f64(v)
-                .map_err(|_| anyhow::anyhow!("--{name} must be a non-negative number of seconds"))
-        };
+        use super::{positive_seconds as positive, seconds as secs};
         let mut c = crate::sidecar::Config::new(self.upstream.clone(), self.policy.clone());
         c.jwks_path = self.jwks.clone();
         c.approvals_path = self.approvals.clone();
@@ -140,14 +137,6 @@ impl SidecarArgs {
         c.engine.max_keys_per_counter = self.max_keys_per_counter.max(1);
         c.allowed_hosts = self.allowed_hosts.clone();
         c.allowed_origins = self.allowed_origins.clone();
-        let positive = |name: &str, v: f64| {
-            secs(name, v).and_then(|d| {
-                if d.is_zero() {
-                    anyhow::bail!("--{name} must be more than zero")
-                }
-                Ok(d)
-            })
-        };
         c.limits.header_timeout = positive("header-timeout-seconds", self.header_timeout_seconds)?;
         c.body_timeout = positive("body-timeout-seconds", self.body_timeout_seconds)?;
         c.limits.max_connections = self.max_connections.max(1);
