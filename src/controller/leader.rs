@@ -58,6 +58,12 @@ fn now() -> MicroTime {
     MicroTime(k8s_openapi::jiff::Timestamp::now())
 }
 
+/// How long one round may take: two thirds of the duration (as client-go's renew deadline), so
+/// a leader whose API server stopped answering steps down before another replica may take over.
+pub fn renew_deadline(duration: Duration) -> Duration {
+    (duration * 2 / 3).max(Duration::from_millis(500))
+}
+
 /// Campaigns until `stop`, publishing leadership on `leader`. Releases the Lease on stop.
 pub async fn campaign(
     client: kube::Client,
@@ -71,7 +77,15 @@ pub async fn campaign(
     let mut seen: Option<(String, Instant)> = None;
     let mut last_renew = Instant::now();
     loop {
-        let held = attempt(&api, &e, &mut seen).await;
+        let held =
+            match tokio::time::timeout(renew_deadline(e.duration), attempt(&api, &e, &mut seen))
+                .await
+            {
+                Ok(held) => held,
+                Err(_) => Err(kube::Error::Service(
+                    format!("no answer within {:?}", renew_deadline(e.duration)).into(),
+                )),
+            };
         match held {
             Ok(true) => last_renew = Instant::now(),
             Ok(false) => {}

@@ -45,6 +45,20 @@ const ADMIN_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often `auto` re-checks the API server and kubelet versions.
 const NATIVE_RECHECK: Duration = Duration::from_secs(600);
 
+/// A request whose connection sends nothing for this long fails, and its caller retries on a new
+/// connection. Without it a connection that stopped answering (an API server that went away
+/// behind its Service, a route that drops packets) would hold the Lease's renewal, a reconcile
+/// or a cache's list until the kernel gives up on it, many minutes later.
+const API_READ_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Watches end after this and resume from their last resourceVersion, so a healthy watch sends
+/// something (its end) well within [`API_READ_TIMEOUT`].
+const WATCH_TIMEOUT_SECS: u32 = 45;
+
+/// How long a reconcile waits for the Pod and Service caches before it fails and retries
+/// (with a warning naming them) instead of waiting unseen.
+const CACHE_WAIT: Duration = Duration::from_secs(30);
+
 /// How the sidecar is injected: always native, never, or native when the cluster supports it
 /// (`--native-sidecar auto|true|false`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -131,9 +145,7 @@ pub async fn run(
     mut cfg: Config,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let client = kube::Client::try_default().await.map_err(|e| {
-        anyhow::anyhow!("no Kubernetes API server configured (in-cluster or KUBECONFIG): {e}")
-    })?;
+    let client = api_client().await?;
     let metrics = ControllerMetrics::new();
     let reporter = Reporter {
         controller: "mcp-warden".into(),
@@ -184,16 +196,40 @@ pub async fn run(
     Ok(())
 }
 
+/// The client every request and watch goes through: in-cluster or KUBECONFIG, with a read
+/// timeout (see [`API_READ_TIMEOUT`]).
+async fn api_client() -> anyhow::Result<kube::Client> {
+    let mut config = kube::Config::infer().await.map_err(|e| {
+        anyhow::anyhow!("no Kubernetes API server configured (in-cluster or KUBECONFIG): {e}")
+    })?;
+    config.read_timeout = Some(API_READ_TIMEOUT);
+    // Counted from when a request is written, not from when its pooled connection went idle.
+    config.reset_reader_on_write = true;
+    Ok(kube::Client::try_from(config)?)
+}
+
+/// Every watch's settings: bounded (see [`WATCH_TIMEOUT_SECS`]).
+fn watch_config() -> watcher::Config {
+    watcher::Config::default().timeout(WATCH_TIMEOUT_SECS)
+}
+
+/// A watch failed (it retries with backoff): said once per failure, naming what it watches.
+fn watch_failed(whose: &str, e: &watcher::Error) {
+    tracing::warn!(error = %e, watch = whose, "watch failed; retrying with backoff");
+}
+
 /// Every replica: the McpPolicy cache the webhook reads, and the task filling it.
 fn watch_policies(client: &kube::Client) -> (Store<McpPolicy>, tokio::task::JoinHandle<()>) {
     let (policies, writer) = reflector::store::<McpPolicy>();
-    let policy_watch = watcher(
-        Api::<McpPolicy>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .default_backoff()
-    .reflect(writer)
-    .for_each(|_| std::future::ready(()));
+    let policy_watch = watcher(Api::<McpPolicy>::all(client.clone()), watch_config())
+        .default_backoff()
+        .reflect(writer)
+        .for_each(|event| {
+            if let Err(e) = &event {
+                watch_failed("McpPolicy (the webhook's)", e);
+            }
+            std::future::ready(())
+        });
     (policies, tokio::spawn(policy_watch))
 }
 
@@ -396,15 +432,13 @@ async fn lead(client: kube::Client, cfg: Config, metrics: ControllerMetrics, rec
     let (services, services_w) = reflector::store::<Service>();
     let (configmaps, configmaps_w) = reflector::store::<ConfigMap>();
     let (nps, nps_w) = reflector::store::<NetworkPolicy>();
-    let controller = Controller::new(
-        Api::<McpPolicy>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .with_config(
-        controller::Config::default()
-            .debounce(Duration::from_millis(500))
-            .concurrency(RECONCILE_CONCURRENCY),
-    );
+    let (policies, policies_w) = reflector::store::<McpPolicy>();
+    let controller = Controller::for_stream(policy_stream(&client, policies_w), policies)
+        .with_config(
+            controller::Config::default()
+                .debounce(Duration::from_millis(500))
+                .concurrency(RECONCILE_CONCURRENCY),
+        );
     let store = controller.store();
     let ctx = Arc::new(reconcile::Ctx {
         client: client.clone(),
@@ -444,14 +478,13 @@ async fn lead(client: kube::Client, cfg: Config, metrics: ControllerMetrics, rec
         )
         .run(
             |p, ctx: Arc<reconcile::Ctx>| async move {
-                // Counts and warnings need the pod and service caches.
-                let _ = ctx.pods.wait_until_ready().await;
-                let _ = ctx.services.wait_until_ready().await;
+                ctx.caches_ready(CACHE_WAIT).await?;
                 reconcile::reconcile(p, ctx).await
             },
             reconcile::error_policy,
             ctx,
         )
+        // Reconcile errors are logged by `error_policy`, watch errors where they happen.
         .for_each(|_| std::future::ready(()));
     tokio::join!(certs_loop(client, cfg), run, keeper.run());
 }
@@ -471,13 +504,44 @@ async fn certs_loop(client: kube::Client, cfg: Config) {
     }
 }
 
+/// The reconciler's triggers only ever carry objects: a watch's error is logged and retried
+/// with the watch's own backoff here. (An error passed on into the controller's merged
+/// trigger stream could leave every watch unpolled after an API server restart: its watches
+/// ended and were never listed again, and edits went unrendered until the leader restarted.)
+fn kept<K: Send>(
+    whose: &'static str,
+    s: impl futures_util::Stream<Item = Result<K, watcher::Error>> + Send,
+) -> impl futures_util::Stream<Item = Result<K, watcher::Error>> + Send {
+    s.filter_map(move |r| {
+        std::future::ready(match r {
+            Ok(o) => Some(Ok(o)),
+            Err(e) => {
+                watch_failed(whose, &e);
+                None
+            }
+        })
+    })
+}
+
+/// The McpPolicies the leader reconciles (a cache of its own, apart from the webhook's).
+fn policy_stream(
+    client: &kube::Client,
+    w: reflector::store::Writer<McpPolicy>,
+) -> impl futures_util::Stream<Item = Result<McpPolicy, watcher::Error>> + Send {
+    let s = watcher(Api::<McpPolicy>::all(client.clone()), watch_config())
+        .default_backoff()
+        .reflect(w)
+        .applied_objects();
+    kept("McpPolicy", s)
+}
+
 /// Every pod, keeping what counts and warnings need (and the pod IP, for approvals); the rest
 /// is dropped to bound memory.
 fn pod_stream(
     client: &kube::Client,
     w: reflector::store::Writer<Pod>,
 ) -> impl futures_util::Stream<Item = Result<Pod, watcher::Error>> + Send {
-    watcher(Api::<Pod>::all(client.clone()), watcher::Config::default())
+    let s = watcher(Api::<Pod>::all(client.clone()), watch_config())
         .default_backoff()
         .modify(|p| {
             p.managed_fields_mut().clear();
@@ -489,21 +553,20 @@ fn pod_stream(
             });
         })
         .reflect(w)
-        .touched_objects()
+        .touched_objects();
+    kept("Pod", s)
 }
 
 fn service_stream(
     client: &kube::Client,
     w: reflector::store::Writer<Service>,
 ) -> impl futures_util::Stream<Item = Result<Service, watcher::Error>> + Send {
-    watcher(
-        Api::<Service>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .default_backoff()
-    .modify(|s| s.managed_fields_mut().clear())
-    .reflect(w)
-    .touched_objects()
+    let s = watcher(Api::<Service>::all(client.clone()), watch_config())
+        .default_backoff()
+        .modify(|s| s.managed_fields_mut().clear())
+        .reflect(w)
+        .touched_objects();
+    kept("Service", s)
 }
 
 /// The ConfigMaps the controller renders (labelled as its own).
@@ -511,11 +574,12 @@ fn configmap_stream(
     client: &kube::Client,
     w: reflector::store::Writer<ConfigMap>,
 ) -> impl futures_util::Stream<Item = Result<ConfigMap, watcher::Error>> + Send {
-    let managed = watcher::Config::default().labels(&format!("{}={}", MANAGED_BY.0, MANAGED_BY.1));
-    watcher(Api::<ConfigMap>::all(client.clone()), managed)
+    let managed = watch_config().labels(&format!("{}={}", MANAGED_BY.0, MANAGED_BY.1));
+    let s = watcher(Api::<ConfigMap>::all(client.clone()), managed)
         .default_backoff()
         .reflect(w)
-        .touched_objects()
+        .touched_objects();
+    kept("ConfigMap", s)
 }
 
 /// Every NetworkPolicy, not only the controller's: another one can reopen the upstream port.
@@ -523,14 +587,12 @@ fn network_policy_stream(
     client: &kube::Client,
     w: reflector::store::Writer<NetworkPolicy>,
 ) -> impl futures_util::Stream<Item = Result<NetworkPolicy, watcher::Error>> + Send {
-    watcher(
-        Api::<NetworkPolicy>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .default_backoff()
-    .modify(|np| np.managed_fields_mut().clear())
-    .reflect(w)
-    .touched_objects()
+    let s = watcher(Api::<NetworkPolicy>::all(client.clone()), watch_config())
+        .default_backoff()
+        .modify(|np| np.managed_fields_mut().clear())
+        .reflect(w)
+        .touched_objects();
+    kept("NetworkPolicy", s)
 }
 
 /// A pod change re-reconciles the policies that select it (counts, conflicts); a pod whose

@@ -32,6 +32,8 @@ pub enum Error {
     Kube(#[from] kube::Error),
     #[error("the McpPolicy has no namespace")]
     NoNamespace,
+    #[error("the Pod and Service caches are not filled yet (their watches have not listed since the controller started or lost the API server)")]
+    CachesNotReady,
 }
 
 /// What a reconciliation reads: the client and the caches of the leader's watches.
@@ -57,6 +59,21 @@ pub struct Ctx {
     /// The controller's own ServiceAccount (`system:serviceaccount:NS:NAME`): the one subject
     /// sidecars' admin APIs accept.
     pub admin_subject: String,
+}
+
+impl Ctx {
+    /// Counts and warnings need the Pod and Service caches: waits for their first list, at
+    /// most `wait` (then the reconcile fails and is retried with a warning, not held unseen).
+    pub async fn caches_ready(&self, wait: std::time::Duration) -> Result<(), Error> {
+        let filled = async {
+            // An Err means the cache's writer is gone with the leader's work: nothing to wait for.
+            let _ = self.pods.wait_until_ready().await;
+            let _ = self.services.wait_until_ready().await;
+        };
+        tokio::time::timeout(wait, filled)
+            .await
+            .map_err(|_| Error::CachesNotReady)
+    }
 }
 
 /// What the policy's status should be, and what to write besides.

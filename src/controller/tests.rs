@@ -740,3 +740,33 @@ mod ca_bundle {
         );
     }
 }
+
+#[tokio::test]
+async fn the_reconcilers_triggers_carry_objects_and_log_watch_errors() {
+    use futures_util::StreamExt;
+    use kube::runtime::watcher;
+    let s = futures_util::stream::iter(vec![
+        Ok(1),
+        Err(watcher::Error::NoResourceVersion),
+        Ok(2),
+        Err(watcher::Error::NoResourceVersion),
+    ]);
+    let out: Vec<_> = super::kept("test", s).collect().await;
+    let objects: Vec<i32> = out
+        .into_iter()
+        .map(|r| r.expect("no error gets through"))
+        .collect();
+    assert_eq!(objects, vec![1, 2]);
+}
+
+#[test]
+fn a_lease_round_ends_before_the_lease_could_lapse() {
+    use super::leader::renew_deadline;
+    use std::time::Duration;
+    assert_eq!(
+        renew_deadline(Duration::from_secs(15)),
+        Duration::from_secs(10)
+    );
+    assert!(renew_deadline(Duration::from_secs(1)) < Duration::from_secs(1));
+    assert_eq!(renew_deadline(Duration::ZERO), Duration::from_millis(500));
+}
