@@ -5,7 +5,7 @@
 //! (the clock costs about as much as a decision), and each figure is printed beside its budget.
 
 use mcp_warden::engine::{Call, Engine, EngineOptions, Outcome, Seen};
-use mcp_warden::policy::{compile, Flavor};
+use mcp_warden::policy::compile_file;
 use serde_json::{json, Map, Value};
 use std::hint::black_box;
 use std::time::Instant;
@@ -72,7 +72,7 @@ fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let batches = if quick { 2_000 } else { 20_000 };
     let engine = Engine::new(
-        compile(&policy_100(), Flavor::File, "").unwrap(),
+        compile_file(&policy_100()).unwrap(),
         None,
         EngineOptions::default(),
     );
@@ -139,7 +139,7 @@ fn main() {
         {"counter": "read_only_burst", "window": "minute", "max": 1_000_000_000u32, "scope": "grant"}]}});
     knowing_doc["pins"] = json!({"tool_000": pin});
     let knowing = Engine::new(
-        compile(&knowing_doc, Flavor::File, "").unwrap(),
+        compile_file(&knowing_doc).unwrap(),
         None,
         EngineOptions::default(),
     );
@@ -234,10 +234,8 @@ fn main() {
 
     // Counter throughput: a limit-only rule, one thread, one key and many keys.
     let counters = Engine::new(
-        compile(
+        compile_file(
             &json!({"tools": {"t": {"limits": [{"counter": "c", "window": "minute", "max": 1_000_000_000u32, "scope": "grant"}]}}}),
-            Flavor::File,
-            "",
         )
         .unwrap(),
         None,

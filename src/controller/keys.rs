@@ -35,7 +35,7 @@ pub enum Source {
 impl Source {
     /// The source an McpPolicy's identity needs, if it verifies tokens.
     pub fn of(spec: &McpPolicySpec) -> Option<Source> {
-        let id = spec.identity.as_ref()?;
+        let id = spec.policy.identity.as_ref()?;
         if id.service_account.is_some() {
             return Some(Source::Cluster);
         }

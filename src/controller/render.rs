@@ -212,7 +212,7 @@ pub fn rendered_with_hosts(
         return rendered(policy);
     }
     let mut spec = policy.spec.clone();
-    let t = spec.transport.get_or_insert_with(Default::default);
+    let t = spec.policy.transport.get_or_insert_with(Default::default);
     let mut all = t.allowed_hosts.take().unwrap_or_default();
     all.extend(hosts.iter().cloned());
     let mut seen = BTreeSet::new();

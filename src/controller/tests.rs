@@ -176,7 +176,7 @@ fn the_names_of_services_that_select_the_pods_are_rendered_as_allowed_hosts() {
         "the policy's own hosts come first"
     );
     assert_eq!(allowed.len(), hosts.len() + 1);
-    let compiled = crate::policy::compile(&doc, crate::policy::Flavor::File, "").unwrap();
+    let compiled = crate::policy::compile_file(&doc).unwrap();
     assert!(compiled
         .transport
         .allowed_hosts

@@ -369,10 +369,10 @@ impl Keeper {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::{compile, Flavor};
+    use crate::policy::compile_file;
 
     fn policy(doc: Value) -> Policy {
-        compile(&doc, Flavor::File, "").unwrap()
+        compile_file(&doc).unwrap()
     }
 
     fn pod(at: u64, tools: Value) -> PodTools {

@@ -1,7 +1,8 @@
 //! Reading one document of a file or an admission request: an McpPolicy manifest (checked as
 //! the API server and the compiler would), another Kubernetes object, or a bare policy.
 
-use crate::policy::{self, Flavor, Policy, PolicyErrors};
+use super::McpPolicySpec;
+use crate::policy::{self, Policy, PolicyErrors};
 use serde_json::Value;
 
 /// The McpPolicy API group/version accepted.
@@ -25,7 +26,7 @@ pub fn read_document(doc: &Value) -> Document {
             .and_then(Value::as_str)
             .unwrap_or("policy")
             .to_owned();
-        return match policy::compile(doc, Flavor::File, "") {
+        return match policy::compile_file(doc) {
             Ok(p) => Document::Policy {
                 label,
                 policy: Box::new(p),
@@ -68,8 +69,8 @@ pub fn read_document(doc: &Value) -> Document {
             errs.push(field("spec", "required field is missing".into()));
             None
         }
-        Some(spec) => match policy::compile(spec, Flavor::Spec, "spec") {
-            Ok(p) => Some(p),
+        Some(spec) => match McpPolicySpec::check(spec) {
+            Ok((_, p)) => Some(p),
             Err(PolicyErrors(e)) => {
                 errs.extend(e);
                 None

@@ -1,4 +1,5 @@
 use super::*;
+use crate::policy::bounds;
 use kube::core::cel::Validator;
 use kube::CustomResourceExt;
 use serde_json::json;
@@ -192,7 +193,7 @@ fn cel_rules_keep_identity_and_grants_coherent() {
         }
         let obj = object(spec);
         // The compiler agrees with the API server on every case.
-        let compiled = policy::compile(&obj["spec"], policy::Flavor::Spec, "spec").is_ok();
+        let compiled = McpPolicySpec::check(&obj["spec"]).is_ok();
         (cel_errors(&obj), compiled)
     };
     let grant = json!([{"subjects": ["system:serviceaccount:ci:*"],
@@ -358,4 +359,51 @@ fn example_manifests_deserialize_into_the_typed_spec() {
     assert_eq!(valid.spec.upstream.port, 8888);
     assert_eq!(cel_errors(&docs[0]), Vec::<String>::new());
     valid.spec.compile().unwrap();
+}
+
+#[test]
+fn a_spec_is_checked_whole_placement_and_policy_at_once() {
+    let spec = json!({"podSelector": {"matchExpressions": [{"key": "a", "operator": "Has"}]},
+                      "upstream": {"port": 0, "path": "mcp"}, "isolation": "Strict",
+                      "allTools": {"limits": [{"counter": "a b", "window": "minute", "max": 1}]},
+                      "tools": {"w": {"denyIf": [{"conditions": [], "onDeny": 3}]}}});
+    let e = McpPolicySpec::check(&spec).unwrap_err();
+    let got: Vec<&str> = e.0.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(
+        got,
+        vec![
+            "spec.podSelector.matchExpressions[0].operator",
+            "spec.isolation",
+            "spec.tools.w.denyIf[0].onDeny",
+            "spec.allTools.limits[0].counter",
+        ],
+        "{e}"
+    );
+    let spec = json!({"podSelector": {"matchExpressions": [{"key": "a", "operator": "In"}]},
+                      "upstream": {"port": 0, "path": "mcp"}, "tools": {"w": {}}});
+    let e = McpPolicySpec::check(&spec).unwrap_err();
+    assert_eq!(
+        e.0.iter().map(|e| e.path.as_str()).collect::<Vec<_>>(),
+        vec![
+            "spec.upstream.port",
+            "spec.upstream.path",
+            "spec.podSelector.matchExpressions[0].values"
+        ],
+        "{e}"
+    );
+    let e = McpPolicySpec::check(&json!({})).unwrap_err();
+    assert_eq!(
+        e.0.iter().map(|e| e.path.as_str()).collect::<Vec<_>>(),
+        vec!["spec.podSelector", "spec.upstream"]
+    );
+    let (spec, policy) =
+        McpPolicySpec::check(&json!({"podSelector": {}, "upstream": {"port": 8888},
+        "isolation": "None", "tools": {"a": {}}}))
+        .unwrap();
+    assert_eq!(spec.isolation(), Isolation::None);
+    assert!(policy.find_rule("a").is_some());
+    assert!(
+        policy.document.get("podSelector").is_none(),
+        "placement is not the policy"
+    );
 }

@@ -1,11 +1,11 @@
 use super::*;
-use crate::policy::{compile, Flavor};
+use crate::policy::compile_file;
 use serde_json::json;
 
 const SEC: u64 = 1_000_000_000;
 
 fn engine_with(v: Value, opts: EngineOptions) -> Engine {
-    Engine::new(compile(&v, Flavor::File, "").unwrap(), None, opts)
+    Engine::new(compile_file(&v).unwrap(), None, opts)
 }
 
 fn engine(v: Value) -> Engine {
@@ -584,7 +584,7 @@ fn counters_survive_a_reload_when_name_window_and_scope_are_unchanged() {
     let v2 = json!({"tools": {"t": {"limits": [{"counter": "c", "window": "60s", "max": 5, "scope": "identity"}]}},
                     "default": "allow"});
     let e2 = Engine::new(
-        compile(&v2, Flavor::File, "").unwrap(),
+        compile_file(&v2).unwrap(),
         Some(&e1),
         EngineOptions::default(),
     );
@@ -595,7 +595,7 @@ fn counters_survive_a_reload_when_name_window_and_scope_are_unchanged() {
     // A changed window is a different counter: it starts empty.
     let v3 = json!({"tools": {"t": {"limits": [{"counter": "c", "window": "hour", "max": 5, "scope": "grant"}]}}});
     let e3 = Engine::new(
-        compile(&v3, Flavor::File, "").unwrap(),
+        compile_file(&v3).unwrap(),
         Some(&e2),
         EngineOptions::default(),
     );

@@ -1,29 +1,29 @@
 //! The policy a platform team writes, and its compiled, validated form.
 //!
-//! One reader serves both spellings: policy files use PolicyLayer's snake_case (`deny_if`,
-//! `on_deny`, `all_tools`), the McpPolicy spec uses camelCase (`denyIf`, `onDeny`, `allTools`).
-//! [`compile`] is the single validation every part of mcp-warden calls — sidecar, controller,
-//! webhook and `check` — so they always agree on what is valid. It reports every error at once,
-//! each with its field path.
+//! One document type, [`doc::PolicyDoc`], serves the policy file and the McpPolicy `spec`:
+//! camelCase fields (`denyIf`, `onDeny`, `allTools`) that also accept PolicyLayer's snake_case
+//! (`deny_if`, `on_deny`, `all_tools`). [`compile`] is the single validation every part of
+//! mcp-warden calls — sidecar, controller, webhook and `check` — so they always agree on what
+//! is valid; it reports every error it finds at once, each with its field path.
 
 pub mod argpath;
 pub mod category;
 pub mod compare;
 mod compile;
 pub mod condition;
+pub mod doc;
 pub mod glob;
-mod normalize;
 pub mod prune;
 pub mod reader;
+mod rules;
+pub mod shape;
 pub mod source;
-mod spec;
 pub mod window;
 
 pub use category::{Category, Hints};
-pub use compile::{compile, load_str, DEFAULT_ON_DENY};
+pub use compile::{compile, compile_file, document, load_str, DEFAULT_ON_DENY};
 use condition::{Matcher, Step, Truth};
 use glob::Glob;
-pub use normalize::normalize;
 pub use reader::{FieldError, PolicyErrors};
 use serde_json::Value;
 use std::collections::HashMap;

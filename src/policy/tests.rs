@@ -2,7 +2,20 @@ use super::*;
 use serde_json::json;
 
 fn compile_file(v: Value) -> Result<Policy, PolicyErrors> {
-    compile(&v, Flavor::File, "")
+    super::compile_file(&v)
+}
+
+/// An McpPolicy `spec`'s policy part: camelCase paths under `spec`.
+fn compile_spec(v: Value) -> Result<Policy, PolicyErrors> {
+    let doc = doc::PolicyDoc::from_value(&v, "spec")?;
+    compile(&doc, None, Flavor::Spec, "spec")
+}
+
+/// The one error serde reports for a shape it refuses: its path and message.
+fn shape_error(v: Value) -> (String, String) {
+    let mut e = errors(v);
+    assert_eq!(e.len(), 1, "one shape error: {e:?}");
+    e.remove(0)
 }
 
 fn errors(v: Value) -> Vec<(String, String)> {
@@ -53,53 +66,37 @@ fn camel_case_and_snake_case_are_one_model() {
 }
 
 #[test]
-fn spec_flavor_drops_placement_and_adds_the_name() {
-    let spec = json!({"podSelector": {"matchLabels": {"app": "j"}}, "upstream": {"port": 8888, "path": "/mcp"},
-                      "isolation": "None", "default": "deny", "tools": {"a": {}}});
-    let p = compile(&spec, Flavor::Spec, "spec").unwrap();
+fn the_document_is_snake_case_with_the_name_and_itself_a_policy_file() {
+    let spec = json!({"default": "deny", "denyAs": "error", "tools": {"readFile": {"denyIf": [
+        {"conditions": [{"path": "args.p", "op": "eq", "value": {"keepMe": 1}}], "onDeny": "no"}]}},
+        "pins": {"runCell": format!("sha256:{}", "0".repeat(64))}});
+    let d = doc::PolicyDoc::from_value(&spec, "spec").unwrap();
+    let rendered = document(&d, Some("ns/p"));
     assert_eq!(
-        normalize(&spec, Flavor::Spec, Some("ns/p")),
-        json!({"default": "deny", "tools": {"a": {}}, "name": "ns/p"})
+        rendered,
+        json!({"default": "deny", "deny_as": "error", "tools": {"readFile": {"deny_if": [
+            {"conditions": [{"path": "args.p", "op": "eq", "value": {"keepMe": 1}}], "on_deny": "no"}]}},
+            "pins": {"runCell": format!("sha256:{}", "0".repeat(64))}, "name": "ns/p"}),
+        "field names in snake_case; tool names, pins and operands as written"
     );
-    assert!(p.document.get("podSelector").is_none());
-    // The rendered document is itself a valid policy file.
-    compile_file(normalize(&spec, Flavor::Spec, Some("ns/p"))).unwrap();
+    let p = compile_file(rendered.clone()).unwrap();
+    assert_eq!(
+        p.document, rendered,
+        "the rendered document reads back as itself"
+    );
     // Placement fields are not part of a policy file.
-    assert_eq!(paths(json!({"upstream": {"port": 1}})), vec!["upstream"]);
+    assert_eq!(shape_error(json!({"upstream": {"port": 1}})).0, "upstream");
 }
 
 #[test]
-fn spec_placement_errors_are_reported() {
-    let spec = json!({"podSelector": {"matchExpressions": [{"key": "a", "operator": "Has"}]},
-                      "upstream": {"port": 70000, "path": "mcp"}, "isolation": "Strict"});
-    let e = compile(&spec, Flavor::Spec, "spec").unwrap_err();
-    let got: Vec<&str> = e.0.iter().map(|e| e.path.as_str()).collect();
-    assert_eq!(
-        got,
-        vec![
-            "spec.podSelector.matchExpressions[0].operator",
-            "spec.upstream.port",
-            "spec.upstream.path",
-            "spec.isolation"
-        ]
-    );
-    let e = compile(&json!({}), Flavor::Spec, "spec").unwrap_err();
-    assert_eq!(
-        e.0.iter().map(|e| e.path.as_str()).collect::<Vec<_>>(),
-        vec!["spec.podSelector", "spec.upstream"]
-    );
-}
-
-#[test]
-fn every_error_is_reported_at_once_with_its_path() {
+fn every_error_serde_cannot_see_is_reported_at_once_with_its_path() {
     let got = errors(json!({
-        "default": "maybe",
-        "versoin": "1",
+        "version": "2",
         "tools": {
             "write_file": {
                 "deny_if": [{"conditions": [
                     {"path": "args.content", "op": "contains", "value": "rm"},
-                    {"path": "args.content", "op": "startswith", "value": "x"}
+                    {"path": "args.content", "op": "gt", "value": "x"}
                 ]}],
                 "limits": [{"counter": "w", "window": "fortnight", "max": 0}]
             },
@@ -107,8 +104,7 @@ fn every_error_is_reported_at_once_with_its_path() {
         }
     }));
     let expect = [
-        ("versoin", "unknown field"),
-        ("default", "unknown value \"maybe\""),
+        ("version", "unsupported version \"2\""),
         ("tools.run.require[0].path", "must start with \"args\""),
         ("tools.run.require[0].value", "invalid regex"),
         (
@@ -119,10 +115,7 @@ fn every_error_is_reported_at_once_with_its_path() {
             "tools.write_file.limits[0].max",
             "max must be a whole number from 1",
         ),
-        (
-            "tools.write_file.deny_if[0].conditions[1].op",
-            "unknown operator \"startswith\" (expected one of: eq, neq",
-        ),
+        ("tools.write_file.deny_if[0].conditions[1].value", "number"),
     ];
     assert_eq!(got.len(), expect.len(), "{got:#?}");
     for (path, msg) in expect {
@@ -134,24 +127,79 @@ fn every_error_is_reported_at_once_with_its_path() {
 }
 
 #[test]
-fn unknown_fields_are_errors_at_every_level() {
-    let got = paths(json!({
-        "identity": {"header": "x-agent-id", "hash": true},
-        "all_tools": {"limits": [], "extra": 1},
-        "tools": {"a": {"limit": []}, "b": {"deny_if": [{"conditions": [{"path": "args.x", "op": "exists", "vaule": 1}], "ondeny": "x"}]},
-                  "c": {"require": [{"path": "args.x", "op": "exists", "why": "x"}]},
-                  "d": {"limits": [{"counter": "c", "window": "second", "max": 1, "burst": 2}]}}
-    }));
-    for p in [
-        "identity.hash",
-        "all_tools.extra",
-        "tools.a.limit",
-        "tools.b.deny_if[0].ondeny",
-        "tools.b.deny_if[0].conditions[0].vaule",
-        "tools.c.require[0].why",
-        "tools.d.limits[0].burst",
+fn a_shape_serde_refuses_is_named_with_its_path() {
+    for (doc, path, msg) in [
+        (
+            json!({"versoin": "1"}),
+            "versoin",
+            "unknown field `versoin`",
+        ),
+        (
+            json!({"default": "maybe"}),
+            "default",
+            "unknown variant `maybe`, expected `allow` or `deny`",
+        ),
+        (
+            json!({"tools": {"w": {"deny_if": [{"conditions": [{"path": "args.x", "op": "startswith"}]}]}}}),
+            "tools.w.deny_if[0].conditions[0].op",
+            "unknown variant `startswith`, expected one of `eq`, `neq`",
+        ),
+        (json!({"deny_if": []}), "deny_if", "unknown field `deny_if`"),
+        // Never a rule by position, never an enum but by its name.
+        (
+            json!({"tools": {"a": ["deny"]}}),
+            "tools.a",
+            "invalid type: sequence, expected a tool rule (a mapping)",
+        ),
+        (
+            json!({"default": 0}),
+            "default",
+            "invalid type: integer `0`",
+        ),
+        (
+            json!({"tools": {"x": {"deny_if": [], "denyIf": []}}}),
+            "tools.x",
+            "duplicate field `denyIf`",
+        ),
     ] {
-        assert!(paths_contains(&got, p), "missing {p} in {got:?}");
+        let (p, m) = shape_error(doc);
+        assert_eq!(p, path);
+        assert!(m.contains(msg), "{m}");
+    }
+}
+
+#[test]
+fn unknown_fields_are_errors_at_every_level() {
+    for (doc, path) in [
+        (
+            json!({"identity": {"header": "x-agent-id", "hash": true}}),
+            "identity.hash",
+        ),
+        (
+            json!({"all_tools": {"limits": [], "extra": 1}}),
+            "all_tools.extra",
+        ),
+        (json!({"tools": {"a": {"limit": []}}}), "tools.a.limit"),
+        (
+            json!({"tools": {"b": {"deny_if": [{"conditions": [], "ondeny": "x"}]}}}),
+            "tools.b.deny_if[0].ondeny",
+        ),
+        (
+            json!({"tools": {"b": {"deny_if": [{"conditions": [{"path": "args.x", "op": "exists", "vaule": 1}]}]}}}),
+            "tools.b.deny_if[0].conditions[0].vaule",
+        ),
+        (
+            json!({"tools": {"c": {"require": [{"path": "args.x", "op": "exists", "why": "x"}]}}}),
+            "tools.c.require[0].why",
+        ),
+        (
+            json!({"tools": {"d": {"limits": [{"counter": "c", "window": "second", "max": 1, "burst": 2}]}}}),
+            "tools.d.limits[0].burst",
+        ),
+    ] {
+        let (p, m) = shape_error(doc);
+        assert_eq!(p, path);
+        assert!(m.starts_with("unknown field"), "{m}");
     }
 }
 
@@ -160,46 +208,72 @@ fn paths_contains(got: &[String], p: &str) -> bool {
 }
 
 #[test]
-fn type_errors_name_what_was_found() {
-    let got = errors(
-        json!({"tools": {"a": "allow", "b": {"limits": {"counter": "x"}}}, "hide": "debug_*"}),
-    );
-    assert!(
-        got.contains(&(
-            "tools.a".into(),
-            "expected a mapping, found a string".into()
-        )),
-        "{got:?}"
-    );
-    assert!(
-        got.contains(&(
-            "tools.b.limits".into(),
-            "expected a list, found a mapping".into()
-        )),
-        "{got:?}"
-    );
-    assert!(
-        got.contains(&("hide".into(), "expected a list, found a string".into())),
-        "{got:?}"
-    );
-    assert_eq!(
-        errors(json!([1])),
-        vec![(String::new(), "expected a mapping, found a list".into())]
-    );
+fn type_errors_name_what_was_found_and_what_was_expected() {
+    for (doc, path, msg) in [
+        (
+            json!({"tools": {"a": "allow"}}),
+            "tools.a",
+            "invalid type: string \"allow\", expected a tool rule (a mapping)",
+        ),
+        (
+            json!({"tools": {"b": {"limits": {"counter": "x"}}}}),
+            "tools.b.limits",
+            "invalid type: map, expected a sequence",
+        ),
+        (
+            json!({"hide": "debug_*"}),
+            "hide",
+            "invalid type: string \"debug_*\", expected a sequence",
+        ),
+        (
+            json!([1]),
+            "",
+            "invalid type: sequence, expected a policy (a mapping)",
+        ),
+    ] {
+        let (p, m) = shape_error(doc);
+        assert_eq!(p, path);
+        assert!(m.contains(msg), "{m}");
+    }
 }
 
 #[test]
 fn required_fields_are_named() {
-    let got = paths(json!({"tools": {"a": {"limits": [{}], "deny_if": [{}], "require": [{}]}}}));
-    for p in [
-        "tools.a.limits[0].counter",
-        "tools.a.limits[0].window",
-        "tools.a.limits[0].max",
-        "tools.a.deny_if[0].conditions",
-        "tools.a.require[0].path",
-        "tools.a.require[0].op",
+    for (doc, path, field) in [
+        (
+            json!({"tools": {"a": {"limits": [{"window": "second", "max": 1}]}}}),
+            "tools.a.limits[0]",
+            "counter",
+        ),
+        (
+            json!({"tools": {"a": {"limits": [{"counter": "c", "max": 1}]}}}),
+            "tools.a.limits[0]",
+            "window",
+        ),
+        (
+            json!({"tools": {"a": {"limits": [{"counter": "c", "window": "second"}]}}}),
+            "tools.a.limits[0]",
+            "max",
+        ),
+        (
+            json!({"tools": {"a": {"deny_if": [{}]}}}),
+            "tools.a.deny_if[0]",
+            "conditions",
+        ),
+        (
+            json!({"tools": {"a": {"require": [{"op": "exists"}]}}}),
+            "tools.a.require[0]",
+            "path",
+        ),
+        (
+            json!({"tools": {"a": {"require": [{"path": "args.x"}]}}}),
+            "tools.a.require[0]",
+            "op",
+        ),
     ] {
-        assert!(paths_contains(&got, p), "missing {p} in {got:?}");
+        let (p, m) = shape_error(doc);
+        assert_eq!(p, path);
+        assert_eq!(m, format!("missing field `{field}`"));
     }
 }
 
@@ -231,26 +305,39 @@ fn a_counter_has_one_definition() {
 
 #[test]
 fn limit_values_are_validated() {
-    let got = errors(json!({"tools": {"a": {"limits": [
+    let got = paths(json!({"tools": {"a": {"limits": [
         {"counter": "a b", "window": "minute", "max": 1},
-        {"counter": "ok", "window": "minute", "max": -1},
-        {"counter": "ok2", "window": "minute", "max": 1.5},
-        {"counter": "ok3", "window": "minute", "max": 5000000000u64},
-        {"counter": "ok4", "window": "minute", "max": "10"},
-        {"counter": "ok5", "window": "minute", "max": 1, "scope": "cluster"}
+        {"counter": "ok", "window": "minute", "max": 0},
     ]}}}));
-    let got_paths: Vec<&str> = got.iter().map(|(p, _)| p.as_str()).collect();
     assert_eq!(
-        got_paths,
-        vec![
-            "tools.a.limits[0].counter",
-            "tools.a.limits[1].max",
-            "tools.a.limits[2].max",
-            "tools.a.limits[3].max",
-            "tools.a.limits[4].max",
-            "tools.a.limits[5].scope"
-        ]
+        got,
+        vec!["tools.a.limits[0].counter", "tools.a.limits[1].max"]
     );
+    for (limit, path) in [
+        (
+            json!({"counter": "ok", "window": "minute", "max": -1}),
+            "max",
+        ),
+        (
+            json!({"counter": "ok", "window": "minute", "max": 1.5}),
+            "max",
+        ),
+        (
+            json!({"counter": "ok", "window": "minute", "max": 5000000000u64}),
+            "max",
+        ),
+        (
+            json!({"counter": "ok", "window": "minute", "max": "10"}),
+            "max",
+        ),
+        (
+            json!({"counter": "ok", "window": "minute", "max": 1, "scope": "cluster"}),
+            "scope",
+        ),
+    ] {
+        let (p, _) = shape_error(json!({"tools": {"a": {"limits": [limit]}}}));
+        assert_eq!(p, format!("tools.a.limits[0].{path}"));
+    }
 }
 
 #[test]
@@ -395,13 +482,9 @@ fn identities_read_in_both_spellings_and_one_source_at_a_time() {
             required: true
         }
     );
-    let spec = compile(
-        &json!({"podSelector": {}, "upstream": {"port": 8888},
+    let spec = compile_spec(json!({
             "identity": {"jwt": {"issuer": "https://id.example.com", "audiences": ["mcp"],
-                                 "jwksFrom": "https://id.example.com/jwks"}}}),
-        Flavor::Spec,
-        "spec",
-    )
+                                 "jwksFrom": "https://id.example.com/jwks"}}}))
     .unwrap();
     assert_eq!(
         spec.identity.source,
@@ -437,10 +520,13 @@ fn identities_read_in_both_spellings_and_one_source_at_a_time() {
             "identity.jwt.jwks_from"
         ]
     );
-    let got = paths(json!({"identity": {"service_account": {}}}));
-    assert_eq!(got, vec!["identity.service_account.audiences"]);
-    let got = paths(json!({"identity": {"required": "yes", "header": "x"}}));
-    assert_eq!(got, vec!["identity.required"]);
+    let (p, m) = shape_error(json!({"identity": {"service_account": {}}}));
+    assert_eq!(
+        (p.as_str(), m.as_str()),
+        ("identity.service_account", "missing field `audiences`")
+    );
+    let (p, _) = shape_error(json!({"identity": {"required": "yes", "header": "x"}}));
+    assert_eq!(p, "identity.required");
 }
 
 #[test]
@@ -515,22 +601,30 @@ fn grants_are_checked_with_their_paths() {
     assert!(got[0].1.contains("names no one"), "{got:?}");
     let got = paths(json!({"identity": {"header": "x"}, "grants": [
         {"subjects": []},
-        {"tools": {"t": {"limits": [{"counter": "c", "window": "week", "max": 1}]}}},
-        {"subjects": [""], "default": "maybe", "extra": 1},
+        {"subjects": ["b"], "tools": {"t": {"limits": [{"counter": "c", "window": "week", "max": 1}]}}},
+        {"subjects": [""]},
         {"subjects": ["a"], "tools": {"t": {"limits": [{"counter": "base", "window": "hour", "max": 2}]}}}
     ], "tools": {"u": {"limits": [{"counter": "base", "window": "minute", "max": 2}]}}}));
     assert_eq!(
         got,
         vec![
             "grants[0].subjects",
-            "grants[1].subjects",
             "grants[1].tools.t.limits[0].window",
-            "grants[2].extra",
             "grants[2].subjects[0]",
-            "grants[2].default",
             "grants[3].tools.t.limits[0]",
         ]
     );
+    for (grant, path) in [
+        (json!({"tools": {}}), "grants[0]"),
+        (json!({"subjects": ["a"], "extra": 1}), "grants[0].extra"),
+        (
+            json!({"subjects": ["a"], "default": "maybe"}),
+            "grants[0].default",
+        ),
+    ] {
+        let (p, _) = shape_error(json!({"identity": {"header": "x"}, "grants": [grant]}));
+        assert_eq!(p, path);
+    }
     let many: Vec<Value> = (0..17)
         .map(|i| json!({"subjects": [format!("s{i}")]}))
         .collect();
@@ -567,62 +661,85 @@ fn approvals_read_in_both_forms_and_are_checked() {
         "a": {"action": "deny", "approval": {}},
         "b": {"approval": {"ttl": "fortnight"}},
         "c": {"approval": {"uses": 0}},
-        "d": {"approval": {"uses": 1001, "extra": 1}},
-        "e": {"action": "maybe"}}}));
+        "d": {"approval": {"uses": 1001}}}}));
     assert_eq!(
         got,
         vec![
             "tools.a.approval",
             "tools.b.approval.ttl",
             "tools.c.approval.uses",
-            "tools.d.approval.extra",
             "tools.d.approval.uses",
-            "tools.e.action"
         ]
     );
+    let (p, _) = shape_error(json!({"tools": {"d": {"approval": {"extra": 1}}}}));
+    assert_eq!(p, "tools.d.approval.extra");
+    let (p, m) = shape_error(json!({"tools": {"e": {"action": "maybe"}}}));
+    assert_eq!(p, "tools.e.action");
+    assert!(m.contains("`require_approval`"), "{m}");
 }
 
 #[test]
 fn categories_and_pins_compile_in_both_spellings_and_bad_ones_name_the_field() {
     let hash = format!("sha256:{}", "0".repeat(64));
-    let file = compile(
-        &json!({"categories": {"read_only": {}, "open_world": {"action": "deny"}},
+    let file = compile_file(
+        json!({"categories": {"read_only": {}, "open_world": {"action": "deny"}},
                 "pins": {"run": hash}, "pinning": "firstSeen"}),
-        Flavor::File,
-        "",
     )
     .unwrap();
     assert!(file.categories.in_use());
     assert_eq!(file.pins["run"].rule, "pins.run");
     assert_eq!(file.pinning, super::Pinning::FirstSeen);
-    let spec = compile(
-        &json!({"podSelector": {}, "upstream": {"port": 8888},
-                "categories": {"readOnly": {}, "openWorld": {"action": "deny"}}}),
-        Flavor::Spec,
-        "spec",
-    )
-    .unwrap();
+    let spec =
+        compile_spec(json!({"categories": {"readOnly": {}, "openWorld": {"action": "deny"}}}))
+            .unwrap();
     assert_eq!(
         spec.document["categories"],
         json!({"read_only": {}, "open_world": {"action": "deny"}}),
         "rendered in snake_case"
     );
-    let errs = compile(
-        &json!({"categories": {"dangerous": {}, "destructive": {"action": "maybe"}},
-                "pins": {"a": "md5:x", "b*": hash},
-                "pinning": "always"}),
-        Flavor::File,
-        "",
-    )
-    .unwrap_err();
+    let errs = compile_file(json!({"pins": {"a": "md5:x", "b*": hash}})).unwrap_err();
     let text = errs.to_string();
     for want in [
-        "categories.dangerous: unknown field",
-        "categories.destructive.action",
         "pins.a: expected \"sha256:\"",
         "pins.b*: a pin names one tool exactly",
-        "pinning",
     ] {
         assert!(text.contains(want), "{want} in {text}");
     }
+    for (doc, path) in [
+        (
+            json!({"categories": {"dangerous": {}}}),
+            "categories.dangerous",
+        ),
+        (
+            json!({"categories": {"destructive": {"action": "maybe"}}}),
+            "categories.destructive.action",
+        ),
+        (json!({"pinning": "always"}), "pinning"),
+    ] {
+        assert_eq!(shape_error(doc).0, path);
+    }
+}
+
+#[test]
+fn every_shape_error_is_reported_at_once_one_per_list() {
+    let got = errors(json!({"versoin": "1", "default": "maybe",
+        "identity": {"jwt": {"issuer": 1, "audiences": ["a"], "jwksFrom": "https://x"}},
+        "tools": {"a": {"limit": []}, "b": {"deny_if": [{"ondeny": "x"}, {"conditions": 1}]},
+                  "c": {"action": "allow", "reason": "x"}}}));
+    let got: Vec<(&str, &str)> = got.iter().map(|(p, m)| (p.as_str(), m.as_str())).collect();
+    assert_eq!(
+        got.iter().map(|(p, _)| *p).collect::<Vec<_>>(),
+        vec![
+            "versoin",
+            "default",
+            "identity.jwt.issuer",
+            "tools.a.limit",
+            "tools.b.deny_if[0].ondeny",
+            "tools.c.reason"
+        ],
+        "{got:#?}"
+    );
+    // Setting `issuer` aside leaves `jwt` without it: that is not a second error.
+    assert!(got[2].1.starts_with("invalid type: integer `1`"), "{got:?}");
+    assert_eq!(got[5].1, "reason is only used with action: deny");
 }

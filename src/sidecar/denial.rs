@@ -101,15 +101,13 @@ pub fn denial(
 mod tests {
     use super::*;
     use crate::engine::{Call, Engine, EngineOptions};
-    use crate::policy::{compile, Flavor};
+    use crate::policy::compile_file;
 
     #[test]
     fn denials_carry_the_reason_and_the_decision() {
-        let p = compile(
+        let p = compile_file(
             &json!({"tools": {"t": {"limits": [{"counter": "c", "window": "minute", "max": 1}]},
                                "x": {"action": "deny", "reason": "No."}}}),
-            Flavor::File,
-            "",
         )
         .unwrap();
         let e = Engine::new(p, None, EngineOptions::default());

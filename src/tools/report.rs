@@ -199,7 +199,7 @@ fn unknown_arguments(rule: &Rule, tool: &ToolDef, out: &mut BTreeSet<UnknownArgu
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::{compile, Flavor};
+    use crate::policy::compile_file;
     use serde_json::{json, Value};
 
     fn tools(list: Value) -> Vec<ToolDef> {
@@ -211,7 +211,7 @@ mod tests {
     }
 
     fn policy(doc: Value) -> Policy {
-        compile(&doc, Flavor::File, "").unwrap()
+        compile_file(&doc).unwrap()
     }
 
     #[test]

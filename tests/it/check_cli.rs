@@ -37,12 +37,12 @@ fn a_broken_policy_reports_every_error_with_file_document_and_path() {
     let at = "tests/fixtures/broken-policy.yaml (document 1): ";
     let expected = [
         "identity.header: \"x agent\" is not a valid HTTP header name",
-        "tools.write_file.deny_if[0].conditions[1].op: unknown operator \"startswith\" (expected one of: eq, neq, in, not_in, contains, prefix, suffix, regex, gt, gte, lt, lte, exists, not_exists, path_within)",
+        "tools.write_file.deny_if[0].conditions[1].op: unknown variant `startswith`, expected one of `eq`, `neq`, `in`, `not_in`, `contains`, `prefix`, `suffix`, `regex`, `gt`, `gte`, `lt`, `lte`, `exists`, `not_exists`, `path_within`",
         "tools.write_file.limits[0].window: unknown window \"fortnight\"",
         "tools.write_file.limits[0].max: max must be a whole number from 1",
         "tools.run_cell.require[0].value: invalid regex: unclosed group",
         "tools.run_python.limits[0]: counter \"cells\" is declared at tools.run_cell.limits[0] with window minute, scope pod, max 5; here with window hour",
-        "tools.read_file.alow: unknown field (expected one of: action, reason, limits, require, deny_if, approval)",
+        "tools.read_file.alow: unknown field `alow`, expected one of `action`, `approval`, `reason`, `limits`, `require`, `denyIf`, `deny_if`",
     ];
     for e in expected {
         assert!(
@@ -82,7 +82,7 @@ fn manifests_are_checked_per_document_and_other_kinds_skipped() {
     );
     assert!(
         out.contains(&format!(
-            "{f} (document 3): spec.allTools.limits[0].scope: unknown value \"everyone\""
+            "{f} (document 3): spec.allTools.limits[0].scope: unknown variant `everyone`, expected one of `pod`, `grant`, `identity`, `session`"
         )),
         "{out}"
     );

@@ -2,7 +2,6 @@
 //! dashboard and alerts query, the documented values, `deploy/mcp-warden.yaml` against the chart,
 //! and `deploy/examples/` against the example policies.
 
-use mcp_warden::policy::{normalize, Flavor};
 use serde_json::Value;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -438,10 +437,11 @@ fn each_deploy_example_runs_its_server_behind_the_sidecar_with_the_example_polic
             matches!(check, mcp_warden::crd::manifest::Document::Policy { .. }),
             "{rel}: {check:?}"
         );
-        let spec = normalize(&policy["spec"], Flavor::Spec, None);
+        let (spec, _) = mcp_warden::crd::McpPolicySpec::check(&policy["spec"]).unwrap();
+        let spec = mcp_warden::policy::document(&spec.policy, None);
         let file: Value =
             serde_yaml::from_str(&read(&format!("examples/policies/{server}.yaml"))).unwrap();
-        let file = normalize(&file, Flavor::File, None);
+        let file = mcp_warden::policy::compile_file(&file).unwrap().document;
         assert_eq!(
             without(spec, &["name", "version"]),
             without(file, &["name", "version"]),
