@@ -175,9 +175,36 @@ pub fn next_status(
         .filter(|_| s.decision == Some(ApprovalDecision::Approved))
         .map(|t| secs(t).saturating_add(s.ttl_seconds));
     let bad = mismatch(ns, s);
-    let phase = match (s.decision, approval_expires) {
+    let phase = phase(s, used, approval_expires, bad.is_some(), now);
+    let message = status_message(ns, a, phase, used, approval_expires, bad.as_deref(), now);
+    let finished_at = match (phase.is_final(), &old.finished_at) {
+        (true, Some(t)) => Some(t.clone()),
+        (true, None) => Some(time(now)),
+        (false, _) => None,
+    };
+    let change = (old.phase != Some(phase)).then(|| phase_event(s, phase, message.clone()));
+    let status = McpApprovalStatus {
+        phase: Some(phase),
+        used,
+        approval_expires_at: approval_expires.map(time),
+        finished_at,
+        message: Some(message),
+    };
+    (status, change)
+}
+
+/// Where an approval stands: its decision, its uses, its ttl (`approval_expires`, when
+/// approved) and the request's `expiresAt`, at `now`.
+fn phase(
+    s: &McpApprovalSpec,
+    used: u32,
+    approval_expires: Option<u64>,
+    mismatched: bool,
+    now: u64,
+) -> ApprovalPhase {
+    match (s.decision, approval_expires) {
         (Some(ApprovalDecision::Denied), _) => ApprovalPhase::Denied,
-        (Some(ApprovalDecision::Approved), _) if bad.is_some() => ApprovalPhase::Denied,
+        (Some(ApprovalDecision::Approved), _) if mismatched => ApprovalPhase::Denied,
         (Some(ApprovalDecision::Approved), _) if used >= s.uses => ApprovalPhase::Used,
         // Decided after the request had lapsed: the agent must ask again.
         (Some(ApprovalDecision::Approved), _)
@@ -191,9 +218,22 @@ pub fn next_status(
         (Some(ApprovalDecision::Approved), _) => ApprovalPhase::Approved,
         (None, _) if now > secs(&s.expires_at) => ApprovalPhase::Expired,
         (None, _) => ApprovalPhase::Pending,
-    };
+    }
+}
+
+/// The status message a person reads for `phase`.
+fn status_message(
+    ns: &str,
+    a: &McpApproval,
+    phase: ApprovalPhase,
+    used: u32,
+    approval_expires: Option<u64>,
+    mismatch: Option<&str>,
+    now: u64,
+) -> String {
+    let s = &a.spec;
     let by = s.decided_by.as_deref().unwrap_or("someone");
-    let message = match phase {
+    match phase {
         ApprovalPhase::Pending => format!(
             "waiting for a decision: kubectl mcp-warden approve {} -n {ns}",
             a.name_any()
@@ -203,7 +243,7 @@ pub fn next_status(
             s.uses - used.min(s.uses),
             s.uses
         ),
-        ApprovalPhase::Denied => match &bad {
+        ApprovalPhase::Denied => match mismatch {
             Some(why) => format!("not honoured: {why}"),
             None => format!("denied by {by}"),
         },
@@ -218,21 +258,12 @@ pub fn next_status(
             "approved by {by}; {} of {} uses spent before the ttl ended",
             used, s.uses
         ),
-    };
-    let was = old.phase;
-    let finished_at = match (phase.is_final(), &old.finished_at) {
-        (true, Some(t)) => Some(t.clone()),
-        (true, None) => Some(time(now)),
-        (false, _) => None,
-    };
-    let status = McpApprovalStatus {
-        phase: Some(phase),
-        used,
-        approval_expires_at: approval_expires.map(time),
-        finished_at,
-        message: Some(message.clone()),
-    };
-    let change = (was != Some(phase)).then(|| Change {
+    }
+}
+
+/// The Event recorded when an approval enters `phase`.
+fn phase_event(s: &McpApprovalSpec, phase: ApprovalPhase, message: String) -> Change {
+    Change {
         warning: matches!(phase, ApprovalPhase::Denied | ApprovalPhase::Expired),
         reason: match phase {
             ApprovalPhase::Pending => "Requested",
@@ -248,8 +279,7 @@ pub fn next_status(
             ),
             _ => message,
         },
-    });
-    (status, change)
+    }
 }
 
 /// The approvals file for a policy's sidecars: its approvals whose phase is Approved.

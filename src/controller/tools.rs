@@ -152,17 +152,7 @@ pub fn tools_status(
     let mut defs: Vec<ToolDef> = newest.tools.iter().map(|(d, _)| d.clone()).collect();
     defs.sort_by(|a, b| a.name.cmp(&b.name));
     let r = report(policy, &defs);
-    // A change any sidecar saw counts (pods first saw their tools at different times).
-    let mut changed: BTreeSet<String> = pods
-        .iter()
-        .flat_map(|p| {
-            p.tools
-                .iter()
-                .filter(|(_, c)| *c)
-                .map(|(d, _)| d.name.clone())
-        })
-        .collect();
-    changed.extend(r.changed_pins.iter().map(|p| p.tool.clone()));
+    let changed = changed_tools(pods, &r);
     let observed = defs
         .iter()
         .take(MAX_OBSERVED)
@@ -173,6 +163,47 @@ pub fn tools_status(
             changed: changed.contains(&d.name),
         })
         .collect();
+    let (conditions, events) = warnings(&r, defs.len(), &changed, old, generation, &now);
+    Some(ToolsStatus {
+        observed,
+        count: defs.len(),
+        observed_at: now,
+        allowed_by_default: r
+            .allowed_by_default
+            .into_iter()
+            .take(MAX_OBSERVED)
+            .collect(),
+        conditions,
+        events,
+    })
+}
+
+/// The tools whose definition changed: as any sidecar saw it (pods first saw their tools at
+/// different times), or against their pins.
+fn changed_tools(pods: &[PodTools], r: &Report) -> BTreeSet<String> {
+    let mut changed: BTreeSet<String> = pods
+        .iter()
+        .flat_map(|p| {
+            p.tools
+                .iter()
+                .filter(|(_, c)| *c)
+                .map(|(d, _)| d.name.clone())
+        })
+        .collect();
+    changed.extend(r.changed_pins.iter().map(|p| p.tool.clone()));
+    changed
+}
+
+/// The three warning conditions (`UnknownTools`, `UnknownArguments`, `ToolDefinitionChanged`)
+/// from the report, and the Events of those that changed.
+fn warnings(
+    r: &Report,
+    offered: usize,
+    changed: &BTreeSet<String>,
+    old: &McpPolicyStatus,
+    generation: Option<i64>,
+    now: &Time,
+) -> (Vec<Condition>, Vec<super::events::PolicyEvent>) {
     let mut conditions: Vec<Condition> = old
         .conditions
         .iter()
@@ -188,7 +219,7 @@ pub fn tools_status(
     };
     w.set(
         cond::UNKNOWN_TOOLS,
-        unknown_tools(&r, defs.len()),
+        unknown_tools(r, offered),
         (
             cond::ALL_NAMES_OFFERED,
             "every rule, glob, hide entry and pin names a tool the server offers",
@@ -197,7 +228,7 @@ pub fn tools_status(
     );
     w.set(
         cond::UNKNOWN_ARGUMENTS,
-        unknown_arguments(&r),
+        unknown_arguments(r),
         (
             cond::ARGUMENTS_MATCH,
             "every condition names an argument its tool takes",
@@ -206,25 +237,14 @@ pub fn tools_status(
     );
     w.set(
         cond::TOOL_DEFINITION_CHANGED,
-        redefined(&changed),
+        redefined(changed),
         (
             cond::DEFINITIONS_UNCHANGED,
             "no tool definition changed since the sidecars first saw it",
         ),
         now.clone(),
     );
-    Some(ToolsStatus {
-        observed,
-        count: defs.len(),
-        observed_at: now,
-        allowed_by_default: r
-            .allowed_by_default
-            .into_iter()
-            .take(MAX_OBSERVED)
-            .collect(),
-        conditions,
-        events,
-    })
+    (conditions, events)
 }
 
 /// `UnknownTools`: names in the policy that match no tool the server offers.

@@ -39,11 +39,42 @@ pub fn read_document(doc: &Value) -> Document {
             kind: kind.as_str().unwrap_or("?").to_owned(),
         };
     }
-    let mut errs = Vec::new();
-    let field = |path: &str, message: String| policy::FieldError {
-        path: path.into(),
-        message,
+    read_manifest(doc)
+}
+
+/// An McpPolicy manifest, checked as the API server (its schema's CEL rules) and the compiler
+/// would, every error at once.
+fn read_manifest(doc: &Value) -> Document {
+    let (label, mut errs) = header(doc);
+    let compiled = match doc.get("spec") {
+        None => {
+            errs.push(field("spec", "required field is missing".into()));
+            None
+        }
+        Some(spec) => McpPolicySpec::check(spec)
+            .map_err(|PolicyErrors(e)| errs.extend(e))
+            .ok()
+            .map(|(_, p)| p),
     };
+    // The CRD's CEL rules, as the API server would apply them; the compiler reports most of the
+    // same problems, so only what it did not say at that path is added.
+    for e in super::cel_errors(doc) {
+        if !errs.iter().any(|have| have.path == e.path) {
+            errs.push(e);
+        }
+    }
+    match compiled {
+        Some(p) if errs.is_empty() => Document::Policy {
+            label,
+            policy: Box::new(p),
+        },
+        _ => Document::Invalid(PolicyErrors(errs)),
+    }
+}
+
+/// A manifest's `namespace/name`, and what is wrong with its `apiVersion` and `metadata`.
+fn header(doc: &Value) -> (String, Vec<policy::FieldError>) {
+    let mut errs = Vec::new();
     match doc.get("apiVersion").and_then(Value::as_str) {
         Some(API_VERSION) => {}
         other => errs.push(field(
@@ -63,33 +94,13 @@ pub fn read_document(doc: &Value) -> Document {
         .and_then(|m| m.get("namespace"))
         .and_then(Value::as_str)
         .unwrap_or("default");
-    let label = format!("{ns}/{}", name.unwrap_or("?"));
-    let compiled = match doc.get("spec") {
-        None => {
-            errs.push(field("spec", "required field is missing".into()));
-            None
-        }
-        Some(spec) => match McpPolicySpec::check(spec) {
-            Ok((_, p)) => Some(p),
-            Err(PolicyErrors(e)) => {
-                errs.extend(e);
-                None
-            }
-        },
-    };
-    // The CRD's CEL rules, as the API server would apply them; the compiler reports most of the
-    // same problems, so only what it did not say at that path is added.
-    for e in super::cel_errors(doc) {
-        if !errs.iter().any(|have| have.path == e.path) {
-            errs.push(e);
-        }
-    }
-    match compiled {
-        Some(p) if errs.is_empty() => Document::Policy {
-            label,
-            policy: Box::new(p),
-        },
-        _ => Document::Invalid(PolicyErrors(errs)),
+    (format!("{ns}/{}", name.unwrap_or("?")), errs)
+}
+
+fn field(path: &str, message: String) -> policy::FieldError {
+    policy::FieldError {
+        path: path.into(),
+        message,
     }
 }
 

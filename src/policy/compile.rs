@@ -466,36 +466,8 @@ impl Compiler {
             return out;
         };
         let mut sources = Vec::new();
-        if let Some(h) = &id.header {
-            let hp = p.key("header");
-            sources.push(hp.as_str().to_owned());
-            match self.text(h, &hp, bounds::HEADER) {
-                Some(h) if is_header_name(h) => {
-                    out.source = Identity::Header(h.to_ascii_lowercase())
-                }
-                Some(h) => self
-                    .errs
-                    .push(&hp, format!("{h:?} is not a valid HTTP header name")),
-                None => {}
-            }
-        }
-        if let Some(sa) = &id.service_account {
-            let sp = self.at(p, "serviceAccount");
-            sources.push(sp.as_str().to_owned());
-            let audiences = self.audiences(&sa.audiences, &sp);
-            out.source = Identity::ServiceAccount { audiences };
-        }
-        if let Some(jwt) = &id.jwt {
-            let jp = p.key("jwt");
-            sources.push(jp.as_str().to_owned());
-            let issuer = self.url(&jwt.issuer, &jp.key("issuer"));
-            let audiences = self.audiences(&jwt.audiences, &jp);
-            let jwks_from = self.url(&jwt.jwks_from, &self.at(&jp, "jwksFrom"));
-            out.source = Identity::Jwt {
-                issuer: issuer.unwrap_or_default(),
-                audiences,
-                jwks_from: jwks_from.unwrap_or_default(),
-            };
+        if let Some(source) = self.identity_sources(id, p, &mut sources) {
+            out.source = source;
         }
         if sources.len() > 1 {
             self.errs.push(
@@ -521,6 +493,49 @@ impl Compiler {
             );
         }
         out
+    }
+
+    /// The identity's source (`header`, `serviceAccount`, `jwt`: the last one given), with the
+    /// paths of every one given in `sources`.
+    fn identity_sources(
+        &mut self,
+        id: &doc::IdentitySpec,
+        p: &FieldPath,
+        sources: &mut Vec<String>,
+    ) -> Option<Identity> {
+        let mut source = None;
+        if let Some(h) = &id.header {
+            let hp = p.key("header");
+            sources.push(hp.as_str().to_owned());
+            match self.text(h, &hp, bounds::HEADER) {
+                Some(h) if is_header_name(h) => {
+                    source = Some(Identity::Header(h.to_ascii_lowercase()))
+                }
+                Some(h) => self
+                    .errs
+                    .push(&hp, format!("{h:?} is not a valid HTTP header name")),
+                None => {}
+            }
+        }
+        if let Some(sa) = &id.service_account {
+            let sp = self.at(p, "serviceAccount");
+            sources.push(sp.as_str().to_owned());
+            let audiences = self.audiences(&sa.audiences, &sp);
+            source = Some(Identity::ServiceAccount { audiences });
+        }
+        if let Some(jwt) = &id.jwt {
+            let jp = p.key("jwt");
+            sources.push(jp.as_str().to_owned());
+            let issuer = self.url(&jwt.issuer, &jp.key("issuer"));
+            let audiences = self.audiences(&jwt.audiences, &jp);
+            let jwks_from = self.url(&jwt.jwks_from, &self.at(&jp, "jwksFrom"));
+            source = Some(Identity::Jwt {
+                issuer: issuer.unwrap_or_default(),
+                audiences,
+                jwks_from: jwks_from.unwrap_or_default(),
+            });
+        }
+        source
     }
 
     fn audiences(&mut self, audiences: &[String], p: &FieldPath) -> Vec<String> {

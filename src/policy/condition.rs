@@ -60,68 +60,27 @@ impl Matcher {
         let value = match (needs_value, value) {
             (true, None) => return Err(format!("operator {op:?} needs a value")),
             (false, Some(_)) => return Err(format!("operator {op:?} takes no value")),
-            (_, v) => v,
-        };
-        let scalar = |v: &Value| -> Result<Value, String> {
-            match v {
-                Value::Null => Err("null never matches: use not_exists for an absent or null \
-                                    argument"
-                    .into()),
-                other => Ok(other.clone()),
-            }
-        };
-        let text = |v: &Value| -> Result<String, String> {
-            match v {
-                Value::String(s) => Ok(s.clone()),
-                Value::Number(n) => Ok(n.to_string()),
-                Value::Bool(b) => Ok(b.to_string()),
-                _ => Err(format!("operator {op:?} needs a string value")),
-            }
-        };
-        let list = |v: &Value| -> Result<Vec<Value>, String> {
-            match v {
-                Value::Array(items) if !items.is_empty() => items.iter().map(scalar).collect(),
-                _ => Err(format!("operator {op:?} needs a non-empty list value")),
-            }
-        };
-        let number = |v: &Value| -> Result<Num, String> {
-            match v {
-                Value::Number(n) => Ok(Num::from_json(n)),
-                _ => Err(format!("operator {op:?} needs a number value")),
-            }
+            (_, v) => v.map(|v| Operand { op, v }),
         };
         Ok(match (op, value) {
-            ("eq", Some(v)) => Matcher::Eq(scalar(v)?),
-            ("neq", Some(v)) => Matcher::Neq(scalar(v)?),
-            ("in", Some(v)) => Matcher::In(list(v)?),
-            ("not_in", Some(v)) => Matcher::NotIn(list(v)?),
-            ("contains", Some(v)) => Matcher::Contains(scalar(v)?),
-            ("prefix", Some(v)) => Matcher::Prefix(text(v)?),
-            ("suffix", Some(v)) => Matcher::Suffix(text(v)?),
-            ("regex", Some(v)) => {
-                let src = text(v)?;
-                if src.len() > MAX_REGEX_LEN {
-                    return Err(format!("regex is longer than {MAX_REGEX_LEN} bytes"));
-                }
-                let re = regex::RegexBuilder::new(&src)
-                    .size_limit(REGEX_SIZE_LIMIT)
-                    .build()
-                    .map_err(|e| format!("invalid regex: {}", regex_error(&e)))?;
-                Matcher::Regex(re)
-            }
-            ("gt", Some(v)) => Matcher::Compare(Ordering::Greater, false, number(v)?),
-            ("gte", Some(v)) => Matcher::Compare(Ordering::Greater, true, number(v)?),
-            ("lt", Some(v)) => Matcher::Compare(Ordering::Less, false, number(v)?),
-            ("lte", Some(v)) => Matcher::Compare(Ordering::Less, true, number(v)?),
+            ("eq", Some(v)) => Matcher::Eq(v.scalar()?),
+            ("neq", Some(v)) => Matcher::Neq(v.scalar()?),
+            ("in", Some(v)) => Matcher::In(v.list()?),
+            ("not_in", Some(v)) => Matcher::NotIn(v.list()?),
+            ("contains", Some(v)) => Matcher::Contains(v.scalar()?),
+            ("prefix", Some(v)) => Matcher::Prefix(v.text()?),
+            ("suffix", Some(v)) => Matcher::Suffix(v.text()?),
+            ("regex", Some(v)) => Matcher::Regex(compile_regex(&v.text()?)?),
+            ("gt", Some(v)) => Matcher::Compare(Ordering::Greater, false, v.number()?),
+            ("gte", Some(v)) => Matcher::Compare(Ordering::Greater, true, v.number()?),
+            ("lt", Some(v)) => Matcher::Compare(Ordering::Less, false, v.number()?),
+            ("lte", Some(v)) => Matcher::Compare(Ordering::Less, true, v.number()?),
             ("exists", None) => Matcher::Exists,
             ("not_exists", None) => Matcher::NotExists,
-            ("path_within", Some(v)) => {
-                let dir = text(v)?;
-                match normalize_path(&dir) {
-                    Some(n) if n.starts_with('/') => Matcher::PathWithin(n),
-                    _ => return Err("path_within needs an absolute directory".into()),
-                }
-            }
+            ("path_within", Some(v)) => match normalize_path(&v.text()?) {
+                Some(n) if n.starts_with('/') => Matcher::PathWithin(n),
+                _ => return Err("path_within needs an absolute directory".into()),
+            },
             _ => {
                 return Err(format!(
                     "unknown operator {op:?} (expected one of: {})",
@@ -225,6 +184,66 @@ fn regex_error(e: &regex::Error) -> String {
         Some(msg) => msg.to_owned(),
         None => text.split_whitespace().collect::<Vec<_>>().join(" "),
     }
+}
+
+/// A condition's operand, read as its operator needs it.
+struct Operand<'a> {
+    op: &'a str,
+    v: &'a Value,
+}
+
+impl Operand<'_> {
+    /// Any value but null (which never matches).
+    fn scalar(&self) -> Result<Value, String> {
+        match self.v {
+            Value::Null => {
+                Err("null never matches: use not_exists for an absent or null argument".into())
+            }
+            other => Ok(other.clone()),
+        }
+    }
+
+    /// A string; a number or a boolean as its text.
+    fn text(&self) -> Result<String, String> {
+        match self.v {
+            Value::String(s) => Ok(s.clone()),
+            Value::Number(n) => Ok(n.to_string()),
+            Value::Bool(b) => Ok(b.to_string()),
+            _ => Err(format!("operator {:?} needs a string value", self.op)),
+        }
+    }
+
+    /// A non-empty list of values that are not null.
+    fn list(&self) -> Result<Vec<Value>, String> {
+        match self.v {
+            Value::Array(items) if !items.is_empty() => items
+                .iter()
+                .map(|v| Operand { op: self.op, v }.scalar())
+                .collect(),
+            _ => Err(format!(
+                "operator {:?} needs a non-empty list value",
+                self.op
+            )),
+        }
+    }
+
+    fn number(&self) -> Result<Num, String> {
+        match self.v {
+            Value::Number(n) => Ok(Num::from_json(n)),
+            _ => Err(format!("operator {:?} needs a number value", self.op)),
+        }
+    }
+}
+
+/// A `regex` operand: bounded in length and in compiled size.
+fn compile_regex(src: &str) -> Result<regex::Regex, String> {
+    if src.len() > MAX_REGEX_LEN {
+        return Err(format!("regex is longer than {MAX_REGEX_LEN} bytes"));
+    }
+    regex::RegexBuilder::new(src)
+        .size_limit(REGEX_SIZE_LIMIT)
+        .build()
+        .map_err(|e| format!("invalid regex: {}", regex_error(&e)))
 }
 
 #[cfg(test)]

@@ -120,19 +120,7 @@ pub async fn accept_loop<F, Fut>(
     Fut: Future<Output = Response<Body>> + Send + 'static,
 {
     let open = Arc::new(Mutex::new(Open::default()));
-    loop {
-        let stream = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off rather than spin.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = stop.changed() => break,
-        };
+    while let Some(stream) = accept(&listener, &mut stop).await {
         let admitted = open
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -145,38 +133,13 @@ pub async fn accept_loop<F, Fut>(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let handler = handler.clone();
-        let svc_busy = busy.clone();
-        let service = service_fn(move |req| {
-            svc_busy.fetch_add(1, Ordering::AcqRel);
-            let guard = Busy(svc_busy.clone());
-            let fut = handler(req);
-            async move {
-                let resp = fut.await;
-                let (parts, body) = resp.into_parts();
-                let body = Tracked {
-                    inner: body,
-                    _busy: guard,
-                }
-                .boxed_unsync();
-                Ok::<_, std::convert::Infallible>(Response::from_parts(parts, body))
-            }
-        });
+        let service = counted(handler.clone(), busy);
         let (watcher, open, tls) = (graceful.watcher(), open.clone(), tls.clone());
         tokio::spawn(async move {
             match tls {
                 None => serve_connection(stream, service, limits, watcher, &evict).await,
                 Some(acceptor) => {
-                    let handshake =
-                        tokio::time::timeout(limits.header_timeout, acceptor.accept(stream));
-                    tokio::select! {
-                        done = handshake => match done {
-                            Ok(Ok(tls)) => serve_connection(tls, service, limits, watcher, &evict).await,
-                            Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
-                            Err(_) => tracing::debug!("TLS handshake timed out"),
-                        },
-                        _ = evict.notified() => {}
-                    }
+                    serve_tls(stream, acceptor, service, limits, watcher, &evict).await
                 }
             }
             open.lock()
@@ -184,6 +147,81 @@ pub async fn accept_loop<F, Fut>(
                 .conns
                 .remove(&id);
         });
+    }
+}
+
+/// The next connection, or `None` once `stop` changes. Accept errors (out of file descriptors
+/// and the like) back off rather than spin.
+async fn accept(
+    listener: &TcpListener,
+    stop: &mut watch::Receiver<bool>,
+) -> Option<tokio::net::TcpStream> {
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => return Some(stream),
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = stop.changed() => return None,
+        }
+    }
+}
+
+/// The handler as a connection's service, counting the requests in flight on it (`busy`) until
+/// each response's body is done, so an idle connection can be told from a busy one.
+fn counted<F, Fut>(
+    handler: F,
+    busy: Arc<AtomicUsize>,
+) -> impl hyper::service::Service<
+    Request<Incoming>,
+    Response = Response<Body>,
+    Error = std::convert::Infallible,
+    Future = impl Future<Output = Result<Response<Body>, std::convert::Infallible>> + Send,
+> + Clone
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<Body>> + Send + 'static,
+{
+    service_fn(move |req| {
+        busy.fetch_add(1, Ordering::AcqRel);
+        let guard = Busy(busy.clone());
+        let fut = handler(req);
+        async move {
+            let resp = fut.await;
+            let (parts, body) = resp.into_parts();
+            let body = Tracked {
+                inner: body,
+                _busy: guard,
+            }
+            .boxed_unsync();
+            Ok::<_, std::convert::Infallible>(Response::from_parts(parts, body))
+        }
+    })
+}
+
+/// A TLS connection: the handshake within the header timeout (or until evicted), then served.
+async fn serve_tls<S>(
+    stream: tokio::net::TcpStream,
+    acceptor: TlsAcceptor,
+    service: S,
+    limits: Limits,
+    watcher: Watcher,
+    evict: &Notify,
+) where
+    S: hyper::service::HttpService<Incoming, ResBody = Body> + Send,
+    S::Future: Send,
+{
+    let handshake = tokio::time::timeout(limits.header_timeout, acceptor.accept(stream));
+    tokio::select! {
+        done = handshake => match done {
+            Ok(Ok(tls)) => serve_connection(tls, service, limits, watcher, evict).await,
+            Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+            Err(_) => tracing::debug!("TLS handshake timed out"),
+        },
+        _ = evict.notified() => {}
     }
 }
 

@@ -220,19 +220,10 @@ fn step(
     let mut m = cur.clone();
     let ca = info(CA_CERT, get(&m, CA_CERT)?)?;
     get(&m, CA_KEY)?;
-    // Step 2: promote the next CA once the bundle carrying it has been out long enough.
     if let (Some(since), Some(_)) = (m.get(NEXT_CA_SINCE), m.get(NEXT_CA_CERT)) {
         let since: i64 = since.parse().unwrap_or(now);
         if now - since >= life.overlap.as_secs() as i64 {
-            let old = m.remove(CA_CERT).unwrap_or_default();
-            m.remove(CA_KEY);
-            let next_cert = m.remove(NEXT_CA_CERT).unwrap_or_default();
-            let next_key = m.remove(NEXT_CA_KEY).unwrap_or_default();
-            m.insert(CA_CERT.into(), next_cert);
-            m.insert(CA_KEY.into(), next_key);
-            m.remove(NEXT_CA_SINCE);
-            m.insert(PREVIOUS_CA_CERT.into(), old);
-            m.remove(TLS_CERT);
+            promote_next_ca(&mut m);
         }
     } else if due(&ca, now) && !m.contains_key(NEXT_CA_CERT) {
         // Step 1: publish a next CA beside the current one.
@@ -248,21 +239,7 @@ fn step(
         }
     }
     // Step 3: the serving certificate.
-    let ca_now = info(CA_CERT, get(&m, CA_CERT)?)?;
-    let reissue = match m.get(TLS_CERT).filter(|s| !s.is_empty()) {
-        None => true,
-        Some(crt) => match info(TLS_CERT, crt) {
-            Ok(leaf) => {
-                let mut want = names.to_vec();
-                let mut have = leaf.names.clone();
-                want.sort();
-                have.sort();
-                due(&leaf, now) || want != have || leaf.issuer != ca_now.subject
-            }
-            Err(_) => true,
-        },
-    };
-    if reissue {
+    if needs_serving_cert(&m, names, now)? {
         let (crt, key) = issue(
             get(&m, CA_CERT)?,
             get(&m, CA_KEY)?,
@@ -284,6 +261,39 @@ fn step(
         .collect();
     m.insert(CA_BUNDLE.into(), bundle);
     Ok((m != *cur).then_some(m))
+}
+
+/// Step 2: the next CA becomes the CA once the bundle carrying it has been out long enough; the
+/// old one stays in the bundle as the previous CA, and the serving certificate is reissued.
+fn promote_next_ca(m: &mut Material) {
+    let old = m.remove(CA_CERT).unwrap_or_default();
+    m.remove(CA_KEY);
+    let next_cert = m.remove(NEXT_CA_CERT).unwrap_or_default();
+    let next_key = m.remove(NEXT_CA_KEY).unwrap_or_default();
+    m.insert(CA_CERT.into(), next_cert);
+    m.insert(CA_KEY.into(), next_key);
+    m.remove(NEXT_CA_SINCE);
+    m.insert(PREVIOUS_CA_CERT.into(), old);
+    m.remove(TLS_CERT);
+}
+
+/// Whether the serving certificate must be issued again: missing or unreadable, due, for other
+/// names, or not signed by the current CA.
+fn needs_serving_cert(m: &Material, names: &[String], now: i64) -> Result<bool, TlsError> {
+    let ca = info(CA_CERT, get(m, CA_CERT)?)?;
+    let Some(crt) = m.get(TLS_CERT).filter(|s| !s.is_empty()) else {
+        return Ok(true);
+    };
+    Ok(match info(TLS_CERT, crt) {
+        Ok(leaf) => {
+            let mut want = names.to_vec();
+            let mut have = leaf.names.clone();
+            want.sort();
+            have.sort();
+            due(&leaf, now) || want != have || leaf.issuer != ca.subject
+        }
+        Err(_) => true,
+    })
 }
 
 /// The serving certificate and key as rustls wants them.
