@@ -44,13 +44,11 @@ pub struct PolicyDoc {
     #[schemars(length(max = bounds::HIDE), inner(length(min = 1, max = bounds::TOOL_NAME)))]
     pub hide: Option<Vec<String>>,
     /// Limits every allowed call counts against, whatever the tool.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[serde(alias = "all_tools")]
+    #[serde(default, skip_serializing_if = "Option::is_none", alias = "all_tools")]
     pub all_tools: Option<AllTools>,
     /// How a denied call is answered: `result` (default; a tool error whose text is the reason,
     /// which clients hand to the model) or `error` (a JSON-RPC error, code 403 or 429).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[serde(alias = "deny_as")]
+    #[serde(default, skip_serializing_if = "Option::is_none", alias = "deny_as")]
     pub deny_as: Option<DenyAs>,
     /// Hosts and origins the sidecar accepts besides loopback ones (DNS-rebinding protection).
     /// The controller adds the names and cluster IPs of the Services that select the pods.
@@ -106,12 +104,10 @@ pub struct CategoriesSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub destructive: Option<ToolRule>,
     /// Tools that change nothing: `readOnlyHint` true.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[serde(alias = "read_only")]
+    #[serde(default, skip_serializing_if = "Option::is_none", alias = "read_only")]
     pub read_only: Option<ToolRule>,
     /// Tools that reach outside systems: `openWorldHint` true or unset.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[serde(alias = "open_world")]
+    #[serde(default, skip_serializing_if = "Option::is_none", alias = "open_world")]
     pub open_world: Option<ToolRule>,
     /// Tools that can be repeated safely: `idempotentHint` true, and not read-only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -144,8 +140,7 @@ pub struct GrantSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default: Option<DefaultAction>,
     /// Replaces the base `allTools` for these callers (same fields).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[serde(alias = "all_tools")]
+    #[serde(default, skip_serializing_if = "Option::is_none", alias = "all_tools")]
     pub all_tools: Option<AllTools>,
     /// Rules by tool name that replace the base rules for these callers (same fields as
     /// `spec.tools`). Counters are shared by name across the whole policy: give a grant's limit
@@ -187,8 +182,11 @@ pub struct IdentitySpec {
     /// against the cluster's keys, which the controller renders beside the policy; the caller is
     /// `system:serviceaccount:NAMESPACE:NAME`. Mount a token with one of `audiences`, or mint one
     /// with `kubectl create token SA --audience AUDIENCE`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[serde(alias = "service_account")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        alias = "service_account"
+    )]
     pub service_account: Option<ServiceAccountIdentity>,
     /// JWTs from an external OIDC issuer, verified in the sidecar against the issuer's keys,
     /// which the controller fetches from `jwksFrom`; the caller is the token's `sub`.
