@@ -203,6 +203,12 @@ pub struct McpPolicyStatus {
     /// changes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tools_observed_at: Option<Time>,
+    /// Under `pinning: firstSeen`: the definition each tool had when the policy's pods first saw
+    /// it (tool name → `sha256:…`), recorded once and rendered to every pod, so a restarted or
+    /// new replica holds each tool to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("maxProperties" = crate::policy::bounds::FIRST_SEEN, "additionalProperties" = {"type": "string", "maxLength": 71}))]
+    pub first_seen: Option<BTreeMap<String, String>>,
     /// Offered tools that no rule names and only `default: allow` lets through (the first 256).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 256), inner(length(max = 128)))]

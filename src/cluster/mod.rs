@@ -39,6 +39,9 @@ pub const KEYS_KEY: &str = "jwks.json";
 /// The ConfigMap key of the approvals the sidecar honours (written by the controller's approval
 /// loop under its own field manager, [`APPROVALS_MANAGER`]).
 pub const APPROVALS_KEY: &str = "approvals.json";
+/// The ConfigMap key of the policy's record of first-seen tool definitions (`pinning:
+/// firstSeen`).
+pub const SEEN_KEY: &str = "seen.json";
 /// The ConfigMap key of the keys the sidecar's admin API verifies the controller's token with.
 pub const ADMIN_KEYS_KEY: &str = "admin.json";
 /// The field manager of the approvals key.

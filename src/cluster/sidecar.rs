@@ -4,7 +4,7 @@
 
 use super::{
     configmap_name, ADMIN_KEYS_KEY, ADMIN_PORT_NAME, APPROVALS_KEY, CONTAINER, KEYS_KEY,
-    MCP_PORT_NAME, MOUNT_PATH, POLICY_ANNOTATION, POLICY_KEY, VOLUME,
+    MCP_PORT_NAME, MOUNT_PATH, POLICY_ANNOTATION, POLICY_KEY, SEEN_KEY, VOLUME,
 };
 use crate::crd::McpPolicy;
 use k8s_openapi::api::core::v1::{
@@ -189,6 +189,8 @@ fn sidecar_args(cfg: &InjectConfig, upstream: &str) -> Vec<String> {
         &file(KEYS_KEY),
         "--approvals",
         &file(APPROVALS_KEY),
+        "--seen",
+        &file(SEEN_KEY),
         "--admin-keys",
         &file(ADMIN_KEYS_KEY),
     ]

@@ -17,6 +17,12 @@ pub struct SidecarArgs {
     /// in a cluster the controller renders it). Reloaded when it changes.
     #[arg(long, env = "MCP_WARDEN_APPROVALS", value_name = "FILE")]
     pub approvals: Option<PathBuf>,
+    /// The policy's record of the definitions its tools were first seen with, across its pods
+    /// (`{"tools": {"NAME": "sha256:…"}}`; in a cluster the controller renders it under
+    /// `pinning: firstSeen`): a tool it names is held to the recorded definition. Reloaded when
+    /// it changes.
+    #[arg(long, env = "MCP_WARDEN_SEEN", value_name = "FILE")]
+    pub seen: Option<PathBuf>,
     /// This pod's name (the downward API's `metadata.name`): approvals rendered for another pod
     /// are not honoured here.
     #[arg(long, env = "POD_NAME")]
@@ -124,6 +130,7 @@ impl SidecarArgs {
         let mut c = crate::sidecar::Config::new(self.upstream.clone(), self.policy.clone());
         c.jwks_path = self.jwks.clone();
         c.approvals_path = self.approvals.clone();
+        c.seen_path = self.seen.clone();
         c.pod_name = self.pod_name.clone();
         c.admin_keys_path = self.admin_keys.clone();
         c.admin_token_file = self.admin_token_file.clone();

@@ -471,13 +471,19 @@ impl Keeper {
 
     /// The policy's pods that carry exactly the sidecar this controller injects for it, with
     /// their IPs: the only ones sent the admin token (not a pod that merely claims the policy's
-    /// annotation).
+    /// annotation). Oldest first: the first of them to list a tool names its first-seen
+    /// definition.
     pub(super) fn pods_of(&self, policy: &McpPolicy) -> Vec<(String, String)> {
         let ns = policy.namespace().unwrap_or_default();
         let label = format!("{ns}/{}", policy.name_any());
-        self.pods
-            .state()
-            .iter()
+        let mut pods = self.pods.state();
+        pods.sort_by(|a, b| {
+            let created = |p: &Pod| p.metadata.creation_timestamp.clone().map(|t| t.0);
+            created(a)
+                .cmp(&created(b))
+                .then_with(|| a.name_any().cmp(&b.name_any()))
+        });
+        pods.iter()
             .filter(|p| p.metadata.namespace.as_deref() == Some(ns.as_str()))
             .filter(|p| {
                 p.annotations().get(POLICY_ANNOTATION).map(String::as_str) == Some(label.as_str())

@@ -3,10 +3,11 @@
 
 use crate::cluster::{
     configmap_name, label_selector_matches, selector_matches, sidecar_state, Carried,
-    ADMIN_KEYS_KEY, KEYS_KEY, MANAGED_BY, MCP_PORT_NAME, POLICY_KEY, POLICY_LABEL,
+    ADMIN_KEYS_KEY, KEYS_KEY, MANAGED_BY, MCP_PORT_NAME, POLICY_KEY, POLICY_LABEL, SEEN_KEY,
     VERSION_ANNOTATION,
 };
-use crate::crd::{render, McpPolicy, Rendered};
+use crate::crd::{render, McpPolicy, Pinning, Rendered};
+use crate::tools::seen::FirstSeen;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
 use k8s_openapi::api::networking::v1::{
     NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPort, NetworkPolicySpec,
@@ -74,7 +75,8 @@ pub fn rendered(policy: &McpPolicy) -> Result<Rendered, crate::policy::PolicyErr
 
 /// The ConfigMap `<name>-mcp-warden` sidecars mount, owned by the policy (so deleting the policy
 /// deletes it): the policy, and the key set tokens are verified with when it verifies tokens.
-/// With approval rules, also the admin API's key file.
+/// With approval rules, also the admin API's key file; under `pinning: firstSeen`, the policy's
+/// record of first-seen definitions (from its status).
 pub fn configmap(
     policy: &McpPolicy,
     r: &Rendered,
@@ -92,6 +94,13 @@ pub fn configmap(
     }
     if let Some(k) = admin_keys {
         data.insert(ADMIN_KEYS_KEY.to_string(), k.to_owned());
+    }
+    if policy.spec.policy.pinning == Some(Pinning::FirstSeen) {
+        let recorded = policy.status.as_ref().and_then(|s| s.first_seen.clone());
+        let record = FirstSeen {
+            tools: recorded.unwrap_or_default(),
+        };
+        data.insert(SEEN_KEY.to_string(), record.to_json());
     }
     ConfigMap {
         metadata: owned_meta(policy, name),

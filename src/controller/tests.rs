@@ -45,6 +45,34 @@ fn time(s: &str) -> Time {
 }
 
 #[test]
+fn under_first_seen_pinning_the_configmap_carries_the_policys_record() {
+    use crate::cluster::SEEN_KEY;
+    use crate::tools::seen::FirstSeen;
+    let hash = format!("sha256:{}", "a".repeat(64));
+    let mut p = policy(json!({"pinning": "firstSeen"}));
+    let r = rendered(&p).unwrap();
+    let cm = configmap(&p, &r, None, None);
+    let empty = FirstSeen::parse(cm.data.as_ref().unwrap()[SEEN_KEY].as_bytes()).unwrap();
+    assert!(
+        empty.tools.is_empty(),
+        "nothing recorded yet: an empty record"
+    );
+    p.status = Some(crate::crd::McpPolicyStatus {
+        first_seen: Some([("run_cell".to_string(), hash.clone())].into()),
+        ..Default::default()
+    });
+    let cm = configmap(&p, &r, None, None);
+    let record = FirstSeen::parse(cm.data.as_ref().unwrap()[SEEN_KEY].as_bytes()).unwrap();
+    assert_eq!(record.tools["run_cell"], hash);
+    let explicit = policy(json!({}));
+    let cm = configmap(&explicit, &rendered(&explicit).unwrap(), None, None);
+    assert!(
+        !cm.data.unwrap().contains_key(SEEN_KEY),
+        "explicit pins need no record"
+    );
+}
+
+#[test]
 fn the_configmap_holds_the_render_and_is_owned_by_the_policy() {
     let p = policy(json!({}));
     let r = rendered(&p).unwrap();

@@ -17,14 +17,15 @@ use super::approvals::Keeper;
 use super::events::{PolicyEvent, Warnings};
 use super::render::cond;
 use crate::crd::{McpPolicy, McpPolicyStatus, ObservedTool};
-use crate::policy::Policy;
+use crate::policy::{Pinning, Policy};
 use crate::tools::report::{report, Report};
+use crate::tools::seen::{self, FirstSeen};
 use crate::tools::ToolDef;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Api, Patch, PatchParams};
 use kube::{Resource, ResourceExt};
 use serde_json::{json, Value};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// The field manager of what this module writes.
 pub const TOOLS_MANAGER: &str = "mcp-warden-tools";
@@ -33,11 +34,12 @@ const CONCURRENT_READS: usize = 16;
 /// Most tools (and allowed-by-default names) written into a status.
 pub const MAX_OBSERVED: usize = 256;
 /// The status fields this module owns.
-const FIELDS: [&str; 4] = [
+const FIELDS: [&str; 5] = [
     "observedTools",
     "observedToolCount",
     "toolsObservedAt",
     "toolsAllowedByDefault",
+    "firstSeen",
 ];
 /// The conditions this module owns.
 pub const CONDITIONS: [&str; 3] = [
@@ -53,6 +55,8 @@ pub struct ToolsStatus {
     pub count: usize,
     pub observed_at: Time,
     pub allowed_by_default: Vec<String>,
+    /// Under `pinning: firstSeen`, the policy's record of first-seen definitions.
+    pub first_seen: Option<BTreeMap<String, String>>,
     pub conditions: Vec<Condition>,
     pub events: Vec<PolicyEvent>,
 }
@@ -60,7 +64,7 @@ pub struct ToolsStatus {
 impl ToolsStatus {
     /// The status as this module applies it.
     pub fn body(&self) -> Value {
-        json!({
+        let mut body = json!({
             "apiVersion": "mcpwarden.dev/v1alpha1",
             "kind": "McpPolicy",
             "status": {
@@ -70,7 +74,11 @@ impl ToolsStatus {
                 "toolsAllowedByDefault": self.allowed_by_default,
                 "conditions": self.conditions,
             }
-        })
+        });
+        if let Some(seen) = &self.first_seen {
+            body["status"]["firstSeen"] = json!(seen);
+        }
+        body
     }
 
     /// Whether `old` already says all this (times of observation aside).
@@ -92,6 +100,7 @@ impl ToolsStatus {
             && old.observed_tool_count == Some(self.count as i32)
             && old.tools_allowed_by_default.as_deref() == Some(self.allowed_by_default.as_slice())
             && conds(&old.conditions) == conds(&self.conditions)
+            && (self.first_seen.is_none() || old.first_seen == self.first_seen)
     }
 }
 
@@ -100,6 +109,8 @@ impl ToolsStatus {
 pub struct PodTools {
     pub listed_at: Option<u64>,
     pub tools: Vec<(ToolDef, bool)>,
+    /// The hash each tool had when this sidecar first saw it (`firstHash`), well-formed ones.
+    pub first: BTreeMap<String, String>,
 }
 
 impl PodTools {
@@ -112,15 +123,23 @@ impl PodTools {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        PodTools {
-            listed_at: v["listedAt"].as_u64().map(|t| t.min(now)),
-            tools: v["tools"]
+        let reported = || {
+            v["tools"]
                 .as_array()
                 .into_iter()
                 .flatten()
                 .take(crate::tools::MAX_TOOLS)
+        };
+        PodTools {
+            listed_at: v["listedAt"].as_u64().map(|t| t.min(now)),
+            tools: reported()
                 .filter_map(|t| Some((ToolDef::from_reported(t)?, t["changed"] == true)))
                 .filter(|(d, _)| fits(d))
+                .collect(),
+            first: reported()
+                .filter_map(|t| Some((t["name"].as_str()?, t["firstHash"].as_str()?)))
+                .filter(|(n, h)| seen::is_name(n) && seen::is_hash(h))
+                .map(|(n, h)| (n.to_owned(), h.to_owned()))
                 .collect(),
         }
     }
@@ -164,10 +183,17 @@ pub fn tools_status(
         })
         .collect();
     let (conditions, events) = warnings(&r, defs.len(), &changed, old, generation, &now);
+    let first_seen = (policy.pinning == Pinning::FirstSeen).then(|| {
+        let recorded = FirstSeen {
+            tools: old.first_seen.clone().unwrap_or_default(),
+        };
+        recorded.merged(pods.iter().map(|p| &p.first)).tools
+    });
     Some(ToolsStatus {
         observed,
         count: defs.len(),
         observed_at: now,
+        first_seen,
         allowed_by_default: r
             .allowed_by_default
             .into_iter()
@@ -491,6 +517,48 @@ mod tests {
     }
 
     #[test]
+    fn under_first_seen_pinning_the_policy_records_what_its_oldest_pod_first_saw() {
+        let h = |c: char| format!("sha256:{}", c.to_string().repeat(64));
+        let reported = |at: u64, first: &[(&str, char)]| {
+            let tools: Vec<Value> = first
+                .iter()
+                .map(|(n, c)| {
+                    let mut t = tool(n, 'z', false);
+                    t["firstHash"] = json!(h(*c));
+                    t
+                })
+                .collect();
+            PodTools::read(&json!({"listedAt": at, "tools": tools}))
+        };
+        let p = policy(json!({"default": "allow", "pinning": "firstSeen"}));
+        // Oldest pod first (as `pods_of` orders them), whatever their listing times.
+        let pods = [
+            reported(10, &[("run", 'a')]),
+            reported(20, &[("run", 'b'), ("read", 'c')]),
+        ];
+        let s = tools_status(&p, &pods, &McpPolicyStatus::default(), None, now(1)).unwrap();
+        let want: BTreeMap<String, String> =
+            [("read".into(), h('c')), ("run".into(), h('a'))].into();
+        assert_eq!(s.first_seen.as_ref(), Some(&want));
+        assert_eq!(s.body()["status"]["firstSeen"], json!(want));
+        // A recorded hash stays, whatever the pods say later; a new tool is added.
+        let old = McpPolicyStatus {
+            first_seen: Some(want.clone()),
+            ..Default::default()
+        };
+        let later = [reported(30, &[("run", 'd'), ("write", 'e')])];
+        let s = tools_status(&p, &later, &old, None, now(2)).unwrap();
+        assert_eq!(s.first_seen.as_ref().unwrap()["run"], h('a'));
+        assert_eq!(s.first_seen.as_ref().unwrap()["write"], h('e'));
+        assert!(!s.same_as(&old), "a new tool recorded is a status to write");
+        // Without firstSeen pinning nothing is recorded.
+        let explicit = policy(json!({"default": "allow"}));
+        let s = tools_status(&explicit, &pods, &McpPolicyStatus::default(), None, now(1)).unwrap();
+        assert_eq!(s.first_seen, None);
+        assert!(s.body()["status"].get("firstSeen").is_none());
+    }
+
+    #[test]
     fn a_change_any_sidecar_saw_raises_the_condition_once() {
         let p = policy(json!({"default": "allow", "pinning": "firstSeen"}));
         let pods = [
@@ -509,6 +577,7 @@ mod tests {
             observed_tools: Some(first.observed.clone()),
             observed_tool_count: Some(1),
             tools_allowed_by_default: Some(first.allowed_by_default.clone()),
+            first_seen: first.first_seen.clone(),
             conditions: first.conditions.clone(),
             ..Default::default()
         };

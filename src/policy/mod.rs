@@ -63,6 +63,8 @@ pub mod bounds {
     pub const AUDIENCES: usize = 8;
     pub const URL: usize = 1024;
     pub const APPROVAL_USES: usize = 1000;
+    /// Tools in a policy's record of first-seen definitions (as many as a sidecar lists).
+    pub const FIRST_SEEN: usize = 1024;
 }
 
 /// `approval`: a call runs only with a person's approval of exactly it (policy, tool, arguments,

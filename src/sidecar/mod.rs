@@ -56,6 +56,8 @@ pub struct Config {
     pub jwks_path: Option<PathBuf>,
     /// The granted approvals (`approval` rules), re-read when it changes.
     pub approvals_path: Option<PathBuf>,
+    /// The policy's record of first-seen tool definitions, re-read when it changes.
+    pub seen_path: Option<PathBuf>,
     /// The pod this sidecar runs in: approvals naming another pod are not honoured.
     pub pod_name: Option<String>,
     /// The admin API's static token (without a cluster).
@@ -99,6 +101,7 @@ impl Config {
             policy_path,
             jwks_path: None,
             approvals_path: None,
+            seen_path: None,
             pod_name: None,
             admin_token_file: None,
             admin_keys_path: None,

@@ -322,8 +322,41 @@ fn load_approvals(state: &State, last_error: &mut Option<String>) {
     }
 }
 
+/// What the record of first-seen definitions was when last read: its hash, or the error.
+#[derive(Default)]
+pub struct SeenFile(Option<Result<String, String>>);
+
+/// Re-reads the policy's record of first-seen definitions, if there is one, and adopts it when
+/// it changed. A missing file records nothing; one that cannot be read keeps what was adopted,
+/// and its error is logged once until it changes.
+pub fn load_seen(state: &State, last: &mut SeenFile) {
+    let Some(path) = &state.cfg.seen_path else {
+        return;
+    };
+    let read = match std::fs::read(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+        Err(e) => Err(e.to_string()),
+        Ok(bytes) => Ok(bytes),
+    };
+    let now = read.as_ref().map(|b| sha256_hex(b)).map_err(Clone::clone);
+    if last.0.as_ref() == Some(&now) {
+        return;
+    }
+    last.0 = Some(now);
+    match read.and_then(|b| crate::tools::seen::FirstSeen::parse(&b)) {
+        Ok(record) => {
+            state.tools.adopt_first_seen(&record);
+            tracing::info!(path = %path.display(), tools = record.tools.len(), "first-seen definitions adopted");
+        }
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "first-seen definitions not read; those adopted stay")
+        }
+    }
+}
+
 /// The first load, at start. Failure leaves the sidecar unready; the watcher keeps trying.
 pub fn initial_load(state: &State) {
+    load_seen(state, &mut SeenFile::default());
     match load_policy(
         &state.cfg.policy_path,
         state.cfg.jwks_path.as_deref(),
@@ -342,12 +375,14 @@ pub async fn watch(state: Arc<State>, mut stop: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(state.cfg.reload_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut approvals_error = None;
+    let mut seen_file = SeenFile::default();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = stop.changed() => return,
         }
         load_approvals(&state, &mut approvals_error);
+        load_seen(&state, &mut seen_file);
         let (path, jwks_path) = (state.cfg.policy_path.clone(), state.cfg.jwks_path.clone());
         let read = tokio::task::spawn_blocking(move || {
             (std::fs::read(&path), jwks_path.as_deref().map(read_key_set))

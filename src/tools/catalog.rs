@@ -127,6 +127,26 @@ impl Catalog {
             .cloned()
     }
 
+    /// Adopts the policy's record of first-seen definitions (see [`super::seen`]): a tool it
+    /// names is held to the recorded hash, whatever this process saw first, in the list in use
+    /// now and in every list after.
+    pub fn adopt_first_seen(&self, record: &super::seen::FirstSeen) {
+        // Held like a list update, so neither loses the other's change.
+        let _shown = self.shown.lock().unwrap_or_else(|e| e.into_inner());
+        let mut first = self.first_seen.lock().unwrap_or_else(|e| e.into_inner());
+        for (name, hash) in &record.tools {
+            first.insert(name.clone(), hash.clone());
+        }
+        let snap = self.snapshot();
+        let mut next = (*snap).clone();
+        for (name, entry) in next.tools.iter_mut() {
+            if let Some(hash) = record.tools.get(name) {
+                entry.first_hash = hash.clone();
+            }
+        }
+        self.current.store(Arc::new(next));
+    }
+
     /// A client is being shown `hash` as the definition of `name`: when the listing says
     /// otherwise, the tool waits for a new listing to settle it (see the module docs). Returns
     /// whether the client may be shown it now.
@@ -247,6 +267,34 @@ mod tests {
 
     fn def(name: &str, description: &str) -> ToolDef {
         ToolDef::read(&json!({"name": name, "description": description})).unwrap()
+    }
+
+    #[test]
+    fn the_policys_record_overrides_what_this_process_saw_first() {
+        let c = Catalog::default();
+        c.update(vec![def("a", "new"), def("b", "b1")], 10);
+        let recorded = def("a", "old").hash;
+        let record = crate::tools::seen::FirstSeen {
+            tools: [
+                ("a".to_string(), recorded.clone()),
+                ("gone".to_string(), recorded.clone()),
+            ]
+            .into(),
+        };
+        c.adopt_first_seen(&record);
+        let snap = c.snapshot();
+        let a = snap.seen("a").unwrap();
+        assert_eq!(a.first, recorded, "the listed tool is held to the record");
+        assert_ne!(a.hash, a.first, "and so counts as changed");
+        assert_eq!(
+            snap.seen("b").unwrap().first,
+            def("b", "b1").hash,
+            "others keep their own"
+        );
+        // A tool recorded before it is listed here is held to the record when it comes.
+        c.update(vec![def("a", "new"), def("gone", "other")], 20);
+        assert_eq!(c.first_hash("gone"), Some(recorded.clone()));
+        assert_eq!(c.snapshot().seen("gone").unwrap().first, recorded);
     }
 
     #[test]

@@ -14,6 +14,7 @@
 pub mod catalog;
 pub mod client;
 pub mod report;
+pub mod seen;
 
 use crate::policy::{sha256_hex, Hints};
 use serde::Serialize;

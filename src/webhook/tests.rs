@@ -158,6 +158,8 @@ fn a_selected_pod_gets_the_sidecar_and_its_mcp_port() {
             "/etc/mcp-warden/jwks.json",
             "--approvals",
             "/etc/mcp-warden/approvals.json",
+            "--seen",
+            "/etc/mcp-warden/seen.json",
             "--admin-keys",
             "/etc/mcp-warden/admin.json"
         ]

@@ -797,3 +797,88 @@ async fn endless_lists_and_list_changed_floods_are_bounded() {
         "{listings} listings in {seconds} s after 500 notifications"
     );
 }
+
+/// Under `pinning: firstSeen` a replica that starts after the server changed a tool holds it to
+/// the policy's record of first-seen definitions (`--seen`, rendered by the controller from what
+/// every pod first saw), where a process alone would pin whatever the server says now.
+#[tokio::test]
+async fn a_replica_started_after_a_change_holds_the_tool_to_the_policys_record() {
+    use mcp_warden::tools::seen::FirstSeen;
+    let (w, url) = workshop(true, false).await;
+    let policy = "default: allow\npinning: firstSeen\n";
+    let first = start(&url, policy).await;
+    let listed = wait_listed(&first).await;
+    let reported: std::collections::BTreeMap<String, String> = listed["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["name"].as_str().unwrap().to_owned(),
+                t["firstHash"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let record = FirstSeen::default().merged([&reported]);
+    assert!(record.tools.contains_key("run_code"));
+
+    // The server changes run_code while no sidecar is looking; then two replicas start.
+    w.swapped.store(true, Ordering::SeqCst);
+    let dir = temp_dir("seen");
+    std::fs::write(dir.join("policy.yaml"), policy).unwrap();
+    std::fs::write(dir.join("admin-token"), "tools-admin-token").unwrap();
+    std::fs::write(dir.join("seen.json"), record.to_json()).unwrap();
+    let d = dir.clone();
+    let with_record = sidecar_at(&url, &dir.join("policy.yaml"), move |c| {
+        c.admin_token_file = Some(d.join("admin-token"));
+        c.seen_path = Some(d.join("seen.json"));
+    })
+    .await;
+    let alone = start(&url, policy).await;
+    for sc in [&with_record, &alone] {
+        wait_listed(sc).await;
+    }
+    let entry = |v: &Value| {
+        v["tools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["name"] == "run_code")
+            .unwrap()
+            .clone()
+    };
+    let held = entry(&seen_tools(&with_record).await);
+    assert_eq!(held["firstHash"], record.tools["run_code"].as_str());
+    assert_eq!(held["changed"], true);
+    assert_eq!(
+        entry(&seen_tools(&alone).await)["changed"],
+        false,
+        "alone it pins the new one"
+    );
+
+    let before = w.calls.load(Ordering::SeqCst);
+    let c = rmcp_client(&with_record.url(), "agent").await;
+    assert!(!rmcp_tool_names(&c).await.contains(&"run_code".to_owned()));
+    let r = c
+        .call_tool(call("run_code", json!({"code": "1"})))
+        .await
+        .unwrap();
+    let (_, decision) = text_and_decision(&r);
+    assert_eq!(r.is_error, Some(true));
+    assert_eq!(decision["rule"], "pinning");
+    assert_eq!(
+        w.calls.load(Ordering::SeqCst),
+        before,
+        "the changed tool never ran"
+    );
+    let other = rmcp_client(&alone.url(), "agent").await;
+    let r = other
+        .call_tool(call("run_code", json!({"code": "1"})))
+        .await
+        .unwrap();
+    assert_eq!(
+        r.is_error,
+        Some(false),
+        "the replica without the record lets it run"
+    );
+}

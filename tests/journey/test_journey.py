@@ -375,6 +375,55 @@ def test_the_policy_status_shows_the_servers_real_tools(world):
 
 
 @pytest.mark.anyio
+async def test_first_seen_pins_are_the_policys_and_every_pod_holds_to_them(world):
+    """Under `pinning: firstSeen` the controller records in the status what the policy's pods
+    first saw, renders it to every pod, and the sidecar holds each tool to the record: a recorded
+    definition the server no longer shows is refused, whatever the pod saw itself."""
+    import anyio
+    patch_policy({"spec": {"pinning": "firstSeen"}})
+    status = wait("the record of first-seen definitions", lambda: (s := policy_status()).get("firstSeen") and s,
+                  timeout=120)
+    observed = {t["name"]: t["hash"] for t in status["observedTools"]}
+    assert status["firstSeen"] == observed, "every tool, at the definition the pods first saw"
+    seen = lambda: json.loads(get_json("configmap", "-n", APP_NS, "python-interpreter-mcp-warden")["data"].get("seen.json", "{}"))
+    wait("the record rendered to the pods", lambda: seen() == {"tools": observed}, timeout=60)
+    async with client(world) as s:
+        err, text = await call(s, "list_sessions")
+        assert not err, text
+
+    # The record is the policy's, not the pod's: one that holds another definition of
+    # list_sessions than the server shows (as after a change no running pod saw) is enforced.
+    held = {**observed, "list_sessions": "sha256:" + "0" * 64}
+    kubectl("patch", "mcpp", "-n", APP_NS, "python-interpreter", "--subresource=status", "--type", "merge",
+            "-p", json.dumps({"status": {"firstSeen": held}}))
+    wait("the held record rendered", lambda: seen() == {"tools": held}, timeout=60)
+    assert policy_status()["firstSeen"] == held, "a recorded definition is never replaced"
+
+    async def refused() -> str | None:
+        async with client(world) as s:
+            err, text = await call(s, "list_sessions")
+            return text if err and "changed since it was pinned" in text else None
+    deadline = time.monotonic() + 60
+    while (text := await refused()) is None:
+        assert time.monotonic() < deadline, "the sidecar never held list_sessions to the policy's record"
+        await anyio.sleep(1)
+    assert "list_sessions" in text, text
+
+    # Cleared, the record is taken again from the pods, and the tool runs.
+    kubectl("patch", "mcpp", "-n", APP_NS, "python-interpreter", "--subresource=status", "--type", "merge",
+            "-p", json.dumps({"status": {"firstSeen": None}}))
+    wait("the record taken again", lambda: policy_status().get("firstSeen") == observed, timeout=120)
+    wait("the fresh record rendered", lambda: seen() == {"tools": observed}, timeout=60)
+    deadline = time.monotonic() + 60
+    while await refused() is not None:
+        assert time.monotonic() < deadline, "list_sessions stayed refused"
+        await anyio.sleep(1)
+    patch_policy({"spec": {"pinning": None}})
+    wait("no record rendered without firstSeen", lambda: "seen.json" not in
+         get_json("configmap", "-n", APP_NS, "python-interpreter-mcp-warden")["data"], timeout=60)
+
+
+@pytest.mark.anyio
 async def test_an_edit_reaches_the_running_sidecar_by_the_kubelets_sync(world):
     pod = mcp_pod()
     restarts = next(c for c in pod["status"]["initContainerStatuses"] if c["name"] == "mcp-warden")["restartCount"]
