@@ -384,6 +384,14 @@ impl Keeper {
         }
         let old = policy.status.clone().unwrap_or_default();
         let now = Time(k8s_openapi::jiff::Timestamp::now());
+        let api: Api<McpPolicy> = Api::namespaced(self.client.clone(), &ns);
+        if compiled.pinning != Pinning::FirstSeen && old.first_seen.is_some() {
+            // No record without firstSeen pinning. A plain patch: whoever else wrote the field
+            // (a person editing the record) would keep it under a server-side apply.
+            let drop = json!({"status": {"firstSeen": null}});
+            api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&drop))
+                .await?;
+        }
         let Some(status) = tools_status(compiled, &seen, &old, policy.metadata.generation, now)
         else {
             return Ok(());
@@ -391,7 +399,6 @@ impl Keeper {
         if status.same_as(&old) {
             return Ok(());
         }
-        let api: Api<McpPolicy> = Api::namespaced(self.client.clone(), &ns);
         api.patch_status(
             &name,
             &PatchParams::apply(TOOLS_MANAGER).force(),

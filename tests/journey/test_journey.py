@@ -409,18 +409,18 @@ async def test_first_seen_pins_are_the_policys_and_every_pod_holds_to_them(world
         await anyio.sleep(1)
     assert "list_sessions" in text, text
 
-    # Cleared, the record is taken again from the pods, and the tool runs.
-    kubectl("patch", "mcpp", "-n", APP_NS, "python-interpreter", "--subresource=status", "--type", "merge",
-            "-p", json.dumps({"status": {"firstSeen": None}}))
-    wait("the record taken again", lambda: policy_status().get("firstSeen") == observed, timeout=120)
-    wait("the fresh record rendered", lambda: seen() == {"tools": observed}, timeout=60)
+    # A person who accepts the definition the server shows pins it, as ToolDefinitionChanged
+    # says: the explicit pin decides, and the tool runs again.
+    patch_policy({"spec": {"pins": {"list_sessions": observed["list_sessions"]}}})
     deadline = time.monotonic() + 60
     while await refused() is not None:
-        assert time.monotonic() < deadline, "list_sessions stayed refused"
+        assert time.monotonic() < deadline, "list_sessions stayed refused under its explicit pin"
         await anyio.sleep(1)
-    patch_policy({"spec": {"pinning": None}})
+    # Without firstSeen pinning there is no record: none rendered, none kept in the status.
+    patch_policy({"spec": {"pinning": None, "pins": None}})
     wait("no record rendered without firstSeen", lambda: "seen.json" not in
          get_json("configmap", "-n", APP_NS, "python-interpreter-mcp-warden")["data"], timeout=60)
+    wait("no record kept without firstSeen", lambda: "firstSeen" not in policy_status(), timeout=120)
 
 
 @pytest.mark.anyio
