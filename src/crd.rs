@@ -277,23 +277,18 @@ impl McpPolicySpec {
     /// see in where the policy applies and in the policy itself. The typed spec and the
     /// compiled policy when there is nothing to say.
     pub fn check(v: &Value) -> Result<(McpPolicySpec, Policy), PolicyErrors> {
+        use policy::FieldError;
         let root = FieldPath::root("spec");
         let Value::Object(m) = v else {
             let found = policy::reader::kind(v);
-            return Err(PolicyErrors(vec![policy::FieldError {
-                path: "spec".into(),
-                message: format!("expected a mapping, found {found}"),
-            }]));
+            let e = FieldError::new("spec", format!("expected a mapping, found {found}"));
+            return Err(PolicyErrors(vec![e]));
         };
-        let mut errs: Vec<policy::FieldError> = Vec::new();
-        for key in ["podSelector", "upstream"] {
-            if !m.contains_key(key) {
-                errs.push(policy::FieldError {
-                    path: root.key(key).as_str().to_owned(),
-                    message: "required field is missing".into(),
-                });
-            }
-        }
+        let mut errs: Vec<FieldError> = ["podSelector", "upstream"]
+            .into_iter()
+            .filter(|key| !m.contains_key(*key))
+            .map(|key| FieldError::new(root.key(key).as_str(), "required field is missing"))
+            .collect();
         let pod_selector: Option<PodSelector> =
             part(m.get("podSelector"), "spec.podSelector", &mut errs);
         let upstream: Option<Upstream> = part(m.get("upstream"), "spec.upstream", &mut errs);
@@ -305,17 +300,12 @@ impl McpPolicySpec {
             .collect();
         let (policy, shape) = shape::read::<PolicyDoc>(&Value::Object(rest), "spec");
         errs.extend(shape);
-        let compiled = policy
-            .as_ref()
-            .map(|p| policy::compile(p, None, Flavor::Spec, "spec"));
-        let (Some(pod_selector), Some(upstream), Some(policy)) = (pod_selector, upstream, policy)
-        else {
-            errs.extend(
-                compiled
-                    .and_then(Result::err)
-                    .map(|e| e.0)
-                    .unwrap_or_default(),
-            );
+        let Some(policy) = policy else {
+            return Err(PolicyErrors(errs));
+        };
+        let compiled = policy::compile(&policy, None, Flavor::Spec, "spec");
+        let (Some(pod_selector), Some(upstream)) = (pod_selector, upstream) else {
+            errs.extend(compiled.err().map(|e| e.0).unwrap_or_default());
             return Err(PolicyErrors(errs));
         };
         let spec = McpPolicySpec {
@@ -324,26 +314,20 @@ impl McpPolicySpec {
             isolation,
             policy,
         };
-        errs.extend(spec.placement_errors());
-        match compiled {
-            Some(Ok(p)) if errs.is_empty() => Ok((spec, p)),
-            Some(Err(e)) => {
-                errs.extend(e.0);
-                Err(PolicyErrors(errs))
-            }
-            _ => Err(PolicyErrors(errs)),
-        }
+        let mut placement = Errors::default();
+        spec.check_placement(&root, &mut placement);
+        errs.extend(
+            placement
+                .into_result(())
+                .err()
+                .map(|e| e.0)
+                .unwrap_or_default(),
+        );
+        policy::with_found(errs, compiled).map(|p| (spec, p))
     }
 
     /// What the schema says of `podSelector` and `upstream` that serde cannot: a port of 0, a
     /// path not starting with `/`, `In`/`NotIn` without values, `Exists` with some.
-    fn placement_errors(&self) -> Vec<policy::FieldError> {
-        let root = FieldPath::root("spec");
-        let mut errs = Errors::default();
-        self.check_placement(&root, &mut errs);
-        errs.into_result(()).err().map(|e| e.0).unwrap_or_default()
-    }
-
     fn check_placement(&self, root: &FieldPath, errs: &mut Errors) {
         if self.upstream.port == 0 {
             errs.push(

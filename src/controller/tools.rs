@@ -138,7 +138,7 @@ impl PodTools {
                 .collect(),
             first: reported()
                 .filter_map(|t| Some((t["name"].as_str()?, t["firstHash"].as_str()?)))
-                .filter(|(n, h)| seen::is_name(n) && seen::is_hash(h))
+                .filter(|(n, h)| seen::is_name(n) && crate::policy::is_pin_hash(h))
                 .map(|(n, h)| (n.to_owned(), h.to_owned()))
                 .collect(),
         }
@@ -147,13 +147,11 @@ impl PodTools {
 
 /// Whether a reported tool is within what a sidecar reports of a real one.
 fn fits(d: &ToolDef) -> bool {
-    let name = |s: &str| !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_graphic());
-    let hex = d.hash.strip_prefix("sha256:");
-    name(&d.name)
-        && hex.is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+    seen::is_name(&d.name)
+        && crate::policy::is_pin_hash(&d.hash)
         && d.arguments
             .as_ref()
-            .is_none_or(|a| a.len() <= 256 && a.iter().all(|n| name(n)))
+            .is_none_or(|a| a.len() <= 256 && a.iter().all(|n| seen::is_name(n)))
 }
 
 /// The status a policy gets from what its sidecars see; `None` until one has listed.

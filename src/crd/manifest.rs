@@ -48,7 +48,7 @@ fn read_manifest(doc: &Value) -> Document {
     let (label, mut errs) = header(doc);
     let compiled = match doc.get("spec") {
         None => {
-            errs.push(field("spec", "required field is missing".into()));
+            errs.push(policy::FieldError::new("spec", "required field is missing"));
             None
         }
         Some(spec) => McpPolicySpec::check(spec)
@@ -77,7 +77,7 @@ fn header(doc: &Value) -> (String, Vec<policy::FieldError>) {
     let mut errs = Vec::new();
     match doc.get("apiVersion").and_then(Value::as_str) {
         Some(API_VERSION) => {}
-        other => errs.push(field(
+        other => errs.push(policy::FieldError::new(
             "apiVersion",
             format!(
                 "expected {API_VERSION:?}, found {}",
@@ -88,20 +88,16 @@ fn header(doc: &Value) -> (String, Vec<policy::FieldError>) {
     let meta = doc.get("metadata");
     let name = meta.and_then(|m| m.get("name")).and_then(Value::as_str);
     if name.is_none() {
-        errs.push(field("metadata.name", "required field is missing".into()));
+        errs.push(policy::FieldError::new(
+            "metadata.name",
+            "required field is missing",
+        ));
     }
     let ns = meta
         .and_then(|m| m.get("namespace"))
         .and_then(Value::as_str)
         .unwrap_or("default");
     (format!("{ns}/{}", name.unwrap_or("?")), errs)
-}
-
-fn field(path: &str, message: String) -> policy::FieldError {
-    policy::FieldError {
-        path: path.into(),
-        message,
-    }
 }
 
 #[cfg(test)]

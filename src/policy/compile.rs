@@ -42,17 +42,26 @@ pub fn compile_file(v: &Value) -> Result<Policy, PolicyErrors> {
         }
     };
     let (doc, shape) = shape::read::<PolicyDoc>(&rest, "");
-    let mut all = errs.into_result(()).err().map(|e| e.0).unwrap_or_default();
-    all.extend(shape);
-    let Some(doc) = doc else {
-        return Err(PolicyErrors(all));
-    };
-    match compile(&doc, name, Flavor::File, "") {
-        Ok(p) if all.is_empty() => Ok(p),
-        Ok(_) => Err(PolicyErrors(all)),
+    let mut found = errs.into_result(()).err().map(|e| e.0).unwrap_or_default();
+    found.extend(shape);
+    match doc {
+        Some(doc) => with_found(found, compile(&doc, name, Flavor::File, "")),
+        None => Err(PolicyErrors(found)),
+    }
+}
+
+/// A compile's result after the errors `found` before it (shapes, placement): those first, then
+/// the compiler's; the policy only when there are none.
+pub fn with_found<T>(
+    mut found: Vec<FieldError>,
+    compiled: Result<T, PolicyErrors>,
+) -> Result<T, PolicyErrors> {
+    match compiled {
+        Ok(p) if found.is_empty() => Ok(p),
+        Ok(_) => Err(PolicyErrors(found)),
         Err(e) => {
-            all.extend(e.0);
-            Err(PolicyErrors(all))
+            found.extend(e.0);
+            Err(PolicyErrors(found))
         }
     }
 }
@@ -95,7 +104,9 @@ pub fn compile(
     let identity = c.identity(doc.identity.as_ref(), &c.at(&root, "identity"));
     let transport = c.transport(doc.transport.as_ref(), &c.at(&root, "transport"));
     let hide = c.hide(doc.hide.as_deref(), &c.at(&root, "hide"));
-    let all_tools = c.limits_of(doc.all_tools.as_ref(), &c.at(&root, "allTools"));
+    let all_tools = c
+        .all_tools(doc.all_tools.as_ref(), &c.at(&root, "allTools"))
+        .unwrap_or_default();
     let tools_at = c.at(&root, "tools");
     let rules = c.tools(doc.tools.as_ref(), &tools_at, bounds::TOOLS, &all_tools);
     let categories = c.categories(
@@ -251,15 +262,9 @@ impl Compiler {
         Some(s)
     }
 
-    /// `limits` of `allTools`, when given.
-    fn limits_of(&mut self, all: Option<&doc::AllTools>, p: &FieldPath) -> Vec<LimitRef> {
+    /// The limits of an `allTools` at `p`, when one is given.
+    fn all_tools(&mut self, all: Option<&doc::AllTools>, p: &FieldPath) -> Option<Vec<LimitRef>> {
         all.map(|a| self.limits(a.limits.as_deref(), &p.key("limits")))
-            .unwrap_or_default()
-    }
-
-    /// Whether a grant gave its own `allTools`.
-    fn own_limits(&mut self, all: Option<&doc::AllTools>, p: &FieldPath) -> Option<Vec<LimitRef>> {
-        all.map(|_| self.limits_of(all, p))
     }
 
     /// The rules of `tools`, each with `allTools` limits before its own.
@@ -341,7 +346,7 @@ impl Compiler {
             if Glob::is_glob(tool) {
                 self.errs
                     .push(&tp, "a pin names one tool exactly, not a glob");
-            } else if !is_pin_hash(hash) {
+            } else if !super::is_pin_hash(hash) {
                 self.errs.push(
                     &tp,
                     format!(
@@ -398,7 +403,7 @@ impl Compiler {
                 .iter()
                 .map(|s| Glob::new(s))
                 .collect();
-            let own = self.own_limits(g.all_tools.as_ref(), &self.at(&gp, "allTools"));
+            let own = self.all_tools(g.all_tools.as_ref(), &self.at(&gp, "allTools"));
             let effective = own.as_deref().unwrap_or(base_all_tools);
             let own_at = gp.key("tools");
             let tools = self.tools(g.tools.as_ref(), &own_at, bounds::GRANT_TOOLS, effective);
@@ -606,15 +611,6 @@ impl Compiler {
         }
         out
     }
-}
-
-/// `sha256:` and 64 lower-case hex digits.
-fn is_pin_hash(s: &str) -> bool {
-    s.strip_prefix("sha256:").is_some_and(|h| {
-        h.len() == 64
-            && h.bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    })
 }
 
 fn is_header_name(s: &str) -> bool {

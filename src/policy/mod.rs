@@ -21,7 +21,7 @@ pub mod source;
 pub mod window;
 
 pub use category::{Category, Hints};
-pub use compile::{compile, compile_file, document, load_str, DEFAULT_ON_DENY};
+pub use compile::{compile, compile_file, document, load_str, with_found, DEFAULT_ON_DENY};
 use condition::{Matcher, Step, Truth};
 use glob::Glob;
 pub use reader::{FieldError, PolicyErrors};
@@ -29,6 +29,16 @@ use serde_json::Value;
 use std::collections::HashMap;
 use std::num::NonZeroU32;
 use window::Window;
+
+/// A tool definition's pin: `sha256:` and 64 lower-case hex digits (`pins`, the record of
+/// first-seen definitions, what sidecars report).
+pub fn is_pin_hash(s: &str) -> bool {
+    s.strip_prefix("sha256:").is_some_and(|h| {
+        h.len() == 64
+            && h.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
+}
 
 /// SHA-256 as lower-case hex: the policy hash (`policyHash`, `policy_info{hash}`), and how
 /// tokens and arguments appear in audit lines.
@@ -538,12 +548,12 @@ pub struct Policy {
     pub document: Value,
 }
 
-/// Which document shape is being read.
+/// Where a policy was written, which spells its error paths.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Flavor {
-    /// A policy file: the sidecar's `--policy`, `check`, the rendered ConfigMap.
+    /// A policy file (the sidecar's `--policy`, `check`, the rendered ConfigMap): snake_case.
     File,
-    /// An McpPolicy `spec`: the policy plus `podSelector`, `upstream`, `isolation`.
+    /// An McpPolicy `spec`: camelCase.
     Spec,
 }
 

@@ -7,7 +7,7 @@
 //! recorded. It renders the record to every pod, and each sidecar adopts it over its own. A
 //! definition that changes is then caught by every replica, restarted or new.
 
-use crate::policy::bounds;
+use crate::policy::{bounds, is_pin_hash};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -33,7 +33,7 @@ impl FirstSeen {
                 f.tools.len()
             ));
         }
-        match f.tools.iter().find(|(n, h)| !is_name(n) || !is_hash(h)) {
+        match f.tools.iter().find(|(n, h)| !is_name(n) || !is_pin_hash(h)) {
             Some((n, _)) => Err(format!("tool {n:?}: not a tool name and definition hash")),
             None => Ok(f),
         }
@@ -52,7 +52,7 @@ impl FirstSeen {
                 if tools.len() >= MAX_RECORDED {
                     break;
                 }
-                if is_name(name) && is_hash(hash) {
+                if is_name(name) && is_pin_hash(hash) {
                     tools.entry(name.clone()).or_insert_with(|| hash.clone());
                 }
             }
@@ -69,15 +69,6 @@ impl FirstSeen {
 /// A tool name as sidecars report them: visible ASCII, 1 to 128 bytes.
 pub fn is_name(s: &str) -> bool {
     !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_graphic())
-}
-
-/// `sha256:` and 64 lower-case hex digits.
-pub fn is_hash(s: &str) -> bool {
-    s.strip_prefix("sha256:").is_some_and(|h| {
-        h.len() == 64
-            && h.bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    })
 }
 
 #[cfg(test)]

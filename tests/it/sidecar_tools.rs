@@ -275,12 +275,21 @@ async fn a_tool_cloaked_against_its_pin_is_hidden_and_not_callable() {
 }
 
 async fn start(url: &str, policy: &str) -> Sidecar {
+    start_with(url, policy, None).await
+}
+
+/// [`start`] with the policy's record of first-seen definitions (`--seen`), when given.
+async fn start_with(url: &str, policy: &str, seen: Option<&str>) -> Sidecar {
     let dir = temp_dir("tools");
     std::fs::write(dir.join("policy.yaml"), policy).unwrap();
     std::fs::write(dir.join("admin-token"), "tools-admin-token").unwrap();
+    if let Some(record) = seen {
+        std::fs::write(dir.join("seen.json"), record).unwrap();
+    }
     let d = dir.clone();
     sidecar_at(url, &dir.join("policy.yaml"), move |c| {
         c.admin_token_file = Some(d.join("admin-token"));
+        c.seen_path = seen.is_some().then(|| d.join("seen.json"));
     })
     .await
 }
@@ -824,16 +833,7 @@ async fn a_replica_started_after_a_change_holds_the_tool_to_the_policys_record()
 
     // The server changes run_code while no sidecar is looking; then two replicas start.
     w.swapped.store(true, Ordering::SeqCst);
-    let dir = temp_dir("seen");
-    std::fs::write(dir.join("policy.yaml"), policy).unwrap();
-    std::fs::write(dir.join("admin-token"), "tools-admin-token").unwrap();
-    std::fs::write(dir.join("seen.json"), record.to_json()).unwrap();
-    let d = dir.clone();
-    let with_record = sidecar_at(&url, &dir.join("policy.yaml"), move |c| {
-        c.admin_token_file = Some(d.join("admin-token"));
-        c.seen_path = Some(d.join("seen.json"));
-    })
-    .await;
+    let with_record = start_with(&url, policy, Some(&record.to_json())).await;
     let alone = start(&url, policy).await;
     for sc in [&with_record, &alone] {
         wait_listed(sc).await;
