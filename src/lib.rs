@@ -24,6 +24,8 @@
 //!   policy checked against the list.
 //! - [`approval`]: the approval wire the controller and the sidecars share (ids, the approvals
 //!   file, the admin API's report).
+//! - [`peering`]: the peer file the controller renders for the sidecars of one policy, which
+//!   hold one budget across replicas.
 //! - [`cmd`]: the command line, one module per role with its arguments: `sidecar`, `controller`,
 //!   `check` and `pin`, `demo`, `approve` (`approvals|approve|reject`), `generate`.
 //! - [`logging`]: batched logs and audit lines.
@@ -36,13 +38,13 @@
 //! `sidecar::denial`, or a `sidecar::refusal`) → on the way back, `sidecar::filter` and
 //! `mcp::lists` filter every tool list on every stream.
 //!
-//! Dependencies run one way (`tests/it/layers.rs` holds them): `serve`, `mcp`, `metrics` and
-//! `logging` depend on no other module; `policy` → `mcp` (its JSON scan); `engine` → `policy`;
-//! `crd` → `policy`; `cluster` → `crd`; `webhook` → `cluster`, `serve`; `controller` →
-//! `cluster`, `webhook` (it runs the webhook server), `serve`, `approval`; `tools` → `policy`,
-//! `engine`, `mcp`, `serve`; `sidecar` → `engine`, `mcp`, `serve`, `identity`, `tools`,
-//! `approval`; `cmd` → everything, and nothing but `main.rs` → `cmd`. Within a module the
-//! files depend on each other one way too.
+//! Dependencies run one way (`tests/it/layers.rs` holds them): `serve`, `mcp`, `metrics`,
+//! `peering` and `logging` depend on no other module; `policy` → `mcp` (its JSON scan); `engine`
+//! → `policy`; `crd` → `policy`; `cluster` → `crd`; `webhook` → `cluster`, `serve`; `controller`
+//! → `cluster`, `webhook` (it runs the webhook server), `serve`, `approval`, `peering`; `tools` →
+//! `policy`, `engine`, `mcp`, `serve`; `sidecar` → `engine`, `mcp`, `serve`, `identity`,
+//! `tools`, `approval`, `peering`; `cmd` → everything, and nothing but `main.rs` → `cmd`. Within
+//! a module the files depend on each other one way too.
 #![forbid(unsafe_code)]
 
 pub mod approval;
@@ -55,6 +57,7 @@ pub mod identity;
 pub mod logging;
 pub mod mcp;
 pub mod metrics;
+pub mod peering;
 pub mod policy;
 pub mod serve;
 pub mod sidecar;

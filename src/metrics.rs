@@ -26,6 +26,9 @@ pub const SIDECAR_METRICS: &[&str] = &[
     "mcp_warden_tool_definition_changes_total",
     "mcp_warden_tool_lists_total",
     "mcp_warden_tools_offered",
+    "mcp_warden_peers",
+    "mcp_warden_peer_requests_total",
+    "mcp_warden_budget_fallbacks_total",
 ];
 
 /// `request_duration_seconds`: what the sidecar adds is tens of microseconds and a small
@@ -69,6 +72,9 @@ pub struct SidecarMetrics {
     pub tool_definition_changes: IntCounterVec,
     pub tool_lists: IntCounterVec,
     pub tools_offered: IntGaugeVec,
+    pub peers: IntGaugeVec,
+    pub peer_requests: IntCounterVec,
+    pub budget_fallbacks: IntCounterVec,
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -204,6 +210,23 @@ impl SidecarMetrics {
                 "tools_offered",
                 "Tools in the server's latest list",
                 &["policy"],
+            ),
+            peers: gauge(
+                "peers",
+                "The policy's ready sidecars this one knows (the owners of counts held across pods)",
+                &["policy"],
+            ),
+            peer_requests: counter(
+                "peer_requests_total",
+                "Counts asked of their owner, another sidecar of the policy (owner hops), by \
+                 result (taken, limited, not_owner, mismatch, error)",
+                &["policy", "result"],
+            ),
+            budget_fallbacks: counter(
+                "budget_fallbacks_total",
+                "Calls counted on this sidecar's fallback share because the owner could not be \
+                 asked, by reason (unreachable, busy, not_owner, mismatch, unknown_peers)",
+                &["policy", "reason"],
             ),
             registry: b.registry.clone(),
         }
@@ -348,6 +371,11 @@ mod tests {
             .inc();
         m.tool_lists.with_label_values(&["p", "ok"]).inc();
         m.tools_offered.with_label_values(&["p"]).set(4);
+        m.peers.with_label_values(&["p"]).set(3);
+        m.peer_requests.with_label_values(&["p", "taken"]).inc();
+        m.budget_fallbacks
+            .with_label_values(&["p", "unreachable"])
+            .inc();
         let text = String::from_utf8(m.render()).unwrap();
         for name in SIDECAR_METRICS {
             assert!(text.contains(&format!("# TYPE {name} ")), "{name} missing");

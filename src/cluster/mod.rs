@@ -42,6 +42,13 @@ pub const APPROVALS_KEY: &str = "approvals.json";
 /// The ConfigMap key of the policy's record of first-seen tool definitions (`pinning:
 /// firstSeen`).
 pub const SEEN_KEY: &str = "seen.json";
+/// The ConfigMap key of the policy's ready sidecars ([`crate::peering::PeerFile`]).
+pub const PEERS_KEY: &str = "peers.json";
+/// The Secret (named like the ConfigMap) that holds the key the policy's sidecars authenticate
+/// each other with, its key, and where its volume is mounted.
+pub const PEER_KEY_KEY: &str = "peer.key";
+pub const PEER_VOLUME: &str = "mcp-warden-peer";
+pub const PEER_MOUNT_PATH: &str = "/etc/mcp-warden-peer";
 /// The ConfigMap key of the keys the sidecar's admin API verifies the controller's token with.
 pub const ADMIN_KEYS_KEY: &str = "admin.json";
 /// The field manager of the approvals key.
@@ -54,4 +61,9 @@ pub const ADMIN_PORT_NAME: &str = "mcp-warden-adm";
 /// The ConfigMap the controller renders for a policy.
 pub fn configmap_name(policy: &str) -> String {
     format!("{policy}-mcp-warden")
+}
+
+/// The Secret with the policy's peer key: named like its ConfigMap.
+pub fn peer_secret_name(policy: &str) -> String {
+    configmap_name(policy)
 }

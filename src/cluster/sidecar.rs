@@ -4,7 +4,8 @@
 
 use super::{
     configmap_name, ADMIN_KEYS_KEY, ADMIN_PORT_NAME, APPROVALS_KEY, CONTAINER, KEYS_KEY,
-    MCP_PORT_NAME, MOUNT_PATH, POLICY_ANNOTATION, POLICY_KEY, SEEN_KEY, VOLUME,
+    MCP_PORT_NAME, MOUNT_PATH, PEERS_KEY, PEER_KEY_KEY, PEER_MOUNT_PATH, PEER_VOLUME,
+    POLICY_ANNOTATION, POLICY_KEY, SEEN_KEY, VOLUME,
 };
 use crate::crd::McpPolicy;
 use k8s_openapi::api::core::v1::{
@@ -161,18 +162,26 @@ pub fn sidecar_container(cfg: &InjectConfig, upstream: &str) -> Container {
         liveness_probe: Some(admin_probe("/livez", 10)),
         resources: Some(cfg.resources.clone()),
         security_context: Some(restricted(cfg.run_as_user)),
-        volume_mounts: Some(vec![VolumeMount {
-            name: VOLUME.into(),
-            mount_path: MOUNT_PATH.into(),
-            read_only: Some(true),
-            ..Default::default()
-        }]),
+        volume_mounts: Some(vec![
+            VolumeMount {
+                name: VOLUME.into(),
+                mount_path: MOUNT_PATH.into(),
+                read_only: Some(true),
+                ..Default::default()
+            },
+            VolumeMount {
+                name: PEER_VOLUME.into(),
+                mount_path: PEER_MOUNT_PATH.into(),
+                read_only: Some(true),
+                ..Default::default()
+            },
+        ]),
         ..Default::default()
     }
 }
 
-/// The sidecar's command line: the files the controller renders into the mounted ConfigMap,
-/// the upstream, and its two ports.
+/// The sidecar's command line: the files the controller renders into the mounted ConfigMap
+/// (and the peer key's Secret), the upstream, and its two ports.
 fn sidecar_args(cfg: &InjectConfig, upstream: &str) -> Vec<String> {
     let file = |key: &str| format!("{MOUNT_PATH}/{key}");
     [
@@ -193,6 +202,10 @@ fn sidecar_args(cfg: &InjectConfig, upstream: &str) -> Vec<String> {
         &file(SEEN_KEY),
         "--admin-keys",
         &file(ADMIN_KEYS_KEY),
+        "--peers",
+        &file(PEERS_KEY),
+        "--peer-key",
+        &format!("{PEER_MOUNT_PATH}/{PEER_KEY_KEY}"),
     ]
     .map(String::from)
     .to_vec()

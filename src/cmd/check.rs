@@ -68,6 +68,9 @@ pub fn check_files(
                     for w in warnings(&policy) {
                         let _ = writeln!(out, "{at}: warning: {w}");
                     }
+                    for b in budgets(&policy) {
+                        let _ = writeln!(out, "{at}: budget: {b}");
+                    }
                     if let Some(tools) = &tools {
                         let r = report::report(&policy, tools);
                         for line in r.to_string().lines() {
@@ -90,6 +93,46 @@ pub fn check_files(
         }
     }
     ok
+}
+
+/// How each counter holds across the policy's replicas (DESIGN §15): one budget counted by an
+/// owner sidecar, the share a sidecar allows alone when it cannot ask the owner, or (scope
+/// `pod`) a budget per replica.
+pub fn budgets(p: &Policy) -> Vec<String> {
+    use crate::policy::Scope;
+    p.counters
+        .iter()
+        .map(|c| {
+            let head = format!(
+                "counter {:?} allows {} calls per {}",
+                c.name, c.max, c.window.text
+            );
+            let whom = match c.scope {
+                Scope::Pod => {
+                    return format!(
+                        "{head} on each pod (scope pod): with 3 replicas the policy allows {} \
+                         calls per {}",
+                        u64::from(c.max.get()) * 3,
+                        c.window.text
+                    )
+                }
+                Scope::Policy => "for all callers together",
+                Scope::Grant => "for each caller",
+                Scope::Session => "for each session",
+            };
+            let share = |n: u32| match c.max.get() / n {
+                0 => "none".to_owned(),
+                k => k.to_string(),
+            };
+            format!(
+                "{head} {whom}, across all the policy's pods (each key is counted by one \
+                 sidecar, its owner); a sidecar that cannot ask the owner allows at most max / \
+                 replicas on its own ({} with 2 replicas, {} with 3)",
+                share(2),
+                share(3)
+            )
+        })
+        .collect()
 }
 
 /// What a valid policy does less than it may seem to: per-caller and per-session counters that a

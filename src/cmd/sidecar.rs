@@ -23,6 +23,16 @@ pub struct SidecarArgs {
     /// it changes.
     #[arg(long, env = "MCP_WARDEN_SEEN", value_name = "FILE")]
     pub seen: Option<PathBuf>,
+    /// The policy's ready sidecars (`{"replicas": N, "peers": [{"name", "address"}]}`; in a
+    /// cluster the controller renders it): limits whose scope is not `pod` hold across them, each
+    /// key counted by its owner among them. Reloaded when it changes. Without it the sidecar
+    /// counts alone.
+    #[arg(long, env = "MCP_WARDEN_PEERS", value_name = "FILE")]
+    pub peers: Option<PathBuf>,
+    /// The key (at least 32 bytes) that authenticates requests between the policy's sidecars (in
+    /// a cluster the controller renders it into a Secret only the policy's pods mount).
+    #[arg(long, env = "MCP_WARDEN_PEER_KEY", value_name = "FILE")]
+    pub peer_key: Option<PathBuf>,
     /// This pod's name (the downward API's `metadata.name`): approvals rendered for another pod
     /// are not honoured here.
     #[arg(long, env = "POD_NAME")]
@@ -131,6 +141,8 @@ impl SidecarArgs {
         c.jwks_path = self.jwks.clone();
         c.approvals_path = self.approvals.clone();
         c.seen_path = self.seen.clone();
+        c.peers_path = self.peers.clone();
+        c.peer_key_path = self.peer_key.clone();
         c.pod_name = self.pod_name.clone();
         c.admin_keys_path = self.admin_keys.clone();
         c.admin_token_file = self.admin_token_file.clone();

@@ -449,6 +449,7 @@ async fn lead(client: kube::Client, cfg: Config, metrics: ControllerMetrics, rec
         services: services.clone(),
         configmaps,
         network_policies: nps,
+        peer_keys: Mutex::default(),
         version: cfg.inject.version.clone(),
         sidecar_ports: vec![cfg.inject.proxy_port, cfg.inject.admin_port],
         failures: Mutex::default(),

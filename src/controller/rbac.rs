@@ -69,6 +69,8 @@ pub const RULES: &[Rule] = &[
         "networkpolicies",
         &["list", "watch", "patch", "create", "delete"],
     ),
+    // The policies' peer keys: created once, never read (only the sidecars mount them).
+    cluster("", "secrets", &["create"]),
     // Counts and warnings.
     cluster("", "pods", &["list", "watch"]),
     cluster("", "services", &["list", "watch"]),

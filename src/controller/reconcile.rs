@@ -10,10 +10,10 @@ use crate::cluster::{
 };
 use crate::crd::{Isolation, McpPolicy, McpPolicyStatus};
 use crate::metrics::ControllerMetrics;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::Recorder;
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -46,6 +46,8 @@ pub struct Ctx {
     pub services: Store<Service>,
     pub configmaps: Store<ConfigMap>,
     pub network_policies: Store<NetworkPolicy>,
+    /// Policies (by uid) whose peer-key Secret exists: created once, never read back.
+    pub peer_keys: Mutex<std::collections::HashSet<String>>,
     /// The controller's (and sidecar's) version, for `outdatedPods`.
     pub version: String,
     /// The sidecar's proxy and admin ports, opened by the NetworkPolicy.
@@ -233,7 +235,13 @@ impl Shaping<'_> {
         // A failed fetch keeps the keys already rendered: sidecars never lose good keys.
         let key_text = seen.keys.and_then(|k| k.fetched.ok().or(k.rendered));
         (
-            Some(render::configmap(policy, &r, key_text, seen.admin_keys)),
+            Some(render::configmap(
+                policy,
+                &r,
+                key_text,
+                seen.admin_keys,
+                &render::peer_file(policy, matched),
+            )),
             np,
         )
     }
@@ -430,6 +438,7 @@ pub async fn reconcile(policy: Arc<McpPolicy>, ctx: Arc<Ctx>) -> Result<Action, 
         }
     }
     write_network_policy(&ctx, &ns, &cm_name, &d).await?;
+    ensure_peer_key(&ctx, &policy, &ns).await;
     if policy.status.as_ref() != Some(&d.status) {
         write_status(&ctx, &ns, &name, &d.status).await?;
     }
@@ -448,6 +457,42 @@ pub async fn reconcile(policy: Arc<McpPolicy>, ctx: Arc<Ctx>) -> Result<Action, 
     // Key sets rotate (the cluster's admin keys are rendered for every policy): a policy is
     // looked at again when they may have changed.
     Ok(Action::requeue(ctx.keys.refresh().min(RESYNC)))
+}
+
+/// Creates the policy's peer-key Secret once (a fresh random key). The controller may create
+/// Secrets in the policies' namespaces, not read them: one that exists is left as it is. A
+/// failure is retried at the next reconcile; until then sidecars count on shares.
+async fn ensure_peer_key(ctx: &Ctx, policy: &McpPolicy, ns: &str) {
+    let uid = policy.metadata.uid.clone().unwrap_or_default();
+    if ctx
+        .peer_keys
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .contains(&uid)
+    {
+        return;
+    }
+    let mut key = vec![0u8; 32];
+    if let Err(e) = getrandom::fill(&mut key) {
+        tracing::error!(error = %e, "no randomness for a peer key");
+        return;
+    }
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    let created = api
+        .create(&PostParams::default(), &render::peer_secret(policy, key))
+        .await;
+    match created {
+        Ok(_) => tracing::info!(policy = %policy.name_any(), "peer key created"),
+        Err(kube::Error::Api(ae)) if ae.code == 409 => {}
+        Err(e) => {
+            tracing::warn!(policy = %policy.name_any(), error = %e, "peer key not created; retried at the next reconcile");
+            return;
+        }
+    }
+    ctx.peer_keys
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(uid);
 }
 
 /// What a policy's status depends on, copied out of the caches: the pods it selects, the

@@ -2,13 +2,14 @@
 //! isolating NetworkPolicy, the status conditions, and the warnings about bypasses.
 
 use crate::cluster::{
-    configmap_name, label_selector_matches, selector_matches, sidecar_state, Carried,
-    ADMIN_KEYS_KEY, KEYS_KEY, MANAGED_BY, MCP_PORT_NAME, POLICY_KEY, POLICY_LABEL, SEEN_KEY,
-    VERSION_ANNOTATION,
+    configmap_name, label_selector_matches, peer_secret_name, selector_matches, sidecar_state,
+    Carried, ADMIN_KEYS_KEY, ADMIN_PORT_NAME, CONTAINER, KEYS_KEY, MANAGED_BY, MCP_PORT_NAME,
+    PEERS_KEY, PEER_KEY_KEY, POLICY_KEY, POLICY_LABEL, SEEN_KEY, VERSION_ANNOTATION,
 };
 use crate::crd::{render, McpPolicy, Pinning, Rendered};
+use crate::peering::{PeerEntry, PeerFile};
 use crate::tools::seen::FirstSeen;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
 use k8s_openapi::api::networking::v1::{
     NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPort, NetworkPolicySpec,
 };
@@ -16,6 +17,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
     Condition, LabelSelector, LabelSelectorRequirement, ObjectMeta, Time,
 };
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use k8s_openapi::ByteString;
 use kube::{Resource, ResourceExt};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -82,6 +84,7 @@ pub fn configmap(
     r: &Rendered,
     keys: Option<&str>,
     admin_keys: Option<&str>,
+    peers: &PeerFile,
 ) -> ConfigMap {
     let name = configmap_name(policy.metadata.name.as_deref().unwrap_or_default());
     let mut data: BTreeMap<String, String> = [(
@@ -102,11 +105,69 @@ pub fn configmap(
         };
         data.insert(SEEN_KEY.to_string(), record.to_json());
     }
+    data.insert(PEERS_KEY.to_string(), peers.to_json());
     ConfigMap {
         metadata: owned_meta(policy, name),
         data: Some(data),
         ..Default::default()
     }
+}
+
+/// The Secret with the key the policy's sidecars authenticate each other with (created once,
+/// owned by the policy; only the sidecars mount it).
+pub fn peer_secret(policy: &McpPolicy, key: Vec<u8>) -> Secret {
+    let name = peer_secret_name(policy.metadata.name.as_deref().unwrap_or_default());
+    Secret {
+        metadata: owned_meta(policy, name),
+        type_: Some("Opaque".into()),
+        data: Some([(PEER_KEY_KEY.to_string(), ByteString(key))].into()),
+        immutable: Some(true),
+        ..Default::default()
+    }
+}
+
+/// The policy's sidecars for one budget across replicas: how many of `pods` carry its sidecar
+/// (and are not being deleted), and the ready ones by name and admin address.
+pub fn peer_file(policy: &McpPolicy, pods: &[Pod]) -> PeerFile {
+    let ours: Vec<&Pod> = pods
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter(|p| sidecar_state(p, policy, None) == Carried::Ours)
+        .collect();
+    let mut peers: Vec<PeerEntry> = ours.iter().filter_map(|p| ready_peer(p)).collect();
+    peers.sort();
+    PeerFile {
+        replicas: ours.len() as u32,
+        peers,
+    }
+}
+
+/// A pod whose sidecar is ready, with an IP: its name and admin address.
+fn ready_peer(pod: &Pod) -> Option<PeerEntry> {
+    let status = pod.status.as_ref()?;
+    let ready = status
+        .container_statuses
+        .iter()
+        .flatten()
+        .chain(status.init_container_statuses.iter().flatten())
+        .any(|c| c.name == CONTAINER && c.ready);
+    let ip: std::net::IpAddr = status.pod_ip.as_deref()?.parse().ok()?;
+    let spec = pod.spec.as_ref()?;
+    let port = spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+        .filter(|c| c.name == CONTAINER)
+        .flat_map(|c| c.ports.iter().flatten())
+        .find(|p| p.name.as_deref() == Some(ADMIN_PORT_NAME))?
+        .container_port;
+    if !ready {
+        return None;
+    }
+    Some(PeerEntry {
+        name: pod.metadata.name.clone()?,
+        address: std::net::SocketAddr::new(ip, u16::try_from(port).ok()?).to_string(),
+    })
 }
 
 /// The NetworkPolicy for `isolation: NetworkPolicy`: the selected pods accept traffic on the

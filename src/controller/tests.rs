@@ -51,7 +51,7 @@ fn under_first_seen_pinning_the_configmap_carries_the_policys_record() {
     let hash = format!("sha256:{}", "a".repeat(64));
     let mut p = policy(json!({"pinning": "firstSeen"}));
     let r = rendered(&p).unwrap();
-    let cm = configmap(&p, &r, None, None);
+    let cm = configmap(&p, &r, None, None, &Default::default());
     let empty = FirstSeen::parse(cm.data.as_ref().unwrap()[SEEN_KEY].as_bytes()).unwrap();
     assert!(
         empty.tools.is_empty(),
@@ -61,11 +61,17 @@ fn under_first_seen_pinning_the_configmap_carries_the_policys_record() {
         first_seen: Some([("run_cell".to_string(), hash.clone())].into()),
         ..Default::default()
     });
-    let cm = configmap(&p, &r, None, None);
+    let cm = configmap(&p, &r, None, None, &Default::default());
     let record = FirstSeen::parse(cm.data.as_ref().unwrap()[SEEN_KEY].as_bytes()).unwrap();
     assert_eq!(record.tools["run_cell"], hash);
     let explicit = policy(json!({}));
-    let cm = configmap(&explicit, &rendered(&explicit).unwrap(), None, None);
+    let cm = configmap(
+        &explicit,
+        &rendered(&explicit).unwrap(),
+        None,
+        None,
+        &Default::default(),
+    );
     assert!(
         !cm.data.unwrap().contains_key(SEEN_KEY),
         "explicit pins need no record"
@@ -76,7 +82,7 @@ fn under_first_seen_pinning_the_configmap_carries_the_policys_record() {
 fn the_configmap_holds_the_render_and_is_owned_by_the_policy() {
     let p = policy(json!({}));
     let r = rendered(&p).unwrap();
-    let cm = configmap(&p, &r, None, None);
+    let cm = configmap(&p, &r, None, None, &Default::default());
     assert_eq!(cm.metadata.name.as_deref(), Some("jupyter-mcp-warden"));
     assert_eq!(cm.metadata.namespace.as_deref(), Some("notebooks"));
     let owner = &cm.metadata.owner_references.as_ref().unwrap()[0];
@@ -797,4 +803,62 @@ fn a_lease_round_ends_before_the_lease_could_lapse() {
     );
     assert!(renew_deadline(Duration::from_secs(1)) < Duration::from_secs(1));
     assert_eq!(renew_deadline(Duration::ZERO), Duration::from_millis(500));
+}
+
+#[test]
+fn the_peer_file_names_the_ready_sidecars_and_counts_every_replica() {
+    use crate::peering::PeerEntry;
+    let p = policy(json!({}));
+    let with_status = |name: &str, ip: Option<&str>, ready: bool| {
+        let mut pod = injected_pod(name, "0.1.0");
+        pod.status = serde_json::from_value(json!({
+            "podIP": ip,
+            "containerStatuses": [
+                {"name": "jupyter-mcp", "ready": true, "restartCount": 0, "image": "x", "imageID": ""},
+                {"name": crate::cluster::CONTAINER, "ready": ready, "restartCount": 0, "image": "x", "imageID": ""},
+            ]
+        }))
+        .unwrap();
+        pod
+    };
+    let mut leaving = with_status("web-3", Some("10.0.0.13"), true);
+    leaving.metadata.deletion_timestamp = Some(time("2026-12-06T10:00:00Z"));
+    let plain = pod(
+        "other",
+        json!({"app": "jupyter-mcp"}),
+        json!([{"name": "x"}]),
+        json!({}),
+    );
+    let pods = [
+        with_status("web-2", Some("10.0.0.12"), true),
+        with_status("web-0", Some("10.0.0.10"), true),
+        // Not ready yet, or no IP: a replica, not an owner.
+        with_status("web-1", Some("10.0.0.11"), false),
+        with_status("web-4", None, true),
+        // Being deleted, or without the sidecar: neither.
+        leaving,
+        plain,
+    ];
+    let f = peer_file(&p, &pods);
+    assert_eq!(f.replicas, 4);
+    assert_eq!(
+        f.peers,
+        vec![
+            PeerEntry {
+                name: "web-0".into(),
+                address: "10.0.0.10:9481".into()
+            },
+            PeerEntry {
+                name: "web-2".into(),
+                address: "10.0.0.12:9481".into()
+            },
+        ]
+    );
+    // Rendered into the ConfigMap the sidecars mount.
+    let cm = configmap(&p, &rendered(&p).unwrap(), None, None, &f);
+    let text = &cm.data.as_ref().unwrap()[crate::cluster::PEERS_KEY];
+    assert_eq!(
+        serde_json::from_str::<crate::peering::PeerFile>(text).unwrap(),
+        f
+    );
 }

@@ -132,8 +132,9 @@ pub struct Slot<'a> {
     key: u64,
 }
 
-/// Where one counted call was counted: enough to give it back ([`Family::give_back`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Where one counted call was counted: enough to give it back ([`Family::give_back`]). An owner
+/// sidecar hands it to the peer it counted for, which sends it back to give the count back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Spent {
     key: u64,
     overflow: bool,

@@ -10,6 +10,7 @@ use crate::policy::{Counter, DefaultDecision, Hints, Lookup, Pinning, Policy, Ru
 use counters::Family;
 use serde_json::Value;
 use std::borrow::Cow;
+use std::num::NonZeroU32;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -126,6 +127,37 @@ pub struct Decision<'p> {
     /// The counts an allowed call took: spent when the call runs, given back when it provably
     /// does not (see [`Taken`]).
     pub taken: Taken,
+    /// Counts of an allowed call that other sidecars of the policy own: the call may run only
+    /// once each owner has counted it ([`Placer`]).
+    pub remote: Vec<Ask<'p>>,
+}
+
+/// Where the count of a key of a counter held across the policy's pods lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Place {
+    /// This sidecar holds it: it owns the key, or it has no peers.
+    Here,
+    /// Another sidecar owns it (by index in the placer's peer set): ask it.
+    Owner(u32),
+    /// Its owner cannot be asked: count it here against `max / ways` (the fallback share).
+    Share(NonZeroU32),
+}
+
+/// Tells the engine where each key of a counter held across pods is counted (the sidecar's
+/// peer set); without one, every count is local.
+pub trait Placer: Send + Sync + std::fmt::Debug {
+    fn place(&self, counter: &Counter, key: &str) -> Place;
+}
+
+/// A count an allowed call needs from another sidecar, the owner of its key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ask<'p> {
+    /// The counter, by index in the policy.
+    pub counter: usize,
+    /// Where the limit is declared, for a refusal.
+    pub declared: &'p str,
+    pub key: String,
+    pub owner: u32,
 }
 
 /// The counts one allowed call took. The engine counts a call when it decides it; the sidecar
@@ -145,6 +177,11 @@ impl Taken {
 
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
+    }
+
+    /// Adds the counts `other` took.
+    pub fn extend(&mut self, other: Taken) {
+        self.0.extend(other.0);
     }
 }
 
@@ -166,6 +203,9 @@ impl Eq for Taken {}
 pub struct Engine {
     policy: Policy,
     families: Vec<Arc<Family>>,
+    /// Per counter, the fallback share's counts (kept apart: a share is a smaller budget).
+    shares: Vec<Arc<Family>>,
+    placer: Option<Arc<dyn Placer>>,
 }
 
 /// Nanoseconds on a process-wide monotonic clock: what the sidecar passes as `now`.
@@ -178,28 +218,43 @@ impl Engine {
     /// Builds an engine. Counters of `previous` whose name, window and scope are unchanged are
     /// shared, not copied, so a reload loses no counts even for calls in flight.
     pub fn new(policy: Policy, previous: Option<&Engine>, opts: EngineOptions) -> Engine {
+        let carried = |c: &Counter, old: Option<&Vec<Arc<Family>>>| {
+            old.and_then(|fams| {
+                fams.iter()
+                    .find(|f| f.name == c.name && f.window == c.window.length && f.scope == c.scope)
+            })
+            .cloned()
+            .unwrap_or_else(|| {
+                Arc::new(Family::new(
+                    &c.name,
+                    c.window.length,
+                    c.scope,
+                    opts.max_keys_per_counter,
+                ))
+            })
+        };
         let families = policy
             .counters
             .iter()
-            .map(|c| {
-                previous
-                    .and_then(|p| {
-                        p.families.iter().find(|f| {
-                            f.name == c.name && f.window == c.window.length && f.scope == c.scope
-                        })
-                    })
-                    .cloned()
-                    .unwrap_or_else(|| {
-                        Arc::new(Family::new(
-                            &c.name,
-                            c.window.length,
-                            c.scope,
-                            opts.max_keys_per_counter,
-                        ))
-                    })
-            })
+            .map(|c| carried(c, previous.map(|p| &p.families)))
             .collect();
-        Engine { policy, families }
+        let shares = policy
+            .counters
+            .iter()
+            .map(|c| carried(c, previous.map(|p| &p.shares)))
+            .collect();
+        Engine {
+            policy,
+            families,
+            shares,
+            placer: previous.and_then(|p| p.placer.clone()),
+        }
+    }
+
+    /// Counts of counters held across pods are placed by `placer` (the sidecar's peer set).
+    pub fn with_placer(mut self, placer: Arc<dyn Placer>) -> Engine {
+        self.placer = Some(placer);
+        self
     }
 
     pub fn policy(&self) -> &Policy {
@@ -238,11 +293,12 @@ impl Engine {
                 grant,
                 overflow: false,
                 taken: Taken::default(),
+                remote: Vec::new(),
             };
         }
         let rule = rule.unwrap_or_else(|| p.default_rule_for(call.grant));
-        let (limit, overflow, taken) = self.take(rule, call, now);
-        let Some(hit) = limit else {
+        let took = self.take(rule, call, now);
+        let Some(hit) = took.hit else {
             return Decision {
                 outcome: Outcome::Allow,
                 rule: &rule.path,
@@ -250,27 +306,21 @@ impl Engine {
                 tool_label,
                 limit: None,
                 grant,
-                overflow,
-                taken,
+                overflow: took.overflow,
+                taken: took.taken,
+                remote: took.remote,
             };
         };
         Decision {
             outcome: Outcome::RateLimited,
             rule: hit.rule,
-            reason: format!(
-                "Rate limit exceeded: {} allows {} calls per {} ({}); retry in {} s",
-                hit.counter.name,
-                hit.counter.max,
-                hit.counter.window.text,
-                hit.counter.scope.as_str(),
-                hit.retry_after.as_secs_f64().ceil() as u64
-            )
-            .into(),
+            reason: limit_reason(&hit).into(),
             tool_label,
             limit: Some(hit),
             grant,
-            overflow,
-            taken,
+            overflow: took.overflow,
+            taken: took.taken,
+            remote: took.remote,
         }
     }
 
@@ -368,74 +418,248 @@ impl Engine {
         None
     }
 
-    /// Takes every counter of the rule, or none: all are locked (in index order, so two calls
-    /// never wait on each other in a cycle), checked, and only then counted.
-    fn take<'p>(
-        &'p self,
-        rule: &'p Rule,
-        call: &Call,
-        now: u64,
-    ) -> (Option<LimitHit<'p>>, bool, Taken) {
-        let order = &rule.counter_order;
-        if order.is_empty() {
-            return (None, false, Taken::default());
+    /// Takes the rule's counters: those held here (scope `pod`, keys this sidecar owns, or
+    /// shares of an owner it cannot ask) all or none; those another sidecar owns are returned as
+    /// asks, for the sidecar to put to their owners before the call may run.
+    fn take<'p>(&'p self, rule: &'p Rule, call: &Call, now: u64) -> Took<'p> {
+        let mut here: Vec<Entry> = Vec::with_capacity(rule.counter_order.len());
+        let mut remote = Vec::new();
+        for &ci in &rule.counter_order {
+            let counter = &self.policy.counters[ci];
+            let key = key_for(counter.scope, call);
+            let place = match &self.placer {
+                Some(p) if counter.scope.across_pods() => p.place(counter, key),
+                _ => Place::Here,
+            };
+            match place {
+                Place::Here => here.push(self.entry(ci, key, None)),
+                Place::Share(ways) => here.push(self.entry(ci, key, Some(ways))),
+                Place::Owner(owner) => remote.push(Ask {
+                    counter: ci,
+                    declared: declared_in(rule, ci),
+                    key: key.to_owned(),
+                    owner,
+                }),
+            }
         }
-        debug_assert!(order.len() <= MAX_COUNTERS_PER_CALL);
+        let (taken, overflow) = self.take_all(&here, now);
+        match taken {
+            Ok(taken) => Took {
+                hit: None,
+                overflow,
+                taken,
+                remote,
+            },
+            Err((ci, retry_after)) => Took {
+                hit: Some(LimitHit {
+                    counter: &self.policy.counters[ci],
+                    rule: declared_in(rule, ci),
+                    retry_after,
+                }),
+                overflow,
+                taken: Taken::default(),
+                remote: Vec::new(),
+            },
+        }
+    }
+
+    /// Counter `ci` under `key`: its own table, or with `ways` its fallback share (max / ways).
+    fn entry<'k>(&'k self, ci: usize, key: &'k str, ways: Option<NonZeroU32>) -> Entry<'k> {
+        let max = self.policy.counters[ci].max.get();
+        match ways {
+            None => Entry {
+                ci,
+                family: &self.families[ci],
+                max,
+                key,
+            },
+            Some(w) => Entry {
+                ci,
+                family: &self.shares[ci],
+                max: max / w.get(),
+                key,
+            },
+        }
+    }
+
+    /// Takes one count of every entry, or none: all are locked (in counter order, so two calls
+    /// never wait on each other in a cycle), checked, and only then counted. A full one refuses
+    /// with the longest wait.
+    /// Also says whether any was the shared overflow counter.
+    fn take_all(&self, entries: &[Entry], now: u64) -> (Result<Taken, (usize, Duration)>, bool) {
+        if entries.is_empty() {
+            return (Ok(Taken::default()), false);
+        }
+        debug_assert!(entries.len() <= MAX_COUNTERS_PER_CALL);
+        debug_assert!(entries.windows(2).all(|w| w[0].ci < w[1].ci));
         let mut guards: [Option<std::sync::MutexGuard<'_, counters::FamilyState>>;
             MAX_COUNTERS_PER_CALL] = std::default::Default::default();
-        for (g, &ci) in guards.iter_mut().zip(order) {
-            *g = Some(self.families[ci].lock());
+        for (g, e) in guards.iter_mut().zip(entries) {
+            *g = Some(e.family.lock());
         }
         let mut hit: Option<(usize, Duration)> = None;
         let mut added: [Option<counters::Spent>; MAX_COUNTERS_PER_CALL] =
             [None; MAX_COUNTERS_PER_CALL];
         let mut overflow = false;
-        for (i, &ci) in order.iter().enumerate() {
-            let fam = &self.families[ci];
-            let max = self.policy.counters[ci].max.get();
+        for (i, e) in entries.iter().enumerate() {
             let st = guards[i].as_mut().expect("locked above");
-            let mut slot = fam.slot(st, key_for(fam.scope, call), fam.bucket(now));
+            let mut slot = e.family.slot(st, e.key, e.family.bucket(now));
             overflow |= slot.overflow;
-            if slot.full(max) {
-                let wait = slot.retry_after(max, fam.width(), now);
+            if slot.full(e.max) {
+                let wait = slot.retry_after(e.max, e.family.width(), now);
                 if hit.is_none_or(|(_, w)| wait > w) {
-                    hit = Some((ci, wait));
+                    hit = Some((e.ci, wait));
                 }
             } else if hit.is_none() {
                 added[i] = Some(slot.add());
             }
         }
-        let Some((ci, retry_after)) = hit else {
-            let taken = order
+        let Some(hit) = hit else {
+            let taken = entries
                 .iter()
                 .zip(added)
-                .filter_map(|(&ci, s)| Some((self.families[ci].clone(), s?)))
+                .filter_map(|(e, s)| Some((e.family.clone(), s?)))
                 .collect();
-            return (None, overflow, Taken(taken));
+            return (Ok(Taken(taken)), overflow);
         };
-        for (i, &cj) in order.iter().enumerate() {
+        for (i, e) in entries.iter().enumerate() {
             if added[i].is_some() {
-                let fam = &self.families[cj];
                 let st = guards[i].as_mut().expect("locked above");
-                fam.slot(st, key_for(fam.scope, call), fam.bucket(now))
-                    .remove();
+                e.family.slot(st, e.key, e.family.bucket(now)).remove();
             }
         }
-        let declared = rule
-            .limits
-            .iter()
-            .find(|l| l.counter == ci)
-            .map_or("", |l| l.rule.as_str());
-        (
-            Some(LimitHit {
-                counter: &self.policy.counters[ci],
-                rule: declared,
-                retry_after,
-            }),
-            overflow,
-            Taken::default(),
-        )
+        (Err(hit), overflow)
     }
+
+    /// The counts another sidecar asks this one for, as the owner of their keys: all or none.
+    /// `Err(None)`: a counter this policy does not hold across pods (the two sidecars run
+    /// different policies); `Err(Some)`: the counter and wait of a full one.
+    pub fn take_owned(
+        &self,
+        asks: &[(&str, &str)],
+        now: u64,
+    ) -> Result<Vec<counters::Spent>, Option<(&Counter, Duration)>> {
+        let mut entries = Vec::with_capacity(asks.len());
+        for &(name, key) in asks {
+            let ci = self.owned_counter(name).ok_or(None)?;
+            entries.push(self.entry(ci, key, None));
+        }
+        entries.sort_by_key(|e| e.ci);
+        if entries.len() > MAX_COUNTERS_PER_CALL || entries.windows(2).any(|w| w[0].ci == w[1].ci) {
+            return Err(None);
+        }
+        let taken = self
+            .take_all(&entries, now)
+            .0
+            .map_err(|(ci, wait)| Some((&self.policy.counters[ci], wait)))?;
+        // In the order asked.
+        Ok(asks
+            .iter()
+            .filter_map(|&(name, _)| {
+                let ci = self.owned_counter(name)?;
+                let family = &self.families[ci];
+                taken
+                    .0
+                    .iter()
+                    .find(|(f, _)| Arc::ptr_eq(f, family))
+                    .map(|(_, s)| *s)
+            })
+            .collect())
+    }
+
+    /// Gives back a count this sidecar took as owner for another ([`Engine::take_owned`]).
+    pub fn give_back_owned(&self, counter: &str, spent: counters::Spent) {
+        if let Some(ci) = self.owned_counter(counter) {
+            self.families[ci].give_back(spent);
+        }
+    }
+
+    fn owned_counter(&self, name: &str) -> Option<usize> {
+        self.policy
+            .counters
+            .iter()
+            .position(|c| c.name == name && c.scope.across_pods())
+    }
+
+    /// Takes the asks of an owner that cannot be asked from their fallback shares here
+    /// (max / `ways` each), all or none.
+    pub fn take_shares(
+        &self,
+        asks: &[&Ask<'_>],
+        ways: NonZeroU32,
+        now: u64,
+    ) -> Result<Taken, (usize, Duration)> {
+        let entries: Vec<Entry> = asks
+            .iter()
+            .map(|a| self.entry(a.counter, &a.key, Some(ways)))
+            .collect();
+        self.take_all(&entries, now).0
+    }
+
+    /// `d`, an allowed call, refused instead by counter `ci` (declared at `declared`): an owner
+    /// or a fallback share was full.
+    pub fn limited<'p>(
+        &'p self,
+        d: Decision<'p>,
+        ci: usize,
+        declared: &'p str,
+        retry_after: Duration,
+    ) -> Decision<'p> {
+        let hit = LimitHit {
+            counter: &self.policy.counters[ci],
+            rule: declared,
+            retry_after,
+        };
+        Decision {
+            outcome: Outcome::RateLimited,
+            rule: hit.rule,
+            reason: limit_reason(&hit).into(),
+            limit: Some(hit),
+            taken: Taken::default(),
+            remote: Vec::new(),
+            ..d
+        }
+    }
+
+    /// The index of the counter named `name`.
+    pub fn counter_index(&self, name: &str) -> Option<usize> {
+        self.policy.counters.iter().position(|c| c.name == name)
+    }
+}
+
+/// One counter a call takes here: its table, max and key.
+struct Entry<'k> {
+    ci: usize,
+    family: &'k Arc<Family>,
+    max: u32,
+    key: &'k str,
+}
+
+/// What [`Engine::take`] took.
+struct Took<'p> {
+    hit: Option<LimitHit<'p>>,
+    overflow: bool,
+    taken: Taken,
+    remote: Vec<Ask<'p>>,
+}
+
+/// Where a counter is declared in `rule` (e.g. `tools.run_cell.limits[0]`).
+fn declared_in(rule: &Rule, ci: usize) -> &str {
+    rule.limits
+        .iter()
+        .find(|l| l.counter == ci)
+        .map_or("", |l| l.rule.as_str())
+}
+
+fn limit_reason(hit: &LimitHit) -> String {
+    format!(
+        "Rate limit exceeded: {} allows {} calls per {} ({}); retry in {} s",
+        hit.counter.name,
+        hit.counter.max,
+        hit.counter.window.text,
+        hit.counter.scope.as_str(),
+        hit.retry_after.as_secs_f64().ceil() as u64
+    )
 }
 
 /// A tool whose definitions disagree is never decided on either of them (only policies that
@@ -466,7 +690,7 @@ fn unlisted_reason(tool: &str) -> Cow<'static, str> {
 
 fn key_for<'a>(scope: Scope, call: &Call<'a>) -> &'a str {
     match scope {
-        Scope::Pod => "",
+        Scope::Policy | Scope::Pod => "",
         Scope::Grant => call.caller,
         Scope::Session => call.session.unwrap_or(call.caller),
     }

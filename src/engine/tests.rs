@@ -107,7 +107,7 @@ fn decision_order_follows_the_design() {
         (Outcome::RateLimited, "tools.write_file.limits[0]")
     );
     assert!(
-        reason.starts_with("Rate limit exceeded: w allows 1 calls per minute (pod)"),
+        reason.starts_with("Rate limit exceeded: w allows 1 calls per minute (policy)"),
         "{reason}"
     );
 }

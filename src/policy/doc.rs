@@ -353,10 +353,12 @@ pub struct Limit {
     /// Calls allowed per window (at least 1).
     #[schemars(range(min = 1))]
     pub max: u32,
-    /// `pod` (default): one counter per sidecar. `grant` (alias `identity`): per caller, as
-    /// `identity` says. `session`: per session id the server issued through the sidecar; a call
-    /// with none (or with an id the server never issued) counts per caller. Until identities
-    /// are verified neither is a security limit: a caller that sends a fresh bearer token or
+    /// `policy` (default): one counter for all callers together. `grant` (alias `identity`):
+    /// per caller, as `identity` says. `session`: per session id the server issued through the
+    /// sidecar; a call with none (or with an id the server never issued) counts per caller. These
+    /// three hold across all the policy's pods (one budget however many replicas). `pod`: one
+    /// counter per sidecar, each replica counting alone. Until identities are verified neither
+    /// `grant` nor `session` is a security limit: a caller that sends a fresh bearer token or
     /// opens a fresh session gets a fresh counter (`mcp-warden check` warns).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scope: Option<Scope>,
@@ -366,6 +368,7 @@ pub struct Limit {
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Scope {
+    Policy,
     Pod,
     Grant,
     Identity,

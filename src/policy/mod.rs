@@ -169,9 +169,12 @@ pub struct IdentitySettings {
 }
 
 /// Who shares one counter.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Scope {
-    /// One counter for the sidecar process.
+    /// One counter for all callers together, held across the policy's pods.
+    Policy,
+    /// One counter for the sidecar process: each replica counts alone.
     Pod,
     /// One counter per caller identity.
     Grant,
@@ -182,10 +185,16 @@ pub enum Scope {
 impl Scope {
     pub fn as_str(self) -> &'static str {
         match self {
+            Scope::Policy => "policy",
             Scope::Pod => "pod",
             Scope::Grant => "grant",
             Scope::Session => "session",
         }
+    }
+
+    /// Whether its counts are held across the policy's pods (all but `pod`).
+    pub fn across_pods(self) -> bool {
+        self != Scope::Pod
     }
 }
 

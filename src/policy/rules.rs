@@ -172,7 +172,8 @@ impl Compiler {
             );
         }
         let scope = match l.scope {
-            None | Some(doc::Scope::Pod) => Scope::Pod,
+            None | Some(doc::Scope::Policy) => Scope::Policy,
+            Some(doc::Scope::Pod) => Scope::Pod,
             Some(doc::Scope::Session) => Scope::Session,
             Some(doc::Scope::Grant | doc::Scope::Identity) => Scope::Grant,
         };

@@ -13,7 +13,7 @@ use super::record::{self, CallFacts};
 use super::refusal::Refused;
 use super::reload::LoadedPolicy;
 use super::spend::Spend;
-use super::{denial, State};
+use super::{denial, peers, State};
 use crate::approval::{approval_id, canonical, exact_numbers, Pending};
 use crate::engine::{monotonic_now, Call, Decision, Outcome};
 use crate::mcp::{self, Body, Kind};
@@ -40,7 +40,7 @@ const DEFAULT_VERSION: &str = "2025-03-26";
 
 /// Decides a gated request: forward it or answer it, or refuse it when it cannot be read with
 /// certainty. Also returns the method label of its duration metric (a batch is `_other`).
-pub(super) fn decide(
+pub(super) async fn decide(
     st: &State,
     policy: &LoadedPolicy,
     caller: &Caller,
@@ -81,7 +81,7 @@ pub(super) fn decide(
             list_ids.push(m.id.map_or(Value::Null, mcp::raw_to_value));
         }
         answers.push(match m.is_method("tools/call") {
-            true => gate.call(m)?,
+            true => gate.call(m).await?,
             false => None,
         });
     }
@@ -90,7 +90,7 @@ pub(super) fn decide(
         return Ok((Verdict::Forward { list_ids, spend }, method));
     }
     // Nothing is forwarded: the calls that were allowed are answered "not run".
-    gate.spend.give_back();
+    gate.spend.give_back(st);
     let verdict = Verdict::Answer {
         body: answer_body(&body, answers),
         retry_after: gate.retry_after,
@@ -161,7 +161,7 @@ struct Gate<'a> {
 
 impl Gate<'_> {
     /// Decides one `tools/call`: `None` to forward it, or the denial to answer with.
-    fn call(&mut self, m: &mcp::Message) -> Result<Option<Value>, Refused> {
+    async fn call(&mut self, m: &mcp::Message<'_>) -> Result<Option<Value>, Refused> {
         let label = self.policy.label.as_str();
         let Some(id) = m.id else {
             record::invalid_call(self.st, label);
@@ -182,6 +182,7 @@ impl Gate<'_> {
             None => None,
         };
         let t0 = Instant::now();
+        let now = monotonic_now();
         let mut d = engine.decide_found(
             found,
             &Call {
@@ -194,8 +195,14 @@ impl Gate<'_> {
                 cloak: tools.as_ref().and_then(|t| t.cloak(&call.name)),
                 seen,
             },
-            monotonic_now(),
+            now,
         );
+        // A hop to another sidecar is not part of a decision's time.
+        let decided = t0.elapsed();
+        if d.outcome == Outcome::Allow && !d.remote.is_empty() {
+            // Counts other sidecars own: the call waits for their owners.
+            d = peers::ask_owners(self.st, label, engine, d, now, &mut self.spend.lent).await;
+        }
         let facts = CallFacts {
             tool: &call.name,
             arguments: call.arguments,
@@ -203,7 +210,7 @@ impl Gate<'_> {
             session: self.session,
             approval: approval.as_ref().map(|a| a.id.as_str()),
         };
-        record::decision(self.st, label, &facts, &d, t0.elapsed());
+        record::decision(self.st, label, &facts, &d, decided);
         let approval_id = approval.map(|a| self.settle_approval(a, &d, &call));
         self.spend.took(std::mem::take(&mut d.taken));
         if d.limit.is_some() || d.outcome == Outcome::Unlisted {

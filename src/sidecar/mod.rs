@@ -15,6 +15,7 @@ mod gate;
 mod headers;
 mod legacy;
 mod origin;
+pub mod peers;
 mod proxy;
 mod record;
 mod refusal;
@@ -58,6 +59,11 @@ pub struct Config {
     pub approvals_path: Option<PathBuf>,
     /// The policy's record of first-seen tool definitions, re-read when it changes.
     pub seen_path: Option<PathBuf>,
+    /// The policy's ready sidecars (rendered by the controller), re-read when it changes: counts
+    /// held across pods are asked of their owner among them.
+    pub peers_path: Option<PathBuf>,
+    /// The key that authenticates peer requests (at least 32 bytes).
+    pub peer_key_path: Option<PathBuf>,
     /// The pod this sidecar runs in: approvals naming another pod are not honoured.
     pub pod_name: Option<String>,
     /// The admin API's static token (without a cluster).
@@ -102,6 +108,8 @@ impl Config {
             jwks_path: None,
             approvals_path: None,
             seen_path: None,
+            peers_path: None,
+            peer_key_path: None,
             pod_name: None,
             admin_token_file: None,
             admin_keys_path: None,
@@ -161,6 +169,8 @@ pub struct State {
     admin: admin_api::AdminAuth,
     /// The server's tools, as the sidecar last listed them.
     pub tools: Arc<crate::tools::catalog::Catalog>,
+    /// The policy's other sidecars, which own some counts.
+    pub peers: Arc<peers::Peers>,
 }
 
 impl State {
@@ -181,7 +191,7 @@ impl State {
         let budget = Semaphore::new(cfg.inflight_body_bytes.min(Semaphore::MAX_PERMITS));
         Ok(Arc::new(State {
             policy: ArcSwapOption::empty(),
-            metrics,
+            metrics: metrics.clone(),
             client,
             budget,
             draining: AtomicBool::new(false),
@@ -195,6 +205,12 @@ impl State {
                 cfg.admin_keys_path.clone(),
             ),
             tools: Arc::default(),
+            peers: Arc::new(peers::Peers::new(
+                cfg.peers_path.clone(),
+                cfg.peer_key_path.clone(),
+                cfg.pod_name.clone(),
+                metrics.clone(),
+            )),
             cfg,
         }))
     }
@@ -274,10 +290,13 @@ pub async fn run(
         state.cfg.limits.header_timeout,
         state.clone(),
         Some(admin::Api {
-            handles: admin_api::handles,
+            handles: |path| admin_api::handles(path) || peers::handles(path),
             handle: {
                 let state = state.clone();
-                Box::new(move |req| Box::pin(admin_api::handle(state.clone(), req)))
+                Box::new(move |req| match peers::handles(req.uri().path()) {
+                    true => Box::pin(peers::handle(state.clone(), req)),
+                    false => Box::pin(admin_api::handle(state.clone(), req)),
+                })
             },
         }),
     ));

@@ -97,7 +97,7 @@ async fn gated(
         Ok(b) => b,
         Err(r) => return r.response_closing(),
     };
-    let (verdict, method) = match gate::decide(st, policy, &caller, &parts.headers, &bytes) {
+    let (verdict, method) = match gate::decide(st, policy, &caller, &parts.headers, &bytes).await {
         Ok(v) => v,
         Err(r) => return r.response(),
     };
@@ -258,7 +258,7 @@ async fn forward_gated(
         Ok(r) => r,
         Err((unsent, r)) => {
             match unsent {
-                true => spend.give_back(),
+                true => spend.give_back(st),
                 false => spend.commit(st),
             }
             return r;
@@ -267,7 +267,7 @@ async fn forward_gated(
     // A redirect: the server did not take the message; the client sends it again elsewhere,
     // where it is decided (and counted) again.
     match resp.status().is_redirection() {
-        true => spend.give_back(),
+        true => spend.give_back(st),
         false => spend.commit(st),
     }
     match filter {

@@ -205,7 +205,10 @@ fn file_label(path: &Path) -> String {
         .to_owned()
 }
 
-fn install(state: &State, loaded: LoadedPolicy) {
+fn install(state: &State, mut loaded: LoadedPolicy) {
+    // Counts held across pods are placed by the sidecar's peer set.
+    loaded.engine = loaded.engine.with_placer(state.peers.clone());
+    state.peers.reload(&loaded.label);
     let m = &state.metrics;
     m.policy_info.reset();
     m.policy_info
@@ -262,6 +265,14 @@ fn seed_series(m: &crate::metrics::SidecarMetrics, label: &str, policy: &policy:
     }
     for result in ["ok", "error"] {
         m.tool_lists.with_label_values(&[label, result]);
+    }
+    if policy.counters.iter().any(|c| c.scope.across_pods()) {
+        for result in super::peers::REQUEST_RESULTS {
+            m.peer_requests.with_label_values(&[label, result]);
+        }
+        for reason in super::peers::FALLBACK_REASONS {
+            m.budget_fallbacks.with_label_values(&[label, reason]);
+        }
     }
     if !policy.default_rule.limits.is_empty() {
         m.decisions
@@ -383,6 +394,9 @@ pub async fn watch(state: Arc<State>, mut stop: watch::Receiver<bool>) {
         }
         load_approvals(&state, &mut approvals_error);
         load_seen(&state, &mut seen_file);
+        if let Some(p) = state.policy.load_full() {
+            state.peers.reload(&p.label);
+        }
         let (path, jwks_path) = (state.cfg.policy_path.clone(), state.cfg.jwks_path.clone());
         let read = tokio::task::spawn_blocking(move || {
             (std::fs::read(&path), jwks_path.as_deref().map(read_key_set))

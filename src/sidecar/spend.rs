@@ -1,6 +1,7 @@
 //! What the allowed calls of a forwarded request took, settled by the server's answer.
 
 use super::approvals::Reservation;
+use super::peers::Lent;
 use super::record;
 use super::State;
 use crate::engine::Taken;
@@ -12,6 +13,8 @@ use crate::engine::Taken;
 #[derive(Default)]
 pub(super) struct Spend {
     taken: Vec<Taken>,
+    /// Counts other sidecars of the policy took for these calls, as owners of their keys.
+    pub(super) lent: Vec<Lent>,
     approvals: Vec<HeldUse>,
 }
 
@@ -47,11 +50,13 @@ impl Spend {
         }
     }
 
-    /// The calls provably did not run: counts and approval uses are given back.
-    pub(super) fn give_back(self) {
+    /// The calls provably did not run: counts (here and at their owners) and approval uses
+    /// are given back.
+    pub(super) fn give_back(self, st: &State) {
         for t in self.taken {
             t.give_back();
         }
+        st.peers.give_back(self.lent);
         // Dropping a reservation gives the use back.
         drop(self.approvals);
     }

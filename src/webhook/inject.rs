@@ -9,11 +9,12 @@
 
 use crate::cluster::sidecar::{sidecar_container, upstream_url};
 use crate::cluster::{
-    configmap_name, selecting_policy, sidecar_state, Carried, InjectConfig, CONTAINER,
-    INJECT_LABEL, MCP_PORT_NAME, POLICY_ANNOTATION, VERSION_ANNOTATION, VOLUME,
+    configmap_name, peer_secret_name, selecting_policy, sidecar_state, Carried, InjectConfig,
+    CONTAINER, INJECT_LABEL, MCP_PORT_NAME, PEER_VOLUME, POLICY_ANNOTATION, VERSION_ANNOTATION,
+    VOLUME,
 };
 use crate::crd::McpPolicy;
-use k8s_openapi::api::core::v1::{ConfigMapVolumeSource, Pod, Probe, Volume};
+use k8s_openapi::api::core::v1::{ConfigMapVolumeSource, Pod, Probe, SecretVolumeSource, Volume};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use std::collections::BTreeMap;
 
@@ -126,11 +127,24 @@ fn add_sidecar(out: &mut Pod, app: usize, mcp_port: i32, policy: &McpPolicy, cfg
             rewrite_probe_port(probe, mcp_port);
         }
     }
-    spec.volumes.get_or_insert_with(Vec::new).push(Volume {
+    let volumes = spec.volumes.get_or_insert_with(Vec::new);
+    volumes.push(Volume {
         name: VOLUME.into(),
         config_map: Some(ConfigMapVolumeSource {
             name: configmap_name(name),
             optional: Some(true),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    // Optional: until the controller has created it, the sidecar counts on shares. Only the
+    // sidecar mounts it (readable by its non-root user; no other container sees it).
+    volumes.push(Volume {
+        name: PEER_VOLUME.into(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(peer_secret_name(name)),
+            optional: Some(true),
+            default_mode: Some(0o444),
             ..Default::default()
         }),
         ..Default::default()

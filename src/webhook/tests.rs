@@ -161,7 +161,11 @@ fn a_selected_pod_gets_the_sidecar_and_its_mcp_port() {
             "--seen",
             "/etc/mcp-warden/seen.json",
             "--admin-keys",
-            "/etc/mcp-warden/admin.json"
+            "/etc/mcp-warden/admin.json",
+            "--peers",
+            "/etc/mcp-warden/peers.json",
+            "--peer-key",
+            "/etc/mcp-warden-peer/peer.key"
         ]
     );
     assert_eq!(
@@ -207,6 +211,28 @@ fn a_selected_pod_gets_the_sidecar_and_its_mcp_port() {
         (cm.name.as_str(), cm.optional),
         ("jupyter-mcp-warden", Some(true))
     );
+    // The peer key: its own Secret, mounted by the sidecar alone.
+    let spec = out.spec.as_ref().unwrap();
+    let peer = spec
+        .volumes
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|v| v.name == "mcp-warden-peer");
+    let secret = peer.unwrap().secret.as_ref().unwrap();
+    assert_eq!(secret.secret_name.as_deref(), Some("jupyter-mcp-warden"));
+    let mounts_peer = |c: &k8s_openapi::api::core::v1::Container| {
+        c.volume_mounts
+            .iter()
+            .flatten()
+            .any(|m| m.name == "mcp-warden-peer")
+    };
+    assert!(mounts_peer(side));
+    assert!(!spec
+        .containers
+        .iter()
+        .filter(|c| c.name != CONTAINER)
+        .any(mounts_peer));
 
     let ann = out.metadata.annotations.as_ref().unwrap();
     assert_eq!(ann[POLICY_ANNOTATION], "notebooks/jupyter");

@@ -41,7 +41,7 @@ fn a_broken_policy_reports_every_error_with_file_document_and_path() {
         "tools.write_file.limits[0].window: unknown window \"fortnight\"",
         "tools.write_file.limits[0].max: max must be a whole number from 1",
         "tools.run_cell.require[0].value: invalid regex: unclosed group",
-        "tools.run_python.limits[0]: counter \"cells\" is declared at tools.run_cell.limits[0] with window minute, scope pod, max 5; here with window hour",
+        "tools.run_python.limits[0]: counter \"cells\" is declared at tools.run_cell.limits[0] with window minute, scope policy, max 5; here with window hour",
         "tools.read_file.alow: unknown field `alow`, expected one of `action`, `approval`, `reason`, `limits`, `require`, `denyIf`, `deny_if`",
     ];
     for e in expected {
@@ -82,7 +82,7 @@ fn manifests_are_checked_per_document_and_other_kinds_skipped() {
     );
     assert!(
         out.contains(&format!(
-            "{f} (document 3): spec.allTools.limits[0].scope: unknown variant `everyone`, expected one of `pod`, `grant`, `identity`, `session`"
+            "{f} (document 3): spec.allTools.limits[0].scope: unknown variant `everyone`, expected one of `policy`, `pod`, `grant`, `identity`, `session`"
         )),
         "{out}"
     );

@@ -176,6 +176,7 @@ fn the_dashboard_follows_grafana_conventions() {
         [
             "Decisions",
             "Limits",
+            "One budget across replicas",
             "Approvals",
             "Latency",
             "Reloads",
@@ -258,6 +259,7 @@ fn the_alerts_query_only_metrics_the_code_exports() {
         "McpWardenPolicyReloadErrors",
         "McpWardenSidecarPolicyStale",
         "McpWardenApprovalWaiting",
+        "McpWardenBudgetOnFallback",
         "McpWardenWebhookErrors",
         "McpWardenWebhookSlow",
         "McpWardenCertificateExpiry",

@@ -194,6 +194,7 @@ fn the_shared_layers_depend_on_neither_side() {
         ("controller", &["sidecar", "cmd"]),
         ("sidecar", &["controller", "webhook", "cluster", "cmd"]),
         ("approval", &["sidecar", "controller", "cmd"]),
+        ("peering", &["sidecar", "controller", "cmd"]),
     ] {
         for f in forbidden {
             assert!(

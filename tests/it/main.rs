@@ -17,6 +17,7 @@ mod sidecar_approvals;
 mod sidecar_bypass;
 mod sidecar_identity;
 mod sidecar_ops;
+mod sidecar_peers;
 mod sidecar_rmcp;
 mod sidecar_tools;
 mod sidecar_wire;

@@ -1,0 +1,285 @@
+//! One policy, several sidecars: three sidecars of one policy on loopback, each in front of its
+//! own rmcp server, told of each other by a peer file as the controller renders it, and a client
+//! that sends its calls round robin. The limit holds across them exactly; with an owner gone
+//! the survivors count on their shares and never allow more than the stated bound; a restarted
+//! sidecar takes its place again.
+
+use crate::common::*;
+use mcp_warden::sidecar::peers::owner_among;
+use serde_json::{json, Value};
+use std::path::Path;
+
+const POLICY: &str = r#"
+version: "1"
+identity: {header: x-agent}
+tools:
+  run_cell:
+    limits: [{counter: run_cell_rate, window: minute, max: 10, scope: grant}]
+  write_file:
+    limits: [{counter: writes, window: minute, max: 7}]
+  notebook_read: {}
+"#;
+
+const NAMES: [&str; 3] = ["web-0", "web-1", "web-2"];
+const KEY: &[u8] = b"0123456789abcdef0123456789abcdef-peer-key";
+
+struct Replica {
+    sc: Sidecar,
+    _up: Upstream,
+}
+
+/// Starts sidecar `name` of the policy in `dir` (its policy, peer file and key), in front of a
+/// server of its own.
+async fn replica(dir: &Path, name: &'static str) -> Replica {
+    let up = upstream(false, true).await;
+    let d = dir.to_path_buf();
+    let sc = sidecar_at(&up.url(), &dir.join("policy.yaml"), move |c| {
+        c.peers_path = Some(d.join("peers.json"));
+        c.peer_key_path = Some(d.join("peer.key"));
+        c.pod_name = Some(name.to_owned());
+    })
+    .await;
+    Replica { sc, _up: up }
+}
+
+/// Writes the peer file as the controller would, and waits until every running sidecar knows
+/// `ready` peers.
+async fn tell_peers(dir: &Path, replicas: &[Option<Replica>], ready: usize) {
+    let peers: Vec<Value> = NAMES
+        .iter()
+        .zip(replicas)
+        .filter_map(|(n, r)| {
+            r.as_ref()
+                .map(|r| json!({"name": n, "address": r.sc.admin.to_string()}))
+        })
+        .collect();
+    let file = json!({"replicas": 3, "peers": peers});
+    std::fs::write(dir.join("peers.json.tmp"), file.to_string()).unwrap();
+    std::fs::rename(dir.join("peers.json.tmp"), dir.join("peers.json")).unwrap();
+    for r in replicas.iter().flatten() {
+        wait_until("the peer set is read", async || {
+            metric(&r.sc, "mcp_warden_peers", &[]).await == Some(ready as f64)
+        })
+        .await;
+    }
+}
+
+async fn start(tag: &str) -> (std::path::PathBuf, Vec<Option<Replica>>) {
+    let dir = temp_dir(tag);
+    std::fs::write(dir.join("policy.yaml"), POLICY).unwrap();
+    std::fs::write(dir.join("peer.key"), KEY).unwrap();
+    let mut replicas = Vec::new();
+    for n in NAMES {
+        replicas.push(Some(replica(&dir, n).await));
+    }
+    tell_peers(&dir, &replicas, 3).await;
+    (dir, replicas)
+}
+
+/// Calls `tool` as `agent` through `sc`: whether the server ran it.
+async fn ran(sc: &Sidecar, agent: &str, tool: &str, id: u64) -> bool {
+    let body = json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+                      "params": {"name": tool, "arguments": {"n": id}}});
+    let raw = post_json(
+        &sc.url(),
+        &[("x-agent", agent), ("mcp-protocol-version", "2025-06-18")],
+        &body.to_string(),
+    )
+    .await;
+    assert_eq!(raw.0, 200, "{}", String::from_utf8_lossy(&raw.2));
+    let m = &messages(&raw)[0];
+    match m["result"]["isError"].as_bool() {
+        Some(true) => {
+            let d = &m["result"]["_meta"]["dev.mcpwarden/decision"];
+            assert_eq!(d["decision"], "rate_limited", "{m}");
+            false
+        }
+        _ => {
+            assert!(m["result"]["content"][0]["text"]
+                .as_str()
+                .is_some_and(|t| t.starts_with(&format!("{tool} ran"))));
+            true
+        }
+    }
+}
+
+/// `n` calls sent round robin over the running sidecars: how many ran.
+async fn round_robin(replicas: &[Option<Replica>], agent: &str, tool: &str, n: u64) -> usize {
+    let running: Vec<&Sidecar> = replicas.iter().flatten().map(|r| &r.sc).collect();
+    let mut allowed = 0;
+    for i in 0..n {
+        if ran(running[i as usize % running.len()], agent, tool, i + 1).await {
+            allowed += 1;
+        }
+    }
+    allowed
+}
+
+/// The sum of every series of `name` matching `labels`, over the running sidecars.
+async fn total(replicas: &[Option<Replica>], name: &str, labels: &[&str]) -> f64 {
+    let mut sum = 0.0;
+    for r in replicas.iter().flatten() {
+        let (_, _, body) = get(&r.sc.admin_url("/metrics")).await;
+        sum += String::from_utf8(body.to_vec())
+            .unwrap()
+            .lines()
+            .filter(|l| l.starts_with(&format!("{name}{{")))
+            .filter(|l| labels.iter().all(|want| l.contains(want)))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>();
+    }
+    sum
+}
+
+/// An agent name whose `run_cell_rate` key `owner` owns (among all three).
+fn agent_owned_by(owner: &str, tag: &str) -> String {
+    (0..)
+        .map(|i| format!("{tag}-{i}"))
+        .find(|a| owner_among(&NAMES, "run_cell_rate", a) == Some(owner))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn three_sidecars_hold_one_budget_exactly_under_round_robin() {
+    let (_dir, replicas) = start("peers-exact").await;
+    // The seeds' per-caller limit: 10 a minute for each agent, whichever sidecar is asked.
+    for agent in ["alice", "bob", "carol", "dave"] {
+        assert_eq!(
+            round_robin(&replicas, agent, "run_cell", 30).await,
+            10,
+            "{agent}"
+        );
+    }
+    // A limit for all callers together (scope policy, the default): 7 a minute in all.
+    let mut ran_writes = 0;
+    for (i, agent) in ["alice", "bob", "carol"]
+        .iter()
+        .cycle()
+        .take(21)
+        .enumerate()
+    {
+        let sc = &replicas[i % 3].as_ref().unwrap().sc;
+        ran_writes += ran(sc, agent, "write_file", i as u64 + 1).await as usize;
+    }
+    assert_eq!(ran_writes, 7);
+    // Calls without a limit never ask a peer.
+    let asked = total(&replicas, "mcp_warden_peer_requests_total", &[]).await;
+    assert_eq!(round_robin(&replicas, "alice", "notebook_read", 9).await, 9);
+    assert_eq!(
+        total(&replicas, "mcp_warden_peer_requests_total", &[]).await,
+        asked
+    );
+    // Counts were asked of their owners over the peer API, and none fell back.
+    assert!(
+        total(
+            &replicas,
+            "mcp_warden_peer_requests_total",
+            &["result=\"taken\""]
+        )
+        .await
+            >= 20.0
+    );
+    assert!(
+        total(
+            &replicas,
+            "mcp_warden_peer_requests_total",
+            &["result=\"limited\""]
+        )
+        .await
+            > 0.0
+    );
+    assert_eq!(
+        total(&replicas, "mcp_warden_budget_fallbacks_total", &[]).await,
+        0.0
+    );
+}
+
+#[tokio::test]
+async fn with_an_owner_gone_the_survivors_count_on_shares_and_a_restart_rejoins() {
+    let (dir, mut replicas) = start("peers-kill").await;
+    let agent = agent_owned_by("web-0", "kill");
+    // Four calls counted by the owner, web-0.
+    assert_eq!(round_robin(&replicas, &agent, "run_cell", 4).await, 4);
+    // web-0 stops; the peer set still names it (the controller has not re-rendered yet).
+    let mut gone = replicas[0].take().unwrap();
+    gone.sc.terminate();
+    gone.sc.done.take().unwrap().await.unwrap().unwrap();
+    drop(gone);
+    // Each survivor counts the key on its share: ⌊10 / 3⌋ = 3 each, never more.
+    assert_eq!(round_robin(&replicas, &agent, "run_cell", 20).await, 6);
+    assert!(
+        total(
+            &replicas,
+            "mcp_warden_budget_fallbacks_total",
+            &["reason=\"unreachable\""]
+        )
+        .await
+            >= 2.0
+    );
+    // A key a survivor owns is still held exactly.
+    let kept = agent_owned_by("web-1", "kept");
+    assert_eq!(round_robin(&replicas, &kept, "run_cell", 25).await, 10);
+    // The controller re-renders the peer set without web-0: its keys have new owners, which
+    // count them exactly (starting afresh: the old owner's counts went with it).
+    tell_peers(&dir, &replicas, 2).await;
+    let moved = agent_owned_by("web-0", "moved");
+    assert_eq!(round_robin(&replicas, &moved, "run_cell", 25).await, 10);
+    // web-0 comes back (a new process, a new admin port) and is told to everyone.
+    replicas[0] = Some(replica(&dir, "web-0").await);
+    tell_peers(&dir, &replicas, 3).await;
+    let back = agent_owned_by("web-0", "back");
+    assert_eq!(round_robin(&replicas, &back, "run_cell", 30).await, 10);
+}
+
+#[tokio::test]
+async fn peer_requests_without_the_key_or_replayed_are_refused() {
+    let (_dir, replicas) = start("peers-auth").await;
+    let sc = &replicas[0].as_ref().unwrap().sc;
+    let body = r#"{"takes":[{"counter":"run_cell_rate","key":"x","max":10,"windowMs":60000,"scope":"grant"}]}"#;
+    let url = sc.admin_url("/peer/take");
+    // No MAC; a MAC made with another key.
+    let raw = post_json(&url, &[], body).await;
+    assert_eq!(raw.0, 401, "{}", String::from_utf8_lossy(&raw.2));
+    let time = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        .to_string();
+    let nonce = "00112233445566778899aabbccddeeff";
+    let mac = |key: &[u8], body: &str| {
+        let k = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, key);
+        let msg = format!("/peer/take\n{time}\n{nonce}\n{body}");
+        ring::hmac::sign(&k, msg.as_bytes())
+            .as_ref()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    };
+    let headers = |m: &str| {
+        vec![
+            ("mcp-warden-peer-time", time.clone()),
+            ("mcp-warden-peer-nonce", nonce.to_owned()),
+            ("mcp-warden-peer-mac", m.to_owned()),
+        ]
+    };
+    let send = async |m: String, b: &str| {
+        let h = headers(&m);
+        let h: Vec<(&str, &str)> = h.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        post_json(&url, &h, b).await
+    };
+    let wrong = send(mac(b"another key of thirty-two bytes!!", body), body).await;
+    assert_eq!(wrong.0, 401);
+    // The right key: answered (the owner of key "x" may be another sidecar, so either result).
+    let ok = send(mac(KEY, body), body).await;
+    assert_eq!(ok.0, 200, "{}", String::from_utf8_lossy(&ok.2));
+    let answer: Value = serde_json::from_slice(&ok.2).unwrap();
+    assert!(["taken", "notOwner"].contains(&answer["result"].as_str().unwrap()));
+    // The same request again: a replay.
+    let replay = send(mac(KEY, body), body).await;
+    assert_eq!(replay.0, 401);
+    assert!(String::from_utf8_lossy(&replay.2).contains("replay"));
+    // A body changed under the MAC.
+    let other = body.replace("\"x\"", "\"y\"");
+    let moved = send(mac(KEY, body), &other).await;
+    assert_eq!(moved.0, 401);
+}
