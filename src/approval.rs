@@ -108,6 +108,10 @@ pub struct Spent {
     pub used: u32,
     pub uses: u32,
     pub expires_at: u64,
+    /// The pods whose calls spent these uses (counted by the approval's owner among a policy's
+    /// sidecars, so a use that ran on another pod is named here).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub used_on: Vec<String>,
 }
 
 /// What the admin API's `GET /approvals` answers.

@@ -155,6 +155,23 @@ pub fn mismatch(ns: &str, spec: &McpApprovalSpec) -> Option<String> {
     None
 }
 
+/// The uses of one approval the sidecars report: how many, and on which pods.
+#[derive(Debug, Default, Clone)]
+pub struct Uses {
+    pub used: u32,
+    pub on: Vec<String>,
+}
+
+/// Where an approval's uses ran, as its status says: the pods named before and now, each once,
+/// sorted, at most 16.
+pub fn where_used(before: &[String], reported: &[String]) -> Vec<String> {
+    let mut all: Vec<String> = before.iter().chain(reported).cloned().collect();
+    all.sort();
+    all.dedup();
+    all.truncate(16);
+    all
+}
+
 /// A status change worth an Event (recorded on the McpApproval).
 pub type Change = super::events::PolicyEvent;
 
@@ -186,6 +203,7 @@ pub fn next_status(
     let status = McpApprovalStatus {
         phase: Some(phase),
         used,
+        used_on: old.used_on.clone(),
         approval_expires_at: approval_expires.map(time),
         finished_at,
         message: Some(message),
@@ -522,8 +540,8 @@ impl Keeper {
         policy: &McpPolicy,
         api: &Api<McpApproval>,
         known: &mut Vec<McpApproval>,
-    ) -> Result<HashMap<String, u32>, kube::Error> {
-        let mut used: HashMap<String, u32> = HashMap::new();
+    ) -> Result<HashMap<String, Uses>, kube::Error> {
+        let mut used: HashMap<String, Uses> = HashMap::new();
         let pods = self.pods_of(policy);
         if pods.is_empty() {
             return Ok(used);
@@ -545,9 +563,13 @@ impl Keeper {
                     continue;
                 }
             };
+            // Each use is counted by one sidecar (the pod's own, or the approval's owner among
+            // the policy's sidecars): the uses are the sum over pods.
             for s in &report.used {
                 if let Some(n) = &s.name {
-                    used.insert(n.clone(), s.used);
+                    let u = used.entry(n.clone()).or_default();
+                    u.used = u.used.saturating_add(s.used);
+                    u.on.extend(s.used_on.iter().cloned());
                 }
             }
             for p in report.pending.iter().filter(|p| p.policy == label) {
@@ -573,7 +595,7 @@ impl Keeper {
         api: &Api<McpApproval>,
         policy: &McpPolicy,
         mut a: McpApproval,
-        used: &HashMap<String, u32>,
+        used: &HashMap<String, Uses>,
         now: u64,
     ) -> Result<Option<McpApproval>, kube::Error> {
         if expired_retention(&a, self.cfg.retention, now) {
@@ -585,7 +607,11 @@ impl Keeper {
             return Ok(None);
         }
         let ns = policy.namespace().unwrap_or_default();
-        let (status, change) = next_status(&ns, &a, used.get(&a.name_any()).copied(), now);
+        let reported = used.get(&a.name_any());
+        let (mut status, change) = next_status(&ns, &a, reported.map(|u| u.used), now);
+        if let Some(u) = reported {
+            status.used_on = where_used(&status.used_on, &u.on);
+        }
         if a.status.as_ref() == Some(&status) {
             return Ok(Some(a));
         }
@@ -819,5 +845,14 @@ mod tests {
             !expired_retention(&with_status(a, s), keep, 1_000_000),
             "pending stays"
         );
+    }
+
+    #[test]
+    fn where_used_names_each_pod_once_in_order_and_keeps_what_was_named() {
+        let before = vec!["web-2".to_owned()];
+        let reported = ["web-0", "web-2", "web-0"].map(String::from);
+        assert_eq!(where_used(&before, &reported), ["web-0", "web-2"]);
+        let many: Vec<String> = (0..40).map(|i| format!("web-{i:02}")).collect();
+        assert_eq!(where_used(&[], &many).len(), 16);
     }
 }

@@ -536,8 +536,8 @@ fn policy_stream(
     kept("McpPolicy", s)
 }
 
-/// Every pod, keeping what counts and warnings need (and the pod IP, for approvals); the rest
-/// is dropped to bound memory.
+/// Every pod, keeping what counts and warnings need (and the pod IP, for approvals, and whether
+/// its sidecar is ready, for the peer set); the rest is dropped to bound memory.
 fn pod_stream(
     client: &kube::Client,
     w: reflector::store::Writer<Pod>,
@@ -546,16 +546,35 @@ fn pod_stream(
         .default_backoff()
         .modify(|p| {
             p.managed_fields_mut().clear();
-            p.status = p.status.take().and_then(|s| s.pod_ip).map(|ip| {
-                k8s_openapi::api::core::v1::PodStatus {
-                    pod_ip: Some(ip),
-                    ..Default::default()
-                }
-            });
+            p.status = p.status.take().map(trim_status);
         })
         .reflect(w)
         .touched_objects();
     kept("Pod", s)
+}
+
+/// A pod's status as the controller keeps it: its IP and its sidecar's readiness.
+fn trim_status(s: k8s_openapi::api::core::v1::PodStatus) -> k8s_openapi::api::core::v1::PodStatus {
+    use k8s_openapi::api::core::v1::{ContainerStatus, PodStatus};
+    let sidecar = |list: Option<Vec<ContainerStatus>>| {
+        let kept: Vec<ContainerStatus> = list
+            .into_iter()
+            .flatten()
+            .filter(|c| c.name == crate::cluster::CONTAINER)
+            .map(|c| ContainerStatus {
+                name: c.name,
+                ready: c.ready,
+                ..Default::default()
+            })
+            .collect();
+        (!kept.is_empty()).then_some(kept)
+    };
+    PodStatus {
+        pod_ip: s.pod_ip,
+        container_statuses: sidecar(s.container_statuses),
+        init_container_statuses: sidecar(s.init_container_statuses),
+        ..Default::default()
+    }
 }
 
 fn service_stream(

@@ -122,6 +122,11 @@ pub struct McpApprovalStatus {
     /// Uses the sidecar has spent.
     #[serde(default)]
     pub used: u32,
+    /// The pods whose calls spent the uses (an approval is honoured on every pod of a policy
+    /// whose sidecars have peers; each use is counted once, by its owner).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub used_on: Vec<String>,
     /// When an approval stops allowing calls (`decidedAt` + ttl).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approval_expires_at: Option<Time>,

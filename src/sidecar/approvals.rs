@@ -11,14 +11,20 @@
 //! live has passed. Without a cluster, the admin API decides pending requests directly
 //! ([`Approvals::decide`]); such approvals live in memory beside the file's.
 //!
-//! In a cluster an approval names the pod whose sidecar saw the request: uses are counted per
-//! sidecar, so an approval is honoured on that pod only, and `uses: 1` means one call.
+//! In a cluster an approval names the pod whose sidecar saw the request. A sidecar without peers
+//! honours it on that pod only, counting its uses itself. A sidecar with peers (`--peers`, one
+//! budget across replicas) honours it on every pod of the policy: each use is counted once, by
+//! the sidecar that owns the approval among the peers (see `peers`), which records on which pod
+//! it ran.
 
 use crate::approval::{ApprovalsFile, Granted, Pending, Report, Spent, MIN_ID_PREFIX};
 use crate::policy::sha256_hex;
 use std::collections::{HashMap, VecDeque};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
+
+/// Pods recorded per approval as where its uses ran.
+const MAX_USED_ON: usize = 16;
 
 /// Pending requests kept at most.
 pub const MAX_PENDING: usize = 256;
@@ -63,6 +69,9 @@ struct Inner {
     lapsed: Vec<(String, String)>,
     /// Uses taken per approval ([`Granted::key`]; kept across reloads of the file).
     used: HashMap<String, u32>,
+    /// The pods whose calls spent each approval's uses (one entry per use, at most
+    /// [`MAX_USED_ON`]).
+    used_on: HashMap<String, Vec<String>>,
     pending: VecDeque<Pending>,
     /// The file's hash, to tell whether it changed.
     file_hash: Option<String>,
@@ -72,8 +81,11 @@ struct Inner {
 #[derive(Default)]
 pub struct Approvals {
     inner: Mutex<Inner>,
-    /// This sidecar's pod: approvals naming another pod are not honoured here.
+    /// This sidecar's pod: approvals naming another pod are not honoured here, unless
+    /// `policy_wide`.
     pod: Option<String>,
+    /// Approvals are honoured on every pod of the policy (the sidecar has peers).
+    policy_wide: bool,
 }
 
 /// A use of an approval, reserved for one call: kept by [`Reservation::commit`], given back when
@@ -86,10 +98,17 @@ pub struct Reservation {
 }
 
 impl Reservation {
-    /// The call ran: the use is spent. Returns the uses left.
-    pub fn commit(mut self) -> u32 {
+    /// The call ran on pod `on` (this one when `None`): the use is spent. Returns the uses
+    /// left.
+    pub fn commit(mut self, on: Option<&str>) -> u32 {
         self.committed = true;
-        let inner = self.approvals.lock();
+        let mut inner = self.approvals.lock();
+        if let Some(pod) = on.or(self.approvals.pod.as_deref()) {
+            let list = inner.used_on.entry(self.key.clone()).or_default();
+            if list.len() < MAX_USED_ON {
+                list.push(pod.to_owned());
+            }
+        }
         let used = inner.used.get(&self.key).copied().unwrap_or(0);
         inner
             .granted
@@ -152,11 +171,43 @@ impl Inner {
 }
 
 impl Approvals {
-    /// The approvals of the sidecar of pod `pod` (none outside a cluster).
-    pub fn for_pod(pod: Option<String>) -> Approvals {
+    /// The approvals of the sidecar of pod `pod` (none outside a cluster); `policy_wide` when
+    /// the sidecar has peers.
+    pub fn for_pod(pod: Option<String>, policy_wide: bool) -> Approvals {
         Approvals {
             pod,
+            policy_wide,
             ..Approvals::default()
+        }
+    }
+
+    /// The key ([`Granted::key`]) of the approval of call `id` with uses left at `now`: what a
+    /// use is counted under, here or at the approval's owner.
+    pub fn live_key(&self, id: &str, now: u64) -> Option<String> {
+        let inner = self.lock();
+        let g = inner.live(id)?;
+        (now <= g.expires_at).then(|| g.key().to_owned())
+    }
+
+    /// Reserves a use of approval `id` counted under `key` for a call on another pod: only if
+    /// this sidecar holds that very approval (the same key) with uses left.
+    pub fn reserve_key(self: &Arc<Self>, id: &str, key: &str, now: u64) -> Option<Reservation> {
+        if self.live_key(id, now).as_deref() != Some(key) {
+            return None;
+        }
+        self.reserve(id, now)
+    }
+
+    /// Gives back a use counted under `key` that ran nowhere (its call on pod `on` did not run).
+    pub fn give_back_use(&self, key: &str, on: &str) {
+        let mut inner = self.lock();
+        if let Some(n) = inner.used.get_mut(key) {
+            *n = n.saturating_sub(1);
+        }
+        if let Some(list) = inner.used_on.get_mut(key) {
+            if let Some(i) = list.iter().rposition(|p| p == on) {
+                list.remove(i);
+            }
         }
     }
 
@@ -192,7 +243,7 @@ impl Approvals {
         inner.granted = file
             .approvals
             .into_iter()
-            .filter(|g| g.pod.is_none() || g.pod == self.pod)
+            .filter(|g| self.policy_wide || g.pod.is_none() || g.pod == self.pod)
             .map(|g| (g.id.clone(), g))
             .collect();
         let requested: Vec<String> = inner.pending.iter().map(|p| p.id.clone()).collect();
@@ -264,6 +315,7 @@ impl Approvals {
                 used: inner.used.get(g.key()).copied().unwrap_or(0),
                 uses: g.uses,
                 expires_at: g.expires_at,
+                used_on: inner.used_on.get(g.key()).cloned().unwrap_or_default(),
             })
             .collect();
         used.sort_by(|a, b| a.id.cmp(&b.id));
@@ -360,7 +412,7 @@ mod tests {
         assert!(a.reserve("x", 50).is_none(), "the one use is taken");
         drop(r);
         let r = a.reserve("x", 50).expect("given back");
-        assert_eq!(r.commit(), 0);
+        assert_eq!(r.commit(None), 0);
         assert!(a.reserve("x", 50).is_none(), "spent");
         // The file is rewritten (another approval added): the spent use stays spent.
         let path = file(
@@ -391,7 +443,7 @@ mod tests {
             for _ in 0..8 {
                 s.spawn(|| {
                     if let Some(r) = a.reserve("x", 1) {
-                        r.commit();
+                        r.commit(None);
                         won.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     }
                 });
@@ -441,7 +493,7 @@ mod tests {
     fn approvals_for_another_pod_are_not_honoured_and_a_missing_file_grants_none() {
         let d = dir().join("pods");
         std::fs::create_dir_all(&d).unwrap();
-        let a = Arc::new(Approvals::for_pod(Some("web-0".into())));
+        let a = Arc::new(Approvals::for_pod(Some("web-0".into()), false));
         assert!(
             a.load(&d.join("absent.json")).unwrap(),
             "a missing file is an empty set"
@@ -458,6 +510,42 @@ mod tests {
         assert!(a.reserve("theirs", 1).is_none());
         assert!(a.reserve("mine", 1).is_some());
         assert!(a.reserve("any", 1).is_some());
+    }
+
+    #[test]
+    fn with_peers_every_pods_approval_is_honoured_and_where_it_ran_is_recorded() {
+        let d = dir().join("policy-wide");
+        std::fs::create_dir_all(&d).unwrap();
+        let a = Arc::new(Approvals::for_pod(Some("web-0".into()), true));
+        let path = file(
+            &d,
+            json!([{"id": "theirs", "uses": 2, "expires_at": 100, "pod": "web-1", "name": "n1"}]),
+        );
+        a.load(&path).unwrap();
+        assert_eq!(a.live_key("theirs", 1).as_deref(), Some("n1"));
+        // A use for a call on web-2, asked of this sidecar as the approval's owner.
+        assert!(
+            a.reserve_key("theirs", "another-name", 1).is_none(),
+            "another approval"
+        );
+        a.reserve_key("theirs", "n1", 1)
+            .unwrap()
+            .commit(Some("web-2"));
+        a.reserve("theirs", 1).unwrap().commit(None);
+        assert!(a.reserve("theirs", 1).is_none(), "both uses spent");
+        let spent = &a.report(1).used[0];
+        assert_eq!(
+            (spent.used, spent.used_on.clone()),
+            (2, vec!["web-2".to_owned(), "web-0".to_owned()])
+        );
+        // web-2's call did not run after all: its use comes back.
+        a.give_back_use("n1", "web-2");
+        let spent = &a.report(1).used[0];
+        assert_eq!(
+            (spent.used, spent.used_on.clone()),
+            (1, vec!["web-0".to_owned()])
+        );
+        assert!(a.reserve("theirs", 1).is_some());
     }
 
     #[test]
@@ -503,7 +591,7 @@ mod tests {
             Err(NotPending("a".into())),
             "a decision is made once"
         );
-        assert!(a.reserve("a", 130).unwrap().commit() == 1);
+        assert!(a.reserve("a", 130).unwrap().commit(None) == 1);
         let r = a.report(131);
         assert_eq!(r.pending.len(), 1);
         assert_eq!(
@@ -513,7 +601,8 @@ mod tests {
                 name: Some("a@130".into()),
                 used: 1,
                 uses: 2,
-                expires_at: 190
+                expires_at: 190,
+                used_on: vec![],
             }]
         );
         assert!(

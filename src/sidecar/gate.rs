@@ -7,8 +7,8 @@
 //! nothing of it is forwarded. HTTP (reading the body, forwarding, filtering answers) is the
 //! proxy's.
 
-use super::approvals::Reservation;
 use super::caller::{unix_now, Caller};
+use super::peers::Use;
 use super::record::{self, CallFacts};
 use super::refusal::Refused;
 use super::reload::LoadedPolicy;
@@ -141,7 +141,7 @@ struct Asked {
     grants: Approval,
     arguments: String,
     arguments_sha256: String,
-    held: Option<Reservation>,
+    held: Option<Use>,
 }
 
 /// The calls of one request, decided in turn.
@@ -178,7 +178,7 @@ impl Gate<'_> {
         let found = pol.lookup(&call.name, self.grant, seen.map(|s| s.hints));
         let args = read_arguments(&found, call.arguments, id)?;
         let approval = match found.approval() {
-            Some(grants) => Some(self.ask_approval(&call, grants, id)?),
+            Some(grants) => Some(self.ask_approval(&call, grants, id).await?),
             None => None,
         };
         let t0 = Instant::now();
@@ -237,9 +237,9 @@ impl Gate<'_> {
     /// The approval a call whose rule needs one must match, and a use of it if one is granted
     /// (reserved now, spent only if the call is allowed). The arguments are read whole: the id
     /// covers all of them.
-    fn ask_approval(
+    async fn ask_approval(
         &self,
-        call: &mcp::ToolCall,
+        call: &mcp::ToolCall<'_>,
         grants: Approval,
         id: &RawValue,
     ) -> Result<Asked, Refused> {
@@ -263,7 +263,7 @@ impl Gate<'_> {
             &arguments_sha256,
             &self.caller.id,
         );
-        let held = self.st.approvals.reserve(&approval, unix_now());
+        let held = peers::reserve_use(self.st, &self.policy.label, &approval).await;
         Ok(Asked {
             id: approval,
             grants,
@@ -282,6 +282,9 @@ impl Gate<'_> {
             (Outcome::Allow, Some(reservation)) => {
                 self.spend.holds(reservation, label, d.tool_label);
             }
+            // Refused for another reason: a use its owner counted is given back to it (one
+            // reserved here is given back by dropping it).
+            (_, Some(Use::Owner(u))) => self.st.peers.give_back_use(u),
             (Outcome::ApprovalRequired, _) => {
                 let new = self.st.approvals.request(Pending {
                     id: a.id.clone(),

@@ -199,7 +199,10 @@ impl State {
             upstream_authority: authority,
             legacy: legacy::LegacySessions::default(),
             sessions: sessions::Issued::default(),
-            approvals: Arc::new(approvals::Approvals::for_pod(cfg.pod_name.clone())),
+            approvals: Arc::new(approvals::Approvals::for_pod(
+                cfg.pod_name.clone(),
+                cfg.peers_path.is_some(),
+            )),
             admin: admin_api::AdminAuth::new(
                 cfg.admin_token_file.clone(),
                 cfg.admin_keys_path.clone(),

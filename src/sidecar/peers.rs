@@ -17,6 +17,7 @@
 //! refuses a stale time, a nonce it has seen, an unknown counter and a body over
 //! [`MAX_PEER_BODY`].
 
+use super::approvals::Reservation;
 use super::State;
 use crate::engine::counters::Spent;
 use crate::engine::{Ask, Decision, Engine, Place, Placer, Taken};
@@ -70,6 +71,12 @@ pub const FALLBACK_REASONS: [&str; 5] = [
 
 pub const TAKE_PATH: &str = "/peer/take";
 pub const RETURN_PATH: &str = "/peer/return";
+pub const USE_PATH: &str = "/peer/use";
+pub const UNUSE_PATH: &str = "/peer/unuse";
+
+/// What approval owners are placed under (beside counter names: no counter is named so, as a
+/// counter name has no spaces).
+const APPROVALS: &str = "approval uses";
 
 /// What a sidecar knows of its peers.
 #[derive(Debug)]
@@ -377,6 +384,105 @@ struct ReturnRequest {
     returns: Vec<ReturnOne>,
 }
 
+/// A use of an approval asked of its owner.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UseRequest {
+    id: String,
+    /// What its uses are counted under (the McpApproval's name, or the id).
+    key: String,
+    /// The pod whose call it is for.
+    by: String,
+}
+
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "result", rename_all = "camelCase")]
+enum UseAnswer {
+    /// Counted (spent, until given back).
+    Reserved,
+    /// Used up, expired, or not (yet) in the owner's approvals.
+    Refused,
+    NotOwner,
+}
+
+/// A use of an approval held for a call: reserved here, or counted by the approval's owner
+/// among the policy's sidecars.
+pub(super) enum Use {
+    Here(Reservation),
+    Owner(OwnedUse),
+}
+
+/// A use of an approval its owner counted for a call here: given back to it if the call does
+/// not run.
+#[derive(Debug)]
+pub(super) struct OwnedUse {
+    address: String,
+    key: String,
+}
+
+/// Reserves a use of the approval of call `id` for a call here: counted here when this sidecar
+/// owns the approval (or has no peers), else by asking its owner. `None`: no use may be had —
+/// none left, or (never open) the owner cannot be asked.
+pub(super) async fn reserve_use(st: &State, label: &str, id: &str) -> Option<Use> {
+    let now = unix_now();
+    let here = || st.approvals.reserve(id, now).map(Use::Here);
+    let view = st.peers.view.load_full();
+    match view.mode {
+        Mode::Alone => return here(),
+        // Counted here, a use could be counted again on another pod.
+        Mode::Unknown => return None,
+        Mode::Known => {}
+    }
+    let key = st.approvals.live_key(id, now)?;
+    let (_, owner) = st.peers.owner(&view, APPROVALS, &key)?;
+    if Some(&owner.name) == st.peers.me.as_ref() {
+        return here();
+    }
+    let (Some(peer_key), Some(me)) = (view.key.as_ref(), st.peers.me.as_ref()) else {
+        return None;
+    };
+    if st.peers.is_down(&owner.address) {
+        return None;
+    }
+    let body = UseRequest {
+        id: id.to_owned(),
+        key: key.clone(),
+        by: me.clone(),
+    };
+    let body = serde_json::to_vec(&body).expect("serialises");
+    let sent = tokio::time::timeout(
+        ASK_TIMEOUT,
+        post(&st.peers.client, peer_key, &owner.address, USE_PATH, body),
+    )
+    .await;
+    let answer = match sent {
+        Ok(Ok(b)) => serde_json::from_slice::<UseAnswer>(&b).ok(),
+        _ => None,
+    };
+    match answer {
+        Some(UseAnswer::Reserved) => {
+            record(st, label, "taken");
+            Some(Use::Owner(OwnedUse {
+                address: owner.address.clone(),
+                key,
+            }))
+        }
+        Some(UseAnswer::Refused) => {
+            record(st, label, "limited");
+            None
+        }
+        Some(UseAnswer::NotOwner) => {
+            record(st, label, "not_owner");
+            None
+        }
+        None => {
+            record(st, label, "error");
+            st.peers.mark_down(&owner.address);
+            None
+        }
+    }
+}
+
 /// A count an owner took for this sidecar: given back to it if the call does not run.
 #[derive(Debug)]
 pub(super) struct Lent {
@@ -627,6 +733,29 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 impl Peers {
+    /// Gives an approval use back to its owner (the call did not run); best effort: a use that
+    /// cannot be given back stays spent.
+    pub(super) fn give_back_use(&self, u: OwnedUse) {
+        let view = self.view.load();
+        let (Some(key), Some(me)) = (view.key.clone(), self.me.clone()) else {
+            return;
+        };
+        let client = self.client.clone();
+        let body = serde_json::to_vec(&UseRequest {
+            id: String::new(),
+            key: u.key,
+            by: me,
+        })
+        .expect("serialises");
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(
+                ASK_TIMEOUT,
+                post(&client, &key, &u.address, UNUSE_PATH, body),
+            )
+            .await;
+        });
+    }
+
     /// Gives counts back to their owners (the call did not run); best effort: a count that
     /// cannot be given back stays spent (a limit may refuse early, never allow more).
     pub(super) fn give_back(&self, lent: Vec<Lent>) {
@@ -684,7 +813,7 @@ impl Nonces {
 
 /// Whether `path` is the peer API's.
 pub fn handles(path: &str) -> bool {
-    path == TAKE_PATH || path == RETURN_PATH
+    [TAKE_PATH, RETURN_PATH, USE_PATH, UNUSE_PATH].contains(&path)
 }
 
 /// Answers a peer's request (on the admin port).
@@ -710,6 +839,9 @@ pub async fn handle(st: Arc<State>, req: Request<Incoming>) -> Response<Body> {
     let Some(policy) = st.policy.load_full() else {
         return refuse(StatusCode::SERVICE_UNAVAILABLE, "no policy loaded");
     };
+    if path == USE_PATH || path == UNUSE_PATH {
+        return approval_use(&st, &path, &bytes);
+    }
     let engine = &policy.engine;
     if path == RETURN_PATH {
         let Ok(r) = serde_json::from_slice::<ReturnRequest>(&bytes) else {
@@ -724,6 +856,37 @@ pub async fn handle(st: Arc<State>, req: Request<Incoming>) -> Response<Body> {
         return refuse(StatusCode::BAD_REQUEST, "not a take request");
     };
     let answer = take_owned(&st, engine, &r);
+    json(
+        StatusCode::OK,
+        serde_json::to_vec(&answer).expect("serialises"),
+    )
+}
+
+/// A use of an approval another sidecar asks of this one, its owner (or gives back).
+fn approval_use(st: &State, path: &str, bytes: &[u8]) -> Response<Body> {
+    let Ok(r) = serde_json::from_slice::<UseRequest>(bytes) else {
+        return refuse(StatusCode::BAD_REQUEST, "not an approval use request");
+    };
+    if path == UNUSE_PATH {
+        st.approvals.give_back_use(&r.key, &r.by);
+        return json(StatusCode::OK, b"{}".to_vec());
+    }
+    let view = st.peers.view.load();
+    let mine = view.mode == Mode::Known
+        && st
+            .peers
+            .owner(&view, APPROVALS, &r.key)
+            .is_some_and(|(_, p)| Some(&p.name) == st.peers.me.as_ref());
+    let answer = match mine {
+        false => UseAnswer::NotOwner,
+        true => match st.approvals.reserve_key(&r.id, &r.key, unix_now()) {
+            Some(reservation) => {
+                reservation.commit(Some(&r.by));
+                UseAnswer::Reserved
+            }
+            None => UseAnswer::Refused,
+        },
+    };
     json(
         StatusCode::OK,
         serde_json::to_vec(&answer).expect("serialises"),

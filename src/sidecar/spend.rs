@@ -1,7 +1,6 @@
 //! What the allowed calls of a forwarded request took, settled by the server's answer.
 
-use super::approvals::Reservation;
-use super::peers::Lent;
+use super::peers::{Lent, Use};
 use super::record;
 use super::State;
 use crate::engine::Taken;
@@ -20,7 +19,7 @@ pub(super) struct Spend {
 
 /// A reserved approval use of an allowed call, with its metric's labels.
 struct HeldUse {
-    reservation: Reservation,
+    reservation: Use,
     policy: String,
     tool: String,
 }
@@ -34,7 +33,7 @@ impl Spend {
     }
 
     /// An approval use an allowed call holds, with its metric's labels.
-    pub(super) fn holds(&mut self, reservation: Reservation, policy: &str, tool_label: &str) {
+    pub(super) fn holds(&mut self, reservation: Use, policy: &str, tool_label: &str) {
         self.approvals.push(HeldUse {
             reservation,
             policy: policy.to_owned(),
@@ -45,7 +44,10 @@ impl Spend {
     /// The calls ran (or may have): counts stay, approval uses are spent.
     pub(super) fn commit(self, st: &State) {
         for u in self.approvals {
-            u.reservation.commit();
+            if let Use::Here(r) = u.reservation {
+                r.commit(None);
+            }
+            // A use its owner counted is spent there already.
             record::approval(st, &u.policy, &u.tool, "used");
         }
     }
@@ -57,7 +59,12 @@ impl Spend {
             t.give_back();
         }
         st.peers.give_back(self.lent);
-        // Dropping a reservation gives the use back.
-        drop(self.approvals);
+        for u in self.approvals {
+            match u.reservation {
+                // Dropping a reservation gives the use back.
+                Use::Here(r) => drop(r),
+                Use::Owner(o) => st.peers.give_back_use(o),
+            }
+        }
     }
 }

@@ -18,6 +18,7 @@ tools:
   write_file:
     limits: [{counter: writes, window: minute, max: 7}]
   notebook_read: {}
+  clear_session: {action: require_approval}
 "#;
 
 const NAMES: [&str; 3] = ["web-0", "web-1", "web-2"];
@@ -37,6 +38,7 @@ async fn replica(dir: &Path, name: &'static str) -> Replica {
         c.peers_path = Some(d.join("peers.json"));
         c.peer_key_path = Some(d.join("peer.key"));
         c.pod_name = Some(name.to_owned());
+        c.approvals_path = Some(d.join("approvals.json"));
     })
     .await;
     Replica { sc, _up: up }
@@ -282,4 +284,84 @@ async fn peer_requests_without_the_key_or_replayed_are_refused() {
     let other = body.replace("\"x\"", "\"y\"");
     let moved = send(mac(KEY, body), &other).await;
     assert_eq!(moved.0, 401);
+}
+
+/// `clear_session` as `agent` through `sc`: the decision record, or "ran".
+async fn clear(sc: &Sidecar, agent: &str, id: u64) -> Value {
+    let body = json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+                      "params": {"name": "clear_session", "arguments": {"session_id": "s1"}}});
+    let raw = post_json(
+        &sc.url(),
+        &[("x-agent", agent), ("mcp-protocol-version", "2025-06-18")],
+        &body.to_string(),
+    )
+    .await;
+    assert_eq!(raw.0, 200, "{}", String::from_utf8_lossy(&raw.2));
+    let m = &messages(&raw)[0];
+    match m["result"]["isError"].as_bool() {
+        Some(true) => m["result"]["_meta"]["dev.mcpwarden/decision"].clone(),
+        _ => json!({"decision": "ran"}),
+    }
+}
+
+#[tokio::test]
+async fn an_approval_asked_on_one_pod_runs_on_any_and_each_use_is_spent_once() {
+    let (dir, replicas) = start("peers-approval").await;
+    let sc = |i: usize| &replicas[i].as_ref().unwrap().sc;
+    // Asked on web-1.
+    let asked = clear(sc(1), "alice", 1).await;
+    assert_eq!(asked["decision"], "approval_required", "{asked}");
+    let id = asked["approvalId"].as_str().unwrap().to_owned();
+    // Approved for two uses, naming web-1 (as the controller renders it).
+    let file = json!({"approvals": [{"id": id, "uses": 2, "expires_at": 4_000_000_000u64,
+                                     "pod": "web-1", "name": "clear-session-1"}]});
+    std::fs::write(dir.join("approvals.json"), file.to_string()).unwrap();
+    wait_until("every sidecar holds the approval", async || {
+        replicas.iter().flatten().all(|r| {
+            r.sc.state
+                .approvals
+                .report(1)
+                .used
+                .iter()
+                .any(|s| s.id == id)
+        })
+    })
+    .await;
+    // Nine tries round robin, from web-0: exactly two run, wherever they land.
+    let mut ran_on = Vec::new();
+    for i in 0..9u64 {
+        let k = i as usize % 3;
+        let d = clear(sc(k), "alice", 10 + i).await;
+        if d["decision"] == "ran" {
+            ran_on.push(NAMES[k]);
+        } else {
+            assert_eq!(d["decision"], "approval_required", "{d}");
+        }
+    }
+    assert_eq!(
+        ran_on,
+        ["web-0", "web-1"],
+        "uses: 2 is two calls across the replicas"
+    );
+    // The owner counted both, and says where they ran; the others spent none themselves.
+    let reports: Vec<_> = replicas
+        .iter()
+        .flatten()
+        .map(|r| r.sc.state.approvals.report(1).used)
+        .collect();
+    let used: u32 = reports.iter().flatten().map(|s| s.used).sum();
+    assert_eq!(used, 2);
+    let on: Vec<String> = reports
+        .iter()
+        .flatten()
+        .flat_map(|s| s.used_on.clone())
+        .collect();
+    assert_eq!(on, ["web-0", "web-1"]);
+    // Another caller's identical call is not approved anywhere.
+    for k in 0..3 {
+        assert_eq!(
+            clear(sc(k), "bob", 30).await["decision"],
+            "approval_required"
+        );
+    }
 }

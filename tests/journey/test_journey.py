@@ -9,7 +9,8 @@ a real Python SDK client through the Service's ClusterIP sees the seed rules →
 projected ServiceAccount token names the caller and its grant applies → an McpPolicy edit reaches
 the running sidecar by the kubelet's own ConfigMap sync → a person approves a call with the
 kubectl plugin → Prometheus scrapes the pods → isolation proven on the wire from another pod →
-the sidecar container killed: restarted, the server never reachable unguarded → the leader pod
+the sidecar container killed: restarted, the server never reachable unguarded → three replicas
+behind the Service hold one budget → the leader pod
 deleted (HA) → the webhook down (failurePolicy: Fail) → the API server restarted → helm upgrade
 with the monitoring objects → uninstall leaves only the CRDs.
 
@@ -828,6 +829,83 @@ async def test_a_killed_sidecar_restarts_and_the_server_is_never_reachable_ungua
     assert metric(sidecar_metrics(world), "mcp_warden_policy_info", hash=hash_) == 1, "the restarted sidecar enforces the policy"
     async with client(world) as s:
         assert await call(s, "install_package", {"package_name": "x"}) == (True, "Package installs are disabled in this namespace")
+
+
+def sidecar_metrics_of(pod: dict) -> str:
+    return http_get(f"http://{pod['status']['podIP']}:9481/metrics")[1]
+
+
+def injected_ready_pods() -> list[dict]:
+    return [p for p in ready_pods(APP_NS, "app=python-interpreter")
+            if not p["metadata"].get("deletionTimestamp")
+            and any(c["name"] == "mcp-warden" for c in p["spec"].get("initContainers", []))]
+
+
+@pytest.mark.anyio
+async def test_three_replicas_behind_the_service_hold_one_budget(world):
+    """The example scaled to 3 replicas behind its Service: the controller renders the ready
+    sidecars (peers.json) and a peer key (a Secret only the sidecars mount); clients whose
+    connections kube-proxy spreads over the pods get the seed limit once, not three times."""
+    policy = f"{APP_NS}/python-interpreter"
+    started = time.monotonic()
+    # Replicas behind one Service: the server runs sessionless (any pod answers any request), as
+    # a server scaled out must.
+    deploy = get_json("deployment", "-n", APP_NS, "python-interpreter")
+    args = deploy["spec"]["template"]["spec"]["containers"][0]["args"]
+    sessionless = args[1].replace("mcp.run(", "mcp.settings.stateless_http = True; mcp.run(")
+    kubectl("patch", "deployment", "-n", APP_NS, "python-interpreter", "--type", "json", "-p", json.dumps([
+        {"op": "replace", "path": "/spec/template/spec/containers/0/args/1", "value": sessionless},
+        {"op": "replace", "path": "/spec/replicas", "value": 3}]))
+    pods = wait("three injected sessionless pods Ready", lambda: len(p := [
+        q for q in injected_ready_pods() if "stateless_http" in q["spec"]["containers"][0]["args"][1]]) == 3 and p,
+        timeout=240)
+    secret = get_json("secret", "-n", APP_NS, "python-interpreter-mcp-warden")
+    assert len(secret["data"]["peer.key"]) >= 44, "a 32-byte key"
+    assert secret["metadata"]["ownerReferences"][0]["kind"] == "McpPolicy"
+    # Only the sidecar mounts the key.
+    for c in pods[0]["spec"]["containers"]:
+        assert all(m["name"] != "mcp-warden-peer" for m in c.get("volumeMounts", [])), c["name"]
+    names = sorted(p["metadata"]["name"] for p in pods)
+    wait("the controller renders the three sidecars", lambda: sorted(
+        e["name"] for e in json.loads(get_json("configmap", "-n", APP_NS, "python-interpreter-mcp-warden")
+                                      ["data"]["peers.json"])["peers"]) == names, timeout=60)
+    wait("every sidecar knows its two peers and itself", lambda: all(
+        metric(sidecar_metrics_of(p), "mcp_warden_peers", policy=policy) == 3 for p in pods), timeout=120)
+    figure("scaled to 3 → every sidecar knows the peer set", f"{time.monotonic() - started:.1f} s")
+    before = {p["metadata"]["name"]: sidecar_metrics_of(p) for p in pods}
+    # 30 clients, each a new connection (kube-proxy picks a pod per connection), 3 calls each:
+    # the anonymous caller's list_directory budget is 60 a minute across all three pods.
+    allowed = refused = 0
+    for _ in range(30):
+        async with client(world) as s:
+            for _ in range(3):
+                err, text = await call(s, "list_directory", {"directory_path": "/workspace"})
+                if err:
+                    assert text.startswith("Rate limit exceeded: list_directory_rate allows 60 calls per minute"), text
+                    refused += 1
+                else:
+                    allowed += 1
+    assert (allowed, refused) == (60, 30)
+    per_pod = {}
+    hops = fallbacks = 0.0
+    for p in pods:
+        name, m = p["metadata"]["name"], sidecar_metrics_of(p)
+        def delta(metric_name: str, **labels) -> float:
+            return (metric(m, metric_name, **labels) or 0) - (metric(before[name], metric_name, **labels) or 0)
+        per_pod[name] = sum(delta("mcp_warden_decisions_total", policy=policy, tool="list_directory", decision=d)
+                            for d in ("allow", "rate_limited"))
+        hops += sum(delta("mcp_warden_peer_requests_total", policy=policy, result=r) for r in ("taken", "limited"))
+        fallbacks += sum(delta("mcp_warden_budget_fallbacks_total", policy=policy, reason=r)
+                         for r in ("unreachable", "busy", "not_owner", "mismatch", "unknown_peers"))
+    assert sum(per_pod.values()) == 90 and all(n > 0 for n in per_pod.values()), per_pod
+    assert hops > 0 and fallbacks == 0, (hops, fallbacks)
+    figure("3 replicas, 90 calls of a 60/minute limit over 30 connections", f"{allowed} allowed, spread {per_pod}")
+    kubectl("patch", "deployment", "-n", APP_NS, "python-interpreter", "--type", "json", "-p", json.dumps([
+        {"op": "replace", "path": "/spec/template/spec/containers/0/args/1", "value": args[1]},
+        {"op": "replace", "path": "/spec/replicas", "value": 1}]))
+    wait("one interpreter pod, with sessions again", lambda: len(p := get_json(
+        "pods", "-n", APP_NS, "-l", "app=python-interpreter")["items"]) == 1 and ready(p[0])
+        and "stateless_http" not in p[0]["spec"]["containers"][0]["args"][1], timeout=180)
 
 
 def test_the_lease_moves_when_the_leader_pod_is_deleted_and_work_continues(world):
