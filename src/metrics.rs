@@ -29,6 +29,7 @@ pub const SIDECAR_METRICS: &[&str] = &[
     "mcp_warden_peers",
     "mcp_warden_peer_requests_total",
     "mcp_warden_budget_fallbacks_total",
+    "mcp_warden_lease_refills_total",
 ];
 
 /// `request_duration_seconds`: what the sidecar adds is tens of microseconds and a small
@@ -75,6 +76,7 @@ pub struct SidecarMetrics {
     pub peers: IntGaugeVec,
     pub peer_requests: IntCounterVec,
     pub budget_fallbacks: IntCounterVec,
+    pub lease_refills: IntCounterVec,
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -228,6 +230,12 @@ impl SidecarMetrics {
                  asked, by reason (unreachable, busy, not_owner, mismatch, unknown_peers)",
                 &["policy", "reason"],
             ),
+            lease_refills: counter(
+                "lease_refills_total",
+                "Leases an owner lent this sidecar: counts of a large limit's key spent here \
+                 without a hop until they run out or a second passes",
+                &["policy"],
+            ),
             registry: b.registry.clone(),
         }
     }
@@ -376,6 +384,7 @@ mod tests {
         m.budget_fallbacks
             .with_label_values(&["p", "unreachable"])
             .inc();
+        m.lease_refills.with_label_values(&["p"]).inc();
         let text = String::from_utf8(m.render()).unwrap();
         for name in SIDECAR_METRICS {
             assert!(text.contains(&format!("# TYPE {name} ")), "{name} missing");

@@ -567,10 +567,36 @@ impl Engine {
             .collect())
     }
 
-    /// Gives back a count this sidecar took as owner for another ([`Engine::take_owned`]).
-    pub fn give_back_owned(&self, counter: &str, spent: counters::Spent) {
+    /// Up to `n` more counts of `key` of counter `counter` for another sidecar (a lease), as
+    /// many as fit under max: how many, and where they were counted.
+    pub fn take_extra(
+        &self,
+        counter: &str,
+        key: &str,
+        n: u32,
+        now: u64,
+    ) -> Option<(u32, counters::Spent)> {
+        let ci = self.owned_counter(counter)?;
+        let family = &self.families[ci];
+        let max = self.policy.counters[ci].max.get();
+        let mut st = family.lock();
+        let mut slot = family.slot(&mut st, key, family.bucket(now));
+        let mut got = 0;
+        let mut spent = None;
+        while got < n && !slot.full(max) {
+            spent = Some(slot.add());
+            got += 1;
+        }
+        Some((got, spent?))
+    }
+
+    /// Gives back `n` counts this sidecar took as owner for another, counted at `spent`
+    /// ([`Engine::take_owned`], [`Engine::take_extra`]).
+    pub fn give_back_owned(&self, counter: &str, spent: counters::Spent, n: u32) {
         if let Some(ci) = self.owned_counter(counter) {
-            self.families[ci].give_back(spent);
+            for _ in 0..n {
+                self.families[ci].give_back(spent);
+            }
         }
     }
 

@@ -50,6 +50,15 @@ const ASK_TIMEOUT: Duration = Duration::from_millis(500);
 const DOWN_FOR: Duration = Duration::from_secs(2);
 /// Peer requests in flight at once; beyond, calls count on shares.
 const MAX_INFLIGHT: usize = 256;
+/// Limits of at least this many calls per window are leased: a non-owner asks its owner for a
+/// few counts at once and spends them without a hop (smaller limits ask on every call, exact).
+pub const LEASE_MIN_MAX: u32 = 100;
+/// A lease's unused counts go back to the owner after this long.
+const LEASE_FOR: Duration = Duration::from_secs(1);
+/// Most counts one lease holds.
+const LEASE_MOST: u32 = 64;
+/// Leases held at once; beyond, calls ask their owner each time.
+const MAX_LEASES: usize = 10_000;
 /// A request's time may differ from the owner's clock by this much.
 const CLOCK_SKEW_SECS: u64 = 30;
 /// Nonces remembered (each for twice the clock skew); beyond, peer requests are refused.
@@ -116,6 +125,8 @@ pub struct Peers {
     client: Client<HttpConnector, Full<Bytes>>,
     /// Peers (by address) that failed lately.
     down: Mutex<HashMap<String, Instant>>,
+    /// Counts owners lent this sidecar ahead of its calls, by counter and key.
+    leases: Mutex<HashMap<(String, String), Lease>>,
     inflight: Arc<Semaphore>,
     nonces: Mutex<Nonces>,
     metrics: SidecarMetrics,
@@ -159,6 +170,7 @@ impl Peers {
                 .pool_idle_timeout(Duration::from_secs(60))
                 .build(connector),
             down: Mutex::default(),
+            leases: Mutex::default(),
             inflight: Arc::new(Semaphore::new(MAX_INFLIGHT)),
             nonces: Mutex::default(),
             metrics,
@@ -346,6 +358,17 @@ struct TakeOne {
     max: u32,
     window_ms: u64,
     scope: Scope,
+    /// Counts asked beyond this call's one, as a lease (hot keys of large limits).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    lease: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+fn one() -> u32 {
+    1
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -357,8 +380,12 @@ struct TakeRequest {
 #[derive(Debug, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "result", rename_all = "camelCase")]
 enum TakeAnswer {
-    /// Counted, in the order asked.
-    Taken { spent: Vec<Spent> },
+    /// Counted, in the order asked, with the counts lent beyond each (a lease).
+    Taken {
+        spent: Vec<Spent>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        leased: Vec<u32>,
+    },
     /// A counter was full.
     #[serde(rename_all = "camelCase")]
     Limited {
@@ -376,6 +403,9 @@ enum TakeAnswer {
 struct ReturnOne {
     counter: String,
     spent: Spent,
+    /// How many counts at `spent` (a lease's unused ones).
+    #[serde(default = "one")]
+    count: u32,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -522,8 +552,20 @@ pub(super) async fn ask_owners<'p>(
     now: u64,
     lent: &mut Vec<Lent>,
 ) -> Decision<'p> {
-    let asks = std::mem::take(&mut d.remote);
+    let mut asks = std::mem::take(&mut d.remote);
     let view = st.peers.view.load_full();
+    let mut mine = Vec::new();
+    // Counts a lease holds are spent here, without a hop.
+    asks.retain(|a| {
+        let counter = &engine.policy().counters[a.counter].name;
+        match st.peers.spend_leased(counter, &a.key) {
+            Some(l) => {
+                mine.push(l);
+                false
+            }
+            None => true,
+        }
+    });
     let mut owners: Vec<u32> = asks.iter().map(|a| a.owner).collect();
     owners.sort_unstable();
     owners.dedup();
@@ -533,7 +575,6 @@ pub(super) async fn ask_owners<'p>(
     }))
     .await;
     let mut hit: Option<(usize, &'p str, Duration)> = None;
-    let mut mine = Vec::new();
     // The peer set changed since the call was placed: those count on shares.
     let lost: Vec<&Ask<'p>> = asks
         .iter()
@@ -551,13 +592,19 @@ pub(super) async fn ask_owners<'p>(
             continue;
         };
         let result = match answer {
-            Ok(TakeAnswer::Taken { spent }) if spent.len() == group.len() => {
+            Ok(TakeAnswer::Taken { spent, leased }) if spent.len() == group.len() => {
                 record(st, label, "taken");
-                mine.extend(group.iter().zip(spent).map(|(a, s)| Lent {
-                    address: peer.address.clone(),
-                    counter: engine.policy().counters[a.counter].name.clone(),
-                    spent: s,
-                }));
+                for (i, (a, s)) in group.iter().zip(spent).enumerate() {
+                    let counter = &engine.policy().counters[a.counter].name;
+                    if let Some(&n) = leased.get(i).filter(|&&n| n > 0) {
+                        st.peers.lease(label, counter, &a.key, &peer.address, s, n);
+                    }
+                    mine.push(Lent {
+                        address: peer.address.clone(),
+                        counter: counter.clone(),
+                        spent: s,
+                    });
+                }
                 continue;
             }
             Ok(TakeAnswer::Limited {
@@ -663,6 +710,7 @@ async fn ask_one(
                     max: c.max.get(),
                     window_ms: c.window.length.as_millis() as u64,
                     scope: c.scope,
+                    lease: st.peers.lease_size(c.max.get(), view.peers.len()),
                 }
             })
             .collect(),
@@ -732,7 +780,108 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Counts an owner lent this sidecar: spent here, without a hop, until they run out or
+/// [`LEASE_FOR`] passes (then the rest goes back).
+#[derive(Debug)]
+struct Lease {
+    left: u32,
+    address: String,
+    /// Where the owner counted them.
+    spent: Spent,
+    until: Instant,
+}
+
 impl Peers {
+    /// How many counts beyond a call's own to ask of the owner of a key of a limit of `max`:
+    /// none below [`LEASE_MIN_MAX`]; else a twentieth of a peer's fair share, 2 to
+    /// [`LEASE_MOST`].
+    fn lease_size(&self, max: u32, peers: usize) -> u32 {
+        if max < LEASE_MIN_MAX || self.lock_leases().len() >= MAX_LEASES {
+            return 0;
+        }
+        (max / (20 * peers.max(1) as u32)).clamp(2, LEASE_MOST)
+    }
+
+    fn lock_leases(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), Lease>> {
+        self.leases.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Keeps `n` counts the owner at `address` lent for `key` of `counter`.
+    fn lease(&self, label: &str, counter: &str, key: &str, address: &str, spent: Spent, n: u32) {
+        let old = self.lock_leases().insert(
+            (counter.to_owned(), key.to_owned()),
+            Lease {
+                left: n,
+                address: address.to_owned(),
+                spent,
+                until: Instant::now() + LEASE_FOR,
+            },
+        );
+        if let Some(old) = old {
+            self.return_lease(counter, old);
+        }
+        self.metrics.lease_refills.with_label_values(&[label]).inc();
+    }
+
+    /// One count of a live lease for `key` of `counter`, if there is one.
+    fn spend_leased(&self, counter: &str, key: &str) -> Option<Lent> {
+        let mut leases = self.lock_leases();
+        let l = leases.get_mut(&(counter.to_owned(), key.to_owned()))?;
+        if l.left == 0 || l.until <= Instant::now() {
+            return None;
+        }
+        l.left -= 1;
+        Some(Lent {
+            address: l.address.clone(),
+            counter: counter.to_owned(),
+            spent: l.spent,
+        })
+    }
+
+    /// Gives the unused counts of leases that ran out of time back to their owners.
+    pub(super) fn expire_leases(&self) {
+        let now = Instant::now();
+        let expired: Vec<((String, String), Lease)> = {
+            let mut leases = self.lock_leases();
+            let keys: Vec<(String, String)> = leases
+                .iter()
+                .filter(|(_, l)| l.until <= now || l.left == 0)
+                .map(|(k, _)| k.clone())
+                .collect();
+            keys.into_iter()
+                .filter_map(|k| leases.remove(&k).map(|l| (k, l)))
+                .collect()
+        };
+        for ((counter, _), l) in expired {
+            self.return_lease(&counter, l);
+        }
+    }
+
+    fn return_lease(&self, counter: &str, l: Lease) {
+        if l.left == 0 {
+            return;
+        }
+        let Some(key) = self.view.load().key.clone() else {
+            return;
+        };
+        let body = serde_json::to_vec(&ReturnRequest {
+            returns: vec![ReturnOne {
+                counter: counter.to_owned(),
+                spent: l.spent,
+                count: l.left,
+            }],
+        })
+        .expect("serialises");
+        let client = self.client.clone();
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(
+                ASK_TIMEOUT,
+                post(&client, &key, &l.address, RETURN_PATH, body),
+            )
+            .await;
+        });
+    }
+
     /// Gives an approval use back to its owner (the call did not run); best effort: a use that
     /// cannot be given back stays spent.
     pub(super) fn give_back_use(&self, u: OwnedUse) {
@@ -770,6 +919,7 @@ impl Peers {
             by_owner.entry(l.address).or_default().push(ReturnOne {
                 counter: l.counter,
                 spent: l.spent,
+                count: 1,
             });
         }
         for (address, returns) in by_owner {
@@ -848,7 +998,7 @@ pub async fn handle(st: Arc<State>, req: Request<Incoming>) -> Response<Body> {
             return refuse(StatusCode::BAD_REQUEST, "not a return request");
         };
         for one in r.returns {
-            engine.give_back_owned(&one.counter, one.spent);
+            engine.give_back_owned(&one.counter, one.spent, one.count.min(LEASE_MOST));
         }
         return json(StatusCode::OK, b"{}".to_vec());
     }
@@ -923,8 +1073,26 @@ fn take_owned(st: &State, engine: &Engine, r: &TakeRequest) -> TakeAnswer {
         .iter()
         .map(|t| (t.counter.as_str(), t.key.as_str()))
         .collect();
-    match engine.take_owned(&asks, crate::engine::monotonic_now()) {
-        Ok(spent) => TakeAnswer::Taken { spent },
+    let now = crate::engine::monotonic_now();
+    match engine.take_owned(&asks, now) {
+        Ok(spent) => {
+            // Leases: as many more counts as fit, at most what was asked.
+            let leased: Vec<u32> = r
+                .takes
+                .iter()
+                .map(|t| match t.lease.min(LEASE_MOST) {
+                    0 => 0,
+                    n => engine
+                        .take_extra(&t.counter, &t.key, n, now)
+                        .map_or(0, |(got, _)| got),
+                })
+                .collect();
+            let leased = match leased.iter().any(|&n| n > 0) {
+                true => leased,
+                false => Vec::new(),
+            };
+            TakeAnswer::Taken { spent, leased }
+        }
         Err(None) => TakeAnswer::Mismatch,
         Err(Some((c, wait))) => TakeAnswer::Limited {
             counter: c.name.clone(),

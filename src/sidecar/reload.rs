@@ -273,6 +273,7 @@ fn seed_series(m: &crate::metrics::SidecarMetrics, label: &str, policy: &policy:
         for reason in super::peers::FALLBACK_REASONS {
             m.budget_fallbacks.with_label_values(&[label, reason]);
         }
+        m.lease_refills.with_label_values(&[label]);
     }
     if !policy.default_rule.limits.is_empty() {
         m.decisions
@@ -397,6 +398,7 @@ pub async fn watch(state: Arc<State>, mut stop: watch::Receiver<bool>) {
         if let Some(p) = state.policy.load_full() {
             state.peers.reload(&p.label);
         }
+        state.peers.expire_leases();
         let (path, jwks_path) = (state.cfg.policy_path.clone(), state.cfg.jwks_path.clone());
         let read = tokio::task::spawn_blocking(move || {
             (std::fs::read(&path), jwks_path.as_deref().map(read_key_set))

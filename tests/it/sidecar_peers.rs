@@ -19,6 +19,8 @@ tools:
     limits: [{counter: writes, window: minute, max: 7}]
   notebook_read: {}
   clear_session: {action: require_approval}
+  hot:
+    limits: [{counter: hot_rate, window: minute, max: 300, scope: grant}]
 "#;
 
 const NAMES: [&str; 3] = ["web-0", "web-1", "web-2"];
@@ -364,4 +366,27 @@ async fn an_approval_asked_on_one_pod_runs_on_any_and_each_use_is_spent_once() {
             "approval_required"
         );
     }
+}
+
+#[tokio::test]
+async fn a_large_limit_is_leased_to_non_owners_and_still_exact() {
+    let (_dir, replicas) = start("peers-lease").await;
+    // 30 calls, then the leases' unused counts go back to the owner within two seconds.
+    assert_eq!(round_robin(&replicas, "lessee", "hot", 30).await, 30);
+    let refills = total(&replicas, "mcp_warden_lease_refills_total", &[]).await;
+    assert!(
+        refills >= 2.0,
+        "both non-owners were lent counts: {refills}"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    // Then the rest of the budget: two thirds of the calls land on non-owners, and leases
+    // spare most of their hops.
+    let hops = total(&replicas, "mcp_warden_peer_requests_total", &[]).await;
+    let first = round_robin(&replicas, "lessee", "hot", 270).await;
+    let hops = total(&replicas, "mcp_warden_peer_requests_total", &[]).await - hops;
+    assert!(hops < 90.0, "{hops} hops for 180 calls on non-owners");
+    // Counts still in a lease are spent by the next calls: the limit of 300 holds exactly,
+    // nothing lost in a lease, nothing extra.
+    let rest = round_robin(&replicas, "lessee", "hot", 300).await;
+    assert_eq!(30 + first + rest, 300, "{first} + {rest}");
 }

@@ -232,13 +232,17 @@ def test_the_example_is_injected_and_ready_under_restricted(world):
 
 
 @contextlib.asynccontextmanager
-async def client(world, token: str | None = None):
+async def client(world, token: str | None = None, base: str | None = None):
+    """A Python SDK client session through the Service, or to `base` (one pod's sidecar, named
+    by the Service's name as agents in the cluster name it)."""
     from mcp import ClientSession
     from mcp.client.streamable_http import create_mcp_http_client, streamable_http_client
 
-    headers = {"Authorization": f"Bearer {token}"} if token else None
-    async with create_mcp_http_client(headers=headers) as http, \
-            streamable_http_client(f"{world.proxy}/mcp", http_client=http) as streams:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    if base:
+        headers["Host"] = f"python-interpreter.{APP_NS}.svc"
+    async with create_mcp_http_client(headers=headers or None) as http, \
+            streamable_http_client(f"{base or world.proxy}/mcp", http_client=http) as streams:
         async with ClientSession(streams[0], streams[1]) as s:
             await s.initialize()
             yield s
@@ -900,6 +904,34 @@ async def test_three_replicas_behind_the_service_hold_one_budget(world):
     assert sum(per_pod.values()) == 90 and all(n > 0 for n in per_pod.values()), per_pod
     assert hops > 0 and fallbacks == 0, (hops, fallbacks)
     figure("3 replicas, 90 calls of a 60/minute limit over 30 connections", f"{allowed} allowed, spread {per_pod}")
+
+    # An approval asked on one pod runs on another, once.
+    args = {"session_id": "replicas"}
+    async with client(world) as s:
+        err, text, d = await call_meta(s, "clear_session", args)
+    assert err and d["decision"] == "approval_required", text
+    a = wait("the McpApproval", lambda: approval_for(d["approvalId"]), timeout=60)
+    name, asked_on = a["metadata"]["name"], a["spec"]["pod"]
+    kubectl("patch", "mcpa", "-n", APP_NS, name, "--type", "merge", "-p", '{"spec":{"decision":"Approved"}}')
+    other = next(p for p in pods if p["metadata"]["name"] != asked_on)
+    at = lambda pod: f"http://{pod['status']['podIP']}:9480"
+    started = time.monotonic()
+    while True:
+        async with client(world, base=at(other)) as s:
+            err, text, d = await call_meta(s, "clear_session", args)
+        if not err:
+            break
+        assert d.get("decision") == "approval_required", text
+        assert time.monotonic() - started < 120, "the approval never reached the other pod"
+        await anyio_sleep(0.2)
+    figure("approved → the call runs on another replica than the one that asked", f"{time.monotonic() - started:.1f} s")
+    for pod in pods:
+        async with client(world, base=at(pod)) as s:
+            err, text, d = await call_meta(s, "clear_session", args)
+        assert err and d["decision"] == "approval_required", f"uses: 1 ran again on {pod['metadata']['name']}"
+    status = wait("phase Used, naming where it ran", lambda: (
+        st := get_json("mcpa", "-n", APP_NS, name).get("status", {})).get("phase") == "Used" and st, timeout=60)
+    assert status["used"] == 1 and status["usedOn"] == [other["metadata"]["name"]], status
     kubectl("patch", "deployment", "-n", APP_NS, "python-interpreter", "--type", "json", "-p", json.dumps([
         {"op": "replace", "path": "/spec/template/spec/containers/0/args/1", "value": args[1]},
         {"op": "replace", "path": "/spec/replicas", "value": 1}]))
