@@ -9,9 +9,10 @@
 //!   caller), in steady state, when the owner of the key is killed mid-window (before and after
 //!   the peer set is updated), and when a fourth replica joins mid-window;
 //! - with the sustained run, allowed calls per minute over three minutes of a 10/minute limit;
-//! - the latency of a limited call on the key's owner, on a non-owner (one hop), and of a call to
-//!   a tool without a limit, beside a sidecar without peers;
-//! - peer bytes per limited call.
+//! - the latency of a limited call on the key's owner, on a non-owner (one hop), of a leased
+//!   limit's call on a non-owner, and of a call to a tool without a limit, beside a sidecar
+//!   without peers;
+//! - peer bytes per call on a non-owner.
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -40,6 +41,8 @@ tools:
     limits: [{counter: list_directory_rate, window: minute, max: 60, scope: grant}]
   write_file:
     limits: [{counter: write_file_rate, window: hour, max: 30, scope: grant}]
+  warm:
+    limits: [{counter: warm_rate, window: minute, max: 50, scope: grant}]
   hot:
     limits: [{counter: hot_rate, window: minute, max: 1000000, scope: grant}]
   free: {}
@@ -432,41 +435,59 @@ async fn latency() {
         &Arc::new(AtomicU64::new(0)),
     )
     .await;
-    // A caller whose `hot_rate` key web-0 owns; calls on web-0 count here, on web-1 hop.
-    let agent = agent_of(&NAMES, "hot_rate", "web-0", "lat");
     let mut owner = Client::new(replicas[0].addr).await;
     let mut other = Client::new(replicas[1].addr).await;
     let mut plain = Client::new(alone.addr).await;
     let n = 3000;
-    let mut series: [Vec<Duration>; 5] = Default::default();
-    let bytes_before = bytes.load(Ordering::Relaxed);
+    // Callers whose `warm_rate` key (50 a minute: asked on every call) web-0 owns, one call
+    // each on the owner and on web-1; one caller of `hot_rate` (leased) whose key web-0 owns.
+    let agents: Vec<String> = (0..n)
+        .map(|i| agent_of(&NAMES, "warm_rate", "web-0", &format!("lat-{i}")))
+        .collect();
+    let hot = agent_of(&NAMES, "hot_rate", "web-0", "lat-hot");
+    let mut series: [Vec<Duration>; 6] = Default::default();
     // Interleaved, so every series sees the same machine.
-    for _ in 0..n {
-        series[0].push(owner.call(&agent, "hot").await.1);
-        series[1].push(other.call(&agent, "hot").await.1);
-        series[2].push(other.call(&agent, "free").await.1);
-        series[3].push(plain.call(&agent, "free").await.1);
-        series[4].push(plain.call(&agent, "hot").await.1);
+    for a in &agents {
+        series[0].push(owner.call(a, "warm").await.1);
+        series[1].push(other.call(a, "warm").await.1);
+        series[2].push(other.call(&hot, "hot").await.1);
+        series[3].push(other.call(a, "free").await.1);
+        series[4].push(plain.call(a, "free").await.1);
+        series[5].push(plain.call(a, "warm").await.1);
     }
-    drop(replicas);
-    let peer_bytes = bytes.load(Ordering::Relaxed) - bytes_before;
-    println!("\nlatency, {n} calls each, interleaved (ms)         p50     p99");
+    println!("\nlatency, {n} calls each, interleaved (ms)             p50     p99");
     let names = [
-        "limited call on the key's owner",
-        "limited call on a non-owner (one hop)",
+        "limit of 50/min, call on the key's owner",
+        "limit of 50/min, call on a non-owner (one hop)",
+        "leased limit (1M/min), call on a non-owner",
         "unlimited call, sidecar with peers",
         "unlimited call, sidecar without peers",
-        "limited call, sidecar without peers",
+        "limit of 50/min, sidecar without peers",
     ];
     for (name, s) in names.iter().zip(series.iter_mut()) {
         s.sort();
-        println!("  {name:<42} {:>7.3} {:>7.3}", pct(s, 0.5), pct(s, 0.99));
+        println!("  {name:<46} {:>7.3} {:>7.3}", pct(s, 0.5), pct(s, 0.99));
     }
+    // Peer bytes, each kind of call alone.
+    let per_call = async |other: &mut Client, tool: &str, agents: &[String]| {
+        let before = bytes.load(Ordering::Relaxed);
+        for a in agents {
+            other.call(a, tool).await;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        (bytes.load(Ordering::Relaxed) - before) as f64 / agents.len() as f64
+    };
+    let fresh: Vec<String> = (0..500)
+        .map(|i| agent_of(&NAMES, "warm_rate", "web-0", &format!("bytes-{i}")))
+        .collect();
+    let hop = per_call(&mut other, "warm", &fresh).await;
+    let leased = per_call(&mut other, "hot", &vec![hot.clone(); 500]).await;
+    let free = per_call(&mut other, "free", &fresh).await;
     println!(
-        "\npeer bytes: {peer_bytes} for {n} limited calls on a non-owner = {:.0} bytes per hop \
-         (request and answer, HTTP/1.1 keep-alive); unlimited calls send none",
-        peer_bytes as f64 / f64::from(n)
+        "\npeer bytes per call on a non-owner (request and answer, HTTP/1.1 keep-alive): \
+         {hop:.0} with a hop, {leased:.0} leased, {free:.0} unlimited"
     );
+    drop(replicas);
 }
 
 fn main() {

@@ -124,10 +124,14 @@ pub fn budgets(p: &Policy) -> Vec<String> {
                 0 => "none".to_owned(),
                 k => k.to_string(),
             };
+            let leased = match c.max.get() >= crate::sidecar::peers::LEASE_MIN_MAX {
+                true => " (leased to the other sidecars a few counts at a time)",
+                false => "",
+            };
             format!(
                 "{head} {whom}, across all the policy's pods (each key is counted by one \
-                 sidecar, its owner); a sidecar that cannot ask the owner allows at most max / \
-                 replicas on its own ({} with 2 replicas, {} with 3)",
+                 sidecar, its owner{leased}); a sidecar that cannot ask the owner allows at most \
+                 max / replicas on its own ({} with 2 replicas, {} with 3)",
                 share(2),
                 share(3)
             )

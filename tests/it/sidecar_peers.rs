@@ -2,7 +2,8 @@
 //! own rmcp server, told of each other by a peer file as the controller renders it, and a client
 //! that sends its calls round robin. The limit holds across them exactly; with an owner gone
 //! the survivors count on their shares and never allow more than the stated bound; a restarted
-//! sidecar takes its place again.
+//! sidecar takes its place again and holds the policy's pins; an approval runs on any replica,
+//! once per use; a large limit is leased and stays exact.
 
 use crate::common::*;
 use mcp_warden::sidecar::peers::owner_among;
@@ -18,6 +19,7 @@ tools:
   write_file:
     limits: [{counter: writes, window: minute, max: 7}]
   notebook_read: {}
+  slow_report: {}
   clear_session: {action: require_approval}
   hot:
     limits: [{counter: hot_rate, window: minute, max: 300, scope: grant}]
@@ -41,6 +43,14 @@ async fn replica(dir: &Path, name: &'static str) -> Replica {
         c.peer_key_path = Some(d.join("peer.key"));
         c.pod_name = Some(name.to_owned());
         c.approvals_path = Some(d.join("approvals.json"));
+        c.seen_path = Some(d.join("seen.json"));
+    })
+    .await;
+    // Calls of a policy with pins wait for the sidecar's own first listing.
+    wait_until("the tools are listed", async || {
+        metric(&sc, "mcp_warden_tools_offered", &[])
+            .await
+            .is_some_and(|n| n > 0.0)
     })
     .await;
     Replica { sc, _up: up }
@@ -69,9 +79,21 @@ async fn tell_peers(dir: &Path, replicas: &[Option<Replica>], ready: usize) {
 }
 
 async fn start(tag: &str) -> (std::path::PathBuf, Vec<Option<Replica>>) {
+    start_with(tag, POLICY).await
+}
+
+async fn start_with(tag: &str, policy: &str) -> (std::path::PathBuf, Vec<Option<Replica>>) {
     let dir = temp_dir(tag);
-    std::fs::write(dir.join("policy.yaml"), POLICY).unwrap();
+    std::fs::write(dir.join("policy.yaml"), policy).unwrap();
     std::fs::write(dir.join("peer.key"), KEY).unwrap();
+    // The policy's record (the controller's `status.firstSeen`): slow_report was first seen
+    // with another definition than the one the servers give now.
+    let pinned = format!("sha256:{}", "0".repeat(64));
+    std::fs::write(
+        dir.join("seen.json"),
+        json!({"tools": {"slow_report": pinned}}).to_string(),
+    )
+    .unwrap();
     let mut replicas = Vec::new();
     for n in NAMES {
         replicas.push(Some(replica(&dir, n).await));
@@ -200,7 +222,8 @@ async fn three_sidecars_hold_one_budget_exactly_under_round_robin() {
 
 #[tokio::test]
 async fn with_an_owner_gone_the_survivors_count_on_shares_and_a_restart_rejoins() {
-    let (dir, mut replicas) = start("peers-kill").await;
+    let pinned = POLICY.replace("tools:\n", "pinning: firstSeen\ntools:\n");
+    let (dir, mut replicas) = start_with("peers-kill", &pinned).await;
     let agent = agent_owned_by("web-0", "kill");
     // Four calls counted by the owner, web-0.
     assert_eq!(round_robin(&replicas, &agent, "run_cell", 4).await, 4);
@@ -233,6 +256,30 @@ async fn with_an_owner_gone_the_survivors_count_on_shares_and_a_restart_rejoins(
     tell_peers(&dir, &replicas, 3).await;
     let back = agent_owned_by("web-0", "back");
     assert_eq!(round_robin(&replicas, &back, "run_cell", 30).await, 10);
+    // Pins are the policy's: every replica, the restarted one too, holds slow_report to the
+    // recorded definition, though none of them saw that one itself.
+    for r in replicas.iter().flatten() {
+        let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                          "params": {"name": "slow_report", "arguments": {}}});
+        let raw = post_json(
+            &r.sc.url(),
+            &[
+                ("x-agent", "pinned"),
+                ("mcp-protocol-version", "2025-06-18"),
+            ],
+            &body.to_string(),
+        )
+        .await;
+        let m = &messages(&raw)[0];
+        assert_eq!(m["result"]["isError"], true, "{m}");
+        assert!(
+            m["result"]["content"][0]["text"]
+                .as_str()
+                .unwrap()
+                .contains("has changed since it was pinned"),
+            "{m}"
+        );
+    }
 }
 
 #[tokio::test]

@@ -839,6 +839,22 @@ def sidecar_metrics_of(pod: dict) -> str:
     return http_get(f"http://{pod['status']['podIP']}:9481/metrics")[1]
 
 
+def serving(pod: dict) -> bool:
+    """Whether the pod's sidecar answers an MCP initialize with the server's answer."""
+    import urllib.error
+    import urllib.request
+    body = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "probe", "version": "1"}}}
+    req = urllib.request.Request(f"http://{pod['status']['podIP']}:9480/mcp", data=json.dumps(body).encode(), method="POST",
+                                 headers={"Content-Type": "application/json", "Accept": "application/json, text/event-stream",
+                                          "Host": f"python-interpreter.{APP_NS}.svc"})
+    try:
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return r.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
 def injected_ready_pods() -> list[dict]:
     return [p for p in ready_pods(APP_NS, "app=python-interpreter")
             if not p["metadata"].get("deletionTimestamp")
@@ -869,6 +885,8 @@ async def test_three_replicas_behind_the_service_hold_one_budget(world):
     # Only the sidecar mounts the key.
     for c in pods[0]["spec"]["containers"]:
         assert all(m["name"] != "mcp-warden-peer" for m in c.get("volumeMounts", [])), c["name"]
+    # Ready is the containers started: the server (no probe of its own) may not listen yet.
+    wait("every pod's server answering", lambda: all(serving(p) for p in pods), timeout=60)
     names = sorted(p["metadata"]["name"] for p in pods)
     wait("the controller renders the three sidecars", lambda: sorted(
         e["name"] for e in json.loads(get_json("configmap", "-n", APP_NS, "python-interpreter-mcp-warden")
