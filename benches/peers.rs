@@ -14,7 +14,9 @@
 //!   without peers;
 //! - peer bytes per call on a non-owner.
 
+mod common;
 use bytes::Bytes;
+use common::{free_port, upstream};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
@@ -26,8 +28,6 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-const RESULT: &str = r#"{"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text","text":"ok"}],"isError":false}}"#;
 
 const POLICY: &str = r#"
 version: "1"
@@ -55,35 +55,6 @@ const SEEDS: [(&str, &str, u32); 4] = [
     ("list_directory", "list_directory_rate", 60),
     ("write_file", "write_file_rate", 30),
 ];
-
-async fn upstream() -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let _ = stream.set_nodelay(true);
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(|req: http::Request<Incoming>| async move {
-                    let _ = req.into_body().collect().await;
-                    let mut r =
-                        http::Response::new(Full::new(Bytes::from_static(RESULT.as_bytes())));
-                    r.headers_mut().insert(
-                        "content-type",
-                        http::HeaderValue::from_static("application/json"),
-                    );
-                    Ok::<_, std::convert::Infallible>(r)
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
-    });
-    addr
-}
 
 /// A TCP relay in front of a sidecar's admin port that counts the bytes both ways as they pass.
 async fn relay(to: SocketAddr, bytes: Arc<AtomicU64>) -> SocketAddr {
@@ -130,14 +101,6 @@ async fn pipe(
         }
     }
     let _ = to.shutdown().await;
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 struct Replica {

@@ -10,7 +10,9 @@
 //! the bare forwarder. With `MCP_WARDEN_BENCH_BEFORE=path/to/mcp-warden`, another build of the
 //! sidecar (a change's before) joins every saturated round, for a before/after in one run.
 
+mod common;
 use bytes::Bytes;
+use common::{free_port, upstream};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
@@ -20,37 +22,6 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-const RESULT: &str = r#"{"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text","text":"ok"}],"isError":false}}"#;
-
-async fn upstream() -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let _ = stream.set_nodelay(true);
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(|req: http::Request<Incoming>| async move {
-                    let _ = req.into_body().collect().await;
-                    let mut r =
-                        http::Response::new(Full::new(Bytes::from_static(RESULT.as_bytes())));
-                    r.headers_mut().insert(
-                        "content-type",
-                        http::HeaderValue::from_static("application/json"),
-                    );
-                    Ok::<_, std::convert::Infallible>(r)
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
-    });
-    addr
-}
 
 /// The bench policy; with `identity`, callers are ServiceAccounts whose tokens are verified.
 fn policy_file(dir: &std::path::Path, identity: bool) -> std::path::PathBuf {
@@ -111,14 +82,6 @@ fn identities(dir: &std::path::Path) -> (std::path::PathBuf, Vec<String>) {
         })
         .collect();
     (path, tokens)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 struct Sidecar {

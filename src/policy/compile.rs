@@ -153,10 +153,30 @@ pub fn document(doc: &PolicyDoc, name: Option<&str>) -> Value {
     let mut v = snake_case(
         serde_json::to_value(doc).expect("serialising a value built in memory cannot fail"),
     );
+    default_scopes(&mut v);
     if let (Some(n), Value::Object(m)) = (name, &mut v) {
         m.insert("name".into(), Value::String(n.to_owned()));
     }
     v
+}
+
+/// `scope: policy` is the default: rendered without it, a limit reads the same to this version
+/// and, as its own default (`pod`), to the sidecar version before (which has no `policy`).
+fn default_scopes(v: &mut Value) {
+    match v {
+        Value::Object(m) => {
+            if let Some(Value::Array(limits)) = m.get_mut("limits") {
+                for l in limits.iter_mut().filter_map(Value::as_object_mut) {
+                    if l.get("scope").and_then(Value::as_str) == Some("policy") {
+                        l.remove("scope");
+                    }
+                }
+            }
+            m.values_mut().for_each(default_scopes);
+        }
+        Value::Array(a) => a.iter_mut().for_each(default_scopes),
+        _ => {}
+    }
 }
 
 /// A document's field names in snake_case. Tool names (the keys under `tools`), pinned tool

@@ -89,6 +89,22 @@ fn the_document_is_snake_case_with_the_name_and_itself_a_policy_file() {
 }
 
 #[test]
+fn the_default_scope_is_rendered_without_a_scope_and_others_as_written() {
+    let limit = |scope: &str| json!({"counter": format!("c_{scope}"), "window": "minute", "max": 1, "scope": scope});
+    let spec = json!({"allTools": {"limits": [limit("policy")]},
+                      "tools": {"t": {"limits": [limit("policy"), limit("pod"), limit("grant")]}}});
+    let d = doc::PolicyDoc::from_value(&spec, "spec").unwrap();
+    let rendered = document(&d, None);
+    assert!(rendered["all_tools"]["limits"][0].get("scope").is_none());
+    let scopes: Vec<&Value> = (0..3)
+        .map(|i| &rendered["tools"]["t"]["limits"][i]["scope"])
+        .collect();
+    assert_eq!(scopes, [&Value::Null, &json!("pod"), &json!("grant")]);
+    let p = compile_file(rendered).unwrap();
+    assert_eq!(p.counters[0].scope, Scope::Policy, "absent reads as policy");
+}
+
+#[test]
 fn every_error_serde_cannot_see_is_reported_at_once_with_its_path() {
     let got = errors(json!({
         "version": "2",

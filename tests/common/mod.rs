@@ -325,6 +325,29 @@ pub async fn post_json(url: &str, extra: &[(&str, &str)], body: &str) -> Raw {
     request("POST", url, &h, body.to_owned()).await
 }
 
+/// `tool` called with `args` as `agent` (the `x-agent` header) through `sc`: the answer's
+/// message (the request must be answered 200).
+pub async fn call_as(sc: &Sidecar, agent: &str, tool: &str, args: Value, id: u64) -> Value {
+    let body = json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+                      "params": {"name": tool, "arguments": args}});
+    let raw = post_json(
+        &sc.url(),
+        &[("x-agent", agent), ("mcp-protocol-version", "2025-06-18")],
+        &body.to_string(),
+    )
+    .await;
+    assert_eq!(raw.0, 200, "{}", String::from_utf8_lossy(&raw.2));
+    messages(&raw).swap_remove(0)
+}
+
+/// The decision record of an answer `m` that refused its call, or `{"decision": "ran"}`.
+pub fn decision_of(m: &Value) -> Value {
+    match m["result"]["isError"].as_bool() {
+        Some(true) => m["result"]["_meta"]["dev.mcpwarden/decision"].clone(),
+        _ => json!({"decision": "ran"}),
+    }
+}
+
 /// A `tools/call` body as a 2026-07-28 client sends it (sessionless, metadata in `_meta`), with
 /// `extra_meta` merged into `_meta` (e.g. a progress token).
 pub fn call_v26(id: u64, name: &str, args: Value, extra_meta: Value) -> String {

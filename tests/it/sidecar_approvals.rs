@@ -25,18 +25,7 @@ fn call(id: u64, args: Value) -> String {
 
 /// The decision record of a call as `agent` (and whether the server ran it).
 async fn clear(sc: &Sidecar, agent: &str, id: u64, args: Value) -> Value {
-    let raw = post_json(
-        &sc.url(),
-        &[("x-agent", agent), ("mcp-protocol-version", "2025-06-18")],
-        &call(id, args),
-    )
-    .await;
-    assert_eq!(raw.0, 200, "{}", String::from_utf8_lossy(&raw.2));
-    let m = &messages(&raw)[0];
-    match m["result"]["isError"].as_bool() {
-        Some(true) => m["result"]["_meta"]["dev.mcpwarden/decision"].clone(),
-        _ => json!({"decision": "ran"}),
-    }
+    decision_of(&call_as(sc, agent, "clear_session", args, id).await)
 }
 
 fn approve(sc: &Sidecar, ids: &[(&str, u32)]) {

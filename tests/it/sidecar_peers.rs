@@ -104,27 +104,17 @@ async fn start_with(tag: &str, policy: &str) -> (std::path::PathBuf, Vec<Option<
 
 /// Calls `tool` as `agent` through `sc`: whether the server ran it.
 async fn ran(sc: &Sidecar, agent: &str, tool: &str, id: u64) -> bool {
-    let body = json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
-                      "params": {"name": tool, "arguments": {"n": id}}});
-    let raw = post_json(
-        &sc.url(),
-        &[("x-agent", agent), ("mcp-protocol-version", "2025-06-18")],
-        &body.to_string(),
-    )
-    .await;
-    assert_eq!(raw.0, 200, "{}", String::from_utf8_lossy(&raw.2));
-    let m = &messages(&raw)[0];
-    match m["result"]["isError"].as_bool() {
-        Some(true) => {
-            let d = &m["result"]["_meta"]["dev.mcpwarden/decision"];
-            assert_eq!(d["decision"], "rate_limited", "{m}");
-            false
-        }
-        _ => {
+    let m = call_as(sc, agent, tool, json!({"n": id}), id).await;
+    match decision_of(&m)["decision"].as_str() {
+        Some("ran") => {
             assert!(m["result"]["content"][0]["text"]
                 .as_str()
                 .is_some_and(|t| t.starts_with(&format!("{tool} ran"))));
             true
+        }
+        d => {
+            assert_eq!(d, Some("rate_limited"), "{m}");
+            false
         }
     }
 }
@@ -259,18 +249,7 @@ async fn with_an_owner_gone_the_survivors_count_on_shares_and_a_restart_rejoins(
     // Pins are the policy's: every replica, the restarted one too, holds slow_report to the
     // recorded definition, though none of them saw that one itself.
     for r in replicas.iter().flatten() {
-        let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
-                          "params": {"name": "slow_report", "arguments": {}}});
-        let raw = post_json(
-            &r.sc.url(),
-            &[
-                ("x-agent", "pinned"),
-                ("mcp-protocol-version", "2025-06-18"),
-            ],
-            &body.to_string(),
-        )
-        .await;
-        let m = &messages(&raw)[0];
+        let m = call_as(&r.sc, "pinned", "slow_report", json!({}), 1).await;
         assert_eq!(m["result"]["isError"], true, "{m}");
         assert!(
             m["result"]["content"][0]["text"]
@@ -337,20 +316,7 @@ async fn peer_requests_without_the_key_or_replayed_are_refused() {
 
 /// `clear_session` as `agent` through `sc`: the decision record, or "ran".
 async fn clear(sc: &Sidecar, agent: &str, id: u64) -> Value {
-    let body = json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
-                      "params": {"name": "clear_session", "arguments": {"session_id": "s1"}}});
-    let raw = post_json(
-        &sc.url(),
-        &[("x-agent", agent), ("mcp-protocol-version", "2025-06-18")],
-        &body.to_string(),
-    )
-    .await;
-    assert_eq!(raw.0, 200, "{}", String::from_utf8_lossy(&raw.2));
-    let m = &messages(&raw)[0];
-    match m["result"]["isError"].as_bool() {
-        Some(true) => m["result"]["_meta"]["dev.mcpwarden/decision"].clone(),
-        _ => json!({"decision": "ran"}),
-    }
+    decision_of(&call_as(sc, agent, "clear_session", json!({"session_id": "s1"}), id).await)
 }
 
 #[tokio::test]

@@ -885,6 +885,11 @@ async def test_three_replicas_behind_the_service_hold_one_budget(world):
     # Only the sidecar mounts the key.
     for c in pods[0]["spec"]["containers"]:
         assert all(m["name"] != "mcp-warden-peer" for m in c.get("volumeMounts", [])), c["name"]
+    # The rollout done: the old pod gone (while it drains it still holds its own old peer set,
+    # the documented bound of a membership change, not the steady state measured here).
+    kubectl("rollout", "status", "-n", APP_NS, "deployment/python-interpreter", "--timeout=180s", timeout=190)
+    wait("only the three new pods", lambda: len(get_json("pods", "-n", APP_NS, "-l", "app=python-interpreter")["items"]) == 3,
+         timeout=120)
     # Ready is the containers started: the server (no probe of its own) may not listen yet.
     wait("every pod's server answering", lambda: all(serving(p) for p in pods), timeout=60)
     names = sorted(p["metadata"]["name"] for p in pods)
@@ -924,9 +929,9 @@ async def test_three_replicas_behind_the_service_hold_one_budget(world):
     figure("3 replicas, 90 calls of a 60/minute limit over 30 connections", f"{allowed} allowed, spread {per_pod}")
 
     # An approval asked on one pod runs on another, once.
-    args = {"session_id": "replicas"}
+    asked_args = {"session_id": "replicas"}
     async with client(world) as s:
-        err, text, d = await call_meta(s, "clear_session", args)
+        err, text, d = await call_meta(s, "clear_session", asked_args)
     assert err and d["decision"] == "approval_required", text
     a = wait("the McpApproval", lambda: approval_for(d["approvalId"]), timeout=60)
     name, asked_on = a["metadata"]["name"], a["spec"]["pod"]
@@ -936,7 +941,7 @@ async def test_three_replicas_behind_the_service_hold_one_budget(world):
     started = time.monotonic()
     while True:
         async with client(world, base=at(other)) as s:
-            err, text, d = await call_meta(s, "clear_session", args)
+            err, text, d = await call_meta(s, "clear_session", asked_args)
         if not err:
             break
         assert d.get("decision") == "approval_required", text
@@ -945,7 +950,7 @@ async def test_three_replicas_behind_the_service_hold_one_budget(world):
     figure("approved → the call runs on another replica than the one that asked", f"{time.monotonic() - started:.1f} s")
     for pod in pods:
         async with client(world, base=at(pod)) as s:
-            err, text, d = await call_meta(s, "clear_session", args)
+            err, text, d = await call_meta(s, "clear_session", asked_args)
         assert err and d["decision"] == "approval_required", f"uses: 1 ran again on {pod['metadata']['name']}"
     status = wait("phase Used, naming where it ran", lambda: (
         st := get_json("mcpa", "-n", APP_NS, name).get("status", {})).get("phase") == "Used" and st, timeout=60)
