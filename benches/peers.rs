@@ -18,7 +18,6 @@ mod common;
 use bytes::Bytes;
 use common::{free_port, upstream};
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use mcp_warden::sidecar::peers::owner_among;
 use serde_json::json;

@@ -17,12 +17,6 @@ tools:
   clear_session: {action: require_approval}
 "#;
 
-fn call(id: u64, args: Value) -> String {
-    json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
-           "params": {"name": "clear_session", "arguments": args}})
-    .to_string()
-}
-
 /// The decision record of a call as `agent` (and whether the server ran it).
 async fn clear(sc: &Sidecar, agent: &str, id: u64, args: Value) -> Value {
     decision_of(&call_as(sc, agent, "clear_session", args, id).await)
