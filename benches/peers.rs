@@ -247,6 +247,10 @@ impl Client {
             .header("x-agent", agent)
             .body(Full::new(Bytes::from(body)))
             .unwrap();
+        // A connection the sidecar closed (its keep-alive ended) is opened again, untimed.
+        if self.s.ready().await.is_err() {
+            *self = Client::new(self.to).await;
+        }
         let t = Instant::now();
         let resp = self.s.send_request(req).await.unwrap();
         let b = resp.into_body().collect().await.unwrap().to_bytes();
