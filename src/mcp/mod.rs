@@ -424,6 +424,21 @@ pub struct ToolCall<'a> {
     pub protocol_version: Option<Cow<'a, str>>,
 }
 
+/// The protocol revisions the sidecar knows how to read; a request naming another is refused,
+/// never read as the nearest one.
+pub const KNOWN_VERSIONS: [&str; 5] = [
+    "2024-11-05",
+    "2025-03-26",
+    "2025-06-18",
+    "2025-11-25",
+    "2026-07-28",
+];
+
+/// Whether the sidecar knows protocol revision `v`.
+pub fn known_version(v: &str) -> bool {
+    KNOWN_VERSIONS.contains(&v)
+}
+
 /// The first protocol revision whose results carry `resultType`.
 pub const RESULT_TYPE_SINCE: &str = "2026-07-28";
 

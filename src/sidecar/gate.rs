@@ -13,7 +13,7 @@ use super::record::{self, CallFacts};
 use super::refusal::Refused;
 use super::reload::LoadedPolicy;
 use super::spend::Spend;
-use super::{denial, peers, State};
+use super::{denial, params, peers, State};
 use crate::approval::{approval_id, canonical, exact_numbers, Pending};
 use crate::engine::{monotonic_now, Call, Decision, Outcome};
 use crate::mcp::{self, Body, Kind};
@@ -52,14 +52,19 @@ pub(super) async fn decide(
         Body::Single(m) => m.method.as_deref().map_or("_other", mcp::method_label),
         Body::Batch(_) => "_other",
     };
-    let version = h
-        .get("mcp-protocol-version")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or(DEFAULT_VERSION);
+    let version = match h.get("mcp-protocol-version") {
+        None => DEFAULT_VERSION,
+        Some(v) => v
+            .to_str()
+            .ok()
+            .filter(|v| mcp::known_version(v))
+            .ok_or_else(|| unknown_version(&String::from_utf8_lossy(v.as_bytes())))?,
+    };
     check_framing(h, &body, version)?;
     let mut gate = Gate {
         st,
         policy,
+        headers: h,
         version,
         caller,
         grant: caller.grant(policy.engine.policy()),
@@ -108,7 +113,9 @@ fn check_framing(h: &HeaderMap, body: &Body, version: &str) -> Result<(), Refuse
         }
         // One header cannot describe several messages: a server routing on it would act on a
         // message the sidecar did not decide.
-        Body::Batch(_) if h.contains_key("mcp-method") || h.contains_key("mcp-name") => {
+        Body::Batch(_)
+            if h.contains_key("mcp-method") || h.contains_key("mcp-name") || params::any(h) =>
+        {
             Err(Refused::BatchWithRoutingHeaders)
         }
         Body::Batch(_) => Ok(()),
@@ -148,6 +155,7 @@ struct Asked {
 struct Gate<'a> {
     st: &'a State,
     policy: &'a LoadedPolicy,
+    headers: &'a HeaderMap,
     version: &'a str,
     caller: &'a Caller,
     /// The grant whose rules apply to the caller.
@@ -172,6 +180,14 @@ impl Gate<'_> {
             .inspect_err(|_| record::invalid_call(self.st, label))?;
         let engine = &self.policy.engine;
         let pol = engine.policy();
+        let version = call.protocol_version.as_deref().unwrap_or(self.version);
+        if !mcp::known_version(version) {
+            return Err(unknown_version(version));
+        }
+        if params::any(self.headers) || mcp::version_at_least(version, mcp::RESULT_TYPE_SINCE) {
+            let listed = self.st.tools.snapshot();
+            params::check(self.headers, version, &call, Some(&listed), id)?;
+        }
         // The server's tool list matters only to policies with categories or pins.
         let tools = pol.uses_tool_knowledge().then(|| self.st.tools.snapshot());
         let seen = tools.as_ref().and_then(|t| t.seen(&call.name));
@@ -230,7 +246,6 @@ impl Gate<'_> {
                 .as_deref()
                 .filter(|_| d.outcome == Outcome::ApprovalRequired),
         };
-        let version = call.protocol_version.as_deref().unwrap_or(self.version);
         Ok(Some(denial::denial(id, &d, &subject, pol.deny_as, version)))
     }
 
@@ -319,6 +334,10 @@ fn read_arguments(
         (Some(raw), Some(need)) => need.read(raw.get()).map_err(|_| unreadable_arguments(id)),
         _ => Ok(Value::Null),
     }
+}
+
+fn unknown_version(v: &str) -> Refused {
+    Refused::UnknownVersion(v.chars().take(40).collect())
 }
 
 fn unreadable_arguments(id: &RawValue) -> Refused {

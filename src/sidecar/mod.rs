@@ -15,6 +15,7 @@ mod gate;
 mod headers;
 mod legacy;
 mod origin;
+mod params;
 pub mod peers;
 mod proxy;
 mod record;

@@ -50,6 +50,13 @@ pub(super) enum Refused {
         header: &'static str,
         id: Option<Box<RawValue>>,
     },
+    /// An `Mcp-Param-*` header that does not say what the arguments say, or cannot be checked.
+    ParamMismatch {
+        why: String,
+        id: Box<RawValue>,
+    },
+    /// A protocol version the sidecar does not know (shown clipped).
+    UnknownVersion(String),
     CallWithoutId,
     UnreadableArguments(Box<RawValue>),
     /// Arguments an approval could not name exactly.
@@ -91,6 +98,8 @@ impl Refused {
             | BatchUnderVersion(_)
             | BatchWithRoutingHeaders
             | HeaderMismatch { .. }
+            | ParamMismatch { .. }
+            | UnknownVersion(_)
             | CallWithoutId
             | UnreadableArguments(_)
             | NotApprovable { .. }
@@ -106,7 +115,9 @@ impl Refused {
             }
             UnsupportedMedia(_) | BodyCutOff | BodyTimeout(_) => code::PARSE_ERROR,
             Malformed(m) => m.code,
-            BatchWithRoutingHeaders | HeaderMismatch { .. } => code::HEADER_MISMATCH,
+            BatchWithRoutingHeaders | HeaderMismatch { .. } | ParamMismatch { .. } => {
+                code::HEADER_MISMATCH
+            }
             UnreadableArguments(_) | NotApprovable { .. } => code::INVALID_PARAMS,
             Unauthorized { .. } => code::UNAUTHORIZED,
             Place(_)
@@ -116,6 +127,7 @@ impl Refused {
             | SessionId(_)
             | TooLarge(_)
             | BatchUnderVersion(_)
+            | UnknownVersion(_)
             | CallWithoutId
             | IdentityHeader(_) => code::INVALID_REQUEST,
         }
@@ -158,6 +170,13 @@ impl Refused {
             HeaderMismatch { header, .. } => {
                 format!("the {header} header does not match the body").into()
             }
+            ParamMismatch { why, .. } => why.as_str().into(),
+            UnknownVersion(v) => format!(
+                "unsupported MCP protocol version {v:?}: mcp-warden reads {}, and refuses a \
+                 version it does not know rather than guess how to read it",
+                crate::mcp::KNOWN_VERSIONS.join(", ")
+            )
+            .into(),
             CallWithoutId => "tools/call needs an id".into(),
             UnreadableArguments(_) => "unreadable arguments".into(),
             NotApprovable { why, .. } => why.as_str().into(),
@@ -178,7 +197,9 @@ impl Refused {
         match self {
             Refused::Malformed(m) => m.id.as_deref(),
             Refused::HeaderMismatch { id, .. } => id.as_deref(),
-            Refused::UnreadableArguments(id) | Refused::NotApprovable { id, .. } => Some(id),
+            Refused::UnreadableArguments(id)
+            | Refused::NotApprovable { id, .. }
+            | Refused::ParamMismatch { id, .. } => Some(id),
             _ => None,
         }
     }

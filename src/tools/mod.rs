@@ -13,6 +13,7 @@
 
 pub mod catalog;
 pub mod client;
+pub mod params;
 pub mod report;
 pub mod seen;
 
@@ -64,6 +65,9 @@ pub struct ToolDef {
     /// `properties` (then any name may be right).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub arguments: Option<Vec<String>>,
+    /// Its `x-mcp-header` declarations ([`params`]), or why they cannot be used.
+    #[serde(skip)]
+    pub params: Result<Vec<params::ParamHeader>, String>,
 }
 
 impl ToolDef {
@@ -82,6 +86,9 @@ impl ToolDef {
             categories: hints.names(),
             hints,
             arguments,
+            params: tool
+                .get("inputSchema")
+                .map_or(Ok(Vec::new()), params::declared),
         })
     }
 }
@@ -105,6 +112,7 @@ impl ToolDef {
             categories: hints.names(),
             hints,
             arguments: v.get("arguments").filter(|a| a.is_array()).map(strings),
+            params: Ok(Vec::new()),
         })
     }
 }

@@ -882,3 +882,152 @@ async fn a_replica_started_after_a_change_holds_the_tool_to_the_policys_record()
         "the replica without the record lets it run"
     );
 }
+
+/// A server whose tool `route` declares two `x-mcp-header` arguments (MCP 2026-07-28); counts
+/// the calls that reach it.
+async fn routing_server() -> (String, Arc<AtomicUsize>) {
+    use http_body_util::BodyExt;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = calls.clone();
+    let addr = serve(move |req: http::Request<hyper::body::Incoming>| {
+        let counted = counted.clone();
+        async move {
+            let body = req.into_body().collect().await.unwrap().to_bytes();
+            let msg: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            let result = match msg["method"].as_str() {
+                Some("initialize") => json!({"protocolVersion": "2025-06-18",
+                    "capabilities": {"tools": {}}, "serverInfo": {"name": "routing", "version": "1"}}),
+                Some("tools/list") => json!({"tools": [{"name": "route", "inputSchema": {
+                    "type": "object", "properties": {
+                        "region": {"type": "string", "x-mcp-header": "Region"},
+                        "tier": {"type": "integer", "x-mcp-header": "Tier"},
+                        "note": {"type": "string"}}}}]}),
+                Some("tools/call") => {
+                    counted.fetch_add(1, Ordering::SeqCst);
+                    json!({"content": [{"type": "text", "text": "routed"}]})
+                }
+                _ => json!({}),
+            };
+            let (status, text) = match msg.get("id") {
+                Some(id) => (200, json!({"jsonrpc": "2.0", "id": id, "result": result}).to_string()),
+                None => (202, String::new()),
+            };
+            let mut r = http::Response::new(http_body_util::Full::new(bytes::Bytes::from(text)).boxed());
+            *r.status_mut() = http::StatusCode::from_u16(status).unwrap();
+            r.headers_mut().insert("content-type", "application/json".parse().unwrap());
+            Ok(r)
+        }
+    })
+    .await;
+    (format!("http://{addr}/mcp"), calls)
+}
+
+/// 2026-07-28 `Mcp-Param-*` headers must say what the arguments say: the sidecar reads the
+/// declarations from its own listing and refuses any disagreement before the server sees it.
+#[tokio::test]
+async fn mcp_param_headers_are_checked_against_the_arguments() {
+    let (url, calls) = routing_server().await;
+    let sc = start(&url, "version: \"1\"\ndefault: allow\n").await;
+    wait_listed(&sc).await;
+    let args = json!({"region": "us-west1", "tier": 42, "note": "x"});
+    let send = async |args: &Value, params: &[(&str, &str)], modern: bool| {
+        let mut h: Vec<(&str, String)> = match modern {
+            true => v26_headers("route"),
+            false => vec![("mcp-protocol-version", "2025-06-18".into())],
+        };
+        h.extend(params.iter().map(|(k, v)| (*k, v.to_string())));
+        let h: Vec<(&str, &str)> = h.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let body = match modern {
+            true => call_v26(7, "route", args.clone(), json!({})),
+            false => json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call",
+                            "params": {"name": "route", "arguments": args}})
+            .to_string(),
+        };
+        post_json(&sc.url(), &h, &body).await
+    };
+    let both = [("mcp-param-region", "us-west1"), ("mcp-param-tier", "42")];
+    let ran = send(&args, &both, true).await;
+    assert_eq!(ran.0, 200, "{}", String::from_utf8_lossy(&ran.2));
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    // A value in Base64 as the client encodes it, and a number written another way, agree.
+    let encoded = [
+        ("mcp-param-region", "=?base64?dXMtd2VzdDE=?="),
+        ("mcp-param-tier", "42.0"),
+    ];
+    assert_eq!(send(&args, &encoded, true).await.0, 200);
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    // What is refused: why, the arguments, the Mcp-Param headers, whether the call is 2026-07-28.
+    type Refusal<'a> = (&'a str, Value, Vec<(&'a str, &'a str)>, bool);
+    let refused: Vec<Refusal> = vec![
+        (
+            "a header that disagrees",
+            args.clone(),
+            vec![("mcp-param-region", "eu-west1"), ("mcp-param-tier", "42")],
+            true,
+        ),
+        (
+            "a header missing for an argument in the body",
+            args.clone(),
+            vec![("mcp-param-region", "us-west1")],
+            true,
+        ),
+        (
+            "a header for an argument not in the body",
+            json!({"region": "us-west1"}),
+            vec![("mcp-param-region", "us-west1"), ("mcp-param-tier", "42")],
+            true,
+        ),
+        (
+            "a header the tool does not declare",
+            args.clone(),
+            [&both[..], &[("mcp-param-note", "x")]].concat(),
+            true,
+        ),
+        (
+            "Base64 that is not",
+            args.clone(),
+            vec![
+                ("mcp-param-region", "=?base64?%%?="),
+                ("mcp-param-tier", "42"),
+            ],
+            true,
+        ),
+        (
+            "an older client's header that disagrees",
+            args.clone(),
+            vec![("mcp-param-tier", "41")],
+            false,
+        ),
+    ];
+    for (what, args, params, modern) in refused {
+        let r = send(&args, &params, modern).await;
+        assert_eq!(r.0, 400, "{what}: {}", String::from_utf8_lossy(&r.2));
+        let m: Value = serde_json::from_slice(&r.2).unwrap();
+        assert_eq!(m["error"]["code"], -32020, "{what}: {m}");
+        assert!(
+            m["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("Mcp-Param-"),
+            "{what}: {m}"
+        );
+    }
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        2,
+        "nothing refused reached the server"
+    );
+    // An older client sends none and is not asked to.
+    assert_eq!(send(&args, &[], false).await.0, 200);
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+    // One header cannot describe a batch.
+    let batch = json!([{"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                        "params": {"name": "route", "arguments": args}}]);
+    let r = post_json(
+        &sc.url(),
+        &[("mcp-param-region", "us-west1")],
+        &batch.to_string(),
+    )
+    .await;
+    assert_eq!(r.0, 400, "{}", String::from_utf8_lossy(&r.2));
+}

@@ -50,6 +50,10 @@ async fn what_cannot_be_read_with_certainty_is_refused_and_never_forwarded() {
         ("Mcp-Name disagrees", vec![json_ct, ("mcp-method", "tools/call"), ("mcp-name", "notebook_read")], call_v26(1, "clear_session", json!({}), json!({})), 400, -32020),
         ("routing headers on a batch", vec![json_ct, ("mcp-method", "tools/call")], format!("[{}]", call_v26(1, "notebook_read", json!({}), json!({}))), 400, -32020),
         ("batch under 2025-06-18", vec![json_ct, ("mcp-protocol-version", "2025-06-18")], format!("[{}]", call_v26(1, "run_cell", json!({}), json!({}))), 400, -32600),
+        ("an unknown protocol version header", vec![json_ct, ("mcp-protocol-version", "2099-01-01")], call_v26(1, "notebook_read", json!({}), json!({})), 400, -32600),
+        ("a protocol version that is no date", vec![json_ct, ("mcp-protocol-version", "latest")], call_v26(1, "notebook_read", json!({}), json!({})), 400, -32600),
+        ("an unknown protocol version in _meta", vec![json_ct], call_v26(1, "notebook_read", json!({}), json!({"io.modelcontextprotocol/protocolVersion": "2026-13-01"})), 400, -32600),
+        ("an Mcp-Param header the tool does not declare", vec![json_ct, ("mcp-param-region", "x")], call_v26(1, "notebook_read", json!({}), json!({})), 400, -32020),
     ];
     for (what, headers, body, status, code) in cases {
         let raw = request("POST", &url, &headers, body).await;
