@@ -646,11 +646,6 @@ impl Engine {
             ..d
         }
     }
-
-    /// The index of the counter named `name`.
-    pub fn counter_index(&self, name: &str) -> Option<usize> {
-        self.policy.counters.iter().position(|c| c.name == name)
-    }
 }
 
 /// One counter a call takes here: its table, max and key.

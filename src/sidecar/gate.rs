@@ -184,12 +184,14 @@ impl Gate<'_> {
         if !mcp::known_version(version) {
             return Err(unknown_version(version));
         }
-        if params::any(self.headers) || mcp::version_at_least(version, mcp::RESULT_TYPE_SINCE) {
-            let listed = self.st.tools.snapshot();
-            params::check(self.headers, version, &call, Some(&listed), id)?;
+        // The server's tool list matters to the Mcp-Param headers' check and to policies with
+        // categories or pins; it is read once for both.
+        let checks_params = params::apply(self.headers, version);
+        let listed = (checks_params || pol.uses_tool_knowledge()).then(|| self.st.tools.snapshot());
+        if let Some(listed) = listed.as_ref().filter(|_| checks_params) {
+            params::check(self.headers, version, &call, listed, id)?;
         }
-        // The server's tool list matters only to policies with categories or pins.
-        let tools = pol.uses_tool_knowledge().then(|| self.st.tools.snapshot());
+        let tools = listed.filter(|_| pol.uses_tool_knowledge());
         let seen = tools.as_ref().and_then(|t| t.seen(&call.name));
         let found = pol.lookup(&call.name, self.grant, seen.map(|s| s.hints));
         let args = read_arguments(&found, call.arguments, id)?;

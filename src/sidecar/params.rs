@@ -25,24 +25,28 @@ pub(super) fn any(h: &HeaderMap) -> bool {
     h.keys().any(|k| k.as_str().starts_with(PREFIX))
 }
 
-/// Checks the `Mcp-Param-*` headers of one `tools/call` at protocol `version`.
+/// Whether a `tools/call` at protocol `version` has `Mcp-Param-*` headers to check: it sends
+/// some, or its version obliges it to.
+pub(super) fn apply(h: &HeaderMap, version: &str) -> bool {
+    any(h) || mcp::version_at_least(version, mcp::RESULT_TYPE_SINCE)
+}
+
+/// Checks the `Mcp-Param-*` headers of one `tools/call` at protocol `version` against the
+/// server's tools as the sidecar listed them (when [`apply`] says there is something to check).
 pub(super) fn check(
     h: &HeaderMap,
     version: &str,
     call: &ToolCall,
-    tools: Option<&Snapshot>,
+    tools: &Snapshot,
     id: &RawValue,
 ) -> Result<(), Refused> {
     let sent = any(h);
     let modern = mcp::version_at_least(version, mcp::RESULT_TYPE_SINCE);
-    if !sent && !modern {
-        return Ok(());
-    }
     let refuse = |why: String| Refused::ParamMismatch {
         why,
         id: id.to_owned(),
     };
-    let declared = match tools.and_then(|t| t.tools.get(call.name.as_ref())) {
+    let declared = match tools.tools.get(call.name.as_ref()) {
         Some(e) => match &e.def.params {
             Ok(d) => d.as_slice(),
             Err(why) if sent => {

@@ -152,7 +152,7 @@ fn declaration(
 }
 
 /// RFC 9110 token: one or more `tchar`.
-pub fn is_token(s: &str) -> bool {
+fn is_token(s: &str) -> bool {
     !s.is_empty()
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
