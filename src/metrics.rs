@@ -30,6 +30,7 @@ pub const SIDECAR_METRICS: &[&str] = &[
     "mcp_warden_peer_requests_total",
     "mcp_warden_budget_fallbacks_total",
     "mcp_warden_lease_refills_total",
+    "mcp_warden_continuations_total",
 ];
 
 /// `request_duration_seconds`: what the sidecar adds is tens of microseconds and a small
@@ -77,6 +78,7 @@ pub struct SidecarMetrics {
     pub peer_requests: IntCounterVec,
     pub budget_fallbacks: IntCounterVec,
     pub lease_refills: IntCounterVec,
+    pub continuations: IntCounterVec,
 }
 
 fn opts(name: &str, help: &str) -> Opts {
@@ -184,7 +186,9 @@ impl SidecarMetrics {
             ),
             approvals: counter(
                 "approvals_total",
-                "Calls of tools that need approval, by result (requested, approved, denied, used, expired)",
+                "Calls of tools that need approval, by result (requested, approved, denied, used, expired; \
+                 by the user in their client: user_asked, user_confirmed, user_declined, \
+                 user_cancelled, user_unreachable)",
                 &["policy", "tool", "result"],
             ),
             approvals_pending: gauge(
@@ -234,6 +238,12 @@ impl SidecarMetrics {
                 "lease_refills_total",
                 "Leases an owner lent this sidecar: counts of a large limit's key spent here \
                  without a hop until they run out or a second passes",
+                &["policy"],
+            ),
+            continuations: counter(
+                "continuations_total",
+                "Retries that complete the server's own input_required question: forwarded \
+                 without a second decision (the call was counted on its first leg)",
                 &["policy"],
             ),
             registry: b.registry.clone(),
@@ -385,6 +395,7 @@ mod tests {
             .with_label_values(&["p", "unreachable"])
             .inc();
         m.lease_refills.with_label_values(&["p"]).inc();
+        m.continuations.with_label_values(&["p"]).inc();
         let text = String::from_utf8(m.render()).unwrap();
         for name in SIDECAR_METRICS {
             assert!(text.contains(&format!("# TYPE {name} ")), "{name} missing");

@@ -347,13 +347,23 @@ fn message(raw: &RawValue) -> Result<Message<'_>, Malformed> {
 struct CallParams<'a> {
     name: Option<Cow<'a, str>>,
     arguments: Option<&'a RawValue>,
-    protocol_version: Option<Cow<'a, str>>,
+    meta: RequestMeta<'a>,
+    request_state: Option<Cow<'a, str>>,
+    input_responses: Option<&'a RawValue>,
 }
 
-const CALL_KEYS: &[&str] = &["name", "arguments", "_meta"];
+const CALL_KEYS: &[&str] = &[
+    "name",
+    "arguments",
+    "_meta",
+    "requestState",
+    "inputResponses",
+];
 
 /// The key of the 2026-07-28 per-request protocol version in `params._meta`.
 const VERSION_META: &str = "io.modelcontextprotocol/protocolVersion";
+/// The key of the 2026-07-28 per-request client capabilities in `params._meta`.
+const CAPABILITIES_META: &str = "io.modelcontextprotocol/clientCapabilities";
 
 impl<'de> Deserialize<'de> for CallParams<'de> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -373,9 +383,10 @@ impl<'de> Deserialize<'de> for CallParams<'de> {
                         "name" => p.name = Some(m.next_value::<Key>()?.0),
                         "arguments" => p.arguments = m.next_value()?,
                         "_meta" => {
-                            p.protocol_version =
-                                m.next_value::<Option<RequestMeta>>()?.and_then(|r| r.0)
+                            p.meta = m.next_value::<Option<RequestMeta>>()?.unwrap_or_default()
                         }
+                        "requestState" => p.request_state = m.next_value::<Borrowed>()?.0,
+                        "inputResponses" => p.input_responses = m.next_value()?,
                         other => skip_unknown(&mut m, other, CALL_KEYS)?,
                     }
                 }
@@ -386,8 +397,13 @@ impl<'de> Deserialize<'de> for CallParams<'de> {
     }
 }
 
-/// The part of `params._meta` the sidecar reads: the 2026-07-28 per-request protocol version.
-struct RequestMeta<'a>(Option<Cow<'a, str>>);
+/// The parts of `params._meta` the sidecar reads: the 2026-07-28 per-request protocol version
+/// and client capabilities.
+#[derive(Default)]
+struct RequestMeta<'a> {
+    version: Option<Cow<'a, str>>,
+    capabilities: Option<&'a RawValue>,
+}
 
 impl<'de> Deserialize<'de> for RequestMeta<'de> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -401,14 +417,17 @@ impl<'de> Deserialize<'de> for RequestMeta<'de> {
                 self,
                 mut m: A,
             ) -> Result<Self::Value, A::Error> {
-                let mut version = None;
+                let mut meta = RequestMeta::default();
                 while let Some(Key(key)) = m.next_key()? {
                     match key.as_ref() {
-                        VERSION_META => version = m.next_value::<Borrowed>()?.0,
-                        other => skip_unknown(&mut m, other, &[VERSION_META])?,
+                        VERSION_META => meta.version = m.next_value::<Borrowed>()?.0,
+                        CAPABILITIES_META => meta.capabilities = m.next_value()?,
+                        other => {
+                            skip_unknown(&mut m, other, &[VERSION_META, CAPABILITIES_META])?
+                        }
                     }
                 }
-                Ok(RequestMeta(version))
+                Ok(meta)
             }
         }
         d.deserialize_map(V)
@@ -422,6 +441,12 @@ pub struct ToolCall<'a> {
     pub arguments: Option<&'a RawValue>,
     /// `params._meta["io.modelcontextprotocol/protocolVersion"]`, sent by 2026-07-28 clients.
     pub protocol_version: Option<Cow<'a, str>>,
+    /// `params._meta["io.modelcontextprotocol/clientCapabilities"]` (2026-07-28).
+    pub client_capabilities: Option<&'a RawValue>,
+    /// `params.requestState`: a retry after `input_required` (2026-07-28).
+    pub request_state: Option<Cow<'a, str>>,
+    /// `params.inputResponses`: the answers a retry carries (2026-07-28).
+    pub input_responses: Option<&'a RawValue>,
 }
 
 /// The protocol revisions the sidecar knows how to read; a request naming another is refused,
@@ -492,11 +517,13 @@ impl<'a> Message<'a> {
             }
             other => other,
         };
-        let protocol_version = p.protocol_version;
         Ok(ToolCall {
             name,
             arguments,
-            protocol_version,
+            protocol_version: p.meta.version,
+            client_capabilities: p.meta.capabilities,
+            request_state: p.request_state,
+            input_responses: p.input_responses,
         })
     }
 }

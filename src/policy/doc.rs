@@ -332,6 +332,37 @@ pub struct ApprovalSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 1000))]
     pub uses: Option<u32>,
+    /// Who approves: `approver` (default), a person with RBAC on McpApprovals; `user`, the user
+    /// at the MCP client, asked in their client's own UI before the call is forwarded (one call
+    /// per confirmation; `ttl` is how long the question holds, default `10m`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<ApprovalBy>,
+    /// With `by: user`: a page the user opens to approve instead of a form in the client
+    /// (`{approvalId}` is replaced by the call's approval id); the call runs once an approval of
+    /// it is granted there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 2048))]
+    pub url: Option<String>,
+    /// With `by: user`: what a client that cannot ask its user gets: `approver` (default), the
+    /// approver flow; `deny`, a denial that says why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<ApprovalFallback>,
+}
+
+/// Who approves a call.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ApprovalBy {
+    Approver,
+    User,
+}
+
+/// What a call needing the user's confirmation gets when the client cannot ask.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ApprovalFallback {
+    Approver,
+    Deny,
 }
 
 /// A rate limit.

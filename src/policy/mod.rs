@@ -79,10 +79,11 @@ pub mod bounds {
 
 /// `approval`: a call runs only with a person's approval of exactly it (policy, tool, arguments,
 /// caller), which allows `uses` calls within `ttl` of being granted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Approval {
     pub ttl: std::time::Duration,
     pub uses: u32,
+    pub by: ApprovedBy,
 }
 
 impl Default for Approval {
@@ -90,7 +91,29 @@ impl Default for Approval {
         Approval {
             ttl: std::time::Duration::from_secs(3600),
             uses: 1,
+            by: ApprovedBy::Approver,
         }
+    }
+}
+
+/// Who approves a call: a person with RBAC on McpApprovals, or the user at the MCP client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApprovedBy {
+    Approver,
+    /// The user confirms in their client (a form, or the page at `url`); a client that cannot
+    /// ask gets the approver flow, or a denial when `deny_otherwise`.
+    User {
+        url: Option<String>,
+        deny_otherwise: bool,
+    },
+}
+
+impl Approval {
+    /// How long a question put to the user holds when the policy gives no `ttl`.
+    pub const USER_TTL: std::time::Duration = std::time::Duration::from_secs(600);
+
+    pub fn by_user(&self) -> bool {
+        matches!(self.by, ApprovedBy::User { .. })
     }
 }
 
@@ -368,10 +391,15 @@ impl Rule {
             reads: prune::Need::default(),
         };
         for r in rules {
-            out.approval = match (out.approval, r.approval) {
+            out.approval = match (out.approval, r.approval.clone()) {
+                // A person with RBAC is asked when the rules disagree on who approves.
                 (Some(a), Some(b)) => Some(Approval {
                     ttl: a.ttl.min(b.ttl),
                     uses: a.uses.min(b.uses),
+                    by: match a.by == b.by {
+                        true => a.by,
+                        false => ApprovedBy::Approver,
+                    },
                 }),
                 (a, b) => a.or(b),
             };
@@ -526,7 +554,7 @@ impl<'p> Lookup<'p> {
 
     /// The approval the rule asks for, if it asks for one.
     pub fn approval(&self) -> Option<Approval> {
-        self.rule().and_then(|r| r.approval)
+        self.rule().and_then(|r| r.approval.clone())
     }
 }
 

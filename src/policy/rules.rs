@@ -6,7 +6,9 @@ use super::condition::{self, Matcher};
 use super::doc;
 use super::reader::FieldPath;
 use super::window::Window;
-use super::{bounds, Approval, Condition, Counter, DenyIf, LimitRef, Requirement, Rule, Scope};
+use super::{
+    bounds, Approval, ApprovedBy, Condition, Counter, DenyIf, LimitRef, Requirement, Rule, Scope,
+};
 use serde_json::Value;
 use std::num::NonZeroU32;
 
@@ -106,6 +108,38 @@ impl Compiler {
         }
         let mut out = Approval::default();
         let mut valid = true;
+        match a.by {
+            Some(doc::ApprovalBy::User) => {
+                out.ttl = Approval::USER_TTL;
+                out.by = ApprovedBy::User {
+                    url: a.url.clone(),
+                    deny_otherwise: a.fallback == Some(doc::ApprovalFallback::Deny),
+                };
+                if let Some(url) = &a.url {
+                    if !(url.starts_with("https://") || url.starts_with("http://")) {
+                        self.errs.push(
+                            &p.key("url"),
+                            format!("url must be an http(s) URL, found {url:?}"),
+                        );
+                        valid = false;
+                    }
+                }
+                if a.uses.is_some_and(|n| n != 1) {
+                    self.errs
+                        .push(&p.key("uses"), "a user confirms one call at a time: uses must be 1 with by: user");
+                    valid = false;
+                }
+            }
+            _ => {
+                for (set, field) in [(a.url.is_some(), "url"), (a.fallback.is_some(), "fallback")] {
+                    if set {
+                        self.errs
+                            .push(&p.key(field), format!("{field} needs by: user"));
+                        valid = false;
+                    }
+                }
+            }
+        }
         if let Some(ttl) = &a.ttl {
             match Window::parse(ttl) {
                 Ok(w) => out.ttl = w.length,

@@ -665,7 +665,8 @@ fn approvals_read_in_both_forms_and_are_checked() {
         p.find_rule("drop_table").unwrap().approval,
         Some(Approval {
             ttl: std::time::Duration::from_secs(900),
-            uses: 3
+            uses: 3,
+            by: ApprovedBy::Approver,
         })
     );
     assert_eq!(p.find_rule("read").unwrap().approval, None);
@@ -758,4 +759,42 @@ fn every_shape_error_is_reported_at_once_one_per_list() {
     // Setting `issuer` aside leaves `jwt` without it: that is not a second error.
     assert!(got[2].1.starts_with("invalid type: integer `1`"), "{got:?}");
     assert_eq!(got[5].1, "reason is only used with action: deny");
+}
+
+#[test]
+fn the_user_at_the_client_can_be_the_one_who_approves() {
+    let p = compile_file(json!({"tools": {
+        "clear_session": {"approval": {"by": "user"}},
+        "drop_table": {"approval": {"by": "user", "ttl": "2m", "fallback": "deny"}},
+        "wire": {"approval": {"by": "user", "url": "https://approve.example/{approvalId}"}},
+        "plain": {"approval": {"by": "approver"}}}}))
+    .unwrap();
+    let user = |url: Option<&str>, deny| ApprovedBy::User {
+        url: url.map(str::to_owned),
+        deny_otherwise: deny,
+    };
+    let rule = |t: &str| p.find_rule(t).unwrap().approval.clone().unwrap();
+    assert_eq!(rule("clear_session").by, user(None, false));
+    assert_eq!(rule("clear_session").ttl, Approval::USER_TTL, "ten minutes to answer");
+    assert_eq!(rule("drop_table").by, user(None, true));
+    assert_eq!(rule("drop_table").ttl.as_secs(), 120);
+    assert_eq!(rule("wire").by, user(Some("https://approve.example/{approvalId}"), false));
+    assert_eq!(rule("plain"), Approval::default());
+    let errs = compile_file(json!({"tools": {
+        "a": {"approval": {"by": "user", "uses": 2}},
+        "b": {"approval": {"url": "https://x"}},
+        "c": {"approval": {"by": "user", "url": "ftp://x"}},
+        "d": {"approval": {"by": "someone"}},
+        "e": {"approval": {"fallback": "deny"}}}}))
+    .unwrap_err()
+    .to_string();
+    for want in [
+        "tools.a.approval.uses: a user confirms one call at a time",
+        "tools.b.approval.url: url needs by: user",
+        "tools.c.approval.url: url must be an http(s) URL",
+        "tools.d.approval.by",
+        "tools.e.approval.fallback: fallback needs by: user",
+    ] {
+        assert!(errs.contains(want), "{want:?} in {errs}");
+    }
 }

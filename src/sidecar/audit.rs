@@ -22,6 +22,8 @@ pub struct AuditLine<'a> {
     /// The approval id of a call that needs one (requested when refused, used when allowed),
     /// or empty.
     pub approval: &'a str,
+    /// Who confirmed the call in their MCP client (`approval: {by: user}`), or empty.
+    pub confirmed_by: &'a str,
     pub session: &'a str,
     pub counter: &'a str,
     pub latency_ns: u64,
@@ -67,6 +69,9 @@ fn encode(l: &AuditLine, now: SystemTime, out: &mut Vec<u8>) {
     }
     if !l.approval.is_empty() {
         field(out, "approval_id", l.approval);
+    }
+    if !l.confirmed_by.is_empty() {
+        field(out, "confirmed_by", l.confirmed_by);
     }
     field(out, "session", l.session);
     field(out, "counter", l.counter);
@@ -130,6 +135,7 @@ mod tests {
             identity: "anonymous",
             grant: "",
             approval: "",
+            confirmed_by: "",
             session: "",
             counter: "",
             latency_ns: 412,
@@ -152,6 +158,7 @@ mod tests {
         let with = AuditLine {
             grant: "grants[0]",
             approval: "a1b2",
+            confirmed_by: "sa:tenant-a/agent",
             decision: "approval_required",
             ..line
         };

@@ -8,6 +8,7 @@
 //! proxy's.
 
 use super::caller::{unix_now, Caller};
+use super::confirm::{self, continuation, stream, Answer, CanElicit};
 use super::peers::Use;
 use super::record::{self, CallFacts};
 use super::refusal::Refused;
@@ -17,7 +18,7 @@ use super::{denial, params, peers, State};
 use crate::approval::{approval_id, canonical, exact_numbers, Pending};
 use crate::engine::{monotonic_now, Call, Decision, Outcome};
 use crate::mcp::{self, Body, Kind};
-use crate::policy::{sha256_hex, Approval, Lookup};
+use crate::policy::{sha256_hex, Approval, ApprovedBy, Lookup};
 use http::header::HeaderMap;
 use serde_json::value::RawValue;
 use serde_json::Value;
@@ -25,14 +26,49 @@ use std::time::Instant;
 
 /// What the gate concluded about a request.
 pub(super) enum Verdict {
-    /// Forward unchanged; filter the answers to these `tools/list` ids. What the allowed calls
-    /// took is settled by the upstream's answer.
-    Forward { list_ids: Vec<Value>, spend: Spend },
+    /// Forward (unchanged, or as `body` without the sidecar's own fields); filter the answers
+    /// to these `tools/list` ids. What the allowed calls took is settled by the upstream's
+    /// answer.
+    Forward {
+        list_ids: Vec<Value>,
+        spend: Spend,
+        body: Option<Vec<u8>>,
+        after: After,
+    },
     /// Answer the client ourselves (denials), with an optional `Retry-After`.
     Answer {
         body: Vec<u8>,
         retry_after: Option<u64>,
     },
+    /// Ask the user on the call's event stream first (a client before 2026-07-28).
+    Ask(StreamAsk),
+    /// The client's answer to the sidecar's own question: taken here (202), never forwarded.
+    Taken,
+}
+
+/// What to watch in the server's answer to a forwarded request.
+#[derive(Default)]
+pub(super) struct After {
+    /// A 2026-07-28 call: an `input_required` the server answers it with is remembered.
+    pub continuation: Option<continuation::Call>,
+    /// An `initialize`: what the client declared it can be asked, kept for its session.
+    pub initialize: Option<CanElicit>,
+}
+
+/// A question for the user on the call's stream, and what it is about.
+pub(super) struct StreamAsk {
+    pub params: Value,
+    pub ttl: std::time::Duration,
+    /// Whom the answer binds to.
+    pub told: Told,
+}
+
+/// The user's answer on a stream, for the call it was asked about.
+#[derive(Clone)]
+pub(super) struct Told {
+    pub tool: String,
+    pub arguments_sha256: String,
+    pub answer: Answer,
 }
 
 /// The protocol version of a request that names none (the transport's rule).
@@ -46,8 +82,14 @@ pub(super) async fn decide(
     caller: &Caller,
     h: &HeaderMap,
     bytes: &[u8],
+    told: Option<&Told>,
 ) -> Result<(Verdict, &'static str), Refused> {
     let body = mcp::parse(bytes)?;
+    if let Body::Single(m) = &body {
+        if let Some(taken) = take_reply(st, caller, m)? {
+            return Ok((taken, "_other"));
+        }
+    }
     let method = match &body {
         Body::Single(m) => m.method.as_deref().map_or("_other", mcp::method_label),
         Body::Batch(_) => "_other",
@@ -75,6 +117,11 @@ pub(super) async fn decide(
             .and_then(|v| v.to_str().ok()),
         retry_after: None,
         spend: Spend::default(),
+        told,
+        strip: false,
+        after: After::default(),
+        stream_ask: None,
+        single: matches!(body, Body::Single(_)),
     };
     let mut list_ids = Vec::new();
     let mut answers: Vec<Option<Value>> = Vec::with_capacity(body.messages().len());
@@ -85,17 +132,32 @@ pub(super) async fn decide(
         if m.is_method("tools/list") && m.kind == Kind::Request {
             list_ids.push(m.id.map_or(Value::Null, mcp::raw_to_value));
         }
+        if m.is_method("initialize") && m.kind == Kind::Request {
+            gate.after.initialize = Some(initialize_capabilities(m));
+        }
         answers.push(match m.is_method("tools/call") {
             true => gate.call(m).await?,
             false => None,
         });
     }
     if answers.iter().all(Option::is_none) {
-        let spend = gate.spend;
-        return Ok((Verdict::Forward { list_ids, spend }, method));
+        let body = match gate.strip {
+            true => Some(confirm::strip(bytes).ok_or(Refused::CallWithoutId)?),
+            false => None,
+        };
+        let verdict = Verdict::Forward {
+            list_ids,
+            spend: gate.spend,
+            body,
+            after: gate.after,
+        };
+        return Ok((verdict, method));
     }
     // Nothing is forwarded: the calls that were allowed are answered "not run".
     gate.spend.give_back(st);
+    if let Some(ask) = gate.stream_ask {
+        return Ok((Verdict::Ask(ask), method));
+    }
     let verdict = Verdict::Answer {
         body: answer_body(&body, answers),
         retry_after: gate.retry_after,
@@ -165,6 +227,15 @@ struct Gate<'a> {
     retry_after: Option<u64>,
     /// What the allowed calls took.
     spend: Spend,
+    /// The user's answer on a stream, when the request is decided again after it.
+    told: Option<&'a Told>,
+    /// The body carries the sidecar's own `requestState`: forwarded without it.
+    strip: bool,
+    after: After,
+    /// A question to put on the call's stream before anything is forwarded.
+    stream_ask: Option<StreamAsk>,
+    /// The body is one message (a question can be put on its stream).
+    single: bool,
 }
 
 impl Gate<'_> {
@@ -184,6 +255,18 @@ impl Gate<'_> {
         if !mcp::known_version(version) {
             return Err(unknown_version(version));
         }
+        let ours = call.request_state.as_deref().is_some_and(confirm::is_ours);
+        self.strip |= ours;
+        let modern = mcp::version_at_least(version, mcp::RESULT_TYPE_SINCE);
+        let bound = (modern && self.single).then(|| self.bound(&call));
+        if let (Some(state), Some(b), false) = (call.request_state.as_deref(), &bound, ours) {
+            if self.st.confirm.continuations.completes(state, b, unix_now()) {
+                // Decided and counted when the server asked its question.
+                record::continued(self.st, label);
+                self.after.continuation = bound;
+                return Ok(None);
+            }
+        }
         // The server's tool list matters to the Mcp-Param headers' check and to policies with
         // categories or pins; it is read once for both.
         let checks_params = params::apply(self.headers, version);
@@ -199,6 +282,11 @@ impl Gate<'_> {
             Some(grants) => Some(self.ask_approval(&call, grants, id).await?),
             None => None,
         };
+        let answer = match &approval {
+            Some(a) => self.users_answer(&call, a, ours, id)?,
+            None => None,
+        };
+        let confirmed = matches!(answer, Some((Answer::Accepted, _)));
         let t0 = Instant::now();
         let now = monotonic_now();
         let mut d = engine.decide_found(
@@ -209,7 +297,7 @@ impl Gate<'_> {
                 caller: &self.caller.id,
                 grant: self.grant,
                 session: self.session,
-                approved: approval.as_ref().is_some_and(|a| a.held.is_some()),
+                approved: confirmed || approval.as_ref().is_some_and(|a| a.held.is_some()),
                 cloak: tools.as_ref().and_then(|t| t.cloak(&call.name)),
                 seen,
             },
@@ -221,15 +309,48 @@ impl Gate<'_> {
             // Counts other sidecars own: the call waits for their owners.
             d = peers::ask_owners(self.st, label, engine, d, now, &mut self.spend.lent).await;
         }
+        if let (Outcome::Allow, Some((Answer::Accepted, q))) = (d.outcome, &answer) {
+            if let Some(q) = q {
+                if !peers::take_answer(self.st, label, q).await {
+                    d.outcome = Outcome::ApprovalRequired;
+                    d.reason = "The user's answer to this call was already taken: an answer runs \
+                                one call. Make the call again (without requestState) to be asked \
+                                again."
+                        .into();
+                }
+            }
+        }
         let facts = CallFacts {
             tool: &call.name,
             arguments: call.arguments,
             identity: &self.caller.id,
             session: self.session,
             approval: approval.as_ref().map(|a| a.id.as_str()),
+            confirmed_by: confirmed.then_some(&*self.caller.id),
         };
         record::decision(self.st, label, &facts, &d, decided);
-        let approval_id = approval.map(|a| self.settle_approval(a, &d, &call));
+        let user = match (&approval, d.outcome) {
+            (Some(a), Outcome::ApprovalRequired) if a.grants.by_user() => {
+                self.ask_user(&call, a, answer.as_ref().map(|x| x.0), version, id, &mut d)
+            }
+            _ => UserAsk::Approver,
+        };
+        if confirmed && d.outcome == Outcome::Allow {
+            record::approval(self.st, label, d.tool_label, "user_confirmed");
+        }
+        let approval_id = approval.map(|a| match &user {
+            // Put to the user: nothing is pending for an approver (but for the page of `url`,
+            // where an approver's approval is given).
+            UserAsk::Asked(_, false) | UserAsk::Deny => a.id,
+            _ => self.settle_approval(a, &d, &call),
+        });
+        let user_asks = match user {
+            UserAsk::Asked(v, _) => Some(v),
+            _ => None,
+        };
+        if d.outcome == Outcome::Allow {
+            self.after.continuation = bound;
+        }
         self.spend.took(std::mem::take(&mut d.taken));
         if d.limit.is_some() || d.outcome == Outcome::Unlisted {
             self.retry_after = Some(denial::retry_after_secs(&d));
@@ -239,6 +360,9 @@ impl Gate<'_> {
         }
         if d.outcome == Outcome::Allow {
             return Ok(None);
+        }
+        if let Some(asked) = user_asks {
+            return Ok(Some(asked));
         }
         let subject = denial::Subject {
             tool: &call.name,
@@ -323,6 +447,181 @@ impl Gate<'_> {
         }
         a.id
     }
+}
+
+/// How a call needing the user's confirmation goes on.
+enum UserAsk {
+    /// Answered with this question (`true`: the page of `url`, where an approver approves).
+    Asked(Value, bool),
+    /// Denied with the decision's reason.
+    Deny,
+    /// The approver flow.
+    Approver,
+}
+
+impl Gate<'_> {
+    /// What a 2026-07-28 call's server question would be bound to.
+    fn bound(&self, call: &mcp::ToolCall) -> continuation::Call {
+        continuation::Call {
+            caller: self.caller.id.to_string(),
+            tool: call.name.to_string(),
+            arguments_sha256: sha256_hex(call.arguments.map_or("", |a| a.get()).as_bytes()),
+            policy_hash: self.policy.hash.clone(),
+        }
+    }
+
+    fn about<'b>(&'b self, call: &'b mcp::ToolCall, a: &'b Asked) -> confirm::About<'b> {
+        confirm::About {
+            caller: &self.caller.id,
+            tool: &call.name,
+            arguments: &a.arguments,
+            arguments_sha256: &a.arguments_sha256,
+            policy_hash: &self.policy.hash,
+            approval_id: &a.id,
+        }
+    }
+
+    /// The user's answer this call carries (its sealed state and `inputResponses`, or an
+    /// answer on the call's stream), for a rule the user confirms in a form.
+    fn users_answer(
+        &self,
+        call: &mcp::ToolCall,
+        a: &Asked,
+        ours: bool,
+        id: &RawValue,
+    ) -> Result<Option<(Answer, Option<confirm::seal::Question>)>, Refused> {
+        if !matches!(a.grants.by, ApprovedBy::User { url: None, .. }) {
+            return Ok(None);
+        }
+        if let (true, Some(state)) = (ours, call.request_state.as_deref()) {
+            let about = self.about(call, a);
+            let sealer = &self.st.confirm.sealer;
+            let (answer, q) =
+                confirm::answer(sealer, &about, state, call.input_responses, id, unix_now())?;
+            return Ok(Some((answer, Some(q))));
+        }
+        Ok(self
+            .told
+            .filter(|t| t.tool == call.name && t.arguments_sha256 == a.arguments_sha256)
+            .map(|t| (t.answer, None)))
+    }
+
+    /// A call the user must confirm and has not: the question put to them (in an
+    /// `input_required` answer, or on the call's stream), or the denial or approver flow when
+    /// they declined or their client cannot be asked.
+    fn ask_user(
+        &mut self,
+        call: &mcp::ToolCall,
+        a: &Asked,
+        answer: Option<Answer>,
+        version: &str,
+        id: &RawValue,
+        d: &mut Decision,
+    ) -> UserAsk {
+        let label = self.policy.label.as_str();
+        let ApprovedBy::User {
+            url,
+            deny_otherwise,
+        } = &a.grants.by
+        else {
+            return UserAsk::Approver;
+        };
+        let said = match answer {
+            Some(Answer::Declined) => Some(("user_declined", "declined this call")),
+            Some(Answer::Cancelled) => Some(("user_cancelled", "dismissed the question about this call without deciding")),
+            _ => None,
+        };
+        if let Some((result, what)) = said {
+            record::approval(self.st, label, d.tool_label, result);
+            d.reason = format!(
+                "The user {what} in their MCP client: it did not run. Do not repeat it unless \
+                 the user asks for it."
+            )
+            .into();
+            return UserAsk::Deny;
+        }
+        let modern = mcp::version_at_least(version, mcp::RESULT_TYPE_SINCE);
+        let can = match (modern, self.session) {
+            (true, _) => CanElicit::read(call.client_capabilities),
+            (false, Some(s)) if self.single => self.st.confirm.streams.session(s.as_bytes()),
+            (false, _) => CanElicit::default(),
+        };
+        if !can.fits(&a.grants.by) {
+            record::approval(self.st, label, d.tool_label, "user_unreachable");
+            let why = format!(
+                "Tool {:?} needs the user's confirmation in their MCP client, and this client \
+                 cannot be asked (it declared no {} elicitation capability)",
+                call.name,
+                if url.is_some() { "URL" } else { "form" }
+            );
+            if *deny_otherwise {
+                d.reason = format!("{why}: the call did not run.").into();
+                return UserAsk::Deny;
+            }
+            d.reason = format!("{why}. {}", d.reason).into();
+            return UserAsk::Approver;
+        }
+        record::approval(self.st, label, d.tool_label, "user_asked");
+        let about = self.about(call, a);
+        let ttl = a.grants.ttl;
+        if modern {
+            let result = confirm::input_required(&self.st.confirm.sealer, &about, &a.grants.by, ttl.as_secs());
+            let answer = serde_json::json!({"jsonrpc": "2.0", "id": mcp::raw_to_value(id), "result": result});
+            return UserAsk::Asked(answer, url.is_some());
+        }
+        self.stream_ask = Some(StreamAsk {
+            params: confirm::elicitation(&about, &a.grants.by),
+            ttl,
+            told: Told {
+                tool: call.name.to_string(),
+                arguments_sha256: a.arguments_sha256.clone(),
+                answer: Answer::Stale,
+            },
+        });
+        // Replaced by the stream (the request is a single call).
+        UserAsk::Asked(Value::Null, url.is_some())
+    }
+}
+
+/// A client's reply to the sidecar's own question on a stream: taken here. `None` for any other
+/// message (a reply to the server's requests is the server's).
+fn take_reply(st: &State, caller: &Caller, m: &mcp::Message) -> Result<Option<Verdict>, Refused> {
+    #[derive(serde::Deserialize)]
+    struct Reply {
+        id: String,
+        result: Option<Value>,
+        error: Option<Value>,
+    }
+    if m.kind != Kind::Response || !m.id.is_some_and(|i| i.get().starts_with(&format!("\"{}", stream::ID_PREFIX))) {
+        return Ok(None);
+    }
+    let refused = |why: &str| Refused::NotApprovable {
+        why: why.to_owned(),
+        id: m.id.expect("a response has an id").to_owned(),
+    };
+    let r: Reply = serde_json::from_str(m.raw.get()).map_err(|_| refused("not a JSON-RPC response"))?;
+    let reply = match (r.result, r.error) {
+        (Some(v), None) => Ok(v),
+        (None, Some(e)) => Err(e),
+        _ => return Err(refused("a response needs exactly one of result and error")),
+    };
+    st.confirm
+        .streams
+        .reply(&r.id, &caller.id, reply)
+        .map_err(|_| refused("no question of this id is open for this caller (answered, expired, or never asked)"))?;
+    Ok(Some(Verdict::Taken))
+}
+
+/// What an `initialize` request declares the client can be asked.
+fn initialize_capabilities(m: &mcp::Message) -> CanElicit {
+    #[derive(serde::Deserialize)]
+    struct Init<'a> {
+        #[serde(borrow)]
+        capabilities: Option<&'a RawValue>,
+    }
+    m.params
+        .and_then(|p| serde_json::from_str::<Init>(p.get()).ok())
+        .map_or_else(CanElicit::default, |i| CanElicit::read(i.capabilities))
 }
 
 /// What the rule's conditions read of the arguments, and only that: memory follows the policy,

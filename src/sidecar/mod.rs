@@ -8,6 +8,7 @@ mod admin_api;
 pub mod approvals;
 mod audit;
 mod caller;
+mod confirm;
 mod denial;
 mod discovery;
 mod filter;
@@ -172,6 +173,8 @@ pub struct State {
     pub tools: Arc<crate::tools::catalog::Catalog>,
     /// The policy's other sidecars, which own some counts.
     pub peers: Arc<peers::Peers>,
+    /// Questions put to users at their clients (`approval: {by: user}`).
+    confirm: Arc<confirm::Confirmations>,
 }
 
 impl State {
@@ -209,6 +212,7 @@ impl State {
                 cfg.admin_keys_path.clone(),
             ),
             tools: Arc::default(),
+            confirm: Arc::new(confirm::Confirmations::new(cfg.peer_key_path.clone())),
             peers: Arc::new(peers::Peers::new(
                 cfg.peers_path.clone(),
                 cfg.peer_key_path.clone(),

@@ -7,7 +7,9 @@
 
 use super::caller::{identify, Caller};
 use super::filter::filter_response;
-use super::gate::{self, Verdict};
+use super::confirm::continuation::Watch;
+use super::confirm::{self, stream, Answer};
+use super::gate::{self, After, StreamAsk, Told, Verdict};
 use super::headers::{check_gated, is_event_stream, strip_hop_by_hop};
 use super::legacy::{self, LegacySession};
 use super::record;
@@ -15,6 +17,7 @@ use super::refusal::Refused;
 use super::reload::LoadedPolicy;
 use super::spend::Spend;
 use super::State;
+use crate::mcp::sse;
 use crate::serve::{full, json, respond, Body};
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
@@ -97,10 +100,11 @@ async fn gated(
         Ok(b) => b,
         Err(r) => return r.response_closing(),
     };
-    let (verdict, method) = match gate::decide(st, policy, &caller, &parts.headers, &bytes).await {
-        Ok(v) => v,
-        Err(r) => return r.response(),
-    };
+    let (verdict, method) =
+        match gate::decide(st, policy, &caller, &parts.headers, &bytes, None).await {
+            Ok(v) => v,
+            Err(r) => return r.response(),
+        };
     let response = match verdict {
         Verdict::Answer { body, retry_after } => match &session {
             // Legacy transport: answers travel on the session's event stream.
@@ -115,13 +119,25 @@ async fn gated(
                 r
             }
         },
-        Verdict::Forward { list_ids, spend } => {
+        Verdict::Forward {
+            list_ids,
+            spend,
+            body,
+            after,
+        } => {
             if let Some(s) = &session {
                 s.expect_tool_lists(&list_ids);
             }
             let filter = (!list_ids.is_empty() && session.is_none()).then_some(list_ids);
-            forward_gated(st, parts, bytes.clone(), filter, caller, spend).await
+            let bytes = body.map_or_else(|| bytes.clone(), Bytes::from);
+            forward_gated(st, parts, bytes, filter, caller, spend, after).await
         }
+        Verdict::Taken => respond(StatusCode::ACCEPTED, Bytes::new()),
+        Verdict::Ask(ask) => match session {
+            // The legacy transport's answers travel on another stream: not asked there.
+            Some(_) => Refused::StreamBacklog.response(),
+            None => ask_on_stream(st, policy, parts, bytes.clone(), caller, ask),
+        },
     };
     record::request_done(st, &policy.label, method, started.elapsed());
     response
@@ -251,6 +267,7 @@ async fn forward_gated(
     filter: Option<Vec<Value>>,
     caller: Caller,
     spend: Spend,
+    after: After,
 ) -> Response<Body> {
     let host = parts.headers.get(header::HOST).cloned();
     let req = upstream_request(st, parts, full(bytes), filter.is_some());
@@ -270,16 +287,29 @@ async fn forward_gated(
         true => spend.give_back(st),
         false => spend.commit(st),
     }
-    match filter {
-        None if is_event_stream(resp.headers()) => {
-            // A stream of answers may carry a tools/list_changed notification.
-            let (parts, body) = resp.into_parts();
-            let body = super::discovery::WatchListChanged::new(body, st.clone());
-            Response::from_parts(parts, body.map_err(Into::into).boxed_unsync())
-        }
-        None => passthrough(resp),
-        Some(ids) => filter_response(st.clone(), ids, resp, caller).await,
+    if let (Some(can), Some(id)) = (after.initialize, resp.headers().get("mcp-session-id")) {
+        st.confirm.streams.session_started(id.as_bytes(), can);
     }
+    if let Some(ids) = filter {
+        return filter_response(st.clone(), ids, resp, caller).await;
+    }
+    let event_stream = is_event_stream(resp.headers());
+    let (parts, body) = resp.into_parts();
+    let body: Body = match after.continuation {
+        // A 2026-07-28 call: the server may answer with its own question.
+        Some(call) => {
+            let on = st.confirm.continuations.clone();
+            let watched = Watch::new(body, on, call, event_stream);
+            watched.map_err(Into::into).boxed_unsync()
+        }
+        None => body.map_err(Into::into).boxed_unsync(),
+    };
+    let body = match event_stream {
+        // A stream of answers may carry a tools/list_changed notification.
+        true => super::discovery::WatchListChanged::new(body, st.clone()).boxed_unsync(),
+        false => body,
+    };
+    Response::from_parts(parts, body)
 }
 
 async fn forward_streaming(
@@ -322,4 +352,83 @@ fn passthrough(resp: Response<Incoming>) -> Response<Body> {
 fn bad_gateway(e: &dyn std::fmt::Display) -> Response<Body> {
     tracing::warn!(error = %e, "upstream request failed");
     Refused::Unreachable.response()
+}
+
+/// Asks the user on the call's own event stream (a client before 2026-07-28 that declared
+/// elicitation): the POST is answered with a stream carrying the sidecar's `elicitation/create`;
+/// once the client answers (or the question expires) the request is decided again with the
+/// answer, and forwarded or denied; the server's answer follows on the same stream.
+fn ask_on_stream(
+    st: &Arc<State>,
+    policy: &Arc<LoadedPolicy>,
+    parts: http::request::Parts,
+    bytes: Bytes,
+    caller: Caller,
+    ask: StreamAsk,
+) -> Response<Body> {
+    let id = format!("{}{}", stream::ID_PREFIX, st.confirm.sealer.nonce());
+    let Some(reply) = st.confirm.streams.ask(&id, &caller.id) else {
+        return Refused::Busy.response();
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(16);
+    let question = serde_json::json!({
+        "jsonrpc": "2.0", "id": id, "method": "elicitation/create", "params": ask.params
+    });
+    let _ = tx.try_send(sse::message_event(question.to_string().as_bytes()));
+    let (st, policy) = (st.clone(), policy.clone());
+    tokio::spawn(async move {
+        let answered = tokio::time::timeout(ask.ttl, reply).await;
+        st.confirm.streams.forget(&id);
+        let answer = match answered {
+            Ok(Ok(Ok(result))) => confirm::read_action(&result),
+            // Refused by the client, expired, or the stream went away.
+            _ => Answer::Cancelled,
+        };
+        let told = Told { answer, ..ask.told };
+        let decided = gate::decide(&st, &policy, &caller, &parts.headers, &bytes, Some(&told));
+        let out = match decided.await {
+            Ok((
+                Verdict::Forward {
+                    spend, body, after, ..
+                },
+                _,
+            )) => {
+                let bytes = body.map_or_else(|| bytes.clone(), Bytes::from);
+                forward_gated(&st, parts, bytes, None, caller, spend, after).await
+            }
+            Ok((Verdict::Answer { body, .. }, _)) => json(StatusCode::OK, body),
+            Ok(_) => Refused::CallWithoutId.response(),
+            Err(r) => r.response(),
+        };
+        pipe_as_events(out, tx).await;
+    });
+    let events = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|b| (Ok::<_, crate::serve::BoxError>(http_body::Frame::data(b)), rx))
+    });
+    let mut r = Response::new(http_body_util::StreamBody::new(events).boxed_unsync());
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    r
+}
+
+/// Writes a response onto an event stream: its events as they are, or a JSON answer as one.
+async fn pipe_as_events(resp: Response<Body>, tx: tokio::sync::mpsc::Sender<Bytes>) {
+    let events = is_event_stream(resp.headers());
+    let mut body = resp.into_body();
+    if events {
+        while let Some(Ok(frame)) = body.frame().await {
+            if let Ok(data) = frame.into_data() {
+                if tx.send(data).await.is_err() {
+                    return;
+                }
+            }
+        }
+        return;
+    }
+    if let Ok(c) = body.collect().await {
+        let _ = tx.send(sse::message_event(&c.to_bytes())).await;
+    }
 }

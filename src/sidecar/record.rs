@@ -17,6 +17,8 @@ pub(super) struct CallFacts<'a> {
     pub session: Option<&'a str>,
     /// The approval id of a call whose rule needs one.
     pub approval: Option<&'a str>,
+    /// The identity of the user who confirmed it in their client (`approval: {by: user}`).
+    pub confirmed_by: Option<&'a str>,
 }
 
 /// A message of a gated request, by method.
@@ -92,6 +94,7 @@ pub(super) fn decision(st: &State, policy: &str, call: &CallFacts, d: &Decision,
             identity: call.identity,
             grant: d.grant.unwrap_or(""),
             approval: call.approval.unwrap_or(""),
+            confirmed_by: call.confirmed_by.unwrap_or(""),
             session: call.session.unwrap_or(""),
             counter: d.limit.as_ref().map_or("", |h| h.counter.name.as_str()),
             latency_ns: took.as_nanos() as u64,
@@ -100,8 +103,15 @@ pub(super) fn decision(st: &State, policy: &str, call: &CallFacts, d: &Decision,
     }
 }
 
+/// A retry completing the server's own `input_required`: forwarded without a second decision.
+pub(super) fn continued(st: &State, policy: &str) {
+    st.metrics.continuations.with_label_values(&[policy]).inc();
+}
+
 /// An approval event: `requested` and `used` (the gate), `approved` and `denied` (the admin
-/// API), `expired` (found lapsed when metrics are read).
+/// API), `expired` (found lapsed when metrics are read); for `by: user`, `user_asked`,
+/// `user_confirmed`, `user_declined`, `user_cancelled` and `user_unreachable` (the client
+/// cannot be asked).
 pub(super) fn approval(st: &State, policy: &str, tool_label: &str, result: &str) {
     st.metrics
         .approvals

@@ -209,6 +209,7 @@ fn install(state: &State, mut loaded: LoadedPolicy) {
     // Counts held across pods are placed by the sidecar's peer set.
     loaded.engine = loaded.engine.with_placer(state.peers.clone());
     state.peers.reload(&loaded.label);
+    state.confirm.sealer.reload();
     let m = &state.metrics;
     m.policy_info.reset();
     m.policy_info
@@ -288,6 +289,7 @@ fn seed_series(m: &crate::metrics::SidecarMetrics, label: &str, policy: &policy:
         m.request_duration.with_label_values(&[label, method]);
     }
     m.decision_duration.with_label_values(&[label]);
+    m.continuations.with_label_values(&[label]);
     for c in &policy.counters {
         m.limit_hits
             .with_label_values(&[label, &c.name, &c.window.text, c.scope.as_str()]);
@@ -398,6 +400,7 @@ pub async fn watch(state: Arc<State>, mut stop: watch::Receiver<bool>) {
         if let Some(p) = state.policy.load_full() {
             state.peers.reload(&p.label);
         }
+        state.confirm.sealer.reload();
         state.peers.expire_leases();
         let (path, jwks_path) = (state.cfg.policy_path.clone(), state.cfg.jwks_path.clone());
         let read = tokio::task::spawn_blocking(move || {

@@ -49,6 +49,7 @@ use tokio::sync::Semaphore;
 
 mod ask;
 mod lease;
+mod once;
 mod serve;
 #[cfg(test)]
 mod tests;
@@ -59,6 +60,7 @@ pub(in crate::sidecar) use ask::{ask_owners, Lent};
 use lease::Lease;
 use serve::Nonces;
 pub use serve::{handle, handles};
+pub(in crate::sidecar) use once::take_answer;
 pub(in crate::sidecar) use uses::{reserve_use, Use};
 use wire::*;
 
@@ -102,6 +104,7 @@ pub const TAKE_PATH: &str = "/peer/take";
 pub const RETURN_PATH: &str = "/peer/return";
 pub const USE_PATH: &str = "/peer/use";
 pub const UNUSE_PATH: &str = "/peer/unuse";
+pub const ONCE_PATH: &str = "/peer/once";
 
 /// What approval owners are placed under (beside counter names: no counter is named so, as a
 /// counter name has no spaces).

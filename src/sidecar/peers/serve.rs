@@ -25,7 +25,7 @@ impl Nonces {
 
 /// Whether `path` is the peer API's.
 pub fn handles(path: &str) -> bool {
-    [TAKE_PATH, RETURN_PATH, USE_PATH, UNUSE_PATH].contains(&path)
+    [TAKE_PATH, RETURN_PATH, USE_PATH, UNUSE_PATH, ONCE_PATH].contains(&path)
 }
 
 /// Answers a peer's request (on the admin port).
@@ -53,6 +53,9 @@ pub async fn handle(st: Arc<State>, req: Request<Incoming>) -> Response<Body> {
     };
     if path == USE_PATH || path == UNUSE_PATH {
         return approval_use(&st, &path, &bytes);
+    }
+    if path == ONCE_PATH {
+        return super::once::take_owned_answer(&st, &bytes);
     }
     let engine = &policy.engine;
     if path == RETURN_PATH {
@@ -206,7 +209,7 @@ pub(super) fn unhex(s: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
-fn refuse(status: StatusCode, why: &str) -> Response<Body> {
+pub(super) fn refuse(status: StatusCode, why: &str) -> Response<Body> {
     json(
         status,
         serde_json::to_vec(&serde_json::json!({ "error": why })).expect("serialises"),
