@@ -188,7 +188,7 @@ impl SidecarMetrics {
                 "approvals_total",
                 "Calls of tools that need approval, by result (requested, approved, denied, used, expired; \
                  by the user in their client: user_asked, user_confirmed, user_declined, \
-                 user_cancelled, user_unreachable)",
+                 user_cancelled, user_replayed, user_unreachable)",
                 &["policy", "tool", "result"],
             ),
             approvals_pending: gauge(

@@ -100,6 +100,12 @@ const EXAMPLES: &[(&str, &str)] = &[
     ("spec.tools.<tool>.approval", "`{ttl: 1h, uses: 1}`"),
     ("spec.tools.<tool>.approval.ttl", "`1h`"),
     ("spec.tools.<tool>.approval.uses", "`1`"),
+    ("spec.tools.<tool>.approval.by", "`user`"),
+    (
+        "spec.tools.<tool>.approval.url",
+        "`https://approvals.example.com/{approvalId}`",
+    ),
+    ("spec.tools.<tool>.approval.fallback", "`deny`"),
     ("spec.tools.<tool>.reason", "`Deleting cells is disabled`"),
     (
         "spec.tools.<tool>.limits",

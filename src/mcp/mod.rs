@@ -422,9 +422,7 @@ impl<'de> Deserialize<'de> for RequestMeta<'de> {
                     match key.as_ref() {
                         VERSION_META => meta.version = m.next_value::<Borrowed>()?.0,
                         CAPABILITIES_META => meta.capabilities = m.next_value()?,
-                        other => {
-                            skip_unknown(&mut m, other, &[VERSION_META, CAPABILITIES_META])?
-                        }
+                        other => skip_unknown(&mut m, other, &[VERSION_META, CAPABILITIES_META])?,
                     }
                 }
                 Ok(meta)

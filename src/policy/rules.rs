@@ -125,8 +125,10 @@ impl Compiler {
                     }
                 }
                 if a.uses.is_some_and(|n| n != 1) {
-                    self.errs
-                        .push(&p.key("uses"), "a user confirms one call at a time: uses must be 1 with by: user");
+                    self.errs.push(
+                        &p.key("uses"),
+                        "a user confirms one call at a time: uses must be 1 with by: user",
+                    );
                     valid = false;
                 }
             }

@@ -775,10 +775,17 @@ fn the_user_at_the_client_can_be_the_one_who_approves() {
     };
     let rule = |t: &str| p.find_rule(t).unwrap().approval.clone().unwrap();
     assert_eq!(rule("clear_session").by, user(None, false));
-    assert_eq!(rule("clear_session").ttl, Approval::USER_TTL, "ten minutes to answer");
+    assert_eq!(
+        rule("clear_session").ttl,
+        Approval::USER_TTL,
+        "ten minutes to answer"
+    );
     assert_eq!(rule("drop_table").by, user(None, true));
     assert_eq!(rule("drop_table").ttl.as_secs(), 120);
-    assert_eq!(rule("wire").by, user(Some("https://approve.example/{approvalId}"), false));
+    assert_eq!(
+        rule("wire").by,
+        user(Some("https://approve.example/{approvalId}"), false)
+    );
     assert_eq!(rule("plain"), Approval::default());
     let errs = compile_file(json!({"tools": {
         "a": {"approval": {"by": "user", "uses": 2}},

@@ -6,9 +6,9 @@
 //! upstream stream too. Anything that cannot be read with certainty is refused, never forwarded.
 
 use super::caller::{identify, Caller};
-use super::filter::filter_response;
 use super::confirm::continuation::Watch;
 use super::confirm::{self, stream, Answer};
+use super::filter::filter_response;
 use super::gate::{self, After, StreamAsk, Told, Verdict};
 use super::headers::{check_gated, is_event_stream, strip_hop_by_hop};
 use super::legacy::{self, LegacySession};
@@ -262,7 +262,7 @@ fn restore_authority(
 
 async fn forward_gated(
     st: &Arc<State>,
-    parts: http::request::Parts,
+    mut parts: http::request::Parts,
     bytes: Bytes,
     filter: Option<Vec<Value>>,
     caller: Caller,
@@ -270,6 +270,10 @@ async fn forward_gated(
     after: After,
 ) -> Response<Body> {
     let host = parts.headers.get(header::HOST).cloned();
+    // The body may be the request's without the sidecar's own fields.
+    parts
+        .headers
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
     let req = upstream_request(st, parts, full(bytes), filter.is_some());
     let resp = match send(st, req, host).await {
         Ok(r) => r,
@@ -403,13 +407,19 @@ fn ask_on_stream(
         pipe_as_events(out, tx).await;
     });
     let events = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv()
-            .await
-            .map(|b| (Ok::<_, crate::serve::BoxError>(http_body::Frame::data(b)), rx))
+        rx.recv().await.map(|b| {
+            (
+                Ok::<_, crate::serve::BoxError>(http_body::Frame::data(b)),
+                rx,
+            )
+        })
     });
     let mut r = Response::new(http_body_util::StreamBody::new(events).boxed_unsync());
     let h = r.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     r
 }

@@ -46,7 +46,16 @@ pub struct Notebook {
     pub calls: Arc<AtomicUsize>,
     /// Set when a `slow_report` call was cancelled because its client went away.
     pub cancelled: Arc<std::sync::atomic::AtomicBool>,
+    /// What each call that ran carried besides its name and arguments: its `requestState` and
+    /// the keys of its `inputResponses` (the server's own multi round-trip questions).
+    pub carried: Arc<std::sync::Mutex<Vec<Carried>>>,
 }
+
+/// A call's `requestState` and the keys of its `inputResponses`.
+pub type Carried = (Option<String>, Vec<String>);
+
+/// The key of the server's own question (`write_file` with `{"server_asks": true}`).
+pub const SERVER_QUESTION: &str = "server/overwrite";
 
 fn tool(name: &'static str) -> Tool {
     let schema = json!({"type": "object", "properties": {}, "additionalProperties": true});
@@ -86,6 +95,33 @@ impl ServerHandler for Notebook {
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
         self.calls.fetch_add(1, Ordering::SeqCst);
+        let keys = request
+            .input_responses
+            .as_ref()
+            .map(|r| r.keys().cloned().collect())
+            .unwrap_or_default();
+        self.carried
+            .lock()
+            .unwrap()
+            .push((request.request_state.clone(), keys));
+        let asks = request
+            .arguments
+            .as_ref()
+            .is_some_and(|a| a.get("server_asks") == Some(&json!(true)));
+        if asks && request.input_responses.is_none() {
+            // The server's own question (2026-07-28 multi round-trip request).
+            let n = self.calls.load(Ordering::SeqCst);
+            let ask = json!({
+                "resultType": "input_required",
+                "inputRequests": {SERVER_QUESTION: {"method": "elicitation/create", "params": {
+                    "mode": "form", "message": "Overwrite the file?",
+                    "requestedSchema": {"type": "object", "properties": {}}}}},
+                "requestState": format!("server-state-{n}")
+            });
+            return Ok(CallToolResponse::InputRequired(
+                serde_json::from_value(ask).unwrap(),
+            ));
+        }
         if request.name == "slow_report" {
             if let Some(token) = context.meta.get_progress_token() {
                 let _ = context
@@ -146,6 +182,7 @@ pub async fn upstream(stateful: bool, json: bool) -> Upstream {
         release: Arc::new(Notify::new()),
         calls: Arc::new(AtomicUsize::new(0)),
         cancelled: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+        carried: Arc::default(),
     };
     let config = StreamableHttpServerConfig::default()
         .with_legacy_session_mode(stateful)

@@ -15,6 +15,7 @@ mod layers;
 mod rbac;
 mod sidecar_approvals;
 mod sidecar_bypass;
+mod sidecar_confirm;
 mod sidecar_identity;
 mod sidecar_ops;
 mod sidecar_peers;

@@ -55,29 +55,6 @@ impl Pending {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_servers_question_completes_its_own_call_once() {
-        let p = Pending::default();
-        let call = Call {
-            caller: "a".into(),
-            tool: "t".into(),
-            arguments_sha256: "x".into(),
-            policy_hash: "p".into(),
-        };
-        p.asked("server-state", call.clone(), 100);
-        let other = Call { caller: "b".into(), ..call.clone() };
-        assert!(!p.completes("server-state", &other, 101), "another caller");
-        assert!(!p.completes("other-state", &call, 101));
-        assert!(!p.completes("server-state", &call, 100 + HOLD_SECS + 1), "expired");
-        assert!(p.completes("server-state", &call, 101));
-        assert!(!p.completes("server-state", &call, 102), "once");
-    }
-}
-
 /// The server's answer to a forwarded call, passed through untouched while the sidecar looks
 /// for an `input_required` in it (a JSON answer up to [`MAX_WATCHED`] bytes, or each event of a
 /// stream).
@@ -120,8 +97,7 @@ impl<B> Watch<B> {
         let Ok(Answer { result: Some(a) }) = serde_json::from_slice::<Answer>(data) else {
             return;
         };
-        if let (Some("input_required"), Some(state)) = (a.result_type.as_deref(), a.request_state)
-        {
+        if let (Some("input_required"), Some(state)) = (a.result_type.as_deref(), a.request_state) {
             self.on
                 .asked(&state, self.call.clone(), super::super::caller::unix_now());
         }
@@ -188,5 +164,34 @@ where
 
     fn size_hint(&self) -> http_body::SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_servers_question_completes_its_own_call_once() {
+        let p = Pending::default();
+        let call = Call {
+            caller: "a".into(),
+            tool: "t".into(),
+            arguments_sha256: "x".into(),
+            policy_hash: "p".into(),
+        };
+        p.asked("server-state", call.clone(), 100);
+        let other = Call {
+            caller: "b".into(),
+            ..call.clone()
+        };
+        assert!(!p.completes("server-state", &other, 101), "another caller");
+        assert!(!p.completes("other-state", &call, 101));
+        assert!(
+            !p.completes("server-state", &call, 100 + HOLD_SECS + 1),
+            "expired"
+        );
+        assert!(p.completes("server-state", &call, 101));
+        assert!(!p.completes("server-state", &call, 102), "once");
     }
 }

@@ -264,7 +264,10 @@ pub fn strip(body: &[u8]) -> Option<Vec<u8>> {
         serde_json::from_str(top.get("params")?.get()).ok()?;
     params.remove("requestState");
     params.remove("inputResponses");
-    top.insert("params".into(), serde_json::value::to_raw_value(&params).ok()?);
+    top.insert(
+        "params".into(),
+        serde_json::value::to_raw_value(&params).ok()?,
+    );
     serde_json::to_vec(&top).ok()
 }
 
@@ -276,11 +279,26 @@ mod tests {
     fn capabilities_say_which_questions_a_client_can_answer() {
         let read = |s: &str| CanElicit::read(Some(&RawValue::from_string(s.into()).unwrap()));
         assert_eq!(read(r#"{}"#), CanElicit::default());
-        assert_eq!(read(r#"{"elicitation":{}}"#), CanElicit { form: true, url: false });
-        assert_eq!(read(r#"{"elicitation":{"url":{}}}"#), CanElicit { form: false, url: true });
+        assert_eq!(
+            read(r#"{"elicitation":{}}"#),
+            CanElicit {
+                form: true,
+                url: false
+            }
+        );
+        assert_eq!(
+            read(r#"{"elicitation":{"url":{}}}"#),
+            CanElicit {
+                form: false,
+                url: true
+            }
+        );
         assert_eq!(
             read(r#"{"elicitation":{"form":{},"url":{}}}"#),
-            CanElicit { form: true, url: true }
+            CanElicit {
+                form: true,
+                url: true
+            }
         );
         assert_eq!(CanElicit::read(None), CanElicit::default());
     }
@@ -290,9 +308,18 @@ mod tests {
         let body = br#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"t","arguments":{"n":1.50,"big":123456789012345678901234567890},"requestState":"x","inputResponses":{"k":{}},"_meta":{"a":1}}}"#;
         let out = strip(body).unwrap();
         let s = String::from_utf8(out).unwrap();
-        assert!(!s.contains("requestState") && !s.contains("inputResponses"), "{s}");
-        assert!(s.contains(r#""arguments":{"n":1.50,"big":123456789012345678901234567890}"#), "{s}");
-        assert!(s.contains(r#""_meta":{"a":1}"#) && s.contains(r#""id":7"#), "{s}");
+        assert!(
+            !s.contains("requestState") && !s.contains("inputResponses"),
+            "{s}"
+        );
+        assert!(
+            s.contains(r#""arguments":{"n":1.50,"big":123456789012345678901234567890}"#),
+            "{s}"
+        );
+        assert!(
+            s.contains(r#""_meta":{"a":1}"#) && s.contains(r#""id":7"#),
+            "{s}"
+        );
     }
 
     #[test]
@@ -306,30 +333,79 @@ mod tests {
             policy_hash: "p1",
             approval_id: "id",
         };
-        let by = ApprovedBy::User { url: None, deny_otherwise: false };
+        let by = ApprovedBy::User {
+            url: None,
+            deny_otherwise: false,
+        };
         let ir = input_required(&sealer, &about, &by, 60);
         let state = ir["requestState"].as_str().unwrap();
         let id = RawValue::from_string("1".into()).unwrap();
         let resp = |s: &str| RawValue::from_string(s.into()).unwrap();
         let now = unix_now();
         let ok = resp(r#"{"mcp-warden/confirm":{"action":"accept","content":{"confirm":true}}}"#);
-        assert_eq!(answer(&sealer, &about, state, Some(&ok), &id, now).unwrap().0, Answer::Accepted);
+        assert_eq!(
+            answer(&sealer, &about, state, Some(&ok), &id, now)
+                .unwrap()
+                .0,
+            Answer::Accepted
+        );
         let no = resp(r#"{"mcp-warden/confirm":{"action":"decline"}}"#);
-        assert_eq!(answer(&sealer, &about, state, Some(&no), &id, now).unwrap().0, Answer::Declined);
-        let unticked = resp(r#"{"mcp-warden/confirm":{"action":"accept","content":{"confirm":false}}}"#);
-        assert_eq!(answer(&sealer, &about, state, Some(&unticked), &id, now).unwrap().0, Answer::Declined);
+        assert_eq!(
+            answer(&sealer, &about, state, Some(&no), &id, now)
+                .unwrap()
+                .0,
+            Answer::Declined
+        );
+        let unticked =
+            resp(r#"{"mcp-warden/confirm":{"action":"accept","content":{"confirm":false}}}"#);
+        assert_eq!(
+            answer(&sealer, &about, state, Some(&unticked), &id, now)
+                .unwrap()
+                .0,
+            Answer::Declined
+        );
         let cancel = resp(r#"{"mcp-warden/confirm":{"action":"cancel"}}"#);
-        assert_eq!(answer(&sealer, &about, state, Some(&cancel), &id, now).unwrap().0, Answer::Cancelled);
-        assert!(answer(&sealer, &about, state, None, &id, now).is_err(), "no answer");
+        assert_eq!(
+            answer(&sealer, &about, state, Some(&cancel), &id, now)
+                .unwrap()
+                .0,
+            Answer::Cancelled
+        );
+        assert!(
+            answer(&sealer, &about, state, None, &id, now).is_err(),
+            "no answer"
+        );
         // Expired, or another policy version: asked again.
-        assert_eq!(answer(&sealer, &about, state, Some(&ok), &id, now + 61).unwrap().0, Answer::Stale);
-        let changed = About { policy_hash: "p2", ..about };
-        assert_eq!(answer(&sealer, &changed, state, Some(&ok), &id, now).unwrap().0, Answer::Stale);
+        assert_eq!(
+            answer(&sealer, &about, state, Some(&ok), &id, now + 61)
+                .unwrap()
+                .0,
+            Answer::Stale
+        );
+        let changed = About {
+            policy_hash: "p2",
+            ..about
+        };
+        assert_eq!(
+            answer(&sealer, &changed, state, Some(&ok), &id, now)
+                .unwrap()
+                .0,
+            Answer::Stale
+        );
         // Another caller, tool or arguments: refused.
         for other in [
-            About { caller: "b", ..changed },
-            About { tool: "other", ..changed },
-            About { arguments_sha256: "ee", ..changed },
+            About {
+                caller: "b",
+                ..changed
+            },
+            About {
+                tool: "other",
+                ..changed
+            },
+            About {
+                arguments_sha256: "ee",
+                ..changed
+            },
         ] {
             assert!(answer(&sealer, &other, state, Some(&ok), &id, now).is_err());
         }

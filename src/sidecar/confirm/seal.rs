@@ -61,7 +61,8 @@ impl Sealer {
     pub fn new(key_path: Option<PathBuf>) -> Sealer {
         let rng = SystemRandom::new();
         let mut own = [0u8; 32];
-        rng.fill(&mut own).expect("the system's random source works");
+        rng.fill(&mut own)
+            .expect("the system's random source works");
         Sealer {
             key_path,
             policy: Mutex::new(None),
@@ -94,7 +95,9 @@ impl Sealer {
     /// A fresh random nonce for a question (hex, 128 bits).
     pub fn nonce(&self) -> String {
         let mut n = [0u8; 16];
-        self.rng.fill(&mut n).expect("the system's random source works");
+        self.rng
+            .fill(&mut n)
+            .expect("the system's random source works");
         n.iter().map(|b| format!("{b:02x}")).collect()
     }
 
@@ -103,7 +106,9 @@ impl Sealer {
         let key = self.policy_key();
         let key = key.as_deref().unwrap_or(&self.own);
         let mut nonce = [0u8; NONCE_LEN];
-        self.rng.fill(&mut nonce).expect("the system's random source works");
+        self.rng
+            .fill(&mut nonce)
+            .expect("the system's random source works");
         let mut data = serde_json::to_vec(q).expect("serialises");
         key.seal_in_place_append_tag(
             Nonce::assume_unique_for_key(nonce),
@@ -159,7 +164,10 @@ mod tests {
         let s = Sealer::new(None);
         let state = s.seal(&question());
         assert!(state.starts_with(PREFIX));
-        assert!(!state.contains("agent-a"), "the state is not readable: {state}");
+        assert!(
+            !state.contains("agent-a"),
+            "the state is not readable: {state}"
+        );
         assert_eq!(s.open(&state), Ok(question()));
         // Every byte flipped in turn is refused.
         let body = state.strip_prefix(PREFIX).unwrap();
@@ -172,7 +180,13 @@ mod tests {
         }
         // Another process (another key) cannot open it.
         assert_eq!(Sealer::new(None).open(&state), Err(Unsealed::Forged));
-        for junk in ["", PREFIX, "server-state", "mcp-warden.1.!!!", "mcp-warden.1.AAAA"] {
+        for junk in [
+            "",
+            PREFIX,
+            "server-state",
+            "mcp-warden.1.!!!",
+            "mcp-warden.1.AAAA",
+        ] {
             assert_eq!(s.open(junk), Err(Unsealed::Forged), "{junk:?}");
         }
     }
@@ -183,7 +197,10 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let key = dir.join("peer.key");
         std::fs::write(&key, [7u8; 32]).unwrap();
-        let (a, b) = (Sealer::new(Some(key.clone())), Sealer::new(Some(key.clone())));
+        let (a, b) = (
+            Sealer::new(Some(key.clone())),
+            Sealer::new(Some(key.clone())),
+        );
         a.reload();
         b.reload();
         let state = a.seal(&question());

@@ -71,7 +71,10 @@ impl Open {
     pub fn session(&self, session: &[u8]) -> CanElicit {
         let h = self.hasher.hash_one(session);
         let g = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
-        g[0].get(&h).or_else(|| g[1].get(&h)).copied().unwrap_or_default()
+        g[0].get(&h)
+            .or_else(|| g[1].get(&h))
+            .copied()
+            .unwrap_or_default()
     }
 
     /// Opens a question of request id `id` for `caller`; `None` when too many are open.
@@ -121,17 +124,33 @@ mod tests {
     fn a_question_is_answered_once_and_only_by_its_caller() {
         let o = Open::default();
         let mut rx = o.ask("q1", "alice").unwrap();
-        assert_eq!(o.reply("q1", "mallory", Ok(serde_json::json!({}))), Err(NotTaken::OtherCaller));
-        assert_eq!(o.reply("q2", "alice", Ok(serde_json::json!({}))), Err(NotTaken::Unknown));
-        o.reply("q1", "alice", Ok(serde_json::json!({"action": "accept"}))).unwrap();
+        assert_eq!(
+            o.reply("q1", "mallory", Ok(serde_json::json!({}))),
+            Err(NotTaken::OtherCaller)
+        );
+        assert_eq!(
+            o.reply("q2", "alice", Ok(serde_json::json!({}))),
+            Err(NotTaken::Unknown)
+        );
+        o.reply("q1", "alice", Ok(serde_json::json!({"action": "accept"})))
+            .unwrap();
         assert_eq!(rx.try_recv().unwrap().unwrap()["action"], "accept");
-        assert_eq!(o.reply("q1", "alice", Ok(serde_json::json!({}))), Err(NotTaken::Unknown));
+        assert_eq!(
+            o.reply("q1", "alice", Ok(serde_json::json!({}))),
+            Err(NotTaken::Unknown)
+        );
     }
 
     #[test]
     fn sessions_remember_what_they_declared() {
         let o = Open::default();
-        o.session_started(b"s1", CanElicit { form: true, url: false });
+        o.session_started(
+            b"s1",
+            CanElicit {
+                form: true,
+                url: false,
+            },
+        );
         o.session_started(b"s2", CanElicit::default());
         assert!(o.session(b"s1").form);
         assert_eq!(o.session(b"s2"), CanElicit::default());

@@ -58,9 +58,9 @@ mod wire;
 
 pub(in crate::sidecar) use ask::{ask_owners, Lent};
 use lease::Lease;
+pub(in crate::sidecar) use once::take_answer;
 use serve::Nonces;
 pub use serve::{handle, handles};
-pub(in crate::sidecar) use once::take_answer;
 pub(in crate::sidecar) use uses::{reserve_use, Use};
 use wire::*;
 

@@ -59,7 +59,11 @@ pub(in crate::sidecar) async fn take_answer(st: &State, label: &str, q: &Questio
         post(&st.peers.client, peer_key, &owner.address, ONCE_PATH, body),
     )
     .await;
-    match sent.ok().and_then(Result::ok).and_then(|b| serde_json::from_slice(&b).ok()) {
+    match sent
+        .ok()
+        .and_then(Result::ok)
+        .and_then(|b| serde_json::from_slice(&b).ok())
+    {
         Some(OnceAnswer::Taken) => {
             record(st, label, "taken");
             true
