@@ -36,6 +36,7 @@ pub fn might_carry_tools(data: &[u8]) -> bool {
 pub fn filter_data(
     data: &[u8],
     listable: &dyn Fn(&Value) -> bool,
+    per_caller: bool,
 ) -> Result<Option<Vec<u8>>, Unreadable> {
     if data.iter().all(u8::is_ascii_whitespace) || !might_carry_tools(data) {
         return Ok(None);
@@ -46,11 +47,11 @@ pub fn filter_data(
         Value::Array(items) => {
             let mut any = false;
             for item in items {
-                any |= filter_message(item, listable)?;
+                any |= filter_message(item, listable, per_caller)?;
             }
             any
         }
-        item => filter_message(item, listable)?,
+        item => filter_message(item, listable, per_caller)?,
     };
     if !changed {
         return Ok(None);
@@ -60,8 +61,14 @@ pub fn filter_data(
     ))
 }
 
-/// Filters one message if its result carries `tools`; `Ok(true)` when tools were removed.
-fn filter_message(msg: &mut Value, listable: &dyn Fn(&Value) -> bool) -> Result<bool, Unreadable> {
+/// Filters one message if its result carries `tools`; `Ok(true)` when it changed: tools were
+/// removed, or a list that differs by caller (`per_caller`) was marked `cacheScope: "private"`
+/// (2026-07-28), so no shared cache hands one caller's list to another.
+fn filter_message(
+    msg: &mut Value,
+    listable: &dyn Fn(&Value) -> bool,
+    per_caller: bool,
+) -> Result<bool, Unreadable> {
     let Some(obj) = msg.as_object_mut() else {
         return Ok(false);
     };
@@ -82,7 +89,17 @@ fn filter_message(msg: &mut Value, listable: &dyn Fn(&Value) -> bool) -> Result<
     };
     let before = tools.len();
     tools.retain(|t| t.get("name").and_then(Value::as_str).is_some() && listable(t));
-    Ok(tools.len() != before)
+    let mut changed = tools.len() != before;
+    if result.keys().any(|k| is_variant_of(k, "cacheScope")) {
+        return Err(Unreadable::FoldedKey("cacheScope"));
+    }
+    if let Some(scope) = result.get_mut("cacheScope").filter(|_| per_caller) {
+        if scope != "private" {
+            *scope = Value::from("private");
+            changed = true;
+        }
+    }
+    Ok(changed)
 }
 
 /// The message that replaces one that could not be filtered with certainty.
@@ -235,8 +252,9 @@ pub fn filter_or_refuse(
     data: &[u8],
     pending: &[Value],
     listable: &dyn Fn(&Value) -> bool,
+    per_caller: bool,
 ) -> Option<Vec<u8>> {
-    match filter_data(data, listable) {
+    match filter_data(data, listable, per_caller) {
         Ok(new) => new,
         Err(why) => {
             let err = list_error(error_id(data, pending), &why.to_string());
@@ -291,7 +309,7 @@ mod tests {
     }
 
     fn filtered(data: &str) -> Result<Option<Value>, String> {
-        filter_data(data.as_bytes(), &keep)
+        filter_data(data.as_bytes(), &keep, false)
             .map_err(|e| e.to_string())
             .map(|o| o.map(|b| serde_json::from_slice(&b).expect("filtered output is JSON")))
     }
@@ -379,16 +397,18 @@ mod tests {
     #[test]
     fn refusals_answer_the_message_id_or_the_pending_one() {
         let pending = [json!(7)];
-        let out = filter_or_refuse(br#"{"id":3,"result":{"Tools":[]}}"#, &pending, &keep).unwrap();
+        let out =
+            filter_or_refuse(br#"{"id":3,"result":{"Tools":[]}}"#, &pending, &keep, false).unwrap();
         let v: Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(
             (v["id"].clone(), v["error"]["code"].clone()),
             (json!(3), json!(-32603))
         );
-        let out = filter_or_refuse(br#"{"id":3,"result":{"tools":[]}"#, &pending, &keep).unwrap();
+        let out =
+            filter_or_refuse(br#"{"id":3,"result":{"tools":[]}"#, &pending, &keep, false).unwrap();
         let v: Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["id"], 7, "unreadable: the stream's one pending list");
-        let out = filter_or_refuse(br#"{"result":{"tools":[]}"#, &[], &keep).unwrap();
+        let out = filter_or_refuse(br#"{"result":{"tools":[]}"#, &[], &keep, false).unwrap();
         assert_eq!(
             serde_json::from_slice::<Value>(&out).unwrap()["id"],
             Value::Null

@@ -45,7 +45,13 @@ impl ListFilter {
         };
         let pol = policy.engine.policy();
         let grant = self.caller.grant(pol);
-        lists::filter_or_refuse(data, pending, &|t| shown(&self.state, pol, grant, t))
+        let per_caller = !pol.grants.is_empty();
+        lists::filter_or_refuse(
+            data,
+            pending,
+            &|t| shown(&self.state, pol, grant, t),
+            per_caller,
+        )
     }
 
     fn error(&self, data: &[u8], why: &str) -> Vec<u8> {
@@ -156,7 +162,8 @@ pub(super) async fn filter_response(
     };
     let pol = policy.engine.policy();
     let grant = caller.grant(pol);
-    match lists::filter_data(&bytes, &|t| shown(&state, pol, grant, t)) {
+    let per_caller = !pol.grants.is_empty();
+    match lists::filter_data(&bytes, &|t| shown(&state, pol, grant, t), per_caller) {
         Ok(None) => Response::from_parts(parts, full(bytes)),
         Ok(Some(new)) => {
             parts.headers.remove(header::CONTENT_LENGTH);

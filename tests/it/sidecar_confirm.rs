@@ -3,7 +3,8 @@
 //! with `input_required` and its retry runs the call exactly once; a client before 2026-07-28
 //! that declared elicitation is asked on the call's stream; a declined, replayed, forged or
 //! moved answer never reaches the server; the server's own questions pass through untouched and
-//! the call they complete counts once.
+//! the call they complete counts once. Also the 2026-07-28 duties on lists: a list that
+//! differs by caller is marked `cacheScope: "private"`.
 
 use crate::common;
 
@@ -421,4 +422,61 @@ async fn the_servers_own_question_passes_through_and_its_call_counts_once() {
         m["result"]["isError"], true,
         "limited like any new call: {m}"
     );
+}
+
+/// A 2026-07-28 `tools/list` a shared cache may keep (`cacheScope: "public"`), from a server
+/// that lists `read` and `clear`.
+fn public_list(_: &str, _: &str) -> Canned {
+    let body = json!({"jsonrpc": "2.0", "id": 1, "result": {
+        "tools": [{"name": "read", "inputSchema": {"type": "object"}},
+                  {"name": "clear", "inputSchema": {"type": "object"}}],
+        "ttlMs": 60000, "cacheScope": "public", "resultType": "complete"}});
+    Canned {
+        status: 200,
+        headers: vec![("content-type", "application/json".into())],
+        chunks: vec![body.to_string().into()],
+    }
+}
+
+#[tokio::test]
+async fn a_tool_list_that_differs_by_caller_is_marked_private() {
+    let list = r#"{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28"}}}"#;
+    let headers = [
+        ("mcp-protocol-version", "2026-07-28"),
+        ("mcp-method", "tools/list"),
+    ];
+    for (policy, scope, names) in [
+        // The same list for every caller: the server's scope stands.
+        ("version: \"1\"\ndefault: allow\n", "public", vec!["read", "clear"]),
+        (
+            "version: \"1\"\ndefault: allow\ntools:\n  clear: {action: deny}\n",
+            "public",
+            vec!["read"],
+        ),
+        // A grant shows some callers more: one caller's list is not another's.
+        (
+            "version: \"1\"\ndefault: allow\nidentity: {header: x-agent}\ntools:\n  clear: {action: deny}\ngrants:\n  - subjects: [ops]\n    tools:\n      clear: {}\n",
+            "private",
+            vec!["read"],
+        ),
+    ] {
+        let (addr, _) = stub_upstream(public_list).await;
+        let dir = temp_dir("cache-scope");
+        std::fs::write(dir.join("p.yaml"), policy).unwrap();
+        let sc = sidecar_at(&format!("http://{addr}/mcp"), &dir.join("p.yaml"), |_| {}).await;
+        let mut h = headers.to_vec();
+        if policy.contains("x-agent") {
+            h.push(("x-agent", "dev"));
+        }
+        let m = messages(&post_json(&sc.url(), &h, list).await).remove(0);
+        assert_eq!(m["result"]["cacheScope"], scope, "{policy}: {m}");
+        let shown: Vec<&str> = m["result"]["tools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(shown, names, "{policy}");
+        assert_eq!(m["result"]["ttlMs"], 60000);
+    }
 }
