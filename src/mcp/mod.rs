@@ -476,6 +476,8 @@ struct NameParams<'a> {
     name: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     uri: Option<Cow<'a, str>>,
+    #[serde(borrow, default, rename = "taskId")]
+    task_id: Option<Cow<'a, str>>,
 }
 
 impl<'a> Message<'a> {
@@ -484,12 +486,13 @@ impl<'a> Message<'a> {
     }
 
     /// What the 2026-07-28 `Mcp-Name` header must equal: `params.name` of `tools/call` and
-    /// `prompts/get`, `params.uri` of `resources/read`.
+    /// `prompts/get`, `params.uri` of `resources/read`, `params.taskId` of the task methods.
     pub fn routing_name(&self) -> Option<Cow<'a, str>> {
         let p: NameParams = serde_json::from_str(self.params?.get()).ok()?;
         match self.method.as_deref()? {
             "tools/call" | "prompts/get" => p.name,
             "resources/read" | "resources/subscribe" | "resources/unsubscribe" => p.uri,
+            "tasks/get" | "tasks/update" | "tasks/cancel" => p.task_id,
             _ => None,
         }
     }

@@ -302,7 +302,7 @@ async fn forward_gated(
     let body: Body = match after.continuation {
         // A 2026-07-28 call: the server may answer with its own question.
         Some(call) => {
-            let on = st.confirm.continuations.clone();
+            let on = st.confirm.clone();
             let watched = Watch::new(body, on, call, event_stream);
             watched.map_err(Into::into).boxed_unsync()
         }

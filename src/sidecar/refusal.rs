@@ -59,8 +59,9 @@ pub(super) enum Refused {
     UnknownVersion(String),
     CallWithoutId,
     UnreadableArguments(Box<RawValue>),
-    /// Arguments an approval could not name exactly.
-    NotApprovable {
+    /// Params the sidecar cannot take (arguments an approval could not name exactly, a
+    /// `requestState` it did not seal, a task another caller created), named in `why`.
+    BadParams {
         why: String,
         id: Box<RawValue>,
     },
@@ -102,7 +103,7 @@ impl Refused {
             | UnknownVersion(_)
             | CallWithoutId
             | UnreadableArguments(_)
-            | NotApprovable { .. }
+            | BadParams { .. }
             | IdentityHeader(_) => StatusCode::BAD_REQUEST,
         }
     }
@@ -118,7 +119,7 @@ impl Refused {
             BatchWithRoutingHeaders | HeaderMismatch { .. } | ParamMismatch { .. } => {
                 code::HEADER_MISMATCH
             }
-            UnreadableArguments(_) | NotApprovable { .. } => code::INVALID_PARAMS,
+            UnreadableArguments(_) | BadParams { .. } => code::INVALID_PARAMS,
             Unauthorized { .. } => code::UNAUTHORIZED,
             Place(_)
             | BodyOnMethod(_)
@@ -179,7 +180,7 @@ impl Refused {
             .into(),
             CallWithoutId => "tools/call needs an id".into(),
             UnreadableArguments(_) => "unreadable arguments".into(),
-            NotApprovable { why, .. } => why.as_str().into(),
+            BadParams { why, .. } => why.as_str().into(),
             Unauthorized { message, .. } => message.as_str().into(),
             StreamBacklog => {
                 "this session's event stream has too many unread answers; read it, then retry"
@@ -198,7 +199,7 @@ impl Refused {
             Refused::Malformed(m) => m.id.as_deref(),
             Refused::HeaderMismatch { id, .. } => id.as_deref(),
             Refused::UnreadableArguments(id)
-            | Refused::NotApprovable { id, .. }
+            | Refused::BadParams { id, .. }
             | Refused::ParamMismatch { id, .. } => Some(id),
             _ => None,
         }

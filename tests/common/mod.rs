@@ -108,6 +108,20 @@ impl ServerHandler for Notebook {
             .arguments
             .as_ref()
             .is_some_and(|a| a.get("server_asks") == Some(&json!(true)));
+        if request
+            .arguments
+            .as_ref()
+            .is_some_and(|a| a.get("as_task") == Some(&json!(true)))
+        {
+            // A task (2026-07-28 tasks extension): polled with tasks/get.
+            let n = self.calls.load(Ordering::SeqCst);
+            let task = json!({"resultType": "task", "taskId": format!("task-{n}"),
+                "status": "working", "createdAt": "2026-12-06T00:00:00Z",
+                "lastUpdatedAt": "2026-12-06T00:00:00Z"});
+            return Ok(CallToolResponse::Task(
+                serde_json::from_value(task).unwrap(),
+            ));
+        }
         if asks && request.input_responses.is_none() {
             // The server's own question (2026-07-28 multi round-trip request).
             let n = self.calls.load(Ordering::SeqCst);

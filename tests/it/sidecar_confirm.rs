@@ -480,3 +480,71 @@ async fn a_tool_list_that_differs_by_caller_is_marked_private() {
         assert_eq!(m["result"]["ttlMs"], 60000);
     }
 }
+
+#[tokio::test]
+async fn a_task_is_decided_when_it_is_made_and_only_its_caller_acts_on_it() {
+    let up = upstream(false, true).await;
+    let policy = "version: \"1\"\ndefault: allow\nidentity: {header: x-agent}\n";
+    let sc = sidecar(&up, policy).await;
+    let meta = json!({"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientInfo": {"name": "raw", "version": "1"},
+        "io.modelcontextprotocol/clientCapabilities":
+            {"extensions": {"io.modelcontextprotocol/tasks": {}}}});
+    let post = async |agent: &str, method: &str, name: Option<&str>, params: Value| {
+        let mut params = params;
+        params["_meta"] = meta.clone();
+        let body = json!({"jsonrpc": "2.0", "id": 5, "method": method, "params": params});
+        let mut h = vec![
+            ("mcp-protocol-version", "2026-07-28"),
+            ("mcp-method", method),
+            ("x-agent", agent),
+        ];
+        if let Some(n) = name {
+            h.push(("mcp-name", n));
+        }
+        let raw = post_json(&sc.url(), &h, &body.to_string()).await;
+        (raw.0, messages(&raw).remove(0))
+    };
+    let (_, made) = post(
+        "alice",
+        "tools/call",
+        Some("slow_report"),
+        json!({"name": "slow_report", "arguments": {"as_task": true}}),
+    )
+    .await;
+    assert_eq!(made["result"]["resultType"], "task", "{made}");
+    let task = made["result"]["taskId"].as_str().unwrap().to_owned();
+    let before = up.requests();
+    // Another caller cannot poll, answer for, or cancel it; an unknown task is not driven.
+    for (agent, id) in [("mallory", task.as_str()), ("alice", "task-999")] {
+        for method in ["tasks/get", "tasks/update", "tasks/cancel"] {
+            let (status, m) = post(
+                agent,
+                method,
+                None,
+                json!({"taskId": id, "inputResponses": {}}),
+            )
+            .await;
+            assert_eq!(status, 400, "{agent} {method}: {m}");
+            let why = m["error"]["message"].as_str().unwrap();
+            assert!(
+                why.contains("another caller") || why.contains("not created through"),
+                "{why}"
+            );
+        }
+    }
+    // Mcp-Name of a task request is its taskId.
+    let (status, m) = post(
+        "alice",
+        "tasks/get",
+        Some("task-999"),
+        json!({"taskId": task}),
+    )
+    .await;
+    assert_eq!((status, &m["error"]["code"]), (400, &json!(-32020)), "{m}");
+    assert_eq!(up.requests(), before, "nothing forwarded");
+    // Its caller's poll reaches the server.
+    let (status, m) = post("alice", "tasks/get", Some(&task), json!({"taskId": task})).await;
+    assert_ne!(status, 400, "{m}");
+    assert_eq!(up.requests(), before + 1, "forwarded: {m}");
+}

@@ -60,7 +60,7 @@ impl Pending {
 /// stream).
 pub struct Watch<B> {
     inner: B,
-    on: std::sync::Arc<Pending>,
+    on: std::sync::Arc<super::Confirmations>,
     call: Call,
     sse: Option<crate::mcp::sse::Splitter>,
     json: Vec<u8>,
@@ -70,7 +70,12 @@ pub struct Watch<B> {
 pub const MAX_WATCHED: usize = 1 << 20;
 
 impl<B> Watch<B> {
-    pub fn new(inner: B, on: std::sync::Arc<Pending>, call: Call, event_stream: bool) -> Self {
+    pub fn new(
+        inner: B,
+        on: std::sync::Arc<super::Confirmations>,
+        call: Call,
+        event_stream: bool,
+    ) -> Self {
         Watch {
             inner,
             on,
@@ -86,20 +91,25 @@ impl<B> Watch<B> {
         struct Asked {
             result_type: Option<String>,
             request_state: Option<String>,
+            task_id: Option<String>,
         }
         #[derive(serde::Deserialize)]
         struct Answer {
             result: Option<Asked>,
         }
-        if !data.windows(14).any(|w| w == b"input_required") {
+        if !data.windows(10).any(|w| w == b"resultType") {
             return;
         }
         let Ok(Answer { result: Some(a) }) = serde_json::from_slice::<Answer>(data) else {
             return;
         };
-        if let (Some("input_required"), Some(state)) = (a.result_type.as_deref(), a.request_state) {
-            self.on
-                .asked(&state, self.call.clone(), super::super::caller::unix_now());
+        let now = super::super::caller::unix_now();
+        match (a.result_type.as_deref(), a.request_state, a.task_id) {
+            (Some("input_required"), Some(state), _) => {
+                self.on.continuations.asked(&state, self.call.clone(), now)
+            }
+            (Some("task"), _, Some(task)) => self.on.tasks.created(&task, &self.call.caller, now),
+            _ => {}
         }
     }
 

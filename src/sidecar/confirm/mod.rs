@@ -12,6 +12,7 @@
 pub mod continuation;
 pub mod seal;
 pub mod stream;
+pub mod tasks;
 
 use super::caller::unix_now;
 use super::refusal::Refused;
@@ -36,7 +37,9 @@ pub struct Confirmations {
     /// Nonces of answers taken (this sidecar owns them), with their expiry.
     answered: Mutex<HashMap<String, u64>>,
     pub streams: stream::Open,
-    pub continuations: std::sync::Arc<continuation::Pending>,
+    pub continuations: continuation::Pending,
+    /// Tasks the server created for calls decided here, and their callers.
+    pub tasks: tasks::Bound,
 }
 
 impl Confirmations {
@@ -46,6 +49,7 @@ impl Confirmations {
             answered: Mutex::default(),
             streams: stream::Open::default(),
             continuations: Default::default(),
+            tasks: Default::default(),
         }
     }
 
@@ -203,7 +207,7 @@ pub fn answer(
     id: &RawValue,
     now: u64,
 ) -> Result<(Answer, Question), Refused> {
-    let refused = |why: &str| Refused::NotApprovable {
+    let refused = |why: &str| Refused::BadParams {
         why: why.to_owned(),
         id: id.to_owned(),
     };

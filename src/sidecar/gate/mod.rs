@@ -8,10 +8,10 @@
 //! proxy's.
 
 mod user;
-use user::{initialize_capabilities, take_reply, UserAsk};
+use user::{check_task, initialize_capabilities, take_reply, UserAsk};
 
 use super::caller::{unix_now, Caller};
-use super::confirm::{self, continuation, Answer, CanElicit};
+use super::confirm::{self, continuation, tasks, Answer, CanElicit};
 use super::peers::Use;
 use super::record::{self, CallFacts};
 use super::refusal::Refused;
@@ -137,6 +137,12 @@ pub(super) async fn decide(
         }
         if m.is_method("initialize") && m.kind == Kind::Request {
             gate.after.initialize = Some(initialize_capabilities(m));
+        }
+        if m.method
+            .as_deref()
+            .is_some_and(|x| tasks::METHODS.contains(&x))
+        {
+            check_task(st, caller, m)?;
         }
         answers.push(match m.is_method("tools/call") {
             true => gate.call(m).await?,
@@ -394,7 +400,7 @@ impl Gate<'_> {
             None => Value::Object(Default::default()),
         };
         if !exact_numbers(&full) {
-            return Err(Refused::NotApprovable {
+            return Err(Refused::BadParams {
                 why: "a number in the arguments is beyond ±2^53, where two different numbers \
                       can read the same: it cannot be approved exactly; send it as a string"
                     .into(),

@@ -3,6 +3,7 @@
 //! the call's stream), and the denial or approver flow when they declined or cannot be asked.
 
 use super::super::caller::{unix_now, Caller};
+use super::super::confirm::tasks::Unbound;
 use super::super::confirm::{self, continuation, stream, Answer, CanElicit};
 use super::super::record;
 use super::super::refusal::Refused;
@@ -181,7 +182,7 @@ pub(super) fn take_reply(
     {
         return Ok(None);
     }
-    let refused = |why: &str| Refused::NotApprovable {
+    let refused = |why: &str| Refused::BadParams {
         why: why.to_owned(),
         id: m.id.expect("a response has an id").to_owned(),
     };
@@ -197,6 +198,40 @@ pub(super) fn take_reply(
         .reply(&r.id, &caller.id, reply)
         .map_err(|_| refused("no question of this id is open for this caller (answered, expired, or never asked)"))?;
     Ok(Some(Verdict::Taken))
+}
+
+/// A request acting on a task (`tasks/get`, `tasks/update`, `tasks/cancel`): forwarded only for
+/// a task created through this sidecar by a call of this caller.
+pub(super) fn check_task(st: &State, caller: &Caller, m: &mcp::Message) -> Result<(), Refused> {
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct TaskParams {
+        task_id: String,
+    }
+    let refused = |why: String| Refused::BadParams {
+        why,
+        id: m.id.map_or_else(
+            || RawValue::from_string("null".into()).expect("null"),
+            ToOwned::to_owned,
+        ),
+    };
+    let p = m
+        .params
+        .and_then(|p| serde_json::from_str::<TaskParams>(p.get()).ok())
+        .ok_or_else(|| refused("a task request needs a string params.taskId".into()))?;
+    st.confirm
+        .tasks
+        .check(&p.task_id, &caller.id, unix_now())
+        .map_err(|why| {
+            refused(match why {
+                Unbound::OtherCaller => format!("task {:?} belongs to another caller", p.task_id),
+                Unbound::Unknown => format!(
+                    "task {:?} was not created through this mcp-warden sidecar (or has expired): \
+                     only a task whose call was decided here can be acted on",
+                    p.task_id
+                ),
+            })
+        })
 }
 
 /// What an `initialize` request declares the client can be asked.
