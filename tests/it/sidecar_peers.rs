@@ -403,3 +403,74 @@ async fn a_large_limit_is_leased_to_non_owners_and_still_exact() {
     let rest = round_robin(&replicas, "lessee", "hot", 300).await;
     assert_eq!(30 + first + rest, 300, "{first} + {rest}");
 }
+
+#[tokio::test]
+async fn a_users_answer_runs_the_call_on_any_replica_once() {
+    let policy = "version: \"1\"\nidentity: {header: x-agent}\ntools:\n  write_file:\n    approval: {by: user}\n";
+    let (_dir, replicas) = start_with("peers-confirm", policy).await;
+    let sc: Vec<&Sidecar> = replicas.iter().flatten().map(|r| &r.sc).collect();
+    let post = async |sc: &Sidecar, body: &str| {
+        let mut h = v26_headers("write_file");
+        h.push(("x-agent", "user-7".to_owned()));
+        let h: Vec<(&str, &str)> = h.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        messages(&post_json(&sc.url(), &h, body).await).remove(0)
+    };
+    let caps = json!({"io.modelcontextprotocol/clientCapabilities": {"elicitation": {}}});
+    let asked = post(
+        sc[0],
+        &call_v26(1, "write_file", json!({"path": "/w/a"}), caps.clone()),
+    )
+    .await;
+    let state = asked["result"]["requestState"]
+        .as_str()
+        .expect("asked")
+        .to_owned();
+    let retry = |id: u64| {
+        let mut v: Value = serde_json::from_str(&call_v26(
+            id,
+            "write_file",
+            json!({"path": "/w/a"}),
+            caps.clone(),
+        ))
+        .unwrap();
+        v["params"]["requestState"] = json!(state);
+        v["params"]["inputResponses"] = json!({"mcp-warden/confirm": {"action": "accept"}});
+        v.to_string()
+    };
+    // Answered on another replica than the one that asked: it runs there.
+    let ran = post(sc[1], &retry(2)).await;
+    assert!(
+        ran["result"]["content"][0]["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("write_file ran"),
+        "{ran}"
+    );
+    // The same answer on every replica afterwards: refused, whoever owns it.
+    for (i, s) in sc.iter().enumerate() {
+        let again = post(s, &retry(3 + i as u64)).await;
+        assert_eq!(again["result"]["isError"], true, "replica {i}: {again}");
+        assert!(again["result"]["content"][0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("already taken"));
+    }
+    assert_eq!(
+        total(
+            &replicas,
+            "mcp_warden_approvals_total",
+            &["result=\"user_confirmed\""]
+        )
+        .await,
+        1.0
+    );
+    assert_eq!(
+        total(
+            &replicas,
+            "mcp_warden_approvals_total",
+            &["result=\"user_replayed\""]
+        )
+        .await,
+        3.0
+    );
+}
