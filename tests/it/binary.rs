@@ -21,8 +21,13 @@ fn the_demo_shows_every_part_of_the_main_job() {
     );
     let text = String::from_utf8(out.stdout).unwrap();
     for expected in [
-        "the server offers 10 tools; the agent sees 8",
-        "removed (never callable): run_python_file, install_package\n",
+        "the server offers 10 tools; the agent sees 9",
+        "removed (never callable): install_package\n",
+        "the sidecar answers resultType \"input_required\" with a sealed requestState",
+        "     | An agent asks to call the tool \"run_python_file\" with these arguments:",
+        "the user accepts; the client repeats the call with the answer: allowed, server answered \"run_python_file done\"",
+        "the same answer sent again: DENIED (approval_required, rule tools.run_python_file)",
+        "mcp_warden_approvals_total{policy=\"mcp-python-interpreter\",result=\"user_confirmed\",tool=\"run_python_file\"} 1",
         "allowed, server answered \"2\"",
         "DENIED (approval_required, rule tools.clear_session): Tool \"clear_session\" needs a person's approval",
         "clear_session   system:serviceaccount:sandbox:demo-agent",

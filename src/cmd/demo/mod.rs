@@ -26,7 +26,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// The policy the demo enforces (also `examples/policies/mcp-python-interpreter.yaml`).
-pub const POLICY: &str = include_str!("../../examples/policies/mcp-python-interpreter.yaml");
+pub const POLICY: &str = include_str!("../../../examples/policies/mcp-python-interpreter.yaml");
+
+mod user;
 
 /// The sample server's tools: those of MCP Python Interpreter, plus one that should stay hidden.
 const TOOLS: &[&str] = &[
@@ -175,15 +177,28 @@ impl DemoClient {
         method: &str,
         params: Value,
     ) -> anyhow::Result<(StatusCode, http::HeaderMap, Value)> {
+        self.send_as(&[("mcp-protocol-version", "2025-06-18")], method, params)
+            .await
+    }
+
+    /// A request with these protocol headers.
+    async fn send_as(
+        &mut self,
+        headers: &[(&str, &str)],
+        method: &str,
+        params: Value,
+    ) -> anyhow::Result<(StatusCode, http::HeaderMap, Value)> {
         self.next_id += 1;
         let body =
             json!({"jsonrpc": "2.0", "id": self.next_id, "method": method, "params": params});
-        let req = Request::post(&self.url)
+        let mut req = Request::post(&self.url)
             .header("content-type", "application/json")
             .header("accept", "application/json, text/event-stream")
-            .header("mcp-protocol-version", "2025-06-18")
-            .header("authorization", &self.auth)
-            .body(Full::new(Bytes::from(body.to_string())))?;
+            .header("authorization", &self.auth);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let req = req.body(Full::new(Bytes::from(body.to_string())))?;
         let resp = self.http.request(req).await?;
         let (parts, body) = resp.into_parts();
         let bytes = body.collect().await?.to_bytes();
@@ -265,6 +280,9 @@ pub async fn run(policy_file: Option<PathBuf>) -> anyhow::Result<String> {
     d.filtered_list().await?;
     d.allowed_call().await?;
     d.approval().await?;
+    if builtin {
+        d.user_confirms().await?;
+    }
     d.destructive_code().await?;
     d.rate_limit().await?;
     d.forged_token(&token).await?;
@@ -290,7 +308,9 @@ async fn pinned_example(dir: &std::path::Path, upstream: SocketAddr) -> anyhow::
         .map(crate::tools::definition_hash)
         .ok_or_else(|| anyhow::anyhow!("the sample server lists no run_python_code"))?;
     let p = dir.join("mcp-python-interpreter.yaml");
-    std::fs::write(&p, format!("{POLICY}pins:\n  run_python_code: \"{pin}\"\n"))?;
+    // The user at the client confirms run_python_file (the example leaves it off).
+    let policy = POLICY.replacen("\ntools:\n", &format!("\ntools:\n{}", user::RULE), 1);
+    std::fs::write(&p, format!("{policy}pins:\n  run_python_code: \"{pin}\"\n"))?;
     Ok(p)
 }
 
@@ -364,7 +384,7 @@ impl Demo {
             "policy              {}{}",
             policy_path.display(),
             if builtin {
-                "\n                    (the example, plus the pin `mcp-warden pin --server` prints for run_python_code)"
+                "\n                    (the example, plus the pin `mcp-warden pin --server` prints for run_python_code,\n                     and run_python_file confirmed by the user at the client: approval {by: user})"
             } else {
                 ""
             }
