@@ -243,10 +243,15 @@ fn seed_series(m: &crate::metrics::SidecarMetrics, label: &str, policy: &policy:
         if !rule.limits.is_empty() {
             outcomes.push("rate_limited");
         }
-        if rule.approval.is_some() {
+        if let Some(a) = &rule.approval {
             outcomes.push("approval_required");
             for result in ["requested", "used"] {
                 m.approvals.with_label_values(&[label, &rule.key, result]);
+            }
+            if a.by_user() {
+                for result in super::confirm::RESULTS {
+                    m.approvals.with_label_values(&[label, &rule.key, result]);
+                }
             }
         }
         for outcome in outcomes {

@@ -143,6 +143,7 @@ def test_every_sidecar_panel_shows_the_traffic(stack):
         go("a2", "delete_all")
         go("a1", "not_a_tool")
         go("a1", "clear_session")
+        go("a1", "write_file")  # the user's confirmation, from a client that cannot be asked
         go("a1", None)  # no tool name: invalid
     # A bad policy: refused, the last good one stays.
     good = stack.policy.read_text()
@@ -212,6 +213,9 @@ def test_every_sidecar_panel_shows_the_traffic(stack):
                 assert round(by.get("error", 0)) >= 1, by
             elif title == "Approvals by result":
                 assert {dict(k)["result"] for k, v in values.items() if v > 0} == {"requested"}, values
+            elif title == "Questions to users at their clients":
+                got = {(dict(k)["tool"], dict(k)["result"]): round(v * range_s, 6) for k, v in values.items() if v > 0}
+                assert got == {("write_file", "user_unreachable"): 1}, got
             elif title == "Policy hash per pod vs rendered":
                 want = hashlib.sha256(POLICY.read_bytes()).hexdigest()
                 assert [dict(k)["hash"] for k in values] == [want], values

@@ -27,6 +27,15 @@ use std::sync::Mutex;
 
 /// The key of the sidecar's question in `inputRequests` and of its answer in `inputResponses`.
 pub const INPUT_KEY: &str = "mcp-warden/confirm";
+/// The `approvals_total` results of the user's path.
+pub const RESULTS: [&str; 6] = [
+    "user_asked",
+    "user_confirmed",
+    "user_declined",
+    "user_cancelled",
+    "user_replayed",
+    "user_unreachable",
+];
 /// Questions answered and remembered (until they expire) so none is taken twice.
 pub const MAX_ANSWERED: usize = 65_536;
 
