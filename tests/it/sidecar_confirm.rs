@@ -548,3 +548,100 @@ async fn a_task_is_decided_when_it_is_made_and_only_its_caller_acts_on_it() {
     assert_ne!(status, 400, "{m}");
     assert_eq!(up.requests(), before + 1, "forwarded: {m}");
 }
+
+/// The user sent to an approval page: approves the call there (the approvals file, as an
+/// approver's decision is rendered) and tells the client to go on.
+#[derive(Clone)]
+struct AtThePage {
+    sc_state: Arc<mcp_warden::sidecar::State>,
+    approvals: std::path::PathBuf,
+    urls: Arc<Mutex<Vec<String>>>,
+    approve: bool,
+}
+
+impl ClientHandler for AtThePage {
+    async fn create_elicitation(
+        &self,
+        request: ElicitRequestParams,
+        _: RequestContext<RoleClient>,
+    ) -> Result<ElicitResult, ErrorData> {
+        let v = serde_json::to_value(&request).unwrap();
+        let url = v["url"].as_str().unwrap_or_default().to_owned();
+        self.urls.lock().unwrap().push(url.clone());
+        if self.approve {
+            let id = url.rsplit('/').next().unwrap();
+            let list = json!({"approvals": [{"id": id, "uses": 1, "expires_at": u64::MAX / 2}]});
+            std::fs::write(&self.approvals, list.to_string()).unwrap();
+            for _ in 0..200 {
+                if self.sc_state.approvals.pending().is_empty() {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        }
+        Ok(ElicitResult::new(ElicitationAction::Accept))
+    }
+
+    fn get_info(&self) -> ClientConfig {
+        serde_json::from_value(json!({
+            "protocolVersion": "2026-07-28",
+            "capabilities": {"elicitation": {"url": {}}},
+            "clientInfo": {"name": "confirm-test", "version": "1"}
+        }))
+        .unwrap()
+    }
+}
+
+#[tokio::test]
+async fn a_policy_with_a_url_sends_the_user_to_the_approval_page() {
+    let up = upstream(false, true).await;
+    let dir = temp_dir("confirm-url");
+    let policy = "version: \"1\"\ndefault: allow\ntools:\n  clear_session:\n    approval: {by: user, url: \"https://approvals.example/{approvalId}\"}\n";
+    std::fs::write(dir.join("policy.yaml"), policy).unwrap();
+    let approvals = dir.join("approvals.json");
+    let a = approvals.clone();
+    let sc = sidecar_at(&up.url(), &dir.join("policy.yaml"), |c| {
+        c.approvals_path = Some(a)
+    })
+    .await;
+    for approve in [false, true] {
+        let page = AtThePage {
+            sc_state: sc.state.clone(),
+            approvals: approvals.clone(),
+            urls: Arc::default(),
+            approve,
+        };
+        let urls = page.urls.clone();
+        let cfg = StreamableHttpClientTransportConfig::with_uri(sc.url());
+        use rmcp::service::{ClientLifecycleMode, ClientServiceExt};
+        let mode = ClientLifecycleMode::Discover {
+            preferred_versions: vec![ProtocolVersion::V_2026_07_28],
+        };
+        let c = page
+            .serve_with_lifecycle(StreamableHttpClientTransport::from_config(cfg), mode)
+            .await
+            .unwrap();
+        let r = c
+            .call_tool(call("clear_session", json!({"approve": approve})))
+            .await
+            .unwrap();
+        let urls = urls.lock().unwrap().clone();
+        assert_eq!(urls.len(), 1, "sent to the page once: {urls:?}");
+        assert!(
+            urls[0].starts_with("https://approvals.example/"),
+            "{urls:?}"
+        );
+        match approve {
+            // Back without an approval: the approver flow says it is not approved yet.
+            false => {
+                assert_eq!(r.is_error, Some(true));
+                assert!(text(&r).contains("has not approved it"), "{}", text(&r));
+                assert_eq!(up.server.calls.load(Ordering::SeqCst), 0);
+            }
+            true => {
+                assert!(text(&r).contains("clear_session ran"), "{}", text(&r));
+                assert_eq!(up.server.calls.load(Ordering::SeqCst), 1);
+            }
+        }
+    }
+}

@@ -8,7 +8,7 @@
 //! proxy's.
 
 mod user;
-use user::{check_task, initialize_capabilities, take_reply, UserAsk};
+use user::{check_task, initialize_capabilities, take_reply, Asking, UserAsk};
 
 use super::caller::{unix_now, Caller};
 use super::confirm::{self, continuation, tasks, Answer, CanElicit};
@@ -342,7 +342,12 @@ impl Gate<'_> {
         record::decision(self.st, label, &facts, &d, decided);
         let user = match (&approval, d.outcome) {
             (Some(a), Outcome::ApprovalRequired) if a.grants.by_user() => {
-                self.ask_user(&call, a, answer.as_ref().map(|x| x.0), version, id, &mut d)
+                let asked = Asking {
+                    answer: answer.as_ref().map(|x| x.0),
+                    retry: ours,
+                    version,
+                };
+                self.ask_user(&call, a, asked, id, &mut d)
             }
             _ => UserAsk::Approver,
         };

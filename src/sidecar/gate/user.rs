@@ -15,6 +15,15 @@ use crate::policy::{sha256_hex, ApprovedBy};
 use serde_json::value::RawValue;
 use serde_json::Value;
 
+/// What is known when a call that needs the user's confirmation is refused for want of it.
+pub(super) struct Asking<'v> {
+    /// The user's answer the call carried, if any.
+    pub answer: Option<Answer>,
+    /// The call carried the sidecar's own `requestState` (a retry after a question).
+    pub retry: bool,
+    pub version: &'v str,
+}
+
 /// How a call needing the user's confirmation goes on.
 pub(super) enum UserAsk {
     /// Answered with this question (`true`: the page of `url`, where an approver approves).
@@ -79,11 +88,15 @@ impl Gate<'_> {
         &mut self,
         call: &mcp::ToolCall,
         a: &Asked,
-        answer: Option<Answer>,
-        version: &str,
+        asking: Asking,
         id: &RawValue,
         d: &mut Decision,
     ) -> UserAsk {
+        let Asking {
+            answer,
+            retry,
+            version,
+        } = asking;
         let label = self.policy.label.as_str();
         let ApprovedBy::User {
             url,
@@ -113,6 +126,15 @@ impl Gate<'_> {
             )
             .into();
             return UserAsk::Deny;
+        }
+        if url.is_some() && retry {
+            // Back from the page of `url`, not approved there (yet): the approver flow says so.
+            d.reason = format!(
+                "{} The page the user was sent to has not approved it (yet).",
+                d.reason
+            )
+            .into();
+            return UserAsk::Approver;
         }
         let modern = mcp::version_at_least(version, mcp::RESULT_TYPE_SINCE);
         let can = match (modern, self.session) {
