@@ -232,9 +232,10 @@ def test_the_example_is_injected_and_ready_under_restricted(world):
 
 
 @contextlib.asynccontextmanager
-async def client(world, token: str | None = None, base: str | None = None):
+async def client(world, token: str | None = None, base: str | None = None, elicitation=None):
     """A Python SDK client session through the Service, or to `base` (one pod's sidecar, named
-    by the Service's name as agents in the cluster name it)."""
+    by the Service's name as agents in the cluster name it); `elicitation` answers the questions
+    put to its user."""
     from mcp import ClientSession
     from mcp.client.streamable_http import create_mcp_http_client, streamable_http_client
 
@@ -243,7 +244,7 @@ async def client(world, token: str | None = None, base: str | None = None):
         headers["Host"] = f"python-interpreter.{APP_NS}.svc"
     async with create_mcp_http_client(headers=headers or None) as http, \
             streamable_http_client(f"{base or world.proxy}/mcp", http_client=http) as streams:
-        async with ClientSession(streams[0], streams[1]) as s:
+        async with ClientSession(streams[0], streams[1], elicitation_callback=elicitation) as s:
             await s.initialize()
             yield s
 
@@ -553,6 +554,41 @@ async def test_a_person_approves_an_agents_call(world):
         wait("phase Expired", lambda: get_json("mcpa", "-n", APP_NS, late)["status"]["phase"] == "Expired", timeout=60)
         err, _, d = await call_meta(s, "clear_session", {"session_id": "later"})
         assert err and d["decision"] == "approval_required", "an expired approval allows nothing"
+
+
+@pytest.mark.anyio
+async def test_the_user_confirms_a_call_in_their_own_client(world):
+    # The user at the MCP client confirms list_sessions (the CRD's spelling); the Python SDK
+    # (2025-11-25, a session) is asked with elicitation/create on the call's own stream.
+    after = patch_policy({"spec": {"tools": {"list_sessions": {"approval": {"by": "user"}}}}})
+    sidecar_on(world, after)
+    shown = []
+
+    def user(action):
+        async def answer(_context, params):
+            from mcp import types
+
+            shown.append(params.message)
+            return types.ElicitResult(action=action, content={"confirm": True} if action == "accept" else None)
+        return answer
+
+    def count(**labels) -> float:
+        return metric(sidecar_metrics(world), "mcp_warden_decisions_total", tool="list_sessions", **labels) or 0
+
+    ran_before = count(decision="allow")
+    async with client(world, elicitation=user("accept")) as s:
+        err, text = await call(s, "list_sessions", {})
+        assert not err, text
+    assert len(shown) == 1 and "list_sessions" in shown[0], shown
+    async with client(world, elicitation=user("decline")) as s:
+        err, text = await call(s, "list_sessions", {})
+        assert err and "declined this call" in text, text
+    assert count(decision="allow") == ran_before + 1, "ran once, after the user accepted"
+    m = sidecar_metrics(world)
+    for result in ("user_confirmed", "user_declined"):
+        assert metric(m, "mcp_warden_approvals_total", tool="list_sessions", result=result) == 1, result
+    restored = patch_policy([{"op": "remove", "path": "/spec/tools/list_sessions/approval"}], kind="json")
+    sidecar_on(world, restored)
 
 
 async def anyio_sleep(seconds: float) -> None:
