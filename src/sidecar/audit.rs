@@ -173,6 +173,18 @@ mod tests {
             ),
             (Some("grants[0]"), Some("a1b2"), Some("approval_required"))
         );
+        assert_eq!(v["confirmed_by"], "sa:tenant-a/agent");
+        assert!(
+            serde_json::from_slice::<serde_json::Value>(&{
+                let mut o = Vec::new();
+                encode(&line, UNIX_EPOCH, &mut o);
+                o
+            })
+            .unwrap()
+            .get("confirmed_by")
+            .is_none(),
+            "only a call the user confirmed names who did"
+        );
     }
 
     #[test]

@@ -186,7 +186,8 @@ async fn a_declined_or_dismissed_call_never_reaches_the_server() {
     assert_eq!(up.server.calls.load(Ordering::SeqCst), 0);
 }
 
-/// The raw retry of a 2026-07-28 call carrying `state` and an answer.
+/// The raw retry of a 2026-07-28 call carrying `state` and an answer: a client written from the
+/// spec for what no released client sends (a replayed, changed or moved `requestState`).
 fn retry(id: u64, tool: &str, args: Value, state: &str, action: &str) -> String {
     json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": {
         "name": tool, "arguments": args, "requestState": state,

@@ -64,10 +64,13 @@ pub struct Watch<B> {
     call: Call,
     sse: Option<crate::mcp::sse::Splitter>,
     json: Vec<u8>,
+    /// The answer is too large to be a question: passed on unwatched.
+    stopped: bool,
 }
 
-/// The largest JSON answer (or event) looked into; an `input_required` is a few KiB.
-pub const MAX_WATCHED: usize = 1 << 20;
+/// The largest JSON answer (or event) looked into: an `input_required` or a task is a few KiB,
+/// and a larger answer is passed on without being held.
+pub const MAX_WATCHED: usize = 64 << 10;
 
 impl<B> Watch<B> {
     pub fn new(
@@ -82,6 +85,7 @@ impl<B> Watch<B> {
             call,
             sse: event_stream.then(|| crate::mcp::sse::Splitter::new(MAX_WATCHED)),
             json: Vec::new(),
+            stopped: false,
         }
     }
 
@@ -114,12 +118,24 @@ impl<B> Watch<B> {
     }
 
     fn feed(&mut self, chunk: &bytes::Bytes) {
+        if self.stopped {
+            return;
+        }
         match &mut self.sse {
             Some(s) => {
                 s.push(chunk.clone());
                 let mut events = Vec::new();
-                while let Ok(Some(e)) = s.next_event() {
-                    events.push(e);
+                loop {
+                    match s.next_event() {
+                        Ok(Some(e)) => events.push(e),
+                        Ok(None) => break,
+                        // An event this large is no question: the rest passes unwatched.
+                        Err(_) => {
+                            self.stopped = true;
+                            self.sse = None;
+                            break;
+                        }
+                    }
                 }
                 for e in events {
                     if let Some(d) = crate::mcp::sse::event_data(&e) {
@@ -130,7 +146,11 @@ impl<B> Watch<B> {
             None if self.json.len() + chunk.len() <= MAX_WATCHED => {
                 self.json.extend_from_slice(chunk)
             }
-            None => self.json = Vec::new(),
+            // A large answer is no question: not held, not looked into.
+            None => {
+                self.stopped = true;
+                self.json = Vec::new();
+            }
         }
     }
 }
@@ -154,12 +174,12 @@ where
                     self.feed(&data);
                 }
                 // A server may not be polled past its last frame.
-                if self.sse.is_none() && self.inner.is_end_stream() {
+                if self.sse.is_none() && !self.stopped && self.inner.is_end_stream() {
                     let json = std::mem::take(&mut self.json);
                     self.look(&json);
                 }
             }
-            std::task::Poll::Ready(None) if self.sse.is_none() => {
+            std::task::Poll::Ready(None) if self.sse.is_none() && !self.stopped => {
                 let json = std::mem::take(&mut self.json);
                 self.look(&json);
             }

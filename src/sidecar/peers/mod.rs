@@ -288,6 +288,16 @@ impl Peers {
         Some((i as u32, &view.peers[i]))
     }
 
+    /// Whether this sidecar owns `key` of `name` in its current, known peer set (a peer asks
+    /// only the owner; anything else answers "not the owner").
+    fn owns(&self, name: &str, key: &str) -> bool {
+        let view = self.view.load();
+        view.mode == Mode::Known
+            && self
+                .owner(&view, name, key)
+                .is_some_and(|(_, p)| Some(&p.name) == self.me.as_ref())
+    }
+
     /// Whether the peer at `address` failed within [`DOWN_FOR`] (by address: a restarted
     /// sidecar comes back at a new one, and is asked at once).
     fn is_down(&self, address: &str) -> bool {

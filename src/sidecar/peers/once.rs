@@ -89,13 +89,7 @@ pub(super) fn take_owned_answer(st: &State, bytes: &[u8]) -> Response<Body> {
     let Ok(r) = serde_json::from_slice::<OnceRequest>(bytes) else {
         return serve::refuse(StatusCode::BAD_REQUEST, "not an answer request");
     };
-    let view = st.peers.view.load();
-    let mine = view.mode == Mode::Known
-        && st
-            .peers
-            .owner(&view, ANSWERS, &r.nonce)
-            .is_some_and(|(_, p)| Some(&p.name) == st.peers.me.as_ref());
-    let answer = match mine {
+    let answer = match st.peers.owns(ANSWERS, &r.nonce) {
         false => OnceAnswer::NotOwner,
         true if st.confirm.take_once(&r.nonce, r.exp, unix_now()) => OnceAnswer::Taken,
         true => OnceAnswer::Seen,
