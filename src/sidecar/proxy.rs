@@ -6,7 +6,7 @@
 //! upstream stream too. Anything that cannot be read with certainty is refused, never forwarded.
 
 use super::caller::{identify, Caller};
-use super::confirm::continuation::Watch;
+use super::confirm::continuation::{Record, Watch};
 use super::confirm::{self, stream, Answer};
 use super::filter::filter_response;
 use super::gate::{self, After, StreamAsk, Told, Verdict};
@@ -302,8 +302,14 @@ async fn forward_gated(
     let body: Body = match after.continuation {
         // A 2026-07-28 call: the server may answer with its own question.
         Some(call) => {
-            let on = st.confirm.clone();
-            let watched = Watch::new(body, on, call, event_stream);
+            let label = st
+                .policy
+                .load()
+                .as_ref()
+                .map_or_else(String::new, |p| p.label.clone());
+            let kept = st.clone();
+            let record: Record = Arc::new(move |seen| super::peers::keep(&kept, &label, seen));
+            let watched = Watch::new(body, record, call, event_stream);
             watched.map_err(Into::into).boxed_unsync()
         }
         None => body.map_err(Into::into).boxed_unsync(),

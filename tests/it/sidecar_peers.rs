@@ -3,7 +3,8 @@
 //! that sends its calls round robin. The limit holds across them exactly; with an owner gone
 //! the survivors count on their shares and never allow more than the stated bound; a restarted
 //! sidecar takes its place again and holds the policy's pins; an approval runs on any replica,
-//! once per use; a large limit is leased and stays exact.
+//! once per use; a large limit is leased and stays exact; a user's answer, a server's question
+//! and a task hold on whichever replica the next request lands.
 
 use crate::common::*;
 use mcp_warden::sidecar::peers::owner_among;
@@ -473,4 +474,96 @@ async fn a_users_answer_runs_the_call_on_any_replica_once() {
         .await,
         3.0
     );
+}
+
+#[tokio::test]
+async fn a_servers_question_and_a_task_are_bound_across_replicas() {
+    let policy = "version: \"1\"\nidentity: {header: x-agent}\ntools:\n  write_file: {}\n  slow_report: {}\n";
+    let (_dir, replicas) = start_with("peers-bound", policy).await;
+    let sc: Vec<&Sidecar> = replicas.iter().flatten().map(|r| &r.sc).collect();
+    let post = async |sc: &Sidecar, agent: &str, method: &str, name: &str, params: Value| {
+        let mut params = params;
+        params["_meta"] = json!({"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+            "io.modelcontextprotocol/clientInfo": {"name": "raw", "version": "1"},
+            "io.modelcontextprotocol/clientCapabilities":
+                {"extensions": {"io.modelcontextprotocol/tasks": {}}}});
+        let body = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
+        let h = [
+            ("mcp-protocol-version", "2026-07-28"),
+            ("mcp-method", method),
+            ("mcp-name", name),
+            ("x-agent", agent),
+        ];
+        let raw = post_json(&sc.url(), &h, &body.to_string()).await;
+        (raw.0, messages(&raw).remove(0))
+    };
+    // The server's question asked through web-0, answered through web-2: not decided again.
+    let args = json!({"server_asks": true, "path": "/w/x"});
+    let (_, asked) = post(
+        sc[0],
+        "ann",
+        "tools/call",
+        "write_file",
+        json!({"name": "write_file", "arguments": args}),
+    )
+    .await;
+    assert_eq!(asked["result"]["resultType"], "input_required", "{asked}");
+    let state = asked["result"]["requestState"].as_str().unwrap().to_owned();
+    let retry = json!({"name": "write_file", "arguments": args, "requestState": state,
+        "inputResponses": {SERVER_QUESTION: {"action": "accept", "content": {}}}});
+    let (_, done) = post(sc[2], "ann", "tools/call", "write_file", retry.clone()).await;
+    assert!(
+        done["result"]["content"][0]["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("write_file ran"),
+        "{done}"
+    );
+    assert_eq!(
+        total(
+            &replicas,
+            "mcp_warden_decisions_total",
+            &["tool=\"write_file\"", "decision=\"allow\""]
+        )
+        .await,
+        1.0
+    );
+    assert_eq!(
+        total(&replicas, "mcp_warden_continuations_total", &[]).await,
+        1.0
+    );
+    // The same retry again, on another replica: a new call, decided (once only).
+    let _ = post(sc[1], "ann", "tools/call", "write_file", retry).await;
+    assert_eq!(
+        total(&replicas, "mcp_warden_continuations_total", &[]).await,
+        1.0
+    );
+    assert_eq!(
+        total(
+            &replicas,
+            "mcp_warden_decisions_total",
+            &["tool=\"write_file\"", "decision=\"allow\""]
+        )
+        .await,
+        2.0
+    );
+    // A task made through web-1 is polled by its creator through every replica, by nobody else.
+    let (_, made) = post(
+        sc[1],
+        "ann",
+        "tools/call",
+        "slow_report",
+        json!({"name": "slow_report", "arguments": {"as_task": true}}),
+    )
+    .await;
+    let task = made["result"]["taskId"]
+        .as_str()
+        .expect("a task")
+        .to_owned();
+    for s in &sc {
+        let (status, m) = post(s, "ann", "tasks/get", &task, json!({"taskId": task})).await;
+        assert_ne!(status, 400, "the creator, through {}: {m}", s.addr);
+        let (status, m) = post(s, "bob", "tasks/get", &task, json!({"taskId": task})).await;
+        assert_eq!(status, 400, "another caller, through {}: {m}", s.addr);
+    }
 }

@@ -142,7 +142,7 @@ pub(super) async fn decide(
             .as_deref()
             .is_some_and(|x| tasks::METHODS.contains(&x))
         {
-            check_task(st, caller, m)?;
+            check_task(st, &policy.label, caller, m).await?;
         }
         answers.push(match m.is_method("tools/call") {
             true => gate.call(m).await?,
@@ -269,12 +269,11 @@ impl Gate<'_> {
         let modern = mcp::version_at_least(version, mcp::RESULT_TYPE_SINCE);
         let bound = (modern && self.single).then(|| self.bound(&call));
         if let (Some(state), Some(b), false) = (call.request_state.as_deref(), &bound, ours) {
-            if self
-                .st
-                .confirm
-                .continuations
-                .completes(state, b, unix_now())
-            {
+            let seen = continuation::Seen::Question {
+                state: sha256_hex(state.as_bytes()),
+                call: b.clone(),
+            };
+            if peers::holds(self.st, label, seen).await {
                 // Decided and counted when the server asked its question.
                 record::continued(self.st, label);
                 self.after.continuation = bound;

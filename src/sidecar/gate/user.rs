@@ -3,11 +3,10 @@
 //! the call's stream), and the denial or approver flow when they declined or cannot be asked.
 
 use super::super::caller::{unix_now, Caller};
-use super::super::confirm::tasks::Unbound;
 use super::super::confirm::{self, continuation, stream, Answer, CanElicit};
-use super::super::record;
 use super::super::refusal::Refused;
 use super::super::State;
+use super::super::{peers, record};
 use super::{Asked, Gate, StreamAsk, Told, Verdict};
 use crate::engine::Decision;
 use crate::mcp::{self, Kind};
@@ -223,8 +222,13 @@ pub(super) fn take_reply(
 }
 
 /// A request acting on a task (`tasks/get`, `tasks/update`, `tasks/cancel`): forwarded only for
-/// a task created through this sidecar by a call of this caller.
-pub(super) fn check_task(st: &State, caller: &Caller, m: &mcp::Message) -> Result<(), Refused> {
+/// a task created through the policy's sidecars by a call of this caller.
+pub(super) async fn check_task(
+    st: &State,
+    label: &str,
+    caller: &Caller,
+    m: &mcp::Message<'_>,
+) -> Result<(), Refused> {
     #[derive(serde::Deserialize)]
     #[serde(rename_all = "camelCase")]
     struct TaskParams {
@@ -241,19 +245,18 @@ pub(super) fn check_task(st: &State, caller: &Caller, m: &mcp::Message) -> Resul
         .params
         .and_then(|p| serde_json::from_str::<TaskParams>(p.get()).ok())
         .ok_or_else(|| refused("a task request needs a string params.taskId".into()))?;
-    st.confirm
-        .tasks
-        .check(&p.task_id, &caller.id, unix_now())
-        .map_err(|why| {
-            refused(match why {
-                Unbound::OtherCaller => format!("task {:?} belongs to another caller", p.task_id),
-                Unbound::Unknown => format!(
-                    "task {:?} was not created through this mcp-warden sidecar (or has expired): \
-                     only a task whose call was decided here can be acted on",
-                    p.task_id
-                ),
-            })
-        })
+    let seen = continuation::Seen::Task {
+        id: p.task_id.clone(),
+        caller: caller.id.to_string(),
+    };
+    match peers::holds(st, label, seen).await {
+        true => Ok(()),
+        false => Err(refused(format!(
+            "task {:?} was not created through this policy's mcp-warden sidecars by this caller \
+             (or has expired): only a task whose call was decided for you can be acted on",
+            p.task_id
+        ))),
+    }
 }
 
 /// What an `initialize` request declares the client can be asked.

@@ -48,6 +48,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 
 mod ask;
+mod bind;
 mod lease;
 mod once;
 mod serve;
@@ -57,6 +58,7 @@ mod uses;
 mod wire;
 
 pub(in crate::sidecar) use ask::{ask_owners, Lent};
+pub(in crate::sidecar) use bind::{holds, keep};
 use lease::Lease;
 pub(in crate::sidecar) use once::take_answer;
 use serve::Nonces;
@@ -105,6 +107,7 @@ pub const RETURN_PATH: &str = "/peer/return";
 pub const USE_PATH: &str = "/peer/use";
 pub const UNUSE_PATH: &str = "/peer/unuse";
 pub const ONCE_PATH: &str = "/peer/once";
+pub const BIND_PATH: &str = "/peer/bind";
 
 /// What approval owners are placed under (beside counter names: no counter is named so, as a
 /// counter name has no spaces).

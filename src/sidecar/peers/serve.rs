@@ -25,7 +25,15 @@ impl Nonces {
 
 /// Whether `path` is the peer API's.
 pub fn handles(path: &str) -> bool {
-    [TAKE_PATH, RETURN_PATH, USE_PATH, UNUSE_PATH, ONCE_PATH].contains(&path)
+    [
+        TAKE_PATH,
+        RETURN_PATH,
+        USE_PATH,
+        UNUSE_PATH,
+        ONCE_PATH,
+        BIND_PATH,
+    ]
+    .contains(&path)
 }
 
 /// Answers a peer's request (on the admin port).
@@ -56,6 +64,9 @@ pub async fn handle(st: Arc<State>, req: Request<Incoming>) -> Response<Body> {
     }
     if path == ONCE_PATH {
         return super::once::take_owned_answer(&st, &bytes);
+    }
+    if path == BIND_PATH {
+        return super::bind::serve_bound(&st, &bytes);
     }
     let engine = &policy.engine;
     if path == RETURN_PATH {
