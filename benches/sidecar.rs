@@ -222,6 +222,13 @@ fn clock_ticks() -> u64 {
         .unwrap_or(100)
 }
 
+/// The protocol version the load speaks: `MCP_WARDEN_BENCH_VERSION` (2025-06-18 by default;
+/// 2026-07-28 adds the routing headers and `_meta`, and the sidecar watches each answer for a
+/// server's question or task).
+fn protocol_version() -> String {
+    std::env::var("MCP_WARDEN_BENCH_VERSION").unwrap_or_else(|_| "2025-06-18".into())
+}
+
 /// One load phase: `conns` clients, each on its own keep-alive connection, for `secs`, with
 /// opaque bearer tokens (8 callers).
 async fn load(target: SocketAddr, conns: usize, secs: f64) -> Vec<u64> {
@@ -243,21 +250,30 @@ async fn load_as(target: SocketAddr, conns: usize, secs: f64, auth: &[String]) -
                 .await
                 .unwrap();
             tokio::spawn(conn);
-            let body = json!({"jsonrpc": "2.0", "id": c, "method": "tools/call", "params": {
-                "name": format!("tool_{:03}", c % 100),
-                "arguments": {"path": "/workspace/notes/a.txt", "content": "hello", "size": 12}}})
-            .to_string();
+            let version = protocol_version();
+            let tool = format!("tool_{:03}", c % 100);
+            let mut params = json!({"name": tool,
+                "arguments": {"path": "/workspace/notes/a.txt", "content": "hello", "size": 12}});
+            if version == "2026-07-28" {
+                params["_meta"] = json!({"io.modelcontextprotocol/protocolVersion": version});
+            }
+            let body = json!({"jsonrpc": "2.0", "id": c, "method": "tools/call", "params": params})
+                .to_string();
             let body = Bytes::from(body);
             let mut lat = Vec::with_capacity(100_000);
             while !stop.load(Ordering::Relaxed) {
-                let req = http::Request::post("/mcp")
+                let mut req = http::Request::post("/mcp")
                     .header("host", target.to_string())
                     .header("content-type", "application/json")
                     .header("accept", "application/json, text/event-stream")
-                    .header("mcp-protocol-version", "2025-06-18")
-                    .header("authorization", &auth)
-                    .body(Full::new(body.clone()))
-                    .unwrap();
+                    .header("mcp-protocol-version", &version)
+                    .header("authorization", &auth);
+                if version == "2026-07-28" {
+                    req = req
+                        .header("mcp-method", "tools/call")
+                        .header("mcp-name", &tool);
+                }
+                let req = req.body(Full::new(body.clone())).unwrap();
                 let t = Instant::now();
                 let resp = send.send_request(req).await.unwrap();
                 let status = resp.status();
