@@ -46,24 +46,11 @@ pub(in crate::sidecar) async fn take_answer(st: &State, label: &str, q: &Questio
     let Some(peer_key) = view.key.as_ref() else {
         return false;
     };
-    if st.peers.is_down(&owner.address) {
-        return false;
-    }
-    let body = serde_json::to_vec(&OnceRequest {
+    let body = OnceRequest {
         nonce: q.nonce.clone(),
         exp: q.exp,
-    })
-    .expect("serialises");
-    let sent = tokio::time::timeout(
-        ASK_TIMEOUT,
-        post(&st.peers.client, peer_key, &owner.address, ONCE_PATH, body),
-    )
-    .await;
-    match sent
-        .ok()
-        .and_then(Result::ok)
-        .and_then(|b| serde_json::from_slice(&b).ok())
-    {
+    };
+    match ask_peer(st, label, peer_key, &owner.address, ONCE_PATH, &body).await {
         Some(OnceAnswer::Taken) => {
             record(st, label, "taken");
             true
@@ -76,11 +63,7 @@ pub(in crate::sidecar) async fn take_answer(st: &State, label: &str, q: &Questio
             record(st, label, "not_owner");
             false
         }
-        None => {
-            record(st, label, "error");
-            st.peers.mark_down(&owner.address);
-            false
-        }
+        None => false,
     }
 }
 
