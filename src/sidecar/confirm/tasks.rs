@@ -20,6 +20,15 @@ pub struct Bound {
     by_id: Mutex<HashMap<String, (String, u64)>>,
 }
 
+/// Why a request for a task is refused.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Unbound {
+    /// Not created through this sidecar (or forgotten since).
+    Unknown,
+    /// Created by another caller.
+    OtherCaller,
+}
+
 impl Bound {
     /// The server created task `id` for `caller`'s call.
     pub fn created(&self, id: &str, caller: &str, now: u64) {
@@ -39,10 +48,14 @@ impl Bound {
         m.insert(id.to_owned(), (caller.to_owned(), now + HOLD_SECS));
     }
 
-    /// Whether `caller` may act on task `id`: it created it, and it has not expired.
-    pub fn holds(&self, id: &str, caller: &str, now: u64) -> bool {
+    /// Whether `caller` may act on task `id`.
+    pub fn check(&self, id: &str, caller: &str, now: u64) -> Result<(), Unbound> {
         let m = self.by_id.lock().unwrap_or_else(|e| e.into_inner());
-        m.get(id).is_some_and(|(c, exp)| *exp >= now && c == caller)
+        match m.get(id) {
+            Some((c, exp)) if *exp >= now && c == caller => Ok(()),
+            Some((_, exp)) if *exp >= now => Err(Unbound::OtherCaller),
+            _ => Err(Unbound::Unknown),
+        }
     }
 }
 
@@ -54,9 +67,12 @@ mod tests {
     fn a_task_is_its_creators_alone() {
         let b = Bound::default();
         b.created("t1", "alice", 100);
-        assert!(b.holds("t1", "alice", 101));
-        assert!(!b.holds("t1", "mallory", 101), "another caller");
-        assert!(!b.holds("t2", "alice", 101), "unknown");
-        assert!(!b.holds("t1", "alice", 100 + HOLD_SECS + 1), "expired");
+        assert_eq!(b.check("t1", "alice", 101), Ok(()));
+        assert_eq!(b.check("t1", "mallory", 101), Err(Unbound::OtherCaller));
+        assert_eq!(b.check("t2", "alice", 101), Err(Unbound::Unknown));
+        assert_eq!(
+            b.check("t1", "alice", 100 + HOLD_SECS + 1),
+            Err(Unbound::Unknown)
+        );
     }
 }

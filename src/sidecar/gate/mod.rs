@@ -267,11 +267,8 @@ impl Gate<'_> {
         let ours = call.request_state.as_deref().is_some_and(confirm::is_ours);
         self.strip |= ours;
         let modern = mcp::version_at_least(version, mcp::RESULT_TYPE_SINCE);
-        // Only a single 2026-07-28 call can be answered with the server's own question; what it
-        // binds (a hash of the arguments) is worked out only when it is needed.
-        let watched = modern && self.single;
-        if let (Some(state), true, false) = (call.request_state.as_deref(), watched, ours) {
-            let b = self.bound(&call);
+        let bound = (modern && self.single).then(|| self.bound(&call));
+        if let (Some(state), Some(b), false) = (call.request_state.as_deref(), &bound, ours) {
             let seen = continuation::Seen::Question {
                 state: sha256_hex(state.as_bytes()),
                 call: b.clone(),
@@ -279,7 +276,7 @@ impl Gate<'_> {
             if peers::holds(self.st, label, seen).await {
                 // Decided and counted when the server asked its question.
                 record::continued(self.st, label);
-                self.after.continuation = Some(b);
+                self.after.continuation = bound;
                 return Ok(None);
             }
         }
@@ -367,7 +364,7 @@ impl Gate<'_> {
             _ => None,
         };
         if d.outcome == Outcome::Allow {
-            self.after.continuation = watched.then(|| self.bound(&call));
+            self.after.continuation = bound;
         }
         self.spend.took(std::mem::take(&mut d.taken));
         if d.limit.is_some() || d.outcome == Outcome::Unlisted {

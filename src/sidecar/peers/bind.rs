@@ -42,7 +42,7 @@ fn here(st: &State, seen: &Seen, keep: bool) -> bool {
         (Seen::Question { state, call }, false) => {
             return c.continuations.completes(state, call, now)
         }
-        (Seen::Task { id, caller }, false) => return c.tasks.holds(id, caller, now),
+        (Seen::Task { id, caller }, false) => return c.tasks.check(id, caller, now).is_ok(),
     }
     true
 }
@@ -68,8 +68,20 @@ async fn ask(
     keep: bool,
 ) -> Option<bool> {
     let (address, peer_key) = to;
-    let body = BindRequest { keep, seen };
-    match ask_peer(st, label, &peer_key, &address, BIND_PATH, &body).await {
+    if st.peers.is_down(&address) {
+        return None;
+    }
+    let body = serde_json::to_vec(&BindRequest { keep, seen }).expect("serialises");
+    let sent = tokio::time::timeout(
+        ASK_TIMEOUT,
+        post(&st.peers.client, &peer_key, &address, BIND_PATH, body),
+    )
+    .await;
+    match sent
+        .ok()
+        .and_then(Result::ok)
+        .and_then(|b| serde_json::from_slice(&b).ok())
+    {
         Some(BindAnswer::Yes) => {
             record(st, label, "taken");
             Some(true)
@@ -79,7 +91,11 @@ async fn ask(
             record(st, label, "not_owner");
             None
         }
-        None => None,
+        None => {
+            record(st, label, "error");
+            st.peers.mark_down(&address);
+            None
+        }
     }
 }
 

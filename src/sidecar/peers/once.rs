@@ -46,11 +46,24 @@ pub(in crate::sidecar) async fn take_answer(st: &State, label: &str, q: &Questio
     let Some(peer_key) = view.key.as_ref() else {
         return false;
     };
-    let body = OnceRequest {
+    if st.peers.is_down(&owner.address) {
+        return false;
+    }
+    let body = serde_json::to_vec(&OnceRequest {
         nonce: q.nonce.clone(),
         exp: q.exp,
-    };
-    match ask_peer(st, label, peer_key, &owner.address, ONCE_PATH, &body).await {
+    })
+    .expect("serialises");
+    let sent = tokio::time::timeout(
+        ASK_TIMEOUT,
+        post(&st.peers.client, peer_key, &owner.address, ONCE_PATH, body),
+    )
+    .await;
+    match sent
+        .ok()
+        .and_then(Result::ok)
+        .and_then(|b| serde_json::from_slice(&b).ok())
+    {
         Some(OnceAnswer::Taken) => {
             record(st, label, "taken");
             true
@@ -63,7 +76,11 @@ pub(in crate::sidecar) async fn take_answer(st: &State, label: &str, q: &Questio
             record(st, label, "not_owner");
             false
         }
-        None => false,
+        None => {
+            record(st, label, "error");
+            st.peers.mark_down(&owner.address);
+            false
+        }
     }
 }
 

@@ -38,12 +38,24 @@ pub(in crate::sidecar) async fn reserve_use(st: &State, label: &str, id: &str) -
     let (Some(peer_key), Some(me)) = (view.key.as_ref(), st.peers.me.as_ref()) else {
         return None;
     };
+    if st.peers.is_down(&owner.address) {
+        return None;
+    }
     let body = UseRequest {
         id: id.to_owned(),
         key: key.clone(),
         by: me.clone(),
     };
-    let answer = ask_peer(st, label, peer_key, &owner.address, USE_PATH, &body).await;
+    let body = serde_json::to_vec(&body).expect("serialises");
+    let sent = tokio::time::timeout(
+        ASK_TIMEOUT,
+        post(&st.peers.client, peer_key, &owner.address, USE_PATH, body),
+    )
+    .await;
+    let answer = match sent {
+        Ok(Ok(b)) => serde_json::from_slice::<UseAnswer>(&b).ok(),
+        _ => None,
+    };
     match answer {
         Some(UseAnswer::Reserved) => {
             record(st, label, "taken");
@@ -60,7 +72,11 @@ pub(in crate::sidecar) async fn reserve_use(st: &State, label: &str, id: &str) -
             record(st, label, "not_owner");
             None
         }
-        None => None,
+        None => {
+            record(st, label, "error");
+            st.peers.mark_down(&owner.address);
+            None
+        }
     }
 }
 

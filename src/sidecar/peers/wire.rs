@@ -141,33 +141,3 @@ pub(super) fn unix_now() -> u64 {
 pub(super) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
-
-/// Asks the peer at `address` once, within [`ASK_TIMEOUT`]: its answer, or `None` when it is
-/// known down, cannot be reached, or answers nothing readable — then counted as an `error`
-/// and not asked again for a while.
-pub(super) async fn ask_peer<A: serde::de::DeserializeOwned>(
-    st: &State,
-    label: &str,
-    key: &hmac::Key,
-    address: &str,
-    path: &str,
-    body: &impl Serialize,
-) -> Option<A> {
-    if st.peers.is_down(address) {
-        return None;
-    }
-    let body = serde_json::to_vec(body).expect("serialises");
-    let sent = tokio::time::timeout(
-        ASK_TIMEOUT,
-        post(&st.peers.client, key, address, path, body),
-    );
-    let answer = match sent.await {
-        Ok(Ok(b)) => serde_json::from_slice(&b).ok(),
-        _ => None,
-    };
-    if answer.is_none() {
-        record(st, label, "error");
-        st.peers.mark_down(address);
-    }
-    answer
-}
